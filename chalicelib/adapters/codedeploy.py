@@ -1,0 +1,138 @@
+"""CodeDeploy: create, find and describe deployments of a release's revision."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.domain.release import Release, Revision
+from chalicelib.service.ports import DeploymentBusy, DeploymentInfo, RevisionRejected
+
+# CreateDeployment takes no client token, so the release id rides in the description: a retry
+# can find the deployment it already created, and an event for a deployment the store does not
+# know yet (it raced the store write) still finds its release.
+_MARKER = "relco release "
+_MARKER_PATTERN = re.compile(r"relco release (\S+)")
+_ACTIVE_ID_PATTERN = re.compile(r"active Deployment '([^']+)'")
+_BATCH_GET_LIMIT = 25
+# Deployments never predate their release, but clocks differ: look a little further back.
+_CLOCK_SKEW = timedelta(minutes=5)
+
+# Permanent refusals: the same request can never succeed, so the release fails with the reason.
+_REJECTIONS = frozenset(
+    {
+        "ApplicationDoesNotExistException",
+        "DeploymentGroupDoesNotExistException",
+        "RevisionDoesNotExistException",
+        "InvalidRevisionException",
+        "InvalidDeploymentConfigNameException",
+        "DeploymentConfigDoesNotExistException",
+        "InvalidApplicationNameException",
+        "InvalidDeploymentGroupNameException",
+        "InvalidFileExistsBehaviorException",
+        "InvalidInputException",
+        "InvalidRoleException",
+        "InvalidLoadBalancerInfoException",
+        "InvalidTargetInstancesException",
+        "DescriptionTooLongException",
+    }
+)
+
+
+def release_id_in_description(description: str | None) -> str | None:
+    match = _MARKER_PATTERN.search(description or "")
+    return match.group(1) if match else None
+
+
+def _description(release: Release) -> str:
+    label = release.metadata.get("version_label") or release.revision.key.rsplit("/", 1)[-1]
+    # CodeDeploy caps descriptions at 512 characters; the marker comes first so it always fits.
+    return f"{_MARKER}{release.id} ({release.trigger.value}): {label}"[:512]
+
+
+class CodeDeployDeployments:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def create(self, release: Release, deployment_config: str) -> str:
+        revision = release.revision
+        s3_location: dict[str, str] = {
+            "bucket": revision.bucket,
+            "key": revision.key,
+            "bundleType": revision.bundle_type or "zip",
+        }
+        # Pin the exact object version; without it CodeDeploy takes the newest one.
+        if revision.version:
+            s3_location["version"] = revision.version
+        if revision.etag:
+            s3_location["eTag"] = revision.etag
+        try:
+            response = self._client.create_deployment(
+                applicationName=release.application,
+                deploymentGroupName=release.deployment_group,
+                revision={"revisionType": "S3", "s3Location": s3_location},
+                deploymentConfigName=deployment_config,
+                description=_description(release),
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            message = error.response.get("Error", {}).get("Message", "")
+            if code == "DeploymentLimitExceededException":
+                active = _ACTIVE_ID_PATTERN.search(message)
+                raise DeploymentBusy(message, active.group(1) if active else None) from error
+            if code in _REJECTIONS:
+                raise RevisionRejected(code, message) from error
+            raise
+        return str(response["deploymentId"])
+
+    def find_for_release(self, release: Release) -> str | None:
+        paginator = self._client.get_paginator("list_deployments")
+        pages = paginator.paginate(
+            applicationName=release.application,
+            deploymentGroupName=release.deployment_group,
+            createTimeRange={"start": release.created_at - _CLOCK_SKEW},
+        )
+        deployment_ids = [dep_id for page in pages for dep_id in page.get("deployments", [])]
+        for start in range(0, len(deployment_ids), _BATCH_GET_LIMIT):
+            response = self._client.batch_get_deployments(
+                deploymentIds=deployment_ids[start : start + _BATCH_GET_LIMIT]
+            )
+            for info in response.get("deploymentsInfo", []):
+                if release_id_in_description(info.get("description")) == release.id:
+                    return str(info["deploymentId"])
+        return None
+
+    def describe(self, deployment_id: str) -> DeploymentInfo:
+        info = self._client.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+        return _deployment_info(info)
+
+
+def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
+    location = (info.get("revision") or {}).get("s3Location") or {}
+    revision = (
+        Revision(
+            bucket=location["bucket"],
+            key=location["key"],
+            version=location.get("version"),
+            etag=location.get("eTag"),
+        )
+        if location.get("bucket") and location.get("key")
+        else None
+    )
+    error = info.get("errorInformation") or {}
+    return DeploymentInfo(
+        deployment_id=info["deploymentId"],
+        application=info.get("applicationName", ""),
+        deployment_group=info.get("deploymentGroupName", ""),
+        status=info.get("status", ""),
+        revision=revision,
+        creator=info.get("creator", ""),
+        description=info.get("description") or "",
+        release_id=release_id_in_description(info.get("description")),
+        error_code=error.get("code"),
+        error_message=error.get("message"),
+        create_time=info.get("createTime"),
+    )

@@ -1,0 +1,332 @@
+"""The release store on one DynamoDB table (DESIGN.md section 4).
+
+Every write is one ``TransactWriteItems``: the release (conditional on its version), its new
+history events (which the table's stream turns into notifications), the pipeline slot
+(conditional on its version) and any deployment-id links succeed or fail together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from chalicelib.domain.release import (
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Revision,
+    Trigger,
+)
+from chalicelib.domain.slot import PipelineSlot
+from chalicelib.service.ports import Change, WriteConflict
+
+BY_PIPELINE_INDEX = "by_pipeline"
+IN_FLIGHT_INDEX = "in_flight"
+_BATCH_GET_LIMIT = 100
+_CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def table_definition(table_name: str) -> dict[str, Any]:
+    """CreateTable arguments for the releases table (used by tests and the sandbox; the
+    deployed table comes from the infrastructure template with the same shape)."""
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"}
+            for name in ("pk", "sk", "pipeline", "created_key", "in_flight")
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": BY_PIPELINE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "pipeline", "KeyType": "HASH"},
+                    {"AttributeName": "created_key", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
+            {
+                # Sparse: only releases not yet terminal carry ``in_flight``, so the reconciler
+                # reads what is open without scanning history.
+                "IndexName": IN_FLIGHT_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "in_flight", "KeyType": "HASH"},
+                    {"AttributeName": "created_key", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            },
+        ],
+        "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    }
+
+
+def _release_key(release_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"REL#{release_id}"}, "sk": {"S": "META"}}
+
+
+def _slot_key(pipeline: str) -> dict[str, Any]:
+    return {"pk": {"S": f"PIPE#{pipeline}"}, "sk": {"S": "SLOT"}}
+
+
+def _deployment_key(deployment_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"DEP#{deployment_id}"}, "sk": {"S": "REL"}}
+
+
+def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _serializer.serialize(value) for name, value in item.items() if value is not None}
+
+
+def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _deserializer.deserialize(value) for name, value in item.items()}
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def release_to_item(release: Release) -> dict[str, Any]:
+    return {
+        "pk": f"REL#{release.id}",
+        "sk": "META",
+        "kind": "release",
+        "id": release.id,
+        "pipeline": release.pipeline,
+        "application": release.application,
+        "deployment_group": release.deployment_group,
+        "revision": {k: v for k, v in release.revision.to_dict().items() if v is not None},
+        "trigger": release.trigger.value,
+        "state": release.state.value,
+        "reason": release.reason,
+        "deployment_id": release.deployment_id,
+        "actor": release.actor,
+        "rollback_of": release.rollback_of,
+        "metadata": dict(release.metadata),
+        "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
+        "created_at": release.created_at.isoformat(),
+        "updated_at": release.updated_at.isoformat(),
+        "created_key": f"{release.created_at.isoformat()}#{release.id}",
+        "in_flight": None if release.state.is_terminal else release.pipeline,
+        "version": release.version,
+        "last_event_id": release.last_event_id,
+    }
+
+
+def release_from_item(item: Mapping[str, Any]) -> Release:
+    revision = item.get("revision", {})
+    return Release(
+        id=item["id"],
+        pipeline=item["pipeline"],
+        application=item["application"],
+        deployment_group=item["deployment_group"],
+        revision=Revision(
+            bucket=revision.get("bucket", ""),
+            key=revision.get("key", ""),
+            version=revision.get("version"),
+            etag=revision.get("etag"),
+        ),
+        trigger=Trigger(item["trigger"]),
+        state=ReleaseState(item["state"]),
+        reason=item.get("reason", ""),
+        deployment_id=item.get("deployment_id"),
+        actor=item.get("actor"),
+        rollback_of=item.get("rollback_of"),
+        metadata=dict(item.get("metadata", {})),
+        start_claimed_at=_time(item.get("start_claimed_at")),
+        created_at=datetime.fromisoformat(item["created_at"]),
+        updated_at=datetime.fromisoformat(item["updated_at"]),
+        version=int(item["version"]),
+        last_event_id=int(item.get("last_event_id", 0)),
+    )
+
+
+def event_to_item(release: Release, event: HistoryEvent) -> dict[str, Any]:
+    return {
+        "pk": f"REL#{release.id}",
+        "sk": f"EVT#{event.id:06d}",
+        "kind": "event",
+        "release_id": release.id,
+        "event_pipeline": release.pipeline,
+        "id": event.id,
+        "previous_event_id": event.previous_event_id,
+        "timestamp": event.timestamp.isoformat(),
+        "type": event.type.value,
+        "state": event.state.value,
+        "detail": dict(event.detail),
+    }
+
+
+def event_from_item(item: Mapping[str, Any]) -> HistoryEvent:
+    return HistoryEvent(
+        id=int(item["id"]),
+        previous_event_id=int(item["previous_event_id"]),
+        timestamp=datetime.fromisoformat(item["timestamp"]),
+        type=EventType(item["type"]),
+        state=ReleaseState(item["state"]),
+        detail=_plain(item.get("detail", {})),
+    )
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; history details hold whole numbers only."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if type(value).__name__ == "Decimal":
+        return int(value)
+    return value
+
+
+class DynamoReleaseStore:
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def get_release(self, release_id: str) -> Release | None:
+        response = self._client.get_item(
+            TableName=self._table, Key=_release_key(release_id), ConsistentRead=True
+        )
+        item = response.get("Item")
+        return release_from_item(_deserialize(item)) if item else None
+
+    def get_releases(self, release_ids: Sequence[str]) -> list[Release]:
+        found: dict[str, Release] = {}
+        unique = list(dict.fromkeys(release_ids))
+        for start in range(0, len(unique), _BATCH_GET_LIMIT):
+            keys = [_release_key(release_id) for release_id in unique[start : start + _BATCH_GET_LIMIT]]
+            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+            while request:
+                response = self._client.batch_get_item(RequestItems=request)
+                for item in response.get("Responses", {}).get(self._table, []):
+                    release = release_from_item(_deserialize(item))
+                    found[release.id] = release
+                request = response.get("UnprocessedKeys") or {}
+        return [found[release_id] for release_id in unique if release_id in found]
+
+    def get_slot(self, pipeline: str) -> PipelineSlot:
+        response = self._client.get_item(TableName=self._table, Key=_slot_key(pipeline), ConsistentRead=True)
+        if "Item" not in response:
+            return PipelineSlot(pipeline=pipeline)
+        item = _deserialize(response["Item"])
+        return PipelineSlot(
+            pipeline=pipeline,
+            active=item.get("active"),
+            waiting=tuple(item.get("waiting", [])),
+            last_good=item.get("last_good"),
+            version=int(item["version"]),
+        )
+
+    def release_for_deployment(self, deployment_id: str) -> str | None:
+        response = self._client.get_item(
+            TableName=self._table, Key=_deployment_key(deployment_id), ConsistentRead=True
+        )
+        item = response.get("Item")
+        return str(_deserialize(item)["release_id"]) if item else None
+
+    def history(self, release_id: str) -> list[HistoryEvent]:
+        return [
+            event_from_item(item)
+            for item in self._query(
+                KeyConditionExpression="pk = :pk AND begins_with(sk, :evt)",
+                ExpressionAttributeValues={":pk": {"S": f"REL#{release_id}"}, ":evt": {"S": "EVT#"}},
+                ConsistentRead=True,
+            )
+        ]
+
+    def open_releases(self, pipeline: str) -> list[Release]:
+        return [
+            release_from_item(item)
+            for item in self._query(
+                IndexName=IN_FLIGHT_INDEX,
+                KeyConditionExpression="in_flight = :pipeline",
+                ExpressionAttributeValues={":pipeline": {"S": pipeline}},
+            )
+        ]
+
+    def _query(self, **arguments: Any) -> Iterator[dict[str, Any]]:
+        paginator = self._client.get_paginator("query")
+        for page in paginator.paginate(TableName=self._table, **arguments):
+            for item in page.get("Items", []):
+                yield _deserialize(item)
+
+    def commit(self, change: Change) -> None:
+        operations = [self._put_release(release) for release in change.releases]
+        by_id = {release.id: release for release in change.releases}
+        for release_id, events in change.events.items():
+            for event in events:
+                operations.append(self._put_new(event_to_item(by_id[release_id], event)))
+        if change.slot is not None:
+            operations.append(self._put_slot(change.slot))
+        for deployment_id, release_id in change.deployment_links.items():
+            link = {"pk": f"DEP#{deployment_id}", "sk": "REL", "kind": "link", "release_id": release_id}
+            operations.append(self._put_new(link))
+        if not operations:
+            return
+        try:
+            self._client.transact_write_items(TransactItems=operations)
+        except ClientError as error:
+            if _is_conflict(error):
+                raise WriteConflict(str(error)) from error
+            raise
+
+    def _put_release(self, release: Release) -> dict[str, Any]:
+        stored = {**release_to_item(release), "version": release.version + 1}
+        if release.version == 0:
+            return self._put_new(stored)
+        return self._put_versioned(stored, release.version)
+
+    def _put_slot(self, slot: PipelineSlot) -> dict[str, Any]:
+        stored = {
+            "pk": f"PIPE#{slot.pipeline}",
+            "sk": "SLOT",
+            "kind": "slot",
+            "active": slot.active,
+            "waiting": list(slot.waiting),
+            "last_good": slot.last_good,
+            "version": slot.version + 1,
+        }
+        if slot.version == 0:
+            return self._put_new(stored)
+        return self._put_versioned(stored, slot.version)
+
+    def _put_new(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": _serialize(item),
+                "ConditionExpression": "attribute_not_exists(pk)",
+            }
+        }
+
+    def _put_versioned(self, item: Mapping[str, Any], expected: int) -> dict[str, Any]:
+        return {
+            "Put": {
+                "TableName": self._table,
+                "Item": _serialize(item),
+                "ConditionExpression": "#version = :expected",
+                "ExpressionAttributeNames": {"#version": "version"},
+                "ExpressionAttributeValues": {":expected": {"N": str(expected)}},
+            }
+        }
+
+
+def _is_conflict(error: ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code")
+    if code == "ConditionalCheckFailedException":
+        return True
+    if code != "TransactionCanceledException":
+        return False
+    reasons = error.response.get("CancellationReasons", [])
+    return any(reason.get("Code") in _CONFLICT_CODES for reason in reasons)

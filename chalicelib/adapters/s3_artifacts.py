@@ -1,0 +1,54 @@
+"""S3: resolve an uploaded bundle to the exact object version and its CI metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.domain.release import Revision
+from chalicelib.service.ports import StoredObject
+
+# User metadata CI sets on the upload (``x-amz-meta-*``), as the release records it. S3 lower-
+# cases metadata names, and CLIs differ on dashes and underscores, so both are accepted.
+_METADATA_FIELDS = {
+    "commit": "commit",
+    "version-label": "version_label",
+    "version_label": "version_label",
+    "author": "author",
+    "message": "message",
+}
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+_METADATA_VALUE_LIMIT = 1024
+
+
+class S3Artifacts:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def find(self, bucket: str, key: str, version_id: str | None) -> StoredObject | None:
+        arguments: dict[str, str] = {"Bucket": bucket, "Key": key}
+        if version_id:
+            arguments["VersionId"] = version_id
+        try:
+            head = self._client.head_object(**arguments)
+        except ClientError as error:
+            if str(error.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                return None
+            raise
+        metadata = {
+            field: str(value)[:_METADATA_VALUE_LIMIT]
+            for name, value in (head.get("Metadata") or {}).items()
+            if (field := _METADATA_FIELDS.get(name.lower()))
+        }
+        version = head.get("VersionId")
+        return StoredObject(
+            revision=Revision(
+                bucket=bucket,
+                key=key,
+                # Unversioned buckets answer "null": the eTag identifies the object then.
+                version=version if version and version != "null" else None,
+                etag=str(head.get("ETag", "")).strip('"') or None,
+            ),
+            metadata=metadata,
+        )

@@ -1,0 +1,276 @@
+"""The pipelines file: which S3 uploads deploy where, and how.
+
+Read with the standard library's ``tomllib``. An invalid file fails at load with the file, the
+pipeline, the key and what was wrong, so a bad deploy of the config never half-works.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chalicelib.domain.slot import BusyPolicy
+
+DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.HalfAtATime"
+NOTIFY_KINDS = frozenset({"slack", "slack_webhook", "email", "sns", "webhook"})
+NOTIFY_EVENTS = frozenset(
+    {
+        "started",
+        "queued",
+        "superseded",
+        "succeeded",
+        "failed",
+        "verify_failed",
+        "rolled_back",
+        "stopped",
+    }
+)
+
+
+class PipelinesConfigError(ValueError):
+    """The pipelines file is wrong; the message names the file, pipeline, key and the problem."""
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    healthy_checks: int = 2
+    # None: take the target group's own HealthCheckIntervalSeconds / derive from it.
+    interval_s: int | None = None
+    deadline_s: int | None = None
+    bake_s: int = 0
+
+
+@dataclass(frozen=True)
+class RollbackSettings:
+    on_deploy_failure: bool = True
+    on_verify_failure: bool = True
+
+
+@dataclass(frozen=True)
+class NotifyRoute:
+    kind: str
+    on: frozenset[str]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    bucket: str
+    prefix: str
+    application: str
+    deployment_group: str
+    deployment_config: str = DEFAULT_DEPLOYMENT_CONFIG
+    on_busy: BusyPolicy = BusyPolicy.QUEUE
+    verify: VerifySettings = VerifySettings()
+    rollback: RollbackSettings = RollbackSettings()
+    notify: tuple[NotifyRoute, ...] = ()
+
+    def matches(self, bucket: str, key: str) -> bool:
+        return bucket == self.bucket and key.startswith(self.prefix)
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "bucket": self.bucket,
+            "prefix": self.prefix,
+            "application": self.application,
+            "deployment_group": self.deployment_group,
+            "deployment_config": self.deployment_config,
+            "on_busy": self.on_busy.value,
+        }
+
+
+@dataclass(frozen=True)
+class PipelinesConfig:
+    pipelines: tuple[Pipeline, ...]
+
+    def for_upload(self, bucket: str, key: str) -> Pipeline | None:
+        # Prefixes within a bucket never overlap (checked at load), so at most one matches.
+        return next((p for p in self.pipelines if p.matches(bucket, key)), None)
+
+    def for_deployment_group(self, application: str, group: str) -> Pipeline | None:
+        return next(
+            (p for p in self.pipelines if p.application == application and p.deployment_group == group),
+            None,
+        )
+
+    def named(self, name: str) -> Pipeline | None:
+        return next((p for p in self.pipelines if p.name == name), None)
+
+
+_REQUIRED = ("name", "bucket", "prefix", "application", "deployment_group")
+_OPTIONAL = ("deployment_config", "on_busy", "verify", "rollback", "notify")
+_DEFAULT_NOTIFY_ON = frozenset({"started", "succeeded", "failed", "verify_failed", "rolled_back"})
+
+
+def load_pipelines(path: str | Path) -> PipelinesConfig:
+    """Read and validate a pipelines file."""
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelinesConfigError(f"{source}: file not found") from None
+    except tomllib.TOMLDecodeError as error:
+        raise PipelinesConfigError(f"{source}: not valid TOML: {error}") from None
+    return parse_pipelines(raw, source=str(source))
+
+
+def parse_pipelines(raw: Mapping[str, Any], *, source: str = "<pipelines>") -> PipelinesConfig:
+    unknown = set(raw) - {"pipeline"}
+    if unknown:
+        raise PipelinesConfigError(
+            f"{source}: unknown top-level key(s) {sorted(unknown)}; expected [[pipeline]] tables"
+        )
+    entries = raw.get("pipeline", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise PipelinesConfigError(f"{source}: 'pipeline' must be an array of tables ([[pipeline]])")
+    if not entries:
+        raise PipelinesConfigError(f"{source}: no [[pipeline]] defined")
+    pipelines = tuple(_parse_pipeline(entry, index, source) for index, entry in enumerate(entries))
+    _check_unique_names(pipelines, source)
+    _check_no_overlap(pipelines, source)
+    return PipelinesConfig(pipelines)
+
+
+def _parse_pipeline(entry: Mapping[str, Any], index: int, source: str) -> Pipeline:
+    label = f"pipeline '{entry['name']}'" if isinstance(entry.get("name"), str) else f"pipeline #{index + 1}"
+
+    def fail(key: str, what: str) -> PipelinesConfigError:
+        return PipelinesConfigError(f"{source}: {label}: key '{key}': {what}")
+
+    unknown = set(entry) - set(_REQUIRED) - set(_OPTIONAL)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise fail(key, f"unknown key (allowed: {', '.join(_REQUIRED + _OPTIONAL)})")
+    values: dict[str, str] = {}
+    for key in _REQUIRED:
+        value = entry.get(key)
+        if value is None:
+            raise fail(key, "is required")
+        if not isinstance(value, str) or (key != "prefix" and not value.strip()):
+            raise fail(key, f"must be a non-empty string, got {value!r}")
+        values[key] = value
+    deployment_config = entry.get("deployment_config", DEFAULT_DEPLOYMENT_CONFIG)
+    if not isinstance(deployment_config, str) or not deployment_config:
+        raise fail("deployment_config", f"must be a deployment config name, got {deployment_config!r}")
+    on_busy_raw = entry.get("on_busy", BusyPolicy.QUEUE.value)
+    try:
+        on_busy = BusyPolicy(on_busy_raw)
+    except ValueError:
+        raise fail("on_busy", f"must be 'queue' or 'supersede', got {on_busy_raw!r}") from None
+    return Pipeline(
+        name=values["name"],
+        bucket=values["bucket"],
+        prefix=values["prefix"],
+        application=values["application"],
+        deployment_group=values["deployment_group"],
+        deployment_config=deployment_config,
+        on_busy=on_busy,
+        verify=_parse_verify(entry.get("verify", {}), fail),
+        rollback=_parse_rollback(entry.get("rollback", {}), fail),
+        notify=_parse_notify(entry.get("notify", []), fail),
+    )
+
+
+def _table(value: Any, key: str, fail: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise fail(key, f"must be a table ([pipeline.{key}]), got {value!r}")
+    return value
+
+
+def _whole_number(table: Mapping[str, Any], name: str, key: str, fail: Any, *, minimum: int) -> int | None:
+    value = table.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise fail(f"{key}.{name}", f"must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+def _parse_verify(value: Any, fail: Any) -> VerifySettings:
+    table = _table(value, "verify", fail)
+    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s"}
+    for name in table:
+        if name not in allowed:
+            raise fail(f"verify.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    defaults = VerifySettings()
+    healthy_checks = _whole_number(table, "healthy_checks", "verify", fail, minimum=1)
+    bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0)
+    return VerifySettings(
+        healthy_checks=defaults.healthy_checks if healthy_checks is None else healthy_checks,
+        interval_s=_whole_number(table, "interval_s", "verify", fail, minimum=1),
+        deadline_s=_whole_number(table, "deadline_s", "verify", fail, minimum=1),
+        bake_s=defaults.bake_s if bake_s is None else bake_s,
+    )
+
+
+def _parse_rollback(value: Any, fail: Any) -> RollbackSettings:
+    table = _table(value, "rollback", fail)
+    allowed = {"on_deploy_failure", "on_verify_failure"}
+    flags: dict[str, bool] = {}
+    for name, flag in table.items():
+        if name not in allowed:
+            raise fail(f"rollback.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        if not isinstance(flag, bool):
+            raise fail(f"rollback.{name}", f"must be true or false, got {flag!r}")
+        flags[name] = flag
+    return RollbackSettings(**flags)
+
+
+def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
+    if not isinstance(value, list):
+        raise fail("notify", "must be an array of tables ([[pipeline.notify]])")
+    routes = []
+    for number, entry in enumerate(value, start=1):
+        key = f"notify[{number}]"
+        if not isinstance(entry, dict):
+            raise fail(key, "must be a table")
+        kind = entry.get("kind")
+        if kind not in NOTIFY_KINDS:
+            raise fail(f"{key}.kind", f"must be one of {', '.join(sorted(NOTIFY_KINDS))}, got {kind!r}")
+        on = entry.get("on", sorted(_DEFAULT_NOTIFY_ON))
+        if not isinstance(on, list) or not all(isinstance(name, str) for name in on):
+            raise fail(f"{key}.on", "must be a list of event names")
+        unknown_events = sorted(set(on) - NOTIFY_EVENTS)
+        if unknown_events:
+            raise fail(
+                f"{key}.on",
+                f"unknown event(s) {unknown_events} (known: {', '.join(sorted(NOTIFY_EVENTS))})",
+            )
+        settings = {name: setting for name, setting in entry.items() if name not in ("kind", "on")}
+        routes.append(NotifyRoute(kind=kind, on=frozenset(on), settings=settings))
+    return tuple(routes)
+
+
+def _check_unique_names(pipelines: Iterable[Pipeline], source: str) -> None:
+    seen: set[str] = set()
+    for pipeline in pipelines:
+        if pipeline.name in seen:
+            raise PipelinesConfigError(f"{source}: pipeline '{pipeline.name}': key 'name': used twice")
+        seen.add(pipeline.name)
+
+
+def _check_no_overlap(pipelines: tuple[Pipeline, ...], source: str) -> None:
+    for index, first in enumerate(pipelines):
+        for second in pipelines[index + 1 :]:
+            if first.bucket != second.bucket:
+                continue
+            if first.prefix.startswith(second.prefix) or second.prefix.startswith(first.prefix):
+                raise PipelinesConfigError(
+                    f"{source}: pipeline '{second.name}': key 'prefix': "
+                    f"s3://{second.bucket}/{second.prefix} overlaps pipeline '{first.name}' "
+                    f"(s3://{first.bucket}/{first.prefix}); an upload must match one pipeline"
+                )
+        if any(
+            other.application == first.application and other.deployment_group == first.deployment_group
+            for other in pipelines[index + 1 :]
+        ):
+            raise PipelinesConfigError(
+                f"{source}: pipeline '{first.name}': key 'deployment_group': "
+                f"{first.application}/{first.deployment_group} is used by another pipeline; "
+                "CodeDeploy runs one deployment per group, so one pipeline owns a group"
+            )

@@ -1,0 +1,293 @@
+"""The release record: a Step Functions-style state machine with a numbered history.
+
+A transition returns a new ``Release`` plus the history event that explains it; the store writes
+both in one conditional write, so the history event doubles as the notification outbox.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class ReleaseState(StrEnum):
+    RECEIVED = "RECEIVED"
+    QUEUED = "QUEUED"
+    DEPLOYING = "DEPLOYING"
+    VERIFYING = "VERIFYING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+    SUPERSEDED = "SUPERSEDED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {ReleaseState.SUCCEEDED, ReleaseState.FAILED, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}
+)
+
+# DESIGN.md section 3. Anything not listed is ignored: duplicate and late events are normal.
+ALLOWED_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
+    ReleaseState.RECEIVED: frozenset({ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED}),
+    ReleaseState.QUEUED: frozenset({ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}),
+    ReleaseState.DEPLOYING: frozenset(
+        {
+            ReleaseState.VERIFYING,
+            ReleaseState.SUCCEEDED,
+            ReleaseState.FAILED,
+            ReleaseState.STOPPED,
+        }
+    ),
+    ReleaseState.VERIFYING: frozenset({ReleaseState.SUCCEEDED, ReleaseState.FAILED, ReleaseState.STOPPED}),
+}
+
+
+class Trigger(StrEnum):
+    UPLOAD = "upload"
+    API = "api"
+    ROLLBACK = "rollback"
+    AUTO_ROLLBACK = "auto_rollback"
+    EXTERNAL = "external"
+
+
+class EventType(StrEnum):
+    """History event types, named after Step Functions' execution history."""
+
+    EXECUTION_STARTED = "ExecutionStarted"
+    STATE_ENTERED = "StateEntered"
+    TASK_SCHEDULED = "TaskScheduled"
+    TASK_STARTED = "TaskStarted"
+    TASK_SUCCEEDED = "TaskSucceeded"
+    TASK_FAILED = "TaskFailed"
+    EXECUTION_SUCCEEDED = "ExecutionSucceeded"
+    EXECUTION_FAILED = "ExecutionFailed"
+    EXECUTION_ABORTED = "ExecutionAborted"
+
+
+_EVENT_FOR_TARGET: Mapping[ReleaseState, EventType] = {
+    ReleaseState.SUCCEEDED: EventType.EXECUTION_SUCCEEDED,
+    ReleaseState.FAILED: EventType.EXECUTION_FAILED,
+    ReleaseState.STOPPED: EventType.EXECUTION_ABORTED,
+    ReleaseState.SUPERSEDED: EventType.EXECUTION_ABORTED,
+}
+
+Detail = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Revision:
+    """Exactly one S3 object version: what CodeDeploy is asked to deploy."""
+
+    bucket: str
+    key: str
+    version: str | None
+    etag: str | None
+
+    @property
+    def bundle_type(self) -> str | None:
+        """CodeDeploy's bundle type from the key's extension, or None when it has none it knows."""
+        lowered = self.key.lower()
+        if lowered.endswith((".tar.gz", ".tgz")):
+            return "tgz"
+        if lowered.endswith(".tar"):
+            return "tar"
+        if lowered.endswith(".zip"):
+            return "zip"
+        return None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"bucket": self.bucket, "key": self.key, "version": self.version, "etag": self.etag}
+
+
+def upload_release_id(revision: Revision) -> str:
+    """The id of the release an upload creates: the same object version always gives the same id,
+    whatever the delivery, so a repeated delivery finds its release already there."""
+    identity = revision.version or revision.etag or ""
+    digest = hashlib.sha256(f"{revision.bucket}\n{revision.key}\n{identity}".encode()).hexdigest()
+    return f"rel-{digest[:20]}"
+
+
+def external_release_id(deployment_id: str) -> str:
+    """The id of the release recorded for a deployment the coordinator did not start."""
+    return f"ext-{deployment_id}"
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    id: int
+    previous_event_id: int
+    timestamp: datetime
+    type: EventType
+    state: ReleaseState
+    detail: Detail = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "previous_event_id": self.previous_event_id,
+            "timestamp": self.timestamp.isoformat(),
+            "type": self.type.value,
+            "state": self.state.value,
+            "detail": dict(self.detail),
+        }
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    pipeline: str
+    application: str
+    deployment_group: str
+    revision: Revision
+    trigger: Trigger
+    state: ReleaseState
+    created_at: datetime
+    updated_at: datetime
+    reason: str = ""
+    deployment_id: str | None = None
+    actor: str | None = None
+    rollback_of: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    # When a start (CreateDeployment) was last claimed: a second delivery of the same upload
+    # leaves a fresh claim alone instead of deploying twice.
+    start_claimed_at: datetime | None = None
+    # Optimistic-lock version of the stored item; 0 until first written.
+    version: int = 0
+    last_event_id: int = 0
+
+    @property
+    def awaiting_deployment(self) -> bool:
+        """Holds the slot but CodeDeploy has no deployment for it yet."""
+        return self.state is ReleaseState.DEPLOYING and self.deployment_id is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The release JSON of the API and CLI (DESIGN.md section 5), without history."""
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "application": self.application,
+            "deployment_group": self.deployment_group,
+            "state": self.state.value,
+            "reason": self.reason,
+            "deployment_id": self.deployment_id,
+            "revision": self.revision.to_dict(),
+            "trigger": self.trigger.value,
+            "rollback_of": self.rollback_of,
+            "actor": self.actor,
+            "metadata": dict(self.metadata),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    """A release as it will be after a write, with the history events that write appends."""
+
+    release: Release
+    events: tuple[HistoryEvent, ...]
+
+
+def new_release(
+    *,
+    release_id: str,
+    pipeline: str,
+    application: str,
+    deployment_group: str,
+    revision: Revision,
+    trigger: Trigger,
+    now: datetime,
+    actor: str | None = None,
+    rollback_of: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    deployment_id: str | None = None,
+) -> Step:
+    """A release in RECEIVED, with its ExecutionStarted event."""
+    release = Release(
+        id=release_id,
+        pipeline=pipeline,
+        application=application,
+        deployment_group=deployment_group,
+        revision=revision,
+        trigger=trigger,
+        state=ReleaseState.RECEIVED,
+        created_at=now,
+        updated_at=now,
+        actor=actor,
+        rollback_of=rollback_of,
+        metadata=dict(metadata or {}),
+        deployment_id=deployment_id,
+    )
+    started_detail: dict[str, Any] = {"trigger": trigger.value, "revision": revision.to_dict()}
+    if actor:
+        started_detail["actor"] = actor
+    if rollback_of:
+        started_detail["rollback_of"] = rollback_of
+    return record(Step(release, ()), EventType.EXECUTION_STARTED, now=now, detail=started_detail)
+
+
+def record(step: Step, event_type: EventType, *, now: datetime, detail: Detail | None = None) -> Step:
+    """Append a history event without changing state (a task scheduled, started, failed...)."""
+    release = step.release
+    event = HistoryEvent(
+        id=release.last_event_id + 1,
+        previous_event_id=release.last_event_id,
+        timestamp=now,
+        type=event_type,
+        state=release.state,
+        detail=dict(detail or {}),
+    )
+    updated = dataclasses.replace(release, last_event_id=event.id, updated_at=now)
+    return Step(updated, (*step.events, event))
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A transition the state machine does not allow: logged by the caller, never raised."""
+
+    release_id: str
+    current: ReleaseState
+    target: ReleaseState
+
+    @property
+    def message(self) -> str:
+        return f"release {self.release_id}: {self.current} -> {self.target} is not a transition; ignored"
+
+
+def can_transition(current: ReleaseState, target: ReleaseState) -> bool:
+    return target in ALLOWED_TRANSITIONS.get(current, frozenset())
+
+
+def transition(
+    step: Step,
+    target: ReleaseState,
+    *,
+    now: datetime,
+    reason: str,
+    detail: Detail | None = None,
+    **changes: Any,
+) -> Step | Refused:
+    """Move the release to ``target`` with one history event, or refuse.
+
+    ``changes`` sets other release fields in the same write (deployment id, start claim...).
+    """
+    release = step.release
+    if not can_transition(release.state, target):
+        return Refused(release.id, release.state, target)
+    event_type = _EVENT_FOR_TARGET.get(target, EventType.STATE_ENTERED)
+    moved = dataclasses.replace(release, state=target, reason=reason, **changes)
+    event_detail = {"from": release.state.value, "reason": reason, **(detail or {})}
+    return record(Step(moved, step.events), event_type, now=now, detail=event_detail)
+
+
+def update(step: Step, *, now: datetime, **changes: Any) -> Step:
+    """Change release fields that are not its state (start claim, deployment id)."""
+    return Step(dataclasses.replace(step.release, updated_at=now, **changes), step.events)

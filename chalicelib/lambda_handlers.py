@@ -1,0 +1,46 @@
+"""What each Lambda entry point does with its raw event: parse, log and skip what is malformed,
+hand the rest to a use case. ``app.py`` only routes events here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
+from chalicelib.service.context import Context, logger
+from chalicelib.service.deployment_events import handle_deployment_event
+from chalicelib.service.reconcile import reconcile
+from chalicelib.service.uploads import handle_upload
+
+
+def artifact_event(context: Context, event: Any) -> dict[str, Any]:
+    try:
+        parsed = parse_artifact_event(event)
+    except MalformedEvent as problem:
+        logger.warning("malformed S3 event skipped", extra={"why": str(problem)})
+        return {"releases": [], "skipped": [str(problem)]}
+    for why in parsed.skipped:
+        logger.warning("malformed S3 record skipped", extra={"why": why})
+    releases = []
+    for upload in parsed.uploads:
+        release = handle_upload(context, upload)
+        if release is not None:
+            releases.append({"id": release.id, "state": release.state.value})
+    return {"releases": releases, "skipped": parsed.skipped}
+
+
+def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
+    try:
+        change = parse_codedeploy_event(event)
+    except MalformedEvent as problem:
+        logger.warning("malformed CodeDeploy event skipped", extra={"why": str(problem)})
+        return {"release": None, "skipped": str(problem)}
+    if change is None:
+        return {"release": None, "skipped": "instance-level event"}
+    release = handle_deployment_event(context, change)
+    return {"release": release.id if release else None, "skipped": None}
+
+
+def scheduled_reconcile(context: Context) -> dict[str, Any]:
+    report = reconcile(context)
+    logger.info("reconcile finished", extra={"report": report})
+    return report

@@ -1,0 +1,150 @@
+"""CodeDeploy's state changes move the release that the deployment carries."""
+
+from __future__ import annotations
+
+from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged
+from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.release import (
+    Refused,
+    Release,
+    ReleaseState,
+    Revision,
+    Trigger,
+    external_release_id,
+    new_release,
+    transition,
+)
+from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.service.ports import DeploymentInfo
+from chalicelib.service.slot_flow import Batch, finish, link_deployment
+
+# GetDeployment's terminal statuses, as the state-change event that a lost event would have said.
+STATE_FOR_STATUS = {
+    "Succeeded": DeploymentState.SUCCESS,
+    "Failed": DeploymentState.FAILURE,
+    "Stopped": DeploymentState.STOP,
+}
+
+
+def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> Release | None:
+    release_id = context.store.release_for_deployment(event.deployment_id)
+    if release_id is None:
+        release_id = _adopt_unknown_deployment(context, event)
+        if release_id is None:
+            return None
+    with logger.append_context_keys(release_id=release_id, deployment_id=event.deployment_id):
+        return apply_deployment_state(context, release_id, event.deployment_id, event.state)
+
+
+def apply_deployment_state(
+    context: Context, release_id: str, deployment_id: str, state: DeploymentState
+) -> Release | None:
+    release = context.store.get_release(release_id)
+    if release is None:
+        logger.error("deployment index points at a missing release")
+        return None
+    if release.deployment_id != deployment_id:
+        logger.info("event for a deployment the release no longer follows; ignored")
+        return release
+    if state is DeploymentState.SUCCESS:
+        return finish(
+            context,
+            release_id,
+            ReleaseState.SUCCEEDED,
+            reason=f"CodeDeploy deployment {deployment_id} succeeded",
+            detail={"deployment_id": deployment_id},
+        )
+    if state is DeploymentState.FAILURE:
+        info = context.deployments.describe(deployment_id)
+        cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
+        return finish(
+            context,
+            release_id,
+            ReleaseState.FAILED,
+            reason=f"CodeDeploy deployment {deployment_id} failed ({cause})",
+            detail={
+                "deployment_id": deployment_id,
+                "error": info.error_code or "",
+                "cause": info.error_message or "",
+            },
+        )
+    if state is DeploymentState.STOP:
+        return finish(
+            context,
+            release_id,
+            ReleaseState.STOPPED,
+            reason=f"CodeDeploy deployment {deployment_id} was stopped",
+            detail={"deployment_id": deployment_id},
+        )
+    # START changes nothing the record does not already say (the link recorded TaskStarted);
+    # READY belongs to blue/green, which the coordinator does not drive.
+    logger.info(f"CodeDeploy {state.value}: no change", extra={"state": release.state.value})
+    return release
+
+
+def _adopt_unknown_deployment(context: Context, event: DeploymentStateChanged) -> str | None:
+    """A deployment the store does not know: ours whose link the event outran, or one started
+    outside the coordinator, recorded as an ``external`` release so the history has no holes."""
+    info = context.deployments.describe(event.deployment_id)
+    if info.release_id is not None and context.store.get_release(info.release_id) is not None:
+        link_deployment(context, info.release_id, info.deployment_id)
+        return info.release_id
+    pipeline = context.pipelines.for_deployment_group(info.application, info.deployment_group)
+    if pipeline is None:
+        logger.info(
+            "deployment of a group no pipeline owns; ignored",
+            extra={
+                "deployment_id": info.deployment_id,
+                "application": info.application,
+                "group": info.deployment_group,
+            },
+        )
+        return None
+    return _record_external(context, pipeline, info)
+
+
+def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
+    release_id = external_release_id(info.deployment_id)
+
+    def decide() -> None:
+        if context.store.get_release(release_id) is not None:
+            return
+        now = context.clock.now()
+        step = new_release(
+            release_id=release_id,
+            pipeline=pipeline.name,
+            application=info.application,
+            deployment_group=info.deployment_group,
+            revision=info.revision or Revision(bucket="", key="", version=None, etag=None),
+            trigger=Trigger.EXTERNAL,
+            now=now,
+            actor=info.creator or None,
+            metadata={"creator": info.creator} if info.creator else {},
+            deployment_id=info.deployment_id,
+        )
+        moved = transition(
+            step,
+            ReleaseState.DEPLOYING,
+            now=now,
+            reason=(
+                f"deployment {info.deployment_id} started outside the coordinator "
+                f"(creator: {info.creator or 'unknown'})"
+            ),
+        )
+        assert not isinstance(moved, Refused)
+        slot = context.store.get_slot(pipeline.name)
+        # It occupies CodeDeploy's one deployment per group: hold the slot if it is free, so
+        # uploads queue behind it instead of failing against CodeDeploy's limit.
+        admission = slot.admit(release_id, pipeline.on_busy)
+        batch = Batch()
+        batch.add(moved)
+        context.store.commit(
+            batch.change(admission.slot if admission.active else None, {info.deployment_id: release_id})
+        )
+        logger.info(
+            "recorded an external deployment",
+            extra={"release_id": release_id, "holds_slot": admission.active},
+        )
+
+    retry_on_conflict(decide)
+    return release_id

@@ -1,0 +1,122 @@
+"""What the use cases need from the outside world, as small interfaces.
+
+Adapters in ``chalicelib.adapters`` implement these against AWS; tests may hand in others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from chalicelib.domain.release import HistoryEvent, Release, Revision
+from chalicelib.domain.slot import PipelineSlot
+
+
+class WriteConflict(Exception):
+    """A conditional write lost a race: re-read and decide again."""
+
+
+@dataclass(frozen=True)
+class Change:
+    """Everything one use-case step writes, committed atomically or not at all.
+
+    Each release carries the version it was read at (0: must not exist yet); the slot likewise.
+    """
+
+    releases: Sequence[Release] = ()
+    events: Mapping[str, Sequence[HistoryEvent]] = field(default_factory=dict)
+    slot: PipelineSlot | None = None
+    # deployment id -> release id, written once.
+    deployment_links: Mapping[str, str] = field(default_factory=dict)
+
+
+class ReleaseStore(Protocol):
+    def get_release(self, release_id: str) -> Release | None: ...
+
+    def get_releases(self, release_ids: Sequence[str]) -> list[Release]: ...
+
+    def get_slot(self, pipeline: str) -> PipelineSlot: ...
+
+    def release_for_deployment(self, deployment_id: str) -> str | None: ...
+
+    def history(self, release_id: str) -> list[HistoryEvent]: ...
+
+    def open_releases(self, pipeline: str) -> list[Release]:
+        """Releases of a pipeline not yet in a terminal state."""
+        ...
+
+    def commit(self, change: Change) -> None:
+        """Write the change in one transaction; raise ``WriteConflict`` if any condition fails."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An S3 object version as it exists, with the user metadata CI attached to it."""
+
+    revision: Revision
+    metadata: Mapping[str, str]
+
+
+class ArtifactStore(Protocol):
+    def find(self, bucket: str, key: str, version_id: str | None) -> StoredObject | None:
+        """The object (that version, if given), or None when S3 does not have it."""
+        ...
+
+
+class DeploymentBusy(Exception):
+    """CodeDeploy already runs a deployment for the group (started outside the coordinator)."""
+
+    def __init__(self, message: str, active_deployment_id: str | None) -> None:
+        super().__init__(message)
+        self.active_deployment_id = active_deployment_id
+
+
+class RevisionRejected(Exception):
+    """CodeDeploy refuses this revision or target for good: retrying cannot help."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    deployment_id: str
+    application: str
+    deployment_group: str
+    status: str  # CodeDeploy's: Created, Queued, InProgress, Baking, Succeeded, Failed, Stopped, Ready
+    revision: Revision | None
+    creator: str
+    description: str
+    # The release the coordinator started this deployment for, if it did.
+    release_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    create_time: datetime | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in ("Succeeded", "Failed", "Stopped")
+
+
+class Deployments(Protocol):
+    def create(self, release: Release, deployment_config: str) -> str:
+        """Start a CodeDeploy deployment of the release's revision; return its id.
+
+        Raises ``DeploymentBusy`` or ``RevisionRejected``; throttling and server errors propagate.
+        """
+        ...
+
+    def find_for_release(self, release: Release) -> str | None:
+        """A deployment already created for this release (CreateDeployment takes no client
+        token, so a retry must look before it creates)."""
+        ...
+
+    def describe(self, deployment_id: str) -> DeploymentInfo: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...

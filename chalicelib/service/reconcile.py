@@ -1,0 +1,35 @@
+"""The reconciler: CodeDeploy's events are best effort, so a schedule repairs what a lost event
+(or a Lambda that died mid-way) would leave behind."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.domain.release import ReleaseState
+from chalicelib.service.context import Context, logger
+from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
+from chalicelib.service.slot_flow import advance
+
+
+def reconcile(context: Context) -> dict[str, Any]:
+    """Bring every pipeline's open releases and slot in line with CodeDeploy. Returns what it did."""
+    report: dict[str, Any] = {}
+    for pipeline in context.pipelines.pipelines:
+        actions: dict[str, Any] = {}
+        for release in context.store.open_releases(pipeline.name):
+            if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
+                continue
+            info = context.deployments.describe(release.deployment_id)
+            missed = STATE_FOR_STATUS.get(info.status)
+            if missed is None:
+                continue
+            with logger.append_context_keys(release_id=release.id, deployment_id=release.deployment_id):
+                logger.info(
+                    "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}
+                )
+                apply_deployment_state(context, release.id, release.deployment_id, missed)
+            actions.setdefault("applied", []).append(release.id)
+        actions.update(advance(context, pipeline))
+        if actions:
+            report[pipeline.name] = actions
+    return report
