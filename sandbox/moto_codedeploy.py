@@ -1,0 +1,107 @@
+"""Where moto 5.2.5's CodeDeploy stops short of AWS, and the sandbox and tests need it not to.
+
+moto lets any number of deployments run per group and never moves them out of ``Created``.
+AWS allows one active deployment per group (``DeploymentLimitExceededException``) and reports
+``errorInformation`` on failure. ``install()`` adds exactly that, and ``complete()`` plays
+CodeDeploy finishing a deployment. Each extension has a regression test in
+``tests/integration/test_moto_codedeploy.py``.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from moto.codedeploy import models as codedeploy_models
+from moto.codedeploy import responses as codedeploy_responses
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.exceptions import JsonRESTError
+
+TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
+
+_lock = threading.Lock()
+_installed = False
+
+
+class DeploymentLimitExceededException(JsonRESTError):
+    def __init__(self, group: str, active_id: str) -> None:
+        # AWS's own wording: the active id is only in the message text.
+        super().__init__(
+            "DeploymentLimitExceededException",
+            f"The Deployment Group '{group}' already has an active Deployment '{active_id}'",
+        )
+
+
+def install() -> None:
+    """Patch moto's CodeDeploy in this process (idempotent)."""
+    global _installed  # noqa: PLW0603 - one process-wide patch, applied once
+    with _lock:
+        if _installed:
+            return
+        original_create = codedeploy_models.CodeDeployBackend.create_deployment
+        original_info = codedeploy_responses._deployment_info
+
+        def create_deployment(self: Any, *args: Any, **kwargs: Any) -> str:
+            application = kwargs.get("application_name", args[0] if args else None)
+            group = kwargs.get("deployment_group_name", args[1] if len(args) > 1 else None)
+            # The check and the create happen under one lock: the moto server is threaded.
+            with _lock:
+                for deployment in self.deployments.values():
+                    if (
+                        deployment.application_name == application
+                        and deployment.deployment_group_name == group
+                        and deployment.status not in TERMINAL_STATUSES
+                    ):
+                        raise DeploymentLimitExceededException(str(group), deployment.deployment_id)
+                deployment_id: str = original_create(self, *args, **kwargs)
+                return deployment_id
+
+        def deployment_info(deployment: Any) -> dict[str, Any]:
+            info: dict[str, Any] = original_info(deployment)
+            info["errorInformation"] = getattr(deployment, "error_information", None) or {}
+            return info
+
+        codedeploy_models.CodeDeployBackend.create_deployment = create_deployment  # type: ignore[method-assign]
+        codedeploy_responses._deployment_info = deployment_info
+        _installed = True
+
+
+def backend(region: str = "us-east-1", account_id: str = DEFAULT_ACCOUNT_ID) -> Any:
+    return codedeploy_models.codedeploy_backends[account_id][region]
+
+
+def complete(
+    deployment_id: str,
+    status: str,
+    *,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    region: str = "us-east-1",
+) -> None:
+    """Finish a deployment as CodeDeploy would: terminal status, times, error information."""
+    if status not in TERMINAL_STATUSES:
+        raise ValueError(f"status must be one of {sorted(TERMINAL_STATUSES)}, got {status!r}")
+    deployment = backend(region).deployments[deployment_id]
+    now = datetime.now(UTC)
+    deployment.start_time = deployment.start_time or now
+    deployment.complete_time = now
+    deployment.status = status
+    if error_code:
+        deployment.error_information = {"code": error_code, "message": error_message or ""}
+
+
+def start(deployment_id: str, region: str = "us-east-1") -> None:
+    deployment = backend(region).deployments[deployment_id]
+    deployment.status = "InProgress"
+    deployment.start_time = datetime.now(UTC)
+
+
+def active_deployments(application: str, group: str, region: str = "us-east-1") -> list[str]:
+    return [
+        deployment.deployment_id
+        for deployment in backend(region).deployments.values()
+        if deployment.application_name == application
+        and deployment.deployment_group_name == group
+        and deployment.status not in TERMINAL_STATUSES
+    ]

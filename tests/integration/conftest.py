@@ -1,0 +1,181 @@
+"""Integration fixtures: moto in process (``mock_aws``) provisioned like the real account, the
+Chalice app invoked through ``chalice.test.Client``, and real-shaped events produced by moto
+itself (S3 to EventBridge to SQS, S3 classic notification to SQS)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from chalice.test import Client
+from moto import mock_aws
+
+from app import app
+from chalicelib import bootstrap
+from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+from chalicelib.domain.pipelines import load_pipelines
+from chalicelib.domain.release import HistoryEvent, Release
+from sandbox import moto_codedeploy
+from sandbox.provision import Provisioned, provision
+
+BUCKET = "acme-artifacts"
+TABLE = "releases-test"
+REGION = "us-east-1"
+PIPELINES_TOML = f"""
+[[pipeline]]
+name = "api-prod"
+bucket = "{BUCKET}"
+prefix = "api/prod/"
+application = "api"
+deployment_group = "api-prod"
+
+[[pipeline]]
+name = "web-prod"
+bucket = "{BUCKET}"
+prefix = "web/prod/"
+application = "web"
+deployment_group = "web-prod"
+on_busy = "supersede"
+"""
+# A stage that config.json does not define: the test client then adds no stage environment,
+# and the fixture's own RELEASES_TABLE and PIPELINES_FILE stay in force.
+TEST_STAGE = "integration-test"
+
+
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        # Fail fast on anything the emulator does not answer.
+        "AWS_MAX_ATTEMPTS": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    version_id: str
+    etag: str
+    eventbridge: dict[str, Any]
+    classic: dict[str, Any]
+
+
+@dataclass
+class World:
+    session: Any
+    provisioned: Provisioned
+    client: Client
+    s3_test_events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def store(self) -> DynamoReleaseStore:
+        return DynamoReleaseStore(self.session.client("dynamodb"), TABLE)
+
+    def upload(self, key: str, body: bytes | None = None, metadata: dict[str, str] | None = None) -> Upload:
+        s3 = self.session.client("s3")
+        response = s3.put_object(
+            Bucket=BUCKET, Key=key, Body=body or uuid.uuid4().bytes, Metadata=metadata or {}
+        )
+        eventbridge = self._drain(self.provisioned.eventbridge_queue_url)
+        classic = self._drain(self.provisioned.classic_queue_url)
+        assert len(eventbridge) == 1, eventbridge
+        assert len(classic) == 1, classic
+        return Upload(
+            key=key,
+            version_id=response["VersionId"],
+            etag=response["ETag"].strip('"'),
+            eventbridge=eventbridge[0],
+            classic=classic[0],
+        )
+
+    def _drain(self, queue_url: str) -> list[dict[str, Any]]:
+        sqs = self.session.client("sqs")
+        bodies: list[dict[str, Any]] = []
+        while True:
+            messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return bodies
+            for message in messages:
+                bodies.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def invoke(self, function: str, event: dict[str, Any]) -> Any:
+        return self.client.lambda_.invoke(function, event).payload
+
+    def deliver_upload(self, event: dict[str, Any]) -> Any:
+        return self.invoke("on_artifact_event", event)
+
+    def codedeploy_event(self, deployment_id: str, state: str, application: str = "api", group: str = "api-prod") -> Any:
+        return self.invoke("on_codedeploy_event", codedeploy_event(deployment_id, state, application, group))
+
+    def deployments(self, application: str = "api", group: str = "api-prod") -> list[dict[str, Any]]:
+        codedeploy = self.session.client("codedeploy")
+        ids = codedeploy.list_deployments(applicationName=application, deploymentGroupName=group)["deployments"]
+        if not ids:
+            return []
+        infos = codedeploy.batch_get_deployments(deploymentIds=ids)["deploymentsInfo"]
+        return sorted(infos, key=lambda info: info["createTime"])
+
+    def release(self, release_id: str) -> Release:
+        release = self.store.get_release(release_id)
+        assert release is not None, f"no release {release_id}"
+        return release
+
+    def history(self, release_id: str) -> list[HistoryEvent]:
+        return self.store.history(release_id)
+
+
+def codedeploy_event(deployment_id: str, state: str, application: str, group: str) -> dict[str, Any]:
+    """The EventBridge event CodeDeploy sends (../shared/reference/aws-facts.md)."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "CodeDeploy Deployment State-change Notification",
+        "source": "aws.codedeploy",
+        "account": "123456789012",
+        "time": "2026-11-26T10:00:00Z",
+        "region": REGION,
+        "resources": [f"arn:aws:codedeploy:{REGION}:123456789012:deploymentgroup:{application}/{group}"],
+        "detail": {
+            "region": REGION,
+            "deploymentId": deployment_id,
+            "instanceGroupId": str(uuid.uuid4()),
+            "deploymentGroup": group,
+            "state": state,
+            "application": application,
+        },
+    }
+
+
+@pytest.fixture
+def pipelines_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(PIPELINES_TOML, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> Iterator[World]:
+    aws_environment(monkeypatch)
+    monkeypatch.setenv("RELEASES_TABLE", TABLE)
+    monkeypatch.setenv("PIPELINES_FILE", str(pipelines_file))
+    moto_codedeploy.install()
+    bootstrap.reset()
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        provisioned = provision(session, load_pipelines(pipelines_file), table=TABLE)
+        built = World(session=session, provisioned=provisioned, client=Client(app, stage_name=TEST_STAGE))
+        built.s3_test_events = built._drain(provisioned.classic_queue_url)
+        built._drain(provisioned.eventbridge_queue_url)
+        yield built
+    bootstrap.reset()
