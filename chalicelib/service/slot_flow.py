@@ -96,7 +96,7 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
         deployment_id = context.deployments.create(release, pipeline.deployment_config)
     except DeploymentBusy as busy:
         logger.warning(
-            "deployment group busy with a deployment the coordinator did not start; waiting",
+            "deployment group busy with another deployment; waiting for it to end",
             extra={**log_keys, "active_deployment_id": busy.active_deployment_id},
         )
         _record_start_failure(

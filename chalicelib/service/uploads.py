@@ -48,10 +48,11 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
 def _record_and_start(context: Context, stored: StoredObject, pipeline: Pipeline, release_id: str) -> Release:
     revision = stored.revision
 
-    def decide() -> tuple[Release, bool]:
+    def decide() -> tuple[Release, bool | None]:
+        """The release, and whether it took the slot (None: it was already recorded)."""
         existing = context.store.get_release(release_id)
         if existing is not None:
-            return existing, False
+            return existing, None
         now = context.clock.now()
         step = new_release(
             release_id=release_id,
@@ -118,14 +119,14 @@ def _record_and_start(context: Context, stored: StoredObject, pipeline: Pipeline
         logger.info(f"release {moved.release.state.value.lower()}", extra={"key": revision.key})
         return moved.release, admission.active
 
-    release, created_active = retry_on_conflict(decide)
-    if created_active:
+    release, took_slot = retry_on_conflict(decide)
+    if took_slot:
         start_deployment(context, release, pipeline, look_first=False)
-    elif release.awaiting_deployment:
+    elif took_slot is None and release.awaiting_deployment:
         # A repeated delivery (Lambda's retry after a failed CreateDeployment, or S3's duplicate):
         # picks the start up again if it was handed back or abandoned, else leaves it alone.
         advance(context, pipeline)
-    else:
+    elif took_slot is None:
         logger.info("upload already recorded; nothing to do", extra={"state": release.state.value})
     return release
 

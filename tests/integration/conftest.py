@@ -112,6 +112,12 @@ class World:
     def invoke(self, function: str, event: dict[str, Any]) -> Any:
         return self.client.lambda_.invoke(function, event).payload
 
+    def reconcile(self) -> Any:
+        event = self.client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+        )
+        return self.invoke("reconcile", event)
+
     def deliver_upload(self, event: dict[str, Any]) -> Any:
         return self.invoke("on_artifact_event", event)
 

@@ -1,0 +1,152 @@
+"""Retries, crashes and lost events: nothing lost, nothing deployed twice."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+
+from chalicelib import bootstrap
+from chalicelib.adapters.codedeploy import CodeDeployDeployments
+from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+from chalicelib.adapters.s3_artifacts import S3Artifacts
+from chalicelib.domain.inbound_events import parse_artifact_event
+from chalicelib.domain.release import EventType, ReleaseState
+from chalicelib.domain.slot import PipelineSlot
+from chalicelib.service.context import Context
+from chalicelib.service.ports import Change
+from chalicelib.service.reconcile import reconcile
+from chalicelib.service.slot_flow import START_CLAIM_LEASE
+from chalicelib.service.uploads import handle_upload
+from sandbox import moto_codedeploy
+from tests.integration.conftest import TABLE, World
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.current = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.current
+
+    def advance(self, delta: timedelta) -> None:
+        self.current += delta
+
+
+def direct_context(world: World, clock: ManualClock, codedeploy: Any | None = None) -> Context:
+    """The use cases wired by hand, with a clock the test moves."""
+    return Context(
+        store=DynamoReleaseStore(world.session.client("dynamodb"), TABLE),
+        artifacts=S3Artifacts(world.session.client("s3")),
+        deployments=CodeDeployDeployments(codedeploy or world.session.client("codedeploy")),
+        pipelines=bootstrap.pipelines(),
+        clock=clock,
+    )
+
+
+def test_throttled_create_is_retried_by_the_redelivery_without_a_second_deployment(world: World) -> None:
+    upload = world.upload("api/prod/app-1.zip")
+    codedeploy = world.session.client("codedeploy")
+    context = direct_context(world, ManualClock(), codedeploy)
+    [created] = parse_artifact_event(upload.eventbridge).uploads
+
+    # moto cannot throttle: botocore's Stubber answers CreateDeployment with ThrottlingException.
+    with Stubber(codedeploy) as stub:
+        stub.add_client_error("create_deployment", "ThrottlingException", "Rate exceeded", 400)
+        with pytest.raises(ClientError, match="ThrottlingException"):
+            handle_upload(context, created)
+    release = handle_upload(context, created)  # Lambda's retry of the same event
+
+    assert release is not None
+    started = world.release(release.id)
+    assert started.deployment_id is not None
+    assert len(world.deployments()) == 1
+    types = [event.type for event in world.history(release.id)]
+    assert types.count(EventType.TASK_FAILED) == 1
+    assert types[-1] is EventType.TASK_STARTED
+
+
+def test_crash_after_create_is_found_not_deployed_again(world: World) -> None:
+    """CreateDeployment succeeded but its answer was lost (a 5xx on the way back, a timeout):
+    the retry finds the deployment by the release id in its description."""
+    upload = world.upload("api/prod/app-1.zip")
+    codedeploy = world.session.client("codedeploy")
+    context = direct_context(world, ManualClock(), codedeploy)
+    [created] = parse_artifact_event(upload.eventbridge).uploads
+
+    def lose_answer(**_: Any) -> None:
+        raise ConnectionError("connection reset after the request was sent")
+
+    codedeploy.meta.events.register("after-call.codedeploy.CreateDeployment", lose_answer)
+    with pytest.raises(ConnectionError):
+        handle_upload(context, created)
+    codedeploy.meta.events.unregister("after-call.codedeploy.CreateDeployment", lose_answer)
+    assert len(world.deployments()) == 1  # CodeDeploy has it; the store does not know yet
+
+    release = handle_upload(context, created)
+
+    assert release is not None
+    [deployment] = world.deployments()
+    assert world.release(release.id).deployment_id == deployment["deploymentId"]
+
+
+def test_reconcile_restarts_a_start_abandoned_by_a_dead_lambda(world: World) -> None:
+    upload = world.upload("api/prod/app-1.zip")
+    clock = ManualClock()
+    codedeploy = world.session.client("codedeploy")
+    context = direct_context(world, clock, codedeploy)
+    [created] = parse_artifact_event(upload.eventbridge).uploads
+
+    def die(**_: Any) -> None:
+        raise SystemExit("Lambda timed out before CreateDeployment")  # no cleanup runs
+
+    codedeploy.meta.events.register("before-call.codedeploy.CreateDeployment", die)
+    with pytest.raises(SystemExit):
+        handle_upload(context, created)
+    codedeploy.meta.events.unregister("before-call.codedeploy.CreateDeployment", die)
+
+    assert reconcile(context) == {}  # the claim is fresh: somebody may still be starting it
+    clock.advance(START_CLAIM_LEASE + timedelta(seconds=1))
+    report = reconcile(context)
+
+    [deployment] = world.deployments()
+    release_id = report["api-prod"]["restarted"]
+    assert world.release(release_id).deployment_id == deployment["deploymentId"]
+
+
+def test_reconcile_applies_a_lost_success_and_starts_the_next_release(world: World) -> None:
+    first = world.deliver_upload(world.upload("api/prod/app-1.zip").eventbridge)["releases"][0]["id"]
+    second = world.deliver_upload(world.upload("api/prod/app-2.zip").eventbridge)["releases"][0]["id"]
+    deployment_id = world.release(first).deployment_id
+    assert deployment_id is not None
+    moto_codedeploy.complete(deployment_id, "Succeeded")  # ...and its event is lost
+
+    report = world.reconcile()
+
+    assert report["api-prod"]["applied"] == [first]
+    assert world.release(first).state is ReleaseState.SUCCEEDED
+    assert world.release(second).state is ReleaseState.DEPLOYING
+    assert world.reconcile() == {}  # nothing left to repair
+
+
+def test_reconcile_frees_a_slot_held_by_a_finished_release(world: World) -> None:
+    release_id = world.deliver_upload(world.upload("api/prod/app-1.zip").eventbridge)["releases"][0]["id"]
+    store = world.store
+    # Damage the slot the way a partial write elsewhere could: it names a finished release and
+    # keeps a waiting one that never got its turn.
+    finished = replace(world.release(release_id), state=ReleaseState.FAILED)
+    store.commit(Change(releases=[finished]))
+    assert finished.deployment_id is not None
+    moto_codedeploy.complete(finished.deployment_id, "Failed")
+    queued = world.deliver_upload(world.upload("api/prod/app-2.zip").eventbridge)["releases"][0]["id"]
+    slot = store.get_slot("api-prod")
+    assert slot == PipelineSlot("api-prod", active=release_id, waiting=(queued,), version=slot.version)
+
+    report = world.reconcile()
+
+    assert report["api-prod"] == {"freed": release_id, "promoted": queued}
+    assert world.release(queued).deployment_id is not None
