@@ -15,13 +15,15 @@ import boto3
 import pytest
 from chalice.test import Client
 from moto import mock_aws
+from moto.moto_api._internal import moto_api_backend
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from app import app
 from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.domain.pipelines import load_pipelines
 from chalicelib.domain.release import HistoryEvent, Release
-from sandbox import moto_codedeploy
+from sandbox import moto_extensions
 from sandbox.provision import Provisioned, provision
 
 BUCKET = "acme-artifacts"
@@ -170,18 +172,38 @@ def pipelines_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> Iterator[World]:
+def _build_world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> World:
     aws_environment(monkeypatch)
     monkeypatch.setenv("RELEASES_TABLE", TABLE)
     monkeypatch.setenv("PIPELINES_FILE", str(pipelines_file))
-    moto_codedeploy.install()
+    moto_extensions.install()
     bootstrap.reset()
+    session = boto3.session.Session(region_name=REGION)
+    provisioned = provision(session, load_pipelines(pipelines_file), table=TABLE)
+    built = World(session=session, provisioned=provisioned, client=Client(app, stage_name=TEST_STAGE))
+    built.s3_test_events = built._drain(provisioned.classic_queue_url)
+    built._drain(provisioned.eventbridge_queue_url)
+    return built
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> Iterator[World]:
+    """moto in process."""
     with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        provisioned = provision(session, load_pipelines(pipelines_file), table=TABLE)
-        built = World(session=session, provisioned=provisioned, client=Client(app, stage_name=TEST_STAGE))
-        built.s3_test_events = built._drain(provisioned.classic_queue_url)
-        built._drain(provisioned.eventbridge_queue_url)
-        yield built
+        yield _build_world(monkeypatch, pipelines_file)
     bootstrap.reset()
+
+
+@pytest.fixture
+def served_world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> Iterator[World]:
+    """moto in server mode on 127.0.0.1: every call crosses HTTP, as in the sandbox."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+    try:
+        yield _build_world(monkeypatch, pipelines_file)
+    finally:
+        bootstrap.reset()
+        server.stop()
+        moto_api_backend.reset()  # the server shares this process's backends: leave them clean

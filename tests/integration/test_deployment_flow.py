@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chalicelib.domain.release import EventType, ReleaseState, Trigger, external_release_id
-from sandbox import moto_codedeploy
+from sandbox import moto_extensions
 from tests.integration.conftest import World
 
 
@@ -15,7 +15,7 @@ def deploy(world: World, key: str) -> str:
 def finish_deployment(world: World, release_id: str, status: str = "Succeeded", state: str = "SUCCESS") -> str:
     deployment_id = world.release(release_id).deployment_id
     assert deployment_id is not None
-    moto_codedeploy.complete(deployment_id, status)
+    moto_extensions.complete(deployment_id, status)
     world.codedeploy_event(deployment_id, state)
     return deployment_id
 
@@ -52,7 +52,7 @@ def test_supersede_policy_keeps_only_the_newest_waiting_release(world: World) ->
 
     deployment_id = world.release(first).deployment_id
     assert deployment_id is not None
-    moto_codedeploy.complete(deployment_id, "Succeeded")
+    moto_extensions.complete(deployment_id, "Succeeded")
     world.codedeploy_event(deployment_id, "SUCCESS", "web", "web-prod")
     assert world.release(third).state is ReleaseState.DEPLOYING
     assert len(world.deployments("web", "web-prod")) == 2
@@ -62,7 +62,7 @@ def test_duplicated_and_reordered_events_never_regress_a_release(world: World) -
     release_id = deploy(world, "api/prod/app-1.zip")
     deployment_id = world.release(release_id).deployment_id
     assert deployment_id is not None
-    moto_codedeploy.complete(deployment_id, "Succeeded")
+    moto_extensions.complete(deployment_id, "Succeeded")
 
     for state in ("SUCCESS", "START", "SUCCESS", "FAILURE", "STOP", "START"):
         world.codedeploy_event(deployment_id, state)
@@ -79,7 +79,7 @@ def test_failure_records_codedeploy_error_and_starts_the_next_release(world: Wor
     first, second = deploy(world, "api/prod/app-1.zip"), deploy(world, "api/prod/app-2.zip")
     deployment_id = world.release(first).deployment_id
     assert deployment_id is not None
-    moto_codedeploy.complete(
+    moto_extensions.complete(
         deployment_id, "Failed", error_code="HOOK_EXECUTION_FAILURE", error_message="ValidateService failed"
     )
 
@@ -123,7 +123,7 @@ def test_unknown_deployment_is_recorded_as_external_and_holds_the_slot(world: Wo
     queued = deploy(world, "api/prod/app-2.zip")
     assert world.release(queued).state is ReleaseState.QUEUED
 
-    moto_codedeploy.complete(external_id, "Succeeded")
+    moto_extensions.complete(external_id, "Succeeded")
     world.codedeploy_event(external_id, "SUCCESS")
     assert world.release(external.id).state is ReleaseState.SUCCEEDED
     assert world.release(queued).state is ReleaseState.DEPLOYING
@@ -148,18 +148,18 @@ def test_deployment_started_outside_without_events_keeps_the_upload_waiting(worl
     assert last.detail["active_deployment_id"] == blocker
 
     # The blocker's own end (its first event the coordinator sees) lets the upload start.
-    moto_codedeploy.complete(blocker, "Succeeded")
+    moto_extensions.complete(blocker, "Succeeded")
     world.codedeploy_event(blocker, "SUCCESS")
 
     started = world.release(release_id)
     assert started.deployment_id is not None
     assert world.release(external_release_id(blocker)).state is ReleaseState.SUCCEEDED
-    assert moto_codedeploy.active_deployments("api", "api-prod") == [started.deployment_id]
+    assert moto_extensions.active_deployments("api", "api-prod") == [started.deployment_id]
 
 
 def test_missing_deployment_group_fails_the_release_and_frees_the_slot(world: World) -> None:
     # moto has no DeleteDeploymentGroup: remove the group from its backend directly.
-    del moto_codedeploy.backend().deployment_groups["api"]["api-prod"]
+    del moto_extensions.backend().deployment_groups["api"]["api-prod"]
 
     release_id = deploy(world, "api/prod/app-1.zip")
 
@@ -181,7 +181,7 @@ def test_event_that_outruns_the_store_write_finds_its_release(world: World) -> N
         TableName=world.provisioned.table, Key={"pk": {"S": f"DEP#{deployment_id}"}, "sk": {"S": "REL"}}
     )
 
-    moto_codedeploy.complete(deployment_id, "Succeeded")
+    moto_extensions.complete(deployment_id, "Succeeded")
     world.codedeploy_event(deployment_id, "SUCCESS")
 
     assert world.release(release_id).state is ReleaseState.SUCCEEDED

@@ -22,7 +22,7 @@ from chalicelib.service.ports import Change
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.slot_flow import START_CLAIM_LEASE
 from chalicelib.service.uploads import handle_upload
-from sandbox import moto_codedeploy
+from sandbox import moto_extensions
 from tests.integration.conftest import TABLE, World
 
 
@@ -123,7 +123,7 @@ def test_reconcile_applies_a_lost_success_and_starts_the_next_release(world: Wor
     second = world.deliver_upload(world.upload("api/prod/app-2.zip").eventbridge)["releases"][0]["id"]
     deployment_id = world.release(first).deployment_id
     assert deployment_id is not None
-    moto_codedeploy.complete(deployment_id, "Succeeded")  # ...and its event is lost
+    moto_extensions.complete(deployment_id, "Succeeded")  # ...and its event is lost
 
     report = world.reconcile()
 
@@ -141,7 +141,7 @@ def test_reconcile_frees_a_slot_held_by_a_finished_release(world: World) -> None
     finished = replace(world.release(release_id), state=ReleaseState.FAILED)
     store.commit(Change(releases=[finished]))
     assert finished.deployment_id is not None
-    moto_codedeploy.complete(finished.deployment_id, "Failed")
+    moto_extensions.complete(finished.deployment_id, "Failed")
     queued = world.deliver_upload(world.upload("api/prod/app-2.zip").eventbridge)["releases"][0]["id"]
     slot = store.get_slot("api-prod")
     assert slot == PipelineSlot("api-prod", active=release_id, waiting=(queued,), version=slot.version)

@@ -4,11 +4,12 @@ moto lets any number of deployments run per group and never moves them out of ``
 AWS allows one active deployment per group (``DeploymentLimitExceededException``) and reports
 ``errorInformation`` on failure. ``install()`` adds exactly that, and ``complete()`` plays
 CodeDeploy finishing a deployment. Each extension has a regression test in
-``tests/integration/test_moto_codedeploy.py``.
+``tests/integration/test_moto_extensions.py``.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -16,12 +17,27 @@ from typing import Any
 from moto.codedeploy import models as codedeploy_models
 from moto.codedeploy import responses as codedeploy_responses
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.dynamodb import models as dynamodb_models
 from moto.core.exceptions import JsonRESTError
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
 
 _lock = threading.Lock()
 _installed = False
+# Re-entrant: a transaction's item writes call other locked operations.
+_dynamodb_lock = threading.RLock()
+_DYNAMODB_ITEM_OPERATIONS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "get_item",
+    "transact_write_items",
+    "transact_get_items",
+    "batch_write_item",
+    "batch_get_item",
+    "query",
+    "scan",
+)
 
 
 class DeploymentLimitExceededException(JsonRESTError):
@@ -64,7 +80,18 @@ def install() -> None:
 
         codedeploy_models.CodeDeployBackend.create_deployment = create_deployment  # type: ignore[method-assign]
         codedeploy_responses._deployment_info = deployment_info
+        for name in _DYNAMODB_ITEM_OPERATIONS:
+            setattr(dynamodb_models.DynamoDBBackend, name, _serialised(getattr(dynamodb_models.DynamoDBBackend, name)))
         _installed = True
+
+
+def _serialised(operation: Any) -> Any:
+    @functools.wraps(operation)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _dynamodb_lock:
+            return operation(*args, **kwargs)
+
+    return locked
 
 
 def backend(region: str = "us-east-1", account_id: str = DEFAULT_ACCOUNT_ID) -> Any:

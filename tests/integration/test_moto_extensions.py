@@ -1,0 +1,76 @@
+"""Regression tests for sandbox/moto_extensions.py: moto behaves as AWS does where we rely on it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from botocore.exceptions import ClientError
+
+from sandbox import moto_extensions
+from tests.integration.conftest import World
+
+REVISION = {"revisionType": "S3", "s3Location": {"bucket": "acme-artifacts", "key": "a.zip", "bundleType": "zip"}}
+
+
+def test_one_active_deployment_per_group_as_aws_enforces(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    first = codedeploy.create_deployment(applicationName="api", deploymentGroupName="api-prod", revision=REVISION)
+
+    with pytest.raises(ClientError) as refused:
+        codedeploy.create_deployment(applicationName="api", deploymentGroupName="api-prod", revision=REVISION)
+
+    error = refused.value.response["Error"]
+    assert error["Code"] == "DeploymentLimitExceededException"
+    assert error["Message"] == f"The Deployment Group 'api-prod' already has an active Deployment '{first['deploymentId']}'"
+    # Another group is unaffected, and the group frees up when its deployment ends.
+    codedeploy.create_deployment(applicationName="web", deploymentGroupName="web-prod", revision=REVISION)
+    moto_extensions.complete(first["deploymentId"], "Succeeded")
+    codedeploy.create_deployment(applicationName="api", deploymentGroupName="api-prod", revision=REVISION)
+
+
+def test_completed_deployment_reports_status_times_and_error(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    deployment_id = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )["deploymentId"]
+
+    moto_extensions.complete(deployment_id, "Failed", error_code="HOOK_EXECUTION_FAILURE", error_message="boom")
+
+    info = codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+    assert info["status"] == "Failed"
+    assert info["errorInformation"] == {"code": "HOOK_EXECUTION_FAILURE", "message": "boom"}
+    assert info["completeTime"] >= info["startTime"]
+
+
+def test_completing_with_a_non_terminal_status_is_refused(world: World) -> None:
+    with pytest.raises(ValueError, match="status must be one of"):
+        moto_extensions.complete("any", "InProgress")
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_conditional_writes_on_the_server_have_one_winner(served_world: World) -> None:
+    dynamodb = served_world.session.client("dynamodb")
+
+    def claim(contender: int) -> bool:
+        try:
+            dynamodb.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": served_world.provisioned.table,
+                            "Item": {"pk": {"S": "RACE"}, "sk": {"S": "X"}, "owner": {"N": str(contender)}},
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    }
+                ]
+            )
+        except ClientError as error:
+            assert error.response["Error"]["Code"] == "TransactionCanceledException"
+            return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        winners = sum(pool.map(claim, range(32)))
+
+    assert winners == 1
