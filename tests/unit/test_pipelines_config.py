@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chalicelib.bootstrap import PROJECT_ROOT
+from chalicelib.domain.pipelines import (
+    DEFAULT_DEPLOYMENT_CONFIG,
+    PipelinesConfigError,
+    VerifySettings,
+    load_pipelines,
+)
+from chalicelib.domain.slot import BusyPolicy
+
+VALID = """
+[[pipeline]]
+name = "api"
+bucket = "b"
+prefix = "api/"
+application = "app"
+deployment_group = "g"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shipped_sample_loads() -> None:
+    config = load_pipelines(PROJECT_ROOT / "chalicelib" / "pipelines.toml")
+    assert [p.name for p in config.pipelines] == ["api-prod"]
+
+
+def test_defaults(tmp_path: Path) -> None:
+    [pipeline] = load_pipelines(write(tmp_path, VALID)).pipelines
+    assert pipeline.deployment_config == DEFAULT_DEPLOYMENT_CONFIG
+    assert pipeline.on_busy is BusyPolicy.QUEUE
+    assert pipeline.verify == VerifySettings(healthy_checks=2, interval_s=None, deadline_s=None, bake_s=0)
+    assert pipeline.rollback.on_deploy_failure
+    assert pipeline.notify == ()
+
+
+def test_matching_by_bucket_prefix_and_group(tmp_path: Path) -> None:
+    config = load_pipelines(write(tmp_path, VALID))
+    assert config.for_upload("b", "api/x.zip") is not None
+    assert config.for_upload("b", "web/x.zip") is None
+    assert config.for_upload("other", "api/x.zip") is None
+    assert config.for_deployment_group("app", "g") is config.named("api")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[pipeline]]\nname = 'x'\n", "pipeline 'x': key 'bucket': is required"),
+        (VALID + "on_busy = 'sometimes'\n", "pipeline 'api': key 'on_busy': must be 'queue' or 'supersede'"),
+        (VALID + "colour = 'red'\n", "pipeline 'api': key 'colour': unknown key"),
+        (VALID + "[pipeline.verify]\nhealthy_checks = 0\n", "key 'verify.healthy_checks': must be a whole number >= 1"),
+        (VALID + "[pipeline.verify]\nbake = 3\n", "key 'verify.bake': unknown key"),
+        (VALID + "[pipeline.rollback]\non_deploy_failure = 'yes'\n", "key 'rollback.on_deploy_failure': must be true"),
+        (VALID + "[[pipeline.notify]]\nkind = 'pager'\n", "key 'notify[1].kind': must be one of"),
+        (VALID + "[[pipeline.notify]]\nkind = 'email'\non = ['exploded']\n", "unknown event(s) ['exploded']"),
+        (VALID + VALID.replace('bucket = "b"', 'bucket = "c"'), "pipeline 'api': key 'name': used twice"),
+        (
+            VALID + VALID.replace('name = "api"', 'name = "api2"').replace('prefix = "api/"', 'prefix = "api/v2/"'),
+            "pipeline 'api2': key 'prefix': s3://b/api/v2/ overlaps pipeline 'api'",
+        ),
+        (
+            VALID
+            + VALID.replace('name = "api"', 'name = "api2"').replace('prefix = "api/"', 'prefix = "web/"'),
+            "key 'deployment_group': app/g is used by another pipeline",
+        ),
+        ("", "no [[pipeline]] defined"),
+        ("pipeline = 3", "'pipeline' must be an array of tables"),
+        ("[[pipeline]\n", "not valid TOML"),
+        ("[[pipeline]]\nbucket = 5\n", "pipeline #1: key 'name': is required"),
+    ],
+)
+def test_invalid_file_names_file_pipeline_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PipelinesConfigError) as error:
+        load_pipelines(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(PipelinesConfigError, match="missing.toml: file not found"):
+        load_pipelines(tmp_path / "missing.toml")
