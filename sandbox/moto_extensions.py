@@ -16,9 +16,9 @@ from typing import Any
 
 from moto.codedeploy import models as codedeploy_models
 from moto.codedeploy import responses as codedeploy_responses
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.dynamodb import models as dynamodb_models
 from moto.core.exceptions import JsonRESTError
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.dynamodb import models as dynamodb_models
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
 
@@ -81,7 +81,11 @@ def install() -> None:
         codedeploy_models.CodeDeployBackend.create_deployment = create_deployment  # type: ignore[method-assign]
         codedeploy_responses._deployment_info = deployment_info
         for name in _DYNAMODB_ITEM_OPERATIONS:
-            setattr(dynamodb_models.DynamoDBBackend, name, _serialised(getattr(dynamodb_models.DynamoDBBackend, name)))
+            setattr(
+                dynamodb_models.DynamoDBBackend,
+                name,
+                _serialised(getattr(dynamodb_models.DynamoDBBackend, name)),
+            )
         _installed = True
 
 

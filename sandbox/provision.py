@@ -52,7 +52,9 @@ def provision(session: Any, pipelines: PipelinesConfig, *, table: str) -> Provis
         Name="artifact-object-created",
         EventPattern=json.dumps({"source": ["aws.s3"], "detail-type": ["Object Created"]}),
     )
-    events.put_targets(Rule="artifact-object-created", Targets=[{"Id": "queue", "Arn": arn(eventbridge_queue)}])
+    events.put_targets(
+        Rule="artifact-object-created", Targets=[{"Id": "queue", "Arn": arn(eventbridge_queue)}]
+    )
 
     for application in sorted({pipeline.application for pipeline in pipelines.pipelines}):
         codedeploy.create_application(applicationName=application, computePlatform="Server")

@@ -15,7 +15,7 @@ import boto3
 import pytest
 from chalice.test import Client
 from moto import mock_aws
-from moto.moto_api._internal import moto_api_backend
+from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from app import app
@@ -123,12 +123,16 @@ class World:
     def deliver_upload(self, event: dict[str, Any]) -> Any:
         return self.invoke("on_artifact_event", event)
 
-    def codedeploy_event(self, deployment_id: str, state: str, application: str = "api", group: str = "api-prod") -> Any:
+    def codedeploy_event(
+        self, deployment_id: str, state: str, application: str = "api", group: str = "api-prod"
+    ) -> Any:
         return self.invoke("on_codedeploy_event", codedeploy_event(deployment_id, state, application, group))
 
     def deployments(self, application: str = "api", group: str = "api-prod") -> list[dict[str, Any]]:
         codedeploy = self.session.client("codedeploy")
-        ids = codedeploy.list_deployments(applicationName=application, deploymentGroupName=group)["deployments"]
+        ids = codedeploy.list_deployments(applicationName=application, deploymentGroupName=group)[
+            "deployments"
+        ]
         if not ids:
             return []
         infos = codedeploy.batch_get_deployments(deploymentIds=ids)["deploymentsInfo"]

@@ -12,7 +12,9 @@ def deploy(world: World, key: str) -> str:
     return str(world.deliver_upload(upload.eventbridge)["releases"][0]["id"])
 
 
-def finish_deployment(world: World, release_id: str, status: str = "Succeeded", state: str = "SUCCESS") -> str:
+def finish_deployment(
+    world: World, release_id: str, status: str = "Succeeded", state: str = "SUCCESS"
+) -> str:
     deployment_id = world.release(release_id).deployment_id
     assert deployment_id is not None
     moto_extensions.complete(deployment_id, status)
@@ -134,7 +136,10 @@ def test_deployment_started_outside_without_events_keeps_the_upload_waiting(worl
     blocker = codedeploy.create_deployment(
         applicationName="api",
         deploymentGroupName="api-prod",
-        revision={"revisionType": "S3", "s3Location": {"bucket": "acme-artifacts", "key": "x.zip", "bundleType": "zip"}},
+        revision={
+            "revisionType": "S3",
+            "s3Location": {"bucket": "acme-artifacts", "key": "x.zip", "bundleType": "zip"},
+        },
     )["deploymentId"]
 
     release_id = deploy(world, "api/prod/app-1.zip")

@@ -10,19 +10,27 @@ from botocore.exceptions import ClientError
 from sandbox import moto_extensions
 from tests.integration.conftest import World
 
-REVISION = {"revisionType": "S3", "s3Location": {"bucket": "acme-artifacts", "key": "a.zip", "bundleType": "zip"}}
+REVISION = {
+    "revisionType": "S3",
+    "s3Location": {"bucket": "acme-artifacts", "key": "a.zip", "bundleType": "zip"},
+}
 
 
 def test_one_active_deployment_per_group_as_aws_enforces(world: World) -> None:
     codedeploy = world.session.client("codedeploy")
-    first = codedeploy.create_deployment(applicationName="api", deploymentGroupName="api-prod", revision=REVISION)
+    first = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )
 
     with pytest.raises(ClientError) as refused:
         codedeploy.create_deployment(applicationName="api", deploymentGroupName="api-prod", revision=REVISION)
 
     error = refused.value.response["Error"]
     assert error["Code"] == "DeploymentLimitExceededException"
-    assert error["Message"] == f"The Deployment Group 'api-prod' already has an active Deployment '{first['deploymentId']}'"
+    assert (
+        error["Message"]
+        == f"The Deployment Group 'api-prod' already has an active Deployment '{first['deploymentId']}'"
+    )
     # Another group is unaffected, and the group frees up when its deployment ends.
     codedeploy.create_deployment(applicationName="web", deploymentGroupName="web-prod", revision=REVISION)
     moto_extensions.complete(first["deploymentId"], "Succeeded")
@@ -35,7 +43,9 @@ def test_completed_deployment_reports_status_times_and_error(world: World) -> No
         applicationName="api", deploymentGroupName="api-prod", revision=REVISION
     )["deploymentId"]
 
-    moto_extensions.complete(deployment_id, "Failed", error_code="HOOK_EXECUTION_FAILURE", error_message="boom")
+    moto_extensions.complete(
+        deployment_id, "Failed", error_code="HOOK_EXECUTION_FAILURE", error_message="boom"
+    )
 
     info = codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
     assert info["status"] == "Failed"
@@ -66,7 +76,8 @@ def test_concurrent_conditional_writes_on_the_server_have_one_winner(served_worl
                 ]
             )
         except ClientError as error:
-            assert error.response["Error"]["Code"] == "TransactionCanceledException"
+            if error.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
             return False
         return True
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.domain.release import EventType, ReleaseState, Trigger, upload_release_id
-from chalicelib.domain.release import Revision
+from chalicelib.domain.release import EventType, ReleaseState, Revision, Trigger, upload_release_id
 from tests.integration.conftest import BUCKET, World
 
 HOSTILE_KEYS = [

@@ -21,7 +21,9 @@ def eventbridge(key: str, **object_fields: Any) -> dict[str, Any]:
 
 
 def test_eventbridge_key_is_tried_raw_then_decoded() -> None:
-    [upload] = parse_artifact_event(eventbridge("a/red+flower%21.zip", etag='"ABC"', **{"version-id": "v1"})).uploads
+    [upload] = parse_artifact_event(
+        eventbridge("a/red+flower%21.zip", etag='"ABC"', **{"version-id": "v1"})
+    ).uploads
     assert upload.key_candidates == ("a/red+flower%21.zip", "a/red flower!.zip")
     assert upload.version_id == "v1"
     assert upload.etag == "abc"
@@ -35,7 +37,10 @@ def test_eventbridge_accepts_moto_spelling_of_etag() -> None:
 
 def test_classic_key_is_form_decoded_and_non_created_records_skipped() -> None:
     records = [
-        {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "b"}, "object": {"key": "caf%C3%A9+1.zip"}}},
+        {
+            "eventName": "ObjectCreated:Put",
+            "s3": {"bucket": {"name": "b"}, "object": {"key": "caf%C3%A9+1.zip"}},
+        },
         {"eventName": "ObjectRemoved:Delete", "s3": {"bucket": {"name": "b"}, "object": {"key": "x"}}},
     ]
     parsed = parse_artifact_event({"Records": records})
@@ -53,7 +58,10 @@ def test_s3_test_event_yields_nothing() -> None:
     [
         ([], "expected a JSON object"),
         ({"hello": 1}, "neither an EventBridge S3 event"),
-        ({"source": "aws.s3", "detail-type": "Object Deleted", "detail": {}}, "detail-type must be 'Object Created'"),
+        (
+            {"source": "aws.s3", "detail-type": "Object Deleted", "detail": {}},
+            "detail-type must be 'Object Created'",
+        ),
         (eventbridge(""), "detail.object.key must be a non-empty string"),
         ({"Records": "x"}, "Records must be a list"),
     ],
@@ -82,7 +90,10 @@ def test_instance_events_are_not_release_events() -> None:
 @pytest.mark.parametrize(
     ("event", "message"),
     [
-        (codedeploy(deploymentId="d", state="EXPLODED", application="a", deploymentGroup="g"), "detail.state must be"),
+        (
+            codedeploy(deploymentId="d", state="EXPLODED", application="a", deploymentGroup="g"),
+            "detail.state must be",
+        ),
         (codedeploy(state="START", application="a", deploymentGroup="g"), "detail.deploymentId"),
         ({"detail-type": "Other"}, "detail-type must be"),
         ("text", "expected a JSON object"),

@@ -57,14 +57,21 @@ def test_matching_by_bucket_prefix_and_group(tmp_path: Path) -> None:
         ("[[pipeline]]\nname = 'x'\n", "pipeline 'x': key 'bucket': is required"),
         (VALID + "on_busy = 'sometimes'\n", "pipeline 'api': key 'on_busy': must be 'queue' or 'supersede'"),
         (VALID + "colour = 'red'\n", "pipeline 'api': key 'colour': unknown key"),
-        (VALID + "[pipeline.verify]\nhealthy_checks = 0\n", "key 'verify.healthy_checks': must be a whole number >= 1"),
+        (
+            VALID + "[pipeline.verify]\nhealthy_checks = 0\n",
+            "key 'verify.healthy_checks': must be a whole number >= 1",
+        ),
         (VALID + "[pipeline.verify]\nbake = 3\n", "key 'verify.bake': unknown key"),
-        (VALID + "[pipeline.rollback]\non_deploy_failure = 'yes'\n", "key 'rollback.on_deploy_failure': must be true"),
+        (
+            VALID + "[pipeline.rollback]\non_deploy_failure = 'yes'\n",
+            "key 'rollback.on_deploy_failure': must be true",
+        ),
         (VALID + "[[pipeline.notify]]\nkind = 'pager'\n", "key 'notify[1].kind': must be one of"),
         (VALID + "[[pipeline.notify]]\nkind = 'email'\non = ['exploded']\n", "unknown event(s) ['exploded']"),
         (VALID + VALID.replace('bucket = "b"', 'bucket = "c"'), "pipeline 'api': key 'name': used twice"),
         (
-            VALID + VALID.replace('name = "api"', 'name = "api2"').replace('prefix = "api/"', 'prefix = "api/v2/"'),
+            VALID
+            + VALID.replace('name = "api"', 'name = "api2"').replace('prefix = "api/"', 'prefix = "api/v2/"'),
             "pipeline 'api2': key 'prefix': s3://b/api/v2/ overlaps pipeline 'api'",
         ),
         (
@@ -87,5 +94,5 @@ def test_invalid_file_names_file_pipeline_key_and_problem(tmp_path: Path, text: 
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(PipelinesConfigError, match="missing.toml: file not found"):
+    with pytest.raises(PipelinesConfigError, match=r"missing\.toml: file not found"):
         load_pipelines(tmp_path / "missing.toml")

@@ -145,7 +145,14 @@ def test_upload_release_id_is_stable_and_distinguishes_versions() -> None:
 
 @pytest.mark.parametrize(
     ("key", "bundle_type"),
-    [("a.zip", "zip"), ("a.ZIP", "zip"), ("a.tar", "tar"), ("a.tar.gz", "tgz"), ("a.tgz", "tgz"), ("a.txt", None)],
+    [
+        ("a.zip", "zip"),
+        ("a.ZIP", "zip"),
+        ("a.tar", "tar"),
+        ("a.tar.gz", "tgz"),
+        ("a.tgz", "tgz"),
+        ("a.txt", None),
+    ],
 )
 def test_bundle_type_from_the_extension(key: str, bundle_type: str | None) -> None:
     assert Revision("b", key, None, None).bundle_type == bundle_type

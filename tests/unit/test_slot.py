@@ -30,7 +30,9 @@ def test_supersede_policy_keeps_only_the_newest() -> None:
 
 
 def test_first_goes_ahead_of_every_waiting_release() -> None:
-    admission = PipelineSlot("p", active="r1", waiting=("r2",)).admit("rollback", BusyPolicy.SUPERSEDE, first=True)
+    admission = PipelineSlot("p", active="r1", waiting=("r2",)).admit(
+        "rollback", BusyPolicy.SUPERSEDE, first=True
+    )
     assert admission.slot.waiting == ("rollback", "r2")
     assert admission.superseded == ()
 
