@@ -79,10 +79,10 @@ class Instance:
             self.pids.add(int(self.pid_file.read_text()))
         return result
 
-    def deploy(self, bundle: Path, **overrides: str) -> subprocess.CompletedProcess[str]:
+    def deploy(self, bundle: Path) -> subprocess.CompletedProcess[str]:
         """ApplicationStop .. ValidateService like the sandbox, stopping at the first failure."""
         for hook in HOOK_SCRIPTS:
-            result = self.run(bundle, hook, **overrides)
+            result = self.run(bundle, hook)
             if result.returncode != 0:
                 break
         return result
