@@ -18,7 +18,9 @@ from moto.codedeploy import models as codedeploy_models
 from moto.codedeploy import responses as codedeploy_responses
 from moto.core.exceptions import JsonRESTError
 from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.dynamodb import models as dynamodb_models
+from moto.elbv2 import models as elbv2_models
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
 
@@ -26,6 +28,8 @@ _lock = threading.Lock()
 _installed = False
 # Re-entrant: a transaction's item writes call other locked operations.
 _dynamodb_lock = threading.RLock()
+# (target group ARN, target id) -> (state, reason, description)
+_target_health: dict[tuple[str, str], tuple[str, str, str]] = {}
 _DYNAMODB_ITEM_OPERATIONS = (
     "put_item",
     "update_item",
@@ -80,6 +84,21 @@ def install() -> None:
 
         codedeploy_models.CodeDeployBackend.create_deployment = create_deployment  # type: ignore[method-assign]
         codedeploy_responses._deployment_info = deployment_info
+        codedeploy_responses.CodeDeployResponse.list_deployment_targets = _list_deployment_targets  # type: ignore[attr-defined]
+        codedeploy_responses.CodeDeployResponse.batch_get_deployment_targets = _batch_get_deployment_targets  # type: ignore[attr-defined]
+        original_health_for = elbv2_models.FakeTargetGroup.health_for
+
+        def health_for(self: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+            override = _target_health.get((self.arn, target["Id"]))
+            if override is None:
+                return original_health_for(self, target, ec2_backend)
+            state, reason, description = override
+            port = target.get("Port", self.port)
+            return elbv2_models.FakeHealthStatus(
+                target["Id"], port, self.health_check_port, state, reason, description
+            )
+
+        elbv2_models.FakeTargetGroup.health_for = health_for  # type: ignore[method-assign]
         for name in _DYNAMODB_ITEM_OPERATIONS:
             setattr(
                 dynamodb_models.DynamoDBBackend,
@@ -136,3 +155,58 @@ def active_deployments(application: str, group: str, region: str = "us-east-1") 
         and deployment.deployment_group_name == group
         and deployment.status not in TERMINAL_STATUSES
     ]
+
+
+def set_instance_targets(
+    deployment_id: str, targets: dict[str, dict[str, Any]], region: str = "us-east-1"
+) -> None:
+    """Record the instances a deployment touched: instance id -> ``instanceTarget`` fields
+    (``status``, ``lifecycleEvents``...), as BatchGetDeploymentTargets answers them."""
+    deployment = backend(region).deployments[deployment_id]
+    deployment.instance_targets = {
+        instance_id: {
+            "deploymentId": deployment_id,
+            "targetId": instance_id,
+            "targetArn": f"arn:aws:ec2:{region}:{DEFAULT_ACCOUNT_ID}:instance/{instance_id}",
+            "status": "Succeeded",
+            "lifecycleEvents": [],
+            "lastUpdatedAt": datetime.now(UTC),
+            **fields,
+        }
+        for instance_id, fields in targets.items()
+    }
+
+
+def set_target_health(
+    target_group_arn: str, target_id: str, state: str, reason: str = "", description: str = ""
+) -> None:
+    _target_health[(target_group_arn, target_id)] = (state, reason, description)
+
+
+def clear_target_health() -> None:
+    _target_health.clear()
+
+
+def _instance_targets(response: Any, deployment_id: str) -> dict[str, dict[str, Any]]:
+    deployment = response.codedeploy_backend.get_deployment(deployment_id=deployment_id)
+    targets: dict[str, dict[str, Any]] = getattr(deployment, "instance_targets", {})
+    return targets
+
+
+def _list_deployment_targets(self: Any) -> ActionResult:
+    targets = _instance_targets(self, self._get_param("deploymentId"))
+    return ActionResult({"targetIds": sorted(targets)})
+
+
+def _batch_get_deployment_targets(self: Any) -> ActionResult:
+    targets = _instance_targets(self, self._get_param("deploymentId"))
+    wanted = self._get_param("targetIds") or []
+    return ActionResult(
+        {
+            "deploymentTargets": [
+                {"deploymentTargetType": "InstanceTarget", "instanceTarget": targets[target_id]}
+                for target_id in wanted
+                if target_id in targets
+            ]
+        }
+    )

@@ -85,3 +85,58 @@ def test_concurrent_conditional_writes_on_the_server_have_one_winner(served_worl
         winners = sum(pool.map(claim, range(32)))
 
     assert winners == 1
+
+
+def test_deployment_targets_answer_what_the_sandbox_recorded(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    deployment_id = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )["deploymentId"]
+    failed_hook = {
+        "lifecycleEventName": "ValidateService",
+        "status": "Failed",
+        "diagnostics": {"errorCode": "ScriptFailed", "scriptName": "scripts/validate.sh", "logTail": "boom"},
+    }
+    moto_extensions.set_instance_targets(
+        deployment_id,
+        {"i-1": {"status": "Succeeded"}, "i-2": {"status": "Failed", "lifecycleEvents": [failed_hook]}},
+    )
+
+    target_ids = codedeploy.list_deployment_targets(deploymentId=deployment_id)["targetIds"]
+    targets = codedeploy.batch_get_deployment_targets(deploymentId=deployment_id, targetIds=target_ids)
+
+    assert target_ids == ["i-1", "i-2"]
+    by_id = {t["instanceTarget"]["targetId"]: t["instanceTarget"] for t in targets["deploymentTargets"]}
+    assert by_id["i-1"]["status"] == "Succeeded"
+    assert by_id["i-2"]["lifecycleEvents"][0]["diagnostics"]["errorCode"] == "ScriptFailed"
+
+
+def test_target_health_can_be_unhealthy_or_initial(world: World) -> None:
+    ec2 = world.session.client("ec2")
+    elbv2 = world.session.client("elbv2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    [instance] = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"]
+    group = elbv2.create_target_group(Name="api", Protocol="HTTP", Port=80, VpcId=vpc, TargetType="instance")
+    arn = group["TargetGroups"][0]["TargetGroupArn"]
+    target = {"Id": instance["InstanceId"], "Port": 80}
+    elbv2.register_targets(TargetGroupArn=arn, Targets=[target])
+
+    def state() -> dict[str, str]:
+        [description] = elbv2.describe_target_health(TargetGroupArn=arn, Targets=[target])[
+            "TargetHealthDescriptions"
+        ]
+        return dict(description["TargetHealth"])
+
+    assert state()["State"] == "healthy"
+    moto_extensions.set_target_health(arn, target["Id"], "unhealthy", "Target.ResponseCodeMismatch", "503")
+    try:
+        assert state() == {
+            "State": "unhealthy",
+            "Reason": "Target.ResponseCodeMismatch",
+            "Description": "503",
+        }
+        moto_extensions.set_target_health(arn, target["Id"], "initial", "Elb.InitialHealthChecking")
+        assert state()["State"] == "initial"
+    finally:
+        moto_extensions.clear_target_health()
+    assert state()["State"] == "healthy"
