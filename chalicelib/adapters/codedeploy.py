@@ -21,25 +21,15 @@ _BATCH_GET_LIMIT = 25
 # Deployments never predate their release, but clocks differ: look a little further back.
 _CLOCK_SKEW = timedelta(minutes=5)
 
-# Permanent refusals: the same request can never succeed, so the release fails with the reason.
-_REJECTIONS = frozenset(
-    {
-        "ApplicationDoesNotExistException",
-        "DeploymentGroupDoesNotExistException",
-        "RevisionDoesNotExistException",
-        "InvalidRevisionException",
-        "InvalidDeploymentConfigNameException",
-        "DeploymentConfigDoesNotExistException",
-        "InvalidApplicationNameException",
-        "InvalidDeploymentGroupNameException",
-        "InvalidFileExistsBehaviorException",
-        "InvalidInputException",
-        "InvalidRoleException",
-        "InvalidLoadBalancerInfoException",
-        "InvalidTargetInstancesException",
-        "DescriptionTooLongException",
-    }
-)
+# Worth retrying: everything else CodeDeploy answers with a 4xx is a refusal the same request
+# can never get past (a missing group, a bad revision, an ECS group, a missing permission), so
+# the release fails with CodeDeploy's reason instead of holding the slot forever.
+_TRANSIENT_CODES = frozenset({"ThrottlingException", "Throttling", "RequestLimitExceeded"})
+
+
+def _is_transient(error: ClientError) -> bool:
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or error.response.get("Error", {}).get("Code") in _TRANSIENT_CODES
 
 
 def release_id_in_description(description: str | None) -> str | None:
@@ -83,9 +73,9 @@ class CodeDeployDeployments:
             if code == "DeploymentLimitExceededException":
                 active = _ACTIVE_ID_PATTERN.search(message)
                 raise DeploymentBusy(message, active.group(1) if active else None) from error
-            if code in _REJECTIONS:
-                raise RevisionRejected(code, message) from error
-            raise
+            if _is_transient(error):
+                raise
+            raise RevisionRejected(code, message) from error
         return str(response["deploymentId"])
 
     def find_for_release(self, release: Release) -> str | None:

@@ -7,6 +7,8 @@ history events (which the table's stream turns into notifications), the pipeline
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -274,8 +276,11 @@ class DynamoReleaseStore:
             operations.append(self._put_new(link))
         if not operations:
             return
+        # Same change, same token: when botocore retries a commit whose answer was lost, DynamoDB
+        # reports the first success instead of failing the retry's conditions as a conflict.
+        token = hashlib.sha256(json.dumps(operations, sort_keys=True).encode()).hexdigest()[:36]
         try:
-            self._client.transact_write_items(TransactItems=operations)
+            self._client.transact_write_items(TransactItems=operations, ClientRequestToken=token)
         except ClientError as error:
             if _is_conflict(error):
                 raise WriteConflict(str(error)) from error

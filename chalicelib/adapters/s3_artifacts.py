@@ -7,6 +7,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.release import Revision
+from chalicelib.service.context import logger
 from chalicelib.service.ports import StoredObject
 
 # User metadata CI sets on the upload (``x-amz-meta-*``), as the release records it. S3 lower-
@@ -19,6 +20,9 @@ _METADATA_FIELDS = {
     "message": "message",
 }
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+# Without s3:ListBucket, S3 answers 403 for a key that does not exist; a delete marker answers
+# 405. Either way this spelling of the key has no object to deploy.
+_UNREADABLE_CODES = frozenset({"403", "AccessDenied", "Forbidden", "405", "MethodNotAllowed"})
 _METADATA_VALUE_LIMIT = 1024
 
 
@@ -33,7 +37,14 @@ class S3Artifacts:
         try:
             head = self._client.head_object(**arguments)
         except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code")) in _MISSING_CODES:
+            code = str(error.response.get("Error", {}).get("Code"))
+            if code in _MISSING_CODES:
+                return None
+            if code in _UNREADABLE_CODES:
+                logger.warning(
+                    "S3 refused HeadObject: missing, a delete marker, or no s3:GetObject/s3:ListBucket",
+                    extra={"bucket": bucket, "key": key, "code": code},
+                )
                 return None
             raise
         metadata = {

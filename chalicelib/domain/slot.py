@@ -29,17 +29,10 @@ class PipelineSlot:
     # Optimistic-lock version of the stored item; 0 when it was never written.
     version: int = 0
 
-    def admit(self, release_id: str, policy: BusyPolicy, *, first: bool = False) -> Admission:
-        """Take the slot if it is free, else wait per the pipeline's policy.
-
-        ``first`` puts the release ahead of every waiting one (rollbacks go first) and is never
-        superseded by a plain upload.
-        """
+    def admit(self, release_id: str, policy: BusyPolicy) -> Admission:
+        """Take the slot if it is free, else wait per the pipeline's policy."""
         if self.active is None and not self.waiting:
             return Admission(dataclasses.replace(self, active=release_id), True, ())
-        if first:
-            waiting = (release_id, *self.waiting)
-            return Admission(dataclasses.replace(self, waiting=waiting), False, ())
         if policy is BusyPolicy.SUPERSEDE:
             superseded = self.waiting
             return Admission(dataclasses.replace(self, waiting=(release_id,)), False, superseded)

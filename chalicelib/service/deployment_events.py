@@ -27,11 +27,18 @@ STATE_FOR_STATUS = {
 
 
 def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> Release | None:
+    # The rule sees every deployment in the account: another team's needs no call at all (and
+    # the function may not be allowed to describe it).
+    pipeline = context.pipelines.for_deployment_group(event.application, event.deployment_group)
+    if pipeline is None:
+        logger.info(
+            "deployment of a group no pipeline owns; ignored",
+            extra={"deployment_id": event.deployment_id, "application": event.application},
+        )
+        return None
     release_id = context.store.release_for_deployment(event.deployment_id)
     if release_id is None:
-        release_id = _adopt_unknown_deployment(context, event)
-        if release_id is None:
-            return None
+        release_id = _adopt_unknown_deployment(context, pipeline, event)
     with logger.append_context_keys(release_id=release_id, deployment_id=event.deployment_id):
         return apply_deployment_state(context, release_id, event.deployment_id, event.state)
 
@@ -82,24 +89,13 @@ def apply_deployment_state(
     return release
 
 
-def _adopt_unknown_deployment(context: Context, event: DeploymentStateChanged) -> str | None:
+def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, event: DeploymentStateChanged) -> str:
     """A deployment the store does not know: ours whose link the event outran, or one started
     outside the coordinator, recorded as an ``external`` release so the history has no holes."""
     info = context.deployments.describe(event.deployment_id)
     if info.release_id is not None and context.store.get_release(info.release_id) is not None:
         link_deployment(context, info.release_id, info.deployment_id)
         return info.release_id
-    pipeline = context.pipelines.for_deployment_group(info.application, info.deployment_group)
-    if pipeline is None:
-        logger.info(
-            "deployment of a group no pipeline owns; ignored",
-            extra={
-                "deployment_id": info.deployment_id,
-                "application": info.application,
-                "group": info.deployment_group,
-            },
-        )
-        return None
     return _record_external(context, pipeline, info)
 
 

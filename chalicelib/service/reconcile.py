@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
 from chalicelib.service.context import Context, logger
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
@@ -12,24 +13,36 @@ from chalicelib.service.slot_flow import advance
 
 
 def reconcile(context: Context) -> dict[str, Any]:
-    """Bring every pipeline's open releases and slot in line with CodeDeploy. Returns what it did."""
+    """Bring every pipeline's open releases and slot in line with CodeDeploy. Returns what it did.
+
+    One pipeline's failure (throttling, a deleted application, a missing permission) is logged
+    and reported, and never keeps the others from being repaired.
+    """
     report: dict[str, Any] = {}
     for pipeline in context.pipelines.pipelines:
         actions: dict[str, Any] = {}
-        for release in context.store.open_releases(pipeline.name):
-            if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
-                continue
+        try:
+            _apply_missed_outcomes(context, pipeline, actions)
+            actions.update(advance(context, pipeline))
+        except Exception as error:
+            logger.exception("reconcile of a pipeline failed; continuing", extra={"pipeline": pipeline.name})
+            actions["error"] = f"{type(error).__name__}: {error}"[:500]
+        if actions:
+            report[pipeline.name] = actions
+    return report
+
+
+def _apply_missed_outcomes(context: Context, pipeline: Pipeline, actions: dict[str, Any]) -> None:
+    for release in context.store.open_releases(pipeline.name):
+        if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
+            continue
+        with logger.append_context_keys(release_id=release.id, deployment_id=release.deployment_id):
             info = context.deployments.describe(release.deployment_id)
             missed = STATE_FOR_STATUS.get(info.status)
             if missed is None:
                 continue
-            with logger.append_context_keys(release_id=release.id, deployment_id=release.deployment_id):
-                logger.info(
-                    "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}
-                )
-                apply_deployment_state(context, release.id, release.deployment_id, missed)
-            actions.setdefault("applied", []).append(release.id)
-        actions.update(advance(context, pipeline))
-        if actions:
-            report[pipeline.name] = actions
-    return report
+            logger.info(
+                "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}
+            )
+            apply_deployment_state(context, release.id, release.deployment_id, missed)
+        actions.setdefault("applied", []).append(release.id)

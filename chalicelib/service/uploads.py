@@ -22,23 +22,24 @@ from chalicelib.service.slot_flow import Batch, advance, log_refused, start_depl
 def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
     """Record the upload as a release and start or queue it. Returns the release, or None when
     the upload is not for any pipeline or the object is gone."""
-    stored = _resolve(context, upload)
+    # Match before any S3 call: uploads outside every pipeline cost nothing and need no access.
+    candidates = [key for key in upload.key_candidates if context.pipelines.for_upload(upload.bucket, key)]
+    if not candidates:
+        logger.info(
+            "upload matches no pipeline; ignored",
+            extra={"bucket": upload.bucket, "keys": list(upload.key_candidates)},
+        )
+        return None
+    stored = _resolve(context, upload.bucket, candidates, upload.version_id)
     if stored is None:
         logger.warning(
             "uploaded object not found in S3 (deleted, or the event is stale); skipped",
-            extra={
-                "bucket": upload.bucket,
-                "keys": list(upload.key_candidates),
-                "version_id": upload.version_id,
-            },
+            extra={"bucket": upload.bucket, "keys": candidates, "version_id": upload.version_id},
         )
         return None
     revision = stored.revision
     pipeline = context.pipelines.for_upload(revision.bucket, revision.key)
-    if pipeline is None:
-        logger.info(
-            "upload matches no pipeline; ignored", extra={"bucket": revision.bucket, "key": revision.key}
-        )
+    if pipeline is None:  # only the candidates that matched were resolved
         return None
     release_id = upload_release_id(revision)
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name):
@@ -131,11 +132,11 @@ def _record_and_start(context: Context, stored: StoredObject, pipeline: Pipeline
     return release
 
 
-def _resolve(context: Context, upload: ObjectCreated) -> StoredObject | None:
+def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
     """The object as S3 has it, trying each spelling of the key the event may have used, so two
     deliveries of one upload in different encodings are one release."""
-    for key in upload.key_candidates:
-        stored = context.artifacts.find(upload.bucket, key, upload.version_id)
+    for key in keys:
+        stored = context.artifacts.find(bucket, key, version_id)
         if stored is not None:
             return stored
     return None

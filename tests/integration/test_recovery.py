@@ -14,10 +14,11 @@ from chalicelib import bootstrap
 from chalicelib.adapters.codedeploy import CodeDeployDeployments
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.adapters.s3_artifacts import S3Artifacts
-from chalicelib.domain.inbound_events import parse_artifact_event
+from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged, parse_artifact_event
 from chalicelib.domain.release import EventType, ReleaseState
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.service.context import Context
+from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.ports import Change
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.slot_flow import START_CLAIM_LEASE
@@ -150,3 +151,81 @@ def test_reconcile_frees_a_slot_held_by_a_finished_release(world: World) -> None
 
     assert report["api-prod"] == {"freed": release_id, "promoted": queued}
     assert world.release(queued).deployment_id is not None
+
+
+def test_permanent_refusal_fails_the_release_instead_of_holding_the_slot(world: World) -> None:
+    upload = world.upload("api/prod/app-1.zip")
+    codedeploy = world.session.client("codedeploy")
+    context = direct_context(world, ManualClock(), codedeploy)
+    [created] = parse_artifact_event(upload.eventbridge).uploads
+
+    # A group CodeDeploy will never deploy to for us (here: no permission), injected by Stubber.
+    with Stubber(codedeploy) as stub:
+        stub.add_client_error("create_deployment", "AccessDeniedException", "not authorized", 400)
+        release = handle_upload(context, created)
+
+    assert release is not None
+    failed = world.release(release.id)
+    assert failed.state is ReleaseState.FAILED
+    assert "AccessDeniedException: not authorized" in failed.reason
+    assert world.store.get_slot("api-prod").active is None
+
+
+def test_one_failing_pipeline_does_not_stop_reconcile_of_the_others(world: World) -> None:
+    api = world.deliver_upload(world.upload("api/prod/app-1.zip").eventbridge)["releases"][0]["id"]
+    web = world.deliver_upload(world.upload("web/prod/site-1.zip").eventbridge)["releases"][0]["id"]
+    for release_id in (api, web):
+        deployment_id = world.release(release_id).deployment_id
+        assert deployment_id is not None
+        moto_extensions.complete(deployment_id, "Succeeded")  # both events lost
+    codedeploy = world.session.client("codedeploy")
+    context = direct_context(world, ManualClock(), codedeploy)
+    api_deployment = world.release(api).deployment_id
+
+    def throttle_api(params: dict[str, Any], **_: Any) -> None:
+        if params.get("deploymentId") == api_deployment:
+            raise ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "GetDeployment"
+            )
+
+    codedeploy.meta.events.register("provide-client-params.codedeploy.GetDeployment", throttle_api)
+    report = reconcile(context)
+
+    assert report["api-prod"]["error"].startswith("ClientError")
+    assert report["web-prod"]["applied"] == [web]
+    assert world.release(web).state is ReleaseState.SUCCEEDED
+    assert world.release(api).state is ReleaseState.DEPLOYING  # repaired by the next run instead
+
+
+def test_events_of_groups_no_pipeline_owns_are_ignored_without_a_call(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    calls: list[str] = []
+    codedeploy.meta.events.register("before-call.codedeploy", lambda model, **_: calls.append(model.name))
+    context = direct_context(world, ManualClock(), codedeploy)
+    event = DeploymentStateChanged("d-other", DeploymentState.SUCCESS, "billing", "billing-prod")
+
+    assert handle_deployment_event(context, event) is None
+    assert calls == []
+
+
+def test_forbidden_spelling_of_a_key_falls_through_to_the_next(world: World) -> None:
+    """Without s3:ListBucket, HeadObject of a key that does not exist answers 403, not 404."""
+    upload = world.upload("api/prod/red flower.zip")
+    s3 = world.session.client("s3")
+    context = replace(direct_context(world, ManualClock()), artifacts=S3Artifacts(s3))
+    raw = replace(
+        parse_artifact_event(upload.eventbridge).uploads[0],
+        key_candidates=("api/prod/red+flower.zip", "api/prod/red flower.zip"),
+    )
+
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_object", "403", "Forbidden", 403)
+        stub.add_response(
+            "head_object",
+            {"VersionId": upload.version_id, "ETag": f'"{upload.etag}"', "Metadata": {}},
+            {"Bucket": "acme-artifacts", "Key": "api/prod/red flower.zip", "VersionId": upload.version_id},
+        )
+        release = handle_upload(context, raw)
+
+    assert release is not None
+    assert release.revision.key == "api/prod/red flower.zip"

@@ -29,14 +29,6 @@ def test_supersede_policy_keeps_only_the_newest() -> None:
     assert admission.superseded == ("r2", "r3")
 
 
-def test_first_goes_ahead_of_every_waiting_release() -> None:
-    admission = PipelineSlot("p", active="r1", waiting=("r2",)).admit(
-        "rollback", BusyPolicy.SUPERSEDE, first=True
-    )
-    assert admission.slot.waiting == ("rollback", "r2")
-    assert admission.superseded == ()
-
-
 def test_a_waiting_slot_with_no_active_release_is_not_jumped() -> None:
     admission = PipelineSlot("p", waiting=("r1",)).admit("r2", BusyPolicy.QUEUE)
     assert not admission.active
