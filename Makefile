@@ -33,8 +33,9 @@ typecheck: $(INSTALLED)
 unit: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
+## Everything beyond the pure unit tests: moto integration, bundles, sandbox end to end.
 integration: $(INSTALLED)
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration $(wildcard tests/bundles)
+	$(BIN)/pytest -q -p no:cacheprovider tests --ignore=tests/unit
 
 ## `chalice package` for a stage, validated offline with cfn-lint.
 package: $(INSTALLED)
