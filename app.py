@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, Rate
+from chalice.app import Chalice, CloudWatchEvent, Rate, SQSEvent
 
 from chalicelib import bootstrap, lambda_handlers
 
@@ -24,6 +24,12 @@ def on_artifact_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
 )
 def on_codedeploy_event(event: CloudWatchEvent) -> dict[str, Any]:
     return lambda_handlers.codedeploy_event(bootstrap.context(), event.to_dict())
+
+
+@app.on_sqs_message(queue="release-coordinator-verify", batch_size=10, name="on_verify_message")
+def on_verify_message(event: SQSEvent) -> dict[str, Any]:
+    """Delayed health checks (DelaySeconds paces them); partial batch failures reported."""
+    return lambda_handlers.verify_messages(bootstrap.context(), event.to_dict())
 
 
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="reconcile")

@@ -45,16 +45,19 @@ def pipelines() -> PipelinesConfig:
 
 @functools.cache
 def context() -> Context:
-    """The production wiring: DynamoDB, S3 and CodeDeploy through boto3 (``AWS_ENDPOINT_URL``
+    """The production wiring: DynamoDB, S3, CodeDeploy, ELBv2 and SQS through boto3 (``AWS_ENDPOINT_URL``
     points them at an emulator in the sandbox and the tests)."""
     import boto3
     from botocore.config import Config
 
     from chalicelib.adapters.codedeploy import CodeDeployDeployments
     from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+    from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
     from chalicelib.adapters.s3_artifacts import S3Artifacts
+    from chalicelib.adapters.sqs_queues import SqsVerifyQueue
 
     table = _required_env("RELEASES_TABLE", "the releases DynamoDB table")
+    verify_queue_url = _required_env("VERIFY_QUEUE_URL", "the SQS queue that paces health checks")
     session = boto3.session.Session()
     # Standard retries absorb short throttling; what still fails raises so Lambda retries the event.
     config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
@@ -62,6 +65,8 @@ def context() -> Context:
         store=DynamoReleaseStore(session.client("dynamodb", config=config), table),
         artifacts=S3Artifacts(session.client("s3", config=config)),
         deployments=CodeDeployDeployments(session.client("codedeploy", config=config)),
+        load_balancing=Elbv2LoadBalancing(session.client("elbv2", config=config)),
+        verify_queue=SqsVerifyQueue(session.client("sqs", config=config), verify_queue_url),
         pipelines=pipelines(),
         clock=SystemClock(),
     )

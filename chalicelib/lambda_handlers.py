@@ -3,13 +3,17 @@ hand the rest to a use case. ``app.py`` only routes events here."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
+from chalicelib.domain.verification import VerifyRequest
 from chalicelib.service.context import Context, logger
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
+from chalicelib.service.verification import run_check
 
 
 def artifact_event(context: Context, event: Any) -> dict[str, Any]:
@@ -38,6 +42,33 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
         return {"release": None, "skipped": "instance-level event"}
     release = handle_deployment_event(context, change)
     return {"release": release.id if release else None, "skipped": None}
+
+
+def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+    """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
+    fix it); a check that fails on AWS is reported back alone so SQS retries just that one."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    def check(record: SQSRecord) -> None:
+        try:
+            request = VerifyRequest.from_message(json.loads(record.body))
+        except (MalformedEvent, ValueError) as problem:
+            logger.warning(
+                "malformed verify message dropped",
+                extra={"why": str(problem), "message_id": record.message_id},
+            )
+            return
+        with logger.append_context_keys(release_id=request.release_id):
+            run_check(context, request)
+
+    response = process_partial_response(
+        event=dict(event),
+        record_handler=check,
+        processor=BatchProcessor(event_type=EventType.SQS),
+        context=None,
+    )
+    return dict(response)
 
 
 def scheduled_reconcile(context: Context) -> dict[str, Any]:

@@ -5,6 +5,7 @@ application and deployment group. Tests and the sandbox share it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +16,33 @@ SERVICE_ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
 
 
 @dataclass(frozen=True)
+class LoadBalancedGroup:
+    target_group_arn: str
+    instance_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Provisioned:
     table: str
+    verify_queue_url: str
+    # pipeline name -> its ALB target group and the EC2 instances registered in it
+    load_balanced: dict[str, LoadBalancedGroup]
     # Queues that receive the bucket's events: EventBridge "Object Created" (via a rule) and the
     # classic S3 notification, so both shapes come from the emulator itself.
     eventbridge_queue_url: str
     classic_queue_url: str
 
 
-def provision(session: Any, pipelines: PipelinesConfig, *, table: str) -> Provisioned:
+def provision(
+    session: Any,
+    pipelines: PipelinesConfig,
+    *,
+    table: str,
+    load_balanced: Mapping[str, int] | None = None,
+    health_check_interval_s: int = 5,
+) -> Provisioned:
+    """``load_balanced`` maps pipeline names to instance counts: those deployment groups get EC2
+    instances in an ALB target group (named after the pipeline), with traffic control."""
     s3 = session.client("s3")
     sqs = session.client("sqs")
     events = session.client("events")
@@ -31,6 +50,11 @@ def provision(session: Any, pipelines: PipelinesConfig, *, table: str) -> Provis
     dynamodb = session.client("dynamodb")
 
     dynamodb.create_table(**table_definition(table))
+    verify_queue = sqs.create_queue(QueueName="release-coordinator-verify")["QueueUrl"]
+    balanced = {
+        name: _target_group(session, name, count, health_check_interval_s)
+        for name, count in (load_balanced or {}).items()
+    }
     eventbridge_queue = sqs.create_queue(QueueName="artifact-events")["QueueUrl"]
     classic_queue = sqs.create_queue(QueueName="artifact-notifications")["QueueUrl"]
 
@@ -59,11 +83,52 @@ def provision(session: Any, pipelines: PipelinesConfig, *, table: str) -> Provis
     for application in sorted({pipeline.application for pipeline in pipelines.pipelines}):
         codedeploy.create_application(applicationName=application, computePlatform="Server")
     for pipeline in pipelines.pipelines:
+        extra: dict[str, Any] = {}
+        if pipeline.name in balanced:
+            extra["loadBalancerInfo"] = {"targetGroupInfoList": [{"name": pipeline.name}]}
+            extra["ec2TagFilters"] = [{"Key": "pipeline", "Value": pipeline.name, "Type": "KEY_AND_VALUE"}]
         codedeploy.create_deployment_group(
             applicationName=pipeline.application,
             deploymentGroupName=pipeline.deployment_group,
             deploymentConfigName=pipeline.deployment_config,
             serviceRoleArn=SERVICE_ROLE,
             deploymentStyle={"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+            **extra,
         )
-    return Provisioned(table=table, eventbridge_queue_url=eventbridge_queue, classic_queue_url=classic_queue)
+    return Provisioned(
+        table=table,
+        verify_queue_url=verify_queue,
+        load_balanced=balanced,
+        eventbridge_queue_url=eventbridge_queue,
+        classic_queue_url=classic_queue,
+    )
+
+
+def _target_group(session: Any, name: str, instances: int, interval_s: int) -> LoadBalancedGroup:
+    ec2 = session.client("ec2")
+    elbv2 = session.client("elbv2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    reservation = ec2.run_instances(
+        ImageId="ami-12345678",
+        MinCount=instances,
+        MaxCount=instances,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "pipeline", "Value": name}]}],
+    )
+    instance_ids = tuple(sorted(instance["InstanceId"] for instance in reservation["Instances"]))
+    group = elbv2.create_target_group(
+        Name=name,
+        Protocol="HTTP",
+        Port=80,
+        VpcId=vpc,
+        TargetType="instance",
+        HealthCheckPath="/health",
+        HealthCheckIntervalSeconds=interval_s,
+        HealthyThresholdCount=2,
+        UnhealthyThresholdCount=2,
+    )["TargetGroups"][0]
+    arn = group["TargetGroupArn"]
+    elbv2.modify_target_group_attributes(
+        TargetGroupArn=arn, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "5"}]
+    )
+    elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": instance_id} for instance_id in instance_ids])
+    return LoadBalancedGroup(target_group_arn=arn, instance_ids=instance_ids)

@@ -9,7 +9,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.release import Release, Revision
-from chalicelib.service.ports import DeploymentBusy, DeploymentInfo, RevisionRejected
+from chalicelib.service.ports import (
+    DeploymentBusy,
+    DeploymentInfo,
+    InstanceTarget,
+    LifecycleEvent,
+    RevisionRejected,
+)
 
 # CreateDeployment takes no client token, so the release id rides in the description: a retry
 # can find the deployment it already created, and an event for a deployment the store does not
@@ -99,6 +105,43 @@ class CodeDeployDeployments:
         info = self._client.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
         return _deployment_info(info)
 
+    def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
+        target_ids: list[str] = []
+        paginator = self._client.get_paginator("list_deployment_targets")
+        for page in paginator.paginate(deploymentId=deployment_id):
+            target_ids.extend(page.get("targetIds", []))
+        targets: list[InstanceTarget] = []
+        for start in range(0, len(target_ids), _BATCH_GET_LIMIT):
+            response = self._client.batch_get_deployment_targets(
+                deploymentId=deployment_id, targetIds=target_ids[start : start + _BATCH_GET_LIMIT]
+            )
+            for target in response.get("deploymentTargets", []):
+                instance = target.get("instanceTarget")
+                if instance:
+                    targets.append(_instance_target(instance))
+        return targets
+
+
+def _instance_target(instance: dict[str, Any]) -> InstanceTarget:
+    events = []
+    for event in instance.get("lifecycleEvents") or []:
+        diagnostics = event.get("diagnostics") or {}
+        events.append(
+            LifecycleEvent(
+                name=event.get("lifecycleEventName", ""),
+                status=event.get("status", ""),
+                error_code=diagnostics.get("errorCode"),
+                script_name=diagnostics.get("scriptName"),
+                message=diagnostics.get("message"),
+                log_tail=diagnostics.get("logTail"),
+            )
+        )
+    return InstanceTarget(
+        instance_id=instance.get("targetId", ""),
+        status=instance.get("status", ""),
+        lifecycle_events=tuple(events),
+    )
+
 
 def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
     location = (info.get("revision") or {}).get("s3Location") or {}
@@ -113,6 +156,9 @@ def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
         else None
     )
     error = info.get("errorInformation") or {}
+    target_groups = ((info.get("loadBalancerInfo") or {}).get("targetGroupInfoList")) or []
+    auto_rollback = info.get("autoRollbackConfiguration") or {}
+    rollback_info = info.get("rollbackInfo") or {}
     return DeploymentInfo(
         deployment_id=info["deploymentId"],
         application=info.get("applicationName", ""),
@@ -125,4 +171,8 @@ def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
         error_code=error.get("code"),
         error_message=error.get("message"),
         create_time=info.get("createTime"),
+        target_group_names=tuple(group["name"] for group in target_groups if group.get("name")),
+        rolls_back_on_failure=bool(auto_rollback.get("enabled"))
+        and "DEPLOYMENT_FAILURE" in (auto_rollback.get("events") or []),
+        rollback_of_deployment_id=rollback_info.get("rollbackTriggeringDeploymentId"),
     )

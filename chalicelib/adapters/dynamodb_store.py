@@ -25,6 +25,7 @@ from chalicelib.domain.release import (
     Trigger,
 )
 from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.verification import Verification
 from chalicelib.service.ports import Change, WriteConflict
 
 BY_PIPELINE_INDEX = "by_pipeline"
@@ -116,6 +117,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
         "rollback_of": release.rollback_of,
         "metadata": dict(release.metadata),
         "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
+        "verification": _without_nones(release.verification.to_dict()) if release.verification else None,
         "created_at": release.created_at.isoformat(),
         "updated_at": release.updated_at.isoformat(),
         "created_key": f"{release.created_at.isoformat()}#{release.id}",
@@ -146,6 +148,9 @@ def release_from_item(item: Mapping[str, Any]) -> Release:
         rollback_of=item.get("rollback_of"),
         metadata=dict(item.get("metadata", {})),
         start_claimed_at=_time(item.get("start_claimed_at")),
+        verification=Verification.from_dict(_plain(item["verification"]))
+        if item.get("verification")
+        else None,
         created_at=datetime.fromisoformat(item["created_at"]),
         updated_at=datetime.fromisoformat(item["updated_at"]),
         version=int(item["version"]),
@@ -178,6 +183,10 @@ def event_from_item(item: Mapping[str, Any]) -> HistoryEvent:
         state=ReleaseState(item["state"]),
         detail=_plain(item.get("detail", {})),
     )
+
+
+def _without_nones(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in mapping.items() if value is not None}
 
 
 def _plain(value: Any) -> Any:

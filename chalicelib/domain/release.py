@@ -14,6 +14,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from chalicelib.domain.verification import Verification
+
 
 class ReleaseState(StrEnum):
     RECEIVED = "RECEIVED"
@@ -115,6 +117,11 @@ def upload_release_id(revision: Revision) -> str:
     return f"rel-{digest[:20]}"
 
 
+def rollback_release_id(failed_release_id: str) -> str:
+    """One auto-rollback per failed release, however often its failure is reported."""
+    return f"rb-{failed_release_id}"
+
+
 def external_release_id(deployment_id: str) -> str:
     """The id of the release recorded for a deployment the coordinator did not start."""
     return f"ext-{deployment_id}"
@@ -159,6 +166,8 @@ class Release:
     # When a start (CreateDeployment) was last claimed: a second delivery of the same upload
     # leaves a fresh claim alone instead of deploying twice.
     start_claimed_at: datetime | None = None
+    # Health verification after CodeDeploy succeeded (VERIFYING and after).
+    verification: Verification | None = None
     # Optimistic-lock version of the stored item; 0 until first written.
     version: int = 0
     last_event_id: int = 0

@@ -38,6 +38,12 @@ class PipelineSlot:
             return Admission(dataclasses.replace(self, waiting=(release_id,)), False, superseded)
         return Admission(dataclasses.replace(self, waiting=(*self.waiting, release_id)), False, ())
 
+    def give_first(self, release_id: str) -> PipelineSlot:
+        """Rollbacks go first: the slot if it is free, else the head of the waiting line."""
+        if self.active is None:
+            return dataclasses.replace(self, active=release_id)
+        return dataclasses.replace(self, waiting=(release_id, *self.waiting))
+
     def free(self, release_id: str) -> PipelineSlot:
         """Let go of a release that reached a terminal state, wherever it stands in the slot."""
         active = None if self.active == release_id else self.active

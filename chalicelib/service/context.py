@@ -11,7 +11,15 @@ from typing import TypeVar
 from aws_lambda_powertools import Logger
 
 from chalicelib.domain.pipelines import PipelinesConfig
-from chalicelib.service.ports import ArtifactStore, Clock, Deployments, ReleaseStore, WriteConflict
+from chalicelib.service.ports import (
+    ArtifactStore,
+    Clock,
+    Deployments,
+    LoadBalancing,
+    ReleaseStore,
+    VerifyQueue,
+    WriteConflict,
+)
 
 logger = Logger(service="release-coordinator")
 
@@ -26,6 +34,8 @@ class Context:
     store: ReleaseStore
     artifacts: ArtifactStore
     deployments: Deployments
+    load_balancing: LoadBalancing
+    verify_queue: VerifyQueue
     pipelines: PipelinesConfig
     clock: Clock
 

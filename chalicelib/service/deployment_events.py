@@ -5,20 +5,29 @@ from __future__ import annotations
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
+    EventType,
     Refused,
     Release,
     ReleaseState,
     Revision,
+    Step,
     Trigger,
     external_release_id,
     new_release,
+    record,
     transition,
 )
 from chalicelib.service.context import Context, logger, retry_on_conflict
-from chalicelib.service.ports import DeploymentInfo
+from chalicelib.service.ports import DeploymentInfo, InstanceTarget
 from chalicelib.service.slot_flow import Batch, finish, link_deployment
+from chalicelib.service.verification import begin_verification
 
 # GetDeployment's terminal statuses, as the state-change event that a lost event would have said.
+# History items stay far below DynamoDB's 400 KB: a few instances, the end of each log.
+_LISTED_INSTANCES = 10
+_LOG_TAIL_LIMIT = 2048
+_MESSAGE_LIMIT = 500
+
 STATE_FOR_STATUS = {
     "Succeeded": DeploymentState.SUCCESS,
     "Failed": DeploymentState.FAILURE,
@@ -54,27 +63,15 @@ def apply_deployment_state(
         logger.info("event for a deployment the release no longer follows; ignored")
         return release
     if state is DeploymentState.SUCCESS:
-        return finish(
-            context,
-            release_id,
-            ReleaseState.SUCCEEDED,
-            reason=f"CodeDeploy deployment {deployment_id} succeeded",
-            detail={"deployment_id": deployment_id},
-        )
+        if release.state is not ReleaseState.DEPLOYING:
+            logger.info(
+                "CodeDeploy SUCCESS for a release past deploying; ignored",
+                extra={"state": release.state.value},
+            )
+            return release
+        return begin_verification(context, release, deployment_id)
     if state is DeploymentState.FAILURE:
-        info = context.deployments.describe(deployment_id)
-        cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
-        return finish(
-            context,
-            release_id,
-            ReleaseState.FAILED,
-            reason=f"CodeDeploy deployment {deployment_id} failed ({cause})",
-            detail={
-                "deployment_id": deployment_id,
-                "error": info.error_code or "",
-                "cause": info.error_message or "",
-            },
-        )
+        return _deployment_failed(context, release, deployment_id)
     if state is DeploymentState.STOP:
         return finish(
             context,
@@ -89,6 +86,76 @@ def apply_deployment_state(
     return release
 
 
+def _deployment_failed(context: Context, release: Release, deployment_id: str) -> Release | None:
+    """FAILED with CodeDeploy's error and, per failed instance, the failing hook, script, error
+    code and log tail; then the auto-rollback, unless CodeDeploy rolls back by itself."""
+    info = context.deployments.describe(deployment_id)
+    cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
+    failed_instances = [
+        diagnose(target)
+        for target in context.deployments.instance_targets(deployment_id)
+        if target.status == "Failed"
+    ]
+    pipeline = context.pipelines.named(release.pipeline)
+    roll_back = bool(pipeline and pipeline.rollback.on_deploy_failure) and not info.rolls_back_on_failure
+    note = (
+        "; CodeDeploy's own automatic rollback redeploys the previous revision"
+        if info.rolls_back_on_failure
+        else ""
+    )
+
+    def with_diagnostics(step: Step) -> Step:
+        return record(
+            step,
+            EventType.TASK_FAILED,
+            now=context.clock.now(),
+            detail={
+                "task": "CodeDeploy",
+                "deployment_id": deployment_id,
+                "error": info.error_code or "",
+                "cause": info.error_message or "",
+                "failed_instances": failed_instances[:_LISTED_INSTANCES],
+            },
+        )
+
+    first = failed_instances[0] if failed_instances else None
+    where = (
+        f"; {first['lifecycle_event']} failed on {first['instance']}"
+        if first and first.get("lifecycle_event")
+        else ""
+    )
+    return finish(
+        context,
+        release.id,
+        ReleaseState.FAILED,
+        reason=f"CodeDeploy deployment {deployment_id} failed ({cause}){where}{note}",
+        detail={
+            "deployment_id": deployment_id,
+            "error": info.error_code or "",
+            "cause": info.error_message or "",
+        },
+        prelude=with_diagnostics,
+        roll_back=roll_back,
+    )
+
+
+def diagnose(target: InstanceTarget) -> dict[str, str]:
+    """The first failed lifecycle event of an instance, with the tail of its script's log."""
+    failed = next((event for event in target.lifecycle_events if event.status == "Failed"), None)
+    diagnosis = {"instance": target.instance_id, "status": target.status}
+    if failed is not None:
+        diagnosis.update(
+            {
+                "lifecycle_event": failed.name,
+                "script": failed.script_name or "",
+                "error_code": failed.error_code or "",
+                "message": (failed.message or "")[:_MESSAGE_LIMIT],
+                "log_tail": (failed.log_tail or "")[-_LOG_TAIL_LIMIT:],
+            }
+        )
+    return diagnosis
+
+
 def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, event: DeploymentStateChanged) -> str:
     """A deployment the store does not know: ours whose link the event outran, or one started
     outside the coordinator, recorded as an ``external`` release so the history has no holes."""
@@ -101,6 +168,19 @@ def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, event: Deplo
 
 def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
     release_id = external_release_id(info.deployment_id)
+    # CodeDeploy's own automatic rollback is followed, linked to the release whose failure
+    # triggered it, instead of the coordinator starting a second rollback.
+    rollback_of = (
+        context.store.release_for_deployment(info.rollback_of_deployment_id)
+        if info.rollback_of_deployment_id
+        else None
+    )
+    trigger = Trigger.AUTO_ROLLBACK if rollback_of else Trigger.EXTERNAL
+    reason = (
+        f"CodeDeploy's automatic rollback {info.deployment_id} of {rollback_of}"
+        if rollback_of
+        else f"deployment {info.deployment_id} started outside the coordinator (creator: {info.creator or 'unknown'})"
+    )
 
     def decide() -> None:
         if context.store.get_release(release_id) is not None:
@@ -112,8 +192,9 @@ def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo)
             application=info.application,
             deployment_group=info.deployment_group,
             revision=info.revision or Revision(bucket="", key="", version=None, etag=None),
-            trigger=Trigger.EXTERNAL,
+            trigger=trigger,
             now=now,
+            rollback_of=rollback_of,
             actor=info.creator or None,
             metadata={"creator": info.creator} if info.creator else {},
             deployment_id=info.deployment_id,
@@ -122,10 +203,7 @@ def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo)
             step,
             ReleaseState.DEPLOYING,
             now=now,
-            reason=(
-                f"deployment {info.deployment_id} started outside the coordinator "
-                f"(creator: {info.creator or 'unknown'})"
-            ),
+            reason=reason,
         )
         assert not isinstance(moved, Refused)
         slot = context.store.get_slot(pipeline.name)

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.verification import TargetGroupSettings, TargetHealth, VerifyRequest
 
 
 class WriteConflict(Exception):
@@ -96,10 +97,33 @@ class DeploymentInfo:
     error_code: str | None = None
     error_message: str | None = None
     create_time: datetime | None = None
+    # ALB target groups of the deployment (names, as GetDeployment gives them).
+    target_group_names: tuple[str, ...] = ()
+    # CodeDeploy rolls back by itself on failure (autoRollbackConfiguration with DEPLOYMENT_FAILURE).
+    rolls_back_on_failure: bool = False
+    # For a rollback CodeDeploy started: the deployment whose failure triggered it.
+    rollback_of_deployment_id: str | None = None
 
     @property
     def is_terminal(self) -> bool:
         return self.status in ("Succeeded", "Failed", "Stopped")
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    name: str
+    status: str
+    error_code: str | None = None
+    script_name: str | None = None
+    message: str | None = None
+    log_tail: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceTarget:
+    instance_id: str
+    status: str  # Pending, InProgress, Succeeded, Failed, Skipped, Unknown, Ready
+    lifecycle_events: tuple[LifecycleEvent, ...] = ()
 
 
 class Deployments(Protocol):
@@ -116,6 +140,20 @@ class Deployments(Protocol):
         ...
 
     def describe(self, deployment_id: str) -> DeploymentInfo: ...
+
+    def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
+        """The instances the deployment touched, with their lifecycle events."""
+        ...
+
+
+class LoadBalancing(Protocol):
+    def target_groups(self, names: Sequence[str]) -> list[TargetGroupSettings]: ...
+
+    def target_health(self, target_group_arn: str, target_ids: Sequence[str]) -> list[TargetHealth]: ...
+
+
+class VerifyQueue(Protocol):
+    def schedule(self, request: VerifyRequest, delay_s: int) -> None: ...
 
 
 class Clock(Protocol):

@@ -10,6 +10,7 @@ from chalicelib.domain.release import ReleaseState
 from chalicelib.service.context import Context, logger
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
+from chalicelib.service.verification import resend_overdue_checks
 
 
 def reconcile(context: Context) -> dict[str, Any]:
@@ -34,6 +35,10 @@ def reconcile(context: Context) -> dict[str, Any]:
 
 def _apply_missed_outcomes(context: Context, pipeline: Pipeline, actions: dict[str, Any]) -> None:
     for release in context.store.open_releases(pipeline.name):
+        if release.state is ReleaseState.VERIFYING:
+            if resend_overdue_checks(context, release):
+                actions.setdefault("resent_checks", []).append(release.id)
+            continue
         if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
             continue
         with logger.append_context_keys(release_id=release.id, deployment_id=release.deployment_id):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from chalicelib.domain.pipelines import Pipeline
@@ -16,7 +16,10 @@ from chalicelib.domain.release import (
     Release,
     ReleaseState,
     Step,
+    Trigger,
+    new_release,
     record,
+    rollback_release_id,
     transition,
     update,
 )
@@ -191,6 +194,9 @@ def link_deployment(context: Context, release_id: str, deployment_id: str) -> Re
     return retry_on_conflict(decide)
 
 
+Prelude = Callable[[Step], Step]
+
+
 def finish(
     context: Context,
     release_id: str,
@@ -198,55 +204,124 @@ def finish(
     *,
     reason: str,
     detail: Detail | None = None,
+    prelude: Prelude | None = None,
+    roll_back: bool = False,
 ) -> Release | None:
-    """Move a release to a terminal state, free its place in the slot and start the next one."""
-    pipeline_name: list[str] = []
+    """Move a release to a terminal state, free its place in the slot and start the next one,
+    all in one write. Returns the finished release, or None when the move was refused.
 
-    def decide() -> tuple[Release | None, bool]:
+    ``prelude`` adds history events (a last health check, failure diagnostics) to the same
+    write. ``roll_back`` (failures only) creates the auto-rollback release to the last verified
+    one and gives it the slot ahead of every waiting release.
+    """
+    outcome: list[tuple[Release, Release | None, bool]] = []
+
+    def decide() -> None:
+        outcome.clear()
         release = context.store.get_release(release_id)
         if release is None:
-            return None, False
-        moved = transition(Step(release, ()), target, now=context.clock.now(), reason=reason, detail=detail)
+            return
+        now = context.clock.now()
+        slot = context.store.get_slot(release.pipeline)
+        rollback = plan_rollback(context, release, slot, now) if roll_back else None
+        step = prelude(Step(release, ())) if prelude else Step(release, ())
+        moved = transition(
+            step,
+            target,
+            now=now,
+            reason=reason + (rollback.note if rollback else ""),
+            detail={**(detail or {}), **({"rollback_release_id": rollback.release_id} if rollback else {})},
+        )
         if isinstance(moved, Refused):
             log_refused(moved)
-            return None, False
-        pipeline_name.append(release.pipeline)
+            return
         batch = Batch()
         batch.add(moved)
-        slot = context.store.get_slot(release.pipeline)
         held_active = slot.active == release_id
         new_slot = slot.free(release_id)
         if target is ReleaseState.SUCCEEDED:
             new_slot = replace(new_slot, last_good=release_id)
-        new_slot, promoted = promote_waiting(context, new_slot, batch)
+        promoted: Release | None = None
+        if rollback is not None and rollback.step is not None:
+            batch.add(rollback.step)
+            new_slot, promoted = new_slot.give_first(rollback.step.release.id), None
+            if new_slot.active == rollback.step.release.id:
+                promoted = rollback.step.release
+        else:
+            new_slot, promoted = promote_waiting(context, new_slot, batch)
         context.store.commit(batch.change(new_slot if new_slot != slot else None))
         logger.info(
             f"release {target.value.lower()}",
             extra={
                 "release_id": release_id,
-                "reason": reason,
+                "reason": moved.release.reason,
                 "next_release_id": promoted.id if promoted else None,
             },
         )
-        return promoted, held_active
+        outcome.append((moved.release, promoted, held_active))
 
-    promoted, held_active = retry_on_conflict(decide)
-    if not pipeline_name:
+    retry_on_conflict(decide)
+    if not outcome:
         return None
-    pipeline = context.pipelines.named(pipeline_name[-1])
+    finished, promoted, held_active = outcome[-1]
+    pipeline = context.pipelines.named(finished.pipeline)
     if pipeline is None:
         logger.warning(
             "pipeline no longer configured; not starting the next release",
-            extra={"pipeline": pipeline_name[-1]},
+            extra={"pipeline": finished.pipeline},
         )
-        return None
+        return finished
     if promoted is not None:
         start_deployment(context, promoted, pipeline, look_first=False)
     elif not held_active:
         # A release outside the slot (an external deployment) ended: the slot's own release may
         # have been waiting for CodeDeploy to be free.
         advance(context, pipeline)
-    return promoted
+    return finished
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    step: Step | None  # the auto-rollback release, ready to deploy; None when there is none
+    note: str  # appended to the failed release's reason
+
+    @property
+    def release_id(self) -> str | None:
+        return self.step.release.id if self.step else None
+
+
+def plan_rollback(context: Context, failed: Release, slot: PipelineSlot, now: datetime) -> RollbackPlan:
+    """The auto-rollback of a failed release: a new release of the last verified revision.
+
+    A rollback never causes another: when a rollback itself fails, the pipeline stops there
+    for a person to look.
+    """
+    if failed.trigger in (Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK):
+        return RollbackPlan(None, "; this was a rollback, so no further rollback")
+    last_good = context.store.get_release(slot.last_good) if slot.last_good else None
+    if last_good is None:
+        return RollbackPlan(None, "; nothing to roll back to: no release of this pipeline was verified yet")
+    started = new_release(
+        release_id=rollback_release_id(failed.id),
+        pipeline=failed.pipeline,
+        application=failed.application,
+        deployment_group=failed.deployment_group,
+        revision=last_good.revision,
+        trigger=Trigger.AUTO_ROLLBACK,
+        now=now,
+        rollback_of=failed.id,
+        metadata={**last_good.metadata, "rolled_back_to": last_good.id},
+    )
+    moved = transition(
+        started,
+        ReleaseState.DEPLOYING,
+        now=now,
+        reason=f"rolling back {failed.id} to the last verified release {last_good.id}",
+        start_claimed_at=now,
+    )
+    if isinstance(moved, Refused):  # RECEIVED -> DEPLOYING is always allowed
+        raise AssertionError(moved.message)
+    return RollbackPlan(moved, f"; rolling back to {last_good.id}")
 
 
 def advance(context: Context, pipeline: Pipeline) -> dict[str, Any]:

@@ -44,7 +44,21 @@ prefix = "web/prod/"
 application = "web"
 deployment_group = "web-prod"
 on_busy = "supersede"
+
+[[pipeline]]
+name = "shop-prod"
+bucket = "{BUCKET}"
+prefix = "shop/prod/"
+application = "shop"
+deployment_group = "shop-prod"
+[pipeline.verify]
+healthy_checks = 2
+interval_s = 1
+deadline_s = 60
 """
+# The pipeline whose deployment group sits behind an ALB target group.
+LOAD_BALANCED = "shop-prod"
+INSTANCES = 2
 # A stage that config.json does not define: the test client then adds no stage environment,
 # and the fixture's own RELEASES_TABLE and PIPELINES_FILE stay in force.
 TEST_STAGE = "integration-test"
@@ -100,11 +114,13 @@ class World:
             classic=classic[0],
         )
 
-    def _drain(self, queue_url: str) -> list[dict[str, Any]]:
+    def _drain(self, queue_url: str, wait_s: int = 0) -> list[dict[str, Any]]:
         sqs = self.session.client("sqs")
         bodies: list[dict[str, Any]] = []
         while True:
-            messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            messages = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0 if bodies else wait_s
+            ).get("Messages", [])
             if not messages:
                 return bodies
             for message in messages:
@@ -113,6 +129,16 @@ class World:
 
     def invoke(self, function: str, event: dict[str, Any]) -> Any:
         return self.client.lambda_.invoke(function, event).payload
+
+    def verify_messages(self, wait_s: int = 3) -> list[dict[str, Any]]:
+        """The health checks due on the verify queue (waiting out their DelaySeconds)."""
+        return self._drain(self.provisioned.verify_queue_url, wait_s)
+
+    def deliver_verify(self, bodies: list[dict[str, Any]]) -> Any:
+        event = self.client.events.generate_sqs_event(
+            message_bodies=[json.dumps(body) for body in bodies], queue_name="release-coordinator-verify"
+        )
+        return self.invoke("on_verify_message", event)
 
     def reconcile(self) -> Any:
         event = self.client.events.generate_cw_event(
@@ -183,7 +209,10 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> World
     moto_extensions.install()
     bootstrap.reset()
     session = boto3.session.Session(region_name=REGION)
-    provisioned = provision(session, load_pipelines(pipelines_file), table=TABLE)
+    provisioned = provision(
+        session, load_pipelines(pipelines_file), table=TABLE, load_balanced={LOAD_BALANCED: INSTANCES}
+    )
+    monkeypatch.setenv("VERIFY_QUEUE_URL", provisioned.verify_queue_url)
     built = World(session=session, provisioned=provisioned, client=Client(app, stage_name=TEST_STAGE))
     built.s3_test_events = built._drain(provisioned.classic_queue_url)
     built._drain(provisioned.eventbridge_queue_url)

@@ -13,7 +13,9 @@ from botocore.stub import Stubber
 from chalicelib import bootstrap
 from chalicelib.adapters.codedeploy import CodeDeployDeployments
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
 from chalicelib.adapters.s3_artifacts import S3Artifacts
+from chalicelib.adapters.sqs_queues import SqsVerifyQueue
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged, parse_artifact_event
 from chalicelib.domain.release import EventType, ReleaseState
 from chalicelib.domain.slot import PipelineSlot
@@ -44,6 +46,8 @@ def direct_context(world: World, clock: ManualClock, codedeploy: Any | None = No
         store=DynamoReleaseStore(world.session.client("dynamodb"), TABLE),
         artifacts=S3Artifacts(world.session.client("s3")),
         deployments=CodeDeployDeployments(codedeploy or world.session.client("codedeploy")),
+        load_balancing=Elbv2LoadBalancing(world.session.client("elbv2")),
+        verify_queue=SqsVerifyQueue(world.session.client("sqs"), world.provisioned.verify_queue_url),
         pipelines=bootstrap.pipelines(),
         clock=clock,
     )

@@ -1,0 +1,21 @@
+"""SQS: the verify queue, whose delayed messages pace the health checks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.domain.verification import MAX_DELAY_S, VerifyRequest
+
+
+class SqsVerifyQueue:
+    def __init__(self, client: Any, queue_url: str) -> None:
+        self._client = client
+        self._queue_url = queue_url
+
+    def schedule(self, request: VerifyRequest, delay_s: int) -> None:
+        self._client.send_message(
+            QueueUrl=self._queue_url,
+            MessageBody=json.dumps(request.to_message()),
+            DelaySeconds=max(0, min(delay_s, MAX_DELAY_S)),
+        )

@@ -1,0 +1,226 @@
+"""After CodeDeploy succeeds: verify ALB target health until a healthy streak, or fail and roll
+back. Each check is a history event naming what was not healthy and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.domain.release import (
+    EventType,
+    Refused,
+    Release,
+    ReleaseState,
+    Step,
+    record,
+    transition,
+    update,
+)
+from chalicelib.domain.verification import (
+    Judgement,
+    Outcome,
+    TargetHealth,
+    Verification,
+    VerifyRequest,
+    judge,
+    plan_verification,
+)
+from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.service.ports import Change
+from chalicelib.service.slot_flow import finish, log_refused
+
+# A check's history event lists at most this many targets that were not healthy.
+_LISTED_TARGETS = 20
+
+
+def begin_verification(context: Context, release: Release, deployment_id: str) -> Release | None:
+    """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason."""
+    pipeline = context.pipelines.named(release.pipeline)
+    info = context.deployments.describe(deployment_id)
+    if pipeline is None or not info.target_group_names:
+        return finish(
+            context,
+            release.id,
+            ReleaseState.SUCCEEDED,
+            reason=(
+                f"CodeDeploy deployment {deployment_id} succeeded; the deployment group has no load "
+                "balancer, so there is no target health to verify"
+            ),
+            detail={"deployment_id": deployment_id},
+        )
+    groups = context.load_balancing.target_groups(info.target_group_names)
+    instances = [
+        t.instance_id for t in context.deployments.instance_targets(deployment_id) if t.status == "Succeeded"
+    ]
+    missing_groups = sorted(set(info.target_group_names) - {group.name for group in groups})
+    if missing_groups or not instances:
+        problem = (
+            f"target group(s) {', '.join(missing_groups)} not found"
+            if missing_groups
+            else "CodeDeploy reports no instance that deployed successfully"
+        )
+        return finish(
+            context,
+            release.id,
+            ReleaseState.FAILED,
+            reason=f"verify_failed: cannot verify deployment {deployment_id}: {problem}",
+            detail={"failure": "verify_failed", "deployment_id": deployment_id},
+            roll_back=pipeline.rollback.on_verify_failure,
+        )
+    verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
+
+    def decide() -> Release | None:
+        current = context.store.get_release(release.id)
+        if current is None:
+            return None
+        moved = transition(
+            Step(current, ()),
+            ReleaseState.VERIFYING,
+            now=context.clock.now(),
+            reason=f"CodeDeploy deployment {deployment_id} succeeded; verifying target health",
+            detail={
+                "deployment_id": deployment_id,
+                "target_groups": list(info.target_group_names),
+                "instances": list(verification.instance_ids),
+                "healthy_checks": verification.healthy_checks,
+                "interval_s": verification.interval_s,
+                "deadline": verification.deadline.isoformat(),
+            },
+            verification=verification,
+        )
+        if isinstance(moved, Refused):
+            log_refused(moved)
+            return None
+        context.store.commit(Change(releases=[moved.release], events={release.id: moved.events}))
+        return moved.release
+
+    verifying = retry_on_conflict(decide)
+    if verifying is not None:
+        context.verify_queue.schedule(VerifyRequest(release.id, deployment_id, 1), verification.interval_s)
+        logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
+    return verifying
+
+
+def run_check(context: Context, request: VerifyRequest) -> Release | None:
+    """One health check, from the verify queue. Duplicate and stale messages are dropped."""
+    release = context.store.get_release(request.release_id)
+    verification = release.verification if release else None
+    if (
+        release is None
+        or verification is None
+        or release.state is not ReleaseState.VERIFYING
+        or release.deployment_id != request.deployment_id
+    ):
+        logger.info(
+            "verify message for a release not verifying this deployment; dropped", extra=request.to_message()
+        )
+        return release
+    if request.check != verification.checks_done + 1:
+        logger.info(
+            "verify message already handled or out of turn; dropped",
+            extra={**request.to_message(), "checks_done": verification.checks_done},
+        )
+        return release
+    health = [
+        entry
+        for arn in verification.target_group_arns
+        for entry in context.load_balancing.target_health(arn, verification.instance_ids)
+    ]
+    judgement = judge(verification, health, context.clock.now())
+    return _apply(context, release, request, judgement)
+
+
+def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
+    verification = judgement.verification
+    detail: dict[str, Any] = {
+        "task": "HealthCheck",
+        "check": check,
+        "streak": verification.streak,
+        "healthy_checks": verification.healthy_checks,
+        "instances": len(verification.instance_ids),
+        "outcome": judgement.outcome.value,
+    }
+    if judgement.not_healthy:
+        detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
+        return EventType.TASK_FAILED, detail
+    return EventType.TASK_SUCCEEDED, detail
+
+
+def _apply(
+    context: Context, release: Release, request: VerifyRequest, judgement: Judgement
+) -> Release | None:
+    event_type, detail = _check_event(judgement, request.check)
+
+    def with_check(step: Step) -> Step:
+        now = context.clock.now()
+        return record(
+            update(step, now=now, verification=judgement.verification), event_type, now=now, detail=detail
+        )
+
+    verification = judgement.verification
+    if judgement.outcome is Outcome.VERIFIED:
+        baked = f" and again after {verification.bake_s}s of baking" if verification.bake_s else ""
+        return finish(
+            context,
+            release.id,
+            ReleaseState.SUCCEEDED,
+            reason=(
+                f"verified: {len(verification.instance_ids)} instance(s) healthy in every target group "
+                f"for {verification.healthy_checks} checks in a row{baked}"
+            ),
+            detail={"deployment_id": request.deployment_id, "checks": verification.checks_done},
+            prelude=with_check,
+        )
+    if judgement.outcome is Outcome.TIMED_OUT:
+        pipeline = context.pipelines.named(release.pipeline)
+        return finish(
+            context,
+            release.id,
+            ReleaseState.FAILED,
+            reason=f"verify_failed: not healthy by the deadline: {_describe(judgement.not_healthy)}",
+            detail={"failure": "verify_failed", "deployment_id": request.deployment_id},
+            prelude=with_check,
+            roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
+        )
+
+    def decide() -> Release | None:
+        current = context.store.get_release(release.id)
+        if (
+            current is None
+            or current.verification is None
+            or current.verification.checks_done != request.check - 1
+        ):
+            return None  # another copy of this message got there first
+        step = with_check(Step(current, ()))
+        context.store.commit(Change(releases=[step.release], events={current.id: step.events}))
+        return step.release
+
+    checked = retry_on_conflict(decide)
+    if checked is not None:
+        next_check = VerifyRequest(release.id, request.deployment_id, request.check + 1)
+        context.verify_queue.schedule(next_check, judgement.next_delay_s)
+    return checked
+
+
+def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
+    if not not_healthy:
+        return "the healthy streak was not reached"
+    shown = ", ".join(
+        f"{entry.target_id} {entry.state}" + (f" ({entry.reason})" if entry.reason else "")
+        for entry in not_healthy[:5]
+    )
+    more = f" and {len(not_healthy) - 5} more" if len(not_healthy) > 5 else ""
+    return shown + more
+
+
+def resend_overdue_checks(context: Context, release: Release) -> bool:
+    """Reconcile: a VERIFYING release whose checks stopped arriving (its message was lost) gets
+    its next check re-sent. A late original is dropped by its check number."""
+    verification: Verification | None = release.verification
+    if release.deployment_id is None or verification is None:
+        return False
+    if not verification.overdue(context.clock.now()):
+        return False
+    request = VerifyRequest(release.id, release.deployment_id, verification.checks_done + 1)
+    context.verify_queue.schedule(request, 0)
+    logger.info("re-sent an overdue health check", extra=request.to_message())
+    return True
