@@ -179,7 +179,8 @@ def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo)
     reason = (
         f"CodeDeploy's automatic rollback {info.deployment_id} of {rollback_of}"
         if rollback_of
-        else f"deployment {info.deployment_id} started outside the coordinator (creator: {info.creator or 'unknown'})"
+        else f"deployment {info.deployment_id} started outside the coordinator "
+        f"(creator: {info.creator or 'unknown'})"
     )
 
     def decide() -> None:
