@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from chalicelib import bootstrap
 from chalicelib.domain.release import EventType, ReleaseState, Trigger, external_release_id
+from chalicelib.service.submission import Submission, submit
 from sandbox import moto_extensions
 from tests.integration.conftest import World
 
@@ -191,3 +193,28 @@ def test_event_that_outruns_the_store_write_finds_its_release(world: World) -> N
 
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
     assert world.store.get_release(external_release_id(deployment_id)) is None
+
+
+def test_a_waiting_rollback_goes_first_and_is_never_superseded(world: World) -> None:
+    first = deploy(world, "web/prod/site-1.zip")
+    queued = deploy(world, "web/prod/site-2.zip")
+    web = bootstrap.pipelines().named("web-prod")
+    assert web is not None
+    rollback, created = submit(
+        bootstrap.context(),
+        Submission(
+            release_id="rb-manual-1",
+            pipeline=web,
+            revision=world.release(first).revision,
+            trigger=Trigger.ROLLBACK,
+            actor="ana",
+        ),
+    )
+    assert created
+    assert world.store.get_slot("web-prod").waiting == (rollback.id, queued)
+
+    newest = deploy(world, "web/prod/site-3.zip")  # supersedes the plain upload only
+
+    assert world.store.get_slot("web-prod").waiting == (rollback.id, newest)
+    assert world.release(queued).state is ReleaseState.SUPERSEDED
+    assert world.release(rollback.id).state is ReleaseState.QUEUED
