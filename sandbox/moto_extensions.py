@@ -80,12 +80,14 @@ def install() -> None:
         def deployment_info(deployment: Any) -> dict[str, Any]:
             info: dict[str, Any] = original_info(deployment)
             info["errorInformation"] = getattr(deployment, "error_information", None) or {}
+            info["rollbackInfo"] = getattr(deployment, "rollback_info", None) or {}
             return info
 
         codedeploy_models.CodeDeployBackend.create_deployment = create_deployment  # type: ignore[method-assign]
         codedeploy_responses._deployment_info = deployment_info
         codedeploy_responses.CodeDeployResponse.list_deployment_targets = _list_deployment_targets  # type: ignore[attr-defined]
         codedeploy_responses.CodeDeployResponse.batch_get_deployment_targets = _batch_get_deployment_targets  # type: ignore[attr-defined]
+        codedeploy_responses.CodeDeployResponse.stop_deployment = _stop_deployment  # type: ignore[attr-defined]
         original_health_for = elbv2_models.FakeTargetGroup.health_for
 
         def health_for(self: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
@@ -139,6 +141,17 @@ def complete(
     deployment.status = status
     if error_code:
         deployment.error_information = {"code": error_code, "message": error_message or ""}
+
+
+def mark_codedeploy_rollback(deployment_id: str, *, triggered_by: str, region: str = "us-east-1") -> None:
+    """Make a deployment look like CodeDeploy's own automatic rollback of ``triggered_by``."""
+    deployment = backend(region).deployments[deployment_id]
+    deployment.creator = "codeDeployRollback"
+    deployment.rollback_info = {
+        "rollbackTriggeringDeploymentId": triggered_by,
+        "rollbackMessage": f"Automatic rollback of {triggered_by}",
+    }
+    backend(region).deployments[triggered_by].rollback_info = {"rollbackDeploymentId": deployment_id}
 
 
 def start(deployment_id: str, region: str = "us-east-1") -> None:
@@ -210,3 +223,62 @@ def _batch_get_deployment_targets(self: Any) -> ActionResult:
             ]
         }
     )
+
+
+# StopDeployment, and the claim/stop handshake with the local CodeDeploy agent
+# (sandbox/codedeploy_agent.py). moto 5.2.5 answers HTTP 500 for StopDeployment. As on AWS, a stop
+# is a request: the answer is "Pending", and whoever runs the deployment (the agent) ends it as
+# ``Stopped`` at its next safe point. ``_lock`` orders a stop request against the agent claiming a
+# ``Created`` deployment, so neither can overwrite the other's status.
+
+# AWS's answer while the stop is being carried out.
+STOP_PENDING_MESSAGE = "Stopping Pending. Stopping to schedule commands in the deployment instances"
+
+
+class DeploymentAlreadyCompletedException(JsonRESTError):
+    def __init__(self, deployment_id: str) -> None:
+        super().__init__(
+            "DeploymentAlreadyCompletedException", f"The deployment {deployment_id} has already completed."
+        )
+
+
+def claim(deployment_id: str, region: str = "us-east-1") -> bool:
+    """Move a ``Created`` deployment to ``InProgress`` for exactly one runner; False if it was
+    already claimed, has ended, or does not exist."""
+    with _lock:
+        deployment = backend(region).deployments.get(deployment_id)
+        if deployment is None or deployment.status != "Created":
+            return False
+        start(deployment_id, region)
+        return True
+
+
+def request_stop(deployment_id: str, *, auto_rollback: bool = False, region: str = "us-east-1") -> None:
+    """Ask the runner of a deployment to stop it (what StopDeployment does)."""
+    with _lock:
+        deployment = backend(region).get_deployment(deployment_id=deployment_id)
+        if deployment.status in TERMINAL_STATUSES:
+            raise DeploymentAlreadyCompletedException(deployment_id)
+        deployment.stop_requested = True
+        deployment.stop_auto_rollback = auto_rollback
+
+
+def stop_requested(deployment_id: str, region: str = "us-east-1") -> bool:
+    deployment = backend(region).deployments.get(deployment_id)
+    return bool(getattr(deployment, "stop_requested", False))
+
+
+def set_deployment_overview(deployment_id: str, counts: dict[str, int], region: str = "us-east-1") -> None:
+    """Instance counts by status, as GetDeployment's ``deploymentOverview`` answers them."""
+    overview = dict.fromkeys(("Pending", "InProgress", "Succeeded", "Failed", "Skipped", "Ready"), 0)
+    overview.update(counts)
+    backend(region).deployments[deployment_id].deployment_overview = overview
+
+
+def _stop_deployment(self: Any) -> ActionResult:
+    request_stop(
+        self._get_param("deploymentId"),
+        auto_rollback=bool(self._get_param("autoRollbackEnabled")),
+        region=self.region,
+    )
+    return ActionResult({"status": "Pending", "statusMessage": STOP_PENDING_MESSAGE})

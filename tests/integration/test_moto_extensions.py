@@ -140,3 +140,40 @@ def test_target_health_can_be_unhealthy_or_initial(world: World) -> None:
     finally:
         moto_extensions.clear_target_health()
     assert state()["State"] == "healthy"
+
+
+def test_stop_deployment_is_a_request_the_runner_honours(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    deployment_id = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )["deploymentId"]
+    assert moto_extensions.claim(deployment_id)
+    assert not moto_extensions.claim(deployment_id)  # one runner only
+    assert not moto_extensions.stop_requested(deployment_id)
+
+    answer = codedeploy.stop_deployment(deploymentId=deployment_id, autoRollbackEnabled=False)
+
+    assert answer["status"] == "Pending"
+    assert answer["statusMessage"] == moto_extensions.STOP_PENDING_MESSAGE
+    assert moto_extensions.stop_requested(deployment_id)
+    info = codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+    assert info["status"] == "InProgress"  # the runner ends it, not the request
+    moto_extensions.complete(deployment_id, "Stopped", error_code="MANUAL_STOP", error_message="stopped")
+    with pytest.raises(ClientError) as refused:
+        codedeploy.stop_deployment(deploymentId=deployment_id)
+    assert refused.value.response["Error"]["Code"] == "DeploymentAlreadyCompletedException"
+    with pytest.raises(ClientError) as unknown:
+        codedeploy.stop_deployment(deploymentId="no-such-deployment")
+    assert unknown.value.response["Error"]["Code"] == "DeploymentDoesNotExistException"
+
+
+def test_deployment_overview_reports_the_recorded_counts(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    deployment_id = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )["deploymentId"]
+
+    moto_extensions.set_deployment_overview(deployment_id, {"Succeeded": 1, "InProgress": 1})
+
+    overview = codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"]["deploymentOverview"]
+    assert overview == {"Pending": 0, "InProgress": 1, "Succeeded": 1, "Failed": 0, "Skipped": 0, "Ready": 0}

@@ -1,0 +1,1229 @@
+"""A local CodeDeploy agent: it makes moto's CodeDeploy deployments real.
+
+moto plays the CodeDeploy control plane but never moves a deployment out of ``Created``. This
+agent watches moto's backend (in this process) for new deployments of the groups it serves and
+runs them as CodeDeploy does on EC2 (../shared/reference/aws-facts.md, "CodeDeploy"):
+
+* the revision is downloaded from S3 (the exact object version) and unpacked per instance;
+* instances are deployed in batches per the deployment config (HalfAtATime, OneAtATime,
+  AllAtOnce), keeping the configured minimum of healthy instances;
+* each instance goes through the lifecycle events in AWS's order, running the appspec hook
+  scripts for real (ApplicationStop and the block-traffic hooks from the *previous* revision),
+  with CodeDeploy's environment variables and timeouts, and BlockTraffic/AllowTraffic driving
+  a :class:`TrafficControl` (the local load balancer);
+* progress is recorded in moto (instance targets, lifecycle events with diagnostics, the
+  deployment overview, the final status and error information), and the deployment's state
+  changes are put on moto's EventBridge, so rules route them (e.g. to SQS) as on AWS.
+
+An "instance" is a directory and a port (:class:`LocalInstance`); the app it runs is whatever the
+bundle's hooks start. The agent stops those apps again when it stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.events.models import events_backends
+
+from sandbox import moto_extensions
+
+logger = logging.getLogger(__name__)
+
+# EC2 in-place lifecycle with a load balancer, in AWS's order.
+LIFECYCLE_EVENTS = (
+    "BeforeBlockTraffic",
+    "BlockTraffic",
+    "AfterBlockTraffic",
+    "ApplicationStop",
+    "DownloadBundle",
+    "BeforeInstall",
+    "Install",
+    "AfterInstall",
+    "ApplicationStart",
+    "ValidateService",
+    "BeforeAllowTraffic",
+    "AllowTraffic",
+    "AfterAllowTraffic",
+)
+# These run the scripts of the last revision that succeeded on the instance (none on a first
+# deploy); ignoreApplicationStopFailures applies to them.
+PREVIOUS_REVISION_HOOKS = frozenset({"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"})
+LOG_TAIL_BYTES = 4096
+DEFAULT_HOOK_TIMEOUT_S = 3600.0  # appspec default and maximum
+KILL_GRACE_S = 2.0
+EVENT_DETAIL_TYPE = "CodeDeploy Deployment State-change Notification"
+EVENT_STATE = {"Succeeded": "SUCCESS", "Failed": "FAILURE", "Stopped": "STOP"}
+HEALTH_CONSTRAINTS_MESSAGE = (
+    "The overall deployment failed because too many individual instances failed deployment, too few "
+    "healthy instances are available for deployment, or some instances in your deployment group are "
+    "experiencing problems."
+)
+
+
+class TrafficControl(Protocol):
+    """What BlockTraffic and AllowTraffic drive: the local load balancer."""
+
+    def register(self, target_id: str, port: int) -> None: ...
+
+    def deregister(self, target_id: str) -> None: ...
+
+    def wait_drained(self, target_id: str, timeout: float) -> bool: ...
+
+    def wait_healthy(self, target_id: str, timeout: float) -> bool: ...
+
+
+# --- appspec and revision -------------------------------------------------------------------
+
+
+class AppSpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class HookScript:
+    location: str
+    timeout_s: float
+    runas: str
+
+
+@dataclass(frozen=True)
+class FileMapping:
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    hooks: Mapping[str, tuple[HookScript, ...]]
+    files: tuple[FileMapping, ...] = ()
+    file_exists_behavior: str | None = None
+
+    @classmethod
+    def load(cls, bundle_dir: Path) -> AppSpec:
+        path = next(
+            (bundle_dir / name for name in ("appspec.yml", "appspec.yaml") if (bundle_dir / name).is_file()),
+            None,
+        )
+        if path is None:
+            raise AppSpecError(f"no appspec.yml at the root of the revision ({bundle_dir})")
+        # PyYAML ships without type information (it comes with chalice).
+        yaml = importlib.import_module("yaml")
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            raise AppSpecError(f"appspec.yml is not valid YAML: {error}") from error
+        if not isinstance(document, dict):
+            raise AppSpecError("appspec.yml must be a mapping")
+        return cls(
+            hooks=_parse_hooks(document.get("hooks") or {}),
+            files=tuple(
+                FileMapping(str(entry["source"]), str(entry["destination"]))
+                for entry in _entries(document.get("files"), "files", ("source", "destination"))
+            ),
+            file_exists_behavior=document.get("file_exists_behavior"),
+        )
+
+
+def _entries(value: Any, what: str, required: Sequence[str]) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        raise AppSpecError(f"appspec.yml: {what} must be a list of mappings")
+    for entry in value:
+        missing = [key for key in required if key not in entry]
+        if missing:
+            raise AppSpecError(f"appspec.yml: an entry of {what} lacks {', '.join(missing)}")
+    return value
+
+
+def _parse_hooks(hooks: Any) -> dict[str, tuple[HookScript, ...]]:
+    if not isinstance(hooks, dict):
+        raise AppSpecError("appspec.yml: hooks must be a mapping of lifecycle event to scripts")
+    return {
+        str(name): tuple(
+            HookScript(
+                location=str(entry["location"]),
+                timeout_s=float(entry.get("timeout", DEFAULT_HOOK_TIMEOUT_S)),
+                runas=str(entry.get("runas", "")),
+            )
+            for entry in _entries(entries, f"hooks.{name}", ("location",))
+        )
+        for name, entries in hooks.items()
+    }
+
+
+@dataclass(frozen=True)
+class S3Revision:
+    bucket: str
+    key: str
+    bundle_type: str
+    version: str | None
+    etag: str | None
+
+    @classmethod
+    def from_moto(cls, revision: Mapping[str, Any]) -> S3Revision | None:
+        """None for revisions this agent cannot fetch (GitHub, AppSpecContent...)."""
+        location = revision.get("s3Location") or {}
+        if revision.get("revisionType") != "S3" or not location.get("bucket") or not location.get("key"):
+            return None
+        return cls(
+            bucket=location["bucket"],
+            key=location["key"],
+            bundle_type=location.get("bundleType", "zip"),
+            version=location.get("version"),
+            etag=location.get("eTag"),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The BUNDLE_* variables CodeDeploy sets for an S3 revision."""
+        env = {"BUNDLE_BUCKET": self.bucket, "BUNDLE_KEY": self.key}
+        if self.version:
+            env["BUNDLE_VERSION"] = self.version
+        if self.etag:
+            env["BUNDLE_ETAG"] = self.etag
+        return env
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """The three CodeDeployDefault configs as batch size and minimum healthy instances."""
+
+    name: str
+
+    @classmethod
+    def named(cls, name: str) -> DeploymentConfig:
+        short = name.removeprefix("CodeDeployDefault.")
+        if short not in ("AllAtOnce", "HalfAtATime", "OneAtATime"):
+            logger.warning("deployment config %s is not modelled locally: running it OneAtATime", name)
+            short = "OneAtATime"
+        return cls(short)
+
+    def batch_size(self, fleet: int) -> int:
+        if self.name == "AllAtOnce":
+            return max(fleet, 1)
+        if self.name == "HalfAtATime":
+            return max(fleet // 2, 1)
+        return 1
+
+    def min_healthy(self, fleet: int) -> int:
+        if self.name == "AllAtOnce":
+            return 0
+        if self.name == "HalfAtATime":
+            return math.ceil(fleet / 2)
+        return max(fleet - 1, 0)
+
+    def next_batch_size(self, fleet: int, untouched: int, succeeded: int, failed: int) -> int:
+        """How many of the untouched instances to deploy next; 0 means stop here.
+
+        An untouched instance still serves the previous revision and counts as healthy; one
+        being deployed or failed does not. While nothing failed the batch size keeps the minimum
+        by construction (and a single instance is deployed regardless, as AWS does)."""
+        size = min(self.batch_size(fleet), untouched)
+        if failed:
+            size = min(size, untouched + succeeded - self.min_healthy(fleet))
+        return max(size, 0)
+
+    def succeeded(self, fleet: int, succeeded: int, skipped: int) -> bool:
+        # OneAtATime succeeds even when only the last instance failed: that is AWS's rule too.
+        return skipped == 0 and succeeded >= max(1, self.min_healthy(fleet))
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the agent needs of a moto ``DeploymentInfo``."""
+
+    deployment_id: str
+    application: str
+    group: str
+    group_id: str
+    revision: S3Revision | None
+    config: DeploymentConfig
+    file_exists_behavior: str | None
+    ignore_application_stop_failures: bool
+
+    @classmethod
+    def from_moto(cls, info: Any) -> Deployment:
+        return cls(
+            deployment_id=info.deployment_id,
+            application=info.application_name,
+            group=info.deployment_group_name,
+            group_id=info.deployment_group.deployment_group_id,
+            revision=S3Revision.from_moto(info.revision or {}),
+            config=DeploymentConfig.named(str(info.deployment_config_name or "CodeDeployDefault.OneAtATime")),
+            file_exists_behavior=info.file_exists_behavior,
+            ignore_application_stop_failures=bool(info.ignore_application_stop_failures),
+        )
+
+    def environment(self) -> dict[str, str]:
+        """CodeDeploy's variables for every hook script of this deployment (but LIFECYCLE_EVENT)."""
+        return {
+            "DEPLOYMENT_ID": self.deployment_id,
+            "APPLICATION_NAME": self.application,
+            "DEPLOYMENT_GROUP_NAME": self.group,
+            "DEPLOYMENT_GROUP_ID": self.group_id,
+            **(self.revision.environment() if self.revision else {}),
+        }
+
+
+# --- instances ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstalledRevision:
+    """A revision unpacked on an instance, with the hook environment of the deployment that
+    installed it (its ApplicationStop may run later, from another deployment or on shutdown)."""
+
+    bundle_dir: Path
+    environment: Mapping[str, str]
+
+    @property
+    def appspec(self) -> AppSpec:
+        return AppSpec.load(self.bundle_dir)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"bundle_dir": str(self.bundle_dir), "environment": dict(self.environment)}
+
+    @classmethod
+    def from_json(cls, value: Any) -> InstalledRevision | None:
+        if not isinstance(value, dict):
+            return None
+        return cls(Path(value["bundle_dir"]), dict(value.get("environment", {})))
+
+
+class LocalInstance:
+    """One "EC2 instance": a directory and a port.
+
+    Under ``root``: ``deployment-root/<group id>/<deployment id>/`` holds each deployment's
+    archive, unpacked revision (``deployment-archive``) and hook logs, as on EC2; ``app/`` is
+    the ``INSTANCE_DIR`` the app keeps its pid file and logs in, the same for every revision (the
+    next ApplicationStop finds the running app through it); ``fs/`` is where Install copies the
+    appspec ``files`` (their destinations re-rooted here); ``state.json`` remembers the last
+    successful and the running revision across agent restarts.
+    """
+
+    def __init__(self, instance_id: str, port: int, root: Path) -> None:
+        self.instance_id = instance_id
+        self.port = port
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.app_dir.mkdir(exist_ok=True)
+        # Sessions (process groups) of the hook scripts run here: anything they left running
+        # (the app) is in one of them, which is how stop() finds stragglers.
+        self.sessions: set[int] = set()
+        self._lock = threading.Lock()
+        state = self._load_state()
+        self.last_successful = InstalledRevision.from_json(state.get("last_successful"))
+        self.running = InstalledRevision.from_json(state.get("running"))
+        self.installed_files: list[str] = list(state.get("installed_files", []))
+
+    def __repr__(self) -> str:
+        return f"LocalInstance({self.instance_id!r}, port={self.port}, root={str(self.root)!r})"
+
+    @property
+    def app_dir(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def deployment_root(self) -> Path:
+        return self.root / "deployment-root"
+
+    @property
+    def install_root(self) -> Path:
+        return self.root / "fs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    def environment(self) -> dict[str, str]:
+        """The local-demo contract (bundles/local-demo/README.md): where the app listens and
+        keeps its state."""
+        return {"PORT": str(self.port), "INSTANCE_DIR": str(self.app_dir), "INSTANCE_NAME": self.instance_id}
+
+    def save(self) -> None:
+        state = {
+            "last_successful": self.last_successful.as_json() if self.last_successful else None,
+            "running": self.running.as_json() if self.running else None,
+            "installed_files": self.installed_files,
+        }
+        with self._lock:
+            temporary = self.state_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps(state, indent=2), encoding="utf-8")
+            temporary.replace(self.state_file)
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return state if isinstance(state, dict) else {}
+
+
+# --- progress as BatchGetDeploymentTargets reports it ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    error_code: str  # Success | ScriptMissing | ScriptFailed | ScriptTimedOut | UnknownError
+    script_name: str
+    message: str
+    log_tail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "errorCode": self.error_code,
+            "scriptName": self.script_name,
+            "message": self.message,
+            "logTail": self.log_tail,
+        }
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    status: str  # Succeeded | Failed | Skipped
+    diagnostics: Diagnostics | None = None
+
+    @classmethod
+    def failed(
+        cls, message: str, error_code: str = "UnknownError", script: str = "", tail: str = ""
+    ) -> StepOutcome:
+        return cls("Failed", Diagnostics(error_code, script, message, tail))
+
+
+SKIPPED = StepOutcome("Skipped")
+SUCCEEDED = StepOutcome("Succeeded")
+
+
+@dataclass
+class LifecycleEvent:
+    name: str
+    status: str = "Pending"
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    diagnostics: Diagnostics | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"lifecycleEventName": self.name, "status": self.status}
+        if self.start_time:
+            fields["startTime"] = self.start_time
+        if self.end_time:
+            fields["endTime"] = self.end_time
+        if self.diagnostics:
+            fields["diagnostics"] = self.diagnostics.as_dict()
+        return fields
+
+
+@dataclass
+class InstanceTarget:
+    instance_id: str
+    status: str = "Pending"  # Pending | InProgress | Succeeded | Failed | Skipped
+    events: list[LifecycleEvent] = field(
+        default_factory=lambda: [LifecycleEvent(n) for n in LIFECYCLE_EVENTS]
+    )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "lifecycleEvents": [event.as_dict() for event in self.events]}
+
+    def event(self, name: str) -> LifecycleEvent:
+        return next(event for event in self.events if event.name == name)
+
+
+class DeploymentProgress:
+    """Per-instance progress, written to moto after every change so a reader (the coordinator's
+    ListDeploymentTargets/BatchGetDeploymentTargets, GetDeployment) sees it as it happens."""
+
+    def __init__(self, deployment_id: str, instance_ids: Sequence[str], region: str) -> None:
+        self.deployment_id = deployment_id
+        self.region = region
+        self._targets = {instance_id: InstanceTarget(instance_id) for instance_id in instance_ids}
+        # Instances of one batch report from their own threads.
+        self._lock = threading.Lock()
+        self.publish()
+
+    def set_status(self, instance_id: str, status: str) -> None:
+        with self._lock:
+            target = self._targets[instance_id]
+            target.status = status
+            if status in ("Succeeded", "Failed", "Skipped"):
+                for event in target.events:
+                    if event.status in ("Pending", "InProgress"):
+                        event.status = "Skipped"
+        self.publish()
+
+    def event_started(self, instance_id: str, name: str) -> None:
+        with self._lock:
+            event = self._targets[instance_id].event(name)
+            event.status, event.start_time = "InProgress", datetime.now(UTC)
+        self.publish()
+
+    def event_finished(self, instance_id: str, name: str, outcome: StepOutcome) -> None:
+        with self._lock:
+            event = self._targets[instance_id].event(name)
+            event.status, event.end_time, event.diagnostics = (
+                outcome.status,
+                datetime.now(UTC),
+                outcome.diagnostics,
+            )
+        self.publish()
+
+    def publish(self) -> None:
+        with self._lock:
+            targets = {instance_id: target.as_dict() for instance_id, target in self._targets.items()}
+            counts: dict[str, int] = {}
+            for target in self._targets.values():
+                counts[target.status] = counts.get(target.status, 0) + 1
+        moto_extensions.set_instance_targets(self.deployment_id, targets, region=self.region)
+        moto_extensions.set_deployment_overview(self.deployment_id, counts, region=self.region)
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptResult:
+    exit_code: int | None
+    timed_out: bool = False
+    killed: bool = False  # by the agent stopping, not by the script's own timeout
+
+
+class ScriptRunner:
+    """Runs hook scripts, each in a session (process group) of its own so a timed-out script is
+    killed with everything it started, and the agent can kill what runs when it stops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._killed: set[int] = set()
+        self._closed = False
+
+    def run(
+        self,
+        script: Path,
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        timeout_s: float,
+        log: Path,
+        sessions: set[int],
+    ) -> ScriptResult:
+        # Hook output goes to a file, not a pipe: the app a hook starts in the background may
+        # keep inherited descriptors open, and the hook must count as done when the script is.
+        with self._lock, log.open("ab") as output:
+            if self._closed:
+                return ScriptResult(None, killed=True)
+            process = subprocess.Popen(
+                _command(script),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            self._running[process.pid] = process
+            sessions.add(process.pid)
+        try:
+            result = ScriptResult(process.wait(timeout=timeout_s))
+        except subprocess.TimeoutExpired:
+            terminate_group(process.pid)
+            process.wait()
+            result = ScriptResult(None, timed_out=True)
+        finally:
+            with self._lock:
+                self._running.pop(process.pid, None)
+                killed = process.pid in self._killed
+        # Killed by close(): whatever the script returned, it did not finish on its own.
+        return ScriptResult(None, killed=True) if killed else result
+
+    def close(self) -> None:
+        """Refuse new scripts and kill the running ones (the agent is stopping)."""
+        with self._lock:
+            self._closed = True
+            running = list(self._running)
+            self._killed.update(running)
+        for pid in running:
+            terminate_group(pid)
+
+
+def _command(script: Path) -> list[str]:
+    """Executed directly when it is executable and names its interpreter, else with bash (a zip
+    made without permissions loses the exec bits)."""
+    try:
+        with script.open("rb") as handle:
+            shebang = handle.read(2) == b"#!"
+    except OSError:
+        shebang = False
+    if shebang and os.access(script, os.X_OK):
+        return [str(script)]
+    return ["bash", str(script)]
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter from /proc (Z for a zombie), None if gone or without /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def pid_alive(pid: int) -> bool:
+    """True if the process exists and is not a zombie (dead, not reaped yet)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _process_state(pid) != "Z"
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            after_name = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if after_name[0] != "Z" and int(after_name[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def terminate_group(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM a process group, SIGKILL what is left after ``grace_s``."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def terminate_pid(pid: int, grace_s: float = KILL_GRACE_S) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        with log.open("rb") as handle:
+            handle.seek(max(log.stat().st_size - LOG_TAIL_BYTES, 0))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# --- bundles -------------------------------------------------------------------------------
+
+
+class BundleError(ValueError):
+    pass
+
+
+class RevisionDownload:
+    """The revision's archive, fetched from S3 once per deployment for all its instances."""
+
+    def __init__(self, s3: Any, revision: S3Revision) -> None:
+        self._s3 = s3
+        self._revision = revision
+        self._lock = threading.Lock()
+        self._data: bytes | None = None
+
+    def fetch(self) -> bytes:
+        with self._lock:
+            if self._data is None:
+                self._data = self._download()
+            return self._data
+
+    def _download(self) -> bytes:
+        revision = self._revision
+        request = {"Bucket": revision.bucket, "Key": revision.key}
+        if revision.version:
+            request["VersionId"] = revision.version  # never "the newest": the deployed one
+        response = self._s3.get_object(**request)
+        etag = str(response.get("ETag", "")).strip('"')
+        if revision.etag and etag and etag != revision.etag.strip('"'):
+            raise BundleError(f"s3://{revision.bucket}/{revision.key} has ETag {etag}, not {revision.etag}")
+        data: bytes = response["Body"].read()
+        return data
+
+
+def unpack(archive: Path, bundle_type: str, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    if bundle_type == "zip":
+        with zipfile.ZipFile(archive) as bundle:
+            for member in bundle.infolist():
+                # extract() drops absolute paths and "..": nothing lands outside destination.
+                path = Path(bundle.extract(member, destination))
+                mode = (member.external_attr >> 16) & 0o777
+                if mode and not member.is_dir():
+                    path.chmod(mode)
+    elif bundle_type in ("tar", "tgz"):
+        with tarfile.open(archive, "r:gz" if bundle_type == "tgz" else "r:") as bundle:
+            bundle.extractall(destination, filter="data")
+    else:
+        raise BundleError(f"bundle type {bundle_type!r} is not supported on EC2 (zip, tar, tgz)")
+
+
+def _file_copies(bundle_dir: Path, mapping: FileMapping, root: Path) -> Iterator[tuple[Path, Path]]:
+    """(source, target) per file of one appspec ``files`` entry. A directory source is copied
+    into the destination with its layout; a file source lands in the destination directory."""
+    source = (bundle_dir / mapping.source.strip("/")).resolve()
+    destination = root / mapping.destination.strip("/")
+    if not source.is_relative_to(bundle_dir.resolve()):
+        raise BundleError(f"appspec files source {mapping.source!r} is outside the revision")
+    if source.is_file():
+        yield source, destination / source.name
+        return
+    if not source.is_dir():
+        raise BundleError(f"appspec files source {mapping.source!r} does not exist in the revision")
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            yield path, destination / path.relative_to(source)
+
+
+# --- the agent --------------------------------------------------------------------------------
+
+
+@dataclass
+class _InstanceRun:
+    """One instance's part of one deployment."""
+
+    deployment: Deployment
+    download: RevisionDownload | None
+    progress: DeploymentProgress
+    instance: LocalInstance
+    previous: InstalledRevision | None  # the last successful revision: ApplicationStop's scripts
+    current: InstalledRevision | None = None  # set by DownloadBundle
+
+    @property
+    def directory(self) -> Path:
+        return self.instance.deployment_root / self.deployment.group_id / self.deployment.deployment_id
+
+    @property
+    def logs(self) -> Path:
+        return self.directory / "logs"
+
+
+@dataclass
+class _Tally:
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class CodeDeployAgent:
+    """Runs the ``Created`` deployments of the groups it serves on local instances.
+
+    ``groups``: the (application, deployment group) pairs served, None for all. Every served
+    group deploys to all ``instances``. ``extra_env`` is added to every hook's environment
+    (e.g. shorter health timeouts for tests); hooks otherwise get a minimal environment plus
+    CodeDeploy's variables, so the shell the agent was started from cannot leak into them.
+    """
+
+    def __init__(  # noqa: PLR0917 - the positional parameters are the agreed interface
+        self,
+        session: Any,
+        instances: Sequence[LocalInstance],
+        traffic: TrafficControl | None,
+        region: str = "us-east-1",
+        poll_interval_s: float = 0.2,
+        hook_timeout_cap_s: float = 300.0,
+        *,
+        groups: Collection[tuple[str, str]] | None = None,
+        traffic_timeout_s: float = 60.0,
+        extra_env: Mapping[str, str] | None = None,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+    ) -> None:
+        self.instances = list(instances)
+        self._traffic = traffic
+        self._region = region
+        self._poll_interval_s = poll_interval_s
+        self._hook_timeout_cap_s = hook_timeout_cap_s
+        self._groups = None if groups is None else frozenset(groups)
+        self._traffic_timeout_s = traffic_timeout_s
+        self._extra_env = dict(extra_env or {})
+        self._account_id = account_id
+        # Clients are thread-safe; creating them is not, so make it once here.
+        self._s3 = session.client("s3", region_name=region)
+        self._runner = ScriptRunner()
+        self._stopping = threading.Event()
+        # One deployment at a time: the instances are shared by every group served.
+        self._deploying = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # lifecycle
+
+    def start(self) -> CodeDeployAgent:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="local-codedeploy-agent", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling, kill running hooks, end a deployment in flight, and stop every app the
+        hooks started: nothing this agent started outlives this call."""
+        self._stopping.set()
+        self._runner.close()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._deploying:  # a deploy_now() in another thread ends too
+            for instance in self.instances:
+                self._shut_down(instance)
+
+    def __enter__(self) -> CodeDeployAgent:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def deploy_now(self, deployment_id: str) -> str:
+        """Run one ``Created`` deployment in the caller's thread; its final status."""
+        if not moto_extensions.claim(deployment_id, self._region):
+            raise ValueError(f"deployment {deployment_id} is not waiting to be run (status Created)")
+        return self._run(deployment_id)
+
+    # polling
+
+    def _poll(self) -> None:
+        while not self._stopping.wait(self._poll_interval_s):
+            try:
+                for deployment_id in self._waiting():
+                    if self._stopping.is_set():
+                        break
+                    if moto_extensions.claim(deployment_id, self._region):
+                        self._run(deployment_id)
+            except Exception:
+                # The thread must survive a bad deployment or a backend reset.
+                logger.exception("local CodeDeploy agent: polling failed")
+
+    def _waiting(self) -> list[str]:
+        deployments = list(moto_extensions.backend(self._region, self._account_id).deployments.values())
+        return [
+            info.deployment_id
+            for info in sorted(deployments, key=lambda info: info.create_time)
+            if info.status == "Created"
+            and (self._groups is None or (info.application_name, info.deployment_group_name) in self._groups)
+        ]
+
+    # one deployment
+
+    def _run(self, deployment_id: str) -> str:
+        with self._deploying:
+            info = moto_extensions.backend(self._region, self._account_id).deployments[deployment_id]
+            deployment = Deployment.from_moto(info)
+            logger.info(
+                "deployment %s of %s/%s: %s to %d instance(s)",
+                deployment_id,
+                deployment.application,
+                deployment.group,
+                deployment.config.name,
+                len(self.instances),
+            )
+            self._emit(deployment, "START")
+            progress = DeploymentProgress(
+                deployment_id, [i.instance_id for i in self.instances], self._region
+            )
+            try:
+                status, code, message = self._deploy(deployment, progress)
+            except Exception as error:
+                logger.exception("deployment %s: the agent failed", deployment_id)
+                status, code, message = "Failed", "AGENT_ISSUE", f"local CodeDeploy agent error: {error}"
+            moto_extensions.complete(
+                deployment_id, status, error_code=code, error_message=message, region=self._region
+            )
+            self._emit(deployment, EVENT_STATE[status])
+            logger.info("deployment %s: %s %s", deployment_id, status, code or "")
+            return status
+
+    def _deploy(
+        self, deployment: Deployment, progress: DeploymentProgress
+    ) -> tuple[str, str | None, str | None]:
+        """Runs the batches; the final (status, error code, error message)."""
+        if not self.instances:
+            return "Failed", "NO_INSTANCES", "The deployment failed because no instances were found."
+        if deployment.revision is None:
+            self._skip_all(progress, self.instances)
+            return "Failed", "INVALID_REVISION", "The local agent deploys S3 revisions only."
+        download = RevisionDownload(self._s3, deployment.revision)
+        tally = self._run_batches(deployment, download, progress)
+        if moto_extensions.stop_requested(deployment.deployment_id, self._region):
+            return "Stopped", "MANUAL_STOP", "The deployment was stopped by a StopDeployment request."
+        if self._stopping.is_set():
+            return "Failed", "AGENT_ISSUE", "The local CodeDeploy agent stopped during the deployment."
+        if deployment.config.succeeded(len(self.instances), tally.succeeded, tally.skipped):
+            return "Succeeded", None, None
+        return "Failed", "HEALTH_CONSTRAINTS", HEALTH_CONSTRAINTS_MESSAGE
+
+    def _run_batches(
+        self, deployment: Deployment, download: RevisionDownload, progress: DeploymentProgress
+    ) -> _Tally:
+        fleet = len(self.instances)
+        untouched = list(self.instances)
+        tally = _Tally()
+        while untouched and not self._should_stop(deployment):
+            size = deployment.config.next_batch_size(fleet, len(untouched), tally.succeeded, tally.failed)
+            if size == 0:
+                logger.info(
+                    "deployment %s: too few healthy instances left to go on", deployment.deployment_id
+                )
+                break
+            batch, untouched = untouched[:size], untouched[size:]
+            runs = [
+                _InstanceRun(deployment, download, progress, instance, previous=instance.last_successful)
+                for instance in batch
+            ]
+            with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="codedeploy-instance") as pool:
+                results = list(pool.map(self._deploy_instance, runs))
+            tally.succeeded += results.count(True)
+            tally.failed += results.count(False)
+        self._skip_all(progress, untouched)
+        tally.skipped = len(untouched)
+        return tally
+
+    def _skip_all(self, progress: DeploymentProgress, instances: Sequence[LocalInstance]) -> None:
+        for instance in instances:
+            progress.set_status(instance.instance_id, "Skipped")
+
+    def _should_stop(self, deployment: Deployment) -> bool:
+        return self._stopping.is_set() or moto_extensions.stop_requested(
+            deployment.deployment_id, self._region
+        )
+
+    # one instance
+
+    def _deploy_instance(self, run: _InstanceRun) -> bool:
+        """The lifecycle events in order, up to the first failure; True if all passed."""
+        instance_id = run.instance.instance_id
+        run.progress.set_status(instance_id, "InProgress")
+        run.logs.mkdir(parents=True, exist_ok=True)
+        for name in LIFECYCLE_EVENTS:
+            if self._should_stop(run.deployment):
+                # Stop at an event boundary, as a stop request does on AWS; the rest is Skipped.
+                run.progress.set_status(instance_id, "Failed")
+                return False
+            run.progress.event_started(instance_id, name)
+            try:
+                outcome = self._step(run, name)
+            except Exception as error:
+                logger.exception(
+                    "deployment %s, %s: %s failed", run.deployment.deployment_id, instance_id, name
+                )
+                outcome = StepOutcome.failed(f"{type(error).__name__}: {error}")
+            run.progress.event_finished(instance_id, name, outcome)
+            if outcome.status == "Failed":
+                logger.warning(
+                    "deployment %s, %s: %s failed: %s",
+                    run.deployment.deployment_id,
+                    instance_id,
+                    name,
+                    outcome.diagnostics.message if outcome.diagnostics else "",
+                )
+                run.progress.set_status(instance_id, "Failed")
+                return False
+        run.instance.last_successful = run.current
+        run.instance.save()
+        run.progress.set_status(instance_id, "Succeeded")
+        return True
+
+    def _step(self, run: _InstanceRun, name: str) -> StepOutcome:
+        steps: dict[str, Callable[[_InstanceRun], StepOutcome]] = {
+            "BlockTraffic": self._block_traffic,
+            "DownloadBundle": self._download_bundle,
+            "Install": self._install,
+            "AllowTraffic": self._allow_traffic,
+        }
+        if name in steps:
+            return steps[name](run)
+        revision = run.previous if name in PREVIOUS_REVISION_HOOKS else run.current
+        if name == "ApplicationStart" and run.current is not None:
+            # From here on this revision's app may run: it is the one to stop on shutdown.
+            run.instance.running = run.current
+            run.instance.save()
+        outcome = self._run_hook(run, name, revision)
+        if (
+            outcome.status == "Failed"
+            and name in PREVIOUS_REVISION_HOOKS
+            and run.deployment.ignore_application_stop_failures
+        ):
+            # The deployment asked to go on; the diagnostics keep what went wrong.
+            return StepOutcome("Succeeded", outcome.diagnostics)
+        return outcome
+
+    def _block_traffic(self, run: _InstanceRun) -> StepOutcome:
+        if self._traffic is None:
+            return SKIPPED
+        self._traffic.deregister(run.instance.instance_id)
+        if not self._traffic.wait_drained(run.instance.instance_id, self._traffic_timeout_s):
+            return StepOutcome.failed(
+                f"the instance was not drained within {self._traffic_timeout_s:g} seconds"
+            )
+        return SUCCEEDED
+
+    def _allow_traffic(self, run: _InstanceRun) -> StepOutcome:
+        if self._traffic is None:
+            return SKIPPED
+        self._traffic.register(run.instance.instance_id, run.instance.port)
+        if not self._traffic.wait_healthy(run.instance.instance_id, self._traffic_timeout_s):
+            return StepOutcome.failed(
+                "the instance did not become healthy in the load balancer within "
+                f"{self._traffic_timeout_s:g} seconds"
+            )
+        return SUCCEEDED
+
+    def _download_bundle(self, run: _InstanceRun) -> StepOutcome:
+        revision = run.deployment.revision
+        if run.download is None or revision is None:
+            return StepOutcome.failed("no S3 revision to download")
+        try:
+            data = run.download.fetch()
+        except Exception as error:  # S3 refusals and transport errors alike fail this instance
+            return StepOutcome.failed(f"could not download s3://{revision.bucket}/{revision.key}: {error}")
+        archive = run.directory / f"bundle.{revision.bundle_type}"
+        archive.write_bytes(data)
+        bundle_dir = run.directory / "deployment-archive"
+        try:
+            unpack(archive, revision.bundle_type, bundle_dir)
+            AppSpec.load(bundle_dir)  # an unreadable appspec fails here, as on EC2
+        except (BundleError, AppSpecError, zipfile.BadZipFile, tarfile.TarError) as error:
+            return StepOutcome.failed(str(error))
+        run.current = InstalledRevision(bundle_dir, run.deployment.environment())
+        return SUCCEEDED
+
+    def _install(self, run: _InstanceRun) -> StepOutcome:
+        """Copies the appspec ``files`` under the instance's ``fs/``. Like the real agent, it
+        first removes what the previous install copied, then applies file_exists_behavior to
+        anything else in the way."""
+        if run.current is None:
+            return StepOutcome.failed("no revision was downloaded")
+        appspec = run.current.appspec
+        behavior = run.deployment.file_exists_behavior or appspec.file_exists_behavior or "DISALLOW"
+        root = run.instance.install_root
+        try:
+            copies = [copy for m in appspec.files for copy in _file_copies(run.current.bundle_dir, m, root)]
+        except BundleError as error:
+            return StepOutcome.failed(str(error))
+        for relative in run.instance.installed_files:
+            (root / relative).unlink(missing_ok=True)
+        installed: list[str] = []
+        for source, target in copies:
+            if target.exists() and behavior == "DISALLOW":
+                return StepOutcome.failed(
+                    "The deployment failed because a specified file already exists at this location: "
+                    f"{target}"
+                )
+            if target.exists() and behavior == "RETAIN":
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+            installed.append(str(target.relative_to(root)))
+        run.instance.installed_files = installed
+        run.instance.save()
+        return SUCCEEDED
+
+    def _run_hook(self, run: _InstanceRun, name: str, revision: InstalledRevision | None) -> StepOutcome:
+        """The hook's scripts in order, stopping at the first failure. No revision (a first
+        deploy, for the previous-revision hooks) or no scripts: Skipped."""
+        if revision is None:
+            return SKIPPED
+        scripts = revision.appspec.hooks.get(name, ())
+        if not scripts:
+            return SKIPPED
+        log = run.logs / f"{name}.log"
+        # Scripts of the previous revision run for *this* deployment: its variables.
+        env = self._hook_environment(run.instance, run.deployment.environment(), name)
+        for script in scripts:
+            outcome = self._run_script(run.instance, revision, script, env, log)
+            if outcome.status == "Failed":
+                return outcome
+        return StepOutcome(
+            "Succeeded", Diagnostics("Success", scripts[-1].location, "Succeeded", _log_tail(log))
+        )
+
+    def _run_script(
+        self,
+        instance: LocalInstance,
+        revision: InstalledRevision,
+        script: HookScript,
+        env: Mapping[str, str],
+        log: Path,
+    ) -> StepOutcome:
+        path = revision.bundle_dir / script.location.lstrip("/")
+        if not path.is_file():
+            return StepOutcome.failed(
+                f"Script does not exist at specified location: {path}", "ScriptMissing", script.location
+            )
+        timeout_s = min(script.timeout_s, self._hook_timeout_cap_s)
+        result = self._runner.run(
+            path, cwd=revision.bundle_dir, env=env, timeout_s=timeout_s, log=log, sessions=instance.sessions
+        )
+        tail = _log_tail(log)
+        if result.killed:
+            return StepOutcome.failed(
+                "the local agent stopped while the script ran", "UnknownError", script.location, tail
+            )
+        if result.timed_out:
+            return StepOutcome.failed(
+                f"Script at specified location: {script.location} "
+                f"failed to complete in {timeout_s:g} seconds",
+                "ScriptTimedOut",
+                script.location,
+                tail,
+            )
+        if result.exit_code != 0:
+            runas = f" run as user {script.runas}" if script.runas else ""
+            return StepOutcome.failed(
+                f"Script at specified location: {script.location}{runas} "
+                f"failed with exit code {result.exit_code}",
+                "ScriptFailed",
+                script.location,
+                tail,
+            )
+        return SUCCEEDED
+
+    def _hook_environment(
+        self, instance: LocalInstance, deployment_env: Mapping[str, str], lifecycle_event: str
+    ) -> dict[str, str]:
+        return {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "LANG": "C.UTF-8",
+            **self._extra_env,
+            **deployment_env,
+            **instance.environment(),
+            "LIFECYCLE_EVENT": lifecycle_event,
+        }
+
+    # events
+
+    def _emit(self, deployment: Deployment, state: str) -> None:
+        """The deployment state change, put on moto's default event bus as CodeDeploy does; rules
+        route it (to SQS in the sandbox). Delivery is best effort on AWS too: a failure is logged."""
+        arn = f"arn:aws:codedeploy:{self._region}:{self._account_id}"
+        entry = {
+            "Source": "aws.codedeploy",
+            "DetailType": EVENT_DETAIL_TYPE,
+            "Detail": json.dumps(
+                {
+                    "deploymentId": deployment.deployment_id,
+                    "state": state,
+                    "application": deployment.application,
+                    "deploymentGroup": deployment.group,
+                    "instanceGroupId": deployment.group_id,
+                    "region": self._region,
+                }
+            ),
+            "Resources": [
+                f"{arn}:application:{deployment.application}",
+                f"{arn}:deploymentgroup:{deployment.application}/{deployment.group}",
+            ],
+        }
+        try:
+            [result] = events_backends[self._account_id][self._region].put_events([entry])
+        except Exception:
+            logger.exception("deployment %s: could not put the %s event", deployment.deployment_id, state)
+            return
+        if result.get("ErrorCode"):
+            logger.warning("deployment %s: %s event refused: %s", deployment.deployment_id, state, result)
+
+    # shutdown
+
+    def _shut_down(self, instance: LocalInstance) -> None:
+        """ApplicationStop of the running revision, then whatever is still alive: pids from
+        pid files under INSTANCE_DIR (if started from this instance's revisions) and the
+        sessions of the hooks run here."""
+        revision = instance.running or instance.last_successful
+        if revision is not None and revision.bundle_dir.is_dir():
+            self._application_stop_on_shutdown(instance, revision)
+        for pid in self._pids_from_files(instance):
+            logger.info("%s: stopping leftover pid %d", instance.instance_id, pid)
+            terminate_pid(pid)
+        for session in sorted(instance.sessions):
+            if group_members(session):
+                logger.info("%s: killing leftover process group %d", instance.instance_id, session)
+                terminate_group(session)
+        instance.sessions.clear()
+
+    def _application_stop_on_shutdown(self, instance: LocalInstance, revision: InstalledRevision) -> None:
+        try:
+            scripts = revision.appspec.hooks.get("ApplicationStop", ())
+        except AppSpecError:
+            return
+        runner = ScriptRunner()  # the agent's own runner is closed by now
+        env = self._hook_environment(instance, revision.environment, "ApplicationStop")
+        log = instance.app_dir / "agent-shutdown.log"
+        for script in scripts:
+            path = revision.bundle_dir / script.location.lstrip("/")
+            if path.is_file():
+                timeout_s = min(script.timeout_s, self._hook_timeout_cap_s)
+                result = runner.run(
+                    path,
+                    cwd=revision.bundle_dir,
+                    env=env,
+                    timeout_s=timeout_s,
+                    log=log,
+                    sessions=instance.sessions,
+                )
+                if result.exit_code != 0:
+                    logger.warning("%s: ApplicationStop on shutdown: %s", instance.instance_id, result)
+
+    def _pids_from_files(self, instance: LocalInstance) -> Iterator[int]:
+        for pid_file in sorted(instance.app_dir.glob("*.pid")):
+            try:
+                pid = int(pid_file.read_text(encoding="utf-8").strip())
+            except (OSError, ValueError):
+                continue
+            if pid != os.getpid() and pid_alive(pid) and self._started_here(instance, pid):
+                yield pid
+
+    @staticmethod
+    def _started_here(instance: LocalInstance, pid: int) -> bool:
+        """A pid file can be stale and its pid reused: only kill a process of one of our hook
+        sessions, or one whose command line points into this instance's directory."""
+        try:
+            if os.getsid(pid) in instance.sessions:
+                return True
+            command = (
+                Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            )
+        except OSError:
+            return False
+        return str(instance.root) in command

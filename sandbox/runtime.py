@@ -1,0 +1,321 @@
+"""The embedded default: the whole coordinator on one machine, offline.
+
+moto (server mode, 127.0.0.1) is the AWS control plane; local instances, a local CodeDeploy
+agent and a local load balancer are the data plane; an event pump invokes the Chalice handlers
+in this process as Lambda would; the HTTP API is served locally. ``Sandbox.stop()`` ends every
+thread and process it started.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import socket
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import boto3
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+from sandbox import moto_extensions
+from sandbox.codedeploy_agent import CodeDeployAgent, LocalInstance
+from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
+from sandbox.load_balancer import LoadBalancer, TargetHealth
+from sandbox.provision import Provisioned, provision
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEMO_BUNDLE = PROJECT_ROOT / "bundles" / "local-demo"
+REGION = "us-east-1"
+BUCKET = "relco-sandbox-artifacts"
+PIPELINE = "demo"
+TABLE = "relco-sandbox-releases"
+PIPELINES_TOML = f"""
+[[pipeline]]
+name = "{PIPELINE}"
+bucket = "{BUCKET}"
+prefix = "releases/"
+application = "demo-app"
+deployment_group = "demo-fleet"
+deployment_config = "CodeDeployDefault.HalfAtATime"
+
+[pipeline.verify]
+healthy_checks = 2
+interval_s = 1
+deadline_s = 60
+"""
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    aws_endpoint_url: str
+    api_url: str
+    lb_url: str
+    bucket: str
+    pipelines: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "aws_endpoint_url": self.aws_endpoint_url,
+            "api_url": self.api_url,
+            "lb_url": self.lb_url,
+            "bucket": self.bucket,
+            "pipelines": list(self.pipelines),
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def demo_bundle(version: str) -> bytes:
+    """The local-demo bundle as a zip, reporting ``version`` (``-broken`` fails ValidateService)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(DEMO_BUNDLE.rglob("*")):
+            relative = path.relative_to(DEMO_BUNDLE)
+            if path.is_dir() or relative.parts[0].startswith(".") or relative.name == "VERSION":
+                continue
+            info = zipfile.ZipInfo(str(relative))
+            info.external_attr = (path.stat().st_mode & 0o777) << 16  # keep scripts executable
+            archive.writestr(info, path.read_bytes(), zipfile.ZIP_DEFLATED)
+        archive.writestr("VERSION", version + "\n")
+    return buffer.getvalue()
+
+
+class Sandbox:
+    def __init__(self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8) -> None:
+        self.workdir = Path(workdir)
+        self.instance_count = instances
+        self.health_timeout_s = health_timeout_s
+        self._moto: ThreadedMotoServer | None = None
+        self._saved_environment: dict[str, str | None] = {}
+        self._parts: list[Any] = []
+        self._api_server: Any = None
+        self._api_thread: threading.Thread | None = None
+        self.session: Any = None
+        self.provisioned: Provisioned | None = None
+        self.load_balancer: LoadBalancer | None = None
+        self.endpoints: Endpoints | None = None
+
+    # lifecycle
+
+    def start(self) -> Sandbox:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop in reverse order of start; every part stops even if another fails to."""
+        for part in reversed(self._parts):
+            try:
+                part.stop()
+            except Exception:
+                logger.exception("stopping %s failed", type(part).__name__)
+        self._parts.clear()
+        if self._api_server is not None:
+            self._api_server.shutdown()
+            self._api_server.server_close()
+            self._api_server = None
+        if self._api_thread is not None:
+            self._api_thread.join(timeout=10)
+            self._api_thread = None
+        if self._moto is not None:
+            self._moto.stop()
+            self._moto = None
+            from moto.moto_api._internal.models import moto_api_backend
+
+            moto_api_backend.reset()  # the backends live in this process: leave them clean
+        self._restore_environment()
+
+    def _start(self) -> None:
+        from chalicelib import bootstrap
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        moto_extensions.install()
+        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._moto.start()
+        host, port = self._moto.get_host_and_port()
+        aws_endpoint_url = f"http://{host}:{port}"
+        pipelines_file = self.workdir / "pipelines.toml"
+        pipelines_file.write_text(PIPELINES_TOML, encoding="utf-8")
+        self._set_environment(
+            {
+                "AWS_ACCESS_KEY_ID": "sandbox",
+                "AWS_SECRET_ACCESS_KEY": "sandbox",
+                "AWS_SESSION_TOKEN": "sandbox",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_ENDPOINT_URL": aws_endpoint_url,
+                "RELEASES_TABLE": TABLE,
+                "PIPELINES_FILE": str(pipelines_file),
+                "POWERTOOLS_SERVICE_NAME": "release-coordinator",
+            }
+        )
+        self.session = boto3.session.Session(region_name=REGION)
+        pipelines = bootstrap.pipelines.__wrapped__()  # read the file just written, uncached
+        self.provisioned = provision(
+            self.session,
+            pipelines,
+            table=TABLE,
+            load_balanced={PIPELINE: self.instance_count},
+            health_check_interval_s=5,
+        )
+        os.environ["VERIFY_QUEUE_URL"] = self.provisioned.verify_queue_url
+        bootstrap.reset()
+        balanced = self.provisioned.load_balanced[PIPELINE]
+        codedeploy_queue = self._codedeploy_event_queue()
+
+        # Until the first deploy registers them, the instances serve nothing.
+        for instance_id in balanced.instance_ids:
+            moto_extensions.set_target_health(
+                balanced.target_group_arn,
+                instance_id,
+                "unused",
+                "Target.NotRegistered",
+                "Target is not registered",
+            )
+
+        def publish_health(target_id: str, health: TargetHealth) -> None:
+            moto_extensions.set_target_health(
+                balanced.target_group_arn,
+                target_id,
+                str(health.state),
+                str(health.reason or ""),
+                health.description or "",
+            )
+
+        self.load_balancer = LoadBalancer(
+            "/health",
+            interval_s=0.5,
+            timeout_s=0.5,
+            healthy_threshold=2,
+            unhealthy_threshold=2,
+            deregistration_delay_s=1.0,
+            on_health_change=publish_health,
+        ).start()
+        self._parts.append(self.load_balancer)
+        instances = [
+            LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
+            for instance_id in balanced.instance_ids
+        ]
+        agent = CodeDeployAgent(
+            self.session,
+            instances,
+            self.load_balancer,
+            extra_env={"HEALTH_TIMEOUT_SECONDS": str(self.health_timeout_s), "STOP_TIMEOUT_SECONDS": "5"},
+        ).start()
+        self._parts.append(agent)
+
+        import app as chalice_app
+
+        sqs = self.session.client("sqs")
+        verify_arn = sqs.get_queue_attributes(
+            QueueUrl=self.provisioned.verify_queue_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        stream_arn = self.session.client("dynamodb").describe_table(TableName=TABLE)["Table"][
+            "LatestStreamArn"
+        ]
+        pump = EventPump(
+            self.session,
+            eventbridge=[
+                EventBridgeQueue(self.provisioned.eventbridge_queue_url, chalice_app.on_artifact_event),
+                EventBridgeQueue(codedeploy_queue, chalice_app.on_codedeploy_event),
+            ],
+            sqs=[SqsSource(self.provisioned.verify_queue_url, verify_arn, chalice_app.on_verify_message)],
+            stream=StreamSource(stream_arn, chalice_app.on_release_stream)
+            if hasattr(chalice_app, "on_release_stream")
+            else None,
+            schedule=Schedule(chalice_app.reconcile, every_s=20.0),
+        ).start()
+        self._parts.append(pump)
+        api_url = self._serve_api(chalice_app.app)
+        self.endpoints = Endpoints(
+            aws_endpoint_url=aws_endpoint_url,
+            api_url=api_url,
+            lb_url=self.load_balancer.url,
+            bucket=BUCKET,
+            pipelines=tuple(p.name for p in pipelines.pipelines),
+        )
+
+    def _codedeploy_event_queue(self) -> str:
+        """CodeDeploy's state changes reach the coordinator through an EventBridge rule, as on AWS."""
+        sqs = self.session.client("sqs")
+        events = self.session.client("events")
+        queue_url: str = sqs.create_queue(QueueName="codedeploy-events")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        events.put_rule(
+            Name="codedeploy-state-change",
+            EventPattern=json.dumps(
+                {
+                    "source": ["aws.codedeploy"],
+                    "detail-type": ["CodeDeploy Deployment State-change Notification"],
+                }
+            ),
+        )
+        events.put_targets(Rule="codedeploy-state-change", Targets=[{"Id": "queue", "Arn": arn}])
+        return queue_url
+
+    def _serve_api(self, chalice_app: Any) -> str:
+        """The HTTP API on 127.0.0.1, as ``chalice local`` serves it (IAM auth is not enforced
+        locally: see ../shared/reference/aws-facts.md)."""
+        from chalice.config import Config
+        from chalice.local import LocalDevServer
+
+        config = Config.create(chalice_stage="dev", app_name="release-coordinator", chalice_app=chalice_app)
+        server = LocalDevServer(chalice_app, config, "127.0.0.1", 0)
+        self._api_server = server.server
+        self._api_thread = threading.Thread(target=server.server.serve_forever, name="api", daemon=True)
+        self._api_thread.start()
+        return f"http://127.0.0.1:{server.server.server_address[1]}"
+
+    # environment
+
+    def _set_environment(self, values: dict[str, str]) -> None:
+        for name, value in values.items():
+            self._saved_environment.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+
+    def _restore_environment(self) -> None:
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_environment.clear()
+
+    # what the demo does
+
+    def upload(self, version: str, *, author: str = "sandbox", message: str = "") -> str:
+        """Upload the demo bundle reporting ``version``; returns the S3 version id."""
+        key = f"releases/demo-{version}.zip"
+        response = self.session.client("s3").put_object(
+            Bucket=BUCKET,
+            Key=key,
+            Body=demo_bundle(version),
+            Metadata={"version-label": version, "author": author, "message": message or f"release {version}"},
+        )
+        version_id: str = response["VersionId"]
+        return version_id
