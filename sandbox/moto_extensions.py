@@ -21,6 +21,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
 from moto.dynamodb import models as dynamodb_models
 from moto.elbv2 import models as elbv2_models
+from moto.events import utils as events_utils
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
 
@@ -101,6 +102,11 @@ def install() -> None:
             )
 
         elbv2_models.FakeTargetGroup.health_for = health_for  # type: ignore[method-assign]
+        events_utils.EventTemplateParser.DEFAULT_EVENT_INPUT_TEMPLATE = (
+            '{"id": "<id>", "time": <time>, "version": "0", "detail-type": "<detail-type>", '
+            '"source": "<source>", "account": "<account>", "region": "<region>", "resources": <resources>, '
+            '"detail": <detail>}'
+        )
         for name in _DYNAMODB_ITEM_OPERATIONS:
             setattr(
                 dynamodb_models.DynamoDBBackend,

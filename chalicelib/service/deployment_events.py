@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
@@ -104,11 +106,11 @@ def _deployment_failed(context: Context, release: Release, deployment_id: str) -
         else ""
     )
 
-    def with_diagnostics(step: Step) -> Step:
+    def with_diagnostics(step: Step, now: datetime) -> Step:
         return record(
             step,
             EventType.TASK_FAILED,
-            now=context.clock.now(),
+            now=now,
             detail={
                 "task": "CodeDeploy",
                 "deployment_id": deployment_id,

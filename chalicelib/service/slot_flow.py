@@ -194,7 +194,8 @@ def link_deployment(context: Context, release_id: str, deployment_id: str) -> Re
     return retry_on_conflict(decide)
 
 
-Prelude = Callable[[Step], Step]
+# Adds history events to a finishing write, stamped with that write's time.
+Prelude = Callable[[Step, datetime], Step]
 
 
 def finish(
@@ -224,7 +225,7 @@ def finish(
         now = context.clock.now()
         slot = context.store.get_slot(release.pipeline)
         rollback = plan_rollback(context, release, slot, now) if roll_back else None
-        step = prelude(Step(release, ())) if prelude else Step(release, ())
+        step = prelude(Step(release, ()), now) if prelude else Step(release, ())
         moved = transition(
             step,
             target,

@@ -3,6 +3,7 @@ back. Each check is a history event naming what was not healthy and why."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from chalicelib.domain.release import (
@@ -150,8 +151,7 @@ def _apply(
 ) -> Release | None:
     event_type, detail = _check_event(judgement, request.check)
 
-    def with_check(step: Step) -> Step:
-        now = context.clock.now()
+    def with_check(step: Step, now: datetime) -> Step:
         return record(
             update(step, now=now, verification=judgement.verification), event_type, now=now, detail=detail
         )
@@ -190,7 +190,7 @@ def _apply(
             or current.verification.checks_done != request.check - 1
         ):
             return None  # another copy of this message got there first
-        step = with_check(Step(current, ()))
+        step = with_check(Step(current, ()), context.clock.now())
         context.store.commit(Change(releases=[step.release], events={current.id: step.events}))
         return step.release
 

@@ -177,3 +177,35 @@ def test_deployment_overview_reports_the_recorded_counts(world: World) -> None:
 
     overview = codedeploy.get_deployment(deploymentId=deployment_id)["deploymentInfo"]["deploymentOverview"]
     assert overview == {"Pending": 0, "InProgress": 1, "Succeeded": 1, "Failed": 0, "Skipped": 0, "Ready": 0}
+
+
+def test_events_delivered_to_sqs_keep_the_account(world: World) -> None:
+    """Chalice's CloudWatchEvent needs ``account``; AWS always sends it."""
+    events = world.session.client("events")
+    events.put_events(
+        Entries=[{"Source": "aws.s3", "DetailType": "Object Created", "Detail": '{"bucket": {"name": "x"}}'}]
+    )
+
+    [delivered] = world._drain(world.provisioned.eventbridge_queue_url)
+
+    assert delivered["account"] == "123456789012"
+    assert delivered["detail"] == {"bucket": {"name": "x"}}
+
+
+def test_codedeploy_rollback_deployments_report_their_trigger(world: World) -> None:
+    codedeploy = world.session.client("codedeploy")
+    failed = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )
+    moto_extensions.complete(failed["deploymentId"], "Failed")
+    rollback = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )
+
+    moto_extensions.mark_codedeploy_rollback(rollback["deploymentId"], triggered_by=failed["deploymentId"])
+
+    info = codedeploy.get_deployment(deploymentId=rollback["deploymentId"])["deploymentInfo"]
+    assert info["creator"] == "codeDeployRollback"
+    assert info["rollbackInfo"]["rollbackTriggeringDeploymentId"] == failed["deploymentId"]
+    original = codedeploy.get_deployment(deploymentId=failed["deploymentId"])["deploymentInfo"]
+    assert original["rollbackInfo"] == {"rollbackDeploymentId": rollback["deploymentId"]}
