@@ -44,11 +44,9 @@ package: $(INSTALLED)
 	$(BIN)/cfn-lint $(PACKAGE_DIR)/sam.json
 	@echo "package: $(PACKAGE_DIR)/deployment.zip $$(du -k $(PACKAGE_DIR)/deployment.zip | cut -f1) KiB, template valid"
 
-demo:
-	@echo "make demo needs the sandbox (issue 6), which is not built yet: there is no offline"
-	@echo "CodeDeploy agent, load balancer or traffic generator to run the release flow against."
-	@echo "What exists today is checked by 'make test'."
-	@exit 1
+## The release flow on the embedded sandbox: v1, v2 under traffic, a broken v3 and its rollback.
+demo: $(INSTALLED)
+	$(BIN)/python -m sandbox.demo
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .ruff_cache .hypothesis

@@ -75,7 +75,7 @@ def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
             broken = _release(sandbox, "3.0.0-broken", result, "deploy_v3_broken")
             _expect(broken, ReleaseState.FAILED)
             rollback_started = time.monotonic()
-            rollback = _wait_terminal(sandbox, rollback_release_id(broken.id))
+            rollback = _wait_terminal(rollback_release_id(broken.id))
             result.timings_s["auto_rollback"] = time.monotonic() - rollback_started
             _expect(rollback, ReleaseState.SUCCEEDED)
         finally:
@@ -100,12 +100,12 @@ def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) ->
     version_id = sandbox.upload(version)
     head = sandbox.session.client("s3").head_object(Bucket=BUCKET, Key=key, VersionId=version_id)
     release_id = upload_release_id(Revision(BUCKET, key, version_id, head["ETag"].strip('"')))
-    release = _wait_terminal(sandbox, release_id)
+    release = _wait_terminal(release_id)
     result.timings_s[timing] = time.monotonic() - began
     return release
 
 
-def _wait_terminal(sandbox: Sandbox, release_id: str) -> Release:
+def _wait_terminal(release_id: str) -> Release:
     deadline = time.monotonic() + RELEASE_TIMEOUT_S
     store = _store()
     while time.monotonic() < deadline:
@@ -124,7 +124,7 @@ def _expect(release: Release, state: ReleaseState) -> None:
 
 
 def _serving_version(lb_url: str) -> str | None:
-    with urllib.request.urlopen(lb_url + "/", timeout=5) as response:  # noqa: S310 - the sandbox's own LB
+    with urllib.request.urlopen(lb_url + "/", timeout=5) as response:
         body = json.loads(response.read())
     version = body.get("version")
     return str(version) if version is not None else None
@@ -170,5 +170,16 @@ def main(as_json: bool = False, instances: int = 2) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with tempfile.TemporaryDirectory(prefix="relco-demo-") as workdir:
         result = run_demo(Path(workdir), instances=instances)
-    print(json.dumps(result.to_json()) if as_json else summary(result))  # noqa: T201 - the CLI's output
+    print(json.dumps(result.to_json()) if as_json else summary(result))
     return 0 if result.traffic is not None and result.traffic.failed == 0 else 1
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Run the release flow on the embedded sandbox.")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    parser.add_argument("--instances", type=int, default=2, help="local instances behind the load balancer")
+    arguments = parser.parse_args()
+    sys.exit(main(as_json=arguments.json, instances=arguments.instances))
