@@ -13,13 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.domain.release import Release, ReleaseState, Revision, rollback_release_id, upload_release_id
-from sandbox.runtime import BUCKET, Sandbox
+from chalicelib.domain.release import Release, ReleaseState, rollback_release_id
+from sandbox.runtime import Sandbox
 from sandbox.traffic import SteadyTraffic, TrafficReport
 
 logger = logging.getLogger(__name__)
-
-RELEASE_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -75,7 +73,7 @@ def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
             broken = _release(sandbox, "3.0.0-broken", result, "deploy_v3_broken")
             _expect(broken, ReleaseState.FAILED)
             rollback_started = time.monotonic()
-            rollback = _wait_terminal(rollback_release_id(broken.id))
+            rollback = sandbox.wait_terminal(rollback_release_id(broken.id))
             result.timings_s["auto_rollback"] = time.monotonic() - rollback_started
             _expect(rollback, ReleaseState.SUCCEEDED)
         finally:
@@ -96,24 +94,9 @@ def _store() -> Any:
 
 def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) -> Release:
     began = time.monotonic()
-    key = f"releases/demo-{version}.zip"
-    version_id = sandbox.upload(version)
-    head = sandbox.session.client("s3").head_object(Bucket=BUCKET, Key=key, VersionId=version_id)
-    release_id = upload_release_id(Revision(BUCKET, key, version_id, head["ETag"].strip('"')))
-    release = _wait_terminal(release_id)
+    release = sandbox.deploy(version)
     result.timings_s[timing] = time.monotonic() - began
     return release
-
-
-def _wait_terminal(release_id: str) -> Release:
-    deadline = time.monotonic() + RELEASE_TIMEOUT_S
-    store = _store()
-    while time.monotonic() < deadline:
-        release: Release | None = store.get_release(release_id)
-        if release is not None and release.state.is_terminal:
-            return release
-        time.sleep(0.25)
-    raise DemoFailed(f"release {release_id} did not finish within {RELEASE_TIMEOUT_S:.0f}s")
 
 
 def _expect(release: Release, state: ReleaseState) -> None:

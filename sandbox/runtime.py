@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,17 @@ from typing import Any
 import boto3
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
+from chalicelib.domain.release import Release, Revision, upload_release_id
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent, LocalInstance
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
 from sandbox.load_balancer import LoadBalancer, TargetHealth
 from sandbox.provision import Provisioned, provision
+from sandbox.slack_api import SlackApi
 
 logger = logging.getLogger(__name__)
 
+RELEASE_TIMEOUT_S = 120.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUNDLE = PROJECT_ROOT / "bundles" / "local-demo"
 REGION = "us-east-1"
@@ -58,17 +62,33 @@ class Endpoints:
     aws_endpoint_url: str
     api_url: str
     lb_url: str
+    slack_url: str
     bucket: str
     pipelines: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
+        """The ready line of ``relco sandbox up --json`` (DESIGN.md section 5)."""
         return {
             "aws_endpoint_url": self.aws_endpoint_url,
             "api_url": self.api_url,
             "lb_url": self.lb_url,
+            "slack_url": self.slack_url,
             "bucket": self.bucket,
             "pipelines": list(self.pipelines),
         }
+
+
+@dataclass
+class _RestoreStream:
+    """Gives a log handler its previous stream back when the sandbox stops."""
+
+    handler: logging.StreamHandler[Any]
+    previous: Any
+    log_file: io.TextIOBase
+
+    def stop(self) -> None:
+        self.handler.setStream(self.previous)
+        self.log_file.close()
 
 
 def free_port() -> int:
@@ -106,6 +126,7 @@ class Sandbox:
         self.session: Any = None
         self.provisioned: Provisioned | None = None
         self.load_balancer: LoadBalancer | None = None
+        self.slack: SlackApi | None = None
         self.endpoints: Endpoints | None = None
 
     # lifecycle
@@ -153,6 +174,7 @@ class Sandbox:
         from chalicelib import bootstrap
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._send_logs_to(self.workdir / "coordinator.log")
         moto_extensions.install()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._moto.start()
@@ -170,8 +192,12 @@ class Sandbox:
                 "RELEASES_TABLE": TABLE,
                 "PIPELINES_FILE": str(pipelines_file),
                 "POWERTOOLS_SERVICE_NAME": "release-coordinator",
+                "SLACK_API_URL": "",
             }
         )
+        self.slack = SlackApi().start()
+        self._parts.append(self.slack)
+        os.environ["SLACK_API_URL"] = self.slack.api_url
         self.session = boto3.session.Session(region_name=REGION)
         pipelines = bootstrap.pipelines.__wrapped__()  # read the file just written, uncached
         self.provisioned = provision(
@@ -254,6 +280,7 @@ class Sandbox:
             aws_endpoint_url=aws_endpoint_url,
             api_url=api_url,
             lb_url=self.load_balancer.url,
+            slack_url=self.slack.api_url,
             bucket=BUCKET,
             pipelines=tuple(p.name for p in pipelines.pipelines),
         )
@@ -291,6 +318,18 @@ class Sandbox:
         self._api_thread.start()
         return f"http://127.0.0.1:{server.server.server_address[1]}"
 
+    def _send_logs_to(self, path: Path) -> None:
+        """The handlers' structured logs (Lambda's CloudWatch Logs) go to a file, so the sandbox's
+        own output stays readable; the emulator's request log is dropped."""
+        from chalicelib.service.context import logger as coordinator_logger
+
+        handler = coordinator_logger.registered_handler
+        if isinstance(handler, logging.StreamHandler):
+            log_file = path.open("a", encoding="utf-8")
+            previous = handler.setStream(log_file)
+            self._parts.insert(0, _RestoreStream(handler, previous, log_file))
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
     # environment
 
     def _set_environment(self, values: dict[str, str]) -> None:
@@ -309,7 +348,8 @@ class Sandbox:
     # what the demo does
 
     def upload(self, version: str, *, author: str = "sandbox", message: str = "") -> str:
-        """Upload the demo bundle reporting ``version``; returns the S3 version id."""
+        """Upload the demo bundle reporting ``version``, as CI would; returns the release id the
+        coordinator derives from exactly that object version."""
         key = f"releases/demo-{version}.zip"
         response = self.session.client("s3").put_object(
             Bucket=BUCKET,
@@ -317,5 +357,21 @@ class Sandbox:
             Body=demo_bundle(version),
             Metadata={"version-label": version, "author": author, "message": message or f"release {version}"},
         )
-        version_id: str = response["VersionId"]
-        return version_id
+        revision = Revision(BUCKET, key, response["VersionId"], response["ETag"].strip('"'))
+        return upload_release_id(revision)
+
+    def wait_terminal(self, release_id: str, timeout_s: float = RELEASE_TIMEOUT_S) -> Release:
+        """The release once it reached a terminal state (the pump and agent drive it)."""
+        from chalicelib import bootstrap
+
+        store = bootstrap.context().store
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            release = store.get_release(release_id)
+            if release is not None and release.state.is_terminal:
+                return release
+            time.sleep(0.25)
+        raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f}s")
+
+    def deploy(self, version: str) -> Release:
+        return self.wait_terminal(self.upload(version))

@@ -1,0 +1,44 @@
+"""``relco sandbox up``: keep the sandbox running for hands-on use until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sandbox.runtime import Sandbox
+
+
+def serve(*, as_json: bool, instances: int = 2) -> int:
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="relco-sandbox-") as workdir,
+            Sandbox(Path(workdir), instances=instances) as sandbox,
+        ):
+            assert sandbox.endpoints is not None
+            # A first release, so the load balancer serves something from the start.
+            first = sandbox.deploy("1.0.0")
+            ready = {
+                **sandbox.endpoints.to_dict(),
+                "first_release": {"id": first.id, "state": first.state.value},
+            }
+            if as_json:
+                print(json.dumps(ready), flush=True)
+            else:
+                print("Sandbox ready (Ctrl-C stops it):", flush=True)
+                for name, value in ready.items():
+                    print(f"  {name}: {value}", flush=True)
+            stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
