@@ -56,6 +56,3 @@ class PipelineSlot:
             return self, None
         head, *rest = self.waiting
         return dataclasses.replace(self, active=head, waiting=tuple(rest)), head
-
-    def holds(self, release_id: str) -> bool:
-        return self.active == release_id or release_id in self.waiting
