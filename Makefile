@@ -11,11 +11,13 @@ export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: setup test lint typecheck unit integration package demo clean
 
-$(INSTALLED): requirements.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (PYTHON=$(PYTHON) is " + sys.version.split()[0] + ")")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	# The relco CLI as .venv/bin/relco (its dependencies came with the requirements above).
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
@@ -46,7 +48,7 @@ package: $(INSTALLED)
 
 ## The release flow on the embedded sandbox: v1, v2 under traffic, a broken v3 and its rollback.
 demo: $(INSTALLED)
-	$(BIN)/python -m sandbox.demo
+	$(BIN)/relco demo
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .ruff_cache .hypothesis

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, Rate, SQSEvent
+from chalice.app import Chalice, CloudWatchEvent, DynamoDBEvent, IAMAuthorizer, Rate, Response, SQSEvent
 
-from chalicelib import bootstrap, lambda_handlers
+from chalicelib import api, bootstrap, lambda_handlers
 
 app = Chalice(app_name="release-coordinator")
+# Every route needs a SigV4-signed request from a principal allowed execute-api:Invoke on it.
+iam = IAMAuthorizer()
+
+# The table's stream ARN exists only once the table does: the infra merge template points the
+# event source at it ({"Fn::GetAtt": [ReleasesTable, "StreamArn"]}); the environment may name it.
+RELEASES_STREAM_ARN = os.environ.get(
+    "RELEASES_STREAM_ARN",
+    "arn:aws:dynamodb:us-east-1:123456789012:table/release-coordinator/stream/set-by-infra-template",
+)
 
 
 @app.lambda_function(name="on_artifact_event")
@@ -35,3 +45,61 @@ def on_verify_message(event: SQSEvent) -> dict[str, Any]:
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="reconcile")
 def reconcile(event: Any) -> dict[str, Any]:
     return lambda_handlers.scheduled_reconcile(bootstrap.context())
+
+
+@app.on_dynamodb_record(
+    stream_arn=RELEASES_STREAM_ARN,
+    batch_size=100,
+    # From the oldest record kept: an event source created after the table misses no history event.
+    starting_position="TRIM_HORIZON",
+    name="on_release_stream",
+)
+def on_release_stream(event: DynamoDBEvent) -> dict[str, Any]:
+    """New history events in, notify messages out (the outbox); partial batch failures reported."""
+    return lambda_handlers.release_stream(bootstrap.context(), event.to_dict())
+
+
+@app.on_sqs_message(queue="release-coordinator-notify.fifo", batch_size=10, name="on_notify_message")
+def on_notify_message(event: SQSEvent) -> dict[str, Any]:
+    """One delivery per message, once; partial batch failures reported per message group."""
+    return lambda_handlers.notify_messages(bootstrap.context(), event.to_dict())
+
+
+@app.route("/releases", methods=["GET"], authorizer=iam)
+def list_releases() -> Response:
+    return api.list_releases(bootstrap.context(), api.current(app.current_request))
+
+
+@app.route("/releases", methods=["POST"], authorizer=iam)
+def create_release() -> Response:
+    return api.create_release(bootstrap.context(), api.current(app.current_request))
+
+
+@app.route("/releases/{release_id}", methods=["GET"], authorizer=iam)
+def get_release(release_id: str) -> Response:
+    return api.get_release(bootstrap.context(), api.current(app.current_request), release_id)
+
+
+@app.route("/releases/{release_id}/redeploy", methods=["POST"], authorizer=iam)
+def redeploy_release(release_id: str) -> Response:
+    return api.redeploy(bootstrap.context(), api.current(app.current_request), release_id)
+
+
+@app.route("/releases/{release_id}/cancel", methods=["POST"], authorizer=iam)
+def cancel_release(release_id: str) -> Response:
+    return api.cancel(bootstrap.context(), api.current(app.current_request), release_id)
+
+
+@app.route("/pipelines", methods=["GET"], authorizer=iam)
+def list_pipelines() -> Response:
+    return api.list_pipelines(bootstrap.context(), api.current(app.current_request))
+
+
+@app.route("/pipelines/{name}", methods=["GET"], authorizer=iam)
+def get_pipeline(name: str) -> Response:
+    return api.get_pipeline(bootstrap.context(), api.current(app.current_request), name)
+
+
+@app.route("/pipelines/{name}/rollback", methods=["POST"], authorizer=iam)
+def roll_back_pipeline(name: str) -> Response:
+    return api.roll_back(bootstrap.context(), api.current(app.current_request), name)

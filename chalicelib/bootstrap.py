@@ -9,9 +9,11 @@ import functools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
 from chalicelib.service.context import Context
+from chalicelib.service.notification_ports import NotificationAdapters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINES_FILE = "chalicelib/pipelines.toml"
@@ -69,6 +71,40 @@ def context() -> Context:
         verify_queue=SqsVerifyQueue(session.client("sqs", config=config), verify_queue_url),
         pipelines=pipelines(),
         clock=SystemClock(),
+        notifications=_notifications(session, config, table),
+    )
+
+
+def _notifications(session: Any, config: Any, table: str) -> NotificationAdapters | None:
+    """The notify queue, its dead-letter queue, the delivery log and the channels, when
+    ``NOTIFY_QUEUE_URL`` is set. Clients of services a function may never call (SES, SNS, SSM,
+    Secrets Manager) are created on first use; ``SLACK_API_URL`` points Slack at the sandbox."""
+    from chalicelib.adapters.delivery_log import DynamoDeliveryLog
+    from chalicelib.adapters.email import SesEmail
+    from chalicelib.adapters.notify_queue import SqsNotifyQueue
+    from chalicelib.adapters.secrets import ParameterSecrets
+    from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
+    from chalicelib.adapters.sns import SnsTopics
+    from chalicelib.adapters.webhook import HttpWebhook
+
+    queue_url = os.environ.get("NOTIFY_QUEUE_URL")
+    if not queue_url:
+        return None
+    dead_letter_url = _required_env("NOTIFY_DLQ_URL", "the notify queue's dead-letter queue (FIFO)")
+
+    @functools.cache
+    def client(service: str) -> Any:
+        return session.client(service, config=config)
+
+    return NotificationAdapters(
+        queue=SqsNotifyQueue(client("sqs"), queue_url, dead_letter_url),
+        deliveries=DynamoDeliveryLog(client("dynamodb"), table),
+        secrets=ParameterSecrets(client),
+        slack=SlackWebApi(base_url=os.environ.get("SLACK_API_URL") or None),
+        slack_webhook=SlackIncomingWebhook(),
+        email=SesEmail(lambda: client("ses")),
+        sns=SnsTopics(lambda: client("sns")),
+        webhook=HttpWebhook(),
     )
 
 

@@ -8,9 +8,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
+from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.domain.verification import VerifyRequest
 from chalicelib.service.context import Context, logger
 from chalicelib.service.deployment_events import handle_deployment_event
+from chalicelib.service.notification_ports import Receipt
+from chalicelib.service.notifications import deliver, publish
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
 from chalicelib.service.verification import run_check
@@ -40,8 +43,7 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
         return {"release": None, "skipped": str(problem)}
     if change is None:
         return {"release": None, "skipped": "instance-level event"}
-    release = handle_deployment_event(context, change)
-    return {"release": release.id if release else None, "skipped": None}
+    return {"release": handle_deployment_event(context, change), "skipped": None}
 
 
 def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,3 +77,69 @@ def scheduled_reconcile(context: Context) -> dict[str, Any]:
     report = reconcile(context)
     logger.info("reconcile finished", extra={"report": report})
     return report
+
+
+def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch of the table's stream records: each new history event becomes its notify messages.
+    Other records are skipped; a record whose messages cannot be queued is reported back alone
+    (``ReportBatchItemFailures`` on the event source mapping), so Lambda retries from it."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
+        DynamoDBRecord,
+        DynamoDBRecordEventName,
+    )
+
+    from chalicelib.adapters.release_stream import streamed_event
+
+    def publish_record(record: DynamoDBRecord) -> None:
+        if record.event_name is not DynamoDBRecordEventName.INSERT or record.dynamodb is None:
+            return
+        try:
+            streamed = streamed_event(record.dynamodb.new_image)
+        except (KeyError, TypeError, ValueError) as problem:
+            logger.warning(
+                "malformed history event on the stream skipped",
+                extra={"why": repr(problem), "event_id": record.event_id},
+            )
+            return
+        if streamed is None:
+            return
+        with logger.append_context_keys(release_id=streamed.release_id):
+            publish(context, streamed)
+
+    response = process_partial_response(
+        event=dict(event),
+        record_handler=publish_record,
+        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
+        context=None,
+    )
+    return dict(response)
+
+
+def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch from the FIFO notify queue. A message that fails is reported back with the rest of
+    its group (its later events), while other groups, i.e. other routes and releases, go on."""
+    from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    def deliver_record(record: SQSRecord) -> None:
+        try:
+            message = NotifyMessage.from_message(json.loads(record.body))
+        except (MalformedEvent, ValueError) as problem:
+            logger.warning(
+                "malformed notify message dropped",
+                extra={"why": str(problem), "message_id": record.message_id},
+            )
+            return
+        receipt = Receipt(record.receipt_handle, int(record.attributes.approximate_receive_count or 1))
+        with logger.append_context_keys(release_id=message.release_id):
+            deliver(context, message, receipt)
+
+    processor = SqsFifoPartialProcessor(skip_group_on_error=True)
+    # Report a batch that failed whole like any other instead of failing the invocation: the
+    # retries are the same, and each message keeps the delay its failure asked for.
+    processor.raise_on_entire_batch_failure = False
+    response = process_partial_response(
+        event=dict(event), record_handler=deliver_record, processor=processor, context=None
+    )
+    return dict(response)

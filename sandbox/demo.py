@@ -82,6 +82,7 @@ def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
         store = _store()
         result.histories = {r.id: [event.to_dict() for event in store.history(r.id)] for r in result.releases}
         result.serving_version = _serving_version(sandbox.endpoints.lb_url)
+        _collect_notifications(sandbox, result)
     result.timings_s["total"] = time.monotonic() - started
     return result
 
@@ -97,6 +98,24 @@ def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) ->
     release = sandbox.deploy(version)
     result.timings_s[timing] = time.monotonic() - began
     return release
+
+
+def _collect_notifications(sandbox: Sandbox, result: DemoResult, wait_s: float = 10.0) -> None:
+    """The Slack threads and mail of the demo's releases, once the outbox has caught up."""
+    deadline = time.monotonic() + wait_s
+    store = _store()
+    while True:
+        releases = [store.get_release(release.id) or release for release in result.releases]
+        threads = {release.id: sandbox.slack_thread(release) for release in releases}
+        subjects = sandbox.email_subjects()
+        done = all(threads.values()) and any(subject.startswith("[ROLLED BACK]") for subject in subjects)
+        if done or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    result.notifications = {
+        "slack": [{"release": release_id, "thread": text} for release_id, text in threads.items() if text],
+        "email": subjects,
+    }
 
 
 def _expect(release: Release, state: ReleaseState) -> None:
@@ -135,6 +154,12 @@ def summary(result: DemoResult) -> str:
             f"Traffic through the load balancer: {traffic.sent} sent, {traffic.failed} failed ({by_version})"
         )
     lines.append(f"Fleet now serves: {result.serving_version}")
+    lines.append("")
+    for thread in result.notifications.get("slack", []):
+        lines.append(f"Slack thread of {thread['release']}:")
+        lines.extend(f"    {line}" for line in str(thread["thread"]).splitlines())
+    subjects = result.notifications.get("email", [])
+    lines.append("Email: " + ("; ".join(subjects) if subjects else "none sent"))
     lines.append(
         "Timings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings_s.items())
     )

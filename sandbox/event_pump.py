@@ -170,7 +170,7 @@ class EventPump:
             response = self._streams.get_records(ShardIterator=iterator, Limit=100)
             records = response.get("Records", [])
             if records:
-                event = {"Records": [{**record, "eventSourceARN": stream.stream_arn} for record in records]}
+                event = {"Records": [_lambda_stream_record(record, stream.stream_arn) for record in records]}
                 stream.handler(event, None)
                 self.delivered += len(records)
                 busy = True
@@ -191,3 +191,12 @@ class EventPump:
         }
         schedule.handler(event, None)
         return True
+
+
+def _lambda_stream_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A GetRecords record as Lambda hands it over (creation time in epoch seconds)."""
+    change = dict(record["dynamodb"])
+    created = change.get("ApproximateCreationDateTime")
+    if created is not None and hasattr(created, "timestamp"):
+        change["ApproximateCreationDateTime"] = int(created.timestamp())
+    return {**record, "dynamodb": change, "eventSourceARN": stream_arn}

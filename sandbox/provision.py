@@ -31,6 +31,9 @@ class Provisioned:
     # classic S3 notification, so both shapes come from the emulator itself.
     eventbridge_queue_url: str
     classic_queue_url: str
+    # The FIFO notify queue (the outbox's delivery side) and its dead-letter queue.
+    notify_queue_url: str
+    notify_dlq_url: str
 
 
 def provision(
@@ -51,6 +54,8 @@ def provision(
 
     dynamodb.create_table(**table_definition(table))
     verify_queue = sqs.create_queue(QueueName="release-coordinator-verify")["QueueUrl"]
+    notify_queue, notify_dlq = _notify_queues(sqs)
+    _verify_email_senders(session, pipelines)
     balanced = {
         name: _target_group(session, name, count, health_check_interval_s)
         for name, count in (load_balanced or {}).items()
@@ -101,7 +106,52 @@ def provision(
         load_balanced=balanced,
         eventbridge_queue_url=eventbridge_queue,
         classic_queue_url=classic_queue,
+        notify_queue_url=notify_queue,
+        notify_dlq_url=notify_dlq,
     )
+
+
+# A message failing this often (transient errors that never passed) moves to the DLQ by redrive;
+# permanent refusals are sent there at once by the coordinator.
+NOTIFY_MAX_RECEIVES = 8
+
+
+def _notify_queues(sqs: Any) -> tuple[str, str]:
+    fifo = {"FifoQueue": "true"}
+    dead_letters = sqs.create_queue(QueueName="release-coordinator-notify-dlq.fifo", Attributes=fifo)[
+        "QueueUrl"
+    ]
+    dead_letter_arn = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    queue = sqs.create_queue(
+        QueueName="release-coordinator-notify.fifo",
+        Attributes={
+            **fifo,
+            "VisibilityTimeout": "60",
+            "RedrivePolicy": json.dumps(
+                {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": NOTIFY_MAX_RECEIVES}
+            ),
+        },
+    )["QueueUrl"]
+    return str(queue), str(dead_letters)
+
+
+def _verify_email_senders(session: Any, pipelines: PipelinesConfig) -> None:
+    """SES sends only from verified identities: verify every sender an email route names."""
+    senders = sorted(
+        {
+            str(route.settings["sender"])
+            for pipeline in pipelines.pipelines
+            for route in pipeline.notify
+            if route.kind == "email"
+        }
+    )
+    if not senders:
+        return
+    ses = session.client("ses")
+    for sender in senders:
+        ses.verify_email_identity(EmailAddress=sender)
 
 
 def _target_group(session: Any, name: str, instances: int, interval_s: int) -> LoadBalancedGroup:

@@ -41,6 +41,8 @@ REGION = "us-east-1"
 BUCKET = "relco-sandbox-artifacts"
 PIPELINE = "demo"
 TABLE = "relco-sandbox-releases"
+SLACK_TOKEN_PARAMETER = "/relco/sandbox/slack-bot-token"
+EMAIL_SENDER = "relco@sandbox.example"
 PIPELINES_TOML = f"""
 [[pipeline]]
 name = "{PIPELINE}"
@@ -54,6 +56,19 @@ deployment_config = "CodeDeployDefault.HalfAtATime"
 healthy_checks = 2
 interval_s = 1
 deadline_s = 60
+
+[[pipeline.notify]]
+kind = "slack"
+channel = "#deploys"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
+on = ["started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded"]
+mention_on_failure = ["S0ONCALL"]
+
+[[pipeline.notify]]
+kind = "email"
+sender = "{EMAIL_SENDER}"
+to = ["oncall@sandbox.example"]
+on = ["failed", "verify_failed", "rolled_back", "succeeded"]
 """
 
 
@@ -208,6 +223,12 @@ class Sandbox:
             health_check_interval_s=5,
         )
         os.environ["VERIFY_QUEUE_URL"] = self.provisioned.verify_queue_url
+        os.environ["NOTIFY_QUEUE_URL"] = self.provisioned.notify_queue_url
+        os.environ["NOTIFY_DLQ_URL"] = self.provisioned.notify_dlq_url
+        # The bot token lives in SSM, as in production; the local Slack accepts this one.
+        self.session.client("ssm").put_parameter(
+            Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True
+        )
         bootstrap.reset()
         balanced = self.provisioned.load_balanced[PIPELINE]
         codedeploy_queue = self._codedeploy_event_queue()
@@ -256,9 +277,11 @@ class Sandbox:
         import app as chalice_app
 
         sqs = self.session.client("sqs")
-        verify_arn = sqs.get_queue_attributes(
-            QueueUrl=self.provisioned.verify_queue_url, AttributeNames=["QueueArn"]
-        )["Attributes"]["QueueArn"]
+
+        def arn(queue_url: str) -> str:
+            attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+            return str(attributes["Attributes"]["QueueArn"])
+
         stream_arn = self.session.client("dynamodb").describe_table(TableName=TABLE)["Table"][
             "LatestStreamArn"
         ]
@@ -268,10 +291,19 @@ class Sandbox:
                 EventBridgeQueue(self.provisioned.eventbridge_queue_url, chalice_app.on_artifact_event),
                 EventBridgeQueue(codedeploy_queue, chalice_app.on_codedeploy_event),
             ],
-            sqs=[SqsSource(self.provisioned.verify_queue_url, verify_arn, chalice_app.on_verify_message)],
-            stream=StreamSource(stream_arn, chalice_app.on_release_stream)
-            if hasattr(chalice_app, "on_release_stream")
-            else None,
+            sqs=[
+                SqsSource(
+                    self.provisioned.verify_queue_url,
+                    arn(self.provisioned.verify_queue_url),
+                    chalice_app.on_verify_message,
+                ),
+                SqsSource(
+                    self.provisioned.notify_queue_url,
+                    arn(self.provisioned.notify_queue_url),
+                    chalice_app.on_notify_message,
+                ),
+            ],
+            stream=StreamSource(stream_arn, chalice_app.on_release_stream),
             schedule=Schedule(chalice_app.reconcile, every_s=20.0),
         ).start()
         self._parts.append(pump)
@@ -375,3 +407,20 @@ class Sandbox:
 
     def deploy(self, version: str) -> Release:
         return self.wait_terminal(self.upload(version))
+
+    def slack_thread(self, release: Release) -> str | None:
+        """The release's Slack thread as plain text, from the local Slack."""
+        thread = next(iter(release.notification_threads.values()), None)
+        if thread is None or self.slack is None:
+            return None
+        channel, ts = thread.split("/", 1)
+        return self.slack.render_thread_text(channel, ts)
+
+    def email_subjects(self) -> list[str]:
+        """Subjects of the mail SES accepted (moto keeps it)."""
+        from moto.backends import get_backend
+        from moto.core.models import DEFAULT_ACCOUNT_ID
+
+        return [
+            str(message.subject) for message in get_backend("ses")[DEFAULT_ACCOUNT_ID][REGION].sent_messages
+        ]

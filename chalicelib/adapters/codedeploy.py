@@ -10,8 +10,10 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.release import Release, Revision
 from chalicelib.service.ports import (
+    DeploymentAlreadyEnded,
     DeploymentBusy,
     DeploymentInfo,
+    DeploymentNotFound,
     InstanceTarget,
     LifecycleEvent,
     RevisionRejected,
@@ -30,6 +32,7 @@ _CLOCK_SKEW = timedelta(minutes=5)
 # Worth retrying: everything else CodeDeploy answers with a 4xx is a refusal the same request
 # can never get past (a missing group, a bad revision, an ECS group, a missing permission), so
 # the release fails with CodeDeploy's reason instead of holding the slot forever.
+_UNKNOWN_DEPLOYMENT_CODES = frozenset({"DeploymentDoesNotExistException", "InvalidDeploymentIdException"})
 _TRANSIENT_CODES = frozenset({"ThrottlingException", "Throttling", "RequestLimitExceeded"})
 
 
@@ -102,8 +105,21 @@ class CodeDeployDeployments:
         return None
 
     def describe(self, deployment_id: str) -> DeploymentInfo:
-        info = self._client.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+        try:
+            info = self._client.get_deployment(deploymentId=deployment_id)["deploymentInfo"]
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in _UNKNOWN_DEPLOYMENT_CODES:
+                raise DeploymentNotFound(deployment_id) from error
+            raise
         return _deployment_info(info)
+
+    def stop(self, deployment_id: str, auto_rollback: bool) -> None:
+        try:
+            self._client.stop_deployment(deploymentId=deployment_id, autoRollbackEnabled=auto_rollback)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == "DeploymentAlreadyCompletedException":
+                raise DeploymentAlreadyEnded(deployment_id) from error
+            raise
 
     def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
         target_ids: list[str] = []
@@ -175,4 +191,9 @@ def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
         rolls_back_on_failure=bool(auto_rollback.get("enabled"))
         and "DEPLOYMENT_FAILURE" in (auto_rollback.get("events") or []),
         rollback_of_deployment_id=rollback_info.get("rollbackTriggeringDeploymentId"),
+        instance_counts={
+            status: int(count)
+            for status, count in (info.get("deploymentOverview") or {}).items()
+            if isinstance(count, int)
+        },
     )

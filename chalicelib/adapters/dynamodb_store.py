@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -26,7 +27,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import Verification
-from chalicelib.service.ports import Change, WriteConflict
+from chalicelib.service.ports import Change, IdempotencyRecord, WriteConflict
 
 BY_PIPELINE_INDEX = "by_pipeline"
 IN_FLIGHT_INDEX = "in_flight"
@@ -87,6 +88,36 @@ def _deployment_key(deployment_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"DEP#{deployment_id}"}, "sk": {"S": "REL"}}
 
 
+def _idempotency_key(key: str) -> dict[str, Any]:
+    return {"pk": {"S": f"IDEMPOTENCY#{key}"}, "sk": {"S": "REQUEST"}}
+
+
+def _idempotency_item(record: IdempotencyRecord) -> dict[str, Any]:
+    return {
+        "pk": f"IDEMPOTENCY#{record.key}",
+        "sk": "REQUEST",
+        "kind": "idempotency",
+        "fingerprint": record.fingerprint,
+        # Numbers, so the claim's condition compares them; ``expires_at`` is the table's TTL.
+        "claimed_at": Decimal(str(record.claimed_at.timestamp())),
+        "expires_at": int(record.expires_at.timestamp()),
+        "answer_status": record.status,
+        "answer_body": record.body,
+    }
+
+
+def _idempotency_record(item: Mapping[str, Any]) -> IdempotencyRecord:
+    status = item.get("answer_status")
+    return IdempotencyRecord(
+        key=str(item["pk"]).removeprefix("IDEMPOTENCY#"),
+        fingerprint=str(item["fingerprint"]),
+        claimed_at=datetime.fromtimestamp(float(item["claimed_at"]), UTC),
+        expires_at=datetime.fromtimestamp(float(item["expires_at"]), UTC),
+        status=int(status) if status is not None else None,
+        body=item.get("answer_body"),
+    )
+
+
 def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _serializer.serialize(value) for name, value in item.items() if value is not None}
 
@@ -118,6 +149,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
         "metadata": dict(release.metadata),
         "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
         "verification": _without_nones(release.verification.to_dict()) if release.verification else None,
+        "notification_threads": dict(release.notification_threads) or None,
         "created_at": release.created_at.isoformat(),
         "updated_at": release.updated_at.isoformat(),
         "created_key": f"{release.created_at.isoformat()}#{release.id}",
@@ -155,6 +187,7 @@ def release_from_item(item: Mapping[str, Any]) -> Release:
         updated_at=datetime.fromisoformat(item["updated_at"]),
         version=int(item["version"]),
         last_event_id=int(item.get("last_event_id", 0)),
+        notification_threads=dict(item.get("notification_threads", {})),
     )
 
 
@@ -165,6 +198,8 @@ def event_to_item(release: Release, event: HistoryEvent) -> dict[str, Any]:
         "kind": "event",
         "release_id": release.id,
         "event_pipeline": release.pipeline,
+        # What notification routing needs of the release, so the stream needs no read.
+        "release_trigger": release.trigger.value,
         "id": event.id,
         "previous_event_id": event.previous_event_id,
         "timestamp": event.timestamp.isoformat(),
@@ -265,6 +300,74 @@ class DynamoReleaseStore:
                 ExpressionAttributeValues={":pipeline": {"S": pipeline}},
             )
         ]
+
+    def list_releases(self, pipeline: str, limit: int, before: str | None) -> list[Release]:
+        # A position in the key condition instead of a caller-supplied ExclusiveStartKey: any
+        # string is a valid bound, so no token can make DynamoDB refuse the query.
+        condition = "pipeline = :pipeline"
+        values: dict[str, Any] = {":pipeline": {"S": pipeline}}
+        if before is not None:
+            condition += " AND created_key < :before"
+            values[":before"] = {"S": before}
+        arguments: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": BY_PIPELINE_INDEX,
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
+            "ScanIndexForward": False,
+        }
+        releases: list[Release] = []
+        while len(releases) < limit:
+            response = self._client.query(**arguments, Limit=limit - len(releases))
+            releases.extend(release_from_item(_deserialize(item)) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            arguments["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return releases
+
+    def claim_idempotency(self, claim: IdempotencyRecord, stale_before: datetime) -> IdempotencyRecord | None:
+        item = _serialize(_idempotency_item(claim))
+        # Free when absent, expired (TTL deletes lazily) or claimed by a request that died.
+        condition = (
+            "attribute_not_exists(pk) OR expires_at < :now"
+            " OR (attribute_not_exists(answer_status) AND claimed_at < :stale)"
+        )
+        values = {
+            ":now": {"N": str(int(claim.claimed_at.timestamp()))},
+            ":stale": {"N": str(stale_before.timestamp())},
+        }
+        for _ in range(3):
+            try:
+                self._client.put_item(
+                    TableName=self._table,
+                    Item=item,
+                    ConditionExpression=condition,
+                    ExpressionAttributeValues=values,
+                )
+                return None
+            except ClientError as error:
+                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise
+            held = self._client.get_item(
+                TableName=self._table, Key=_idempotency_key(claim.key), ConsistentRead=True
+            ).get("Item")
+            if held is not None:
+                return _idempotency_record(_deserialize(held))
+        raise WriteConflict(f"idempotency key {claim.key!r} keeps changing hands")
+
+    def save_idempotent_answer(self, answered: IdempotencyRecord) -> None:
+        self._client.put_item(TableName=self._table, Item=_serialize(_idempotency_item(answered)))
+
+    def drop_idempotency(self, key: str) -> None:
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key=_idempotency_key(key),
+                ConditionExpression="attribute_not_exists(answer_status)",
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
 
     def _query(self, **arguments: Any) -> Iterator[dict[str, Any]]:
         paginator = self._client.get_paginator("query")

@@ -242,8 +242,88 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
                 f"unknown event(s) {unknown_events} (known: {', '.join(sorted(NOTIFY_EVENTS))})",
             )
         settings = {name: setting for name, setting in entry.items() if name not in ("kind", "on")}
+        _check_notify_settings(kind, settings, key, fail)
         routes.append(NotifyRoute(kind=kind, on=frozenset(on), settings=settings))
     return tuple(routes)
+
+
+# Each kind's settings, by what they hold. A "secret" is named, never written in the file:
+# ``<name>_parameter`` (SSM Parameter Store) or ``<name>_secret`` (Secrets Manager). A generic
+# webhook's URL may be plain (``url``) or a secret.
+_NOTIFY_SETTINGS: Mapping[str, Mapping[str, str]] = {
+    "slack": {"channel": "text", "token": "secret", "mention_on_failure": "slack_ids", "authors": "authors"},
+    "slack_webhook": {"url": "secret", "mention_on_failure": "slack_ids", "authors": "authors"},
+    "email": {"sender": "address", "to": "addresses"},
+    "sns": {"topic_arn": "topic"},
+    "webhook": {"url": "url_or_secret", "signing_key": "secret"},
+}
+_OPTIONAL_NOTIFY_SETTINGS = frozenset({"mention_on_failure", "authors"})
+_SECRET_SUFFIXES = ("_parameter", "_secret")
+
+
+def _is_slack_id(value: Any) -> bool:
+    # Users (U..., W... on Enterprise Grid) and user groups (S...), as Slack shows them.
+    return (
+        isinstance(value, str)
+        and len(value) > 2
+        and value[0] in "UWS"
+        and value.isalnum()
+        and value.isupper()
+    )
+
+
+def _check_notify_settings(kind: str, settings: Mapping[str, Any], key: str, fail: Any) -> None:
+    spec = _NOTIFY_SETTINGS[kind]
+    allowed: set[str] = set()
+    for name, holds in spec.items():
+        secret_names = [f"{name}{suffix}" for suffix in _SECRET_SUFFIXES]
+        if holds in ("secret", "url_or_secret"):
+            names = secret_names + ([name] if holds == "url_or_secret" else [])
+            allowed.update(names)
+            given = [candidate for candidate in names if candidate in settings]
+            if len(given) != 1:
+                raise fail(f"{key}.{name}", f"set exactly one of {', '.join(names)}")
+            value = settings[given[0]]
+            if not isinstance(value, str) or not value.strip():
+                raise fail(f"{key}.{given[0]}", f"must be a non-empty string, got {value!r}")
+            if given[0] == name and not value.startswith(("https://", "http://")):
+                raise fail(f"{key}.{name}", f"must be an http(s) URL, got {value!r}")
+            continue
+        allowed.add(name)
+        value = settings.get(name)
+        if value is None:
+            if name in _OPTIONAL_NOTIFY_SETTINGS:
+                continue
+            raise fail(f"{key}.{name}", "is required")
+        if holds == "text" and not (isinstance(value, str) and value.strip()):
+            raise fail(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
+        if holds == "address" and not (isinstance(value, str) and "@" in value):
+            raise fail(f"{key}.{name}", f"must be an email address, got {value!r}")
+        if holds == "addresses" and not (
+            isinstance(value, list) and value and all(isinstance(a, str) and "@" in a for a in value)
+        ):
+            raise fail(f"{key}.{name}", f"must be a non-empty list of email addresses, got {value!r}")
+        if holds == "topic" and not (
+            isinstance(value, str) and value.startswith("arn:") and ":sns:" in value
+        ):
+            raise fail(f"{key}.{name}", f"must be an SNS topic ARN, got {value!r}")
+        if holds == "slack_ids" and not (isinstance(value, list) and all(_is_slack_id(v) for v in value)):
+            raise fail(
+                f"{key}.{name}",
+                f"must be a list of Slack user or group ids (U..., W..., S...), got {value!r}",
+            )
+        if holds == "authors" and not (
+            isinstance(value, dict) and all(isinstance(a, str) and _is_slack_id(v) for a, v in value.items())
+        ):
+            raise fail(
+                f"{key}.{name}",
+                f'must map upload authors to Slack user ids ({{ "alice" = "U..." }}), got {value!r}',
+            )
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise fail(
+            f"{key}.{unknown[0]}", f"unknown key for kind '{kind}' (allowed: {', '.join(sorted(allowed))})"
+        )
 
 
 def _check_unique_names(pipelines: Iterable[Pipeline], source: str) -> None:

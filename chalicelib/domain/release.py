@@ -168,6 +168,8 @@ class Release:
     start_claimed_at: datetime | None = None
     # Health verification after CodeDeploy succeeded (VERIFYING and after).
     verification: Verification | None = None
+    # Slack threads following the release: notify route key -> "<channel id>/<root ts>".
+    notification_threads: Mapping[str, str] = field(default_factory=dict)
     # Optimistic-lock version of the stored item; 0 until first written.
     version: int = 0
     last_event_id: int = 0

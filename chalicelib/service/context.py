@@ -11,6 +11,7 @@ from typing import TypeVar
 from aws_lambda_powertools import Logger
 
 from chalicelib.domain.pipelines import PipelinesConfig
+from chalicelib.service.notification_ports import NotificationAdapters
 from chalicelib.service.ports import (
     ArtifactStore,
     Clock,
@@ -38,6 +39,8 @@ class Context:
     verify_queue: VerifyQueue
     pipelines: PipelinesConfig
     clock: Clock
+    # None where the notify queue is not configured: nothing is published or delivered then.
+    notifications: NotificationAdapters | None = None
 
 
 class ConflictPersisted(RuntimeError):

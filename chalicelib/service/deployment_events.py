@@ -20,7 +20,7 @@ from chalicelib.domain.release import (
     transition,
 )
 from chalicelib.service.context import Context, logger, retry_on_conflict
-from chalicelib.service.ports import DeploymentInfo, InstanceTarget
+from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
 from chalicelib.service.slot_flow import Batch, finish, link_deployment
 from chalicelib.service.verification import begin_verification
 
@@ -37,7 +37,8 @@ STATE_FOR_STATUS = {
 }
 
 
-def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> Release | None:
+def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> str | None:
+    """Apply a state change to the release the deployment carries; returns that release's id."""
     # The rule sees every deployment in the account: another team's needs no call at all (and
     # the function may not be allowed to describe it).
     pipeline = context.pipelines.for_deployment_group(event.application, event.deployment_group)
@@ -49,9 +50,22 @@ def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> 
         return None
     release_id = context.store.release_for_deployment(event.deployment_id)
     if release_id is None:
-        release_id = _adopt_unknown_deployment(context, pipeline, event)
+        try:
+            release_id = _adopt_unknown_deployment(context, pipeline, event)
+        except DeploymentNotFound:
+            logger.warning(
+                "event for a deployment CodeDeploy does not know; skipped",
+                extra={"deployment_id": event.deployment_id[:200]},
+            )
+            return None
     with logger.append_context_keys(release_id=release_id, deployment_id=event.deployment_id):
-        return apply_deployment_state(context, release_id, event.deployment_id, event.state)
+        if event.state in (DeploymentState.START, DeploymentState.READY):
+            # START says nothing the record does not (the link recorded TaskStarted); READY is
+            # blue/green's, which the coordinator does not drive.
+            logger.info(f"CodeDeploy {event.state.value}: no change")
+        else:
+            apply_deployment_state(context, release_id, event.deployment_id, event.state)
+    return release_id
 
 
 def apply_deployment_state(
@@ -81,10 +95,8 @@ def apply_deployment_state(
             ReleaseState.STOPPED,
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
             detail={"deployment_id": deployment_id},
+            known=release,
         )
-    # START changes nothing the record does not already say (the link recorded TaskStarted);
-    # READY belongs to blue/green, which the coordinator does not drive.
-    logger.info(f"CodeDeploy {state.value}: no change", extra={"state": release.state.value})
     return release
 
 
@@ -138,6 +150,7 @@ def _deployment_failed(context: Context, release: Release, deployment_id: str) -
         },
         prelude=with_diagnostics,
         roll_back=roll_back,
+        known=release,
     )
 
 

@@ -52,6 +52,34 @@ class ReleaseStore(Protocol):
         """Write the change in one transaction; raise ``WriteConflict`` if any condition fails."""
         ...
 
+    def list_releases(self, pipeline: str, limit: int, before: str | None) -> list[Release]:
+        """A pipeline's releases newest first, older than the position ``before`` (a release's
+        ``created_at.isoformat()#id``), at most ``limit``."""
+        ...
+
+    def claim_idempotency(self, claim: IdempotencyRecord, stale_before: datetime) -> IdempotencyRecord | None:
+        """Record that a request with this key is being answered. None when the claim is taken;
+        else the record already there (answered, or in progress since after ``stale_before``)."""
+        ...
+
+    def save_idempotent_answer(self, answered: IdempotencyRecord) -> None: ...
+
+    def drop_idempotency(self, key: str) -> None:
+        """Forget a claim whose request was refused, so the caller may fix it and retry."""
+        ...
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """A POST answered (or being answered) under an ``Idempotency-Key``."""
+
+    key: str
+    fingerprint: str  # of the request: route and body
+    claimed_at: datetime
+    expires_at: datetime
+    status: int | None = None  # None while the first request is still being answered
+    body: str | None = None  # the answer, as JSON
+
 
 @dataclass(frozen=True)
 class StoredObject:
@@ -73,6 +101,14 @@ class DeploymentBusy(Exception):
     def __init__(self, message: str, active_deployment_id: str | None) -> None:
         super().__init__(message)
         self.active_deployment_id = active_deployment_id
+
+
+class DeploymentNotFound(Exception):
+    """CodeDeploy has no such deployment (a malformed or foreign id, or one long deleted)."""
+
+
+class DeploymentAlreadyEnded(Exception):
+    """StopDeployment came too late: the deployment already finished."""
 
 
 class RevisionRejected(Exception):
@@ -103,6 +139,8 @@ class DeploymentInfo:
     rolls_back_on_failure: bool = False
     # For a rollback CodeDeploy started: the deployment whose failure triggered it.
     rollback_of_deployment_id: str | None = None
+    # Instances by CodeDeploy status (deploymentOverview: Pending, InProgress, Succeeded, ...).
+    instance_counts: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def is_terminal(self) -> bool:
@@ -140,6 +178,12 @@ class Deployments(Protocol):
         ...
 
     def describe(self, deployment_id: str) -> DeploymentInfo: ...
+
+    def stop(self, deployment_id: str, auto_rollback: bool) -> None:
+        """Ask CodeDeploy to stop the deployment (its STOP event follows); ``auto_rollback`` has
+        CodeDeploy redeploy the previous revision to the instances already updated. Raises
+        ``DeploymentAlreadyEnded``."""
+        ...
 
     def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
         """The instances the deployment touched, with their lifecycle events."""

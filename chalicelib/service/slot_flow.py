@@ -26,6 +26,7 @@ from chalicelib.domain.release import (
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.service.context import Context, logger, retry_on_conflict
 from chalicelib.service.ports import Change, DeploymentBusy, RevisionRejected
+from chalicelib.service.reads import FirstRead, stored
 
 # A start claimed longer ago than this was abandoned (its Lambda died mid-way): it may be retried.
 START_CLAIM_LEASE = timedelta(minutes=2)
@@ -132,7 +133,7 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
         )
         raise
     logger.info("deployment created", extra={**log_keys, "deployment_id": deployment_id})
-    link_deployment(context, release.id, deployment_id)
+    link_deployment(context, release.id, deployment_id, known=release)
 
 
 def _record_start_failure(context: Context, release_id: str, detail: Detail) -> None:
@@ -156,11 +157,14 @@ def _record_start_failure(context: Context, release_id: str, detail: Detail) -> 
         logger.exception("could not record the failed start", extra={"release_id": release_id})
 
 
-def link_deployment(context: Context, release_id: str, deployment_id: str) -> Release | None:
+def link_deployment(
+    context: Context, release_id: str, deployment_id: str, *, known: Release | None = None
+) -> Release | None:
     """Record which CodeDeploy deployment carries the release (and the index to find it)."""
+    read = FirstRead(context.store, release_id, known)
 
     def decide() -> Release | None:
-        release = context.store.get_release(release_id)
+        release = read()
         if release is None:
             return None
         if release.deployment_id == deployment_id:
@@ -207,19 +211,22 @@ def finish(
     detail: Detail | None = None,
     prelude: Prelude | None = None,
     roll_back: bool = False,
+    known: Release | None = None,
 ) -> Release | None:
     """Move a release to a terminal state, free its place in the slot and start the next one,
     all in one write. Returns the finished release, or None when the move was refused.
+    ``known`` is the release as the caller last read it (saves a read when it is current).
 
     ``prelude`` adds history events (a last health check, failure diagnostics) to the same
     write. ``roll_back`` (failures only) creates the auto-rollback release to the last verified
     one and gives it the slot ahead of every waiting release.
     """
     outcome: list[tuple[Release, Release | None, bool]] = []
+    read = FirstRead(context.store, release_id, known)
 
     def decide() -> None:
         outcome.clear()
-        release = context.store.get_release(release_id)
+        release = read()
         if release is None:
             return
         now = context.clock.now()
@@ -259,7 +266,7 @@ def finish(
                 "next_release_id": promoted.id if promoted else None,
             },
         )
-        outcome.append((moved.release, promoted, held_active))
+        outcome.append((stored(moved.release), stored(promoted) if promoted else None, held_active))
 
     retry_on_conflict(decide)
     if not outcome:
@@ -345,7 +352,7 @@ def advance(context: Context, pipeline: Pipeline) -> dict[str, Any]:
                 claim = update(Step(active, ()), now=now, start_claimed_at=now)
                 context.store.commit(Change(releases=[claim.release]))
                 actions["restarted"] = active.id
-                return claim.release, True
+                return stored(claim.release), True
             logger.warning(
                 "freeing a slot held by a finished or missing release", extra={"release_id": slot.active}
             )
@@ -359,7 +366,7 @@ def advance(context: Context, pipeline: Pipeline) -> dict[str, Any]:
         context.store.commit(batch.change(slot_after))
         if promoted is not None:
             actions["promoted"] = promoted.id
-        return promoted, False
+        return (stored(promoted) if promoted else None), False
 
     to_start, look_first = retry_on_conflict(decide)
     if to_start is not None:

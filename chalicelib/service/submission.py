@@ -21,6 +21,7 @@ from chalicelib.domain.release import (
 from chalicelib.domain.slot import Admission
 from chalicelib.service.context import Context, logger, retry_on_conflict
 from chalicelib.service.ports import Change
+from chalicelib.service.reads import stored
 from chalicelib.service.slot_flow import Batch, advance, log_refused, start_deployment
 
 _ROLLBACK_TRIGGERS = (Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK)
@@ -124,7 +125,7 @@ def submit(context: Context, submission: Submission) -> tuple[Release, bool]:
         new_slot = dataclasses.replace(admission.slot, waiting=(*kept, *admission.slot.waiting))
         context.store.commit(batch.change(new_slot))
         logger.info(f"release {moved.release.state.value.lower()}", extra={"key": key})
-        return moved.release, admission.active
+        return stored(moved.release), admission.active
 
     release, took_slot = retry_on_conflict(decide)
     if took_slot:

@@ -27,6 +27,7 @@ from chalicelib.domain.verification import (
 )
 from chalicelib.service.context import Context, logger, retry_on_conflict
 from chalicelib.service.ports import Change
+from chalicelib.service.reads import FirstRead, stored
 from chalicelib.service.slot_flow import finish, log_refused
 
 # A check's history event lists at most this many targets that were not healthy.
@@ -69,8 +70,10 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
         )
     verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
 
+    read = FirstRead(context.store, release.id, release)
+
     def decide() -> Release | None:
-        current = context.store.get_release(release.id)
+        current = read()
         if current is None:
             return None
         moved = transition(
@@ -92,7 +95,7 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
             log_refused(moved)
             return None
         context.store.commit(Change(releases=[moved.release], events={release.id: moved.events}))
-        return moved.release
+        return stored(moved.release)
 
     verifying = retry_on_conflict(decide)
     if verifying is not None:
@@ -169,6 +172,7 @@ def _apply(
             ),
             detail={"deployment_id": request.deployment_id, "checks": verification.checks_done},
             prelude=with_check,
+            known=release,
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         pipeline = context.pipelines.named(release.pipeline)
@@ -180,6 +184,7 @@ def _apply(
             detail={"failure": "verify_failed", "deployment_id": request.deployment_id},
             prelude=with_check,
             roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
+            known=release,
         )
 
     def decide() -> Release | None:

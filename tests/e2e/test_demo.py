@@ -41,4 +41,9 @@ def test_demo_deploys_under_traffic_fails_and_rolls_back_with_zero_failed_reques
     assert result.traffic.failed == 0, result.traffic.failures
     assert result.traffic.by_version.get("2.0.0", 0) > 0
     assert result.serving_version == "2.0.0"
+    threads = {thread["release"]: thread["thread"] for thread in result.notifications["slack"]}
+    assert "ValidateService" in threads[result.releases[2].id]
+    assert threads[result.releases[3].id].startswith("Rolled back")
+    assert "[FAILED] demo 3.0.0-broken" in result.notifications["email"]
+    assert "[ROLLED BACK] demo 2.0.0" in result.notifications["email"]
     assert processes_under(tmp_path) == []

@@ -4,6 +4,8 @@ itself (S3 to EventBridge to SQS, S3 classic notification to SQS)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import uuid
 from collections.abc import Iterator
@@ -213,6 +215,8 @@ def _build_world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> World
         session, load_pipelines(pipelines_file), table=TABLE, load_balanced={LOAD_BALANCED: INSTANCES}
     )
     monkeypatch.setenv("VERIFY_QUEUE_URL", provisioned.verify_queue_url)
+    monkeypatch.setenv("NOTIFY_QUEUE_URL", provisioned.notify_queue_url)
+    monkeypatch.setenv("NOTIFY_DLQ_URL", provisioned.notify_dlq_url)
     built = World(session=session, provisioned=provisioned, client=Client(app, stage_name=TEST_STAGE))
     built.s3_test_events = built._drain(provisioned.classic_queue_url)
     built._drain(provisioned.eventbridge_queue_url)
@@ -240,3 +244,77 @@ def served_world(monkeypatch: pytest.MonkeyPatch, pipelines_file: Path) -> Itera
         bootstrap.reset()
         server.stop()
         moto_api_backend.reset()  # the server shares this process's backends: leave them clean
+
+
+# --- Every AWS call made inside a Lambda handler, by function (tests/integration/test_permissions.py) ---
+# The handler being invoked is known from the test client (``lambda_.invoke(name, ...)``, or any HTTP
+# request: the ``api_handler`` function); calls the tests make themselves (provisioning, assertions)
+# happen outside any handler and are not recorded.
+# (function name, text of the pipelines file it reads): the policies are scoped to that file.
+_CURRENT_FUNCTION: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "handler", default=None
+)
+
+
+@dataclass(frozen=True)
+class HandlerCall:
+    function: str
+    service: str  # botocore's service name: dynamodb, sqs, s3, codedeploy, elbv2, ssm, ...
+    operation: str  # the API operation: GetItem, SendMessage, HeadObject, ...
+    params: dict[str, Any]
+    pipelines: str  # the text of the pipelines file in force (PIPELINES_FILE)
+
+
+@contextlib.contextmanager
+def _invoking(function: str) -> Iterator[None]:
+    pipelines = bootstrap.pipelines_file().read_text(encoding="utf-8")
+    token = _CURRENT_FUNCTION.set((function, pipelines))
+    try:
+        yield
+    finally:
+        _CURRENT_FUNCTION.reset(token)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def handler_calls() -> Iterator[list[HandlerCall]]:
+    """Installed for the whole session: a botocore ``before-parameter-build`` handler on every
+    session created from here on (botocore copies ``BUILTIN_HANDLERS`` into each new session), and
+    the test client's two entry points marking which function runs."""
+    import botocore.handlers
+    from chalice import test as chalice_test
+
+    calls: list[HandlerCall] = []
+
+    def record(params: dict[str, Any], model: Any, **kwargs: Any) -> None:
+        current = _CURRENT_FUNCTION.get()
+        if current is not None:
+            function, pipelines = current
+            service = str(model.service_model.service_name)
+            calls.append(HandlerCall(function, service, str(model.name), dict(params), pipelines))
+
+    original_invoke = chalice_test.TestLambdaClient.invoke
+    original_request = chalice_test.TestHTTPClient.request
+
+    def invoke(self: Any, function_name: str, payload: Any = None) -> Any:
+        with _invoking(function_name):
+            return original_invoke(self, function_name, payload)
+
+    def request(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with _invoking("api_handler"):
+            return original_request(self, *args, **kwargs)
+
+    spec = ("before-parameter-build", record)
+    botocore.handlers.BUILTIN_HANDLERS.append(spec)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chalice_test.TestLambdaClient, "invoke", invoke)
+        patch.setattr(chalice_test.TestHTTPClient, "request", request)
+        try:
+            yield calls
+        finally:
+            botocore.handlers.BUILTIN_HANDLERS.remove(spec)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The permission check reads what the whole suite recorded: it runs last."""
+    last = [item for item in items if item.path.name.startswith("test_permissions")]
+    items[:] = [item for item in items if item not in last] + last

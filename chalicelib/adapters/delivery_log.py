@@ -1,0 +1,91 @@
+"""The delivery log in the releases table: ``pk=REL#<release id>``, ``sk=DLV#<event id>#<route>``.
+
+A delivery is claimed with a conditional write before the channel is called and confirmed after,
+so a duplicated stream record or queue message finds it delivered (or being delivered) and posts
+nothing. A claim left by a Lambda that died mid-way expires after a lease and may be taken over.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.domain.notifications import NotifyMessage
+from chalicelib.service.notification_ports import Claim
+
+# Longer than the notify function's timeout: a live attempt is never taken over.
+CLAIM_LEASE = timedelta(minutes=2)
+# Nobody has claimed it, or the claim is an abandoned one.
+_CLAIMABLE = "attribute_not_exists(pk) OR (#status = :sending AND claimed_at < :stale)"
+
+
+def _key(message: NotifyMessage) -> dict[str, Any]:
+    return {
+        "pk": {"S": f"REL#{message.release_id}"},
+        "sk": {"S": f"DLV#{message.event.id:06d}#{message.route}"},
+    }
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+class DynamoDeliveryLog:
+    def __init__(self, client: Any, table_name: str, lease: timedelta = CLAIM_LEASE) -> None:
+        self._client = client
+        self._table = table_name
+        self._lease = lease
+
+    def claim(self, message: NotifyMessage, now: datetime) -> Claim:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    **_key(message),
+                    "kind": {"S": "delivery"},
+                    "release_id": {"S": message.release_id},
+                    "route": {"S": message.route},
+                    "notification": {"S": message.notification},
+                    "status": {"S": "sending"},
+                    "claimed_at": {"N": str(int(now.timestamp()))},
+                },
+                ConditionExpression=_CLAIMABLE,
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":sending": {"S": "sending"},
+                    ":stale": {"N": str(int((now - self._lease).timestamp()))},
+                },
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+            item = self._client.get_item(TableName=self._table, Key=_key(message), ConsistentRead=True).get(
+                "Item"
+            )
+            status = (item or {}).get("status", {}).get("S")
+            return Claim.DELIVERED if status == "delivered" else Claim.BUSY
+        return Claim.CLAIMED
+
+    def confirm(self, message: NotifyMessage, now: datetime) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key=_key(message),
+            UpdateExpression="SET #status = :delivered, delivered_at = :now",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":delivered": {"S": "delivered"}, ":now": {"S": now.isoformat()}},
+        )
+
+    def release(self, message: NotifyMessage) -> None:
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key=_key(message),
+                ConditionExpression="#status = :sending",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":sending": {"S": "sending"}},
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise

@@ -1,0 +1,201 @@
+"""Slack through ``slack_sdk``: the Web API with a bot token (threads, edits) and incoming
+webhooks. ``slack_sdk`` loads on first use (cold start budget).
+
+Failures are sorted for the delivery use case:
+
+* HTTP 429: a ``Retry-After`` of at most ``INLINE_RETRY_AFTER_S`` is waited out here and the call
+  made once more (keeps the thread in order at little cost); a longer one raises
+  ``DeliveryDeferred`` so the message comes back after it, without holding the Lambda.
+* HTTP 5xx: retried here with backoff by slack_sdk's ``ServerErrorRetryHandler``; what still fails
+  propagates and SQS retries with backoff.
+* Timeouts and connection errors propagate without an inline retry: Slack may have posted
+  already, and chat.postMessage has no idempotency key.
+* Errors no retry can fix (``invalid_auth``, ``channel_not_found``...) raise ``DeliveryRejected``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from chalicelib.domain.notifications import SlackThread
+from chalicelib.service.notification_ports import DeliveryDeferred, DeliveryRejected
+
+T = TypeVar("T")
+
+INLINE_RETRY_AFTER_S = 2
+TIMEOUT_S = 10
+PERMANENT_ERRORS = frozenset(
+    {
+        "account_inactive",
+        "cant_update_message",
+        "channel_not_found",
+        "edit_window_closed",
+        "invalid_auth",
+        "invalid_blocks",
+        "invalid_blocks_format",
+        "is_archived",
+        "message_not_found",
+        "missing_scope",
+        "msg_too_long",
+        "no_permission",
+        "no_text",
+        "not_authed",
+        "not_in_channel",
+        "restricted_action",
+        "thread_not_found",
+        "token_expired",
+        "token_revoked",
+    }
+)
+# Incoming webhooks answer their errors as plain text with a 4xx status.
+_WEBHOOK_TRANSIENT_STATUSES = frozenset({408, 429})
+
+
+def _retry_after(headers: Mapping[str, Any] | None) -> int:
+    for name, value in (headers or {}).items():
+        if name.lower() == "retry-after":
+            raw = value[0] if isinstance(value, list) else value
+            try:
+                return max(0, int(raw))
+            except (TypeError, ValueError):
+                break
+    return 1
+
+
+def _server_error_retries() -> list[Any]:
+    from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
+    from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+
+    return [
+        ServerErrorRetryHandler(max_retry_count=2, interval_calculator=BackoffRetryIntervalCalculator(0.5))
+    ]
+
+
+def _deferred(retry_after: int) -> DeliveryDeferred:
+    return DeliveryDeferred(f"Slack rate limited: retry after {retry_after}s", retry_after)
+
+
+def _waiting_out_short_rate_limits(
+    call: Callable[[], T], rate_limited: Callable[[Exception], int | None]
+) -> T:
+    """Run ``call``; after a short 429 wait and run it once more; a long or a second 429 defers."""
+    try:
+        return call()
+    except Exception as error:
+        wait = rate_limited(error)
+        if wait is None:
+            raise
+        if wait > INLINE_RETRY_AFTER_S:
+            raise _deferred(wait) from None
+    time.sleep(wait)
+    try:
+        return call()
+    except Exception as error:
+        again = rate_limited(error)
+        if again is None:
+            raise
+        raise _deferred(again) from None
+
+
+class _WebhookRateLimited(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
+
+
+class SlackWebApi:
+    """chat.postMessage and chat.update with a bot token; ``base_url`` points at the sandbox's
+    look-alike in tests (``SLACK_API_URL``)."""
+
+    def __init__(self, base_url: str | None = None, timeout_s: int = TIMEOUT_S) -> None:
+        self._base_url = base_url
+        self._timeout_s = timeout_s
+        self._clients: dict[str, Any] = {}
+
+    def _client(self, token: str) -> Any:
+        client = self._clients.get(token)
+        if client is None:
+            from slack_sdk import WebClient
+
+            client = WebClient(
+                token=token,
+                base_url=self._base_url or WebClient.BASE_URL,
+                timeout=self._timeout_s,
+                retry_handlers=_server_error_retries(),
+            )
+            self._clients[token] = client
+        return client
+
+    def post(
+        self,
+        token: str,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, object]],
+        thread_ts: str | None,
+    ) -> SlackThread:
+        response = self._call(
+            "chat.postMessage",
+            lambda: self._client(token).chat_postMessage(
+                channel=channel,
+                text=text,
+                blocks=list(blocks) or None,
+                thread_ts=thread_ts,
+                unfurl_links=False,
+            ),
+        )
+        return SlackThread(str(response["channel"]), str(response["ts"]))
+
+    def update(
+        self, token: str, thread: SlackThread, text: str, blocks: Sequence[Mapping[str, object]]
+    ) -> None:
+        self._call(
+            "chat.update",
+            lambda: self._client(token).chat_update(
+                channel=thread.channel, ts=thread.ts, text=text, blocks=list(blocks) or None
+            ),
+        )
+
+    def _call(self, method: str, call: Callable[[], Any]) -> Any:
+        from slack_sdk.errors import SlackApiError
+
+        def rate_limited(error: Exception) -> int | None:
+            if isinstance(error, SlackApiError) and error.response.status_code == 429:
+                return _retry_after(error.response.headers)
+            return None
+
+        try:
+            return _waiting_out_short_rate_limits(call, rate_limited)
+        except SlackApiError as error:
+            code = str(error.response.get("error") or "")
+            if code in PERMANENT_ERRORS:
+                raise DeliveryRejected(f"Slack {method}: {code}") from None
+            raise
+
+
+class SlackIncomingWebhook:
+    """One message per event to an incoming webhook URL (a secret: never logged)."""
+
+    def __init__(self, timeout_s: int = TIMEOUT_S) -> None:
+        self._timeout_s = timeout_s
+
+    def send(self, url: str, text: str, blocks: Sequence[Mapping[str, object]]) -> None:
+        from slack_sdk.webhook import WebhookClient
+
+        client = WebhookClient(url, timeout=self._timeout_s, retry_handlers=_server_error_retries())
+
+        def post() -> None:
+            response = client.send(text=text, blocks=[dict(block) for block in blocks] or None)
+            status = response.status_code
+            if status == 429:
+                raise _WebhookRateLimited(_retry_after(response.headers))
+            if 400 <= status < 500 and status not in _WEBHOOK_TRANSIENT_STATUSES:
+                raise DeliveryRejected(f"Slack webhook: HTTP {status} {str(response.body)[:100]}")
+            if status >= 300:
+                raise RuntimeError(f"Slack webhook: HTTP {status}")
+
+        _waiting_out_short_rate_limits(
+            post, lambda error: error.retry_after if isinstance(error, _WebhookRateLimited) else None
+        )

@@ -1,0 +1,264 @@
+"""What an API caller sends, checked before anything is looked up: JSON bodies, query strings,
+path ids, idempotency keys and page cursors.
+
+Every check here runs before a value reaches DynamoDB, S3 or CodeDeploy, so a value AWS would
+refuse (a lone surrogate, an oversized key, a malformed cursor) is answered with a 4xx that says
+what to fix instead of surfacing as a 500. Pure: no AWS, no Chalice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# API Gateway accepts 10 MB; no request of this API needs more than a few hundred bytes.
+MAX_BODY_BYTES = 16 * 1024
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+# S3's own limit on key length (UTF-8 bytes); version ids are far shorter.
+_MAX_KEY_BYTES = 1024
+_MAX_NAME_LENGTH = 128
+_MAX_CURSOR_LENGTH = 512
+
+# Release ids the coordinator makes: rel-<hex>, api-<hex>, ext-<deployment id>, rb-<release id>.
+RELEASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,159}")
+# S3 version ids are URL-safe tokens; S3 answers 400 (not 404) for one not of its making.
+_VERSION_ID = re.compile(r"[A-Za-z0-9._+/=-]{1,1024}")
+# Printable ASCII without spaces: safe in a DynamoDB key and in a log line.
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+# A position in the by_pipeline index: "<created_at isoformat>#<release id>".
+_CREATED_KEY = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.+-]{8,32}#" + RELEASE_ID.pattern)
+
+
+class ApiError(Exception):
+    """A request the API refuses; ``status`` and ``code`` are what the caller receives."""
+
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "BadRequestError"
+
+
+class Malformed(ApiError):
+    """Not JSON, not an object, a query value that is not what it claims to be."""
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "NotFoundError"
+
+
+class Conflict(ApiError):
+    """The resource's current state forbids the action."""
+
+    status = 409
+    code = "ConflictError"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "PayloadTooLargeError"
+
+
+class Invalid(ApiError):
+    """Well-formed, but a value is wrong: unknown field, wrong type, nothing by that name."""
+
+    status = 422
+    code = "UnprocessableEntityError"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"field {name!r} appears twice")
+        result[name] = value
+    return result
+
+
+def parse_body(raw: bytes | str | None, allowed: frozenset[str]) -> dict[str, Any]:
+    """A JSON object with only ``allowed`` fields; an empty body counts as ``{}``."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else (raw or b"")
+    if len(data) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body is {len(data)} bytes; at most {MAX_BODY_BYTES} are accepted")
+    if not data.strip():
+        return {}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Malformed("request body is not UTF-8 text") from None
+    try:
+        value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as error:
+        raise Malformed(f"request body is not valid JSON: {str(error)[:200]}") from None
+    if not isinstance(value, dict):
+        raise Malformed(f"request body must be a JSON object, got {type(value).__name__}")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        allowed_text = ", ".join(sorted(allowed)) or "none"
+        raise Invalid(f"unknown field(s) {_names(unknown)}; allowed: {allowed_text}")
+    return value
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(name[:64]) for name in names[:5])
+
+
+def optional_text(body: Mapping[str, Any], name: str, *, max_bytes: int) -> str | None:
+    """A non-empty string field that encodes as UTF-8 (JSON admits lone surrogates; AWS does not)."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise Invalid(f"field {name!r} must be a non-empty string")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise Invalid(f"field {name!r} is not valid Unicode text") from None
+    if size > max_bytes:
+        raise Invalid(f"field {name!r} is {size} bytes long; at most {max_bytes} are accepted")
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
+        raise Invalid(f"field {name!r} contains control characters")
+    return value
+
+
+def required_text(body: Mapping[str, Any], name: str, *, max_bytes: int) -> str:
+    value = optional_text(body, name, max_bytes=max_bytes)
+    if value is None:
+        raise Invalid(f"field {name!r} is required")
+    return value
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """``POST /releases``: deploy an object (optionally one version of it) of a pipeline."""
+
+    pipeline: str
+    key: str
+    bucket: str | None
+    version: str | None
+
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"pipeline", "key", "bucket", "version"})
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> DeployRequest:
+        version = optional_text(body, "version", max_bytes=_MAX_KEY_BYTES)
+        if version is not None and not _VERSION_ID.fullmatch(version):
+            raise Invalid(f"field 'version' is not an S3 version id: {version[:64]!r}")
+        return cls(
+            pipeline=required_text(body, "pipeline", max_bytes=_MAX_NAME_LENGTH),
+            key=required_text(body, "key", max_bytes=_MAX_KEY_BYTES),
+            bucket=optional_text(body, "bucket", max_bytes=63),
+            version=version,
+        )
+
+
+def rollback_target(body: Mapping[str, Any]) -> str | None:
+    """``POST /pipelines/{name}/rollback``: ``{"to": id}`` or nothing (the last good release)."""
+    target = optional_text(body, "to", max_bytes=_MAX_NAME_LENGTH + 32)
+    if target is not None and not RELEASE_ID.fullmatch(target):
+        raise Invalid(f"field 'to' is not a release id: {target[:64]!r}")
+    return target
+
+
+def known_release_id(release_id: str) -> bool:
+    """Ids that cannot name a release are answered 404 without a lookup."""
+    return RELEASE_ID.fullmatch(release_id) is not None
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """``GET /releases?pipeline=&limit=&next=``."""
+
+    pipeline: str | None
+    limit: int
+    before: str | None  # decoded ``next``: list releases older than this position
+
+    PARAMETERS: ClassVar[frozenset[str]] = frozenset({"pipeline", "limit", "next"})
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, list[str]]) -> ListQuery:
+        unknown = sorted(set(params) - cls.PARAMETERS)
+        if unknown:
+            raise Malformed(
+                f"unknown query parameter(s) {_names(unknown)}; allowed: {', '.join(sorted(cls.PARAMETERS))}"
+            )
+        values: dict[str, str] = {}
+        for name, given in params.items():
+            if len(given) != 1:
+                raise Malformed(f"query parameter {name!r} must be given once")
+            values[name] = given[0]
+        pipeline = values.get("pipeline")
+        if pipeline is not None and not pipeline:
+            raise Invalid("query parameter 'pipeline' is empty; leave it out to list every pipeline")
+        return cls(
+            pipeline=pipeline,
+            limit=_limit(values.get("limit")),
+            before=decode_cursor(values["next"]) if "next" in values else None,
+        )
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 6:
+        raise Malformed(f"query parameter 'limit' must be a whole number, got {raw[:32]!r}")
+    limit = int(raw)
+    if not 1 <= limit <= MAX_LIMIT:
+        raise Invalid(f"query parameter 'limit' must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+def encode_cursor(created_key: str) -> str:
+    """The opaque ``next`` token: a position in the by_pipeline index (newest first)."""
+    payload = json.dumps({"before": created_key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload).decode("ascii").rstrip("=")
+
+
+def decode_cursor(token: str) -> str:
+    bad = Malformed("query parameter 'next' is not a token this API gave out; start again without it")
+    if not token or len(token) > _MAX_CURSOR_LENGTH or not token.isascii():
+        raise bad
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, RecursionError):
+        raise bad from None
+    if not isinstance(payload, dict) or set(payload) != {"before"}:
+        raise bad
+    before = payload["before"]
+    if not isinstance(before, str) or not _CREATED_KEY.fullmatch(before):
+        raise bad
+    return before
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if not IDEMPOTENCY_KEY.fullmatch(raw):
+        raise Malformed("header Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    return raw
+
+
+def request_fingerprint(method: str, path: str, body: Mapping[str, Any]) -> str:
+    """What makes two requests "the same" for an idempotency key: route and body, not the body's
+    spelling (whitespace, field order)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+def derived_release_id(idempotency: str | None, fingerprint: str, fresh: str) -> str:
+    """The id of a release the API creates. With an Idempotency-Key it follows from the key and
+    request, so even a retry that outran the stored answer finds the same release; without, it is
+    ``fresh``."""
+    if idempotency is None:
+        return f"api-{fresh}"
+    digest = hashlib.sha256(f"{idempotency}\n{fingerprint}".encode()).hexdigest()
+    return f"api-{digest[:20]}"

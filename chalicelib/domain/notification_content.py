@@ -1,0 +1,406 @@
+"""What a notification says, for each kind of channel: the Slack card and thread reply (Block
+Kit), the email (text and HTML), the SNS message and the webhook's JSON.
+
+Everything here is pure: it renders a :class:`Notice` (the release as it is now, the history event
+being notified and the diagnostics recorded before it) and never talks to anything.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from chalicelib.domain.notifications import PROGRESS, ROLLBACK_TRIGGERS
+from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
+
+LABELS: Mapping[str, str] = {
+    "started": "STARTED",
+    "queued": "QUEUED",
+    "superseded": "SUPERSEDED",
+    "succeeded": "SUCCEEDED",
+    "failed": "FAILED",
+    "verify_failed": "VERIFY FAILED",
+    "rolled_back": "ROLLED BACK",
+    "stopped": "STOPPED",
+    PROGRESS: "VERIFYING",
+}
+FAILURES = frozenset({"failed", "verify_failed"})
+_CARD_STATES: Mapping[ReleaseState, tuple[str, str]] = {
+    ReleaseState.RECEIVED: (":inbox_tray:", "Received"),
+    ReleaseState.QUEUED: (":hourglass_flowing_sand:", "Queued"),
+    ReleaseState.DEPLOYING: (":rocket:", "Deploying"),
+    ReleaseState.VERIFYING: (":mag:", "Verifying"),
+    ReleaseState.SUCCEEDED: (":white_check_mark:", "Succeeded"),
+    ReleaseState.FAILED: (":x:", "Failed"),
+    ReleaseState.STOPPED: (":black_square_for_stop:", "Stopped"),
+    ReleaseState.SUPERSEDED: (":fast_forward:", "Superseded"),
+}
+_REPLY_EMOJI: Mapping[str, str] = {
+    "started": ":rocket:",
+    "queued": ":hourglass_flowing_sand:",
+    "superseded": ":fast_forward:",
+    "succeeded": ":white_check_mark:",
+    "failed": ":x:",
+    "verify_failed": ":x:",
+    "rolled_back": ":leftwards_arrow_with_hook:",
+    "stopped": ":black_square_for_stop:",
+    PROGRESS: ":mag:",
+}
+# Block Kit limits: header 150 characters, section text 3000, a field 2000.
+_HEADER_LIMIT = 150
+_SECTION_LIMIT = 2900
+_FIELD_LIMIT = 1900
+# Slack truncates a message's text beyond 40,000 characters; stay clear of it.
+_MESSAGE_LIMIT = 39_000
+# A reply shows this much of each failed instance's log, for at most this many instances.
+_REPLY_LOG_TAIL = 1500
+_REPLY_INSTANCES = 3
+_REPLY_TARGETS = 10
+_COMMIT_SHOWN = 12
+
+
+@dataclass(frozen=True)
+class Notice:
+    release: Release
+    event: HistoryEvent
+    notification: str
+    # Diagnostics recorded with a failure: per failed instance (hook, script, log tail), and the
+    # targets the last health check found not healthy.
+    failed_instances: tuple[Mapping[str, Any], ...] = ()
+    not_healthy: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return LABELS.get(self.notification, self.notification.upper())
+
+    @property
+    def title(self) -> str:
+        return f"{self.release.pipeline} {version_label(self.release)}"
+
+
+@dataclass(frozen=True)
+class SlackMessage:
+    text: str  # the plain fallback shown in push notifications
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Email:
+    subject: str
+    text: str
+    html: str
+
+
+def needs_history(notification: str) -> bool:
+    """Only a failure's notice carries diagnostics, which live in earlier history events."""
+    return notification in FAILURES
+
+
+def build_notice(
+    release: Release, event: HistoryEvent, notification: str, history: Sequence[HistoryEvent] = ()
+) -> Notice:
+    """The notice for ``event``, with the diagnostics the history recorded up to it: the last
+    CodeDeploy failure's instances and the last health check's unhealthy targets."""
+    failed_instances: tuple[Mapping[str, Any], ...] = ()
+    not_healthy: tuple[Mapping[str, Any], ...] = ()
+    for earlier in history:
+        if earlier.id > event.id or earlier.type is not EventType.TASK_FAILED:
+            continue
+        task = earlier.detail.get("task")
+        if task == "CodeDeploy":
+            failed_instances = tuple(earlier.detail.get("failed_instances") or ())
+        elif task == "HealthCheck":
+            not_healthy = tuple(earlier.detail.get("not_healthy") or ())
+    if notification == "verify_failed":
+        failed_instances = ()
+    elif notification == "failed":
+        not_healthy = ()
+    return Notice(release, event, notification, failed_instances, not_healthy)
+
+
+def escape(text: object) -> str:
+    """Slack mrkdwn's three control characters; everything user-supplied goes through here."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def version_label(release: Release) -> str:
+    """CI's ``version-label`` metadata, else the bundle's file name."""
+    return release.metadata.get("version_label") or PurePosixPath(release.revision.key).name or release.id
+
+
+def duration(release: Release) -> str:
+    seconds = max(0, int((release.updated_at - release.created_at).total_seconds()))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
+    return f"{seconds}s"
+
+
+def mentions(settings: Mapping[str, Any], notice: Notice) -> list[str]:
+    """Who a failure pings: the route's ``mention_on_failure`` ids and the upload's author, when
+    the route's ``authors`` map knows them. User groups (``S...``) use the subteam syntax."""
+    if notice.notification not in FAILURES:
+        return []
+    ids = list(settings.get("mention_on_failure") or [])
+    author = notice.release.metadata.get("author") or notice.release.actor
+    mapped = (settings.get("authors") or {}).get(author) if author else None
+    if mapped:
+        ids.append(mapped)
+    unique = list(dict.fromkeys(ids))
+    return [f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in unique]
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _commit(release: Release) -> str:
+    commit = release.metadata.get("commit", "")
+    message = (release.metadata.get("message") or "").strip().splitlines()
+    shown = f"`{escape(commit[:_COMMIT_SHOWN])}`" if commit else "—"
+    return f"{shown} {escape(message[0])}" if message else shown
+
+
+def _trigger(release: Release) -> str:
+    trigger = release.trigger.value
+    if release.rollback_of:
+        return f"{trigger} of `{escape(release.rollback_of)}`"
+    if release.actor and release.trigger.value != "upload":
+        return f"{trigger} by {escape(release.actor)}"
+    return trigger
+
+
+def _instances(notice: Notice) -> str:
+    release = notice.release
+    verification = release.verification
+    parts = []
+    if verification is not None:
+        count = len(verification.instance_ids)
+        if release.state is ReleaseState.SUCCEEDED:
+            parts.append(f"{count} deployed, healthy")
+        else:
+            parts.append(
+                f"{count} deployed; {verification.streak}/{verification.healthy_checks} healthy checks"
+            )
+    if notice.failed_instances:
+        parts.append(f"{len(notice.failed_instances)} failed")
+    if notice.not_healthy:
+        parts.append(f"{len({t.get('target') for t in notice.not_healthy})} not healthy")
+    return "; ".join(parts) or "—"
+
+
+def _card_label(release: Release) -> tuple[str, str]:
+    emoji, label = _CARD_STATES[release.state]
+    if release.trigger in ROLLBACK_TRIGGERS:
+        if release.state is ReleaseState.SUCCEEDED:
+            return ":leftwards_arrow_with_hook:", "Rolled back"
+        if release.state in (ReleaseState.DEPLOYING, ReleaseState.VERIFYING):
+            return ":leftwards_arrow_with_hook:", f"Rolling back ({label.lower()})"
+    return emoji, label
+
+
+def card_blocks(notice: Notice) -> list[dict[str, Any]]:
+    """The release's card: header with its current state, the facts as fields, the reason, and a
+    context line with the ids an operator searches for."""
+    release = notice.release
+    emoji, label = _card_label(release)
+    fields = {
+        "Pipeline": escape(release.pipeline),
+        "Version": escape(version_label(release)),
+        "Commit": _commit(release),
+        "Author": escape(release.metadata.get("author") or release.actor or "—"),
+        "Trigger": _trigger(release),
+        "Duration": duration(release),
+        "Instances": _instances(notice),
+    }
+    context = [f"Release `{escape(release.id)}`"]
+    if release.deployment_id:
+        context.append(f"deployment `{escape(release.deployment_id)}`")
+    context.append(f"updated {release.updated_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+    blocks: list[dict[str, Any]] = [
+        {
+            "type": "header",
+            "text": {
+                "type": "plain_text",
+                "text": _truncate(f"{emoji} {label}: {notice.title}", _HEADER_LIMIT),
+                "emoji": True,
+            },
+        },
+        {
+            "type": "section",
+            "fields": [
+                {"type": "mrkdwn", "text": _truncate(f"*{name}*\n{value}", _FIELD_LIMIT)}
+                for name, value in fields.items()
+            ],
+        },
+    ]
+    if release.reason:
+        blocks.append(
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": _truncate(escape(release.reason), _SECTION_LIMIT)},
+            }
+        )
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]})
+    return blocks
+
+
+def slack_card(notice: Notice) -> SlackMessage:
+    _, label = _card_label(notice.release)
+    return SlackMessage(text=f"{label}: {notice.title}", blocks=card_blocks(notice))
+
+
+def _code_block(text: str) -> str:
+    # A run of three backticks inside would end the block early.
+    return "```\n" + escape(text).replace("```", "`\u200b``") + "\n```"
+
+
+def _failure_lines(notice: Notice) -> list[str]:
+    lines = []
+    for failed in notice.failed_instances[:_REPLY_INSTANCES]:
+        hook = failed.get("lifecycle_event")
+        instance = f"`{escape(failed.get('instance', '?'))}`"
+        where = (
+            f"*{escape(hook)}* failed on {instance}"
+            if hook
+            else f"{instance}: {escape(failed.get('status'))}"
+        )
+        script = ", ".join(escape(part) for part in (failed.get("script"), failed.get("error_code")) if part)
+        lines.append(where + (f" ({script})" if script else ""))
+        if failed.get("message"):
+            lines.append(f">{escape(failed['message'])}")
+        tail = str(failed.get("log_tail") or "")
+        if tail:
+            lines.append(_code_block(tail[-_REPLY_LOG_TAIL:]))
+    hidden = len(notice.failed_instances) - _REPLY_INSTANCES
+    if hidden > 0:
+        lines.append(f"…and {hidden} more failed instance(s)")
+    for target in notice.not_healthy[:_REPLY_TARGETS]:
+        reason = ": ".join(escape(part) for part in (target.get("reason"), target.get("description")) if part)
+        lines.append(
+            f"`{escape(target.get('target', '?'))}` {escape(target.get('state', '?'))}"
+            + (f" ({reason})" if reason else "")
+        )
+    return lines
+
+
+def _progress_line(event: HistoryEvent) -> str:
+    detail = event.detail
+    instances = detail.get("instances") or []
+    return (
+        f"Verifying target health of {len(instances)} instance(s): "
+        f"{detail.get('healthy_checks', '?')} healthy checks in a row, every {detail.get('interval_s', '?')}s"
+    )
+
+
+def slack_reply(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
+    """The thread reply for one transition: what happened and why, with a failure's details."""
+    emoji = _REPLY_EMOJI.get(notice.notification, ":information_source:")
+    if notice.notification == PROGRESS:
+        headline = _progress_line(notice.event)
+    else:
+        reason = notice.event.detail.get("reason") or notice.release.reason
+        headline = f"*{notice.label.capitalize()}*: {escape(reason)}"
+    lines = [" ".join([*pings, emoji, headline])]
+    lines.extend(_failure_lines(notice))
+    text = _truncate("\n".join(lines), _MESSAGE_LIMIT)
+    return SlackMessage(text=text)
+
+
+def slack_webhook_message(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
+    """An incoming webhook posts once per event and cannot edit: the card as it is now, with the
+    event's reply under it."""
+    reply = slack_reply(notice, pings)
+    blocks = card_blocks(notice)
+    blocks.insert(
+        -1, {"type": "section", "text": {"type": "mrkdwn", "text": _truncate(reply.text, _SECTION_LIMIT)}}
+    )
+    return SlackMessage(text=f"{notice.label}: {notice.title}", blocks=blocks)
+
+
+def subject(notice: Notice) -> str:
+    return f"[{notice.label}] {notice.title}"
+
+
+def _facts(notice: Notice) -> list[tuple[str, str]]:
+    release = notice.release
+    facts = [
+        ("Pipeline", release.pipeline),
+        ("Version", version_label(release)),
+        ("Commit", " ".join(filter(None, (release.metadata.get("commit"), release.metadata.get("message"))))),
+        ("Author", release.metadata.get("author") or release.actor or ""),
+        ("Trigger", release.trigger.value + (f" of {release.rollback_of}" if release.rollback_of else "")),
+        ("State", release.state.value),
+        ("Duration", duration(release)),
+        ("Release", release.id),
+        ("Deployment", release.deployment_id or ""),
+        ("Bundle", f"s3://{release.revision.bucket}/{release.revision.key}"),
+    ]
+    return [(name, value) for name, value in facts if value]
+
+
+def email(notice: Notice) -> Email:
+    reason = str(notice.event.detail.get("reason") or notice.release.reason)
+    text = [f"{notice.label}: {notice.title}", "", reason, ""]
+    text += [f"{name}: {value}" for name, value in _facts(notice)]
+    rows = "".join(
+        f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
+        for name, value in _facts(notice)
+    )
+    parts = [
+        f"<h2>{html.escape(notice.label)}: {html.escape(notice.title)}</h2>",
+        f"<p>{html.escape(reason)}</p>",
+        f"<table>{rows}</table>",
+    ]
+    for failed in notice.failed_instances:
+        step = failed.get("lifecycle_event") or failed.get("status", "")
+        summary = f"{failed.get('instance', '?')}: {step} failed" + (
+            f" ({failed.get('script')}, {failed.get('error_code')})" if failed.get("script") else ""
+        )
+        text += ["", summary, str(failed.get("message") or ""), str(failed.get("log_tail") or "")]
+        parts.append(f"<h3>{html.escape(summary)}</h3>")
+        if failed.get("message"):
+            parts.append(f"<p>{html.escape(str(failed['message']))}</p>")
+        if failed.get("log_tail"):
+            parts.append(f"<pre>{html.escape(str(failed['log_tail']))}</pre>")
+    if notice.not_healthy:
+        text += ["", "Targets not healthy:"]
+        items = []
+        for target in notice.not_healthy:
+            line = " ".join(
+                str(target.get(name) or "") for name in ("target", "state", "reason", "description")
+            ).strip()
+            text.append(f"  {line}")
+            items.append(f"<li>{html.escape(line)}</li>")
+        parts.append(f"<h3>Targets not healthy</h3><ul>{''.join(items)}</ul>")
+    return Email(subject=subject(notice), text="\n".join(text).strip() + "\n", html="\n".join(parts))
+
+
+def payload(notice: Notice) -> dict[str, Any]:
+    """The machine-readable notification (generic webhook, SNS): the release and the event."""
+    return {
+        "notification": notice.notification,
+        "release": notice.release.to_dict(),
+        "event": notice.event.to_dict(),
+        "diagnostics": {
+            "failed_instances": [dict(item) for item in notice.failed_instances],
+            "not_healthy": [dict(item) for item in notice.not_healthy],
+        },
+    }
+
+
+def payload_json(notice: Notice) -> bytes:
+    return json.dumps(payload(notice), sort_keys=True, separators=(",", ":")).encode()
+
+
+def sns_subject(notice: Notice) -> str:
+    """SNS wants an ASCII subject under 100 characters, without line breaks."""
+    ascii_only = subject(notice).encode("ascii", "replace").decode().replace("\n", " ").replace("\r", " ")
+    return _truncate(ascii_only, 99).replace("…", "~")

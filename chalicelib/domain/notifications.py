@@ -1,0 +1,223 @@
+"""Which history events become notifications, and which routes of a pipeline receive them.
+
+The history event written with each transition is the outbox: the table's stream hands every new
+event to :func:`plan_messages`, and each message it returns is one delivery to one route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from chalicelib.domain.inbound_events import MalformedEvent
+from chalicelib.domain.pipelines import NotifyRoute, Pipeline
+from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, Trigger
+
+# Not one of the events a route subscribes to: a step inside a release (verification begins)
+# that only a Slack thread already following the release shows.
+PROGRESS = "progress"
+ROLLBACK_TRIGGERS = frozenset({Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK})
+# A Slack bot route keeps one thread per release up to date; every other kind posts once per event.
+THREADED_KIND = "slack"
+
+
+@dataclass(frozen=True)
+class StreamedEvent:
+    """A history event as the table's stream delivers it, with what routing needs of its release."""
+
+    release_id: str
+    pipeline: str
+    trigger: Trigger | None
+    event: HistoryEvent
+
+
+def notification_for(event: HistoryEvent, trigger: Trigger | None) -> str | None:
+    """The notification a history event stands for, or None when it stands for none.
+
+    ==========================================  ==============================================
+    history event (state after it)              notification
+    ==========================================  ==============================================
+    StateEntered DEPLOYING                      ``started`` (a rollback release too: the card
+                                                says it is a rollback)
+    StateEntered QUEUED                         ``queued``
+    StateEntered VERIFYING                      ``progress`` (Slack threads only)
+    ExecutionSucceeded SUCCEEDED                ``succeeded``; ``rolled_back`` for a release
+                                                whose trigger is rollback or auto_rollback: the
+                                                service is back on the last good revision
+    ExecutionFailed FAILED, detail failure      ``verify_failed``
+    "verify_failed"
+    ExecutionFailed FAILED, otherwise           ``failed``
+    ExecutionAborted STOPPED                    ``stopped``
+    ExecutionAborted SUPERSEDED                 ``superseded``
+    ==========================================  ==============================================
+
+    Everything else (ExecutionStarted in RECEIVED, task and health-check events) is not a
+    notification of its own: the diagnostics a failure needs are read from the history when the
+    failure is delivered, so a thread gets one reply per transition and no chatter.
+    """
+    state, kind = event.state, event.type
+    if kind is EventType.STATE_ENTERED:
+        return {
+            ReleaseState.DEPLOYING: "started",
+            ReleaseState.QUEUED: "queued",
+            ReleaseState.VERIFYING: PROGRESS,
+        }.get(state)
+    if kind is EventType.EXECUTION_SUCCEEDED:
+        return "rolled_back" if trigger in ROLLBACK_TRIGGERS else "succeeded"
+    if kind is EventType.EXECUTION_FAILED:
+        return "verify_failed" if event.detail.get("failure") == "verify_failed" else "failed"
+    if kind is EventType.EXECUTION_ABORTED:
+        return {ReleaseState.STOPPED: "stopped", ReleaseState.SUPERSEDED: "superseded"}.get(state)
+    return None
+
+
+def route_key(route: NotifyRoute) -> str:
+    """A route's stable name: its kind and a digest of its settings, so reordering the pipelines
+    file neither re-sends deliveries nor orphans Slack threads (changing a route's settings makes
+    it a new route)."""
+    settings = json.dumps(
+        {"kind": route.kind, **route.settings}, sort_keys=True, separators=(",", ":"), default=str
+    )
+    return f"{route.kind}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
+
+
+def opens_thread(route: NotifyRoute, notification: str) -> bool:
+    """Whether an event may post to a route where nothing was posted for the release yet."""
+    return notification in route.on
+
+
+def receives(route: NotifyRoute, notification: str) -> bool:
+    """A Slack bot route receives every transition, so that a thread once opened follows the
+    release to its end (its card never shows a stale state); ``on`` chooses which events open the
+    thread. Every other route receives just the events in its ``on``."""
+    if route.kind == THREADED_KIND:
+        return True
+    return notification in route.on
+
+
+@dataclass(frozen=True)
+class NotifyMessage:
+    """One delivery: a history event of a release, for one route of its pipeline."""
+
+    release_id: str
+    pipeline: str
+    route: str
+    notification: str
+    event: HistoryEvent
+
+    @property
+    def delivery_id(self) -> str:
+        """What makes a delivery unique: the release, the history event and the route."""
+        return f"{self.release_id}#{self.event.id}#{self.route}"
+
+    @property
+    def group_id(self) -> str:
+        """The FIFO group: one release on one route is delivered in order and one at a time (a
+        Slack thread's root is posted before its replies), while other routes are not held up."""
+        return f"{self.release_id}#{self.route}"
+
+    @property
+    def deduplication_id(self) -> str:
+        # SQS allows 128 characters; a release id and a route key may be longer together.
+        return hashlib.sha256(self.delivery_id.encode()).hexdigest()
+
+    def to_message(self) -> dict[str, Any]:
+        return {
+            "release_id": self.release_id,
+            "pipeline": self.pipeline,
+            "route": self.route,
+            "notification": self.notification,
+            "event": self.event.to_dict(),
+        }
+
+    @classmethod
+    def from_message(cls, raw: Any) -> NotifyMessage:
+        if not isinstance(raw, Mapping):
+            raise MalformedEvent(f"notify message must be a JSON object, got {type(raw).__name__}")
+        strings = {}
+        for name in ("release_id", "pipeline", "route", "notification"):
+            value = raw.get(name)
+            if not isinstance(value, str) or not value:
+                raise MalformedEvent(f"notify message: {name} must be a non-empty string, got {value!r}")
+            strings[name] = value
+        event = raw.get("event")
+        if not isinstance(event, Mapping):
+            raise MalformedEvent("notify message: event must be an object")
+        try:
+            history_event = HistoryEvent(
+                id=int(event["id"]),
+                previous_event_id=int(event["previous_event_id"]),
+                timestamp=datetime.fromisoformat(event["timestamp"]),
+                type=EventType(event["type"]),
+                state=ReleaseState(event["state"]),
+                detail=dict(event.get("detail") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as problem:
+            raise MalformedEvent(f"notify message: event is not a history event: {problem!r}") from None
+        return cls(event=history_event, **strings)
+
+
+def plan_messages(pipeline: Pipeline | None, streamed: StreamedEvent) -> list[NotifyMessage]:
+    """The deliveries one new history event asks for: one per route that receives it."""
+    if pipeline is None:
+        return []
+    notification = notification_for(streamed.event, streamed.trigger)
+    if notification is None:
+        return []
+    return [
+        NotifyMessage(
+            release_id=streamed.release_id,
+            pipeline=streamed.pipeline,
+            route=route_key(route),
+            notification=notification,
+            event=streamed.event,
+        )
+        for route in pipeline.notify
+        if receives(route, notification)
+    ]
+
+
+def find_route(pipeline: Pipeline | None, key: str) -> NotifyRoute | None:
+    if pipeline is None:
+        return None
+    return next((route for route in pipeline.notify if route_key(route) == key), None)
+
+
+@dataclass(frozen=True)
+class SlackThread:
+    """Where a release's thread lives on one Slack route: the root message's channel id and ts."""
+
+    channel: str
+    ts: str
+
+    def to_stored(self) -> str:
+        return f"{self.channel}/{self.ts}"
+
+    @classmethod
+    def from_stored(cls, value: str) -> SlackThread:
+        channel, _, ts = value.partition("/")
+        return cls(channel, ts)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """A secret named in the pipelines file: an SSM parameter or a Secrets Manager secret."""
+
+    source: str  # "ssm" | "secretsmanager"
+    name: str
+
+
+SECRET_SOURCES = {"_parameter": "ssm", "_secret": "secretsmanager"}
+
+
+def secret_ref(settings: Mapping[str, Any], name: str) -> SecretRef | None:
+    """``<name>_parameter`` (SSM Parameter Store) or ``<name>_secret`` (Secrets Manager)."""
+    for suffix, source in SECRET_SOURCES.items():
+        value = settings.get(f"{name}{suffix}")
+        if isinstance(value, str) and value:
+            return SecretRef(source, value)
+    return None

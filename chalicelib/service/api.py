@@ -1,0 +1,410 @@
+"""The use cases behind the HTTP API: read releases and pipelines; deploy, redeploy, roll back
+and cancel on behalf of a caller, who is recorded as the actor.
+
+Each returns an ``Answer`` or raises an ``ApiError`` whose message says what to fix. New releases
+go through ``submit``, like uploads, so the API adds no second way into a pipeline's slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from chalicelib.domain.api_requests import (
+    Conflict,
+    DeployRequest,
+    Invalid,
+    ListQuery,
+    NotFound,
+    encode_cursor,
+    known_release_id,
+)
+from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.release import EventType, Release, ReleaseState, Revision, Step, Trigger, record
+from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.service.ports import Change, DeploymentAlreadyEnded, IdempotencyRecord, StoredObject
+from chalicelib.service.slot_flow import finish
+from chalicelib.service.submission import Submission, submit
+
+# How long an answer is replayed for its Idempotency-Key (then DynamoDB's TTL removes it).
+IDEMPOTENCY_TTL = timedelta(hours=24)
+# API Gateway gives up on a request after 29 s: a claim older than this belongs to a request
+# that died, and a retry may take it over (the release id it derives is the same, so the
+# retry finds the release the dead request created instead of deploying again).
+IN_PROGRESS_LEASE = timedelta(minutes=2)
+# Instance statuses CodeDeploy is done with.
+_DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Mapping[str, Any]
+    # Set when the answer is the stored one of an earlier request with the same Idempotency-Key.
+    replayed: bool = False
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def answer_once(context: Context, key: str | None, fingerprint: str, run: Callable[[], Answer]) -> Answer:
+    """Run a POST at most once per Idempotency-Key: the same key and request get the first answer
+    again, a different request under the same key is refused."""
+    if key is None:
+        return run()
+    now = context.clock.now()
+    claim = IdempotencyRecord(
+        key=key, fingerprint=fingerprint, claimed_at=now, expires_at=now + IDEMPOTENCY_TTL
+    )
+    held = context.store.claim_idempotency(claim, stale_before=now - IN_PROGRESS_LEASE)
+    if held is not None:
+        if held.fingerprint != fingerprint:
+            raise Invalid(
+                "this Idempotency-Key was already used for a different request; send a new key "
+                "for a new request"
+            )
+        if held.status is None or held.body is None:
+            raise Conflict(
+                "a request with this Idempotency-Key is still being answered; retry in a few seconds"
+            )
+        return Answer(held.status, json.loads(held.body), replayed=True)
+    try:
+        answer = run()
+    except BaseException:
+        # Refused or failed: nothing was promised, so the caller may fix the request and retry.
+        try:
+            context.store.drop_idempotency(key)
+        except Exception:
+            logger.exception("could not drop an idempotency claim; it lapses by itself", extra={"key": key})
+        raise
+    answered = dataclasses.replace(claim, status=answer.status, body=json.dumps(dict(answer.body)))
+    context.store.save_idempotent_answer(answered)
+    return answer
+
+
+def list_releases(context: Context, query: ListQuery) -> Answer:
+    """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
+    query per pipeline, and the token (a position in time) works the same for one or all."""
+    if query.pipeline is not None:
+        _pipeline_for_value(context, query.pipeline)
+        names = [query.pipeline]
+    else:
+        names = [pipeline.name for pipeline in context.pipelines.pipelines]
+    # One more than asked says whether there is a next page.
+    found = [
+        release
+        for name in names
+        for release in context.store.list_releases(name, query.limit + 1, query.before)
+    ]
+    found.sort(key=_position, reverse=True)
+    page = found[: query.limit]
+    token = encode_cursor(_position(page[-1])) if len(found) > query.limit else None
+    return Answer(200, {"releases": [release.to_dict() for release in page], "next": token})
+
+
+def _position(release: Release) -> str:
+    """Where the release sits in the by_pipeline index (its ``created_key``)."""
+    return f"{release.created_at.isoformat()}#{release.id}"
+
+
+def release_detail(context: Context, release_id: str) -> Answer:
+    release = _release(context, release_id)
+    body = {**release.to_dict(), "history": [event.to_dict() for event in context.store.history(release.id)]}
+    progress = _progress(context, release)
+    if progress is not None:
+        body["progress"] = progress
+    return Answer(200, body)
+
+
+def _progress(context: Context, release: Release) -> dict[str, Any] | None:
+    """How far the release got: CodeDeploy's instance counts while deploying, the healthy
+    streak while verifying."""
+    if release.state is ReleaseState.VERIFYING and release.verification is not None:
+        verification = release.verification
+        return {
+            "phase": "verifying",
+            "checks_done": verification.checks_done,
+            "checks_needed": verification.healthy_checks,
+            "deadline": verification.deadline.isoformat(),
+        }
+    if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
+        return None
+    try:
+        info = context.deployments.describe(release.deployment_id)
+    except Exception:
+        # Progress is a courtesy: the release itself was read, so answer without it.
+        logger.warning("could not read the deployment's progress", extra={"release_id": release.id})
+        return None
+    counts = dict(info.instance_counts)
+    return {
+        "phase": "deploying",
+        "deployment_status": info.status,
+        "instances_total": sum(counts.values()),
+        "instances_done": sum(counts.get(status, 0) for status in _DONE_STATUSES),
+        "instances": counts,
+    }
+
+
+def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Answer:
+    """Deploy an object of a pipeline that is already in S3 (an upload that was missed, or an
+    older object again)."""
+    pipeline = _pipeline_for_value(context, request.pipeline)
+    where = f"s3://{pipeline.bucket}/{pipeline.prefix}"
+    if request.bucket is not None and request.bucket != pipeline.bucket:
+        raise Invalid(
+            f"pipeline {pipeline.name!r} deploys from bucket {pipeline.bucket!r}, not {request.bucket!r}"
+        )
+    if not pipeline.matches(pipeline.bucket, request.key):
+        raise Invalid(
+            f"key {request.key[:200]!r} is not under {where}: "
+            f"pipeline {pipeline.name!r} deploys only from there"
+        )
+    if Revision(pipeline.bucket, request.key, None, None).bundle_type is None:
+        raise Invalid(
+            f"key {request.key[:200]!r} is not a CodeDeploy bundle: "
+            "it must end in .zip, .tar, .tar.gz or .tgz"
+        )
+    stored = context.artifacts.find(pipeline.bucket, request.key, request.version)
+    if stored is None:
+        version = f" version {request.version!r}" if request.version else ""
+        raise Invalid(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
+    return _submit(
+        context,
+        pipeline,
+        stored.revision,
+        trigger=Trigger.API,
+        actor=actor,
+        release_id=release_id,
+        metadata=stored.metadata,
+    )
+
+
+def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Answer:
+    """Deploy the exact revision of an earlier release again, as a new release."""
+    original = _release(context, release_id)
+    if not original.state.is_terminal:
+        raise Conflict(
+            f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
+        )
+    pipeline = _pipeline_for_release(context, original)
+    stored = _still_in_s3(context, original)
+    return _submit(
+        context,
+        pipeline,
+        stored.revision,
+        trigger=Trigger.API,
+        actor=actor,
+        release_id=new_release_id,
+        metadata={**original.metadata, "redeploy_of": original.id},
+    )
+
+
+def roll_back(
+    context: Context, pipeline_name: str, to: str | None, actor: str, new_release_id: str
+) -> Answer:
+    """A new release of an earlier verified revision: ``to``, or the pipeline's last good one.
+    Like an automatic rollback it goes ahead of every waiting release."""
+    pipeline = _pipeline_for_path(context, pipeline_name)
+    slot = context.store.get_slot(pipeline.name)
+    if to is None:
+        if slot.last_good is None:
+            raise Conflict(
+                f"no release of pipeline {pipeline.name!r} has succeeded yet: "
+                "there is nothing to roll back to"
+            )
+        target = _release(context, slot.last_good)
+    else:
+        found = context.store.get_release(to)
+        if found is None or found.pipeline != pipeline.name:
+            raise Invalid(f"field 'to': pipeline {pipeline.name!r} has no release {to!r}")
+        if found.state is not ReleaseState.SUCCEEDED:
+            raise Invalid(
+                f"field 'to': release {to} is {found.state.value}; "
+                "only a SUCCEEDED release can be rolled back to"
+            )
+        target = found
+    newest = context.store.list_releases(pipeline.name, 1, None)
+    current = slot.active or (newest[0].id if newest else None)
+    if current is None or current == target.id:
+        raise Conflict(
+            f"release {target.id} is already the current release of {pipeline.name!r}; "
+            'name an earlier SUCCEEDED release with {"to": id}'
+        )
+    stored = _still_in_s3(context, target)
+    return _submit(
+        context,
+        pipeline,
+        stored.revision,
+        trigger=Trigger.ROLLBACK,
+        actor=actor,
+        release_id=new_release_id,
+        metadata={**target.metadata, "rolled_back_to": target.id},
+        rollback_of=current,
+    )
+
+
+def cancel(context: Context, release_id: str, actor: str) -> Answer:
+    """A waiting or verifying release stops at once (200); a deploying one asks CodeDeploy to
+    stop (202), and CodeDeploy's STOP event then finishes it."""
+    release = _release(context, release_id)
+    if release.state.is_terminal:
+        raise Conflict(f"release {release.id} already ended {release.state.value}: {release.reason}")
+    if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
+        finished = finish(
+            context,
+            release.id,
+            ReleaseState.STOPPED,
+            reason=f"cancelled by {actor}",
+            detail={"actor": actor},
+        )
+        if finished is None:
+            moved = _release(context, release.id)
+            raise Conflict(
+                f"release {release.id} moved to {moved.state.value} meanwhile; look again before cancelling"
+            )
+        return Answer(200, finished.to_dict())
+    if release.deployment_id is None:
+        # RECEIVED, or DEPLOYING while CreateDeployment is in flight: stopping now could race
+        # the deployment being created.
+        raise Conflict(f"release {release.id} is being started; retry the cancel in a few seconds")
+    pipeline = context.pipelines.named(release.pipeline)
+    # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
+    # on the instances this deployment already updated.
+    auto_rollback = bool(pipeline and pipeline.rollback.on_deploy_failure)
+    try:
+        context.deployments.stop(release.deployment_id, auto_rollback)
+    except DeploymentAlreadyEnded:
+        raise Conflict(
+            f"CodeDeploy deployment {release.deployment_id} already ended; release {release.id} "
+            "records its outcome shortly"
+        ) from None
+    return Answer(202, _record_stop_requested(context, release.id, actor, auto_rollback).to_dict())
+
+
+def _record_stop_requested(context: Context, release_id: str, actor: str, auto_rollback: bool) -> Release:
+    def decide() -> Release:
+        release = _release(context, release_id)
+        if release.state is not ReleaseState.DEPLOYING:
+            return release
+        step = record(
+            Step(release, ()),
+            EventType.TASK_SCHEDULED,
+            now=context.clock.now(),
+            detail={
+                "task": "StopDeployment",
+                "deployment_id": release.deployment_id,
+                "auto_rollback": auto_rollback,
+                "actor": actor,
+            },
+        )
+        context.store.commit(Change(releases=[step.release], events={release.id: step.events}))
+        return step.release
+
+    return retry_on_conflict(decide)
+
+
+def list_pipelines(context: Context) -> Answer:
+    return Answer(
+        200,
+        {"pipelines": [_pipeline_status(context, pipeline)[0] for pipeline in context.pipelines.pipelines]},
+    )
+
+
+def pipeline_detail(context: Context, name: str) -> Answer:
+    """The pipeline with its slot, and the releases the slot names in full."""
+    status, release_ids = _pipeline_status(context, _pipeline_for_path(context, name))
+    releases = {release.id: release.to_dict() for release in context.store.get_releases(release_ids)}
+    status["active_release"] = releases.get(status["active"]) if status["active"] else None
+    status["waiting_releases"] = [releases[waiting] for waiting in status["waiting"] if waiting in releases]
+    status["last_good_release"] = releases.get(status["last_good"]) if status["last_good"] else None
+    return Answer(200, status)
+
+
+def _pipeline_status(context: Context, pipeline: Pipeline) -> tuple[dict[str, Any], list[str]]:
+    slot = context.store.get_slot(pipeline.name)
+    status: dict[str, Any] = {
+        **pipeline.to_dict(),
+        "active": slot.active,
+        "waiting": list(slot.waiting),
+        "last_good": slot.last_good,
+    }
+    named = [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
+    return status, named
+
+
+def _submit(
+    context: Context,
+    pipeline: Pipeline,
+    revision: Revision,
+    *,
+    trigger: Trigger,
+    actor: str,
+    release_id: str,
+    metadata: Mapping[str, str],
+    rollback_of: str | None = None,
+) -> Answer:
+    with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
+        release, created = submit(
+            context,
+            Submission(
+                release_id=release_id,
+                pipeline=pipeline,
+                revision=revision,
+                trigger=trigger,
+                actor=actor,
+                metadata=metadata,
+                rollback_of=rollback_of,
+            ),
+        )
+    # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
+    latest = context.store.get_release(release.id) or release
+    return Answer(201 if created else 200, latest.to_dict(), headers={"Location": f"/releases/{latest.id}"})
+
+
+def _release(context: Context, release_id: str) -> Release:
+    release = context.store.get_release(release_id) if known_release_id(release_id) else None
+    if release is None:
+        raise NotFound(f"no release {release_id[:200]!r}")
+    return release
+
+
+def _pipeline_for_path(context: Context, name: str) -> Pipeline:
+    pipeline = context.pipelines.named(name)
+    if pipeline is None:
+        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(context)}")
+    return pipeline
+
+
+def _pipeline_for_value(context: Context, name: str) -> Pipeline:
+    pipeline = context.pipelines.named(name)
+    if pipeline is None:
+        raise Invalid(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
+    return pipeline
+
+
+def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
+    pipeline = context.pipelines.named(release.pipeline)
+    if pipeline is None:
+        raise Conflict(f"pipeline {release.pipeline!r} of release {release.id} is no longer configured")
+    return pipeline
+
+
+def _configured(context: Context) -> str:
+    return ", ".join(pipeline.name for pipeline in context.pipelines.pipelines)
+
+
+def _still_in_s3(context: Context, release: Release) -> StoredObject:
+    """The release's exact revision, if S3 still has it (an unversioned object must still be the
+    same bytes: same eTag)."""
+    revision = release.revision
+    stored = context.artifacts.find(revision.bucket, revision.key, revision.version)
+    if stored is None or (
+        revision.version is None and revision.etag and stored.revision.etag != revision.etag
+    ):
+        raise Conflict(
+            f"the bundle of release {release.id} (s3://{revision.bucket}/{revision.key}) is no longer in S3 "
+            "as it was; upload it again"
+        )
+    return stored

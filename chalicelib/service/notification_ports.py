@@ -1,0 +1,124 @@
+"""What the notification use cases need from the outside world: the notify queue and its
+dead-letter queue, the delivery log, secrets and the channels.
+
+Channel adapters raise :class:`DeliveryRejected` when retrying cannot help and
+:class:`DeliveryDeferred` when the channel asks to be called again later; anything else they raise
+is transient and retried with backoff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+from chalicelib.domain.notifications import NotifyMessage, SecretRef, SlackThread
+
+
+class DeliveryRejected(Exception):
+    """The channel refused for good (bad token, unknown channel, unverified sender): the message
+    goes to the dead-letter queue with this reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeliveryDeferred(Exception):
+    """The channel asked to be called again after ``retry_after_s`` (Slack's 429 Retry-After)."""
+
+    def __init__(self, reason: str, retry_after_s: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """How the notify queue knows the message being handled: to delay its next delivery."""
+
+    handle: str
+    receive_count: int
+
+
+class NotifyQueue(Protocol):
+    def send(self, messages: Sequence[NotifyMessage]) -> None:
+        """Enqueue every message or raise (a partial send raises too; the resend is deduplicated)."""
+        ...
+
+    def retry_after(self, receipt: Receipt, delay_s: int) -> None:
+        """Make the message being handled visible again only after ``delay_s``."""
+        ...
+
+    def dead_letter(self, message: NotifyMessage, reason: str) -> None: ...
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"  # this attempt delivers
+    DELIVERED = "delivered"  # an earlier attempt delivered: nothing to do
+    BUSY = "busy"  # another attempt is delivering right now
+
+
+class DeliveryLog(Protocol):
+    """One record per (release, history event, route), written conditionally."""
+
+    def claim(self, message: NotifyMessage, now: datetime) -> Claim: ...
+
+    def confirm(self, message: NotifyMessage, now: datetime) -> None: ...
+
+    def release(self, message: NotifyMessage) -> None:
+        """Give up a claim whose delivery failed, so the retry may claim it at once."""
+        ...
+
+
+class Secrets(Protocol):
+    def get(self, ref: SecretRef) -> str: ...
+
+
+class SlackThreads(Protocol):
+    """Slack's Web API with a bot token."""
+
+    def post(
+        self,
+        token: str,
+        channel: str,
+        text: str,
+        blocks: Sequence[Mapping[str, object]],
+        thread_ts: str | None,
+    ) -> SlackThread:
+        """Post a message (a reply when ``thread_ts`` is given); return where it landed."""
+        ...
+
+    def update(
+        self, token: str, thread: SlackThread, text: str, blocks: Sequence[Mapping[str, object]]
+    ) -> None: ...
+
+
+class SlackWebhook(Protocol):
+    def send(self, url: str, text: str, blocks: Sequence[Mapping[str, object]]) -> None: ...
+
+
+class EmailSender(Protocol):
+    def send(self, sender: str, recipients: Sequence[str], subject: str, text: str, html: str) -> None: ...
+
+
+class TopicPublisher(Protocol):
+    def publish(self, topic_arn: str, subject: str, message: str, attributes: Mapping[str, str]) -> None: ...
+
+
+class WebhookPoster(Protocol):
+    def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class NotificationAdapters:
+    queue: NotifyQueue
+    deliveries: DeliveryLog
+    secrets: Secrets
+    slack: SlackThreads
+    slack_webhook: SlackWebhook
+    email: EmailSender
+    sns: TopicPublisher
+    webhook: WebhookPoster

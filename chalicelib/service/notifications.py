@@ -1,0 +1,231 @@
+"""Notifications: the table's stream publishes each new history event to the routes that receive
+it (the outbox, DESIGN.md section 5), and the notify queue delivers each (release, history event,
+route) once.
+
+Retries: a refusal no retry can fix goes to the dead-letter queue at once with its reason; a
+channel's Retry-After delays the message by exactly that; anything else comes back with
+exponential backoff, and after the queue's ``maxReceiveCount`` SQS moves it to the dead-letter
+queue itself. A channel that fails never holds up another: each route is its own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+from chalicelib.domain.notification_content import (
+    FAILURES,
+    Notice,
+    build_notice,
+    email,
+    mentions,
+    needs_history,
+    payload_json,
+    slack_card,
+    slack_reply,
+    slack_webhook_message,
+    sns_subject,
+)
+from chalicelib.domain.notification_signature import SIGNATURE_HEADER, sign
+from chalicelib.domain.notifications import (
+    NotifyMessage,
+    SlackThread,
+    StreamedEvent,
+    find_route,
+    opens_thread,
+    plan_messages,
+    secret_ref,
+)
+from chalicelib.domain.pipelines import NotifyRoute
+from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.service.notification_ports import (
+    Claim,
+    DeliveryDeferred,
+    DeliveryRejected,
+    NotificationAdapters,
+    Receipt,
+)
+from chalicelib.service.ports import Change
+
+# Transient failures come back after 5 s, 10 s, 20 s... (by receive count), at most 15 minutes.
+RETRY_BASE_S = 5
+RETRY_MAX_S = 900
+# Another attempt holds the delivery's claim: look again after this long.
+BUSY_RETRY_S = 30
+
+
+class NotificationsNotConfigured(RuntimeError):
+    """The function has no notify queue (``NOTIFY_QUEUE_URL``) to publish to or deliver from."""
+
+
+class DeliveryBusy(RuntimeError):
+    """Another attempt is delivering this message right now; retried later, never posted twice."""
+
+
+def _adapters(context: Context) -> NotificationAdapters:
+    if context.notifications is None:
+        raise NotificationsNotConfigured("NOTIFY_QUEUE_URL is not set: notifications are not wired")
+    return context.notifications
+
+
+def publish(context: Context, streamed: StreamedEvent) -> int:
+    """Enqueue one message per route that receives this history event; returns how many."""
+    messages = plan_messages(context.pipelines.named(streamed.pipeline), streamed)
+    if messages:
+        _adapters(context).queue.send(messages)
+        logger.info(
+            "notifications queued",
+            extra={"event_id": streamed.event.id, "routes": [message.route for message in messages]},
+        )
+    return len(messages)
+
+
+def retry_delay_s(receive_count: int) -> int:
+    return int(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, receive_count - 1)))
+
+
+def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = None) -> str:
+    """Deliver one message to its route, once. Returns ``delivered``, ``duplicate``, ``skipped``
+    or ``dead_lettered``; raises when the message should come back later (``receipt`` then sets
+    when)."""
+    adapters = _adapters(context)
+    route = find_route(context.pipelines.named(message.pipeline), message.route)
+    log_keys = {"route": message.route, "notification": message.notification, "event_id": message.event.id}
+    if route is None:
+        logger.warning("notify route no longer configured; message dropped", extra=log_keys)
+        return "skipped"
+    claim = adapters.deliveries.claim(message, context.clock.now())
+    if claim is Claim.DELIVERED:
+        logger.info("already delivered; duplicate dropped", extra=log_keys)
+        return "duplicate"
+    if claim is Claim.BUSY:
+        if receipt is not None:
+            adapters.queue.retry_after(receipt, BUSY_RETRY_S)
+        raise DeliveryBusy(f"delivery {message.delivery_id} is in progress elsewhere")
+    try:
+        sent = _send(context, adapters, route, message)
+    except DeliveryRejected as rejected:
+        adapters.deliveries.release(message)
+        logger.error(
+            "notification refused for good; sent to the dead-letter queue",
+            extra={**log_keys, "kind": route.kind, "reason": rejected.reason},
+        )
+        adapters.queue.dead_letter(message, rejected.reason)
+        return "dead_lettered"
+    except DeliveryDeferred as deferred:
+        adapters.deliveries.release(message)
+        logger.warning(
+            "channel asked to retry later",
+            extra={**log_keys, "kind": route.kind, "retry_after_s": deferred.retry_after_s},
+        )
+        if receipt is not None:
+            adapters.queue.retry_after(receipt, deferred.retry_after_s)
+        raise
+    except Exception as error:
+        adapters.deliveries.release(message)
+        delay = retry_delay_s(receipt.receive_count) if receipt else RETRY_BASE_S
+        logger.warning(
+            "delivery failed; will be retried",
+            extra={**log_keys, "kind": route.kind, "error": type(error).__name__, "retry_in_s": delay},
+        )
+        if receipt is not None:
+            adapters.queue.retry_after(receipt, delay)
+        raise
+    # A skipped message (nothing to post) is recorded too: its duplicates need no second look.
+    adapters.deliveries.confirm(message, context.clock.now())
+    outcome = "delivered" if sent else "skipped"
+    logger.info(f"notification {outcome}", extra={**log_keys, "kind": route.kind})
+    return outcome
+
+
+def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: str) -> str:
+    ref = secret_ref(settings, name)
+    if ref is None:  # the pipelines file is validated at load; a hand-made route may still lack it
+        raise DeliveryRejected(f"route has no {name}_parameter or {name}_secret")
+    return adapters.secrets.get(ref)
+
+
+def _send(
+    context: Context, adapters: NotificationAdapters, route: NotifyRoute, message: NotifyMessage
+) -> bool:
+    """Render and send; False when there was nothing to send."""
+    release = context.store.get_release(message.release_id)
+    if release is None:
+        logger.warning(
+            "notification for a release that does not exist; dropped", extra={"route": message.route}
+        )
+        return False
+    history = context.store.history(release.id) if needs_history(message.notification) else []
+    notice = build_notice(release, message.event, message.notification, history)
+    settings = route.settings
+    if route.kind == "slack":
+        return _post_to_thread(context, adapters, route, message, notice)
+    if route.kind == "slack_webhook":
+        content = slack_webhook_message(notice, mentions(settings, notice))
+        adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
+    elif route.kind == "email":
+        mail = email(notice)
+        adapters.email.send(settings["sender"], list(settings["to"]), mail.subject, mail.text, mail.html)
+    elif route.kind == "sns":
+        attributes = {
+            "notification": notice.notification,
+            "pipeline": release.pipeline,
+            "state": release.state.value,
+        }
+        adapters.sns.publish(
+            settings["topic_arn"], sns_subject(notice), payload_json(notice).decode(), attributes
+        )
+    elif route.kind == "webhook":
+        url = settings.get("url") or _secret(adapters, settings, "url")
+        key = _secret(adapters, settings, "signing_key")
+        body = payload_json(notice)
+        signature = sign(body, key.encode(), int(context.clock.now().timestamp()))
+        adapters.webhook.post(url, body, {SIGNATURE_HEADER: signature})
+    else:
+        raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
+    return True
+
+
+def _post_to_thread(
+    context: Context,
+    adapters: NotificationAdapters,
+    route: NotifyRoute,
+    message: NotifyMessage,
+    notice: Notice,
+) -> bool:
+    """The release's thread on this route: the first event posts the root card (and, for a
+    failure, the reply with its details); each later one edits the card to the release's current
+    state and replies with what happened. The card is edited before the reply so that a retry
+    after a failed reply repeats only an idempotent edit."""
+    settings = route.settings
+    token = _secret(adapters, settings, "token")
+    card = slack_card(notice)
+    stored = notice.release.notification_threads.get(message.route)
+    if stored is None:
+        if not opens_thread(route, message.notification):
+            return False
+        thread = adapters.slack.post(token, settings["channel"], card.text, card.blocks, None)
+        _remember_thread(context, notice.release.id, message.route, thread)
+        if message.notification not in FAILURES:
+            return True
+    else:
+        thread = SlackThread.from_stored(stored)
+        adapters.slack.update(token, thread, card.text, card.blocks)
+    reply = slack_reply(notice, mentions(settings, notice))
+    adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts)
+    return True
+
+
+def _remember_thread(context: Context, release_id: str, route: str, thread: SlackThread) -> None:
+    """Store the thread on the release through the versioned write: a transition racing with it
+    re-reads (and keeps the thread) instead of erasing it."""
+
+    def decide() -> None:
+        current = context.store.get_release(release_id)
+        if current is None or current.notification_threads.get(route) == thread.to_stored():
+            return
+        threads = {**current.notification_threads, route: thread.to_stored()}
+        context.store.commit(Change(releases=[replace(current, notification_threads=threads)]))
+
+    retry_on_conflict(decide)

@@ -1,0 +1,431 @@
+"""``relco``: releases from the terminal and from CI, through the Release Coordinator API.
+
+Every command prints for people, or one JSON document with ``--json``. Errors (no API URL, no
+credentials, an API refusal with the API's message, an invalid bundle) exit 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+
+from relco import timeline
+from relco.api_client import ApiClient, ApiRefused, ClientProblem
+from relco.bundle import InvalidBundle, build_bundle, check_bundle
+
+TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "SUPERSEDED"})
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+idempotency_option = click.option(
+    "--idempotency-key",
+    default=None,
+    help="Send this Idempotency-Key (default: a fresh one per command; reuse one to retry safely).",
+)
+# S3 user metadata travels in HTTP headers: ASCII only, and kept short.
+_METADATA_LIMIT = 512
+
+
+@click.group()
+@click.option("--api-url", envvar="RELCO_API_URL", help="The API's URL (or set RELCO_API_URL).")
+@click.option("--region", envvar="RELCO_REGION", help="Region to sign for (default: from the API URL).")
+@click.pass_context
+def main(ctx: click.Context, api_url: str | None, region: str | None) -> None:
+    """Deploy, redeploy, roll back, cancel and watch releases."""
+    ctx.obj = {"api_url": api_url, "region": region}
+
+
+def _client(ctx: click.Context) -> ApiClient:
+    obj = ctx.find_root().obj
+    return ApiClient(obj["api_url"], obj["region"])
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """The CLI's failures, said plainly: no traceback for a refusal or a missing setting."""
+    try:
+        yield
+    except (ClientProblem, ApiRefused, InvalidBundle) as problem:
+        raise click.ClickException(str(problem)) from None
+
+
+def _emit(as_json: bool, document: Any, text: Callable[[], str]) -> None:
+    click.echo(json.dumps(document, indent=2) if as_json else text())
+
+
+def _path_id(value: str) -> str:
+    return quote(value, safe="")
+
+
+@main.command()
+@click.option("--pipeline", help="Only this pipeline's releases.")
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--next", "next_token", help="The token a previous page gave.")
+@json_option
+@click.pass_context
+def releases(
+    ctx: click.Context, pipeline: str | None, limit: int, next_token: str | None, as_json: bool
+) -> None:
+    """Releases, newest first."""
+    with _errors():
+        page = _client(ctx).get("/releases", {"pipeline": pipeline, "limit": limit, "next": next_token})
+
+    def text() -> str:
+        more = f"\nmore: relco releases --next {page['next']}" if page.get("next") else ""
+        return timeline.release_table(page["releases"]) + more
+
+    _emit(as_json, page, text)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def pipelines(ctx: click.Context, as_json: bool) -> None:
+    """Pipelines with their active, waiting and last good releases."""
+    with _errors():
+        listed = _client(ctx).get("/pipelines")
+
+    def text() -> str:
+        return "\n".join(
+            f"{p['name']}  s3://{p['bucket']}/{p['prefix']}  active={p['active'] or '-'}  "
+            f"waiting={len(p['waiting'])}  last_good={p['last_good'] or '-'}"
+            for p in listed["pipelines"]
+        )
+
+    _emit(as_json, listed, text)
+
+
+@main.command()
+@click.argument("release_id")
+@json_option
+@click.pass_context
+def show(ctx: click.Context, release_id: str, as_json: bool) -> None:
+    """A release and its history as a timeline."""
+    with _errors():
+        release = _client(ctx).get(f"/releases/{_path_id(release_id)}")
+    _emit(as_json, release, lambda: timeline.release_card(release))
+
+
+def _started(as_json: bool, release: Mapping[str, Any]) -> None:
+    _emit(
+        as_json, release, lambda: timeline.release_line(release) + f"\nfollow it: relco watch {release['id']}"
+    )
+
+
+@main.command()
+@click.argument("pipeline")
+@click.argument("key")
+@click.option("--version", "version_id", help="An S3 version id of the object (default: the current one).")
+@idempotency_option
+@json_option
+@click.pass_context
+def deploy(
+    ctx: click.Context,
+    *,
+    pipeline: str,
+    key: str,
+    version_id: str | None,
+    idempotency_key: str | None,
+    as_json: bool,
+) -> None:
+    """Deploy an object of PIPELINE that is already in S3."""
+    body = {"pipeline": pipeline, "key": key, **({"version": version_id} if version_id else {})}
+    with _errors():
+        release = _client(ctx).post("/releases", body, idempotency_key or str(uuid.uuid4()))
+    _started(as_json, release)
+
+
+@main.command()
+@click.argument("release_id")
+@idempotency_option
+@json_option
+@click.pass_context
+def redeploy(ctx: click.Context, release_id: str, idempotency_key: str | None, as_json: bool) -> None:
+    """Deploy a finished release's revision again."""
+    with _errors():
+        release = _client(ctx).post(
+            f"/releases/{_path_id(release_id)}/redeploy", None, idempotency_key or str(uuid.uuid4())
+        )
+    _started(as_json, release)
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--to", "target", help="A SUCCEEDED release to go back to (default: the last good one).")
+@idempotency_option
+@json_option
+@click.pass_context
+def rollback(
+    ctx: click.Context, pipeline: str, target: str | None, idempotency_key: str | None, as_json: bool
+) -> None:
+    """Roll PIPELINE back to its last good release, or to --to."""
+    with _errors():
+        release = _client(ctx).post(
+            f"/pipelines/{_path_id(pipeline)}/rollback",
+            {"to": target} if target else None,
+            idempotency_key or str(uuid.uuid4()),
+        )
+    _started(as_json, release)
+
+
+@main.command()
+@click.argument("release_id")
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, release_id: str, as_json: bool) -> None:
+    """Stop a waiting or verifying release; ask CodeDeploy to stop a deploying one."""
+    with _errors():
+        release = _client(ctx).post(f"/releases/{_path_id(release_id)}/cancel", None, str(uuid.uuid4()))
+
+    def text() -> str:
+        if release["state"] == "DEPLOYING":
+            return f"{release['id']}: CodeDeploy was asked to stop deployment {release['deployment_id']}"
+        return f"{release['id']}: {release['state']} ({release['reason']})"
+
+    _emit(as_json, release, text)
+
+
+@main.command()
+@click.argument("release_id")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 60),
+    default=5.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option(
+    "--timeout", type=click.FloatRange(1), default=3600.0, show_default=True, help="Give up after this long."
+)
+@json_option
+@click.pass_context
+def watch(ctx: click.Context, release_id: str, interval: float, timeout: float, as_json: bool) -> None:
+    """Follow a release until it ends; exit 0 only if it SUCCEEDED."""
+    with _errors():
+        client = _client(ctx)
+        deadline = time.monotonic() + timeout
+        shown: set[str] = set()
+        while True:
+            release = client.get(f"/releases/{_path_id(release_id)}")
+            if not as_json:
+                for line in _news(release, shown):
+                    click.echo(line)
+            if release["state"] in TERMINAL_STATES:
+                break
+            if time.monotonic() >= deadline:
+                raise click.ClickException(
+                    f"release {release_id} is still {release['state']} after {timeout:.0f} s"
+                )
+            time.sleep(interval)
+    if as_json:
+        click.echo(json.dumps(release, indent=2))
+    elif release["reason"]:
+        click.echo(f"{release['id']} {release['state']}: {release['reason']}")
+    ctx.exit(0 if release["state"] == "SUCCEEDED" else 1)
+
+
+def _news(release: Mapping[str, Any], shown: set[str]) -> list[str]:
+    """History events and progress not printed yet."""
+    lines = []
+    for event in release.get("history") or []:
+        marker = f"event {event['id']}"
+        if marker not in shown:
+            shown.add(marker)
+            lines.append(timeline.history_line(event))
+    progress = timeline.progress_line(release)
+    if progress and progress not in shown:
+        shown.add(progress)
+        lines.append(f"        {progress}")
+    return lines
+
+
+@main.group()
+def bundle() -> None:
+    """Build and upload CodeDeploy bundles."""
+
+
+@bundle.command("build")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Zip to write (default: DIRECTORY.zip).",
+)
+@json_option
+def bundle_build(directory: Path, output: Path | None, as_json: bool) -> None:
+    """Check DIRECTORY's appspec.yml (version, os, hooks, scripts present and executable), then zip it."""
+    with _errors():
+        built = build_bundle(directory, output or Path(f"{directory.resolve().name}.zip"))
+    _emit(
+        as_json,
+        built.to_dict(),
+        lambda: f"{built.path}: {built.files} files, {built.size} bytes, sha256 {built.sha256}",
+    )
+
+
+@bundle.command("push")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--pipeline", required=True, help="The pipeline to deploy with.")
+@click.option("--bucket", help="Upload bucket (default: the pipeline's, from the API).")
+@click.option("--prefix", help="Key prefix (default: the pipeline's, from the API).")
+@click.option("--version-label", help="Label for this build (default: git describe, else a timestamp).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the release.",
+)
+@json_option
+@click.pass_context
+def bundle_push(
+    ctx: click.Context,
+    *,
+    directory: Path,
+    pipeline: str,
+    bucket: str | None,
+    prefix: str | None,
+    version_label: str | None,
+    wait: float,
+    as_json: bool,
+) -> None:
+    """Build DIRECTORY, upload it under the pipeline's prefix with git metadata, and print the
+    release the upload started."""
+    with _errors():
+        problems = check_bundle(directory)
+        if problems:
+            raise InvalidBundle(directory, problems)
+        client = _client(ctx)
+        if bucket is None or prefix is None:
+            configured = client.get(f"/pipelines/{_path_id(pipeline)}")
+            bucket = bucket or configured["bucket"]
+            prefix = configured["prefix"] if prefix is None else prefix
+        git = _git_facts(directory)
+        label = _label(version_label or git.get("describe") or datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
+        key = f"{prefix}{directory.resolve().name}-{label}.zip"
+        metadata = {
+            name: _ascii(value)
+            for name, value in {**git, "version-label": label}.items()
+            if name != "describe"
+        }
+        with tempfile.TemporaryDirectory() as scratch:
+            built = build_bundle(directory, Path(scratch) / "bundle.zip")
+            version, etag = _upload(built.path, str(bucket), key, metadata)
+        release = _await_release(client, pipeline, key=key, version=version, etag=etag, wait=wait)
+    _started(as_json, release)
+
+
+def _git_facts(directory: Path) -> dict[str, str]:
+    """Commit, author and subject of HEAD where DIRECTORY is in a git work tree (else nothing)."""
+
+    def git(*arguments: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(directory), *arguments],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 and done.stdout.strip() else None
+
+    facts = {
+        "commit": git("rev-parse", "HEAD"),
+        "author": git("log", "-1", "--format=%an <%ae>"),
+        "message": git("log", "-1", "--format=%s"),
+        "describe": git("describe", "--always", "--dirty"),
+    }
+    return {name: value for name, value in facts.items() if value}
+
+
+def _label(raw: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-")[:100] or "build"
+
+
+def _ascii(value: str) -> str:
+    return value.encode("ascii", "replace").decode("ascii").replace("\n", " ")[:_METADATA_LIMIT]
+
+
+def _upload(path: Path, bucket: str, key: str, metadata: Mapping[str, str]) -> tuple[str | None, str]:
+    """Upload with a progress bar (on stderr); the version and eTag S3 gave the object."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = boto3.client("s3")
+    size = path.stat().st_size
+    try:
+        with click.progressbar(length=size, label=f"uploading s3://{bucket}/{key}", file=sys.stderr) as bar:
+            s3.upload_file(
+                str(path),
+                bucket,
+                key,
+                ExtraArgs={"Metadata": dict(metadata)},
+                Callback=bar.update,
+            )
+        head = s3.head_object(Bucket=bucket, Key=key)
+    except (BotoCoreError, ClientError) as error:
+        raise ClientProblem(f"upload to s3://{bucket}/{key} failed: {error}") from None
+    version = head.get("VersionId")
+    return (version if version and version != "null" else None), str(head.get("ETag", "")).strip('"')
+
+
+def _await_release(
+    client: ApiClient, pipeline: str, *, key: str, version: str | None, etag: str, wait: float
+) -> Mapping[str, Any]:
+    """The release the upload started, once the coordinator has recorded it."""
+    deadline = time.monotonic() + wait
+    while True:
+        page = client.get("/releases", {"pipeline": pipeline, "limit": 20})
+        for release in page["releases"]:
+            revision = release["revision"]
+            if revision["key"] == key and (
+                revision["version"] == version if version else revision["etag"] == etag
+            ):
+                return dict(release)
+        if time.monotonic() >= deadline:
+            raise ClientProblem(
+                f"uploaded {key}, but no release of pipeline {pipeline!r} appeared within {wait:.0f} s: "
+                "check that the bucket sends Object Created events to the coordinator"
+            )
+        time.sleep(1)
+
+
+@main.command()
+@click.option("--instances", type=click.IntRange(2, 8), default=2, show_default=True, help="Local instances.")
+@json_option
+def demo(instances: int, as_json: bool) -> None:
+    """Run the release flow on the embedded sandbox: v1, v2 under steady traffic, a broken v3
+    that fails and rolls back; then print what happened (no AWS account needed)."""
+    from sandbox.demo import main as run_demo
+
+    sys.exit(run_demo(as_json=as_json, instances=instances))
+
+
+@main.group()
+def sandbox() -> None:
+    """The embedded default: the whole coordinator offline on this machine."""
+
+
+@sandbox.command("up")
+@click.option("--instances", type=click.IntRange(2, 8), default=2, show_default=True, help="Local instances.")
+@json_option
+def sandbox_up(instances: int, as_json: bool) -> None:
+    """Start the sandbox, print its endpoints (one JSON line with --json) and run until SIGINT or
+    SIGTERM, then stop every process it started."""
+    from sandbox.serve import serve
+
+    sys.exit(serve(as_json=as_json, instances=instances))

@@ -1,0 +1,579 @@
+"""The HTTP API through ``chalice.test.Client`` on moto: every route, every error code.
+
+The test client lets every request through its IAM authorizer (../shared/reference/aws-facts.md),
+so authorization is checked on the route table and the generated API definition, and the actor
+on a request shaped as API Gateway sends it after IAM authentication.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from chalice.app import IAMAuthorizer
+from chalice.deploy.swagger import SwaggerGenerator
+from chalice.local import RouteMatcher
+
+from app import app
+from chalicelib import bootstrap
+from chalicelib.domain.api_requests import MAX_BODY_BYTES, encode_cursor
+from chalicelib.domain.release import EventType, ReleaseState, Trigger
+from chalicelib.service.ports import IdempotencyRecord
+from sandbox import moto_extensions
+from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, World
+from tests.unit.test_api_openapi import check_answer
+
+pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
+
+ROUTES = RouteMatcher(list(app.routes))
+USER_ARN = "arn:aws:sts::123456789012:assumed-role/ci-deployer/build-42"
+
+
+class Reply:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.json: Any = json.loads(body) if body else None
+        self.headers = {name.lower(): value for name, value in headers.items()}
+
+    @property
+    def message(self) -> str:
+        return str(self.json["Message"])
+
+
+def call(
+    world: World, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> Reply:
+    raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
+    response = world.client.http.request(
+        method, path, headers={"content-type": "application/json", **(headers or {})}, body=raw
+    )
+    reply = Reply(response.status_code, response.body, dict(response.headers))
+    # Chalice itself answers an unsupported method (405) or media type (415).
+    if reply.status not in (405, 415):
+        template = ROUTES.match_route(path).route
+        check_answer(template, method, reply.status, reply.json)
+    return reply
+
+
+def uploaded_release(world: World, key: str) -> str:
+    upload = world.upload(key)
+    return str(world.deliver_upload(upload.eventbridge)["releases"][0]["id"])
+
+
+def finish(world: World, release_id: str, status: str = "Succeeded", state: str = "SUCCESS") -> None:
+    release = world.release(release_id)
+    assert release.deployment_id is not None
+    moto_extensions.complete(release.deployment_id, status)
+    world.codedeploy_event(release.deployment_id, state, release.application, release.deployment_group)
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+def test_every_route_requires_iam_auth() -> None:
+    routes = [
+        (path, method, entry) for path, methods in app.routes.items() for method, entry in methods.items()
+    ]
+    assert len(routes) == 8
+    assert all(isinstance(entry.authorizer, IAMAuthorizer) for _, _, entry in routes)
+    swagger = SwaggerGenerator(
+        "us-east-1", {"api_handler_arn": "arn:aws:lambda:us-east-1:123456789012:function:api_handler"}
+    ).generate_swagger(app)
+    for path, methods in swagger["paths"].items():
+        for method, operation in methods.items():
+            if method != "options":
+                assert operation["security"] == [{"sigv4": []}], (path, method)
+
+
+def test_the_verified_principal_is_the_actor(world: World) -> None:
+    """A request as API Gateway hands it to Lambda after IAM authentication."""
+    world.upload("api/prod/app-1.zip")
+    event = {
+        "resource": "/releases",
+        "path": "/releases",
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json"},
+        "multiValueHeaders": {},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/releases",
+            "httpMethod": "POST",
+            "path": "/api/releases",
+            "stage": "api",
+            "identity": {
+                "accountId": "123456789012",
+                "caller": "AROAEXAMPLE:build-42",
+                "user": "AROAEXAMPLE:build-42",
+                "userArn": USER_ARN,
+                "accessKey": "ASIAEXAMPLE",
+                "sourceIp": "203.0.113.9",
+            },
+        },
+        "body": json.dumps({"pipeline": "api-prod", "key": "api/prod/app-1.zip"}),
+        "isBase64Encoded": False,
+    }
+    response = app(event, None)
+    assert response["statusCode"] == 201, response
+    release = json.loads(response["body"])
+    check_answer("/releases", "POST", 201, release)
+    assert release["actor"] == USER_ARN
+    started = world.history(release["id"])[0]
+    assert started.detail["actor"] == USER_ARN
+
+
+# --- pipelines --------------------------------------------------------------------------------
+
+
+def test_pipelines_list_their_slot(world: World) -> None:
+    active = uploaded_release(world, "api/prod/app-1.zip")
+    waiting = uploaded_release(world, "api/prod/app-2.zip")
+
+    reply = call(world, "GET", "/pipelines")
+
+    assert reply.status == 200
+    by_name = {pipeline["name"]: pipeline for pipeline in reply.json["pipelines"]}
+    assert set(by_name) == {"api-prod", "web-prod", "shop-prod"}
+    api_prod = by_name["api-prod"]
+    assert {k: api_prod[k] for k in ("bucket", "prefix", "application", "deployment_group", "on_busy")} == {
+        "bucket": BUCKET,
+        "prefix": "api/prod/",
+        "application": "api",
+        "deployment_group": "api-prod",
+        "on_busy": "queue",
+    }
+    assert (api_prod["active"], api_prod["waiting"], api_prod["last_good"]) == (active, [waiting], None)
+    assert by_name["web-prod"]["on_busy"] == "supersede"
+
+
+def test_one_pipeline_with_its_releases(world: World) -> None:
+    first = uploaded_release(world, "api/prod/app-1.zip")
+    finish(world, first)
+    second = uploaded_release(world, "api/prod/app-2.zip")
+
+    reply = call(world, "GET", "/pipelines/api-prod")
+
+    assert reply.status == 200
+    assert (reply.json["active"], reply.json["waiting"], reply.json["last_good"]) == (second, [], first)
+    assert reply.json["active_release"]["state"] == "DEPLOYING"
+    assert reply.json["last_good_release"]["id"] == first
+    assert reply.json["waiting_releases"] == []
+
+
+def test_unknown_pipeline_is_404(world: World) -> None:
+    reply = call(world, "GET", "/pipelines/nope")
+    assert reply.status == 404
+    assert "no pipeline 'nope'" in reply.message
+    assert "api-prod" in reply.message
+    assert call(world, "GET", "/pipelines?x=1").status == 400
+
+
+# --- reading releases -------------------------------------------------------------------------
+
+
+def test_releases_newest_first_in_pages(world: World) -> None:
+    ids = [uploaded_release(world, f"api/prod/app-{n}.zip") for n in range(1, 4)]
+    web = uploaded_release(world, "web/prod/site-1.zip")
+
+    everything = call(world, "GET", "/releases")
+    assert everything.status == 200
+    assert [r["id"] for r in everything.json["releases"]] == [web, *reversed(ids)]
+    assert everything.json["next"] is None
+
+    first = call(world, "GET", "/releases?pipeline=api-prod&limit=2")
+    assert [r["id"] for r in first.json["releases"]] == [ids[2], ids[1]]
+    assert first.json["releases"][0]["revision"]["key"] == "api/prod/app-3.zip"
+    assert first.json["next"]
+    rest = call(world, "GET", f"/releases?pipeline=api-prod&limit=2&next={first.json['next']}")
+    assert [r["id"] for r in rest.json["releases"]] == [ids[0]]
+    assert rest.json["next"] is None
+
+    merged = call(world, "GET", "/releases?limit=3")
+    assert [r["id"] for r in merged.json["releases"]] == [web, ids[2], ids[1]]
+    after = call(world, "GET", f"/releases?limit=3&next={merged.json['next']}")
+    assert [r["id"] for r in after.json["releases"]] == [ids[0]]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "says"),
+    [
+        ("limit=abc", 400, "whole number"),
+        ("limit=-1", 400, "whole number"),
+        ("limit=0", 422, "between 1 and 100"),
+        ("limit=101", 422, "between 1 and 100"),
+        ("next=not-a-token", 400, "'next'"),
+        (f"next={encode_cursor('x')[:-2]}", 400, "'next'"),
+        ("pipeline=nope", 422, "not configured"),
+        ("pipeline=", 422, "empty"),
+        ("sort=asc", 400, "unknown query parameter"),
+        ("limit=1&limit=2", 400, "once"),
+    ],
+)
+def test_bad_release_queries(world: World, query: str, status: int, says: str) -> None:
+    reply = call(world, "GET", f"/releases?{query}")
+    assert reply.status == status, reply.json
+    assert says in reply.message
+
+
+def test_a_release_with_its_history_and_progress(world: World) -> None:
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    moto_extensions.set_deployment_overview(deployment_id, {"Succeeded": 1, "InProgress": 1})
+
+    reply = call(world, "GET", f"/releases/{release_id}")
+
+    assert reply.status == 200
+    body = reply.json
+    assert body["state"] == "DEPLOYING"
+    assert body["trigger"] == "upload"
+    assert [event["type"] for event in body["history"]][:2] == ["ExecutionStarted", "StateEntered"]
+    assert body["history"][0]["id"] == 1
+    assert body["progress"]["instances_total"] == 2
+    assert body["progress"]["instances_done"] == 1
+
+
+@pytest.mark.parametrize("release_id", ["rel-0000", "no%20such", "a" * 300, "%F0%9F%98%80"])
+def test_unknown_release_is_404(world: World, release_id: str) -> None:
+    reply = call(world, "GET", f"/releases/{release_id}")
+    assert reply.status == 404
+    assert "no release" in reply.message
+
+
+# --- deploying --------------------------------------------------------------------------------
+
+
+def test_deploy_an_object_of_a_pipeline(world: World) -> None:
+    upload = world.upload("api/prod/app-7.zip", metadata={"commit": "abc123", "version-label": "7"})
+
+    reply = call(world, "POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-7.zip"})
+
+    assert reply.status == 201, reply.json
+    release = reply.json
+    assert reply.headers["location"] == f"/releases/{release['id']}"
+    assert release["state"] == "DEPLOYING"
+    assert release["deployment_id"] == world.deployments()[0]["deploymentId"]
+    assert release["trigger"] == "api"
+    assert release["actor"] == "unverified@127.0.0.1"
+    assert release["revision"] == {
+        "bucket": BUCKET,
+        "key": "api/prod/app-7.zip",
+        "version": upload.version_id,
+        "etag": upload.etag,
+    }
+    assert release["metadata"]["commit"] == "abc123"
+    assert [d["revision"]["s3Location"]["version"] for d in world.deployments()] == [upload.version_id]
+
+
+def test_deploy_an_older_version(world: World) -> None:
+    older = world.upload("api/prod/app.zip")
+    world.upload("api/prod/app.zip")
+
+    reply = call(
+        world,
+        "POST",
+        "/releases",
+        {"pipeline": "api-prod", "key": "api/prod/app.zip", "version": older.version_id},
+    )
+
+    assert reply.status == 201
+    assert reply.json["revision"]["version"] == older.version_id
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (b'{"pipeline": "api-prod", "pipeline": "web-prod", "key": "k.zip"}', 400, "appears twice"),
+        (b'{"pipeline": NaN}', 400, "not valid JSON"),
+        (b"\xff\xfe", 400, "UTF-8"),
+        (b"", 422, "'pipeline' is required"),
+        ({"pipeline": "api-prod"}, 422, "'key' is required"),
+        ({"pipeline": "api-prod", "key": "api/prod/a.zip", "force": True}, 422, "unknown field(s) 'force'"),
+        ({"pipeline": 7, "key": "api/prod/a.zip"}, 422, "must be a non-empty string"),
+        ({"pipeline": "nope", "key": "api/prod/a.zip"}, 422, "not configured"),
+        ({"pipeline": "api-prod", "key": "web/prod/a.zip"}, 422, "not under s3://acme-artifacts/api/prod/"),
+        ({"pipeline": "api-prod", "key": "api/prod/a.zip", "bucket": "other"}, 422, "deploys from bucket"),
+        ({"pipeline": "api-prod", "key": "api/prod/a.txt"}, 422, "not a CodeDeploy bundle"),
+        ({"pipeline": "api-prod", "key": "api/prod/missing.zip"}, 422, "does not exist"),
+        (
+            {"pipeline": "api-prod", "key": "api/prod/a.zip", "version": "bad version"},
+            422,
+            "not an S3 version id",
+        ),
+        ({"pipeline": "api-prod", "key": "api/prod/\ud800.zip"}, 422, "not valid Unicode"),
+        ({"pipeline": "api-prod", "key": "api/prod/\n.zip"}, 422, "control characters"),
+        ({"pipeline": "api-prod", "key": "api/prod/" + "k" * 1100 + ".zip"}, 422, "at most 1024"),
+    ],
+)
+def test_bad_deploy_requests(world: World, body: Any, status: int, says: str) -> None:
+    reply = call(world, "POST", "/releases", body)
+    assert reply.status == status, reply.json
+    assert says in reply.message
+    assert world.deployments() == []
+
+
+def test_oversized_body_is_413(world: World) -> None:
+    body = json.dumps({"pipeline": "api-prod", "key": "api/prod/a.zip", "pad": "x" * MAX_BODY_BYTES}).encode()
+    reply = call(world, "POST", "/releases", body)
+    assert reply.status == 413
+    assert f"at most {MAX_BODY_BYTES}" in reply.message
+
+
+def test_other_media_types_and_methods_are_refused(world: World) -> None:
+    refused = world.client.http.request(
+        "POST", "/releases", headers={"content-type": "text/plain"}, body=b"x"
+    )
+    assert refused.status_code == 415
+    assert call(world, "DELETE", "/releases").status == 405
+
+
+# --- idempotency ------------------------------------------------------------------------------
+
+
+def test_same_idempotency_key_and_body_get_the_same_answer_and_one_deployment(world: World) -> None:
+    world.upload("api/prod/app-1.zip")
+    body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    key = {"Idempotency-Key": "ci-build-42"}
+
+    first = call(world, "POST", "/releases", body, key)
+    # Same request, spelled differently: field order and whitespace do not matter.
+    again = call(world, "POST", "/releases", b'{"key": "api/prod/app-1.zip",  "pipeline": "api-prod"}', key)
+
+    assert first.status == again.status == 201
+    assert again.json == first.json
+    assert again.headers["idempotent-replayed"] == "true"
+    assert len(world.deployments()) == 1
+    assert len(call(world, "GET", "/releases?pipeline=api-prod").json["releases"]) == 1
+
+
+def test_same_idempotency_key_with_another_request_is_422(world: World) -> None:
+    world.upload("api/prod/app-1.zip")
+    world.upload("api/prod/app-2.zip")
+    key = {"Idempotency-Key": "ci-build-43"}
+    assert (
+        call(world, "POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}, key).status
+        == 201
+    )
+
+    reply = call(world, "POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-2.zip"}, key)
+
+    assert reply.status == 422
+    assert "already used for a different request" in reply.message
+    assert len(world.deployments()) == 1
+
+
+def test_a_refused_request_does_not_use_up_its_key(world: World) -> None:
+    key = {"Idempotency-Key": "ci-build-44"}
+    body = {"pipeline": "api-prod", "key": "api/prod/late.zip"}
+    assert call(world, "POST", "/releases", body, key).status == 422
+    world.upload("api/prod/late.zip")
+    assert call(world, "POST", "/releases", body, key).status == 201
+
+
+def test_a_key_still_being_answered_is_409(world: World) -> None:
+    world.upload("api/prod/app-1.zip")
+    body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    assert call(world, "POST", "/releases", body, {"Idempotency-Key": "answered"}).status == 201
+    now = bootstrap.SystemClock().now()
+    lease = now - timedelta(minutes=2)
+    answered = world.store.claim_idempotency(IdempotencyRecord("answered", "", now, now), lease)
+    assert answered is not None
+    assert answered.status == 201
+    # The same request under another key, whose first attempt is still running.
+    busy = IdempotencyRecord("busy", answered.fingerprint, now, now + timedelta(hours=1))
+    assert world.store.claim_idempotency(busy, lease) is None
+
+    reply = call(world, "POST", "/releases", body, {"Idempotency-Key": "busy"})
+
+    assert reply.status == 409
+    assert "still being answered" in reply.message
+
+
+def test_bad_idempotency_key_is_400(world: World) -> None:
+    reply = call(world, "POST", "/releases", {}, {"Idempotency-Key": "has space"})
+    assert reply.status == 400
+    assert "Idempotency-Key" in reply.message
+
+
+# --- redeploy ---------------------------------------------------------------------------------
+
+
+def test_redeploy_a_finished_release(world: World) -> None:
+    original = uploaded_release(world, "api/prod/app-1.zip")
+    finish(world, original)
+
+    reply = call(world, "POST", f"/releases/{original}/redeploy")
+
+    assert reply.status == 201, reply.json
+    again = reply.json
+    assert again["id"] != original
+    assert again["trigger"] == "api"
+    assert again["state"] == "DEPLOYING"
+    assert again["revision"] == world.release(original).revision.to_dict()
+    assert again["metadata"]["redeploy_of"] == original
+    assert len(world.deployments()) == 2
+
+
+def test_redeploy_refusals(world: World) -> None:
+    running = uploaded_release(world, "api/prod/app-1.zip")
+    busy = call(world, "POST", f"/releases/{running}/redeploy")
+    assert busy.status == 409
+    assert "still DEPLOYING" in busy.message
+    assert call(world, "POST", "/releases/rel-none/redeploy").status == 404
+    assert call(world, "POST", f"/releases/{running}/redeploy", {"why": "x"}).status == 422
+    assert call(world, "POST", f"/releases/{running}/redeploy", b"nope").status == 400
+
+    finish(world, running)
+    world.session.client("s3").delete_object(
+        Bucket=BUCKET, Key="api/prod/app-1.zip", VersionId=world.release(running).revision.version
+    )
+    gone = call(world, "POST", f"/releases/{running}/redeploy")
+    assert gone.status == 409
+    assert "no longer in S3" in gone.message
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+def test_cancel_a_waiting_release(world: World) -> None:
+    uploaded_release(world, "api/prod/app-1.zip")
+    waiting = uploaded_release(world, "api/prod/app-2.zip")
+
+    reply = call(world, "POST", f"/releases/{waiting}/cancel")
+
+    assert reply.status == 200
+    assert reply.json["state"] == "STOPPED"
+    assert reply.json["reason"] == "cancelled by unverified@127.0.0.1"
+    assert world.store.get_slot("api-prod").waiting == ()
+    assert world.history(waiting)[-1].type is EventType.EXECUTION_ABORTED
+    again = call(world, "POST", f"/releases/{waiting}/cancel")
+    assert again.status == 409
+    assert "already ended STOPPED" in again.message
+
+
+def test_cancel_a_deploying_release_stops_the_deployment(world: World) -> None:
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+
+    reply = call(world, "POST", f"/releases/{release_id}/cancel")
+
+    assert reply.status == 202
+    assert reply.json["state"] == "DEPLOYING"
+    # StopDeployment reached CodeDeploy (moto_extensions records it; moto itself answers 500).
+    assert moto_extensions.stop_requested(deployment_id)
+    asked = world.history(release_id)[-1]
+    assert asked.type is EventType.TASK_SCHEDULED
+    assert asked.detail == {
+        "task": "StopDeployment",
+        "deployment_id": deployment_id,
+        "auto_rollback": True,
+        "actor": "unverified@127.0.0.1",
+    }
+    finish(world, release_id, "Stopped", "STOP")
+    assert world.release(release_id).state is ReleaseState.STOPPED
+
+
+def test_cancel_after_the_deployment_ended_is_409(world: World) -> None:
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    moto_extensions.complete(deployment_id, "Succeeded")  # its event has not arrived yet
+
+    reply = call(world, "POST", f"/releases/{release_id}/cancel")
+
+    assert reply.status == 409
+    assert "already ended" in reply.message
+
+
+def test_cancel_a_verifying_release(world: World) -> None:
+    upload = world.upload("shop/prod/shop-1.zip")
+    release_id = str(world.deliver_upload(upload.eventbridge)["releases"][0]["id"])
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    instances = world.provisioned.load_balanced[LOAD_BALANCED].instance_ids
+    assert len(instances) == INSTANCES
+    moto_extensions.set_instance_targets(deployment_id, {i: {"status": "Succeeded"} for i in instances})
+    finish(world, release_id)
+    assert world.release(release_id).state is ReleaseState.VERIFYING
+    assert call(world, "GET", f"/releases/{release_id}").json["progress"]["phase"] == "verifying"
+
+    reply = call(world, "POST", f"/releases/{release_id}/cancel")
+
+    assert reply.status == 200
+    assert reply.json["state"] == "STOPPED"
+    assert world.store.get_slot("shop-prod").active is None
+
+
+def test_cancel_refusals(world: World) -> None:
+    assert call(world, "POST", "/releases/rel-none/cancel").status == 404
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    assert call(world, "POST", f"/releases/{release_id}/cancel", {"force": True}).status == 422
+    assert call(world, "POST", f"/releases/{release_id}/cancel?now=1").status == 400
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+
+def test_roll_back_to_the_last_good_release_goes_first(world: World) -> None:
+    good = uploaded_release(world, "api/prod/app-1.zip")
+    finish(world, good)
+    bad = uploaded_release(world, "api/prod/app-2.zip")
+    waiting = uploaded_release(world, "api/prod/app-3.zip")
+
+    reply = call(world, "POST", "/pipelines/api-prod/rollback")
+
+    assert reply.status == 201, reply.json
+    rollback = reply.json
+    assert rollback["trigger"] == Trigger.ROLLBACK.value
+    assert rollback["rollback_of"] == bad
+    assert rollback["revision"] == world.release(good).revision.to_dict()
+    assert rollback["state"] == "QUEUED"
+    assert world.store.get_slot("api-prod").waiting == (rollback["id"], waiting)
+
+
+def test_roll_back_to_a_named_release(world: World) -> None:
+    first = uploaded_release(world, "api/prod/app-1.zip")
+    finish(world, first)
+    second = uploaded_release(world, "api/prod/app-2.zip")
+    finish(world, second)
+
+    latest = call(world, "POST", "/pipelines/api-prod/rollback")
+    assert latest.status == 409
+    assert "already the current release" in latest.message
+
+    reply = call(world, "POST", "/pipelines/api-prod/rollback", {"to": first})
+
+    assert reply.status == 201
+    assert reply.json["state"] == "DEPLOYING"
+    assert reply.json["rollback_of"] == second
+    assert reply.json["revision"]["key"] == "api/prod/app-1.zip"
+
+
+def test_rollback_refusals(world: World) -> None:
+    assert call(world, "POST", "/pipelines/nope/rollback").status == 404
+    nothing = call(world, "POST", "/pipelines/api-prod/rollback")
+    assert nothing.status == 409
+    assert "nothing to roll back to" in nothing.message
+
+    failed = uploaded_release(world, "api/prod/app-1.zip")
+    finish(world, failed, "Failed", "FAILURE")
+    web = uploaded_release(world, "web/prod/site-1.zip")
+    for body, says in [
+        ({"to": failed}, "only a SUCCEEDED release"),
+        ({"to": "rel-none"}, "has no release"),
+        ({"to": web}, "has no release"),
+        ({"to": "no spaces"}, "not a release id"),
+        ({"to": 3}, "non-empty string"),
+        ({"back": "x"}, "unknown field"),
+    ]:
+        reply = call(world, "POST", "/pipelines/api-prod/rollback", body)
+        assert reply.status == 422, body
+        assert says in reply.message
+    assert call(world, "POST", "/pipelines/api-prod/rollback", b"{").status == 400

@@ -1,0 +1,341 @@
+"""Notifications, pure parts: which history events notify whom, what the messages say, the
+webhook signature, and the notify routes of the pipelines file."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chalicelib.domain.inbound_events import MalformedEvent
+from chalicelib.domain.notification_content import (
+    build_notice,
+    card_blocks,
+    email,
+    escape,
+    mentions,
+    payload,
+    slack_reply,
+    slack_webhook_message,
+    sns_subject,
+)
+from chalicelib.domain.notification_signature import SignatureError, sign, verify
+from chalicelib.domain.notifications import (
+    PROGRESS,
+    NotifyMessage,
+    SecretRef,
+    StreamedEvent,
+    notification_for,
+    plan_messages,
+    route_key,
+    secret_ref,
+)
+from chalicelib.domain.pipelines import NotifyRoute, Pipeline, PipelinesConfigError, load_pipelines
+from chalicelib.domain.release import (
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Revision,
+    Trigger,
+)
+from chalicelib.service.notifications import RETRY_MAX_S, retry_delay_s
+
+NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+KEY = b"signing-key"
+
+
+def event(event_type: EventType, state: ReleaseState, event_id: int = 3, **detail: Any) -> HistoryEvent:
+    return HistoryEvent(event_id, event_id - 1, NOW, event_type, state, detail)
+
+
+def release(
+    state: ReleaseState = ReleaseState.FAILED, trigger: Trigger = Trigger.UPLOAD, **changes: Any
+) -> Release:
+    fields: dict[str, Any] = {
+        "id": "rel-1",
+        "pipeline": "api-prod",
+        "application": "api",
+        "deployment_group": "api-prod",
+        "revision": Revision("b", "api/prod/api-1.4.2.zip", "v1", "e1"),
+        "trigger": trigger,
+        "state": state,
+        "created_at": NOW,
+        "updated_at": NOW + timedelta(minutes=3, seconds=12),
+        "reason": "CodeDeploy deployment d-1 failed",
+        "deployment_id": "d-1",
+        "metadata": {
+            "version_label": "1.4.2",
+            "author": "alice",
+            "commit": "0123456789abcdef",
+            "message": "Fix <script> & things\nsecond line",
+        },
+        **changes,
+    }
+    return Release(**fields)
+
+
+SLACK = NotifyRoute(
+    "slack", frozenset({"started", "failed"}), {"channel": "#deploys", "token_parameter": "/t"}
+)
+EMAIL = NotifyRoute("email", frozenset({"failed"}), {"sender": "a@b.c", "to": ["x@b.c"]})
+PIPELINE = Pipeline("api-prod", "b", "api/prod/", "api", "api-prod", notify=(SLACK, EMAIL))
+
+
+@pytest.mark.parametrize(
+    ("history_event", "trigger", "expected"),
+    [
+        (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.UPLOAD, "started"),
+        (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.AUTO_ROLLBACK, "started"),
+        (event(EventType.STATE_ENTERED, ReleaseState.QUEUED), Trigger.UPLOAD, "queued"),
+        (event(EventType.STATE_ENTERED, ReleaseState.VERIFYING), Trigger.UPLOAD, PROGRESS),
+        (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.API, "succeeded"),
+        (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.ROLLBACK, "rolled_back"),
+        (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.AUTO_ROLLBACK, "rolled_back"),
+        (event(EventType.EXECUTION_FAILED, ReleaseState.FAILED), Trigger.UPLOAD, "failed"),
+        (
+            event(EventType.EXECUTION_FAILED, ReleaseState.FAILED, failure="verify_failed"),
+            Trigger.UPLOAD,
+            "verify_failed",
+        ),
+        (event(EventType.EXECUTION_ABORTED, ReleaseState.STOPPED), Trigger.UPLOAD, "stopped"),
+        (event(EventType.EXECUTION_ABORTED, ReleaseState.SUPERSEDED), Trigger.UPLOAD, "superseded"),
+        (event(EventType.EXECUTION_STARTED, ReleaseState.RECEIVED), Trigger.UPLOAD, None),
+        (event(EventType.TASK_FAILED, ReleaseState.VERIFYING, task="HealthCheck"), Trigger.UPLOAD, None),
+        (event(EventType.TASK_STARTED, ReleaseState.DEPLOYING), None, None),
+    ],
+)
+def test_history_events_map_to_notifications(
+    history_event: HistoryEvent, trigger: Trigger | None, expected: str | None
+) -> None:
+    assert notification_for(history_event, trigger) == expected
+
+
+def streamed(history_event: HistoryEvent) -> StreamedEvent:
+    return StreamedEvent("rel-1", "api-prod", Trigger.UPLOAD, history_event)
+
+
+def test_a_slack_thread_follows_every_transition_other_routes_only_their_events() -> None:
+    def routes(history_event: HistoryEvent) -> list[str]:
+        return [m.route for m in plan_messages(PIPELINE, streamed(history_event))]
+
+    slack, mail = route_key(SLACK), route_key(EMAIL)
+    assert routes(event(EventType.EXECUTION_FAILED, ReleaseState.FAILED)) == [slack, mail]
+    assert routes(event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED)) == [slack]
+    assert routes(event(EventType.STATE_ENTERED, ReleaseState.VERIFYING)) == [slack]
+    assert routes(event(EventType.EXECUTION_STARTED, ReleaseState.RECEIVED)) == []
+    assert plan_messages(None, streamed(event(EventType.EXECUTION_FAILED, ReleaseState.FAILED))) == []
+
+
+def test_route_keys_survive_reordering_and_change_with_settings() -> None:
+    same = NotifyRoute("slack", frozenset({"failed"}), {"token_parameter": "/t", "channel": "#deploys"})
+    assert route_key(same) == route_key(SLACK)
+    other = NotifyRoute("slack", SLACK.on, {**SLACK.settings, "channel": "#other"})
+    assert route_key(other) != route_key(SLACK)
+    assert route_key(SLACK).startswith("slack-")
+
+
+def test_notify_message_round_trip_and_limits() -> None:
+    message = plan_messages(PIPELINE, streamed(event(EventType.EXECUTION_FAILED, ReleaseState.FAILED)))[0]
+    assert NotifyMessage.from_message(message.to_message()) == message
+    assert len(message.deduplication_id) <= 128
+    assert message.group_id == f"rel-1#{message.route}"
+    with pytest.raises(MalformedEvent, match="route"):
+        NotifyMessage.from_message({**message.to_message(), "route": ""})
+    with pytest.raises(MalformedEvent, match="history event"):
+        NotifyMessage.from_message({**message.to_message(), "event": {"id": 1}})
+
+
+def test_secret_refs_name_their_store() -> None:
+    assert secret_ref({"token_parameter": "/relco/t"}, "token") == SecretRef("ssm", "/relco/t")
+    assert secret_ref({"url_secret": "relco/hook"}, "url") == SecretRef("secretsmanager", "relco/hook")
+    assert secret_ref({"url": "https://x"}, "url") is None
+
+
+def test_signature_verifies_and_rejects_tampering_wrong_keys_and_replays() -> None:
+    body = b'{"release":{"id":"rel-1"}}'
+    header = sign(body, KEY, timestamp=1_700_000_000)
+    assert verify(header, body, KEY, now=1_700_000_100) == 1_700_000_000
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(header, body + b" ", KEY, now=1_700_000_000)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify(header, body, b"other", now=1_700_000_000)
+    with pytest.raises(SignatureError, match="outside"):
+        verify(header, body, KEY, now=1_700_000_000 + 301)
+    with pytest.raises(SignatureError, match="malformed"):
+        verify("v1=abc", body, KEY)
+    with pytest.raises(SignatureError, match="missing"):
+        verify(None, body, KEY)
+    # During a key rotation the sender may send a signature per key: any one may match.
+    rotated = f"{header},v1={'0' * 64}"
+    assert verify(rotated, body, KEY, now=1_700_000_000) == 1_700_000_000
+
+
+@given(st.binary(), st.binary(min_size=1), st.integers(min_value=0, max_value=2**40))
+def test_any_signed_body_verifies_at_its_time(body: bytes, key: bytes, timestamp: int) -> None:
+    assert verify(sign(body, key, timestamp), body, key, now=timestamp) == timestamp
+
+
+def failure_history() -> list[HistoryEvent]:
+    diagnostics = {
+        "task": "CodeDeploy",
+        "failed_instances": [
+            {
+                "instance": "i-1",
+                "status": "Failed",
+                "lifecycle_event": "ValidateService",
+                "script": "scripts/validate.sh",
+                "error_code": "ScriptFailed",
+                "message": "exit 1",
+                "log_tail": "boom ``` <&>",
+            }
+        ],
+    }
+    return [
+        event(EventType.TASK_FAILED, ReleaseState.DEPLOYING, 4, **diagnostics),
+        event(EventType.EXECUTION_FAILED, ReleaseState.FAILED, 5, reason="CodeDeploy <failed>"),
+        event(EventType.TASK_FAILED, ReleaseState.FAILED, 6, task="CodeDeploy", failed_instances=[]),
+    ]
+
+
+def test_failure_reply_mentions_and_shows_hook_instance_and_escaped_log_tail() -> None:
+    history = failure_history()
+    notice = build_notice(release(), history[1], "failed", history)
+    settings = {"mention_on_failure": ["S0ONCALL", "U0LEAD"], "authors": {"alice": "U0ALICE"}}
+    pings = mentions(settings, notice)
+    assert pings == ["<!subteam^S0ONCALL>", "<@U0LEAD>", "<@U0ALICE>"]
+    text = slack_reply(notice, pings).text
+    assert text.startswith("<!subteam^S0ONCALL> <@U0LEAD> <@U0ALICE> :x: *Failed*: CodeDeploy &lt;failed&gt;")
+    assert "*ValidateService* failed on `i-1` (scripts/validate.sh, ScriptFailed)" in text
+    assert "```\nboom `\u200b`` &lt;&amp;&gt;\n```" in text  # the later event's empty list is not used
+    assert mentions(settings, build_notice(release(), history[1], "succeeded")) == []
+
+
+def test_card_shows_state_facts_and_escaped_user_text() -> None:
+    blocks = card_blocks(build_notice(release(), failure_history()[1], "failed", failure_history()))
+    assert blocks[0]["text"]["text"] == ":x: Failed: api-prod 1.4.2"
+    fields = [field["text"] for field in blocks[1]["fields"]]
+    assert fields[:4] == [
+        "*Pipeline*\napi-prod",
+        "*Version*\n1.4.2",
+        "*Commit*\n`0123456789ab` Fix &lt;script&gt; &amp; things",
+        "*Author*\nalice",
+    ]
+    assert "*Duration*\n3m 12s" in fields
+    assert "*Instances*\n1 failed" in fields
+    assert blocks[-1]["type"] == "context"
+    rollback = card_blocks(
+        build_notice(
+            release(ReleaseState.SUCCEEDED, Trigger.AUTO_ROLLBACK),
+            event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED),
+            "rolled_back",
+        )
+    )
+    assert rollback[0]["text"]["text"] == ":leftwards_arrow_with_hook: Rolled back: api-prod 1.4.2"
+    webhook = slack_webhook_message(build_notice(release(), failure_history()[1], "failed"))
+    assert webhook.text == "FAILED: api-prod 1.4.2"
+    assert any("*Failed*" in str(block) for block in webhook.blocks)
+
+
+def test_email_sns_and_webhook_content() -> None:
+    history = failure_history()
+    notice = build_notice(release(), history[1], "failed", history)
+    mail = email(notice)
+    assert mail.subject == "[FAILED] api-prod 1.4.2"
+    assert "boom ``` <&>" in mail.text
+    assert "boom ``` &lt;&amp;&gt;" in mail.html
+    assert "<script>" not in mail.html
+    long_label = release(metadata={"version_label": "é" * 200})
+    subject = sns_subject(build_notice(long_label, history[1], "verify_failed"))
+    assert subject.startswith("[VERIFY FAILED] api-prod ?")
+    assert len(subject) < 100
+    assert subject.isascii()
+    body = payload(notice)
+    assert body["notification"] == "failed"
+    assert body["release"]["id"] == "rel-1"
+    assert body["event"]["id"] == 5
+    assert body["diagnostics"]["failed_instances"][0]["instance"] == "i-1"
+
+
+VALID = """
+[[pipeline]]
+name = "api"
+bucket = "b"
+prefix = "api/"
+application = "app"
+deployment_group = "g"
+"""
+
+
+def load(tmp_path: Path, notify: str) -> Any:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(VALID + "[[pipeline.notify]]\n" + notify, encoding="utf-8")
+    return load_pipelines(path)
+
+
+def test_notify_routes_load_with_their_settings(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        'kind = "slack"\nchannel = "#deploys"\ntoken_secret = "relco/slack"\n'
+        'mention_on_failure = ["S0ONCALL"]\nauthors = { "alice@acme.io" = "U0ALICE" }\n',
+    )
+    [route] = config.pipelines[0].notify
+    assert route.settings["authors"] == {"alice@acme.io": "U0ALICE"}
+    assert route.on == frozenset({"started", "succeeded", "failed", "verify_failed", "rolled_back"})
+
+
+@pytest.mark.parametrize(
+    ("notify", "message"),
+    [
+        (
+            'kind = "slack"\nchannel = "#d"\n',
+            "notify[1].token': set exactly one of token_parameter, token_secret",
+        ),
+        (
+            'kind = "slack"\nchannel = "#d"\ntoken_parameter = "/a"\ntoken_secret = "b"\n',
+            "set exactly one of",
+        ),
+        ('kind = "slack"\ntoken_parameter = "/t"\n', "notify[1].channel': is required"),
+        (
+            'kind = "slack"\nchannel = "#d"\ntoken_parameter = "/t"\nmention_on_failure = ["@alice"]\n',
+            "Slack user or group ids",
+        ),
+        (
+            'kind = "slack"\nchannel = "#d"\ntoken_parameter = "/t"\nauthors = { alice = "alice" }\n',
+            "notify[1].authors': must map upload authors",
+        ),
+        (
+            'kind = "slack"\nchannel = "#d"\ntoken = "xoxb-inline"\ntoken_parameter = "/t"\n',
+            "notify[1].token'",
+        ),
+        ('kind = "email"\nsender = "relco"\nto = ["a@b.c"]\n', "notify[1].sender': must be an email address"),
+        ('kind = "email"\nsender = "r@b.c"\nto = []\n', "non-empty list of email addresses"),
+        ('kind = "sns"\ntopic_arn = "deploys"\n', "must be an SNS topic ARN"),
+        ('kind = "webhook"\nurl = "ftp://x"\nsigning_key_parameter = "/k"\n', "must be an http(s) URL"),
+        ('kind = "webhook"\nurl = "https://x"\n', "set exactly one of signing_key_parameter"),
+        (
+            'kind = "slack_webhook"\nurl_parameter = "/u"\nchannel = "#d"\n',
+            "notify[1].channel': unknown key for kind 'slack_webhook'",
+        ),
+    ],
+)
+def test_invalid_notify_settings_name_route_key_and_problem(
+    tmp_path: Path, notify: str, message: str
+) -> None:
+    with pytest.raises(PipelinesConfigError) as error:
+        load(tmp_path, notify)
+    assert "pipeline 'api'" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_escape_covers_slack_control_characters() -> None:
+    assert escape("a < b && c > d") == "a &lt; b &amp;&amp; c &gt; d"
+
+
+def test_transient_failures_back_off_exponentially_up_to_a_cap() -> None:
+    assert [retry_delay_s(count) for count in (1, 2, 3, 4)] == [5, 10, 20, 40]
+    assert retry_delay_s(30) == RETRY_MAX_S
