@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 STAGE ?= dev
 PACKAGE_DIR := build/package/$(STAGE)
+# Table, queues, rules, roles and alarms for the stage (infra/render.py), merged into chalice's output.
+MERGE_TEMPLATE := build/infra/merge-$(STAGE).json
 export AWS_DEFAULT_REGION ?= us-east-1
 
 .PHONY: setup test lint typecheck unit integration package demo clean
@@ -42,13 +44,19 @@ integration: $(INSTALLED)
 ## `chalice package` for a stage, validated offline with cfn-lint.
 package: $(INSTALLED)
 	rm -rf $(PACKAGE_DIR)
-	$(BIN)/chalice package --stage $(STAGE) $(PACKAGE_DIR)
+	$(BIN)/python -m infra.render --stage $(STAGE) --output $(MERGE_TEMPLATE)
+	$(BIN)/chalice package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) $(PACKAGE_DIR)
 	$(BIN)/cfn-lint $(PACKAGE_DIR)/sam.json
 	@echo "package: $(PACKAGE_DIR)/deployment.zip $$(du -k $(PACKAGE_DIR)/deployment.zip | cut -f1) KiB, template valid"
 
 ## The release flow on the embedded sandbox: v1, v2 under traffic, a broken v3 and its rollback.
 demo: $(INSTALLED)
 	$(BIN)/relco demo
+
+## Every benchmark against the budgets of DESIGN.md section 8: writes bench/results.md and prints it.
+.PHONY: bench
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf build $(VENV) .mypy_cache .ruff_cache .hypothesis

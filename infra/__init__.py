@@ -1,0 +1,2 @@
+"""Infrastructure for ``chalice package``: the merge template (``render``) and the IAM evaluation the
+permission tests use (``iam``)."""
