@@ -1,10 +1,12 @@
 """A hypothesis state machine that tries to lose a release: uploads, duplicated and reordered
-deliveries, CodeDeploy outcomes whose events are duplicated, reordered or dropped, and reconcile
-runs, in any order. moto in process is AWS; sandbox.moto_extensions plays CodeDeploy finishing.
+deliveries, CodeDeploy outcomes whose events are duplicated, reordered or dropped, cancels and
+redeploys through the HTTP API, the notification outbox (stream records and queue messages
+delivered twice), and reconcile runs, in any order. moto in process is AWS;
+sandbox.moto_extensions plays CodeDeploy finishing.
 
 Invariants: at most one active deployment per group; no release leaves a terminal state; history
-ids are contiguous; every upload is one release; once CodeDeploy has finished everything and
-reconcile has run, every release is terminal.
+ids are contiguous; every upload is one release; each history event is mailed at most once per
+route; once CodeDeploy has finished everything and reconcile has run, every release is terminal.
 """
 
 from __future__ import annotations
@@ -19,10 +21,14 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
+from chalice.test import Client
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from moto import mock_aws
+from moto.backends import get_backend
+from moto.core.models import DEFAULT_ACCOUNT_ID
 
 import app as chalice_app
 from chalicelib import bootstrap
@@ -35,9 +41,15 @@ from tests.integration.conftest import BUCKET, codedeploy_event
 
 TABLE = "reliability"
 PIPELINES = {"api-prod": ("api", "api-prod", "api/prod/"), "web-prod": ("web", "web-prod", "web/prod/")}
+SENDER = "relco@reliability.example"
+EVERY_EVENT = (
+    '["started", "queued", "superseded", "succeeded", "failed", "verify_failed", "rolled_back", "stopped"]'
+)
 PIPELINES_TOML = "\n".join(
     f'[[pipeline]]\nname = "{name}"\nbucket = "{BUCKET}"\nprefix = "{prefix}"\napplication = "{app}"\n'
     f'deployment_group = "{group}"\non_busy = "{"supersede" if name == "web-prod" else "queue"}"\n'
+    f'[[pipeline.notify]]\nkind = "email"\nsender = "{SENDER}"\nto = ["oncall@reliability.example"]\n'
+    f"on = {EVERY_EVENT}\n"
     for name, (app, group, prefix) in PIPELINES.items()
 )
 ENVIRONMENT = {
@@ -69,9 +81,28 @@ class ReleaseMachine(RuleBasedStateMachine):
         self.session = boto3.session.Session(region_name="us-east-1")
         provisioned = provision(self.session, load_pipelines(pipelines_file), table=TABLE)
         os.environ["VERIFY_QUEUE_URL"] = provisioned.verify_queue_url
+        os.environ["NOTIFY_QUEUE_URL"] = provisioned.notify_queue_url
+        os.environ["NOTIFY_DLQ_URL"] = provisioned.notify_dlq_url
+        self.notify_queue_url = provisioned.notify_queue_url
         bootstrap.reset()
+        self.api = Client(chalice_app.app, stage_name="reliability")
+        # botocore addresses a stream ARN's account endpoint, which moto in process does not serve.
+        self.streams = self.session.client(
+            "dynamodbstreams", config=Config(account_id_endpoint_mode="disabled")
+        )
+        stream_arn = self.session.client("dynamodb").describe_table(TableName=TABLE)["Table"][
+            "LatestStreamArn"
+        ]
+        self.stream_arn = stream_arn
+        self.shard_iterators = [
+            self.streams.get_shard_iterator(
+                StreamArn=stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            for shard in self.streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
+        ]
         self.store = DynamoReleaseStore(self.session.client("dynamodb"), TABLE)
         self.s3 = self.session.client("s3")
+        self.sqs = self.session.client("sqs")
         self.upload_events: list[dict[str, Any]] = []
         self.uploaded_keys: set[str] = set()
         # Events CodeDeploy "sent" but the network has not delivered yet (reordered, or lost).
@@ -158,6 +189,75 @@ class ReleaseMachine(RuleBasedStateMachine):
         while self.pending_events:
             chalice_app.on_codedeploy_event(self.pending_events.pop(), None)
 
+    @rule(index=st.integers(min_value=0), redeploy=st.booleans())
+    def operator_acts(self, index: int, redeploy: bool) -> None:
+        """Someone cancels a release, or redeploys one, through the HTTP API."""
+        RUN_STATS["steps"] += 1
+        releases = self._releases()
+        if not releases:
+            return
+        release = releases[index % len(releases)]
+        action = "redeploy" if redeploy else "cancel"
+        response = self.api.http.post(
+            f"/releases/{release.id}/{action}", headers={"Content-Type": "application/json"}, body="{}"
+        )
+        assert response.status_code < 500, response.body
+
+    @rule(duplicate=st.booleans())
+    def outbox_delivers(self, duplicate: bool) -> None:
+        """The table stream and the notify queue deliver what is new, perhaps twice."""
+        RUN_STATS["steps"] += 1
+        records = self._stream_records()
+        if records:
+            for _ in range(2 if duplicate else 1):
+                chalice_app.on_release_stream({"Records": records}, None)
+        for _ in range(20):
+            batch = self._notify_batch()
+            if not batch:
+                return
+            answers = [
+                chalice_app.on_notify_message({"Records": batch}, None) for _ in range(2 if duplicate else 1)
+            ]
+            failed = {item["itemIdentifier"] for answer in answers for item in answer["batchItemFailures"]}
+            for record in batch:
+                if record["messageId"] not in failed:
+                    self.sqs.delete_message(
+                        QueueUrl=self.notify_queue_url, ReceiptHandle=record["receiptHandle"]
+                    )
+
+    def _stream_records(self) -> list[dict[str, Any]]:
+        records = []
+        for number, iterator in enumerate(self.shard_iterators):
+            response = self.streams.get_records(ShardIterator=iterator)
+            self.shard_iterators[number] = response["NextShardIterator"]
+            for record in response["Records"]:
+                change = dict(record["dynamodb"])
+                change["ApproximateCreationDateTime"] = int(change["ApproximateCreationDateTime"].timestamp())
+                records.append({**record, "dynamodb": change, "eventSourceARN": self.stream_arn})
+        return records
+
+    def _notify_batch(self) -> list[dict[str, Any]]:
+        messages = self.sqs.receive_message(
+            QueueUrl=self.notify_queue_url,
+            MaxNumberOfMessages=10,
+            AttributeNames=["All"],
+            VisibilityTimeout=0,
+        ).get("Messages", [])
+        return [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": message["Attributes"],
+                "messageAttributes": {},
+                "md5OfBody": message["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:release-coordinator-notify.fifo",
+                "awsRegion": "us-east-1",
+            }
+            for message in messages
+        ]
+
     @rule()
     def reconcile(self) -> None:
         RUN_STATS["steps"] += 1
@@ -193,9 +293,34 @@ class ReleaseMachine(RuleBasedStateMachine):
             history = self.store.history(release.id)
             assert [event.id for event in history] == list(range(1, len(history) + 1))
             assert history[-1].state is release.state
+        self._mailed_once_per_event()
         # Every upload is exactly one release (rollbacks redeploy an earlier key: not counted).
         uploads = [release.revision.key for release in releases if release.trigger is Trigger.UPLOAD]
         assert sorted(uploads) == sorted(self.uploaded_keys)
+
+    def _mailed_once_per_event(self) -> None:
+        """SES sent exactly as many mails as the delivery log says were delivered: a duplicated
+        stream record or queue message never mails twice."""
+        delivered = self.session.client("dynamodb").scan(
+            TableName=TABLE,
+            FilterExpression="begins_with(sk, :dlv) AND #status = :delivered",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":dlv": {"S": "DLV#"}, ":delivered": {"S": "delivered"}},
+        )["Items"]
+        sent = get_backend("ses")[DEFAULT_ACCOUNT_ID]["us-east-1"].sent_messages
+        assert len(sent) == len(delivered), (len(sent), len(delivered))
+
+    def _every_release_was_mailed(self, releases: list[Any]) -> None:
+        """The email route takes every event: once the outbox has drained, each release has mail."""
+        mailed = {
+            item["pk"]["S"].removeprefix("REL#")
+            for item in self.session.client("dynamodb").scan(
+                TableName=TABLE,
+                FilterExpression="begins_with(sk, :dlv)",
+                ExpressionAttributeValues={":dlv": {"S": "DLV#"}},
+            )["Items"]
+        }
+        assert {release.id for release in releases} <= mailed
 
     def check_everything_ends(self) -> None:
         """Once CodeDeploy has finished every deployment and reconcile has run, nothing is open."""
@@ -206,7 +331,10 @@ class ReleaseMachine(RuleBasedStateMachine):
                     moto_extensions.complete(deployment_id, "Succeeded")  # all events lost
                     busy = True
             self.reconcile()
-            if not busy and all(r.state.is_terminal for r in self._releases()):
+            self.outbox_delivers(duplicate=True)
+            releases = self._releases()
+            if not busy and all(r.state.is_terminal for r in releases):
+                self._every_release_was_mailed(releases)
                 return
         open_releases = [(r.id, r.state.value, r.reason) for r in self._releases() if not r.state.is_terminal]
         pytest.fail(f"releases still open after CodeDeploy finished and reconcile ran: {open_releases}")
@@ -228,8 +356,3 @@ TestReleaseStateMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-
-def test_report_how_many_cases_ran() -> None:
-    """Printed in CI's log (pytest -rA shows it): how many generated cases the suite ran."""
-    print(f"reliability: {RUN_STATS['examples']} generated cases, {RUN_STATS['steps']} steps")

@@ -1,0 +1,176 @@
+"""Burst: 1,000 uploads over 50 pipelines against moto in process, delivered as AWS may deliver
+them: 10% of the S3 events twice, all shuffled; CodeDeploy's START and SUCCESS for every
+deployment shuffled together (a START may come after its SUCCESS) and 20% of the SUCCESS
+events delivered again a round later. The benchmark plays CodeDeploy: each round it finishes
+every running deployment (``moto_extensions.complete``) and delivers the round's events; a
+pipeline without a load balancer goes straight to SUCCEEDED and starts its next queued release.
+
+Events per second counts only the time spent inside the handlers. The floor is the same moto's
+raw rate of conditional PutItem, one call per write: the coordinator cannot go faster than the
+writes it must make.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from typing import Any
+
+from bench.measurement import Outcome, main
+from bench.moto_world import TABLE, MotoWorld, codedeploy_event, pipeline_toml
+
+PIPELINES = 50
+UPLOADS = 1000
+DUPLICATED_UPLOADS = 0.10
+REPEATED_SUCCESS = 0.20
+FLOOR_WRITES = 2000
+SEED = 8
+
+
+class Clock:
+    """Time spent inside the handlers only."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.events = 0
+
+    def deliver(self, handler: Any, event: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        handler(event, None)
+        self.seconds += time.perf_counter() - started
+        self.events += 1
+
+
+def _floor(world: MotoWorld) -> float:
+    """Conditional PutItems per second against the same moto and table."""
+    dynamodb = world.session.client("dynamodb")
+    started = time.perf_counter()
+    for number in range(FLOOR_WRITES):
+        dynamodb.put_item(
+            TableName=TABLE,
+            Item={"pk": {"S": f"FLOOR#{number}"}, "sk": {"S": "META"}, "version": {"N": "1"}},
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+    return FLOOR_WRITES / (time.perf_counter() - started)
+
+
+def _account(world: MotoWorld, release_ids: list[str]) -> dict[str, Any]:
+    """Every upload is one release, each deployed exactly once, and every slot is free."""
+    from sandbox import moto_extensions
+
+    store = world.store()
+    releases = store.get_releases(release_ids)
+    states = Counter(release.state.value for release in releases)
+    deployment_ids = [release.deployment_id for release in releases if release.deployment_id]
+    deployments = moto_extensions.backend().deployments
+    in_table = 0
+    paginator = world.session.client("dynamodb").get_paginator("scan")
+    for page in paginator.paginate(
+        TableName=TABLE,
+        FilterExpression="sk = :meta AND begins_with(pk, :release)",
+        ExpressionAttributeValues={":meta": {"S": "META"}, ":release": {"S": "REL#"}},
+        Select="COUNT",
+    ):
+        in_table += page["Count"]
+    busy_slots = [
+        name
+        for name in (f"b{number:02d}" for number in range(PIPELINES))
+        if (slot := store.get_slot(name)).active is not None or slot.waiting
+    ]
+    return {
+        "uploads": len(release_ids),
+        "releases_found": len(releases),
+        "releases_in_table": in_table,
+        "states": dict(states),
+        "deployments": len(deployments),
+        "distinct_deployments_of_releases": len(set(deployment_ids)),
+        "busy_slots": busy_slots,
+    }
+
+
+def run() -> Outcome:
+    from sandbox import moto_extensions
+
+    chooser = random.Random(SEED)
+    names = [f"b{number:02d}" for number in range(PIPELINES)]
+    keys = [f"{names[n % PIPELINES]}/{names[n % PIPELINES]}-{n // PIPELINES:03d}.zip" for n in range(UPLOADS)]
+    chooser.shuffle(keys)
+    outcome = Outcome()
+    with MotoWorld("".join(pipeline_toml(name) for name in names)) as world:
+        uploads = world.upload_many(keys)
+        deliveries = [upload.eventbridge for upload in uploads]
+        deliveries += chooser.sample(deliveries, int(UPLOADS * DUPLICATED_UPLOADS))
+        chooser.shuffle(deliveries)
+        clock = Clock()
+        began = time.perf_counter()
+        for event in deliveries:
+            clock.deliver(world.app.on_artifact_event, event)
+        s3_events = clock.events
+
+        held_back: list[dict[str, Any]] = []
+        rounds = 0
+        while True:
+            active = world.active_deployments()
+            if not active and not held_back:
+                break
+            rounds += 1
+            events = list(held_back)
+            held_back = []
+            for deployment_id, application, group in active:
+                moto_extensions.complete(deployment_id, "Succeeded")
+                events.append(codedeploy_event(deployment_id, "START", application, group))
+                success = codedeploy_event(deployment_id, "SUCCESS", application, group)
+                events.append(success)
+                if chooser.random() < REPEATED_SUCCESS:
+                    held_back.append({**success, "id": f"{success['id']}-again"})
+            chooser.shuffle(events)
+            for event in events:
+                clock.deliver(world.app.on_codedeploy_event, event)
+        wall_s = time.perf_counter() - began
+        accounted = _account(world, [upload.release_id for upload in uploads])
+        floor = _floor(world)
+
+    rate = clock.events / clock.seconds
+    all_succeeded = (
+        accounted["states"] == {"SUCCEEDED": UPLOADS}
+        and accounted["releases_in_table"] == UPLOADS
+        and accounted["deployments"] == UPLOADS
+        and accounted["distinct_deployments_of_releases"] == UPLOADS
+        and not accounted["busy_slots"]
+    )
+    outcome.data = {
+        "events": clock.events,
+        "s3_events": s3_events,
+        "codedeploy_events": clock.events - s3_events,
+        "handler_seconds": clock.seconds,
+        "wall_seconds": wall_s,
+        "rounds": rounds,
+        "events_per_s": rate,
+        "floor_writes_per_s": floor,
+        "accounted": accounted,
+    }
+    outcome.add(
+        f"Burst: {UPLOADS:,} uploads over {PIPELINES} pipelines, 10% duplicated S3 events, shuffled "
+        "START/SUCCESS with 20% SUCCESS repeated late (moto in process)",
+        f"{rate:,.0f} events/s ({clock.events:,} events: {s3_events:,} S3 + {clock.events - s3_events:,} "
+        f"CodeDeploy, {clock.seconds:.1f} s in handlers, {wall_s:.1f} s wall, {rounds} rounds)",
+    )
+    outcome.add(
+        "Burst: floor = raw conditional PutItem rate on the same moto; ratio events/s ÷ writes/s",
+        f"{floor:,.0f} writes/s; ratio {rate / floor:.3f}",
+    )
+    states = ", ".join(f"{state} {count}" for state, count in sorted(accounted["states"].items()))
+    outcome.add(
+        "Burst: every upload accounted for",
+        f"{'yes' if all_succeeded else 'NO'}: {accounted['releases_found']}/{UPLOADS} releases ({states}), "
+        f"{accounted['releases_in_table']} release items in the table, {accounted['deployments']} "
+        f"CodeDeploy deployments ({accounted['distinct_deployments_of_releases']} distinct, "
+        "one per release), "
+        f"{len(accounted['busy_slots'])} slots still busy",
+    )
+    return outcome
+
+
+if __name__ == "__main__":
+    main(run)

@@ -1,0 +1,143 @@
+"""``make bench``: every benchmark, each in its own process, then the cost estimate from their
+figures; writes bench/results.md and prints it. A benchmark that fails is reported as such in
+the table, and the others still run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import cost
+from bench.measurement import OVER, Measurement, Outcome
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.md"
+COMMAND = "make bench"
+# (module, time limit in seconds): the whole run stays within about ten minutes on 2 cores.
+BENCHMARKS = (
+    ("cold_start", 180),
+    ("package_size", 300),
+    ("api_calls", 180),
+    ("handler_cost", 240),
+    ("burst", 360),
+    ("sandbox_latency", 420),
+)
+NOTES = """\
+How these were measured:
+
+- Each benchmark runs in a fresh process (`python -m bench.<name>`); figures are medians unless
+  stated. Handler costs, call counts and the burst call the Chalice entry points of `app.py`
+  directly, as Lambda does, against moto 5.2.5 in process (`mock_aws`), provisioned by
+  `sandbox/provision.py` as in the integration tests; S3 events are moto's own (S3 → EventBridge
+  → SQS), CodeDeploy events have the shape the integration tests use.
+- AWS calls are counted with botocore `before-call` hooks on the boto3 session that
+  `chalicelib.bootstrap.context()` creates, so only the coordinator's own calls count (lazily
+  created clients included), never the benchmark's set-up or checks. The flows include the
+  CodeDeploy START event AWS sends before the terminal one, and the table's stream. The Slack
+  flow also delivers the notify queue's messages to the sandbox's Slack look-alike.
+- moto 5.2.5 deep-copies a whole table for every item of a `TransactWriteItems` (its rollback),
+  so each transaction costs more as the table grows: in a first handler-cost run without a fix,
+  a new upload took 340 ms and a CodeDeploy SUCCESS 0.8-1.7 s (medians). `bench/moto_world.py`
+  keeps an undo log of the touched items instead (same all-or-nothing result), so the figures
+  measure the coordinator rather than that copy. The sandbox (moto server) runs unpatched.
+- In process, a call to moto costs a few milliseconds of boto3 serialisation and moto dispatch
+  (see the GetItem baseline); on AWS it is a network round trip instead. Handler costs compare
+  with each other, not with Lambda's billed duration.
+- The sandbox figures come from `sandbox.runtime.Sandbox` with the real hooks of the local demo
+  bundle; its pipeline's deployment config is swapped per run. Traffic is `SteadyTraffic` at
+  20 requests/s through the local load balancer during the v2 deploy.
+- Cost: prices are constants in `bench/cost.py` (us-east-1 list prices as of {prices}, not
+  re-checked); Lambda duration is estimated as the measured handler time plus {round_trip_ms:.0f} ms
+  per AWS call at {memory_mb:.0f} MB; DynamoDB units come from the sizes of the items written and
+  read; free tiers are ignored; Lambda's own polling of the queues and reading of the stream is
+  a fixed monthly cost, not per release.
+"""
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores (nproc), {model}, Python {platform.python_version()} ({platform.system()})"
+    )
+
+
+def _run_benchmark(module: str, limit_s: int, scratch: Path) -> Outcome:
+    out = scratch / f"{module}.json"
+    try:
+        subprocess.run(
+            [sys.executable, "-m", f"bench.{module}", "--out", str(out)],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=limit_s,
+        )
+    except subprocess.TimeoutExpired:
+        return Outcome(
+            [Measurement(f"bench.{module}", f"not measured: over its {limit_s} s limit", "", OVER)]
+        )
+    except subprocess.CalledProcessError as failure:
+        last = (failure.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        return Outcome([Measurement(f"bench.{module}", f"not measured: failed ({last[0][:200]})")])
+    loaded: Outcome = Outcome.from_json(json.loads(out.read_text(encoding="utf-8")))
+    return loaded
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(measurements: list[Measurement], when: datetime, machine: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine}. Reproduce: `{COMMAND}`.",
+        "",
+        "| what | measured | budget (DESIGN.md §8) | verdict |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {_cell(m.what)} | {_cell(m.figure)} | {_cell(m.budget)} | {_cell(m.verdict)} |"
+        for m in measurements
+    ]
+    notes = NOTES.format(
+        prices=cost.PRICES_AS_OF,
+        round_trip_ms=cost.AWS_CALL_ROUND_TRIP_S * 1000,
+        memory_mb=cost.LAMBDA_MEMORY_GB * 1024,
+    )
+    return "\n".join([*lines, "", notes])
+
+
+def main() -> int:
+    when = datetime.now(UTC)
+    outcomes: dict[str, Outcome] = {}
+    with tempfile.TemporaryDirectory(prefix="relco-bench-") as scratch:
+        for module, limit_s in BENCHMARKS:
+            outcomes[module] = _run_benchmark(module, limit_s, Path(scratch))
+    costs = cost.estimate(
+        outcomes["api_calls"].data,
+        outcomes["handler_cost"].data,
+        outcomes["sandbox_latency"].data.get("release_seconds", []),
+    )
+    measurements = [m for outcome in outcomes.values() for m in outcome.measurements] + costs.measurements
+    report = render(measurements, when, _machine())
+    RESULTS.write_text(report, encoding="utf-8")
+    print(report)  # the runner's report is this command's output
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
