@@ -25,6 +25,8 @@ from typing import Any
 
 import boto3
 
+from sandbox.event_pump import lambda_sqs_record
+
 REGION = "us-east-1"
 TABLE = "releases-bench"
 BUCKET = "bench-artifacts"
@@ -412,20 +414,7 @@ class MotoWorld:
             ).get("Messages", [])
             if not messages:
                 return
-            records = [
-                {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": message.get("Attributes", {}),
-                    "messageAttributes": {},
-                    "md5OfBody": message.get("MD5OfBody", ""),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": arn,
-                    "awsRegion": REGION,
-                }
-                for message in messages
-            ]
+            records = [lambda_sqs_record(message, arn, REGION) for message in messages]
             yield {"Records": records}
 
     def settle(self, event: Mapping[str, Any], answer: Mapping[str, Any]) -> None:

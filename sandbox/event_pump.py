@@ -132,22 +132,7 @@ class EventPump:
         messages = self._receive(source.queue_url)
         if not messages:
             return False
-        event = {
-            "Records": [
-                {
-                    "messageId": message["MessageId"],
-                    "receiptHandle": message["ReceiptHandle"],
-                    "body": message["Body"],
-                    "attributes": message.get("Attributes", {}),
-                    "messageAttributes": {},
-                    "md5OfBody": message.get("MD5OfBody", ""),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": source.queue_arn,
-                    "awsRegion": "us-east-1",
-                }
-                for message in messages
-            ]
-        }
+        event = {"Records": [lambda_sqs_record(message, source.queue_arn) for message in messages]}
         result = source.handler(event, None) or {}
         failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
         for message in messages:
@@ -170,7 +155,7 @@ class EventPump:
             response = self._streams.get_records(ShardIterator=iterator, Limit=100)
             records = response.get("Records", [])
             if records:
-                event = {"Records": [_lambda_stream_record(record, stream.stream_arn) for record in records]}
+                event = {"Records": [lambda_stream_record(record, stream.stream_arn) for record in records]}
                 stream.handler(event, None)
                 self.delivered += len(records)
                 busy = True
@@ -193,7 +178,22 @@ class EventPump:
         return True
 
 
-def _lambda_stream_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+def lambda_sqs_record(message: dict[str, Any], queue_arn: str, region: str = "us-east-1") -> dict[str, Any]:
+    """A ReceiveMessage message as Lambda's SQS event source hands it to the function."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {},
+        "md5OfBody": message.get("MD5OfBody", ""),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+
+
+def lambda_stream_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
     """A GetRecords record as Lambda hands it over (creation time in epoch seconds)."""
     change = dict(record["dynamodb"])
     created = change.get("ApproximateCreationDateTime")

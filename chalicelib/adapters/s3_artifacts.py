@@ -19,7 +19,8 @@ _METADATA_FIELDS = {
     "author": "author",
     "message": "message",
 }
-_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound"})
+# S3 answers 400 for a version id that is not one of its own: no such object version either.
+_MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound", "400", "InvalidArgument"})
 # Without s3:ListBucket, S3 answers 403 for a key that does not exist; a delete marker answers
 # 405. Either way this spelling of the key has no object to deploy.
 _UNREADABLE_CODES = frozenset({"403", "AccessDenied", "Forbidden", "405", "MethodNotAllowed"})

@@ -23,6 +23,7 @@ from chalicelib import bootstrap
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
 from chalicelib.domain.release import ReleaseState, rollback_release_id
 from sandbox import moto_extensions
+from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.slack_api import Message, SlackApi
 from tests.integration.conftest import LOAD_BALANCED, PIPELINES_TOML, REGION, World
 from tests.integration.test_verification import fail, run_checks, succeed
@@ -151,16 +152,11 @@ class Pump:
 
     def stream_records(self) -> list[dict[str, Any]]:
         """New stream records, shaped as Lambda hands them over."""
-        records = []
+        records: list[dict[str, Any]] = []
         for number, iterator in enumerate(self.iterators):
             response = self.streams.get_records(ShardIterator=iterator)
             self.iterators[number] = response["NextShardIterator"]
-            for record in response["Records"]:
-                dynamodb = dict(record["dynamodb"])
-                dynamodb["ApproximateCreationDateTime"] = int(
-                    dynamodb["ApproximateCreationDateTime"].timestamp()
-                )
-                records.append({**record, "dynamodb": dynamodb, "eventSourceARN": self.stream_arn})
+            records.extend(lambda_stream_record(record, self.stream_arn) for record in response["Records"])
         return records
 
     def publish(self, records: list[dict[str, Any]]) -> Any:
@@ -175,20 +171,7 @@ class Pump:
         messages = self.sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], MessageAttributeNames=["All"]
         ).get("Messages", [])
-        return [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": arn,
-                "awsRegion": REGION,
-            }
-            for message in messages
-        ]
+        return [lambda_sqs_record(message, arn, REGION) for message in messages]
 
     def deliver(self, records: list[dict[str, Any]]) -> list[str]:
         """Hand a batch to on_notify_message; delete what succeeded. Returns the failed ids."""

@@ -233,3 +233,14 @@ def test_forbidden_spelling_of_a_key_falls_through_to_the_next(world: World) -> 
 
     assert release is not None
     assert release.revision.key == "api/prod/red flower.zip"
+
+
+def test_a_malformed_version_id_is_no_object_not_a_crash(world: World) -> None:
+    """Real S3 answers HeadObject with 400 for a version id it never issued (botocore's Stubber
+    plays it; moto answers 404)."""
+    s3 = world.session.client("s3")
+    artifacts = S3Artifacts(s3)
+
+    with Stubber(s3) as stub:
+        stub.add_client_error("head_object", "400", "Invalid version id specified", 400)
+        assert artifacts.find("acme-artifacts", "api/prod/app.zip", "not-a-version") is None

@@ -36,6 +36,7 @@ from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.domain.pipelines import load_pipelines
 from chalicelib.domain.release import ReleaseState, Trigger
 from sandbox import moto_extensions
+from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.provision import provision
 from tests.integration.conftest import BUCKET, codedeploy_event
 
@@ -226,14 +227,11 @@ class ReleaseMachine(RuleBasedStateMachine):
                     )
 
     def _stream_records(self) -> list[dict[str, Any]]:
-        records = []
+        records: list[dict[str, Any]] = []
         for number, iterator in enumerate(self.shard_iterators):
             response = self.streams.get_records(ShardIterator=iterator)
             self.shard_iterators[number] = response["NextShardIterator"]
-            for record in response["Records"]:
-                change = dict(record["dynamodb"])
-                change["ApproximateCreationDateTime"] = int(change["ApproximateCreationDateTime"].timestamp())
-                records.append({**record, "dynamodb": change, "eventSourceARN": self.stream_arn})
+            records.extend(lambda_stream_record(record, self.stream_arn) for record in response["Records"])
         return records
 
     def _notify_batch(self) -> list[dict[str, Any]]:
@@ -243,20 +241,8 @@ class ReleaseMachine(RuleBasedStateMachine):
             AttributeNames=["All"],
             VisibilityTimeout=0,
         ).get("Messages", [])
-        return [
-            {
-                "messageId": message["MessageId"],
-                "receiptHandle": message["ReceiptHandle"],
-                "body": message["Body"],
-                "attributes": message["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": message["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:release-coordinator-notify.fifo",
-                "awsRegion": "us-east-1",
-            }
-            for message in messages
-        ]
+        queue_arn = "arn:aws:sqs:us-east-1:123456789012:release-coordinator-notify.fifo"
+        return [lambda_sqs_record(message, queue_arn) for message in messages]
 
     @rule()
     def reconcile(self) -> None:
