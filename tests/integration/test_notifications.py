@@ -425,3 +425,24 @@ def test_permanent_slack_error_goes_to_the_dead_letter_queue_and_email_still_goe
     assert reasons == ["Slack chat.postMessage: channel_not_found"] * 2
     assert sorted(json.loads(m["Body"])["notification"] for m in dead) == ["failed", "started"]
     assert [m.subject for m in sent_mail()] == ["[FAILED] shop-prod 1.0.0"]
+
+
+def test_ses_rejecting_the_mail_sends_it_to_the_dead_letter_queue_and_slack_still_posts(
+    world: World, pump: Pump, slack: SlackApi
+) -> None:
+    # The sender's identity lost its verification: SES answers MessageRejected for good.
+    world.session.client("ses").delete_identity(Identity=SENDER)
+    release_id, deployment_id = upload(world, "1.0.0")
+    fail(world, deployment_id, world.provisioned.load_balanced[LOAD_BALANCED].instance_ids[0])
+
+    assert pump.run() == []
+
+    assert sent_mail() == []
+    dead = pump.sqs.receive_message(
+        QueueUrl=world.provisioned.notify_dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+    )["Messages"]
+    assert [json.loads(m["Body"])["notification"] for m in dead] == ["failed"]
+    assert "MessageRejected" in dead[0]["MessageAttributes"]["reason"]["StringValue"]
+    root, replies = thread_of(world, slack, release_id)
+    assert header(root).startswith(":x: Failed")
+    assert replies

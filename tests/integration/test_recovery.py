@@ -53,16 +53,19 @@ def direct_context(world: World, clock: ManualClock, codedeploy: Any | None = No
     )
 
 
-def test_throttled_create_is_retried_by_the_redelivery_without_a_second_deployment(world: World) -> None:
+@pytest.mark.parametrize(("code", "status"), [("ThrottlingException", 400), ("InternalFailure", 500)])
+def test_throttled_or_failing_create_is_retried_by_the_redelivery_without_a_second_deployment(
+    world: World, code: str, status: int
+) -> None:
     upload = world.upload("api/prod/app-1.zip")
     codedeploy = world.session.client("codedeploy")
     context = direct_context(world, ManualClock(), codedeploy)
     [created] = parse_artifact_event(upload.eventbridge).uploads
 
-    # moto cannot throttle: botocore's Stubber answers CreateDeployment with ThrottlingException.
+    # moto cannot throttle or fail: botocore's Stubber answers CreateDeployment with the error.
     with Stubber(codedeploy) as stub:
-        stub.add_client_error("create_deployment", "ThrottlingException", "Rate exceeded", 400)
-        with pytest.raises(ClientError, match="ThrottlingException"):
+        stub.add_client_error("create_deployment", code, "Rate exceeded or internal failure", status)
+        with pytest.raises(ClientError, match=code):
             handle_upload(context, created)
     release = handle_upload(context, created)  # Lambda's retry of the same event
 
