@@ -40,8 +40,9 @@ class ApiClient:
     def __init__(self, api_url: str | None, region: str | None = None) -> None:
         if not api_url:
             raise ClientProblem(
-                "no API URL: pass --api-url or set RELCO_API_URL to the URL `chalice deploy` printed, "
-                "e.g. https://abc123.execute-api.us-east-1.amazonaws.com/api/"
+                "no API URL: pass --api-url or set RELCO_API_URL to the stack's EndpointURL output "
+                "(e.g. https://abc123.execute-api.us-east-1.amazonaws.com/api/), or to the api_url "
+                "`relco sandbox up` printed"
             )
         parsed = urllib.parse.urlsplit(api_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:

@@ -261,7 +261,7 @@ def bundle() -> None:
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Zip to write (default: DIRECTORY.zip).",
+    help="Zip to write (default: <directory name>.zip in the current directory).",
 )
 @json_option
 def bundle_build(directory: Path, output: Path | None, as_json: bool) -> None:

@@ -12,6 +12,18 @@ from types import FrameType
 from sandbox.runtime import Sandbox
 
 
+def _environment_lines(ready: dict[str, object]) -> str:
+    """The sandbox's emulator accepts any credentials, but the CLI signs its requests: give it some,
+    and send every AWS call to the emulator, never to a real account."""
+    return "\n".join(
+        [
+            f"  export RELCO_API_URL={ready['api_url']}",
+            f"  export AWS_ENDPOINT_URL={ready['aws_endpoint_url']}",
+            "  export AWS_ACCESS_KEY_ID=sandbox AWS_SECRET_ACCESS_KEY=sandbox AWS_DEFAULT_REGION=us-east-1",
+        ]
+    )
+
+
 def serve(*, as_json: bool, instances: int = 2) -> int:
     stop = threading.Event()
 
@@ -37,6 +49,8 @@ def serve(*, as_json: bool, instances: int = 2) -> int:
                 print("Sandbox ready (Ctrl-C stops it):", flush=True)
                 for name, value in ready.items():
                     print(f"  {name}: {value}", flush=True)
+                print("\nTo use relco and the AWS CLI against it, in another shell:", flush=True)
+                print(_environment_lines(ready), flush=True)
             stop.wait()
     finally:
         for sig, handler in previous.items():
