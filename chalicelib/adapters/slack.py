@@ -15,6 +15,7 @@ Failures are sorted for the delivery use case:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -51,6 +52,10 @@ PERMANENT_ERRORS = frozenset(
 )
 # Incoming webhooks answer their errors as plain text with a 4xx status.
 _WEBHOOK_TRANSIENT_STATUSES = frozenset({408, 429})
+# slack_sdk logs request URLs (an incoming webhook's URL is its secret) and would log tokens at
+# DEBUG: it gets a logger that says nothing. What matters is logged here, without secrets.
+_SILENT = logging.getLogger("release-coordinator.slack-sdk")
+_SILENT.disabled = True
 
 
 def _retry_after(headers: Mapping[str, Any] | None) -> int:
@@ -124,6 +129,7 @@ class SlackWebApi:
                 base_url=self._base_url or WebClient.BASE_URL,
                 timeout=self._timeout_s,
                 retry_handlers=_server_error_retries(),
+                logger=_SILENT,
             )
             self._clients[token] = client
         return client
@@ -184,7 +190,9 @@ class SlackIncomingWebhook:
     def send(self, url: str, text: str, blocks: Sequence[Mapping[str, object]]) -> None:
         from slack_sdk.webhook import WebhookClient
 
-        client = WebhookClient(url, timeout=self._timeout_s, retry_handlers=_server_error_retries())
+        client = WebhookClient(
+            url, timeout=self._timeout_s, retry_handlers=_server_error_retries(), logger=_SILENT
+        )
 
         def post() -> None:
             response = client.send(text=text, blocks=[dict(block) for block in blocks] or None)

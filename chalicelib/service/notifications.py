@@ -10,6 +10,7 @@ queue itself. A channel that fails never holds up another: each route is its own
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -53,6 +54,8 @@ RETRY_BASE_S = 5
 RETRY_MAX_S = 900
 # Another attempt holds the delivery's claim: look again after this long.
 BUSY_RETRY_S = 30
+# Tries at storing a posted Slack card's thread before giving up (about 3 s in all).
+REMEMBER_ATTEMPTS = 5
 
 
 class NotificationsNotConfigured(RuntimeError):
@@ -206,7 +209,7 @@ def _post_to_thread(
         if not opens_thread(route, message.notification):
             return False
         thread = adapters.slack.post(token, settings["channel"], card.text, card.blocks, None)
-        _remember_thread(context, notice.release.id, message.route, thread)
+        _remember_posted_thread(context, notice.release.id, message.route, thread)
         if message.notification not in FAILURES:
             return True
     else:
@@ -215,6 +218,23 @@ def _post_to_thread(
     reply = slack_reply(notice, mentions(settings, notice))
     adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts)
     return True
+
+
+def _remember_posted_thread(context: Context, release_id: str, route: str, thread: SlackThread) -> None:
+    """The root card is out: if its thread were not stored, the retry would post a second card.
+    Transient store errors are waited out here rather than handed to the queue's retry."""
+    for attempt in range(REMEMBER_ATTEMPTS):
+        try:
+            _remember_thread(context, release_id, route, thread)
+            return
+        except Exception:
+            if attempt == REMEMBER_ATTEMPTS - 1:
+                logger.exception(
+                    "Slack card posted but its thread could not be stored; a retry may post it again",
+                    extra={"release_id": release_id, "route": route},
+                )
+                raise
+            time.sleep(0.2 * 2**attempt)
 
 
 def _remember_thread(context: Context, release_id: str, route: str, thread: SlackThread) -> None:

@@ -7,6 +7,7 @@ receiver on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,12 +17,16 @@ from typing import Any
 
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 from moto.backends import get_backend
 from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from chalicelib import bootstrap
+from chalicelib.adapters.slack import SlackIncomingWebhook
+from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
 from chalicelib.domain.release import ReleaseState, rollback_release_id
+from chalicelib.service.notification_ports import DeliveryRejected
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.slack_api import Message, SlackApi
@@ -446,3 +451,80 @@ def test_ses_rejecting_the_mail_sends_it_to_the_dead_letter_queue_and_slack_stil
     root, replies = thread_of(world, slack, release_id)
     assert header(root).startswith(":x: Failed")
     assert replies
+
+
+def test_a_redirecting_webhook_is_dead_lettered_not_counted_as_delivered() -> None:
+    """urllib would follow a 302 as a GET without body or signature and call it a success."""
+    seen: list[str] = []
+
+    class Redirecting(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen.append(f"POST {self.path}")
+            self.send_response(302)
+            self.send_header("Location", "/final")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append(f"GET {self.path}")
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(DeliveryRejected, match="HTTP 302"):
+            HttpWebhook().post(f"http://127.0.0.1:{server.server_address[1]}/hook", b"{}", {})
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert seen == ["POST /hook"]
+
+
+def test_slack_sdk_never_logs_a_webhook_url(caplog: pytest.LogCaptureFixture, slack: SlackApi) -> None:
+    slack.fail_next("default", status=500, times=5)
+    caplog.set_level(logging.DEBUG)
+
+    with pytest.raises(RuntimeError):
+        SlackIncomingWebhook(timeout_s=2).send(slack.webhook_url(), "text", [])
+
+    assert slack.webhook_url() not in caplog.text
+
+
+def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
+    world: World, pump: Pump, slack: SlackApi
+) -> None:
+    """The root card is out but storing its thread fails twice (DynamoDB throttling, injected on
+    the coordinator's own client): the thread is still stored, and no second card is posted."""
+    release_id, _ = upload(world, "1.0.0")
+    dynamodb = bootstrap.context().store._client  # type: ignore[attr-defined]
+    failures = {"left": 2}
+
+    def throttle_thread_writes(params: dict[str, Any], **_: Any) -> None:
+        writes_thread = any(
+            "notification_threads" in op.get("Put", {}).get("Item", {}) for op in params["TransactItems"]
+        )
+        if writes_thread and failures["left"]:
+            failures["left"] -= 1
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                "TransactWriteItems",
+            )
+
+    dynamodb.meta.events.register("provide-client-params.dynamodb.TransactWriteItems", throttle_thread_writes)
+    try:
+        assert pump.run() == []
+    finally:
+        dynamodb.meta.events.unregister(
+            "provide-client-params.dynamodb.TransactWriteItems", throttle_thread_writes
+        )
+
+    assert failures["left"] == 0
+    assert (
+        len([call for call in slack.calls() if call.method == "chat.postMessage" and call.status == 200]) == 1
+    )
+    assert world.release(release_id).notification_threads
