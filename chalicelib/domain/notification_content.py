@@ -254,7 +254,8 @@ def card_blocks(notice: Notice) -> list[dict[str, Any]]:
 
 def slack_card(notice: Notice) -> SlackMessage:
     _, label = _card_label(notice.release)
-    return SlackMessage(text=f"{label}: {notice.title}", blocks=card_blocks(notice))
+    # Slack reads the fallback text as mrkdwn too: a version label like "<!channel>" must not ping.
+    return SlackMessage(text=f"{label}: {escape(notice.title)}", blocks=card_blocks(notice))
 
 
 def _code_block(text: str) -> str:
@@ -322,7 +323,7 @@ def slack_webhook_message(notice: Notice, pings: Sequence[str] = ()) -> SlackMes
     blocks.insert(
         -1, {"type": "section", "text": {"type": "mrkdwn", "text": _truncate(reply.text, _SECTION_LIMIT)}}
     )
-    return SlackMessage(text=f"{notice.label}: {notice.title}", blocks=blocks)
+    return SlackMessage(text=f"{notice.label}: {escape(notice.title)}", blocks=blocks)
 
 
 def subject(notice: Notice) -> str:

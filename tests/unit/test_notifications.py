@@ -19,6 +19,7 @@ from chalicelib.domain.notification_content import (
     escape,
     mentions,
     payload,
+    slack_card,
     slack_reply,
     slack_webhook_message,
     sns_subject,
@@ -239,6 +240,14 @@ def test_card_shows_state_facts_and_escaped_user_text() -> None:
     webhook = slack_webhook_message(build_notice(release(), failure_history()[1], "failed"))
     assert webhook.text == "FAILED: api-prod 1.4.2"
     assert any("*Failed*" in str(block) for block in webhook.blocks)
+
+
+def test_fallback_text_escapes_a_hostile_version_label() -> None:
+    hostile = release(metadata={"version_label": "<!channel> 2.0"})
+    notice = build_notice(hostile, failure_history()[1], "failed")
+    for message in (slack_card(notice), slack_webhook_message(notice)):
+        assert "<!channel>" not in message.text
+        assert "&lt;!channel&gt; 2.0" in message.text
 
 
 def test_email_sns_and_webhook_content() -> None:
