@@ -39,8 +39,10 @@ from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.provision import provision
 from tests.integration.conftest import BUCKET, codedeploy_event
+from tests.integration.conftest import TABLE as INTEGRATION_TABLE
 
-TABLE = "reliability"
+# The integration suite's table name: the permission check binds the packaged policies to it.
+TABLE = INTEGRATION_TABLE
 PIPELINES = {"api-prod": ("api", "api-prod", "api/prod/"), "web-prod": ("web", "web-prod", "web/prod/")}
 SENDER = "relco@reliability.example"
 EVERY_EVENT = (
