@@ -16,20 +16,27 @@ from pathlib import Path
 from typing import Any
 
 APPSPEC = "appspec.yml"
-# The hooks of an EC2/on-premises in-place deployment that run scripts, in the order they run.
-SCRIPT_HOOKS = (
+# The lifecycle of an EC2/on-premises in-place deployment behind a load balancer, in the order
+# CodeDeploy runs it (the sandbox's agent runs it in this order too).
+LIFECYCLE_EVENTS = (
     "BeforeBlockTraffic",
+    "BlockTraffic",
     "AfterBlockTraffic",
     "ApplicationStop",
+    "DownloadBundle",
     "BeforeInstall",
+    "Install",
     "AfterInstall",
     "ApplicationStart",
     "ValidateService",
     "BeforeAllowTraffic",
+    "AllowTraffic",
     "AfterAllowTraffic",
 )
 # CodeDeploy runs these itself; an appspec may not attach scripts to them.
 RESERVED_HOOKS = ("DownloadBundle", "Install", "BlockTraffic", "AllowTraffic")
+# The hooks that run the bundle's scripts, in order.
+SCRIPT_HOOKS = tuple(event for event in LIFECYCLE_EVENTS if event not in RESERVED_HOOKS)
 _TOP_LEVEL = ("version", "os", "files", "permissions", "hooks", "file_exists_behavior")
 _FILE_EXISTS = ("DISALLOW", "OVERWRITE", "RETAIN")
 _MAX_TIMEOUT_S = 3600

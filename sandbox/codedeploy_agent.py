@@ -45,26 +45,11 @@ from typing import Any, Protocol
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.events.models import events_backends
 
+from relco.bundle import LIFECYCLE_EVENTS
 from sandbox import moto_extensions
 
 logger = logging.getLogger(__name__)
 
-# EC2 in-place lifecycle with a load balancer, in AWS's order.
-LIFECYCLE_EVENTS = (
-    "BeforeBlockTraffic",
-    "BlockTraffic",
-    "AfterBlockTraffic",
-    "ApplicationStop",
-    "DownloadBundle",
-    "BeforeInstall",
-    "Install",
-    "AfterInstall",
-    "ApplicationStart",
-    "ValidateService",
-    "BeforeAllowTraffic",
-    "AllowTraffic",
-    "AfterAllowTraffic",
-)
 # These run the scripts of the last revision that succeeded on the instance (none on a first
 # deploy); ignoreApplicationStopFailures applies to them.
 PREVIOUS_REVISION_HOOKS = frozenset({"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"})

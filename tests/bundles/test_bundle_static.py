@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from relco.bundle import SCRIPT_HOOKS
+
 from .helpers import BUNDLES_DIR
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,19 +25,6 @@ APPSPECS = sorted(BUNDLES_DIR.glob("*/appspec.yml"))
 SCRIPTS = sorted(BUNDLES_DIR.rglob("*.sh"))
 CONFIGS = sorted(BUNDLES_DIR.rglob("scripts/config.env"))
 
-# EC2/on-premises lifecycle hooks that run scripts, in CodeDeploy's order (with a load balancer).
-# DownloadBundle, Install, BlockTraffic and AllowTraffic are reserved for the agent.
-EC2_SCRIPT_HOOKS = [
-    "BeforeBlockTraffic",
-    "AfterBlockTraffic",
-    "ApplicationStop",
-    "BeforeInstall",
-    "AfterInstall",
-    "ApplicationStart",
-    "ValidateService",
-    "BeforeAllowTraffic",
-    "AfterAllowTraffic",
-]
 REQUIRED_HOOKS = ["ApplicationStop", "BeforeInstall", "ApplicationStart", "ValidateService"]
 
 
@@ -115,9 +104,9 @@ def test_appspec_is_valid(appspec: Path) -> None:
         assert entry["source"] == "/"
         assert str(entry["destination"]).startswith("/")
     hooks: dict[str, Any] = spec["hooks"]
-    assert set(hooks) <= set(EC2_SCRIPT_HOOKS), f"unknown hooks: {set(hooks) - set(EC2_SCRIPT_HOOKS)}"
+    assert set(hooks) <= set(SCRIPT_HOOKS), f"unknown hooks: {set(hooks) - set(SCRIPT_HOOKS)}"
     assert set(REQUIRED_HOOKS) <= set(hooks)
-    assert list(hooks) == sorted(hooks, key=EC2_SCRIPT_HOOKS.index), "hooks not in lifecycle order"
+    assert list(hooks) == sorted(hooks, key=SCRIPT_HOOKS.index), "hooks not in lifecycle order"
     for name, entries in hooks.items():
         assert isinstance(entries, list)
         assert entries, f"{name}: no scripts"
