@@ -65,12 +65,24 @@ def shell_blocks() -> list[Block]:
     return [block for block in guide_blocks() if block.language in SHELL_LANGUAGES]
 
 
-def ci_policy() -> dict[str, Any]:
-    """The policy the guide tells readers to attach to CI's role (section 5)."""
-    policies: list[dict[str, Any]] = [
+def guide_json(section: str) -> list[dict[str, Any]]:
+    """The JSON blocks under the guide's heading that starts with ``section``."""
+    return [
         json.loads(block.text)
         for block in guide_blocks()
-        if block.language == "json" and block.heading.startswith("5. Granting CI permission")
+        if block.language == "json" and block.heading.startswith(section)
     ]
+
+
+def ci_policy() -> dict[str, Any]:
+    """The policy the guide tells readers to attach to CI's role (section 5)."""
+    policies = guide_json("5. Granting CI permission")
     assert len(policies) == 1, f"expected one JSON policy in section 5 of {GUIDE}, found {len(policies)}"
     return policies[0]
+
+
+def instance_profile_statement() -> dict[str, Any]:
+    """The statement the guide gives the CodeDeploy agent's instance profile (section 0)."""
+    statements = [doc for doc in guide_json("0. What you need") if doc.get("Sid") == "DownloadBundles"]
+    assert len(statements) == 1, f"expected the DownloadBundles statement in section 0 of {GUIDE}"
+    return statements[0]

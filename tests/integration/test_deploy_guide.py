@@ -32,7 +32,9 @@ from botocore.exceptions import ClientError
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-from tests.integration.deploy_guide import GUIDE, Block, shell_blocks
+from infra import iam
+from tests.integration.conftest import World
+from tests.integration.deploy_guide import GUIDE, Block, instance_profile_statement, shell_blocks
 
 AWS_CLI = Path(sys.executable).parent / "aws"
 MOTO_ACCOUNT = "123456789012"
@@ -377,3 +379,19 @@ def test_guide_block_runs(identifier: str, given: Given, aws: Emulator, tmp_path
     check = given(aws, tmp_path)
     assert_ran(run_block(block, aws, tmp_path), block)
     check()
+
+
+def test_the_guides_instance_profile_may_download_what_the_coordinator_deploys(world: World) -> None:
+    """The agent downloads a revision with GetObject, naming the version when the revision has one
+    (aws-codedeploy-agent, command_executor.rb, download_from_s3); the coordinator always names it
+    on a versioned bucket. The guide's instance-profile statement must allow that download."""
+    upload = world.upload("api/prod/app-1.zip")
+    world.deliver_upload(upload.eventbridge)
+    location = world.deployments()[0]["revision"]["s3Location"]
+    assert location["version"] == upload.version_id, "CreateDeployment pins the uploaded version"
+    statement = instance_profile_statement()
+    for download in (
+        {"Bucket": location["bucket"], "Key": location["key"], "VersionId": location["version"]},
+        {"Bucket": location["bucket"], "Key": location["key"]},  # an unversioned bucket
+    ):
+        assert iam.denied([statement], iam.requests_for_call("s3", "GetObject", download)) == [], download
