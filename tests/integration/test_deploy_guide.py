@@ -11,6 +11,9 @@ Placeholders: the blocks use the variables the guide defines in section 0 (``REG
 replaces the guide's example account id with the emulator's. The reader's own CLI setup is
 stood in for by a default region other than ``REGION`` and a default output of ``text``: a
 block must name the region and the output format it relies on.
+
+Also bound to the documents: the instance-profile statement of section 0 against the revision a real
+CreateDeployment carries, and README's environment for a bare `chalice local`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +36,13 @@ from urllib.parse import unquote_plus
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from chalice.config import Config
+from chalice.local import LocalDevServer
 from moto.moto_api._internal.models import moto_api_backend
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
+from app import app
+from chalicelib import bootstrap
 from infra import iam
 from tests.integration.conftest import World
 from tests.integration.deploy_guide import GUIDE, Block, instance_profile_statement, shell_blocks
@@ -395,3 +406,72 @@ def test_the_guides_instance_profile_may_download_what_the_coordinator_deploys(w
         {"Bucket": location["bucket"], "Key": location["key"]},  # an unversioned bucket
     ):
         assert iam.denied([statement], iam.requests_for_call("s3", "GetObject", download)) == [], download
+
+
+README = GUIDE.parents[1] / "README.md"
+# Set by the test's own emulator (credentials, region; moto in process needs no endpoint).
+_EMULATOR_SETTINGS = re.compile(r"AWS_[A-Z_]+")
+
+
+def chalice_local_environment() -> set[str]:
+    """The variables README.md says a bare `chalice local` needs (its paragraph on it)."""
+    paragraphs = [p for p in README.read_text(encoding="utf-8").split("\n\n") if "`chalice local`" in p]
+    assert len(paragraphs) == 1, "README.md has one paragraph on `chalice local`"
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", paragraphs[0]))
+    return {name for name in names if not _EMULATOR_SETTINGS.fullmatch(name)}
+
+
+@contextmanager
+def local_server() -> Iterator[str]:
+    """The app as `chalice local` serves it, on a free port of 127.0.0.1."""
+    server = LocalDevServer(app, Config.create(lambda_timeout=60, lambda_memory_size=128), "127.0.0.1", 0)
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server.server_address[1]}"
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(timeout=5)
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
+def test_chalice_local_serves_with_the_environment_the_readme_names(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    named = chalice_local_environment()
+    assert "VERIFY_QUEUE_URL" in named
+    existing = {
+        "RELEASES_TABLE": os.environ["RELEASES_TABLE"],
+        "VERIFY_QUEUE_URL": os.environ["VERIFY_QUEUE_URL"],
+    }
+    for name in (
+        "RELEASES_TABLE",
+        "VERIFY_QUEUE_URL",
+        "NOTIFY_QUEUE_URL",
+        "NOTIFY_DLQ_URL",
+        "PIPELINES_FILE",
+    ):
+        monkeypatch.delenv(name)
+    unknown = named - set(existing)
+    assert not unknown, f"README names variables the test does not know how to provide: {unknown}"
+    for name in named:
+        monkeypatch.setenv(name, existing[name])
+    bootstrap.reset()
+    with local_server() as url:
+        assert _status(f"{url}/releases") == 200
+        assert _status(f"{url}/pipelines") == 200
+
+    monkeypatch.delenv("VERIFY_QUEUE_URL")
+    bootstrap.reset()
+    with local_server() as url:
+        assert _status(f"{url}/releases") != 200, "README: without VERIFY_QUEUE_URL every route fails"
+    bootstrap.reset()
