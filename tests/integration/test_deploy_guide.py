@@ -241,16 +241,16 @@ def secrets(aws: Emulator, workdir: Path) -> Callable[[], None]:
 
 
 def stand_in_package(aws: Emulator, workdir: Path) -> Callable[[], None]:
-    """What `make package STAGE=prod` leaves in build/package/prod, stood in for by a template moto
-    can deploy (moto runs no SAM transform): the parameter and outputs the guide uses, plain
-    resources, and more than the CLI's inline limit, as the real template is."""
+    """The sam.json `make package STAGE=prod` leaves in build/package/prod, stood in for by a
+    template moto can deploy (moto runs no SAM transform): the parameter and outputs the guide
+    uses, plain resources, and more than the CLI's inline limit once packaged (about 54.6 KB; the
+    real prod template packages to 53,695 bytes)."""
     aws.client("s3").create_bucket(
         Bucket=PROVISIONED["CFN_BUCKET"],
         CreateBucketConfiguration={"LocationConstraint": PROVISIONED["REGION"]},
     )
     package = workdir / "build" / "package" / "prod"
     package.mkdir(parents=True)
-    (package / "deployment.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
     queues = {
         f"StandInQueue{number}": {
             "Type": "AWS::SQS::Queue",
