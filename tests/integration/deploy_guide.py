@@ -11,7 +11,8 @@ from typing import Any
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 SHELL_LANGUAGES = frozenset({"sh", "bash", "shell"})
-_FENCE = re.compile(r"^(?P<fence>`{3,}|~{3,})\s*(?P<language>[\w+-]*)")
+# Fences may be indented (a block inside a list item): its lines lose the fence's indentation.
+_FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<language>[\w+-]*)")
 _HEADING = re.compile(r"^#{1,6}\s+(?P<title>.+?)\s*#*\s*$")
 
 
@@ -37,12 +38,13 @@ def blocks(markdown: str) -> list[Block]:
     heading = ""
     fence: str | None = None
     language = ""
+    indent = ""
     lines: list[str] = []
     for line in markdown.splitlines():
         if fence is None:
             opening = _FENCE.match(line)
             if opening:
-                fence, language, lines = opening["fence"], opening["language"], []
+                fence, language, indent, lines = opening["fence"], opening["language"], opening["indent"], []
                 continue
             title = _HEADING.match(line)
             if title:
@@ -51,7 +53,7 @@ def blocks(markdown: str) -> list[Block]:
             found.append(Block(heading, language, "\n".join(lines) + "\n"))
             fence = None
         else:
-            lines.append(line)
+            lines.append(line.removeprefix(indent))
     if fence is not None:
         raise ValueError(f"unclosed {fence} block under {heading!r}")
     return found
