@@ -17,16 +17,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from chalice.config import Config
 from chalice.local import LocalDevServer
 from click.testing import CliRunner, Result
 
 from app import app
+from infra import iam
 from relco.api_client import ApiClient
 from relco.cli import main
 from sandbox import moto_extensions
 from tests.integration.conftest import World
+from tests.integration.deploy_guide import ci_policy
 
 pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
 
@@ -353,3 +356,44 @@ def test_bundle_push_says_when_no_release_appears(world: World, api_url: str, tm
     result = relco(api_url, "bundle", "push", str(bundle), "--pipeline", "api-prod", "--wait", "1")
     assert result.exit_code == 1
     assert "no release of pipeline 'api-prod' appeared within 1 s" in result.output
+
+
+# The API's ARN prefix as the guide's CI policy spells it (its placeholders for region, account, id).
+GUIDE_API_ARN = "arn:aws:execute-api:eu-west-1:111122223333:API_ID/api"
+
+
+def test_bundle_push_needs_only_what_the_deploy_guide_grants_ci(
+    world: World, api_url: str, event_pump: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every S3 call and API request `relco bundle push` makes is allowed by exactly the policy
+    docs/deploy.md gives CI (read from the guide), as IAM authorizes it (infra.iam: HeadObject is
+    s3:GetObject, or s3:GetObjectVersion with a version id; an API request is execute-api:Invoke
+    on .../<stage>/<METHOD>/<path>)."""
+    s3_calls: list[tuple[str, dict[str, Any]]] = []
+    session = boto3.session.Session()
+    session.events.register(
+        "before-parameter-build.s3",
+        lambda params, model, **_: s3_calls.append((str(model.name), dict(params))),
+    )
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", session)
+    api_requests: list[iam.Request] = []
+    original_call = ApiClient.call
+
+    def recorded_call(self: ApiClient, method: str, path: str, **kwargs: Any) -> Any:
+        api_requests.append(iam.Request("execute-api:Invoke", f"{GUIDE_API_ARN}/{method}{path}"))
+        return original_call(self, method, path, **kwargs)
+
+    monkeypatch.setattr(ApiClient, "call", recorded_call)
+
+    result = relco(
+        api_url, "bundle", "push", str(copied_bundle(tmp_path)), "--pipeline", "api-prod", "--json"
+    )
+
+    assert result.exit_code == 0, result.output
+    release = json.loads(result.stdout)
+    stored = world.session.client("s3").head_object(Bucket="acme-artifacts", Key=release["revision"]["key"])
+    assert release["revision"]["version"] == stored["VersionId"], "the release is of the uploaded version"
+    assert release["revision"]["etag"] == stored["ETag"].strip('"')
+    requests = [r for op, params in s3_calls for r in iam.requests_for_call("s3", op, params)] + api_requests
+    assert iam.denied(ci_policy()["Statement"], requests) == []
+    assert {r.action for r in requests} == {"s3:PutObject", "execute-api:Invoke"}, requests
