@@ -8,12 +8,10 @@ and reconcile, which re-sends a check it thinks lost, judges from the planned du
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-import botocore.session
 import pytest
 
 from chalicelib.adapters.sqs_queues import SqsVerifyQueue
@@ -28,17 +26,9 @@ from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World
 from tests.integration.test_recovery import ManualClock, direct_context
 from tests.integration.test_verification import health_checks, upload_and_deploy
+from tests.unit.test_verification import sqs_max_delay_s
 
 BAKE_S = 3600
-
-
-def sqs_max_delay_s() -> int:
-    """From the model's documentation of SendMessage's DelaySeconds: "Valid values: 0 to 900"."""
-    model = botocore.session.get_session().get_service_model("sqs")
-    documentation = model.operation_model("SendMessage").input_shape.members["DelaySeconds"].documentation
-    match = re.search(r"Valid values: 0 to (\d+)", documentation)
-    assert match, documentation
-    return int(match.group(1))
 
 
 @pytest.mark.timeout(120)

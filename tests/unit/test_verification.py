@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import botocore.session
 import pytest
 
 from chalicelib.domain.inbound_events import MalformedEvent
@@ -25,6 +27,19 @@ from chalicelib.domain.verification import (
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 GROUP = TargetGroupSettings("arn:tg/a", "a", interval_s=10, healthy_threshold=3, deregistration_delay_s=30)
+
+
+def sqs_max_delay_s() -> int:
+    """From the model's documentation of SendMessage's DelaySeconds: "Valid values: 0 to 900"."""
+    model = botocore.session.get_session().get_service_model("sqs")
+    documentation = model.operation_model("SendMessage").input_shape.members["DelaySeconds"].documentation
+    match = re.search(r"Valid values: 0 to (\d+)", documentation)
+    assert match, documentation
+    return int(match.group(1))
+
+
+def test_a_message_is_delayed_at_most_as_long_as_sqs_allows() -> None:
+    assert sqs_max_delay_s() == MAX_DELAY_S
 
 
 def plan(**settings: int) -> Verification:
