@@ -64,7 +64,9 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
 
 def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
     """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
-    fix it); a check that fails on AWS is reported back alone so SQS retries just that one."""
+    fix it). ELBv2's errors are the check's to judge (recorded, retried on schedule or failing
+    verification), never SQS's redelivery, which would dead-letter the check after five; a check
+    that fails otherwise (the store throttled) is reported back alone so SQS retries just it."""
     from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
