@@ -165,8 +165,8 @@ class Judgement:
     outcome: Outcome
     verification: Verification
     not_healthy: tuple[TargetHealth, ...] = field(default_factory=tuple)
-    # Why target health could not be read ("ELBv2 <code>: <message>"), when it could not.
-    error: str | None = None
+    # Why target health could not be read, when it could not.
+    error: LoadBalancerError | None = None
     # How long after its due time the check ran, when it ran late (LATE_AFTER_S).
     late_s: int | None = None
     past_deadline: bool = False
@@ -185,18 +185,16 @@ def judge(verification: Verification, health: Sequence[TargetHealth], now: datet
     return _judged(verification, now, not_healthy=not_healthy, error=None)
 
 
-def judge_unreadable(verification: Verification, error: str, now: datetime) -> Judgement:
-    """ELBv2 could not answer (throttled, unavailable, a 5xx): nothing was seen healthy, so the
-    streak restarts like after a target seen not healthy. Retried after the interval, and past
-    the deadline the release fails with the error."""
+def judge_error(verification: Verification, error: LoadBalancerError, now: datetime) -> Judgement:
+    """ELBv2 answered an error instead of target health. Refused for good (the target group is
+    gone, a deployed target is invalid): no retry can verify the deployment. Otherwise
+    (throttled, unavailable, a 5xx) nothing was seen healthy, so the streak restarts as after a
+    target seen not healthy, the check is tried again after the interval, and at or past the
+    deadline the release fails with the error."""
+    if error.permanent:
+        checked = replace(verification, checks_done=verification.checks_done + 1, streak=0)
+        return Judgement(Outcome.UNVERIFIABLE, checked, error=error, late_s=_late_s(verification, now))
     return _judged(verification, now, not_healthy=(), error=error)
-
-
-def judge_unverifiable(verification: Verification, error: str, now: datetime) -> Judgement:
-    """ELBv2 refused for good: the target group is gone or a deployed target is invalid. No
-    retry can verify the deployment."""
-    checked = replace(verification, checks_done=verification.checks_done + 1, streak=0)
-    return Judgement(Outcome.UNVERIFIABLE, checked, error=error, late_s=_late_s(verification, now))
 
 
 def _late_s(verification: Verification, now: datetime) -> int | None:
@@ -205,7 +203,11 @@ def _late_s(verification: Verification, now: datetime) -> int | None:
 
 
 def _judged(
-    verification: Verification, now: datetime, *, not_healthy: tuple[TargetHealth, ...], error: str | None
+    verification: Verification,
+    now: datetime,
+    *,
+    not_healthy: tuple[TargetHealth, ...],
+    error: LoadBalancerError | None,
 ) -> Judgement:
     """The deadline judges the targets, not the coordinator's timing: a check that runs past it
     (late because a handler died or a message was lost) still counts when every target is

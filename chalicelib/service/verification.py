@@ -25,8 +25,7 @@ from chalicelib.domain.verification import (
     Verification,
     VerifyRequest,
     judge,
-    judge_unreadable,
-    judge_unverifiable,
+    judge_error,
     next_request,
     plan_verification,
 )
@@ -173,9 +172,8 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
         logger.warning(
             "could not read target health", extra={"why": str(error), "permanent": error.permanent}
         )
-        judged = judge_unverifiable if error.permanent else judge_unreadable
-        return _apply(context, release, request, judged(verification, str(error), now), error.code)
-    return _apply(context, release, request, judge(verification, health, now), None)
+        return _apply(context, release, request, judge_error(verification, error, now))
+    return _apply(context, release, request, judge(verification, health, now))
 
 
 def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
@@ -193,7 +191,7 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
     if judgement.past_deadline:
         detail["past_deadline"] = True
     if judgement.error is not None:
-        detail["error"] = judgement.error
+        detail["error"] = str(judgement.error)
         return EventType.TASK_FAILED, detail
     if judgement.not_healthy:
         detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
@@ -202,7 +200,7 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
 
 
 def _apply(
-    context: Context, release: Release, request: VerifyRequest, judgement: Judgement, aws_code: str | None
+    context: Context, release: Release, request: VerifyRequest, judgement: Judgement
 ) -> Release | None:
     event_type, detail = _check_event(judgement, request.check)
 
@@ -226,6 +224,7 @@ def _apply(
             prelude=with_check,
             known=release,
         )
+    aws_code = judgement.error.code if judgement.error else None
     if judgement.outcome is Outcome.UNVERIFIABLE:
         why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
         return _fail_verification(

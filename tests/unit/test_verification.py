@@ -13,14 +13,14 @@ from chalicelib.domain.verification import (
     DEADLINE_MARGIN_S,
     LATE_AFTER_S,
     MAX_DELAY_S,
+    LoadBalancerError,
     Outcome,
     TargetGroupSettings,
     TargetHealth,
     Verification,
     VerifyRequest,
     judge,
-    judge_unreadable,
-    judge_unverifiable,
+    judge_error,
     next_request,
     plan_verification,
 )
@@ -154,17 +154,22 @@ def test_a_check_on_time_is_not_marked_late() -> None:
 
 def test_unreadable_health_restarts_the_streak_and_fails_only_past_the_deadline() -> None:
     started = replace(plan(bake_s=30), streak=1, baked=True)
-    before = judge_unreadable(started, "ELBv2 HealthUnavailable: try later", NOW)
+    unavailable = LoadBalancerError("HealthUnavailable", "try later", permanent=False)
+    before = judge_error(started, unavailable, NOW)
     assert (before.outcome, before.verification.streak) == (Outcome.CONTINUE, 0)
     assert not before.verification.baked
     assert before.verification.next_check_at == NOW + timedelta(seconds=10)
-    past = judge_unreadable(started, "ELBv2 Throttling: Rate exceeded", started.deadline)
-    assert (past.outcome, past.error) == (Outcome.TIMED_OUT, "ELBv2 Throttling: Rate exceeded")
+    throttled = LoadBalancerError("Throttling", "Rate exceeded", permanent=False)
+    past = judge_error(started, throttled, started.deadline)
+    assert (past.outcome, past.error) == (Outcome.TIMED_OUT, throttled)
+    assert str(throttled) == "ELBv2 Throttling: Rate exceeded"
 
 
 def test_a_refusal_for_good_is_unverifiable_at_once() -> None:
-    judgement = judge_unverifiable(plan(), "ELBv2 TargetGroupNotFound: gone", NOW)
+    gone = LoadBalancerError("TargetGroupNotFound", "gone", permanent=True)
+    judgement = judge_error(replace(plan(), streak=1), gone, plan().deadline + timedelta(seconds=1))
     assert (judgement.outcome, judgement.verification.checks_done) == (Outcome.UNVERIFIABLE, 1)
+    assert judgement.verification.streak == 0
 
 
 def test_verification_round_trips_through_a_dict() -> None:
