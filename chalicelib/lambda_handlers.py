@@ -20,6 +20,11 @@ from chalicelib.service.verification import run_check
 
 
 def artifact_event(context: Context, event: Any) -> dict[str, Any]:
+    """Uploads from EventBridge, a classic S3 notification, or either in an SQS batch or an SNS
+    notification. Every upload gets its turn; if one failed (throttling, a 5xx), the event fails
+    after the others, so Lambda, or SQS for a batch, delivers it again: the uploads handled
+    already find their release there and do nothing, and nothing is lost whether or not the
+    queue's event source reports partial batch failures."""
     try:
         parsed = parse_artifact_event(event)
     except MalformedEvent as problem:
@@ -28,10 +33,21 @@ def artifact_event(context: Context, event: Any) -> dict[str, Any]:
     for why in parsed.skipped:
         logger.warning("malformed S3 record skipped", extra={"why": why})
     releases = []
+    failures: list[Exception] = []
     for upload in parsed.uploads:
-        release = handle_upload(context, upload)
+        try:
+            release = handle_upload(context, upload)
+        except Exception as error:
+            logger.exception(
+                "upload not handled; the event is retried",
+                extra={"bucket": upload.bucket, "key": upload.key_candidates[0]},
+            )
+            failures.append(error)
+            continue
         if release is not None:
             releases.append({"id": release.id, "state": release.state.value})
+    if failures:
+        raise failures[0]
     return {"releases": releases, "skipped": parsed.skipped}
 
 
@@ -48,7 +64,9 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
 
 def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
     """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
-    fix it); a check that fails on AWS is reported back alone so SQS retries just that one."""
+    fix it). ELBv2's errors are the check's to judge (recorded, retried on schedule or failing
+    verification), never SQS's redelivery, which would dead-letter the check after five; a check
+    that fails otherwise (the store throttled) is reported back alone so SQS retries just it."""
     from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-from chalicelib.domain.verification import TargetGroupSettings, TargetHealth
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from chalicelib.domain.verification import LoadBalancerError, TargetGroupSettings, TargetHealth
 
 # AWS's default when a target group does not say (deregistration_delay.timeout_seconds).
 _DEFAULT_DEREGISTRATION_DELAY_S = 300
+# ELBv2's throttling code (query protocol; botocore's standard retry mode retries it before it
+# gets here). Everything else ELBv2 answers with a 4xx is a refusal the same request never gets
+# past: the modeled TargetGroupNotFound, LoadBalancerNotFound and InvalidTarget, a missing
+# permission. HealthUnavailable is modeled with HTTP 500, like every server error: transient.
+_THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+
+
+def _is_transient(error: ClientError) -> bool:
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES
+
+
+@contextmanager
+def _load_balancer_errors(context: Callable[[], str]) -> Iterator[None]:
+    """ELBv2's errors as ``LoadBalancerError``, naming AWS's code and what was asked."""
+    try:
+        yield
+    except ClientError as error:
+        code = str(error.response.get("Error", {}).get("Code") or "Unknown")
+        message = str(error.response.get("Error", {}).get("Message") or "")
+        raise LoadBalancerError(
+            code, f"{message} ({context()})", permanent=not _is_transient(error)
+        ) from error
+    except (ConnectionError, HTTPClientError) as error:
+        # No answer at all (connect or read timeout, reset): worth another try.
+        raise LoadBalancerError(type(error).__name__, f"{error} ({context()})", permanent=False) from error
 
 
 class Elbv2LoadBalancing:
@@ -18,17 +47,20 @@ class Elbv2LoadBalancing:
         self._groups: dict[str, TargetGroupSettings] = {}
 
     def target_groups(self, names: Sequence[str]) -> list[TargetGroupSettings]:
+        """Every named group's settings. Raises ``LoadBalancerError``; a name that does not
+        exist makes DescribeTargetGroups fail as a whole with TargetGroupNotFound."""
         missing = [name for name in names if name not in self._groups]
         if missing:
-            response = self._client.describe_target_groups(Names=missing)
-            for group in response.get("TargetGroups", []):
-                self._groups[group["TargetGroupName"]] = TargetGroupSettings(
-                    arn=group["TargetGroupArn"],
-                    name=group["TargetGroupName"],
-                    interval_s=int(group.get("HealthCheckIntervalSeconds") or 30),
-                    healthy_threshold=int(group.get("HealthyThresholdCount") or 5),
-                    deregistration_delay_s=self._deregistration_delay(group["TargetGroupArn"]),
-                )
+            with _load_balancer_errors(lambda: f"target groups {', '.join(missing)}"):
+                response = self._client.describe_target_groups(Names=missing)
+                for group in response.get("TargetGroups", []):
+                    self._groups[group["TargetGroupName"]] = TargetGroupSettings(
+                        arn=group["TargetGroupArn"],
+                        name=group["TargetGroupName"],
+                        interval_s=int(group.get("HealthCheckIntervalSeconds") or 30),
+                        healthy_threshold=int(group.get("HealthyThresholdCount") or 5),
+                        deregistration_delay_s=self._deregistration_delay(group["TargetGroupArn"]),
+                    )
         return [self._groups[name] for name in names if name in self._groups]
 
     def _deregistration_delay(self, arn: str) -> int:
@@ -39,9 +71,13 @@ class Elbv2LoadBalancing:
         return _DEFAULT_DEREGISTRATION_DELAY_S
 
     def target_health(self, target_group_arn: str, target_ids: Sequence[str]) -> list[TargetHealth]:
-        response = self._client.describe_target_health(
-            TargetGroupArn=target_group_arn, Targets=[{"Id": target_id} for target_id in target_ids]
-        )
+        """Raises ``LoadBalancerError``: permanent for a group that is gone (TargetGroupNotFound)
+        or a target that does not exist (InvalidTarget), transient for HealthUnavailable,
+        throttling and server errors."""
+        with _load_balancer_errors(lambda: f"target group {target_group_arn}"):
+            response = self._client.describe_target_health(
+                TargetGroupArn=target_group_arn, Targets=[{"Id": target_id} for target_id in target_ids]
+            )
         return [
             TargetHealth(
                 target_group=target_group_arn,

@@ -6,6 +6,7 @@ the reason and skip the event instead of crashing its batch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -31,22 +32,84 @@ class ObjectCreated:
 @dataclass(frozen=True)
 class ParsedUploads:
     uploads: list[ObjectCreated]
-    # Why each unusable record of a classic notification was skipped; the others still count.
+    # Why each unusable record (of a notification, an SQS batch) was skipped; the others still count.
     skipped: list[str]
+
+
+# S3 -> SNS -> SQS -> Lambda is the deepest wiring AWS offers: two envelopes around the event.
+_MAX_ENVELOPES = 2
 
 
 def parse_artifact_event(event: Any) -> ParsedUploads:
     """An EventBridge ``Object Created`` event or a classic S3 notification (possibly several
-    records). The S3 test event yields nothing."""
+    records), delivered to the function directly or in an envelope: each record of an SQS batch
+    carries one in its ``body`` (S3 or EventBridge -> SQS -> Lambda), an SNS notification in its
+    ``Message`` (S3 -> SNS -> Lambda, or SNS -> SQS without raw delivery). Each record is parsed
+    on its own: an unusable one is skipped with why, the others still count. The S3 test event
+    yields nothing."""
+    return _parse_event(event, _MAX_ENVELOPES)
+
+
+def _parse_event(event: Any, envelopes_left: int) -> ParsedUploads:
     if not isinstance(event, Mapping):
         raise MalformedEvent(f"expected a JSON object, got {type(event).__name__}")
     if event.get("Event") == "s3:TestEvent":
         return ParsedUploads([], [])
+    if event.get("Type") == "Notification" and "Message" in event:
+        return _unwrap(event["Message"], "SNS notification Message", envelopes_left)
     if "Records" in event:
-        return _parse_classic(event["Records"])
+        return _parse_records(event["Records"], envelopes_left)
     if event.get("source") == "aws.s3" or "detail" in event:
         return ParsedUploads([_parse_eventbridge(event)], [])
-    raise MalformedEvent("neither an EventBridge S3 event (source, detail) nor an S3 notification (Records)")
+    raise MalformedEvent(
+        "neither an EventBridge S3 event (source, detail), an S3 notification (Records), "
+        "an SQS batch (Records[].body) nor an SNS notification (Message)"
+    )
+
+
+def _parse_records(records: Any, envelopes_left: int) -> ParsedUploads:
+    if not isinstance(records, list):
+        raise MalformedEvent(f"Records must be a list, got {type(records).__name__}")
+    parsed = ParsedUploads([], [])
+    for index, record in enumerate(records):
+        try:
+            found = _parse_record(record, f"Records[{index}]", envelopes_left)
+        except MalformedEvent as problem:
+            parsed.skipped.append(str(problem))
+            continue
+        parsed.uploads.extend(found.uploads)
+        parsed.skipped.extend(found.skipped)
+    return parsed
+
+
+def _parse_record(record: Any, where: str, envelopes_left: int) -> ParsedUploads:
+    if not isinstance(record, Mapping):
+        raise MalformedEvent(f"{where} must be an object")
+    if record.get("eventSource") == "aws:sqs":
+        message = f"{where}.body (SQS message {record.get('messageId')})"
+        return _unwrap(record.get("body"), message, envelopes_left)
+    if record.get("EventSource") == "aws:sns":
+        sns = _mapping(record, "Sns", where)
+        return _unwrap(sns.get("Message"), f"{where}.Sns.Message", envelopes_left)
+    upload = _parse_classic_record(record, where)
+    return ParsedUploads([upload] if upload else [], [])
+
+
+def _unwrap(text: Any, where: str, envelopes_left: int) -> ParsedUploads:
+    """The event inside an SQS body or an SNS message; what is wrong inside says where."""
+    if envelopes_left <= 0:
+        raise MalformedEvent(f"{where}: more envelopes than S3 -> SNS -> SQS -> Lambda puts around an event")
+    if not isinstance(text, str):
+        raise MalformedEvent(f"{where} must be a JSON string, got {type(text).__name__}")
+    try:
+        inner = json.loads(text)
+    except ValueError as error:
+        raise MalformedEvent(f"{where} is not JSON: {error}") from None
+    try:
+        parsed = _parse_event(inner, envelopes_left - 1)
+    except MalformedEvent as problem:
+        raise MalformedEvent(f"{where}: {problem}") from None
+    return ParsedUploads(parsed.uploads, [f"{where}: {why}" for why in parsed.skipped])
 
 
 def _text(container: Mapping[str, Any], name: str, where: str) -> str:
@@ -87,21 +150,6 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ObjectCreated:
         version_id=_optional_text(obj, "version-id", "versionId"),
         etag=_normalise_etag(_optional_text(obj, "etag", "eTag")),
     )
-
-
-def _parse_classic(records: Any) -> ParsedUploads:
-    if not isinstance(records, list):
-        raise MalformedEvent(f"Records must be a list, got {type(records).__name__}")
-    parsed = ParsedUploads([], [])
-    for index, record in enumerate(records):
-        try:
-            upload = _parse_classic_record(record, f"Records[{index}]")
-        except MalformedEvent as problem:
-            parsed.skipped.append(str(problem))
-            continue
-        if upload is not None:
-            parsed.uploads.append(upload)
-    return parsed
 
 
 def _parse_classic_record(record: Any, where: str) -> ObjectCreated | None:

@@ -182,13 +182,28 @@ def _table(value: Any, key: str, fail: Any) -> Mapping[str, Any]:
     return value
 
 
-def _whole_number(table: Mapping[str, Any], name: str, key: str, fail: Any, *, minimum: int) -> int | None:
+def _whole_number(
+    table: Mapping[str, Any], name: str, key: str, fail: Any, *, minimum: int, maximum: int | None = None
+) -> int | None:
     value = table.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise fail(f"{key}.{name}", f"must be a whole number >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise fail(f"{key}.{name}", f"must be at most {maximum} ({_MAXIMUM_REASONS[name]}), got {value!r}")
     return value
+
+
+# The largest verify values that make sense, and why (docs/pipelines.md says the same).
+MAX_VERIFY_INTERVAL_S = 900
+MAX_BAKE_S = 86_400
+MAX_DEADLINE_S = 172_800
+_MAXIMUM_REASONS = {
+    "interval_s": "15 minutes, the longest SQS can delay one health check",
+    "bake_s": "24 hours: the release holds its pipeline's slot while it bakes",
+    "deadline_s": "48 hours: the longest bake plus time for the targets to turn healthy",
+}
 
 
 def _parse_verify(value: Any, fail: Any) -> VerifySettings:
@@ -199,11 +214,13 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
             raise fail(f"verify.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
     defaults = VerifySettings()
     healthy_checks = _whole_number(table, "healthy_checks", "verify", fail, minimum=1)
-    bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0)
+    bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0, maximum=MAX_BAKE_S)
     return VerifySettings(
         healthy_checks=defaults.healthy_checks if healthy_checks is None else healthy_checks,
-        interval_s=_whole_number(table, "interval_s", "verify", fail, minimum=1),
-        deadline_s=_whole_number(table, "deadline_s", "verify", fail, minimum=1),
+        interval_s=_whole_number(
+            table, "interval_s", "verify", fail, minimum=1, maximum=MAX_VERIFY_INTERVAL_S
+        ),
+        deadline_s=_whole_number(table, "deadline_s", "verify", fail, minimum=1, maximum=MAX_DEADLINE_S),
         bake_s=defaults.bake_s if bake_s is None else bake_s,
     )
 

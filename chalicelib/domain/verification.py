@@ -7,6 +7,7 @@ the last instance failed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -18,8 +19,24 @@ from chalicelib.domain.pipelines import VerifySettings
 
 # Beyond the time targets need to turn healthy and old ones to drain: scheduling slack.
 DEADLINE_MARGIN_S = 60
-# SQS's largest DelaySeconds.
+# SQS's largest DelaySeconds (SendMessage: "Valid values: 0 to 900"): a longer wait is made of
+# hops, messages that only send themselves on until the check is due.
 MAX_DELAY_S = 900
+# SQS and Lambda's poller hand over a due message within seconds; a check later than this was
+# held up by the coordinator itself (a handler that died and waited out the visibility timeout,
+# a lost message that reconcile re-sent), and its history event says so.
+LATE_AFTER_S = 10
+
+
+class LoadBalancerError(Exception):
+    """ELBv2 answered an error instead of target groups or target health. ``permanent``: the
+    same request can never succeed (a target group that does not exist, an invalid target), so
+    verification fails now; otherwise (throttling, a 5xx, no connection) it is tried again."""
+
+    def __init__(self, code: str, message: str, *, permanent: bool) -> None:
+        super().__init__(f"ELBv2 {code}: {message}")
+        self.code = code
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -59,10 +76,11 @@ class Verification:
     interval_s: int
     bake_s: int
     deadline: datetime
+    # When check number checks_done + 1 is due.
+    next_check_at: datetime
     checks_done: int = 0
     streak: int = 0
     baked: bool = False
-    last_checked_at: datetime | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -72,34 +90,40 @@ class Verification:
             "interval_s": self.interval_s,
             "bake_s": self.bake_s,
             "deadline": self.deadline.isoformat(),
+            "next_check_at": self.next_check_at.isoformat(),
             "checks_done": self.checks_done,
             "streak": self.streak,
             "baked": self.baked,
-            "last_checked_at": self.last_checked_at.isoformat() if self.last_checked_at else None,
         }
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Verification:
-        last = raw.get("last_checked_at")
+        interval_s = int(raw["interval_s"])
+        due = raw.get("next_check_at")
+        next_check_at = (
+            datetime.fromisoformat(due)
+            if due
+            # Stored before the due time was: the next check was due an interval after the last.
+            else datetime.fromisoformat(raw["last_checked_at"]) + timedelta(seconds=interval_s)
+        )
         return cls(
             target_group_arns=tuple(raw["target_group_arns"]),
             instance_ids=tuple(raw["instance_ids"]),
             healthy_checks=int(raw["healthy_checks"]),
-            interval_s=int(raw["interval_s"]),
+            interval_s=interval_s,
             bake_s=int(raw["bake_s"]),
             deadline=datetime.fromisoformat(raw["deadline"]),
+            next_check_at=next_check_at,
             checks_done=int(raw.get("checks_done", 0)),
             streak=int(raw.get("streak", 0)),
             baked=bool(raw.get("baked", False)),
-            last_checked_at=datetime.fromisoformat(last) if last else None,
         )
 
     def overdue(self, now: datetime) -> bool:
-        """No check has come for two intervals (plus slack): its message was lost."""
-        since = self.last_checked_at
-        if since is None:
-            return False
-        return now - since > timedelta(seconds=2 * self.interval_s + DEADLINE_MARGIN_S)
+        """The next check is an interval (plus slack) past its due time and has not run: its
+        message was lost, or its handler died and SQS has not given it back yet. Judged from the
+        planned due time, so a long bake (many hops) is never taken for a lost check."""
+        return now > self.next_check_at + timedelta(seconds=self.interval_s + DEADLINE_MARGIN_S)
 
 
 def plan_verification(
@@ -124,7 +148,7 @@ def plan_verification(
         interval_s=interval,
         bake_s=settings.bake_s,
         deadline=now + timedelta(seconds=deadline_s),
-        last_checked_at=now,
+        next_check_at=now + timedelta(seconds=interval),
     )
 
 
@@ -132,7 +156,8 @@ class Outcome(StrEnum):
     VERIFIED = "verified"  # the streak (and bake) is done
     CONTINUE = "continue"  # check again after the interval
     BAKE = "bake"  # streak done: wait bake_s, then check once more
-    TIMED_OUT = "timed_out"  # the deadline passed without a streak
+    TIMED_OUT = "timed_out"  # targets seen not healthy (or health unreadable) at or past the deadline
+    UNVERIFIABLE = "unverifiable"  # ELBv2 refused for good (target group gone, target invalid)
 
 
 @dataclass(frozen=True)
@@ -140,11 +165,11 @@ class Judgement:
     outcome: Outcome
     verification: Verification
     not_healthy: tuple[TargetHealth, ...] = field(default_factory=tuple)
-
-    @property
-    def next_delay_s(self) -> int:
-        delay = self.verification.bake_s if self.outcome is Outcome.BAKE else self.verification.interval_s
-        return min(delay, MAX_DELAY_S)
+    # Why target health could not be read, when it could not.
+    error: LoadBalancerError | None = None
+    # How long after its due time the check ran, when it ran late (LATE_AFTER_S).
+    late_s: int | None = None
+    past_deadline: bool = False
 
 
 def judge(verification: Verification, health: Sequence[TargetHealth], now: datetime) -> Judgement:
@@ -157,35 +182,84 @@ def judge(verification: Verification, health: Sequence[TargetHealth], now: datet
         if (group, instance) not in reported
     )
     not_healthy = tuple(entry for entry in health if entry.state != "healthy") + missing
-    streak = 0 if not_healthy else verification.streak + 1
-    checked = replace(
-        verification,
-        checks_done=verification.checks_done + 1,
-        streak=streak,
-        last_checked_at=now,
-    )
+    return _judged(verification, now, not_healthy=not_healthy, error=None)
+
+
+def judge_error(verification: Verification, error: LoadBalancerError, now: datetime) -> Judgement:
+    """ELBv2 answered an error instead of target health. Refused for good (the target group is
+    gone, a deployed target is invalid): no retry can verify the deployment. Otherwise
+    (throttled, unavailable, a 5xx) nothing was seen healthy, so the streak restarts as after a
+    target seen not healthy, the check is tried again after the interval, and at or past the
+    deadline the release fails with the error."""
+    if error.permanent:
+        checked = replace(verification, checks_done=verification.checks_done + 1, streak=0)
+        return Judgement(Outcome.UNVERIFIABLE, checked, error=error, late_s=_late_s(verification, now))
+    return _judged(verification, now, not_healthy=(), error=error)
+
+
+def _late_s(verification: Verification, now: datetime) -> int | None:
+    late = math.floor((now - verification.next_check_at).total_seconds())
+    return late if late > LATE_AFTER_S else None
+
+
+def _judged(
+    verification: Verification,
+    now: datetime,
+    *,
+    not_healthy: tuple[TargetHealth, ...],
+    error: LoadBalancerError | None,
+) -> Judgement:
+    """The deadline judges the targets, not the coordinator's timing: a check that runs past it
+    (late because a handler died or a message was lost) still counts when every target is
+    healthy, and the release fails only when a check at or past the deadline does not see every
+    target healthy. So the release ends within ``healthy_checks`` checks after the deadline."""
+    seen_healthy = not not_healthy and error is None
+    streak = verification.streak + 1 if seen_healthy else 0
+    checked = replace(verification, checks_done=verification.checks_done + 1, streak=streak)
+    past_deadline = now >= verification.deadline
     if streak >= verification.healthy_checks:
         if verification.bake_s and not verification.baked:
-            return Judgement(Outcome.BAKE, replace(checked, baked=True), not_healthy)
-        return Judgement(Outcome.VERIFIED, checked, not_healthy)
-    if verification.baked and not_healthy:
-        # Unhealthy after baking: the bake is void and the streak starts again.
-        checked = replace(checked, baked=False)
-    if now >= verification.deadline:
-        return Judgement(Outcome.TIMED_OUT, checked, not_healthy)
-    return Judgement(Outcome.CONTINUE, checked, not_healthy)
+            outcome, checked = Outcome.BAKE, replace(checked, baked=True)
+        else:
+            outcome = Outcome.VERIFIED
+    elif not seen_healthy and past_deadline:
+        outcome = Outcome.TIMED_OUT
+    else:
+        outcome = Outcome.CONTINUE
+        if verification.baked and not seen_healthy:
+            # Not healthy after baking: the bake is void and the streak starts again.
+            checked = replace(checked, baked=False)
+    wait_s = verification.bake_s if outcome is Outcome.BAKE else verification.interval_s
+    checked = replace(checked, next_check_at=now + timedelta(seconds=wait_s))
+    return Judgement(outcome, checked, not_healthy, error, _late_s(verification, now), past_deadline)
 
 
 @dataclass(frozen=True)
 class VerifyRequest:
-    """The verify queue's message: which check of which release is due."""
+    """The verify queue's message: which check of which release is due. ``not_before`` is set on
+    a hop: the check is due later than SQS can delay a message, so until then the message only
+    sends itself on."""
 
     release_id: str
     deployment_id: str
     check: int
+    not_before: datetime | None = None
 
     def to_message(self) -> dict[str, Any]:
-        return {"release_id": self.release_id, "deployment_id": self.deployment_id, "check": self.check}
+        message: dict[str, Any] = {
+            "release_id": self.release_id,
+            "deployment_id": self.deployment_id,
+            "check": self.check,
+        }
+        if self.not_before is not None:
+            message["not_before"] = self.not_before.isoformat()
+        return message
+
+    def hop_s(self, now: datetime) -> int:
+        """Seconds to wait before this message may run its check; 0 once it is due."""
+        if self.not_before is None:
+            return 0
+        return max(0, math.ceil((self.not_before - now).total_seconds()))
 
     @classmethod
     def from_message(cls, raw: Any) -> VerifyRequest:
@@ -200,4 +274,27 @@ class VerifyRequest:
             )
         if isinstance(check, bool) or not isinstance(check, int) or check < 1:
             raise MalformedEvent(f"verify message: check must be a whole number >= 1, got {check!r}")
-        return cls(release_id, deployment_id, check)
+        return cls(release_id, deployment_id, check, _not_before(raw.get("not_before")))
+
+
+def next_request(
+    release_id: str, deployment_id: str, verification: Verification, now: datetime
+) -> tuple[VerifyRequest, int]:
+    """The message for the next check and its delay. A check due later than SQS can delay a
+    message goes out as a hop carrying its due time."""
+    wait_s = max(0, math.ceil((verification.next_check_at - now).total_seconds()))
+    not_before = verification.next_check_at if wait_s > MAX_DELAY_S else None
+    request = VerifyRequest(release_id, deployment_id, verification.checks_done + 1, not_before)
+    return request, min(wait_s, MAX_DELAY_S)
+
+
+def _not_before(raw: Any) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(raw) if isinstance(raw, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise MalformedEvent(f"verify message: not_before must be an ISO 8601 time with a zone, got {raw!r}")
+    return moment

@@ -17,18 +17,22 @@ from chalicelib.domain.release import (
     update,
 )
 from chalicelib.domain.verification import (
+    MAX_DELAY_S,
     Judgement,
+    LoadBalancerError,
     Outcome,
     TargetHealth,
     Verification,
     VerifyRequest,
     judge,
+    judge_error,
+    next_request,
     plan_verification,
 )
 from chalicelib.service.context import Context, logger, retry_on_conflict
 from chalicelib.service.ports import Change
 from chalicelib.service.reads import FirstRead, stored
-from chalicelib.service.slot_flow import finish, log_refused
+from chalicelib.service.slot_flow import Prelude, finish, log_refused
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
@@ -49,25 +53,24 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
             ),
             detail={"deployment_id": deployment_id},
         )
-    groups = context.load_balancing.target_groups(info.target_group_names)
+    try:
+        groups = context.load_balancing.target_groups(info.target_group_names)
+    except LoadBalancerError as error:
+        if not error.permanent:
+            # The event's retry, or reconcile after it, asks again; the release stays DEPLOYING.
+            logger.warning("could not read the target groups; retried", extra={"why": str(error)})
+            raise
+        why = f"cannot verify deployment {deployment_id}: {error}"
+        return _fail_verification(context, release, deployment_id, why, aws_code=error.code)
     instances = [
         t.instance_id for t in context.deployments.instance_targets(deployment_id) if t.status == "Succeeded"
     ]
-    missing_groups = sorted(set(info.target_group_names) - {group.name for group in groups})
-    if missing_groups or not instances:
-        problem = (
-            f"target group(s) {', '.join(missing_groups)} not found"
-            if missing_groups
-            else "CodeDeploy reports no instance that deployed successfully"
+    if not instances:
+        why = (
+            f"cannot verify deployment {deployment_id}: "
+            "CodeDeploy reports no instance that deployed successfully"
         )
-        return finish(
-            context,
-            release.id,
-            ReleaseState.FAILED,
-            reason=f"verify_failed: cannot verify deployment {deployment_id}: {problem}",
-            detail={"failure": "verify_failed", "deployment_id": deployment_id},
-            roll_back=pipeline.rollback.on_verify_failure,
-        )
+        return _fail_verification(context, release, deployment_id, why)
     verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
 
     read = FirstRead(context.store, release.id, release)
@@ -99,9 +102,37 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
 
     verifying = retry_on_conflict(decide)
     if verifying is not None:
-        context.verify_queue.schedule(VerifyRequest(release.id, deployment_id, 1), verification.interval_s)
+        context.verify_queue.schedule(
+            *next_request(release.id, deployment_id, verification, context.clock.now())
+        )
         logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
     return verifying
+
+
+def _fail_verification(
+    context: Context,
+    release: Release,
+    deployment_id: str,
+    why: str,
+    *,
+    aws_code: str | None = None,
+    prelude: Prelude | None = None,
+) -> Release | None:
+    """FAILED ``verify_failed``, rolled back as the pipeline says."""
+    pipeline = context.pipelines.named(release.pipeline)
+    detail: dict[str, Any] = {"failure": "verify_failed", "deployment_id": deployment_id}
+    if aws_code:
+        detail["error_code"] = aws_code
+    return finish(
+        context,
+        release.id,
+        ReleaseState.FAILED,
+        reason=f"verify_failed: {why}",
+        detail=detail,
+        prelude=prelude,
+        roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
+        known=release,
+    )
 
 
 def run_check(context: Context, request: VerifyRequest) -> Release | None:
@@ -124,13 +155,25 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
             extra={**request.to_message(), "checks_done": verification.checks_done},
         )
         return release
-    health = [
-        entry
-        for arn in verification.target_group_arns
-        for entry in context.load_balancing.target_health(arn, verification.instance_ids)
-    ]
-    judgement = judge(verification, health, context.clock.now())
-    return _apply(context, release, request, judgement)
+    now = context.clock.now()
+    hop_s = request.hop_s(now)
+    if hop_s:
+        # Due later than SQS can delay a message: send it on until it is due.
+        context.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
+        logger.info("health check not due yet; sent on", extra={**request.to_message(), "wait_s": hop_s})
+        return release
+    try:
+        health = [
+            entry
+            for arn in verification.target_group_arns
+            for entry in context.load_balancing.target_health(arn, verification.instance_ids)
+        ]
+    except LoadBalancerError as error:
+        logger.warning(
+            "could not read target health", extra={"why": str(error), "permanent": error.permanent}
+        )
+        return _apply(context, release, request, judge_error(verification, error, now))
+    return _apply(context, release, request, judge(verification, health, now))
 
 
 def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
@@ -143,6 +186,13 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
         "instances": len(verification.instance_ids),
         "outcome": judgement.outcome.value,
     }
+    if judgement.late_s is not None:
+        detail["late_s"] = judgement.late_s
+    if judgement.past_deadline:
+        detail["past_deadline"] = True
+    if judgement.error is not None:
+        detail["error"] = str(judgement.error)
+        return EventType.TASK_FAILED, detail
     if judgement.not_healthy:
         detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
         return EventType.TASK_FAILED, detail
@@ -174,17 +224,20 @@ def _apply(
             prelude=with_check,
             known=release,
         )
+    aws_code = judgement.error.code if judgement.error else None
+    if judgement.outcome is Outcome.UNVERIFIABLE:
+        why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
+        return _fail_verification(
+            context, release, request.deployment_id, why, aws_code=aws_code, prelude=with_check
+        )
     if judgement.outcome is Outcome.TIMED_OUT:
-        pipeline = context.pipelines.named(release.pipeline)
-        return finish(
-            context,
-            release.id,
-            ReleaseState.FAILED,
-            reason=f"verify_failed: not healthy by the deadline: {_describe(judgement.not_healthy)}",
-            detail={"failure": "verify_failed", "deployment_id": request.deployment_id},
-            prelude=with_check,
-            roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
-            known=release,
+        why = (
+            f"target health still unreadable at the deadline: {judgement.error}"
+            if judgement.error
+            else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
+        )
+        return _fail_verification(
+            context, release, request.deployment_id, why, aws_code=aws_code, prelude=with_check
         )
 
     def decide() -> Release | None:
@@ -201,14 +254,13 @@ def _apply(
 
     checked = retry_on_conflict(decide)
     if checked is not None:
-        next_check = VerifyRequest(release.id, request.deployment_id, request.check + 1)
-        context.verify_queue.schedule(next_check, judgement.next_delay_s)
+        context.verify_queue.schedule(
+            *next_request(release.id, request.deployment_id, judgement.verification, context.clock.now())
+        )
     return checked
 
 
 def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
-    if not not_healthy:
-        return "the healthy streak was not reached"
     shown = ", ".join(
         f"{entry.target_id} {entry.state}" + (f" ({entry.reason})" if entry.reason else "")
         for entry in not_healthy[:5]
@@ -223,9 +275,10 @@ def resend_overdue_checks(context: Context, release: Release) -> bool:
     verification: Verification | None = release.verification
     if release.deployment_id is None or verification is None:
         return False
-    if not verification.overdue(context.clock.now()):
+    now = context.clock.now()
+    if not verification.overdue(now):
         return False
-    request = VerifyRequest(release.id, release.deployment_id, verification.checks_done + 1)
-    context.verify_queue.schedule(request, 0)
+    request, delay_s = next_request(release.id, release.deployment_id, verification, now)
+    context.verify_queue.schedule(request, delay_s)
     logger.info("re-sent an overdue health check", extra=request.to_message())
     return True

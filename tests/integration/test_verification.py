@@ -353,13 +353,13 @@ def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
     succeed(world, deployment_id)
     [message] = world.verify_messages()
     context = bootstrap.context()
-    elbv2 = context.load_balancing._client  # type: ignore[attr-defined]
+    dynamodb = context.store._client  # type: ignore[attr-defined]
     # A second, malformed record is dropped (handled); only the failing check is reported back.
     event = world.client.events.generate_sqs_event(message_bodies=[json.dumps(message), "{not json"])
 
-    # moto cannot throttle: botocore's Stubber answers DescribeTargetHealth with an error.
-    with Stubber(elbv2) as stub:
-        stub.add_client_error("describe_target_health", "Throttling", "Rate exceeded", 400)
+    # moto cannot throttle: botocore's Stubber answers the release read with DynamoDB's error.
+    with Stubber(dynamodb) as stub:
+        stub.add_client_error("get_item", "ProvisionedThroughputExceededException", "Rate exceeded", 400)
         result = world.invoke("on_verify_message", event)
 
     assert len(result["batchItemFailures"]) == 1

@@ -12,6 +12,7 @@ from chalicelib.domain.pipelines import (
     load_pipelines,
 )
 from chalicelib.domain.slot import BusyPolicy
+from tests.unit.test_verification import sqs_max_delay_s
 
 VALID = """
 [[pipeline]]
@@ -63,6 +64,34 @@ def test_matching_by_bucket_prefix_and_group(tmp_path: Path) -> None:
         ),
         (VALID + "[pipeline.verify]\nbake = 3\n", "key 'verify.bake': unknown key"),
         (
+            VALID + "[pipeline.verify]\ninterval_s = 0\n",
+            "pipeline 'api': key 'verify.interval_s': must be a whole number >= 1, got 0",
+        ),
+        (
+            VALID + "[pipeline.verify]\ninterval_s = 901\n",
+            "pipeline 'api': key 'verify.interval_s': must be at most 900 (15 minutes, the longest SQS can "
+            "delay one health check), got 901",
+        ),
+        (VALID + "[pipeline.verify]\ninterval_s = '30'\n", "key 'verify.interval_s': must be a whole number"),
+        (VALID + "[pipeline.verify]\ninterval_s = 2.5\n", "key 'verify.interval_s': must be a whole number"),
+        (
+            VALID + "[pipeline.verify]\nbake_s = -1\n",
+            "key 'verify.bake_s': must be a whole number >= 0, got -1",
+        ),
+        (
+            VALID + "[pipeline.verify]\nbake_s = 86401\n",
+            "pipeline 'api': key 'verify.bake_s': must be at most 86400 (24 hours: the release holds its "
+            "pipeline's slot while it bakes), got 86401",
+        ),
+        (
+            VALID + "[pipeline.verify]\ndeadline_s = 0\n",
+            "key 'verify.deadline_s': must be a whole number >= 1",
+        ),
+        (
+            VALID + "[pipeline.verify]\ndeadline_s = 172801\n",
+            "key 'verify.deadline_s': must be at most 172800",
+        ),
+        (
             VALID + "[pipeline.rollback]\non_deploy_failure = 'yes'\n",
             "key 'rollback.on_deploy_failure': must be true",
         ),
@@ -91,6 +120,25 @@ def test_invalid_file_names_file_pipeline_key_and_problem(tmp_path: Path, text: 
         load_pipelines(path)
     assert str(error.value).startswith(f"{path}: ")
     assert message in str(error.value)
+
+
+def test_the_largest_verify_values_load(tmp_path: Path) -> None:
+    text = VALID + "[pipeline.verify]\ninterval_s = 900\nbake_s = 86400\ndeadline_s = 172800\n"
+    [pipeline] = load_pipelines(write(tmp_path, text)).pipelines
+    assert pipeline.verify == VerifySettings(
+        healthy_checks=2, interval_s=900, deadline_s=172800, bake_s=86400
+    )
+
+
+def test_the_longest_interval_is_one_sqs_delay(tmp_path: Path) -> None:
+    """One check per message: the interval's maximum is SendMessage's DelaySeconds maximum."""
+    longest = sqs_max_delay_s()
+    [pipeline] = load_pipelines(
+        write(tmp_path, VALID + f"[pipeline.verify]\ninterval_s = {longest}\n")
+    ).pipelines
+    assert pipeline.verify.interval_s == longest
+    with pytest.raises(PipelinesConfigError, match=f"must be at most {longest} "):
+        load_pipelines(write(tmp_path, VALID + f"[pipeline.verify]\ninterval_s = {longest + 1}\n"))
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:

@@ -1,25 +1,45 @@
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import botocore.session
 import pytest
 
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import VerifySettings
 from chalicelib.domain.verification import (
     DEADLINE_MARGIN_S,
+    LATE_AFTER_S,
+    MAX_DELAY_S,
+    LoadBalancerError,
     Outcome,
     TargetGroupSettings,
     TargetHealth,
     Verification,
     VerifyRequest,
     judge,
+    judge_error,
+    next_request,
     plan_verification,
 )
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 GROUP = TargetGroupSettings("arn:tg/a", "a", interval_s=10, healthy_threshold=3, deregistration_delay_s=30)
+
+
+def sqs_max_delay_s() -> int:
+    """From the model's documentation of SendMessage's DelaySeconds: "Valid values: 0 to 900"."""
+    model = botocore.session.get_session().get_service_model("sqs")
+    documentation = model.operation_model("SendMessage").input_shape.members["DelaySeconds"].documentation
+    match = re.search(r"Valid values: 0 to (\d+)", documentation)
+    assert match, documentation
+    return int(match.group(1))
+
+
+def test_a_message_is_delayed_at_most_as_long_as_sqs_allows() -> None:
+    assert sqs_max_delay_s() == MAX_DELAY_S
 
 
 def plan(**settings: int) -> Verification:
@@ -74,22 +94,93 @@ def test_deadline_times_out_unless_the_streak_is_reached() -> None:
 def test_bake_waits_then_checks_once_more() -> None:
     streaked = replace(plan(bake_s=120), streak=1)
     baking = judge(streaked, healthy("i-1", "i-2"), NOW)
-    assert (baking.outcome, baking.next_delay_s) == (Outcome.BAKE, 120)
-    assert judge(baking.verification, healthy("i-1", "i-2"), NOW).outcome is Outcome.VERIFIED
-    unhealthy_after_bake = judge(baking.verification, healthy("i-1"), NOW)
+    assert baking.outcome is Outcome.BAKE
+    assert next_request("r", "d", baking.verification, NOW) == (VerifyRequest("r", "d", 2), 120)
+    after = NOW + timedelta(seconds=120)
+    assert judge(baking.verification, healthy("i-1", "i-2"), after).outcome is Outcome.VERIFIED
+    unhealthy_after_bake = judge(baking.verification, healthy("i-1"), after)
     assert unhealthy_after_bake.outcome is Outcome.CONTINUE
     assert not unhealthy_after_bake.verification.baked
 
 
-def test_overdue_after_two_intervals_and_the_margin() -> None:
+def test_a_bake_longer_than_sqs_can_delay_hops_to_its_due_time() -> None:
+    baking = judge(replace(plan(bake_s=3600), streak=1), healthy("i-1", "i-2"), NOW)
+    due = NOW + timedelta(seconds=3600)
+    request, delay_s = next_request("r", "d", baking.verification, NOW)
+    assert (request.not_before, delay_s) == (due, MAX_DELAY_S)
+    # Each hop waits at most SQS's maximum, until the check is due.
+    assert request.hop_s(NOW + timedelta(seconds=900)) == 2700
+    assert request.hop_s(due - timedelta(milliseconds=500)) == 1
+    assert request.hop_s(due) == 0
+    # The planned due time, not the last check, tells whether the check is overdue.
+    assert not baking.verification.overdue(due)
+    assert not baking.verification.overdue(due + timedelta(seconds=10 + DEADLINE_MARGIN_S))
+    assert baking.verification.overdue(due + timedelta(seconds=10 + DEADLINE_MARGIN_S + 1))
+
+
+def test_overdue_an_interval_and_the_margin_after_the_check_was_due() -> None:
     verification = plan()
     assert not verification.overdue(NOW + timedelta(seconds=2 * 10 + DEADLINE_MARGIN_S))
     assert verification.overdue(NOW + timedelta(seconds=2 * 10 + DEADLINE_MARGIN_S + 1))
 
 
+def test_a_late_check_past_the_deadline_still_counts_healthy_targets() -> None:
+    """Issue 12 fault 4: the deadline judges the targets, not the coordinator's timing."""
+    verification = plan()
+    late = verification.deadline + timedelta(seconds=360)
+    first = judge(verification, healthy("i-1", "i-2"), late)
+    assert (first.outcome, first.verification.streak, first.past_deadline) == (Outcome.CONTINUE, 1, True)
+    assert first.late_s == (late - verification.next_check_at).total_seconds()
+    second = judge(first.verification, healthy("i-1", "i-2"), late + timedelta(seconds=10))
+    assert (second.outcome, second.late_s) == (Outcome.VERIFIED, None)
+
+
+def test_past_the_deadline_any_target_not_healthy_fails_at_once() -> None:
+    verification = plan()
+    first = judge(verification, healthy("i-1", "i-2"), verification.deadline)
+    assert first.outcome is Outcome.CONTINUE
+    second = judge(first.verification, healthy("i-1"), verification.deadline + timedelta(seconds=10))
+    assert second.outcome is Outcome.TIMED_OUT
+    assert [t.target_id for t in second.not_healthy] == ["i-2"]
+
+
+def test_a_check_on_time_is_not_marked_late() -> None:
+    verification = plan()
+    on_time = judge(
+        verification, healthy("i-1", "i-2"), verification.next_check_at + timedelta(seconds=LATE_AFTER_S)
+    )
+    assert on_time.late_s is None
+
+
+def test_unreadable_health_restarts_the_streak_and_fails_only_past_the_deadline() -> None:
+    started = replace(plan(bake_s=30), streak=1, baked=True)
+    unavailable = LoadBalancerError("HealthUnavailable", "try later", permanent=False)
+    before = judge_error(started, unavailable, NOW)
+    assert (before.outcome, before.verification.streak) == (Outcome.CONTINUE, 0)
+    assert not before.verification.baked
+    assert before.verification.next_check_at == NOW + timedelta(seconds=10)
+    throttled = LoadBalancerError("Throttling", "Rate exceeded", permanent=False)
+    past = judge_error(started, throttled, started.deadline)
+    assert (past.outcome, past.error) == (Outcome.TIMED_OUT, throttled)
+    assert str(throttled) == "ELBv2 Throttling: Rate exceeded"
+
+
+def test_a_refusal_for_good_is_unverifiable_at_once() -> None:
+    gone = LoadBalancerError("TargetGroupNotFound", "gone", permanent=True)
+    judgement = judge_error(replace(plan(), streak=1), gone, plan().deadline + timedelta(seconds=1))
+    assert (judgement.outcome, judgement.verification.checks_done) == (Outcome.UNVERIFIABLE, 1)
+    assert judgement.verification.streak == 0
+
+
 def test_verification_round_trips_through_a_dict() -> None:
     verification = replace(plan(bake_s=5), checks_done=3, streak=2, baked=True)
     assert Verification.from_dict(verification.to_dict()) == verification
+
+
+def test_a_verification_stored_before_due_times_is_due_an_interval_after_its_last_check() -> None:
+    stored = {key: value for key, value in plan().to_dict().items() if key != "next_check_at"}
+    stored["last_checked_at"] = NOW.isoformat()
+    assert Verification.from_dict(stored).next_check_at == NOW + timedelta(seconds=10)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +191,11 @@ def test_verification_round_trips_through_a_dict() -> None:
         ({"release_id": "r", "check": 1}, "deployment_id"),
         ({"release_id": "r", "deployment_id": "d", "check": 0}, "check must be"),
         ({"release_id": "r", "deployment_id": "d", "check": True}, "check must be"),
+        ({"release_id": "r", "deployment_id": "d", "check": 1, "not_before": "soon"}, "not_before must be"),
+        (
+            {"release_id": "r", "deployment_id": "d", "check": 1, "not_before": "2026-11-26T12:00:00"},
+            "not_before must be",
+        ),
     ],
 )
 def test_malformed_verify_messages_say_why(message: object, problem: str) -> None:
@@ -107,6 +203,7 @@ def test_malformed_verify_messages_say_why(message: object, problem: str) -> Non
         VerifyRequest.from_message(message)
 
 
-def test_verify_request_round_trips() -> None:
-    request = VerifyRequest("r", "d", 3)
+@pytest.mark.parametrize("not_before", [None, NOW])
+def test_verify_request_round_trips(not_before: datetime | None) -> None:
+    request = VerifyRequest("r", "d", 3, not_before)
     assert VerifyRequest.from_message(request.to_message()) == request
