@@ -67,4 +67,5 @@ class S3Artifacts:
                 etag=str(head.get("ETag", "")).strip('"') or None,
             ),
             metadata=metadata,
+            stored_at=head.get("LastModified"),
         )

@@ -38,7 +38,10 @@ TERMINAL_STATES = frozenset(
 
 # DESIGN.md section 3. Anything not listed is ignored: duplicate and late events are normal.
 ALLOWED_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
-    ReleaseState.RECEIVED: frozenset({ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED}),
+    # RECEIVED -> SUPERSEDED: an upload S3 stored before one the pipeline already took.
+    ReleaseState.RECEIVED: frozenset(
+        {ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED, ReleaseState.SUPERSEDED}
+    ),
     ReleaseState.QUEUED: frozenset({ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}),
     ReleaseState.DEPLOYING: frozenset(
         {

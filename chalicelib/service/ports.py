@@ -87,6 +87,8 @@ class StoredObject:
 
     revision: Revision
     metadata: Mapping[str, str]
+    # When S3 stored this version (HeadObject's LastModified, whole seconds).
+    stored_at: datetime | None = None
 
 
 class ArtifactAccessDenied(Exception):

@@ -62,6 +62,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
                 trigger=Trigger.UPLOAD,
                 actor=stored.metadata.get("author"),
                 metadata=stored.metadata,
+                stored_at=stored.stored_at,
             ),
         )
         return release
