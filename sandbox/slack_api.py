@@ -15,17 +15,26 @@ than in a real workspace:
   with a slow Slack: a client that times out and blindly retries posts twice.
 
 Fields that ``chat.update`` does not name are kept; ``blocks=[]`` removes the blocks.
+
+Reading back, as Slack documents it: ``conversations.history`` (a channel's root messages, newest
+first; default page 100, at most 999), ``conversations.replies`` (a thread's parent and replies,
+oldest first; default page 10, at most 1000) and ``conversations.list``. ``oldest``/``latest``
+bound the messages exclusively unless ``inclusive``; a page with more after it says
+``has_more: true`` and gives ``response_metadata.next_cursor`` (empty on the last page). Message
+``metadata`` (``event_type``, ``event_payload``, set on ``chat.postMessage``) is returned only with
+``include_all_metadata``. Both history methods take the channel *id*.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import copy
-import itertools
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,11 +56,15 @@ BOT_ID = "B0RELEASE"
 
 _API_PREFIX = "/api/"
 _WEBHOOK_PREFIX = f"/services/{TEAM_ID}/B0WEBHOOK/"
-# Deterministic, increasing ts in Slack's "<seconds>.<microseconds>" form.
-_FIRST_TS_MICROS = 1_700_000_000_000_100
+# Slack's ts is the time of posting, "<seconds>.<microseconds>", unique in a channel: the clock,
+# stepped on where two posts would share one.
 _TS_STEP_MICROS = 100
 # Every parameter that is part of a message's content rather than an option of the call.
-_CONTENT_PARAMS = frozenset({"channel", "text", "blocks", "thread_ts", "ts", "token"})
+_CONTENT_PARAMS = frozenset({"channel", "text", "blocks", "thread_ts", "ts", "token", "metadata"})
+# Page sizes of the reading methods: (default, largest), as Slack documents them.
+_HISTORY_LIMITS = (100, 999)
+_REPLIES_LIMITS = (10, 1000)
+_LIST_LIMITS = (100, 1000)
 _TEXT_OBJECT_TYPES = frozenset({"mrkdwn", "plain_text"})
 # Slack answers webhook errors as plain text with these statuses; anything else is a 400.
 _WEBHOOK_ERROR_STATUS: Mapping[str, int] = MappingProxyType(
@@ -87,6 +100,8 @@ class Message:
     edits: list[MessageVersion] = field(default_factory=list)
     # Other arguments of the call, e.g. mrkdwn, unfurl_links, username.
     options: dict[str, Any] = field(default_factory=dict)
+    # chat.postMessage's ``metadata``: {"event_type": ..., "event_payload": {...}}.
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -165,7 +180,7 @@ class SlackApi:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
-        self._ts_micros = itertools.count(_FIRST_TS_MICROS, _TS_STEP_MICROS)
+        self._last_ts_micros = 0
         self._messages: list[Message] = []
         self._by_ts: dict[tuple[str, str], Message] = {}
         self._webhooks: dict[str, list[WebhookMessage]] = {}
@@ -342,6 +357,9 @@ class SlackApi:
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
             "chat.update": self._update,
+            "conversations.history": self._history,
+            "conversations.replies": self._replies,
+            "conversations.list": self._list_channels,
         }
         try:
             handler = handlers.get(method)
@@ -378,9 +396,13 @@ class SlackApi:
                 raise _SlackError("thread_not_found")
             # A reply to a reply lands in the root's thread, as in Slack.
             thread_ts = parent.thread_ts or parent.ts
-        micros = next(self._ts_micros)
+        metadata = _parse_metadata(params.get("metadata"))
+        micros = max(time.time_ns() // 1000, self._last_ts_micros + _TS_STEP_MICROS)
+        self._last_ts_micros = micros
         ts = f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
-        message = Message(channel, ts, text, blocks, thread_ts or None, options=_options(params))
+        message = Message(
+            channel, ts, text, blocks, thread_ts or None, options=_options(params), metadata=metadata
+        )
         self._messages.append(message)
         self._by_ts[(channel, ts)] = message
         return {"channel": channel, "ts": ts, "message": _message_json(message)}
@@ -407,6 +429,57 @@ class SlackApi:
             "text": message.text or "",
             "message": _message_json(message),
         }
+
+    def _history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_by_id(params.get("channel"))
+        roots = [m for m in self._messages if m.channel == channel and m.thread_ts is None]
+        in_range = _in_time_range(roots, params)
+        in_range.reverse()  # newest first
+        return self._page_of_messages(in_range, params, _HISTORY_LIMITS)
+
+    def _replies(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel_by_id(params.get("channel"))
+        parent = self._by_ts.get((channel, str(params.get("ts"))))
+        if parent is None or parent.thread_ts is not None:
+            raise _SlackError("thread_not_found")
+        thread = [parent, *(m for m in self._messages if m.thread_ts == parent.ts)]
+        return self._page_of_messages(_in_time_range(thread, params), params, _REPLIES_LIMITS)
+
+    def _list_channels(self, params: dict[str, Any]) -> dict[str, Any]:
+        channels = [
+            {"id": channel_id, "name": name, "is_channel": True, "is_private": False, "is_archived": False}
+            for name, channel_id in sorted(self._channel_ids.items())
+        ]
+        page, cursor = _page(channels, params, _LIST_LIMITS)
+        return {"channels": page, "response_metadata": {"next_cursor": cursor}}
+
+    def _page_of_messages(
+        self, messages: list[Message], params: dict[str, Any], limits: tuple[int, int]
+    ) -> dict[str, Any]:
+        page, cursor = _page(messages, params, limits)
+        with_metadata = _flag(params.get("include_all_metadata"))
+        return {
+            "messages": [self._listed_json(m, with_metadata) for m in page],
+            "has_more": bool(cursor),
+            "response_metadata": {"next_cursor": cursor},
+        }
+
+    def _listed_json(self, message: Message, with_metadata: bool) -> dict[str, Any]:
+        result = _message_json(message)
+        if message.thread_ts is None:
+            replies = [
+                m for m in self._messages if m.thread_ts == message.ts and m.channel == message.channel
+            ]
+            if replies:
+                result.update(thread_ts=message.ts, reply_count=len(replies), latest_reply=replies[-1].ts)
+        if with_metadata and message.metadata is not None:
+            result["metadata"] = copy.deepcopy(message.metadata)
+        return result
+
+    def _channel_by_id(self, channel: object) -> str:
+        if not isinstance(channel, str) or channel not in self._channel_ids.values():
+            raise _SlackError("channel_not_found")
+        return channel
 
     def _resolve_channel(self, channel: object) -> str:
         if isinstance(channel, str):
@@ -557,6 +630,66 @@ def _parse_blocks(value: object) -> list[dict[str, Any]] | None:
     if not isinstance(value, list) or not all(isinstance(block, dict) for block in value):
         raise _SlackError("invalid_blocks_format")
     return value or None
+
+
+def _parse_metadata(value: object) -> dict[str, Any] | None:
+    """``metadata`` arrives as an object in a JSON body and as a JSON string in a form body; it
+    needs a string ``event_type`` and an object ``event_payload``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise _SlackError("invalid_metadata_format") from None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("event_type"), str)
+        or not isinstance(value.get("event_payload"), dict)
+    ):
+        raise _SlackError("invalid_metadata_format")
+    return {"event_type": value["event_type"], "event_payload": value["event_payload"]}
+
+
+def _flag(value: object) -> bool:
+    """Slack's boolean arguments: slack_sdk sends "1"/"0"; "true"/"false" work too."""
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _in_time_range(messages: list[Message], params: Mapping[str, Any]) -> list[Message]:
+    """Messages between ``oldest`` and ``latest``, each bound excluded unless ``inclusive``."""
+    try:
+        oldest = float(params["oldest"]) if params.get("oldest") not in (None, "") else None
+        latest = float(params["latest"]) if params.get("latest") not in (None, "") else None
+    except ValueError:
+        raise _SlackError("invalid_ts_oldest") from None
+    inclusive = _flag(params.get("inclusive"))
+
+    def inside(message: Message) -> bool:
+        ts = float(message.ts)
+        after = oldest is None or ts > oldest or (inclusive and ts == oldest)
+        before = latest is None or ts < latest or (inclusive and ts == latest)
+        return after and before
+
+    return [message for message in messages if inside(message)]
+
+
+def _page(items: list[_T], params: Mapping[str, Any], limits: tuple[int, int]) -> tuple[list[_T], str]:
+    """One page from the cursor on, and the next page's cursor ("" when this is the last)."""
+    default, largest = limits
+    try:
+        limit = int(params.get("limit") or default)
+        start = (
+            int(base64.b64decode(params["cursor"]).decode().removeprefix("next:"))
+            if params.get("cursor")
+            else 0
+        )
+    except ValueError:
+        raise _SlackError("invalid_cursor") from None
+    limit = max(1, min(limit, largest))
+    end = start + limit
+    next_cursor = base64.b64encode(f"next:{end}".encode()).decode() if end < len(items) else ""
+    return items[start:end], next_cursor
 
 
 def _options(params: Mapping[str, Any]) -> dict[str, Any]:

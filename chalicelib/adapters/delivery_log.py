@@ -2,7 +2,10 @@
 
 A delivery is claimed with a conditional write before the channel is called and confirmed after,
 so a duplicated stream record or queue message finds it delivered (or being delivered) and posts
-nothing. A claim left by a Lambda that died mid-way expires after a lease and may be taken over.
+nothing. A claim left by a Lambda that died mid-way expires after a lease and may be taken over;
+a failed attempt marks its claim ``released`` instead, so the retry may take it at once. Either
+way the claim write returns the record it replaced (``ReturnValues=ALL_OLD``, no extra call), and
+a retry knows that an earlier attempt may have posted.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from chalicelib.service.notification_ports import Claim
 
 # Longer than the notify function's timeout: a live attempt is never taken over.
 CLAIM_LEASE = timedelta(minutes=2)
-# Nobody has claimed it, or the claim is an abandoned one.
-_CLAIMABLE = "attribute_not_exists(pk) OR (#status = :sending AND claimed_at < :stale)"
+# Nobody has claimed it, an earlier attempt gave it up, or the claim is an abandoned one.
+_CLAIMABLE = "attribute_not_exists(pk) OR #status = :released OR (#status = :sending AND claimed_at < :stale)"
 
 
 def _key(message: NotifyMessage) -> dict[str, Any]:
@@ -40,7 +43,7 @@ class DynamoDeliveryLog:
 
     def claim(self, message: NotifyMessage, now: datetime) -> Claim:
         try:
-            self._client.put_item(
+            replaced = self._client.put_item(
                 TableName=self._table,
                 Item={
                     **_key(message),
@@ -55,8 +58,10 @@ class DynamoDeliveryLog:
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":sending": {"S": "sending"},
+                    ":released": {"S": "released"},
                     ":stale": {"N": str(int((now - self._lease).timestamp()))},
                 },
+                ReturnValues="ALL_OLD",
             )
         except ClientError as error:
             if not _is_condition_failure(error):
@@ -66,7 +71,7 @@ class DynamoDeliveryLog:
             )
             status = (item or {}).get("status", {}).get("S")
             return Claim.DELIVERED if status == "delivered" else Claim.BUSY
-        return Claim.CLAIMED
+        return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
 
     def confirm(self, message: NotifyMessage, now: datetime) -> None:
         self._client.update_item(
@@ -79,12 +84,13 @@ class DynamoDeliveryLog:
 
     def release(self, message: NotifyMessage) -> None:
         try:
-            self._client.delete_item(
+            self._client.update_item(
                 TableName=self._table,
                 Key=_key(message),
+                UpdateExpression="SET #status = :released",
                 ConditionExpression="#status = :sending",
                 ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":sending": {"S": "sending"}},
+                ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
             )
         except ClientError as error:
             if not _is_condition_failure(error):

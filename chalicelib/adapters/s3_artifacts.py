@@ -8,7 +8,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.release import Revision
 from chalicelib.service.context import logger
-from chalicelib.service.ports import StoredObject
+from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 
 # User metadata CI sets on the upload (``x-amz-meta-*``), as the release records it. S3 lower-
 # cases metadata names, and CLIs differ on dashes and underscores, so both are accepted.
@@ -20,10 +20,13 @@ _METADATA_FIELDS = {
     "message": "message",
 }
 # S3 answers 400 for a version id that is not one of its own: no such object version either.
+# (HeadObject has no response body: botocore's error code is the HTTP status, "404".)
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NoSuchVersion", "NotFound", "400", "InvalidArgument"})
-# Without s3:ListBucket, S3 answers 403 for a key that does not exist; a delete marker answers
-# 405. Either way this spelling of the key has no object to deploy.
-_UNREADABLE_CODES = frozenset({"403", "AccessDenied", "Forbidden", "405", "MethodNotAllowed"})
+# A delete marker answers 405: this spelling of the key has no object to deploy.
+_DELETED_CODES = frozenset({"405", "MethodNotAllowed"})
+# With s3:ListBucket granted (the template does), a missing key is a 404: a 403 is a permission
+# the role lacks, and the upload must not be dropped as if it did not exist.
+_DENIED_CODES = frozenset({"403", "AccessDenied", "Forbidden"})
 _METADATA_VALUE_LIMIT = 1024
 
 
@@ -41,12 +44,13 @@ class S3Artifacts:
             code = str(error.response.get("Error", {}).get("Code"))
             if code in _MISSING_CODES:
                 return None
-            if code in _UNREADABLE_CODES:
+            if code in _DELETED_CODES:
                 logger.warning(
-                    "S3 refused HeadObject: missing, a delete marker, or no s3:GetObject/s3:ListBucket",
-                    extra={"bucket": bucket, "key": key, "code": code},
+                    "the object's current version is a delete marker", extra={"bucket": bucket, "key": key}
                 )
                 return None
+            if code in _DENIED_CODES:
+                raise ArtifactAccessDenied(bucket, key, code) from error
             raise
         metadata = {
             field: str(value)[:_METADATA_VALUE_LIMIT]
@@ -63,4 +67,5 @@ class S3Artifacts:
                 etag=str(head.get("ETag", "")).strip('"') or None,
             ),
             metadata=metadata,
+            stored_at=head.get("LastModified"),
         )

@@ -11,22 +11,38 @@ Failures are sorted for the delivery use case:
 * Timeouts and connection errors propagate without an inline retry: Slack may have posted
   already, and chat.postMessage has no idempotency key.
 * Errors no retry can fix (``invalid_auth``, ``channel_not_found``...) raise ``DeliveryRejected``.
+
+Every post carries a :class:`SlackPostMark` in its message metadata. A retry that may repeat an
+earlier attempt finds that attempt's root card with ``conversations.history`` and its reply with
+``conversations.replies`` (``include_all_metadata``; the bot needs ``channels:history``, and
+``groups:history`` for a private channel). conversations.history takes a channel id: a channel
+configured by name is resolved with ``conversations.list`` (``channels:read``/``groups:read``).
+A lookup the token may not make is logged and treated as "not found": posting twice beats not
+posting.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-from chalicelib.domain.notifications import SlackThread
+from chalicelib.domain.notifications import SlackPostMark, SlackThread
+from chalicelib.service.context import logger
 from chalicelib.service.notification_ports import DeliveryDeferred, DeliveryRejected
 
 T = TypeVar("T")
 
 INLINE_RETRY_AFTER_S = 2
 TIMEOUT_S = 10
+# Slack recommends pages of at most 200 for its cursor-paginated methods.
+PAGE_SIZE = 200
+# Conversation ids (C public, G private, D direct); names are lower case.
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{8,}")
 PERMANENT_ERRORS = frozenset(
     {
         "account_inactive",
@@ -141,6 +157,8 @@ class SlackWebApi:
         text: str,
         blocks: Sequence[Mapping[str, object]],
         thread_ts: str | None,
+        *,
+        mark: SlackPostMark,
     ) -> SlackThread:
         response = self._call(
             "chat.postMessage",
@@ -150,9 +168,82 @@ class SlackWebApi:
                 blocks=list(blocks) or None,
                 thread_ts=thread_ts,
                 unfurl_links=False,
+                metadata=mark.to_metadata(),
             ),
         )
         return SlackThread(str(response["channel"]), str(response["ts"]))
+
+    def find_card(self, token: str, channel: str, mark: SlackPostMark, since: datetime) -> SlackThread | None:
+        try:
+            channel_id = channel if _CHANNEL_ID.fullmatch(channel) else self._channel_id(token, channel)
+            if channel_id is None:
+                return None
+            client = self._client(token)
+            for message in self._pages(
+                "conversations.history",
+                lambda cursor: client.conversations_history(
+                    channel=channel_id,
+                    oldest=_slack_ts(since),
+                    limit=PAGE_SIZE,
+                    include_all_metadata=True,
+                    cursor=cursor,
+                ),
+                "messages",
+            ):
+                if SlackPostMark.from_metadata(message.get("metadata")) == mark:
+                    return SlackThread(channel_id, str(message["ts"]))
+        except DeliveryRejected as refused:
+            _cannot_look(refused)
+        return None
+
+    def find_reply(self, token: str, thread: SlackThread, mark: SlackPostMark, since: datetime) -> bool:
+        client = self._client(token)
+        try:
+            return any(
+                SlackPostMark.from_metadata(message.get("metadata")) == mark
+                for message in self._pages(
+                    "conversations.replies",
+                    lambda cursor: client.conversations_replies(
+                        channel=thread.channel,
+                        ts=thread.ts,
+                        oldest=_slack_ts(since),
+                        limit=PAGE_SIZE,
+                        include_all_metadata=True,
+                        cursor=cursor,
+                    ),
+                    "messages",
+                )
+            )
+        except DeliveryRejected as refused:
+            _cannot_look(refused)
+            return False
+
+    def _channel_id(self, token: str, name: str) -> str | None:
+        client = self._client(token)
+        wanted = name.lstrip("#")
+        for channel in self._pages(
+            "conversations.list",
+            lambda cursor: client.conversations_list(
+                types="public_channel,private_channel", exclude_archived=True, limit=PAGE_SIZE, cursor=cursor
+            ),
+            "channels",
+        ):
+            if channel.get("name") == wanted:
+                return str(channel["id"])
+        return None
+
+    def _pages(
+        self, method: str, fetch: Callable[[str | None], Any], items: str
+    ) -> Iterator[Mapping[str, Any]]:
+        """Every item of a cursor-paginated method: the next page's cursor is
+        ``response_metadata.next_cursor``; empty or missing on the last page."""
+        cursor: str | None = None
+        while True:
+            response = self._call(method, functools.partial(fetch, cursor))
+            yield from response.get(items) or []
+            cursor = (response.get("response_metadata") or {}).get("next_cursor") or None
+            if cursor is None:
+                return
 
     def update(
         self, token: str, thread: SlackThread, text: str, blocks: Sequence[Mapping[str, object]]
@@ -179,6 +270,18 @@ class SlackWebApi:
             if code in PERMANENT_ERRORS:
                 raise DeliveryRejected(f"Slack {method}: {code}") from None
             raise
+
+
+def _slack_ts(moment: datetime) -> str:
+    return f"{moment.timestamp():.6f}"
+
+
+def _cannot_look(refused: DeliveryRejected) -> None:
+    logger.error(
+        "cannot look for an earlier Slack post (grant the bot channels:history, groups:history, "
+        "channels:read and groups:read); posting, which may repeat it",
+        extra={"reason": refused.reason},
+    )
 
 
 class SlackIncomingWebhook:

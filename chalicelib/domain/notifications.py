@@ -221,3 +221,51 @@ def secret_ref(settings: Mapping[str, Any], name: str) -> SecretRef | None:
         if isinstance(value, str) and value:
             return SecretRef(source, value)
     return None
+
+
+# Slack message metadata (``metadata.event_type``) of every post the coordinator makes.
+SLACK_POST_EVENT_TYPE = "release_coordinator_post"
+CARD = "card"
+REPLY = "reply"
+
+
+@dataclass(frozen=True)
+class SlackPostMark:
+    """What a Slack post says about itself in its message metadata, so that a retry whose
+    earlier attempt may have posted can find that post instead of posting again: the root card
+    of a release's thread on a route, or the reply reporting one of its history events."""
+
+    release_id: str
+    route: str
+    part: str  # CARD | REPLY
+    event_id: int | None = None  # replies only: the history event they report
+
+    @classmethod
+    def card(cls, message: NotifyMessage) -> SlackPostMark:
+        return cls(message.release_id, message.route, CARD)
+
+    @classmethod
+    def reply(cls, message: NotifyMessage) -> SlackPostMark:
+        return cls(message.release_id, message.route, REPLY, message.event.id)
+
+    def to_metadata(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"release_id": self.release_id, "route": self.route, "part": self.part}
+        if self.event_id is not None:
+            payload["event_id"] = self.event_id
+        return {"event_type": SLACK_POST_EVENT_TYPE, "event_payload": payload}
+
+    @classmethod
+    def from_metadata(cls, metadata: Any) -> SlackPostMark | None:
+        """The mark of a message as Slack returns its metadata; None for anyone else's."""
+        if not isinstance(metadata, Mapping) or metadata.get("event_type") != SLACK_POST_EVENT_TYPE:
+            return None
+        payload = metadata.get("event_payload")
+        if not isinstance(payload, Mapping):
+            return None
+        release_id, route, part = payload.get("release_id"), payload.get("route"), payload.get("part")
+        event_id = payload.get("event_id")
+        if not (isinstance(release_id, str) and isinstance(route, str) and part in (CARD, REPLY)):
+            return None
+        if event_id is not None and not isinstance(event_id, int):
+            return None
+        return cls(release_id, route, str(part), event_id)

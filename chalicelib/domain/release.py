@@ -38,7 +38,10 @@ TERMINAL_STATES = frozenset(
 
 # DESIGN.md section 3. Anything not listed is ignored: duplicate and late events are normal.
 ALLOWED_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
-    ReleaseState.RECEIVED: frozenset({ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED}),
+    # RECEIVED -> SUPERSEDED: an upload S3 stored before one the pipeline already took.
+    ReleaseState.RECEIVED: frozenset(
+        {ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED, ReleaseState.SUPERSEDED}
+    ),
     ReleaseState.QUEUED: frozenset({ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}),
     ReleaseState.DEPLOYING: frozenset(
         {
@@ -95,18 +98,22 @@ class Revision:
 
     @property
     def bundle_type(self) -> str | None:
-        """CodeDeploy's bundle type from the key's extension, or None when it has none it knows."""
-        lowered = self.key.lower()
-        if lowered.endswith((".tar.gz", ".tgz")):
-            return "tgz"
-        if lowered.endswith(".tar"):
-            return "tar"
-        if lowered.endswith(".zip"):
-            return "zip"
-        return None
+        return bundle_type_of(self.key)
 
     def to_dict(self) -> dict[str, str | None]:
         return {"bucket": self.bucket, "key": self.key, "version": self.version, "etag": self.etag}
+
+
+def bundle_type_of(key: str) -> str | None:
+    """CodeDeploy's bundle type from a key's extension, or None when it has none it knows."""
+    lowered = key.lower()
+    if lowered.endswith((".tar.gz", ".tgz")):
+        return "tgz"
+    if lowered.endswith(".tar"):
+        return "tar"
+    if lowered.endswith(".zip"):
+        return "zip"
+    return None
 
 
 def upload_release_id(revision: Revision) -> str:

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from chalicelib.domain.notifications import NotifyMessage, SecretRef, SlackThread
+from chalicelib.domain.notifications import NotifyMessage, SecretRef, SlackPostMark, SlackThread
 
 
 class DeliveryRejected(Exception):
@@ -56,7 +56,10 @@ class NotifyQueue(Protocol):
 
 
 class Claim(StrEnum):
-    CLAIMED = "claimed"  # this attempt delivers
+    CLAIMED = "claimed"  # this attempt delivers, and is the first to try
+    # This attempt delivers, taking over from an earlier one that gave up or died: that one may
+    # have posted already, so a channel that can look for its post looks before posting again.
+    RETAKEN = "retaken"
     DELIVERED = "delivered"  # an earlier attempt delivered: nothing to do
     BUSY = "busy"  # another attempt is delivering right now
 
@@ -69,7 +72,8 @@ class DeliveryLog(Protocol):
     def confirm(self, message: NotifyMessage, now: datetime) -> None: ...
 
     def release(self, message: NotifyMessage) -> None:
-        """Give up a claim whose delivery failed, so the retry may claim it at once."""
+        """Give up a claim whose delivery failed, so the retry may claim it at once (as
+        ``RETAKEN``: the failed attempt may have posted part of it)."""
         ...
 
 
@@ -87,8 +91,20 @@ class SlackThreads(Protocol):
         text: str,
         blocks: Sequence[Mapping[str, object]],
         thread_ts: str | None,
+        *,
+        mark: SlackPostMark,
     ) -> SlackThread:
-        """Post a message (a reply when ``thread_ts`` is given); return where it landed."""
+        """Post a message (a reply when ``thread_ts`` is given) carrying ``mark`` in its
+        metadata; return where it landed."""
+        ...
+
+    def find_card(self, token: str, channel: str, mark: SlackPostMark, since: datetime) -> SlackThread | None:
+        """The root message carrying ``mark`` posted to ``channel`` (a name or an id) after
+        ``since``, or None."""
+        ...
+
+    def find_reply(self, token: str, thread: SlackThread, mark: SlackPostMark, since: datetime) -> bool:
+        """Whether a reply carrying ``mark`` was posted in ``thread`` after ``since``."""
         ...
 
     def update(

@@ -6,6 +6,13 @@ Retries: a refusal no retry can fix goes to the dead-letter queue at once with i
 channel's Retry-After delays the message by exactly that; anything else comes back with
 exponential backoff, and after the queue's ``maxReceiveCount`` SQS moves it to the dead-letter
 queue itself. A channel that fails never holds up another: each route is its own message.
+
+Once: the delivery log's claim keeps two live attempts apart, but an attempt can die between its
+post and its confirm, and its retry then comes back after the lease. Slack posts carry a mark in
+their message metadata, and a retry that took over an earlier attempt (``Claim.RETAKEN``) looks
+for its own card and reply before posting; the first attempt never looks, so the normal path
+costs no extra call. Email, SNS and webhooks offer no way to look: a retry after a death between
+the send and the confirm sends again.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from chalicelib.domain.notification_content import (
@@ -31,6 +39,7 @@ from chalicelib.domain.notification_content import (
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, sign
 from chalicelib.domain.notifications import (
     NotifyMessage,
+    SlackPostMark,
     SlackThread,
     StreamedEvent,
     find_route,
@@ -56,6 +65,9 @@ RETRY_MAX_S = 900
 BUSY_RETRY_S = 30
 # Tries at storing a posted Slack card's thread before giving up (about 3 s in all).
 REMEMBER_ATTEMPTS = 5
+# A retry looks for its earlier post from this long before the history event: every post for an
+# event is made after the event was written, give or take the clocks of Lambda and Slack.
+LOOK_BACK = timedelta(minutes=5)
 
 
 class NotificationsNotConfigured(RuntimeError):
@@ -107,7 +119,7 @@ def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = 
             adapters.queue.retry_after(receipt, BUSY_RETRY_S)
         raise DeliveryBusy(f"delivery {message.delivery_id} is in progress elsewhere")
     try:
-        sent = _send(context, adapters, route, message)
+        sent = _send(context, adapters, route, message, retaken=claim is Claim.RETAKEN)
     except DeliveryRejected as rejected:
         adapters.deliveries.release(message)
         logger.error(
@@ -150,9 +162,15 @@ def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: s
 
 
 def _send(
-    context: Context, adapters: NotificationAdapters, route: NotifyRoute, message: NotifyMessage
+    context: Context,
+    adapters: NotificationAdapters,
+    route: NotifyRoute,
+    message: NotifyMessage,
+    *,
+    retaken: bool,
 ) -> bool:
-    """Render and send; False when there was nothing to send."""
+    """Render and send; False when there was nothing to send. ``retaken``: an earlier attempt
+    may have sent part of it."""
     release = context.store.get_release(message.release_id)
     if release is None:
         logger.warning(
@@ -163,7 +181,7 @@ def _send(
     notice = build_notice(release, message.event, message.notification, history)
     settings = route.settings
     if route.kind == "slack":
-        return _post_to_thread(context, adapters, route, message, notice)
+        return _post_to_thread(context, adapters, route, message, notice, retaken=retaken)
     if route.kind == "slack_webhook":
         content = slack_webhook_message(notice, mentions(settings, notice))
         adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
@@ -196,27 +214,41 @@ def _post_to_thread(
     route: NotifyRoute,
     message: NotifyMessage,
     notice: Notice,
+    *,
+    retaken: bool,
 ) -> bool:
     """The release's thread on this route: the first event posts the root card (and, for a
     failure, the reply with its details); each later one edits the card to the release's current
     state and replies with what happened. The card is edited before the reply so that a retry
-    after a failed reply repeats only an idempotent edit."""
+    after a failed reply repeats only an idempotent edit; a retry that took over an earlier
+    attempt looks for that attempt's card and reply before posting them."""
     settings = route.settings
     token = _secret(adapters, settings, "token")
     card = slack_card(notice)
+    since = message.event.timestamp - LOOK_BACK
     stored = notice.release.notification_threads.get(message.route)
     if stored is None:
         if not opens_thread(route, message.notification):
             return False
-        thread = adapters.slack.post(token, settings["channel"], card.text, card.blocks, None)
+        card_mark = SlackPostMark.card(message)
+        found = adapters.slack.find_card(token, settings["channel"], card_mark, since) if retaken else None
+        if found is not None:
+            logger.info("found the card an earlier attempt posted", extra={"route": message.route})
+        thread = found or adapters.slack.post(
+            token, settings["channel"], card.text, card.blocks, None, mark=card_mark
+        )
         _remember_posted_thread(context, notice.release.id, message.route, thread)
         if message.notification not in FAILURES:
             return True
     else:
         thread = SlackThread.from_stored(stored)
         adapters.slack.update(token, thread, card.text, card.blocks)
+    reply_mark = SlackPostMark.reply(message)
+    if retaken and adapters.slack.find_reply(token, thread, reply_mark, since):
+        logger.info("found the reply an earlier attempt posted", extra={"route": message.route})
+        return True
     reply = slack_reply(notice, mentions(settings, notice))
-    adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts)
+    adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts, mark=reply_mark)
     return True
 
 

@@ -87,11 +87,25 @@ class StoredObject:
 
     revision: Revision
     metadata: Mapping[str, str]
+    # When S3 stored this version (HeadObject's LastModified, whole seconds).
+    stored_at: datetime | None = None
+
+
+class ArtifactAccessDenied(Exception):
+    """S3 refused to show the object (403): the function's role lacks a permission. Never read
+    as "missing", since with ``s3:ListBucket`` granted S3 answers 404 for that."""
+
+    def __init__(self, bucket: str, key: str, code: str) -> None:
+        super().__init__(f"S3 denied HeadObject on s3://{bucket}/{key} ({code})")
+        self.bucket = bucket
+        self.key = key
+        self.code = code
 
 
 class ArtifactStore(Protocol):
     def find(self, bucket: str, key: str, version_id: str | None) -> StoredObject | None:
-        """The object (that version, if given), or None when S3 does not have it."""
+        """The object (that version, if given), or None when S3 does not have it. Raises
+        ``ArtifactAccessDenied`` when S3 refuses to say."""
         ...
 
 

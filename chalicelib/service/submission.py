@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
@@ -18,7 +19,7 @@ from chalicelib.domain.release import (
     new_release,
     transition,
 )
-from chalicelib.domain.slot import Admission
+from chalicelib.domain.slot import Admission, UploadMark
 from chalicelib.service.context import Context, logger, retry_on_conflict
 from chalicelib.service.ports import Change
 from chalicelib.service.reads import stored
@@ -36,11 +37,53 @@ class Submission:
     actor: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
     rollback_of: str | None = None
+    # When S3 stored the uploaded object (LastModified): orders automatic uploads.
+    stored_at: datetime | None = None
 
     @property
     def goes_first(self) -> bool:
         """Rollbacks go ahead of every waiting release and are never superseded."""
         return self.trigger in _ROLLBACK_TRIGGERS
+
+    @property
+    def upload_mark(self) -> UploadMark | None:
+        """Where an automatic upload stands in S3's order; an API deploy of any revision, a
+        redeploy or a rollback is not ordered against uploads."""
+        if self.trigger is not Trigger.UPLOAD or self.stored_at is None:
+            return None
+        return UploadMark(self.release_id, self.stored_at)
+
+
+def _second(moment: datetime) -> str:
+    return moment.replace(microsecond=0).isoformat()
+
+
+def _supersede_as_older(
+    context: Context, step: Step, upload: UploadMark, newer: UploadMark, now: datetime
+) -> Release:
+    """An upload whose event came late (a retry after a crash, or S3's unordered delivery): the
+    pipeline already took an upload S3 stored after it. The slot is not written: its marks only
+    move forward, so a stale read can miss this decision but never make it wrongly."""
+    superseded = transition(
+        step,
+        ReleaseState.SUPERSEDED,
+        now=now,
+        reason=(
+            f"superseded by the newer upload {newer.release_id}: S3 stored this one at "
+            f"{_second(upload.stored_at)} and that one at {_second(newer.stored_at)}, which the "
+            "pipeline already took (deploy this revision through the API to run it anyway)"
+        ),
+        detail={
+            "superseded_by": newer.release_id,
+            "stored_at": _second(upload.stored_at),
+            "newer_stored_at": _second(newer.stored_at),
+        },
+    )
+    assert not isinstance(superseded, Refused)  # RECEIVED -> SUPERSEDED is always allowed
+    release = superseded.release
+    context.store.commit(Change(releases=[release], events={release.id: superseded.events}))
+    logger.info("release superseded by a newer upload", extra={"newer": newer.release_id})
+    return stored(release)
 
 
 def submit(context: Context, submission: Submission) -> tuple[Release, bool]:
@@ -83,7 +126,10 @@ def submit(context: Context, submission: Submission) -> tuple[Release, bool]:
             first = slot.give_first(release_id)
             admission = Admission(first, first.active == release_id, ())
         else:
-            admission = slot.admit(release_id, pipeline.on_busy)
+            admission = slot.admit(release_id, pipeline.on_busy, submission.upload_mark)
+        upload, newer = submission.upload_mark, admission.turned_away_by
+        if upload is not None and newer is not None:
+            return _supersede_as_older(context, step, upload, newer, now), False
         batch = Batch()
         if admission.active:
             moved = transition(

@@ -1,12 +1,21 @@
-"""An S3 upload under a pipeline's prefix becomes one release, deployed once."""
+"""An S3 upload under a pipeline's prefix becomes one release, deployed once.
+
+Only bundles do: a checksum file, a README or the empty "folder" object the S3 console creates
+under the same prefix is skipped with an INFO line and notifies no one. An object S3 refuses to
+show (403) is loud: an ERROR line, the ``ArtifactAccessDenied`` metric, and the event raised so
+Lambda retries it and then keeps it in the function's failure queue.
+"""
 
 from __future__ import annotations
 
 from chalicelib.domain.inbound_events import ObjectCreated
-from chalicelib.domain.release import Release, Trigger, upload_release_id
+from chalicelib.domain.release import Release, Trigger, bundle_type_of, upload_release_id
 from chalicelib.service.context import Context, logger
-from chalicelib.service.ports import StoredObject
+from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.submission import Submission, submit
+
+METRICS_NAMESPACE = "ReleaseCoordinator"
+SERVICE = "release-coordinator"
 
 
 def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
@@ -20,11 +29,22 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
             extra={"bucket": upload.bucket, "keys": list(upload.key_candidates)},
         )
         return None
-    stored = _resolve(context, upload.bucket, candidates, upload.version_id)
+    bundles = [key for key in candidates if bundle_type_of(key)]
+    if not bundles:
+        logger.info(
+            "upload is not a CodeDeploy bundle (.zip, .tar, .tar.gz, .tgz); skipped",
+            extra={"bucket": upload.bucket, "keys": candidates},
+        )
+        return None
+    try:
+        stored = _resolve(context, upload.bucket, bundles, upload.version_id)
+    except ArtifactAccessDenied as denied:
+        _report_access_denied(denied)
+        raise
     if stored is None:
         logger.warning(
             "uploaded object not found in S3 (deleted, or the event is stale); skipped",
-            extra={"bucket": upload.bucket, "keys": candidates, "version_id": upload.version_id},
+            extra={"bucket": upload.bucket, "keys": bundles, "version_id": upload.version_id},
         )
         return None
     revision = stored.revision
@@ -42,6 +62,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
                 trigger=Trigger.UPLOAD,
                 actor=stored.metadata.get("author"),
                 metadata=stored.metadata,
+                stored_at=stored.stored_at,
             ),
         )
         return release
@@ -49,9 +70,37 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
 
 def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
     """The object as S3 has it, trying each spelling of the key the event may have used, so two
-    deliveries of one upload in different encodings are one release."""
+    deliveries of one upload in different encodings are one release. A spelling S3 denies does
+    not end the search (a role without s3:ListBucket gets 403 for the spelling that does not
+    exist), but when no spelling resolves, the denial is raised."""
+    denied: ArtifactAccessDenied | None = None
     for key in keys:
-        stored = context.artifacts.find(bucket, key, version_id)
+        try:
+            stored = context.artifacts.find(bucket, key, version_id)
+        except ArtifactAccessDenied as refusal:
+            denied = denied or refusal
+            continue
         if stored is not None:
             return stored
+    if denied is not None:
+        raise denied
     return None
+
+
+def _report_access_denied(denied: ArtifactAccessDenied) -> None:
+    logger.error(
+        "S3 denied reading the uploaded bundle; the upload is retried and then kept in the "
+        "function's failure queue. Grant the on_artifact_event role s3:GetObject and "
+        "s3:GetObjectVersion on the objects and s3:ListBucket on the bucket",
+        extra={"bucket": denied.bucket, "key": denied.key, "code": denied.code},
+    )
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    with single_metric(
+        name="ArtifactAccessDenied",
+        unit=MetricUnit.Count,
+        value=1,
+        namespace=METRICS_NAMESPACE,
+        default_dimensions={"service": SERVICE},
+    ):
+        pass

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import logging
 
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib import bootstrap
 from chalicelib.domain.release import EventType, ReleaseState, Revision, Trigger, upload_release_id
-from tests.integration.conftest import BUCKET, World
+from chalicelib.service.ports import ArtifactAccessDenied
+from tests.integration.conftest import BUCKET, HandlerCall, World
 
 HOSTILE_KEYS = [
     "api/prod/red flower.zip",
@@ -82,15 +88,61 @@ def test_upload_outside_every_prefix_is_ignored(world: World) -> None:
     assert world.deployments() == []
 
 
-def test_object_that_is_not_a_bundle_fails_with_the_reason(world: World) -> None:
-    upload = world.upload("api/prod/notes.txt")
+@pytest.mark.parametrize(
+    "key",
+    [
+        "api/prod/app-1.zip.sha256",  # CI's checksum beside the bundle
+        "api/prod/",  # the empty "folder" object the S3 console creates
+        "api/prod/README",
+        "api/prod/notes.txt",
+    ],
+)
+def test_an_upload_that_is_not_a_bundle_is_skipped_and_notifies_no_one(
+    world: World, key: str, caplog: pytest.LogCaptureFixture, handler_calls: list[HandlerCall]
+) -> None:
+    upload = world.upload(key)
+    before = len(handler_calls)
 
-    [created] = world.deliver_upload(upload.eventbridge)["releases"]
+    assert world.deliver_upload(upload.eventbridge) == {"releases": [], "skipped": []}
 
-    release = world.release(created["id"])
-    assert release.state is ReleaseState.FAILED
-    assert "not a CodeDeploy bundle" in release.reason
+    assert world.store.list_releases("api-prod", 10, None) == []  # no release, so no notification
     assert world.deployments() == []
+    [skipped] = [r for r in caplog.records if "not a CodeDeploy bundle" in r.getMessage()]
+    assert skipped.levelno == logging.INFO
+    assert [c.operation for c in handler_calls[before:]] == []  # decided before any AWS call
+
+
+def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
+    world: World, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 403 is a permission the role lacks (with s3:ListBucket a missing key is a 404): an
+    ERROR line, the ArtifactAccessDenied metric, and the invocation fails so that Lambda's
+    asynchronous retries and then the function's failure queue keep the event."""
+    upload = world.upload("api/prod/app-1.zip")
+    s3 = bootstrap.context().artifacts._client  # type: ignore[attr-defined]
+    capsys.readouterr()
+
+    with Stubber(s3) as stub:
+        # HeadObject has no body: S3's 403 reaches botocore as the bare status.
+        stub.add_client_error("head_object", "403", "Forbidden", 403)
+        with pytest.raises(ArtifactAccessDenied, match="403"):
+            world.deliver_upload(upload.eventbridge)
+
+    [denied] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "s3:ListBucket" in denied.getMessage()
+    assert (denied.bucket, denied.key) == (BUCKET, "api/prod/app-1.zip")  # type: ignore[attr-defined]
+    [metric] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [directive] = metric["_aws"]["CloudWatchMetrics"]
+    assert directive["Namespace"] == "ReleaseCoordinator"
+    assert directive["Dimensions"] == [["service"]]
+    assert directive["Metrics"] == [{"Name": "ArtifactAccessDenied", "Unit": "Count"}]
+    assert metric["service"] == "release-coordinator"
+    assert metric["ArtifactAccessDenied"] == [1.0]
+    assert world.store.list_releases("api-prod", 10, None) == []
+
+    # Lambda's retry, once the permission is fixed, deploys the upload.
+    [created] = world.deliver_upload(upload.eventbridge)["releases"]
+    assert world.release(created["id"]).state is ReleaseState.DEPLOYING
 
 
 def test_malformed_events_are_skipped_with_the_reason(world: World) -> None:

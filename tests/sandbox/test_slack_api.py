@@ -340,3 +340,97 @@ def test_stop_releases_the_port() -> None:
         port = int(api.api_url.split(":")[2].split("/")[0])
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+# --- Reading back: conversations.history / conversations.replies / conversations.list, as
+# documented on docs.slack.dev/reference/methods/<method> and api.slack.com/metadata/using.
+
+MARK = {"event_type": "release_coordinator_post", "event_payload": {"release_id": "rel-1", "part": "card"}}
+
+
+def test_metadata_is_returned_only_with_include_all_metadata(server: SlackApi, client: WebClient) -> None:
+    root = client.chat_postMessage(channel="#deploys", text="card", metadata=MARK)
+    reply = client.chat_postMessage(
+        channel=root["channel"], text="reply", thread_ts=root["ts"], metadata={**MARK, "event_type": "r"}
+    )
+
+    plain = client.conversations_history(channel=root["channel"])
+    assert [m["text"] for m in plain["messages"]] == ["card"]  # roots only
+    assert "metadata" not in plain["messages"][0]
+    listed = client.conversations_history(channel=root["channel"], include_all_metadata=True)
+    assert listed["messages"][0]["metadata"] == MARK
+    assert listed["messages"][0]["reply_count"] == 1
+    assert listed["messages"][0]["thread_ts"] == root["ts"]
+
+    thread = client.conversations_replies(channel=root["channel"], ts=root["ts"], include_all_metadata=True)
+    assert [m["ts"] for m in thread["messages"]] == [root["ts"], reply["ts"]]  # parent first
+    assert thread["messages"][1]["metadata"]["event_type"] == "r"
+    assert thread["messages"][1]["thread_ts"] == root["ts"]
+    bare = client.conversations_replies(channel=root["channel"], ts=root["ts"])
+    assert all("metadata" not in m for m in bare["messages"])
+
+    # slack_sdk sends both reading methods as GET with query parameters, booleans as "1".
+    history_call = [c for c in server.calls() if c.method == "conversations.history"][-1]
+    assert history_call.params == {"channel": root["channel"], "include_all_metadata": "1"}
+
+
+def test_history_is_newest_first_and_pages_with_a_cursor(server: SlackApi, client: WebClient) -> None:
+    posted = [client.chat_postMessage(channel="#deploys", text=f"m{n}")["ts"] for n in range(5)]
+
+    first = client.conversations_history(channel="C0DEPLOYS", limit=2)
+    assert [m["ts"] for m in first["messages"]] == posted[::-1][:2]
+    assert first["has_more"] is True
+    cursor = first["response_metadata"]["next_cursor"]
+    assert cursor
+    seen = [m["ts"] for m in first["messages"]]
+    while cursor:
+        page = client.conversations_history(channel="C0DEPLOYS", limit=2, cursor=cursor)
+        seen += [m["ts"] for m in page["messages"]]
+        cursor = page["response_metadata"]["next_cursor"]
+    assert seen == posted[::-1]
+    assert page["has_more"] is False
+    assert client.conversations_history(channel="C0DEPLOYS")["has_more"] is False  # default page: 100
+
+
+def test_oldest_and_latest_bound_exclusively_unless_inclusive(client: WebClient) -> None:
+    posted = [client.chat_postMessage(channel="#deploys", text=f"m{n}")["ts"] for n in range(4)]
+
+    def history(**bounds: Any) -> list[str]:
+        return [m["ts"] for m in client.conversations_history(channel="C0DEPLOYS", **bounds)["messages"]]
+
+    assert history(oldest=posted[0], latest=posted[3]) == [posted[2], posted[1]]
+    assert history(oldest=posted[0], latest=posted[3], inclusive=True) == posted[::-1]
+    assert history(oldest=posted[2]) == [posted[3]]
+    root = posted[0]
+    replies = [
+        client.chat_postMessage(channel="C0DEPLOYS", text=f"r{n}", thread_ts=root)["ts"] for n in range(3)
+    ]
+    thread = client.conversations_replies(channel="C0DEPLOYS", ts=root, oldest=replies[0], limit=1)
+    assert [m["ts"] for m in thread["messages"]] == [replies[1]]  # oldest first, after the bound
+    assert thread["has_more"] is True
+
+
+def test_reading_methods_take_a_channel_id_and_an_existing_thread(client: WebClient) -> None:
+    root = client.chat_postMessage(channel="#deploys", text="card")
+    assert slack_error(lambda: client.conversations_history(channel="#deploys")).response["error"] == (
+        "channel_not_found"
+    )
+    missing = slack_error(lambda: client.conversations_replies(channel=root["channel"], ts="1.000001"))
+    assert missing.response["error"] == "thread_not_found"
+    bad = slack_error(lambda: client.chat_postMessage(channel="#deploys", text="x", metadata={"a": 1}))
+    assert bad.response["error"] == "invalid_metadata_format"
+
+
+def test_conversations_list_pages_the_channels() -> None:
+    channels = {"#deploys": "C0DEPLOYS", "#ops": "C0OPSXXXX", "#web": "C0WEBXXXX"}
+    with SlackApi(channels=channels) as api:
+        client = WebClient(token="xoxb-test", base_url=api.api_url, retry_handlers=[])
+        names: dict[str, str] = {}
+        cursor = None
+        while True:
+            page = client.conversations_list(types="public_channel,private_channel", limit=2, cursor=cursor)
+            names.update({c["name"]: c["id"] for c in page["channels"]})
+            cursor = page["response_metadata"]["next_cursor"]
+            if not cursor:
+                break
+    assert names == {"deploys": "C0DEPLOYS", "ops": "C0OPSXXXX", "web": "C0WEBXXXX"}

@@ -32,6 +32,7 @@ EXPECTED_ALLOWED = {
     (S.RECEIVED, S.QUEUED),
     (S.RECEIVED, S.DEPLOYING),
     (S.RECEIVED, S.FAILED),
+    (S.RECEIVED, S.SUPERSEDED),  # an upload S3 stored before one the pipeline already took
     (S.QUEUED, S.DEPLOYING),
     (S.QUEUED, S.STOPPED),
     (S.QUEUED, S.SUPERSEDED),
