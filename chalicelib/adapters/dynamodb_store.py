@@ -25,7 +25,7 @@ from chalicelib.domain.release import (
     Revision,
     Trigger,
 )
-from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.slot import PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
 from chalicelib.service.ports import Change, IdempotencyRecord, WriteConflict
 
@@ -220,6 +220,14 @@ def event_from_item(item: Mapping[str, Any]) -> HistoryEvent:
     )
 
 
+def _mark_item(mark: UploadMark) -> dict[str, str]:
+    return {"release_id": mark.release_id, "stored_at": mark.stored_at.isoformat()}
+
+
+def _upload_mark(value: Mapping[str, Any]) -> UploadMark:
+    return UploadMark(str(value["release_id"]), datetime.fromisoformat(str(value["stored_at"])))
+
+
 def _without_nones(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in mapping.items() if value is not None}
 
@@ -271,6 +279,8 @@ class DynamoReleaseStore:
             active=item.get("active"),
             waiting=tuple(item.get("waiting", [])),
             last_good=item.get("last_good"),
+            newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
+            waiting_uploads=tuple(_upload_mark(mark) for mark in item.get("waiting_uploads", [])),
             version=int(item["version"]),
         )
 
@@ -412,6 +422,8 @@ class DynamoReleaseStore:
             "active": slot.active,
             "waiting": list(slot.waiting),
             "last_good": slot.last_good,
+            "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
+            "waiting_uploads": [_mark_item(mark) for mark in slot.waiting_uploads],
             "version": slot.version + 1,
         }
         if slot.version == 0:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -17,7 +19,11 @@ UPLOADS = 20
 
 
 def fire_concurrently(world: World, prefix: str) -> list[str]:
-    uploads = [world.upload(f"{prefix}app-{n:02d}.zip") for n in range(UPLOADS)]
+    # S3 stores all twenty in one second (LastModified has whole seconds), so none is older than
+    # the one that starts first: admission follows arrival, which is what races here.
+    one_second = datetime.now(UTC).replace(microsecond=0)
+    with mock.patch("moto.s3.models.utcnow", return_value=one_second):
+        uploads = [world.upload(f"{prefix}app-{n:02d}.zip") for n in range(UPLOADS)]
     bootstrap.context()  # wire the clients once, as a warm container would, before the burst
 
     def deliver(event: dict[str, Any]) -> str:

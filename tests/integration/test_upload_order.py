@@ -13,8 +13,7 @@ import pytest
 
 from chalicelib import bootstrap
 from chalicelib.domain.release import ReleaseState, Trigger
-from chalicelib.domain.slot import PipelineSlot, UploadMark
-from chalicelib.service.ports import Change
+from chalicelib.domain.slot import UploadMark
 from sandbox import moto_extensions
 from tests.integration.conftest import BUCKET, World
 
@@ -37,18 +36,6 @@ def next_second() -> None:
     time.sleep(1.05 - datetime.now(UTC).microsecond / 1_000_000)
 
 
-@pytest.fixture
-def remembering_store(world: World) -> None:
-    """The slot's upload marks must survive the store's round trip."""
-    mark = UploadMark("probe", datetime(2026, 1, 1, tzinfo=UTC))
-    probe = PipelineSlot("order-probe", newest_started=mark, waiting_uploads=(mark,))
-    world.store.commit(Change(slot=probe))
-    read = world.store.get_slot("order-probe")
-    if (read.newest_started, read.waiting_uploads) != (mark, (mark,)):
-        pytest.skip("DynamoReleaseStore does not persist PipelineSlot.newest_started/waiting_uploads yet")
-
-
-@pytest.mark.usefixtures("remembering_store")
 def test_an_older_upload_whose_event_comes_late_is_superseded_not_deployed(world: World) -> None:
     v1 = world.upload("api/prod/app-1.zip")
     next_second()
@@ -85,7 +72,6 @@ def test_an_older_upload_whose_event_comes_late_is_superseded_not_deployed(world
     assert (explicit["trigger"], explicit["state"]) == (Trigger.API.value, ReleaseState.DEPLOYING.value)
 
 
-@pytest.mark.usefixtures("remembering_store")
 def test_waiting_uploads_deploy_in_the_order_s3_stored_them(world: World) -> None:
     """Queue policy: v3's event overtakes v2's while v1 deploys; v2 still goes before v3."""
     v1 = world.upload("api/prod/app-1.zip")
