@@ -378,30 +378,45 @@ def _artifacts(_function: Function, scope: Scope) -> list[Statement]:
     ]
     # Without s3:ListBucket S3 answers a missing key with 403, which reads as "refused" (and is
     # alarmed); with it, a 404. Listing is limited to the pipelines' prefixes by s3:prefix (a
-    # condition key of s3:ListBucket in the Service Authorization Reference).
-    for bucket, prefixes in scope.bucket_prefixes:
-        statement = _statement("ListBundleKeys", ["s3:ListBucket"], [_arn("s3", bucket, regional=False)])
-        if "" not in prefixes:
-            statement["Condition"] = {"StringLike": {"s3:prefix": [f"{prefix}*" for prefix in prefixes]}}
+    # condition key of s3:ListBucket in the Service Authorization Reference). One statement for
+    # all buckets keeps the policy small at 100 pipelines: a prefix of one bucket may then be
+    # listed in another too (key names only; reading an object stays limited to its pipeline).
+    scoped = [(bucket, prefixes) for bucket, prefixes in scope.bucket_prefixes if "" not in prefixes]
+    whole = [bucket for bucket, prefixes in scope.bucket_prefixes if "" in prefixes]
+    if scoped:
+        statement = _statement(
+            "ListBundleKeys", ["s3:ListBucket"], [_arn("s3", bucket, regional=False) for bucket, _ in scoped]
+        )
+        prefixes = sorted({f"{prefix}*" for _, listed in scoped for prefix in listed})
+        statement["Condition"] = {"StringLike": {"s3:prefix": prefixes}}
         statements.append(statement)
+    if whole:
+        # A pipeline with the empty prefix takes the whole bucket.
+        statements.append(
+            _statement(
+                "ListWholeBuckets",
+                ["s3:ListBucket"],
+                [_arn("s3", bucket, regional=False) for bucket in whole],
+            )
+        )
     return statements
 
 
-def _deploy_read(_function: Function, scope: Scope) -> list[Statement]:
+def _deployments(_function: Function, scope: Scope) -> list[Statement]:
+    # CreateDeployment also checks the deployment config and registers the revision with the
+    # application (CodeDeploy permissions reference). A function that starts deployments also
+    # looks for one it started already (GetDeployment, ListDeployments...).
     return [
         _statement(
-            "ReadDeployments",
-            ["codedeploy:GetDeployment", "codedeploy:ListDeployments", "codedeploy:BatchGetDeployments"],
+            "StartAndReadDeployments",
+            [
+                "codedeploy:CreateDeployment",
+                "codedeploy:GetDeployment",
+                "codedeploy:ListDeployments",
+                "codedeploy:BatchGetDeployments",
+            ],
             list(scope.deployment_groups),
-        )
-    ]
-
-
-def _deploy_start(_function: Function, scope: Scope) -> list[Statement]:
-    # CreateDeployment also checks the deployment config and registers the revision with the
-    # application (CodeDeploy permissions reference).
-    return [
-        _statement("StartDeployments", ["codedeploy:CreateDeployment"], list(scope.deployment_groups)),
+        ),
         _statement(
             "UseDeploymentConfigs", ["codedeploy:GetDeploymentConfig"], list(scope.deployment_configs)
         ),
@@ -466,7 +481,7 @@ def _channels(_function: Function, scope: Scope) -> list[Statement]:
 # frees its pipeline's slot and starts the next one (or an automatic rollback): every function
 # that can end a release may start a deployment, and look for one it already started.
 _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
-_STARTS: tuple[Grant, ...] = (_deploy_read, _deploy_start)
+_STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
     # SUCCESS starts verification (target groups, deployed instances, first check); FAILURE
@@ -494,10 +509,9 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
 # policies shared by every role that has the grant (``pipeline_policies``). The others name the
 # stack's own resources and stay inline.
 PIPELINE_GRANTS: Mapping[Grant, str] = {
-    _artifacts: "PipelineArtifacts",
-    _deploy_read: "PipelineDeploymentReads",
-    _deploy_start: "PipelineDeploymentStarts",
-    _channels: "PipelineChannels",
+    _artifacts: "Artifacts",
+    _deployments: "Deployments",
+    _channels: "Channels",
 }
 
 
@@ -572,22 +586,30 @@ def _chunked(statements: Sequence[Statement], limit: int) -> list[list[Statement
 @dataclass(frozen=True)
 class ManagedPolicies:
     resources: dict[str, Any]  # logical id -> AWS::IAM::ManagedPolicy
-    by_grant: dict[Grant, list[str]]  # grant -> the logical ids of its policies
+    by_function: dict[str, list[str]]  # function name -> the logical ids of its policies
+
+
+def _pipeline_grants(function: Function) -> tuple[Grant, ...]:
+    return tuple(grant for grant in _grants(function) if grant in PIPELINE_GRANTS)
 
 
 def pipeline_policies(stage: str, functions: Sequence[Function], scope: Scope) -> ManagedPolicies:
+    """One set of managed policies per combination of pipeline grants the roles have (the artifact
+    and API functions read bundles and deploy, three others only deploy, the notifier only reaches
+    channels), packed as full as IAM's size allows: the fewest policies per role."""
     resources: dict[str, Any] = {}
-    by_grant: dict[Grant, list[str]] = {}
-    used = {grant for function in functions for grant in _grants(function) if grant in PIPELINE_GRANTS}
-    for grant, name in PIPELINE_GRANTS.items():
-        if grant not in used:
+    by_combination: dict[tuple[Grant, ...], list[str]] = {}
+    for function in functions:
+        combination = _pipeline_grants(function)
+        if not combination or combination in by_combination:
             continue
         # These grants do not depend on the function: one set of policies serves every role.
-        statements = [s for s in grant(functions[0], scope) if s["Resource"]]
-        by_grant[grant] = []
+        statements = [s for grant in combination for s in grant(function, scope) if s["Resource"]]
+        name = "Pipeline" + "".join(PIPELINE_GRANTS[grant] for grant in combination)
+        by_combination[combination] = []
         for number, chunk in enumerate(_chunked(statements, MANAGED_POLICY_MAX_CHARS), start=1):
             logical_id = f"{name}Policy{number}"
-            by_grant[grant].append(logical_id)
+            by_combination[combination].append(logical_id)
             resources[logical_id] = {
                 "Type": "AWS::IAM::ManagedPolicy",
                 "Properties": {
@@ -595,17 +617,16 @@ def pipeline_policies(stage: str, functions: Sequence[Function], scope: Scope) -
                     "PolicyDocument": _document(chunk),
                 },
             }
-    return ManagedPolicies(resources, by_grant)
-
-
-def managed_policy_ids(function: Function, policies: ManagedPolicies) -> list[str]:
-    ids = [logical_id for grant in _grants(function) for logical_id in policies.by_grant.get(grant, [])]
-    if len(ids) > MANAGED_POLICIES_PER_ROLE:
-        raise RenderError(
-            f"{function.name}: {len(ids)} managed policies, over IAM's {MANAGED_POLICIES_PER_ROLE} per "
-            "role: the pipelines file names too many resources (docs/quotas.md)"
-        )
-    return ids
+    by_function = {}
+    for function in functions:
+        ids = by_combination.get(_pipeline_grants(function), [])
+        if len(ids) > MANAGED_POLICIES_PER_ROLE:
+            raise RenderError(
+                f"{function.name}: {len(ids)} managed policies, over IAM's {MANAGED_POLICIES_PER_ROLE} "
+                "per role: the pipelines file names too many resources (docs/quotas.md)"
+            )
+        by_function[function.name] = ids
+    return ManagedPolicies(resources, by_function)
 
 
 # --- the template -------------------------------------------------------------------------------
@@ -807,7 +828,7 @@ def _function_resources(
         },
         "Policies": [{"PolicyName": function.name, "PolicyDocument": function_policy(function, scope)}],
     }
-    managed = managed_policy_ids(function, policies)
+    managed = policies.by_function.get(function.name, [])
     if managed:
         role_properties["ManagedPolicyArns"] = [{"Ref": logical_id} for logical_id in managed]
     resources: dict[str, Any] = {

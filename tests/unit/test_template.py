@@ -543,7 +543,9 @@ def test_artifact_readers_may_list_the_pipelines_prefixes(packaged: tuple[str, d
             for statement in resolved.role_statements(resolved.functions()[function])
             if "s3:ListBucket" in statement["Action"]
         ]
-        by_bucket = {statement["Resource"][0]: statement.get("Condition") for statement in listing}
+        by_bucket = {
+            bucket: statement.get("Condition") for statement in listing for bucket in statement["Resource"]
+        }
         assert by_bucket == {
             "arn:aws:s3:::acme-artifacts": {"StringLike": {"s3:prefix": ["api/prod/*"]}},
             "arn:aws:s3:::web-bundles": None,  # the empty prefix: the whole bucket
