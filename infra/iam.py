@@ -302,9 +302,8 @@ class Template:
             if policy is not None and policy["Type"] == "AWS::IAM::ManagedPolicy":
                 documents.append(policy["Properties"]["PolicyDocument"])
         for other in self.resources.values():
-            if other["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and {"Ref": role} in other[
-                "Properties"
-            ].get("Roles", []):
+            attaches = other.get("Type") in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+            if attaches and {"Ref": role} in other["Properties"].get("Roles", []):
                 documents.append(other["Properties"]["PolicyDocument"])
         statements = []
         for document in documents:
