@@ -30,7 +30,7 @@ def template(pipelines_file: Path) -> dict[str, Any]:
 
 
 def _declared_queue(properties: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:
-    declared = {
+    declared: dict[str, Any] = {
         name: str(properties[name]).lower() if isinstance(properties[name], bool) else str(properties[name])
         for name in _QUEUE_PROPERTIES
         if name in properties
