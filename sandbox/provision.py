@@ -11,22 +11,12 @@ stage (``release-coordinator-verify``, as app.py names its queues)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from chalicelib.domain.pipelines import PipelinesConfig
-
-# infra/ is this repository's build-time package, not one pyproject installs (its ``packages``);
-# the sandbox runs from the repository, so it takes infra from there when the CLI (whose
-# sys.path has no repository root) runs it.
-if importlib.util.find_spec("infra") is None:
-    sys.path.append(str(Path(__file__).resolve().parent.parent))
-
 from infra import stack
 from infra.render import APP_NAME, batch_sizes
 from infra.sizing import Sizing, function_sizing

@@ -84,8 +84,14 @@ class Upload:
     key: str
     version_id: str
     etag: str
-    eventbridge: dict[str, Any]
+    # None when the template's S3 rule does not match the key (outside every prefix, not a bundle).
+    eventbridge_event: dict[str, Any] | None
     classic: dict[str, Any]
+
+    @property
+    def eventbridge(self) -> dict[str, Any]:
+        assert self.eventbridge_event is not None, f"{self.key} matched no EventBridge rule"
+        return self.eventbridge_event
 
 
 @dataclass
@@ -106,13 +112,13 @@ class World:
         )
         eventbridge = self._drain(self.provisioned.eventbridge_queue_url)
         classic = self._drain(self.provisioned.classic_queue_url)
-        assert len(eventbridge) == 1, eventbridge
+        assert len(eventbridge) <= 1, eventbridge
         assert len(classic) == 1, classic
         return Upload(
             key=key,
             version_id=response["VersionId"],
             etag=response["ETag"].strip('"'),
-            eventbridge=eventbridge[0],
+            eventbridge_event=eventbridge[0] if eventbridge else None,
             classic=classic[0],
         )
 

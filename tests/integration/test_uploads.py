@@ -84,7 +84,9 @@ def test_same_upload_delivered_three_times_makes_one_deployment(world: World) ->
 def test_upload_outside_every_prefix_is_ignored(world: World) -> None:
     upload = world.upload("docs/readme.zip")
 
-    assert world.deliver_upload(upload.eventbridge) == {"releases": [], "skipped": []}
+    assert upload.eventbridge_event is None  # the template's rules match the pipelines' prefixes only
+    # A classic notification of the whole bucket still reaches the handler, which ignores it.
+    assert world.deliver_upload(upload.classic) == {"releases": [], "skipped": []}
     assert world.deployments() == []
 
 
@@ -103,7 +105,9 @@ def test_an_upload_that_is_not_a_bundle_is_skipped_and_notifies_no_one(
     upload = world.upload(key)
     before = len(handler_calls)
 
-    assert world.deliver_upload(upload.eventbridge) == {"releases": [], "skipped": []}
+    assert upload.eventbridge_event is None  # the template's rules match bundle suffixes only
+    # A classic notification of the whole prefix still reaches the handler, which skips it.
+    assert world.deliver_upload(upload.classic) == {"releases": [], "skipped": []}
 
     assert world.store.list_releases("api-prod", 10, None) == []  # no release, so no notification
     assert world.deployments() == []
@@ -129,9 +133,7 @@ def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
             world.deliver_upload(upload.eventbridge)
 
     # The handler's own "event is retried" line follows; this one says what to grant.
-    [denied] = [
-        r for r in caplog.records if r.levelno == logging.ERROR and "s3:ListBucket" in r.getMessage()
-    ]
+    [denied] = [r for r in caplog.records if r.levelno == logging.ERROR and "s3:ListBucket" in r.getMessage()]
     assert (denied.bucket, denied.key) == (BUCKET, "api/prod/app-1.zip")  # type: ignore[attr-defined]
     [metric] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     [directive] = metric["_aws"]["CloudWatchMetrics"]

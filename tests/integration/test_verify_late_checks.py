@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from app import app
 from chalicelib.domain.inbound_events import DeploymentState
 from chalicelib.domain.pipelines import PipelinesConfig, VerifySettings
 from chalicelib.domain.release import ReleaseState, rollback_release_id
@@ -24,11 +25,15 @@ from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import apply_deployment_state
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
-from infra.render import QUEUE_VISIBILITY_S
+from infra.render import batch_sizes
+from infra.sizing import function_sizing
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World
 from tests.integration.test_recovery import ManualClock, direct_context
 from tests.integration.test_verification import health_checks, upload_and_deploy, verified
+
+# How long SQS keeps a crashed check invisible: the verify queue's visibility, as the template sets it.
+QUEUE_VISIBILITY_S = function_sizing(batch_sizes(app))["on_verify_message"].visibility_timeout_s
 
 # The reconcile function's schedule (app.py: Rate(5, unit=Rate.MINUTES)).
 RECONCILE_EVERY = timedelta(minutes=5)
