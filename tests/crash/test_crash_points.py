@@ -107,6 +107,45 @@ def test_crash_point(point: Point, swept: SweepResults) -> None:
     assert not result.violations, _failure(result)
 
 
+# Points whose forked result is checked against a run from scratch: a crash in the upload's
+# handler, in a health check and in a notification delivery.
+FROM_SCRATCH = (
+    "second_upload_queues/on_artifact_event#1/before dynamodb.TransactWriteItems#1",
+    "one_upload/on_verify_message#1/before elbv2.DescribeTargetHealth#1",
+    "one_upload/on_notify_message#2/before slack.chat.postMessage#1",
+)
+
+
+@pytest.mark.timeout(SWEEP_TIMEOUT_S)
+def test_forked_points_are_the_runs_from_scratch(swept: SweepResults) -> None:
+    """The sweep forks the uncrashed run just before a point's invocation instead of replaying
+    it; a run from scratch with the same crash point must end the same way."""
+    chosen = [point for point in POINTS if point.name in FROM_SCRATCH]
+    assert len(chosen) == len(FROM_SCRATCH), [point.name for point in chosen]
+
+    def work() -> list[PointResult]:
+        sweep = Sweep()
+        try:
+            import time
+
+            answers = []
+            for point in chosen:
+                started = time.perf_counter()
+                outcome = sweep.run(SCENARIOS[point.scenario], (point.crash_point,))
+                answers.append(_point_result(point.name, outcome, started))
+            return answers
+        finally:
+            sweep.close()
+
+    for from_scratch in in_child(work):
+        forked = swept.points[from_scratch.name]
+        # (A point that stands for equal ones tells its story with their first call.)
+        assert (forked.violations, forked.invocations) == (
+            from_scratch.violations,
+            from_scratch.invocations,
+        ), f"{from_scratch.name}: forked\n{forked.story}\nfrom scratch\n{from_scratch.story}"
+
+
 def test_known_faults_name_existing_cases() -> None:
     """A listed case that no longer exists (its fix changed the calls) must go from the list."""
     existing = {point.name for point in POINTS} | {f"named/{name}" for name in NAMED_CASES}
