@@ -308,6 +308,8 @@ class Run:
         return invocation.outcome == "ok", result
 
     def invoke_async(self, function: str, what: str, event: dict[str, Any], attempt: int = 1) -> None:
+        # Only what the template invokes asynchronously gets Lambda's asynchronous retries.
+        assert function in self.world.behaviour.asynchronous, function
         handler = getattr(chalice_app, function)
         done, _ = self.invoke(function, what, lambda: handler(json.loads(json.dumps(event)), None))
         delays = self.world.behaviour.async_retry_delays_s
