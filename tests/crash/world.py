@@ -1,0 +1,307 @@
+"""The account the sweep runs in: moto in process, provisioned once, and put back to its
+provisioned state between runs by resetting only the backends a run changes.
+
+What AWS does after a failure is read from the stage's rendered template (``infra.render``), not
+from constants of the sweep: the queues' visibility timeouts and receive limits, the stream's
+retry limit, which functions are invoked asynchronously, and (from the app) reconcile's rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from chalice.app import Rate, ScheduledEventConfig
+from chalice.test import Client
+from moto import mock_aws
+from moto.backends import get_backend
+from moto.core.models import DEFAULT_ACCOUNT_ID
+
+import app as chalice_app
+from chalicelib import bootstrap
+from chalicelib.adapters.dynamodb_store import table_definition
+from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
+from infra import render
+from sandbox import moto_extensions
+from sandbox.provision import LoadBalancedGroup, provision
+from sandbox.slack_api import SlackApi
+
+REGION = "us-east-1"
+BUCKET = "acme-artifacts"
+TABLE = "releases-crash"
+STAGE = "crash"
+SENDER = "relco@crash.example"
+SLACK_CHANNEL = "#deploys"
+SLACK_TOKEN_PARAMETER = "/relco/slack/bot-token"
+# shop-prod notifies a Slack thread and by email; cart-prod has no routes, so its scenarios
+# spend their runs on the slot, CodeDeploy and the API.
+NOTIFIED = "shop-prod"
+QUIET = "cart-prod"
+INSTANCES = 2
+# Every event a route can subscribe to goes to Slack; the email route takes the outcomes.
+PIPELINES_TOML = f"""
+[[pipeline]]
+name = "{NOTIFIED}"
+bucket = "{BUCKET}"
+prefix = "shop/prod/"
+application = "shop"
+deployment_group = "shop-prod"
+
+[[pipeline.notify]]
+kind = "slack"
+channel = "{SLACK_CHANNEL}"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
+on = ["started", "queued", "superseded", "succeeded", "failed", "verify_failed", "rolled_back", "stopped"]
+
+[[pipeline.notify]]
+kind = "email"
+sender = "{SENDER}"
+to = ["oncall@crash.example"]
+on = ["succeeded", "failed", "verify_failed", "rolled_back", "stopped"]
+
+[[pipeline]]
+name = "{QUIET}"
+bucket = "{BUCKET}"
+prefix = "cart/prod/"
+application = "cart"
+deployment_group = "cart-prod"
+"""
+ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": REGION,
+    # Fail fast on anything the emulator does not answer.
+    "AWS_MAX_ATTEMPTS": "1",
+    "RELEASES_TABLE": TABLE,
+}
+# The backends a run writes to; EC2, ELBv2, SSM and EventBridge keep what was provisioned.
+_RUN_BACKENDS = ("dynamodb", "sqs", "s3", "codedeploy", "ses")
+# AWS's default for a function without an EventInvokeConfig: "If the function returns an error,
+# by default Lambda attempts to run it two more times, with a one-minute wait between the first
+# two attempts, and two minutes between the second and third attempts."
+# (docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html)
+ASYNC_RETRY_DELAYS_S = (60, 120)
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    name: str
+    fifo: bool
+    visibility_timeout_s: int
+    max_receives: int
+    dead_letter_name: str
+
+
+@dataclass(frozen=True)
+class AwsBehaviour:
+    """What the stage's template (and app) say AWS does after a function fails."""
+
+    verify_queue: QueueSettings
+    notify_queue: QueueSettings
+    stream_max_retries: int
+    asynchronous: frozenset[str]
+    async_retry_delays_s: tuple[int, ...]
+    reconcile_every_s: int
+
+
+def aws_behaviour(pipelines: PipelinesConfig) -> AwsBehaviour:
+    functions = render.app_functions(chalice_app.app)
+    resources = render.render(STAGE, pipelines, functions)["Resources"]
+
+    def queue(logical_id: str) -> QueueSettings:
+        properties = resources[logical_id]["Properties"]
+        dead_letters = properties["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        return QueueSettings(
+            name=properties["QueueName"],
+            fifo=bool(properties.get("FifoQueue")),
+            visibility_timeout_s=int(properties["VisibilityTimeout"]),
+            max_receives=int(properties["RedrivePolicy"]["maxReceiveCount"]),
+            dead_letter_name=resources[dead_letters]["Properties"]["QueueName"],
+        )
+
+    stream = next(function for function in functions if function.trigger == "dynamodb").logical_id
+    [stream_source] = resources[stream]["Properties"]["Events"].values()
+    return AwsBehaviour(
+        verify_queue=queue(render.VERIFY_QUEUE),
+        notify_queue=queue(render.NOTIFY_QUEUE),
+        stream_max_retries=int(stream_source["Properties"]["MaximumRetryAttempts"]),
+        asynchronous=frozenset(f.name for f in functions if f.invoked_asynchronously),
+        async_retry_delays_s=ASYNC_RETRY_DELAYS_S,
+        reconcile_every_s=_reconcile_rate_s(),
+    )
+
+
+def _reconcile_rate_s() -> int:
+    [source] = [
+        s
+        for s in chalice_app.app.event_sources
+        if isinstance(s, ScheduledEventConfig) and s.name == "reconcile"
+    ]
+    rate = source.schedule_expression
+    assert isinstance(rate, Rate), rate
+    return int(rate.value) * {Rate.MINUTES: 60, Rate.HOURS: 3600, Rate.DAYS: 86400}[rate.unit]
+
+
+@dataclass
+class Queues:
+    verify_url: str
+    notify_url: str
+    notify_dlq_url: str
+    artifact_events_url: str
+
+
+class World:
+    """Started once per test session: moto, the Slack look-alike, the provisioned account."""
+
+    def __init__(self) -> None:
+        self._saved_environment = {name: os.environ.get(name) for name in [*ENVIRONMENT, *_URL_VARIABLES]}
+        os.environ.update(ENVIRONMENT)
+        os.environ.pop("AWS_PROFILE", None)
+        self._directory = tempfile.TemporaryDirectory()
+        pipelines_file = Path(self._directory.name) / "pipelines.toml"
+        pipelines_file.write_text(PIPELINES_TOML, encoding="utf-8")
+        os.environ["PIPELINES_FILE"] = str(pipelines_file)
+        self.pipelines = load_pipelines(pipelines_file)
+        self.behaviour = aws_behaviour(self.pipelines)
+        moto_extensions.install()
+        self._mock = mock_aws()
+        self._mock.start()
+        self.slack = SlackApi().start()
+        os.environ["SLACK_API_URL"] = self.slack.api_url
+        self.session = boto3.session.Session(region_name=REGION)
+        provisioned = provision(
+            self.session,
+            self.pipelines,
+            table=TABLE,
+            load_balanced={NOTIFIED: INSTANCES, QUIET: INSTANCES},
+        )
+        self.load_balanced: dict[str, LoadBalancedGroup] = provisioned.load_balanced
+        self.session.client("ssm").put_parameter(
+            Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString"
+        )
+        self._eventbridge_queue = "artifact-events"
+        self.dynamodb = self.session.client("dynamodb")
+        self.sqs = self.session.client("sqs")
+        self.s3 = self.session.client("s3")
+        self.codedeploy = self.session.client("codedeploy")
+        self._deployment_groups = [
+            (
+                pipeline.application,
+                pipeline.deployment_group,
+                pipeline.name in self.load_balanced,
+                pipeline.name,
+                pipeline.deployment_config,
+            )
+            for pipeline in self.pipelines.pipelines
+        ]
+        self.queues = self.reset()
+        self.api = Client(chalice_app.app, stage_name=STAGE)
+
+    def reset(self) -> Queues:
+        """Back to the provisioned state: only the backends a run writes to are reset and their
+        resources created again (EC2 instances and the target groups stay)."""
+        backends: Any = get_backend  # typed per literal service name only
+        for service in _RUN_BACKENDS:
+            for region_backend in backends(service)[DEFAULT_ACCOUNT_ID].values():
+                region_backend.reset()
+        moto_extensions.clear_target_health()
+        self.dynamodb.create_table(**table_definition(TABLE))
+        verify_dlq = self._queue(self.behaviour.verify_queue.dead_letter_name, fifo=False)
+        notify_dlq = self._queue(self.behaviour.notify_queue.dead_letter_name, fifo=True)
+        verify = self._queue_with_redrive(self.behaviour.verify_queue, verify_dlq)
+        notify = self._queue_with_redrive(self.behaviour.notify_queue, notify_dlq)
+        # The queue the provisioned EventBridge rule (S3 "Object Created") delivers to: the
+        # sweep reads moto's own event from it and hands it to on_artifact_event.
+        artifact_events = self._queue(self._eventbridge_queue, fifo=False)
+        self.s3.create_bucket(Bucket=BUCKET)
+        self.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+        self.s3.put_bucket_notification_configuration(
+            Bucket=BUCKET, NotificationConfiguration={"EventBridgeConfiguration": {}}
+        )
+        self.session.client("ses").verify_email_identity(EmailAddress=SENDER)
+        for application in sorted({group[0] for group in self._deployment_groups}):
+            self.codedeploy.create_application(applicationName=application, computePlatform="Server")
+        for application, group, balanced, name, config in self._deployment_groups:
+            extra: dict[str, Any] = {}
+            if balanced:
+                extra["loadBalancerInfo"] = {"targetGroupInfoList": [{"name": name}]}
+            self.codedeploy.create_deployment_group(
+                applicationName=application,
+                deploymentGroupName=group,
+                deploymentConfigName=config,
+                serviceRoleArn="arn:aws:iam::123456789012:role/CodeDeployServiceRole",
+                deploymentStyle={"deploymentType": "IN_PLACE", "deploymentOption": "WITH_TRAFFIC_CONTROL"},
+                **extra,
+            )
+        self.slack_messages = self._fresh_slack_state()
+        os.environ["VERIFY_QUEUE_URL"] = verify
+        os.environ["NOTIFY_QUEUE_URL"] = notify
+        os.environ["NOTIFY_DLQ_URL"] = notify_dlq
+        bootstrap.reset()
+        return Queues(verify, notify, notify_dlq, artifact_events)
+
+    def _fresh_slack_state(self) -> SlackApi:
+        """An empty Slack workspace behind the running look-alike: its HTTP server hands each
+        request to ``server.app`` (``sandbox/slack_api.py``), so a new, unstarted ``SlackApi``
+        put there answers from now on, with the same channels and tokens and nothing posted.
+        Restarting the server per run would cost its shutdown poll each time."""
+        fresh = SlackApi()
+        self.slack._server.app = fresh  # type: ignore[union-attr]
+        return fresh
+
+    def pause_slack(self) -> None:
+        """Stop serving Slack in this process, keeping the listening socket (before a fork)."""
+        server, thread = self.slack._server, self.slack._thread
+        assert server is not None
+        assert thread is not None
+        server.shutdown()
+        thread.join()
+
+    def serve_slack(self) -> None:
+        """Serve Slack from this process on the same socket (after a fork: in the child, the
+        workspace as it was at the fork; in the parent again once the child has exited)."""
+        server = self.slack._server
+        assert server is not None
+        thread = threading.Thread(target=server.serve_forever, args=(0.01,), name="slack-api", daemon=True)
+        self.slack._thread = thread
+        thread.start()
+
+    def _queue(self, name: str, *, fifo: bool, attributes: dict[str, str] | None = None) -> str:
+        given = {**({"FifoQueue": "true"} if fifo else {}), **(attributes or {})}
+        return str(self.sqs.create_queue(QueueName=name, Attributes=given)["QueueUrl"])
+
+    def _queue_with_redrive(self, settings: QueueSettings, dead_letter_url: str) -> str:
+        dead_letter_arn = self.sqs.get_queue_attributes(
+            QueueUrl=dead_letter_url, AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
+        return self._queue(
+            settings.name,
+            fifo=settings.fifo,
+            attributes={
+                "VisibilityTimeout": str(settings.visibility_timeout_s),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": settings.max_receives}
+                ),
+            },
+        )
+
+    def close(self) -> None:
+        self.slack.stop()
+        self._mock.stop()
+        self._directory.cleanup()
+        bootstrap.reset()
+        for name, value in self._saved_environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_URL_VARIABLES = ("PIPELINES_FILE", "VERIFY_QUEUE_URL", "NOTIFY_QUEUE_URL", "NOTIFY_DLQ_URL", "SLACK_API_URL")
