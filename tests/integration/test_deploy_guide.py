@@ -52,6 +52,8 @@ MOTO_ACCOUNT = "123456789012"
 GUIDE_ACCOUNT = "111122223333"
 STACK = "release-coordinator-prod"
 TABLE = "release-coordinator-prod"
+# The retained prod table as the guide names it in its example (name + the stack id's hex).
+RETAINED_TABLE = "release-coordinator-prod-1a2b3c4d"
 PROVISIONED = {"REGION": "eu-west-1", "BUCKET": "guide-artifacts", "CFN_BUCKET": "guide-cfn-artifacts"}
 READER_DEFAULT_REGION = "us-west-2"
 # The AWS CLI refuses a larger template without --s3-bucket (awscli customizations/cloudformation/
@@ -301,7 +303,10 @@ def stand_in_package(aws: Emulator, workdir: Path) -> Callable[[], None]:
 
 
 def deployed_stack(aws: Emulator, workdir: Path) -> Callable[[], None]:
-    template = {"Resources": {"Queue": {"Type": "AWS::SQS::Queue"}}}
+    template = {
+        "Resources": {"Queue": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {"ReleasesTableName": {"Value": RETAINED_TABLE}},
+    }
     cloudformation = aws.client("cloudformation")
     cloudformation.create_stack(StackName=STACK, TemplateBody=json.dumps(template))
 
@@ -321,17 +326,17 @@ def deployed_stack(aws: Emulator, workdir: Path) -> Callable[[], None]:
 def retained_table(aws: Emulator, workdir: Path) -> Callable[[], None]:
     dynamodb = aws.client("dynamodb")
     dynamodb.create_table(
-        TableName=TABLE,
+        TableName=RETAINED_TABLE,
         BillingMode="PAY_PER_REQUEST",
         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
         KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
         DeletionProtectionEnabled=True,
     )
     with pytest.raises(ClientError):
-        dynamodb.delete_table(TableName=TABLE)  # as the stack leaves it: protected
+        dynamodb.delete_table(TableName=RETAINED_TABLE)  # as the stack leaves it: protected
 
     def check() -> None:
-        assert TABLE not in dynamodb.list_tables()["TableNames"]
+        assert RETAINED_TABLE not in dynamodb.list_tables()["TableNames"]
 
     return check
 
@@ -349,11 +354,11 @@ RUNS: dict[str, list[tuple[str, Given]]] = {
     '4. Package and deploy | aws cloudformation package --region "$REGION" \\': [
         ("packaged template over the inline limit", stand_in_package)
     ],
-    'Removing | aws cloudformation delete-stack --region "$REGION" --stack-name release-coordinator-prod': [
-        ("the stack", deployed_stack)
+    'Removing | aws cloudformation describe-stacks --region "$REGION" '
+    "--stack-name release-coordinator-prod \\": [("the stack", deployed_stack)],
+    "Removing | TABLE=release-coordinator-prod-1a2b3c4d   # the ReleasesTableName noted above": [
+        ("the retained table", retained_table)
     ],
-    'Removing | aws dynamodb update-table --region "$REGION" --table-name release-coordinator-prod '
-    "--no-deletion-protection-enabled": [("the retained table", retained_table)],
 }
 
 
