@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
+from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import Release, Revision, upload_release_id
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent, LocalInstance
@@ -410,11 +411,11 @@ class Sandbox:
 
     def slack_thread(self, release: Release) -> str | None:
         """The release's Slack thread as plain text, from the local Slack."""
-        thread = next(iter(release.notification_threads.values()), None)
-        if thread is None or self.slack is None:
+        stored = next(iter(release.notification_threads.values()), None)
+        if stored is None or self.slack is None:
             return None
-        channel, ts = thread.split("/", 1)
-        return self.slack.render_thread_text(channel, ts)
+        thread = SlackThread.from_stored(stored)
+        return self.slack.render_thread_text(thread.channel, thread.ts)
 
     def email_subjects(self) -> list[str]:
         """Subjects of the mail SES accepted (moto keeps it)."""

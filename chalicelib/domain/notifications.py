@@ -189,18 +189,23 @@ def find_route(pipeline: Pipeline | None, key: str) -> NotifyRoute | None:
 
 @dataclass(frozen=True)
 class SlackThread:
-    """Where a release's thread lives on one Slack route: the root message's channel id and ts."""
+    """Where a release's thread lives on one Slack route: the root message's channel id and ts,
+    and the history event whose delivery posted it (a retry of that delivery, after its card was
+    stored, must neither edit the card nor reply to itself)."""
 
     channel: str
     ts: str
+    opened_by: int | None = None  # None in threads stored before it was recorded
 
     def to_stored(self) -> str:
-        return f"{self.channel}/{self.ts}"
+        stored = f"{self.channel}/{self.ts}"
+        return stored if self.opened_by is None else f"{stored}@{self.opened_by}"
 
     @classmethod
     def from_stored(cls, value: str) -> SlackThread:
-        channel, _, ts = value.partition("/")
-        return cls(channel, ts)
+        where, _, opened_by = value.partition("@")
+        channel, _, ts = where.partition("/")
+        return cls(channel, ts, int(opened_by) if opened_by.isdigit() else None)
 
 
 @dataclass(frozen=True)

@@ -234,15 +234,22 @@ def _post_to_thread(
         found = adapters.slack.find_card(token, settings["channel"], card_mark, since) if retaken else None
         if found is not None:
             logger.info("found the card an earlier attempt posted", extra={"route": message.route})
-        thread = found or adapters.slack.post(
+        posted = found or adapters.slack.post(
             token, settings["channel"], card.text, card.blocks, None, mark=card_mark
         )
+        thread = replace(posted, opened_by=message.event.id)
         _remember_posted_thread(context, notice.release.id, message.route, thread)
         if message.notification not in FAILURES:
             return True
     else:
         thread = SlackThread.from_stored(stored)
-        adapters.slack.update(token, thread, card.text, card.blocks)
+        if thread.opened_by == message.event.id:
+            # A retry of the delivery that posted the card, after the card was stored: what may
+            # be left is a failure's details reply, never an edit or a reply for the card itself.
+            if message.notification not in FAILURES:
+                return True
+        else:
+            adapters.slack.update(token, thread, card.text, card.blocks)
     reply_mark = SlackPostMark.reply(message)
     if retaken and adapters.slack.find_reply(token, thread, reply_mark, since):
         logger.info("found the reply an earlier attempt posted", extra={"route": message.route})

@@ -25,6 +25,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.slack import SlackIncomingWebhook
 from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
+from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import ReleaseState, rollback_release_id
 from chalicelib.service.notification_ports import DeliveryRejected
 from sandbox import moto_extensions
@@ -237,7 +238,8 @@ def upload(world: World, version: str) -> tuple[str, str]:
 def thread_of(world: World, slack: SlackApi, release_id: str) -> tuple[Message, list[Message]]:
     """The release's root card and its replies, found through the thread stored on the release."""
     [stored] = world.release(release_id).notification_threads.values()
-    channel, ts = stored.split("/")
+    thread = SlackThread.from_stored(stored)
+    channel, ts = thread.channel, thread.ts
     [root] = [m for m in slack.messages(channel) if m.ts == ts]
     return root, slack.thread(channel, ts)
 

@@ -122,6 +122,25 @@ def test_death_after_the_root_card_before_its_thread_is_stored_posts_one_card(
     assert len(slack_calls(slack, "conversations.history")) == 1
 
 
+def test_death_after_the_root_card_is_stored_before_the_delivery_is_confirmed_posts_nothing_more(
+    world: World, pump: Pump, slack: SlackApi
+) -> None:
+    """Found by the crash-point sweep: the retry saw the stored thread and treated its own card's
+    event as a later one, editing the card and replying to it."""
+    release_id, _ = upload(world, "1.0.0")
+    records = slack_records(pump)
+    assert [json.loads(r["body"])["notification"] for r in records] == ["started"]
+    die_before(deliveries_client(), "UpdateItem", confirms_delivery)
+
+    crash_then_retry_after_the_lease(world, pump, records)
+
+    assert len(slack.messages("#deploys")) == 1
+    _, replies = thread_of(world, slack, release_id)
+    assert replies == []
+    assert len(slack_calls(slack, "chat.postMessage")) == 1
+    assert slack_calls(slack, "chat.update") == []
+
+
 def test_death_after_a_reply_before_the_delivery_is_confirmed_posts_one_reply(
     world: World, pump: Pump, slack: SlackApi
 ) -> None:

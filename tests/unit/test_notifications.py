@@ -29,6 +29,7 @@ from chalicelib.domain.notifications import (
     PROGRESS,
     NotifyMessage,
     SecretRef,
+    SlackThread,
     StreamedEvent,
     notification_for,
     plan_messages,
@@ -348,3 +349,9 @@ def test_escape_covers_slack_control_characters() -> None:
 def test_transient_failures_back_off_exponentially_up_to_a_cap() -> None:
     assert [retry_delay_s(count) for count in (1, 2, 3, 4)] == [5, 10, 20, 40]
     assert retry_delay_s(30) == RETRY_MAX_S
+
+
+def test_a_stored_thread_keeps_the_event_that_opened_it_and_reads_older_forms() -> None:
+    opened = SlackThread("C0123", "1700000000.000100", opened_by=7)
+    assert SlackThread.from_stored(opened.to_stored()) == opened
+    assert SlackThread.from_stored("C0123/1700000000.000100") == SlackThread("C0123", "1700000000.000100")
