@@ -11,7 +11,7 @@ PACKAGE_DIR := build/package/$(STAGE)
 MERGE_TEMPLATE := build/infra/merge-$(STAGE).json
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: setup test lint typecheck unit integration package demo clean
+.PHONY: setup test lint typecheck unit integration integration-moto integration-sandbox package demo clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (PYTHON=$(PYTHON) is " + sys.version.split()[0] + ")")'
@@ -24,8 +24,12 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(INSTALLED)
 
-## Every check: lint, types, unit, integration (moto), template validation.
-test: lint typecheck unit integration package
+## Every check: lint, types, unit, integration (moto), end to end (sandbox), template validation.
+## Two at a time (the machine and CI have two cores); each check's output is printed whole when
+## it ends.
+CHECKS := lint typecheck unit integration-moto integration-sandbox package
+test: $(INSTALLED)
+	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -37,9 +41,18 @@ typecheck: $(INSTALLED)
 unit: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
-## Everything beyond the pure unit tests: moto integration, bundles, sandbox end to end.
+## Everything beyond the pure unit tests, in two independent halves that `make test` runs side
+## by side. The permission check must see every call the moto suites make, so those stay in one
+## process: moto integration and the reliability machine; then the sandbox parts, the bundles,
+## the end-to-end runs and the crash-point sweep.
 integration: $(INSTALLED)
-	$(BIN)/pytest -q -p no:cacheprovider tests --ignore=tests/unit
+	$(MAKE) --no-print-directory -j2 --output-sync=target integration-moto integration-sandbox
+
+integration-moto: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability
+
+integration-sandbox: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash
 
 ## `chalice package` for a stage; the SAM template and its translation to CloudFormation
 ## (aws-sam-translator, offline) both linted with cfn-lint. Fails when either fails.
