@@ -11,6 +11,7 @@ import json
 import logging
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from chalice.app import IAMAuthorizer
@@ -691,3 +692,116 @@ def test_every_handler_and_route_logs_with_its_lambda_context(world: World) -> N
             assert isinstance(line["cold_start"], bool), (function, line)
     request_ids = {line["function_request_id"] for line in lines}
     assert len(request_ids) == len(by_function)  # one invocation each, none mixed up
+
+
+# --- the document's limits are the API's ------------------------------------------------------
+
+# How the API words a refusal of a value's shape (as opposed to "nothing by that name").
+SHAPE_REFUSALS = (
+    "must be a non-empty string",
+    "bytes long; at most",
+    "control characters",
+    "not an S3 version id",
+    "not a release id",
+    "whole number",
+    "between 1 and",
+    "not a token this API gave out",
+    "is empty",
+)
+# Where a field's value sits in a request: what comes before and after the padding that takes
+# it to a length limit (so a key stays under the pipeline's prefix and a bundle).
+FRAMES = {
+    "pipeline": ("api-prod", ""),
+    "key": ("api/prod/", ".zip"),
+    "bucket": (BUCKET, ""),
+    "version": ("v", ""),
+    "to": ("rel-", ""),
+}
+
+
+def schema_of(*path: str) -> dict[str, Any]:
+    from tests.unit.test_api_openapi import document, inline
+
+    node: Any = document()
+    for part in path:
+        node = node[part]
+    resolved: dict[str, Any] = inline(node)
+    return resolved
+
+
+def at_limits(name: str, schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Values just inside and just outside the schema's limits, each checked against the schema
+    itself, so the test follows the document rather than the code."""
+    from openapi_schema_validator import OAS30Validator
+
+    head, tail = FRAMES[name]
+    longest = int(schema["maxLength"])
+
+    def sized(length: int) -> str:
+        return head + "a" * (length - len(head) - len(tail)) + tail
+
+    inside = [sized(longest), sized(max(len(head) + len(tail), int(schema.get("minLength", 0))) + 1)]
+    outside = [sized(longest + 1), ""]
+    if "pattern" in schema:
+        outside.append(head + "\x07" + tail if name in ("pipeline", "key", "bucket") else head + " " + tail)
+    validator = OAS30Validator(schema)
+    assert all(validator.is_valid(value) for value in inside), (name, inside)
+    assert not any(validator.is_valid(value) for value in outside), (name, outside)
+    return inside, outside
+
+
+def refused_for_shape(reply: Reply) -> bool:
+    return 400 <= reply.status < 500 and any(phrase in reply.message for phrase in SHAPE_REFUSALS)
+
+
+@pytest.mark.timeout(300)
+def test_deploy_fields_at_the_documents_limits(world: World) -> None:
+    properties = schema_of("components", "schemas", "DeployRequest", "properties")
+    base = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    world.upload(base["key"])
+    for name, schema in properties.items():
+        inside, outside = at_limits(name, schema)
+        for value in inside:
+            if name == "key":
+                world.upload(value)  # a real object: the longest key deploys
+            reply = call(world, "POST", "/releases", {**base, name: value})
+            assert not refused_for_shape(reply), (name, len(value), reply.json)
+            if name == "key":
+                assert reply.status == 201, (len(value), reply.json)
+        for value in outside:
+            reply = call(world, "POST", "/releases", {**base, name: value})
+            assert refused_for_shape(reply), (name, value[:40], len(value), reply.json)
+            assert repr(name) in reply.message
+
+
+def test_rollback_target_at_the_documents_limits(world: World) -> None:
+    schema = schema_of("paths", "/pipelines/{name}/rollback", "post", "requestBody", "content")
+    inside, outside = at_limits("to", schema["application/json"]["schema"]["properties"]["to"])
+    for value in inside:
+        reply = call(world, "POST", "/pipelines/api-prod/rollback", {"to": value})
+        assert reply.status == 422, reply.json
+        assert "has no release" in reply.message
+    for value in outside:
+        assert refused_for_shape(call(world, "POST", "/pipelines/api-prod/rollback", {"to": value}))
+
+
+def test_list_parameters_at_the_documents_limits(world: World) -> None:
+    for n in range(1, 4):
+        uploaded_release(world, f"api/prod/app-{n}.zip")
+    parameters = {
+        parameter["name"]: parameter["schema"]
+        for parameter in schema_of("paths", "/releases", "get", "parameters")
+    }
+    limit = parameters["limit"]
+    for inside in (limit["minimum"], limit["maximum"]):
+        assert call(world, "GET", f"/releases?limit={inside}").status == 200
+    for outside in (limit["minimum"] - 1, limit["maximum"] + 1):
+        assert refused_for_shape(call(world, "GET", f"/releases?limit={outside}"))
+    assert parameters["pipeline"]["minLength"] == 1
+    assert refused_for_shape(call(world, "GET", "/releases?pipeline="))
+    token = call(world, "GET", "/releases?limit=1").json["next"]
+    assert len(token) <= parameters["next"]["maxLength"]
+    assert call(world, "GET", f"/releases?limit=1&next={token}").status == 200
+    longest = int(parameters["next"]["maxLength"])
+    for outside in ("A" * (longest + 1), token[:-1] + "+", ""):
+        assert refused_for_shape(call(world, "GET", f"/releases?next={quote(outside)}")), outside
