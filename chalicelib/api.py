@@ -35,6 +35,32 @@ from chalicelib.domain.api_requests import (
 from chalicelib.service import api as use_cases
 from chalicelib.service.context import ConflictPersisted, Context, logger
 
+# API Gateway ends a REST API integration after 29 s (its default integration timeout).
+API_GATEWAY_TIMEOUT = timedelta(seconds=29)
+# Claims are stamped by the clocks of different Lambda hosts.
+CLOCK_SKEW = timedelta(seconds=1)
+# Throttling as AWS services spell it (botocore's retry handler: _THROTTLED_ERROR_CODES).
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+# What a 503 asks the caller to wait before retrying.
+RETRY_AFTER_S = 5
+
 
 @dataclass(frozen=True)
 class Post:
@@ -164,32 +190,6 @@ def _longest_run(request: Request) -> timedelta:
     return timedelta(milliseconds=int(remaining_ms())) + CLOCK_SKEW
 
 
-# API Gateway ends a REST API integration after 29 s (its default and maximum timeout).
-API_GATEWAY_TIMEOUT = timedelta(seconds=29)
-# Claims are stamped by the clocks of different Lambda hosts.
-CLOCK_SKEW = timedelta(seconds=1)
-# Throttling as AWS services spell it (botocore's retry handler: _THROTTLED_ERROR_CODES).
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottledException",
-        "TooManyRequestsException",
-        "ProvisionedThroughputExceededException",
-        "TransactionInProgressException",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "LimitExceededException",
-        "RequestThrottled",
-        "SlowDown",
-        "PriorRequestNotComplete",
-        "EC2ThrottledException",
-    }
-)
-RETRY_AFTER_S = 5
-
-
 def _respond(run: Callable[[], use_cases.Answer]) -> Response:
     try:
         answer = run()
@@ -223,7 +223,7 @@ def aws_error_response(failed: ClientError) -> Response:
         "an AWS call failed",
         extra={"aws_error": code, "operation": failed.operation_name, "http_status": http_status},
     )
-    if code in THROTTLING_CODES or http_status in (429, 503) or http_status >= 500:
+    if code in THROTTLING_CODES or http_status == 429 or http_status >= 500:
         return _unavailable(code, f"AWS is busy or failing; retry later: {failed}")
     body = {"Code": "BadGatewayError", "Message": f"AWS refused a call this request needs: {failed}"}
     return Response(body={**body, "aws_error": code}, status_code=502)

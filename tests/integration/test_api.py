@@ -719,14 +719,14 @@ FRAMES = {
 }
 
 
-def schema_of(*path: str) -> dict[str, Any]:
+def schema_of(*path: str) -> Any:
+    """The document's node at ``path``, with its references resolved."""
     from tests.unit.test_api_openapi import document, inline
 
     node: Any = document()
     for part in path:
         node = node[part]
-    resolved: dict[str, Any] = inline(node)
-    return resolved
+    return inline(node)
 
 
 def at_limits(name: str, schema: dict[str, Any]) -> tuple[list[str], list[str]]:
