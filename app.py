@@ -5,11 +5,23 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from chalice.app import Chalice, CloudWatchEvent, DynamoDBEvent, IAMAuthorizer, Rate, Response, SQSEvent
+from chalice.app import (
+    Chalice,
+    CloudWatchEvent,
+    DynamoDBEvent,
+    IAMAuthorizer,
+    Rate,
+    Response,
+    SQSEvent,
+)
 
 from chalicelib import api, bootstrap, lambda_handlers
 
-app = Chalice(app_name="release-coordinator")
+# The coordinator's logger is Powertools' (POWERTOOLS_LOG_LEVEL, JSON to stdout): Chalice must not
+# configure it. Its logger has the same name (the app's), and Chalice sets it to ERROR when it
+# finds no handler writing to stdout, which drops every INFO and WARNING line.
+app = Chalice(app_name="release-coordinator", configure_logs=False)
+app.register_middleware(api.log_with_lambda_context, "all")
 # Every route needs a SigV4-signed request from a principal allowed execute-api:Invoke on it.
 iam = IAMAuthorizer()
 

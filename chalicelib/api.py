@@ -3,7 +3,10 @@
 ``app.py`` only routes here.
 
 Errors are JSON in Chalice's own shape, ``{"Code": ..., "Message": ...}``, so an error this module
-writes and one Chalice writes (405, 415) read the same.
+writes and one Chalice writes (405, 415) read the same. An AWS call that fails in any route is
+answered here, once for every route, with the AWS error code in ``aws_error``: 503 with
+``Retry-After`` where retrying can succeed (throttling, AWS 5xx, no connection, a write that kept
+losing races), 502 where AWS refused the call (AccessDenied, a validation error of ours).
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from chalice.app import Request, Response
 
 from chalicelib.domain.api_requests import (
@@ -28,7 +33,33 @@ from chalicelib.domain.api_requests import (
     rollback_target,
 )
 from chalicelib.service import api as use_cases
-from chalicelib.service.context import Context
+from chalicelib.service.context import ConflictPersisted, Context, logger
+
+# API Gateway ends a REST API integration after 29 s (its default integration timeout).
+API_GATEWAY_TIMEOUT = timedelta(seconds=29)
+# Claims are stamped by the clocks of different Lambda hosts.
+CLOCK_SKEW = timedelta(seconds=1)
+# Throttling as AWS services spell it (botocore's retry handler: _THROTTLED_ERROR_CODES).
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "ProvisionedThroughputExceededException",
+        "TransactionInProgressException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "LimitExceededException",
+        "RequestThrottled",
+        "SlowDown",
+        "PriorRequestNotComplete",
+        "EC2ThrottledException",
+    }
+)
+# What a 503 asks the caller to wait before retrying.
+RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -38,6 +69,21 @@ class Post:
     body: dict[str, Any]
     actor: str
     new_release_id: str
+
+
+def log_with_lambda_context(event: Any, get_response: Callable[[Any], Any]) -> Any:
+    """Chalice middleware for every handler and route: each log line of the invocation carries its
+    Lambda context (``function_request_id``, ``cold_start``, ...) and no keys of the previous one.
+    A route's event is the request (``lambda_context``); any other handler's has ``context``."""
+    lambda_context = event.lambda_context if isinstance(event, Request) else getattr(event, "context", None)
+    if lambda_context is None:
+        # Called as a plain function (a test or benchmark driving the handler directly).
+        return get_response(event)
+
+    def handle(_event: Any, _context: Any) -> Any:
+        return get_response(event)
+
+    return logger.inject_lambda_context(handle, clear_state=True)(event, lambda_context)
 
 
 def current(request: Request | None) -> Request:
@@ -126,9 +172,22 @@ def _post(
         fingerprint = request_fingerprint(request.method, route, body)
         release_id = derived_release_id(key, fingerprint, uuid.uuid4().hex[:20])
         post = Post(body=body, actor=caller(request), new_release_id=release_id)
-        return use_cases.answer_once(context, key, fingerprint, lambda: use_case(post))
+        lease = _longest_run(request)
+        return use_cases.answer_once(context, key, fingerprint, lambda: use_case(post), lease)
 
     return _respond(run)
+
+
+def _longest_run(request: Request) -> timedelta:
+    """How long a request of this function can run: Lambda's timeout, read from the time this
+    invocation has left (it has only just started). An in-progress Idempotency-Key claim older
+    than that belongs to a request that died, and a retry may take it over."""
+    lambda_context = getattr(request, "lambda_context", None)
+    remaining_ms = getattr(lambda_context, "get_remaining_time_in_millis", None)
+    if remaining_ms is None:
+        # Served without Lambda: API Gateway's integration timeout bounds what a caller waits for.
+        return API_GATEWAY_TIMEOUT
+    return timedelta(milliseconds=int(remaining_ms())) + CLOCK_SKEW
 
 
 def _respond(run: Callable[[], use_cases.Answer]) -> Response:
@@ -136,6 +195,14 @@ def _respond(run: Callable[[], use_cases.Answer]) -> Response:
         answer = run()
     except ApiError as refused:
         return error_response(refused.status, refused.code, str(refused))
+    except ClientError as failed:
+        return aws_error_response(failed)
+    except BotoCoreError as unreachable:
+        logger.exception("an AWS call failed before AWS answered")
+        return _unavailable(type(unreachable).__name__, f"AWS could not be reached: {unreachable}")
+    except ConflictPersisted as contended:
+        logger.warning("a write kept losing races", extra={"why": str(contended)})
+        return _unavailable(None, f"{contended}; retry in a few seconds")
     headers: dict[str, str | list[str]] = dict(answer.headers)
     if answer.replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -144,6 +211,29 @@ def _respond(run: Callable[[], use_cases.Answer]) -> Response:
 
 def error_response(status: int, code: str, message: str) -> Response:
     return Response(body={"Code": code, "Message": message}, status_code=status)
+
+
+def aws_error_response(failed: ClientError) -> Response:
+    """An AWS call refused or failed: its code and message, with the operation that failed
+    (botocore's ``str()`` of the error names both)."""
+    error = failed.response.get("Error", {})
+    code = str(error.get("Code") or "Unknown")
+    http_status = int(failed.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    logger.error(
+        "an AWS call failed",
+        extra={"aws_error": code, "operation": failed.operation_name, "http_status": http_status},
+    )
+    if code in THROTTLING_CODES or http_status == 429 or http_status >= 500:
+        return _unavailable(code, f"AWS is busy or failing; retry later: {failed}")
+    body = {"Code": "BadGatewayError", "Message": f"AWS refused a call this request needs: {failed}"}
+    return Response(body={**body, "aws_error": code}, status_code=502)
+
+
+def _unavailable(aws_error: str | None, message: str) -> Response:
+    body: dict[str, str] = {"Code": "ServiceUnavailableError", "Message": message}
+    if aws_error is not None:
+        body["aws_error"] = aws_error
+    return Response(body=body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def _query(request: Request) -> dict[str, list[str]]:

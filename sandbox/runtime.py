@@ -81,6 +81,8 @@ class Endpoints:
     slack_url: str
     bucket: str
     pipelines: tuple[str, ...]
+    # The coordinator's structured log (its CloudWatch Logs in Lambda).
+    log_file: str
 
     def to_dict(self) -> dict[str, Any]:
         """The ready line of ``relco sandbox up --json`` (DESIGN.md section 5)."""
@@ -91,6 +93,7 @@ class Endpoints:
             "slack_url": self.slack_url,
             "bucket": self.bucket,
             "pipelines": list(self.pipelines),
+            "log_file": self.log_file,
         }
 
 
@@ -190,7 +193,8 @@ class Sandbox:
         from chalicelib import bootstrap
 
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._send_logs_to(self.workdir / "coordinator.log")
+        log_file = self.workdir / "coordinator.log"
+        self._send_logs_to(log_file)
         moto_extensions.install()
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._moto.start()
@@ -304,7 +308,14 @@ class Sandbox:
                     chalice_app.on_notify_message,
                 ),
             ],
-            stream=StreamSource(stream_arn, chalice_app.on_release_stream),
+            stream=StreamSource(
+                stream_arn,
+                chalice_app.on_release_stream,
+                # The template's StreamFailureQueue: where a batch that kept failing is described.
+                on_failure_queue_url=sqs.create_queue(QueueName="release-coordinator-stream-failures")[
+                    "QueueUrl"
+                ],
+            ),
             schedule=Schedule(chalice_app.reconcile, every_s=20.0),
         ).start()
         self._parts.append(pump)
@@ -316,6 +327,7 @@ class Sandbox:
             slack_url=self.slack.api_url,
             bucket=BUCKET,
             pipelines=tuple(p.name for p in pipelines.pipelines),
+            log_file=str(log_file),
         )
 
     def _codedeploy_event_queue(self) -> str:

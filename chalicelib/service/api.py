@@ -32,10 +32,6 @@ from chalicelib.service.submission import Submission, submit
 
 # How long an answer is replayed for its Idempotency-Key (then DynamoDB's TTL removes it).
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# API Gateway gives up on a request after 29 s: a claim older than this belongs to a request
-# that died, and a retry may take it over (the release id it derives is the same, so the
-# retry finds the release the dead request created instead of deploying again).
-IN_PROGRESS_LEASE = timedelta(minutes=2)
 # Instance statuses CodeDeploy is done with.
 _DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
 
@@ -49,16 +45,23 @@ class Answer:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def answer_once(context: Context, key: str | None, fingerprint: str, run: Callable[[], Answer]) -> Answer:
+def answer_once(
+    context: Context, key: str | None, fingerprint: str, run: Callable[[], Answer], lease: timedelta
+) -> Answer:
     """Run a POST at most once per Idempotency-Key: the same key and request get the first answer
-    again, a different request under the same key is refused."""
+    again, a different request under the same key is refused.
+
+    ``lease`` is the longest a request can run (the function's timeout): a claim without an answer
+    older than that belongs to a request that died, and this one takes it over. The release id is
+    derived from the key and request, so the takeover finds the release the dead request created
+    instead of deploying again."""
     if key is None:
         return run()
     now = context.clock.now()
     claim = IdempotencyRecord(
         key=key, fingerprint=fingerprint, claimed_at=now, expires_at=now + IDEMPOTENCY_TTL
     )
-    held = context.store.claim_idempotency(claim, stale_before=now - IN_PROGRESS_LEASE)
+    held = context.store.claim_idempotency(claim, stale_before=now - lease)
     if held is not None:
         if held.fingerprint != fingerprint:
             raise Invalid(
@@ -273,6 +276,7 @@ def cancel(context: Context, release_id: str, actor: str) -> Answer:
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
     # on the instances this deployment already updated.
     auto_rollback = bool(pipeline and pipeline.rollback.on_deploy_failure)
+    stop = {"task": "StopDeployment", "deployment_id": release.deployment_id, "auto_rollback": auto_rollback}
     try:
         context.deployments.stop(release.deployment_id, auto_rollback)
     except DeploymentAlreadyEnded:
@@ -280,25 +284,41 @@ def cancel(context: Context, release_id: str, actor: str) -> Answer:
             f"CodeDeploy deployment {release.deployment_id} already ended; release {release.id} "
             "records its outcome shortly"
         ) from None
-    return Answer(202, _record_stop_requested(context, release.id, actor, auto_rollback).to_dict())
+    except Exception as refused:
+        # The deployment goes on; the history says who asked and why it did not stop. The error
+        # itself answers the caller (chalicelib.api names its AWS code).
+        detail = {**stop, "actor": actor, "aws_error": aws_error_code(refused), "error": str(refused)[:500]}
+        try:
+            _record_on_deploying(context, release.id, EventType.TASK_FAILED, detail)
+        except Exception:
+            logger.exception("could not record the refused cancel", extra={"release_id": release.id})
+        raise
+    return Answer(
+        202,
+        _record_on_deploying(
+            context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor}
+        ).to_dict(),
+    )
 
 
-def _record_stop_requested(context: Context, release_id: str, actor: str, auto_rollback: bool) -> Release:
+def aws_error_code(error: BaseException) -> str:
+    """The AWS error code of a failed call (botocore's ``ClientError.response``), else the
+    exception's type: what a history event or log line names."""
+    response = getattr(error, "response", None)
+    code = response.get("Error", {}).get("Code") if isinstance(response, Mapping) else None
+    return str(code) if code else type(error).__name__
+
+
+def _record_on_deploying(
+    context: Context, release_id: str, event_type: EventType, detail: Mapping[str, Any]
+) -> Release:
+    """One history event on a release that is still DEPLOYING (none once it moved on)."""
+
     def decide() -> Release:
         release = _release(context, release_id)
         if release.state is not ReleaseState.DEPLOYING:
             return release
-        step = record(
-            Step(release, ()),
-            EventType.TASK_SCHEDULED,
-            now=context.clock.now(),
-            detail={
-                "task": "StopDeployment",
-                "deployment_id": release.deployment_id,
-                "auto_rollback": auto_rollback,
-                "actor": actor,
-            },
-        )
+        step = record(Step(release, ()), event_type, now=context.clock.now(), detail=dict(detail))
         context.store.commit(Change(releases=[step.release], events={release.id: step.events}))
         return step.release
 

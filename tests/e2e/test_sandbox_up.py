@@ -31,8 +31,24 @@ def test_sandbox_up_prints_its_ready_line_serves_and_stops_on_sigterm(tmp_path: 
     try:
         assert process.stdout is not None
         ready = json.loads(process.stdout.readline())
-        assert set(ready) >= {"aws_endpoint_url", "api_url", "lb_url", "slack_url", "bucket", "pipelines"}
+        assert set(ready) >= {
+            "aws_endpoint_url",
+            "api_url",
+            "lb_url",
+            "slack_url",
+            "bucket",
+            "pipelines",
+            "log_file",
+        }
         assert ready["pipelines"] == ["demo"]
+        # The first release's INFO lines are in the coordinator's log, with their invocation.
+        logged = [json.loads(line) for line in Path(ready["log_file"]).read_text().splitlines()]
+        created = [line for line in logged if line["message"] == "deployment created"]
+        assert created, logged[-5:]
+        assert created[0]["level"] == "INFO"
+        assert created[0]["function_name"] == "on_artifact_event"
+        assert created[0]["function_request_id"]
+        assert isinstance(created[0]["cold_start"], bool)
         with urllib.request.urlopen(ready["api_url"] + "/pipelines", timeout=10) as response:
             assert json.loads(response.read())["pipelines"][0]["name"] == "demo"
         with urllib.request.urlopen(ready["lb_url"] + "/", timeout=10) as response:

@@ -8,13 +8,15 @@ on a request shaped as API Gateway sends it after IAM authentication.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from chalice.app import IAMAuthorizer
 from chalice.deploy.swagger import SwaggerGenerator
-from chalice.local import RouteMatcher
+from chalice.local import LocalGateway, RouteMatcher
 
 from app import app
 from chalicelib import bootstrap
@@ -23,7 +25,10 @@ from chalicelib.domain.release import EventType, ReleaseState, Trigger
 from chalicelib.service.ports import IdempotencyRecord
 from sandbox import moto_extensions
 from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, World
+from tests.integration.test_error_model import AwsFaults, aws_faults
 from tests.unit.test_api_openapi import check_answer
+
+__all__ = ["aws_faults"]  # a fixture of this module's tests
 
 pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
 
@@ -395,6 +400,32 @@ def test_a_key_still_being_answered_is_409(world: World) -> None:
     assert "still being answered" in reply.message
 
 
+def test_a_retry_takes_over_the_key_of_a_request_that_died(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cannot outlive its function's timeout: a claim without an answer older than that
+    belongs to a request that died, and a retry with the same key takes it over."""
+    # The test client gives a route the function's timeout as its Lambda context's remaining time;
+    # without one configured, Lambda's maximum. Here 30 s.
+    monkeypatch.setattr(LocalGateway, "MAX_LAMBDA_EXECUTION_TIME", 30)
+    world.upload("api/prod/app-1.zip")
+    body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    assert call(world, "POST", "/releases", body, {"Idempotency-Key": "probe"}).status == 201
+    now = bootstrap.SystemClock().now()
+    probe = world.store.claim_idempotency(IdempotencyRecord("probe", "", now, now), now)
+    assert probe is not None
+    for key, age_s, status in [("alive", 20, 409), ("dead", 40, 201)]:
+        claimed = now - timedelta(seconds=age_s)
+        held = IdempotencyRecord(key, probe.fingerprint, claimed, now + timedelta(hours=1))
+        assert world.store.claim_idempotency(held, claimed) is None
+
+        reply = call(world, "POST", "/releases", body, {"Idempotency-Key": key})
+
+        assert reply.status == status, (key, reply.json)
+    # The takeover made the release the dead request had not got to.
+    assert len(call(world, "GET", "/releases?pipeline=api-prod").json["releases"]) == 2
+
+
 def test_bad_idempotency_key_is_400(world: World) -> None:
     reply = call(world, "POST", "/releases", {}, {"Idempotency-Key": "has space"})
     assert reply.status == 400
@@ -478,6 +509,55 @@ def test_cancel_a_deploying_release_stops_the_deployment(world: World) -> None:
     }
     finish(world, release_id, "Stopped", "STOP")
     assert world.release(release_id).state is ReleaseState.STOPPED
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "answer"),
+    [("AccessDeniedException", 400, 502), ("ThrottlingException", 400, 503), ("InternalFailure", 500, 503)],
+)
+def test_a_refused_stop_answers_its_aws_code_and_is_recorded(
+    world: World, aws_faults: AwsFaults, code: str, http_status: int, answer: int
+) -> None:
+    """StopDeployment has no resource type in the Service Authorization Reference: a policy that
+    scopes it to the deployment group is refused with AccessDeniedException."""
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    aws_faults.inject("codedeploy", "StopDeployment", code, http_status)
+
+    reply = call(world, "POST", f"/releases/{release_id}/cancel")
+
+    assert reply.status == answer, reply.json
+    assert reply.json["aws_error"] == code
+    assert "StopDeployment" in reply.message
+    assert ("retry-after" in reply.headers) == (answer == 503)
+    refused = world.history(release_id)[-1]
+    assert refused.type is EventType.TASK_FAILED
+    assert {k: refused.detail[k] for k in ("task", "deployment_id", "actor", "aws_error")} == {
+        "task": "StopDeployment",
+        "deployment_id": deployment_id,
+        "actor": "unverified@127.0.0.1",
+        "aws_error": code,
+    }
+    assert world.release(release_id).state is ReleaseState.DEPLOYING
+    assert not moto_extensions.stop_requested(str(deployment_id))
+
+
+def test_an_aws_error_in_any_route_is_json_naming_its_code(world: World, aws_faults: AwsFaults) -> None:
+    uploaded_release(world, "api/prod/app-1.zip")
+    aws_faults.inject("dynamodb", "GetItem", "AccessDeniedException")
+    aws_faults.inject("dynamodb", "Query", "ProvisionedThroughputExceededException")
+    for path in ["/pipelines", "/pipelines/api-prod", "/releases", "/releases/rel-x"]:
+        reply = call(world, "GET", path)
+        assert reply.status in (502, 503), (path, reply.json)
+        assert reply.json["aws_error"] in ("AccessDeniedException", "ProvisionedThroughputExceededException")
+
+
+def test_the_throttling_codes_are_botocores() -> None:
+    from botocore.retries.standard import ThrottledRetryableChecker
+
+    from chalicelib.api import THROTTLING_CODES
+
+    assert frozenset(ThrottledRetryableChecker._THROTTLED_ERROR_CODES) == THROTTLING_CODES
 
 
 def test_cancel_after_the_deployment_ended_is_409(world: World) -> None:
@@ -577,3 +657,151 @@ def test_rollback_refusals(world: World) -> None:
         assert reply.status == 422, body
         assert says in reply.message
     assert call(world, "POST", "/pipelines/api-prod/rollback", b"{").status == 400
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+def test_every_handler_and_route_logs_with_its_lambda_context(world: World) -> None:
+    """Powertools' Lambda context keys on each line: which invocation wrote it, and whether it
+    was the container's first."""
+    import io
+
+    from chalicelib.service.context import logger
+
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    captured = io.StringIO()
+    previous = handler.setStream(captured)
+    try:
+        uploaded_release(world, "api/prod/app-1.zip")  # a plain Lambda function
+        world.codedeploy_event("no-such-deployment", "SUCCESS")  # an EventBridge rule
+        world.reconcile()  # a schedule
+        world.upload("api/prod/app-2.zip")
+        call(world, "POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-2.zip"})  # a route
+    finally:
+        handler.setStream(previous)
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    by_function: dict[str, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_function.setdefault(line.get("function_name", "?"), []).append(line)
+    assert {"on_artifact_event", "on_codedeploy_event", "reconcile", "api_handler"} <= set(by_function), lines
+    for function, written in by_function.items():
+        for line in written:
+            assert line["function_request_id"], (function, line)
+            assert isinstance(line["cold_start"], bool), (function, line)
+    request_ids = {line["function_request_id"] for line in lines}
+    assert len(request_ids) == len(by_function)  # one invocation each, none mixed up
+
+
+# --- the document's limits are the API's ------------------------------------------------------
+
+# How the API words a refusal of a value's shape (as opposed to "nothing by that name").
+SHAPE_REFUSALS = (
+    "must be a non-empty string",
+    "bytes long; at most",
+    "control characters",
+    "not an S3 version id",
+    "not a release id",
+    "whole number",
+    "between 1 and",
+    "not a token this API gave out",
+    "is empty",
+)
+# Where a field's value sits in a request: what comes before and after the padding that takes
+# it to a length limit (so a key stays under the pipeline's prefix and a bundle).
+FRAMES = {
+    "pipeline": ("api-prod", ""),
+    "key": ("api/prod/", ".zip"),
+    "bucket": (BUCKET, ""),
+    "version": ("v", ""),
+    "to": ("rel-", ""),
+}
+
+
+def schema_of(*path: str) -> Any:
+    """The document's node at ``path``, with its references resolved."""
+    from tests.unit.test_api_openapi import document, inline
+
+    node: Any = document()
+    for part in path:
+        node = node[part]
+    return inline(node)
+
+
+def at_limits(name: str, schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Values just inside and just outside the schema's limits, each checked against the schema
+    itself, so the test follows the document rather than the code."""
+    from openapi_schema_validator import OAS30Validator
+
+    head, tail = FRAMES[name]
+    longest = int(schema["maxLength"])
+
+    def sized(length: int) -> str:
+        return head + "a" * (length - len(head) - len(tail)) + tail
+
+    inside = [sized(longest), sized(max(len(head) + len(tail), int(schema.get("minLength", 0))) + 1)]
+    outside = [sized(longest + 1), ""]
+    if "pattern" in schema:
+        outside.append(head + "\x07" + tail if name in ("pipeline", "key", "bucket") else head + " " + tail)
+    validator = OAS30Validator(schema)
+    assert all(validator.is_valid(value) for value in inside), (name, inside)
+    assert not any(validator.is_valid(value) for value in outside), (name, outside)
+    return inside, outside
+
+
+def refused_for_shape(reply: Reply) -> bool:
+    return 400 <= reply.status < 500 and any(phrase in reply.message for phrase in SHAPE_REFUSALS)
+
+
+@pytest.mark.timeout(300)
+def test_deploy_fields_at_the_documents_limits(world: World) -> None:
+    properties = schema_of("components", "schemas", "DeployRequest", "properties")
+    base = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    world.upload(base["key"])
+    for name, schema in properties.items():
+        inside, outside = at_limits(name, schema)
+        for value in inside:
+            if name == "key":
+                world.upload(value)  # a real object: the longest key deploys
+            reply = call(world, "POST", "/releases", {**base, name: value})
+            assert not refused_for_shape(reply), (name, len(value), reply.json)
+            if name == "key":
+                assert reply.status == 201, (len(value), reply.json)
+        for value in outside:
+            reply = call(world, "POST", "/releases", {**base, name: value})
+            assert refused_for_shape(reply), (name, value[:40], len(value), reply.json)
+            assert repr(name) in reply.message
+
+
+def test_rollback_target_at_the_documents_limits(world: World) -> None:
+    schema = schema_of("paths", "/pipelines/{name}/rollback", "post", "requestBody", "content")
+    inside, outside = at_limits("to", schema["application/json"]["schema"]["properties"]["to"])
+    for value in inside:
+        reply = call(world, "POST", "/pipelines/api-prod/rollback", {"to": value})
+        assert reply.status == 422, reply.json
+        assert "has no release" in reply.message
+    for value in outside:
+        assert refused_for_shape(call(world, "POST", "/pipelines/api-prod/rollback", {"to": value}))
+
+
+def test_list_parameters_at_the_documents_limits(world: World) -> None:
+    for n in range(1, 4):
+        uploaded_release(world, f"api/prod/app-{n}.zip")
+    parameters = {
+        parameter["name"]: parameter["schema"]
+        for parameter in schema_of("paths", "/releases", "get", "parameters")
+    }
+    limit = parameters["limit"]
+    for inside in (limit["minimum"], limit["maximum"]):
+        assert call(world, "GET", f"/releases?limit={inside}").status == 200
+    for outside in (limit["minimum"] - 1, limit["maximum"] + 1):
+        assert refused_for_shape(call(world, "GET", f"/releases?limit={outside}"))
+    assert parameters["pipeline"]["minLength"] == 1
+    assert refused_for_shape(call(world, "GET", "/releases?pipeline="))
+    token = call(world, "GET", "/releases?limit=1").json["next"]
+    assert len(token) <= parameters["next"]["maxLength"]
+    assert call(world, "GET", f"/releases?limit=1&next={token}").status == 200
+    longest = int(parameters["next"]["maxLength"])
+    for outside in ("A" * (longest + 1), token[:-1] + "+", ""):
+        assert refused_for_shape(call(world, "GET", f"/releases?next={quote(outside)}")), outside

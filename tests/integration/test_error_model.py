@@ -1,0 +1,664 @@
+"""AWS errors injected into the calls the coordinator's handlers and routes make.
+
+``aws_faults`` answers a chosen operation with an AWS error, as botocore's ``Stubber`` would: a
+``before-call`` handler on every botocore session created while it is installed (the app's
+clients are rebuilt for it), active only inside a Lambda handler or route, so the test's own
+calls still reach moto.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import itertools
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.handlers
+import botocore.session
+import pytest
+from botocore.awsrequest import AWSResponse
+from moto import mock_aws
+
+from chalicelib import bootstrap
+from chalicelib.adapters.codedeploy import release_id_in_description
+from chalicelib.domain.release import Release, ReleaseState
+from chalicelib.service.context import logger
+from sandbox import moto_extensions
+from tests.integration import conftest
+from tests.integration.conftest import LOAD_BALANCED, World, codedeploy_event
+
+
+@dataclass
+class Fault:
+    service: str  # botocore's service name: codedeploy, dynamodb, s3, sqs, elbv2, ...
+    operation: str  # the API operation: StopDeployment, TransactWriteItems, ...
+    code: str
+    http_status: int
+    # Fail only this many calls (None: every one), after letting ``skip`` calls through.
+    times: int | None = None
+    skip: int = 0
+    # Only in this Lambda function (None: in any).
+    function: str | None = None
+    seen: int = 0
+    failed: int = 0
+
+    def applies(self, function: str, service: str, operation: str) -> bool:
+        if (service, operation) != (self.service, self.operation):
+            return False
+        if self.function is not None and function != self.function:
+            return False
+        self.seen += 1
+        if self.seen <= self.skip or (self.times is not None and self.failed >= self.times):
+            return False
+        self.failed += 1
+        return True
+
+
+@dataclass
+class AwsFaults:
+    faults: list[Fault] = field(default_factory=list)
+    # Every call made inside a handler: (function, service, operation).
+    calls: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def inject(
+        self,
+        service: str,
+        operation: str,
+        code: str,
+        http_status: int = 400,
+        *,
+        times: int | None = None,
+        skip: int = 0,
+    ) -> Fault:
+        fault = Fault(service, operation, code, http_status, times, skip)
+        self.faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        self.faults.clear()
+
+    def before_call(self, model: Any, **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        current = conftest._CURRENT_FUNCTION.get()
+        if current is None:
+            return None
+        function, service, operation = current[0], str(model.service_model.service_name), str(model.name)
+        self.calls.append((function, service, operation))
+        for fault in self.faults:
+            if fault.applies(function, service, operation):
+                return error_answer(fault.code, fault.http_status, operation)
+        return None
+
+
+_request_ids = itertools.count(1)
+
+
+def error_answer(code: str, http_status: int, operation: str) -> tuple[AWSResponse, dict[str, Any]]:
+    """What botocore hands the client for an AWS error answer: the HTTP response and the parsed
+    error (the shape ``Stubber.add_client_error`` builds)."""
+    request_id = f"injected-{next(_request_ids)}"
+    http = AWSResponse("https://aws.invalid", http_status, {"x-amzn-requestid": request_id}, None)
+    parsed = {
+        "Error": {"Code": code, "Message": f"injected {code} on {operation}"},
+        "ResponseMetadata": {"HTTPStatusCode": http_status, "RequestId": request_id, "HTTPHeaders": {}},
+    }
+    return http, parsed
+
+
+@pytest.fixture
+def aws_faults() -> Iterator[AwsFaults]:
+    faults = AwsFaults()
+    spec = ("before-call", faults.before_call)
+    botocore.handlers.BUILTIN_HANDLERS.append(spec)
+    bootstrap.reset()  # the app's clients come from a new session, with the handler
+    try:
+        yield faults
+    finally:
+        botocore.handlers.BUILTIN_HANDLERS.remove(spec)
+        bootstrap.reset()
+
+
+# --- The sweep ----------------------------------------------------------------------------------
+# Every scenario runs once cleanly, recording which AWS operations each handler and route calls.
+# Then, for each (function, operation) and each error botocore's model lists for that operation
+# (plus throttling, AccessDenied, a 500 and a 503), the scenario runs again from scratch with that
+# call failing once, and AWS redelivering as it would (EventBridge's async retries, SQS receives,
+# the CLI repeating a request with its Idempotency-Key, reconcile every 5 minutes). Afterwards:
+# no 500 and no 5xx without a JSON body naming the AWS code; every release terminal; one CodeDeploy
+# deployment per release; no upload lost; each release ends as in the clean run, or its reason,
+# history or a log line names the AWS code.
+#
+# Errors the code cannot tell apart are run once: the code reads an error only by its code and
+# HTTP status, so errors of one operation whose code appears nowhere under chalicelib/ and whose
+# status class (4xx, 5xx) is the same behave alike, and one of them stands for all (each counted).
+
+CHALICELIB = Path(__file__).resolve().parents[2] / "chalicelib"
+SCENARIO_TIMEOUT_ROUNDS = 8
+EVENTBRIDGE_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and 2 retries
+SQS_RECEIVES = 5  # the queues' maxReceiveCount before the dead-letter queue
+CLI_ATTEMPTS = 3
+
+# Known defects in code other helpers own, each with what is wrong: (scenario, function, service,
+# operation, error code) -> the defect. The sweep skips them; test_known_defects runs each and
+# must see it fail (strict xfail): once fixed, remove it from here.
+_LOST_CHECK = (
+    "verification/slot_flow (not this suite's owner's): the health check's SendMessage failing once "
+    "after the release entered VERIFYING leaves it VERIFYING: the redelivered event finds it already "
+    "VERIFYING and sends no check, and only reconcile's overdue path (about 2 x interval + 60 s) can "
+    "send one, by when the deadline may have passed (issue 12 fault 4)"
+)
+KNOWN_DEFECTS: dict[tuple[str, str, str, str, str], str] = {
+    ("deploy_and_verify", function, "sqs", "SendMessage", code): _LOST_CHECK
+    for function in ("on_codedeploy_event", "on_verify_message")
+    for code in ("InvalidMessageContents", "InternalFailure")
+}
+# The sweep stops starting runs after this long (each (function, operation) gets its first error
+# class first); RELCO_ERROR_MODEL_FULL=1 runs every case.
+BUDGET_S = 80.0
+
+
+# The modules that read a service's errors: its adapters, and the use cases and domain (which see
+# only what adapters raise, but are scanned too in case they read a code). chalicelib/api.py reads
+# codes of every service, but only to tell throttling from the rest (a class of its own below).
+READERS = {
+    "codedeploy": ["adapters/codedeploy.py"],
+    "dynamodb": ["adapters/dynamodb_store.py", "adapters/delivery_log.py"],
+    "elbv2": ["adapters/elbv2.py"],
+    "s3": ["adapters/s3_artifacts.py"],
+    "sqs": ["adapters/sqs_queues.py", "adapters/notify_queue.py"],
+    "ses": ["adapters/email.py"],
+    "sns": ["adapters/sns.py"],
+    "ssm": ["adapters/secrets.py"],
+}
+
+
+@functools.cache
+def error_readers(service: str) -> str:
+    """The source that could tell this service's errors apart (all of chalicelib/ but api.py for a
+    service not listed)."""
+    names = READERS.get(service)
+    paths = (
+        [CHALICELIB / name for name in names]
+        + sorted((CHALICELIB / "service").rglob("*.py"))
+        + sorted((CHALICELIB / "domain").rglob("*.py"))
+        if names
+        else [
+            path
+            for path in sorted(CHALICELIB.rglob("*.py"))
+            if path.name != "api.py" or path.parent != CHALICELIB
+        ]
+    )
+    return "\n".join(path.read_text(encoding="utf-8") for path in paths)
+
+
+def generic_errors(service: str) -> list[tuple[str, int]]:
+    """Throttling, AccessDenied, a 500 and a 503 as the service's protocol spells them."""
+    protocol = botocore.session.get_session().get_service_model(service).protocol
+    if service == "s3":
+        return [("SlowDown", 503), ("AccessDenied", 403), ("InternalError", 500), ("ServiceUnavailable", 503)]
+    if protocol == "query":
+        return [
+            ("Throttling", 400),
+            ("AccessDenied", 403),
+            ("InternalFailure", 500),
+            ("ServiceUnavailable", 503),
+        ]
+    return [
+        ("ThrottlingException", 400),
+        ("AccessDeniedException", 400),
+        ("InternalFailure", 500),
+        ("ServiceUnavailable", 503),
+    ]
+
+
+def modeled_errors(service: str, operation: str) -> list[tuple[str, int]]:
+    """The errors botocore's model lists for the operation: (the code AWS sends, HTTP status)."""
+    model = botocore.session.get_session().get_service_model(service).operation_model(operation)
+    errors = []
+    for shape in model.error_shapes:
+        trait = shape.metadata.get("error", {})
+        errors.append((str(trait.get("code") or shape.name), int(trait.get("httpStatusCode") or 400)))
+    return errors
+
+
+@dataclass(frozen=True)
+class Case:
+    scenario: str
+    function: str
+    service: str
+    operation: str
+    code: str
+    http_status: int
+    # The errors of the operation this case stands for (itself included).
+    stands_for: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        return (self.scenario, self.function, self.service, self.operation, self.code)
+
+    def __str__(self) -> str:
+        where = f"{self.function} {self.service}.{self.operation}"
+        return f"{self.scenario}: {where} {self.code} ({self.http_status})"
+
+
+def cases_for(scenario: str, function: str, service: str, operation: str) -> list[Case]:
+    from chalicelib.api import THROTTLING_CODES
+
+    errors = dict.fromkeys([*modeled_errors(service, operation), *generic_errors(service)])
+    classes: dict[Any, list[tuple[str, int]]] = {}
+    for code, status in errors:
+        told_apart = re.search(rf"\b{re.escape(code)}\b", error_readers(service)) is not None
+        throttled = function == "api_handler" and code in THROTTLING_CODES
+        key = code if told_apart else ("alike", status >= 500, throttled)
+        classes.setdefault(key, []).append((code, status))
+    return [
+        Case(
+            scenario, function, service, operation, members[0][0], members[0][1], tuple(c for c, _ in members)
+        )
+        for members in classes.values()
+    ]
+
+
+def strip_delays(params: dict[str, Any], **_: Any) -> None:
+    """Health checks are due at once: the sweep runs them without waiting out DelaySeconds."""
+    params.pop("DelaySeconds", None)
+
+
+@dataclass
+class Driver:
+    """Runs a scenario's steps as AWS would deliver them, and settles what is left open."""
+
+    world: World
+    http_answers: list[tuple[str, str, int, bytes]] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)
+
+    def invoke(self, function: str, event: dict[str, Any]) -> Any:
+        for _ in range(EVENTBRIDGE_ATTEMPTS):
+            try:
+                return self.world.invoke(function, event)
+            except Exception:
+                continue
+        return None
+
+    def deliver_queue(self, function: str, queue_name: str, bodies: list[dict[str, Any]]) -> None:
+        pending = [json.dumps(body) for body in bodies]
+        for _ in range(SQS_RECEIVES):
+            if not pending:
+                return
+            event = self.world.client.events.generate_sqs_event(message_bodies=pending, queue_name=queue_name)
+            try:
+                result = self.world.invoke(function, event)
+            except Exception:
+                continue
+            failed = {item["itemIdentifier"] for item in (result or {}).get("batchItemFailures", [])}
+            pending = [record["body"] for record in event["Records"] if record["messageId"] in failed]
+
+    def http(self, method: str, path: str, body: Any = None, key: str | None = None) -> Any:
+        headers = {"content-type": "application/json", **({"Idempotency-Key": key} if key else {})}
+        raw = b"" if body is None else json.dumps(body).encode()
+        response = None
+        for _ in range(CLI_ATTEMPTS):
+            response = self.world.client.http.request(method, path, headers=headers, body=raw)
+            self.http_answers.append((method, path, response.status_code, response.body))
+            if response.status_code < 500:
+                break
+        return json.loads(response.body) if response is not None and response.body else None
+
+    def upload(self, key: str) -> None:
+        upload = self.world.upload(key)
+        self.uploads.append(key)
+        self.invoke("on_artifact_event", upload.eventbridge)
+
+    def releases(self) -> list[Release]:
+        found = [
+            release
+            for name in ("api-prod", "web-prod", "shop-prod")
+            for release in self.world.store.list_releases(name, 100, None)
+        ]
+        return sorted(found, key=lambda release: (release.created_at, release.id))
+
+    def settle(self) -> None:
+        """CodeDeploy finishes what it runs (a key naming "broken" fails), health checks run, and
+        reconcile runs every round, until nothing is open or the rounds run out."""
+        for _ in range(SCENARIO_TIMEOUT_ROUNDS):
+            open_releases = [release for release in self.releases() if not release.state.is_terminal]
+            if not open_releases:
+                return
+            for release in open_releases:
+                if release.state is ReleaseState.DEPLOYING and release.deployment_id:
+                    self._finish_deployment(release)
+            checks = self.world.verify_messages(wait_s=0)
+            self.deliver_queue("on_verify_message", "release-coordinator-verify", checks)
+            if checks:
+                continue
+            # Nothing was due: what is still open waits for the next scheduled reconcile.
+            self.invoke(
+                "reconcile",
+                self.world.client.events.generate_cw_event(
+                    source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
+                ),
+            )
+
+    def _finish_deployment(self, release: Release) -> None:
+        deployment_id = str(release.deployment_id)
+        deployment = moto_extensions.backend().deployments.get(deployment_id)
+        if deployment is None:
+            return
+        if deployment.status not in moto_extensions.TERMINAL_STATUSES:
+            if moto_extensions.stop_requested(deployment_id):
+                moto_extensions.complete(deployment_id, "Stopped")
+            elif "broken" in release.revision.key:
+                moto_extensions.complete(
+                    deployment_id, "Failed", error_code="HEALTH_CONSTRAINTS", error_message="too many failed"
+                )
+            else:
+                if release.pipeline == LOAD_BALANCED:
+                    instances = self.world.provisioned.load_balanced[LOAD_BALANCED].instance_ids
+                    moto_extensions.set_instance_targets(
+                        deployment_id, {i: {"status": "Succeeded"} for i in instances}
+                    )
+                moto_extensions.complete(deployment_id, "Succeeded")
+        state = {"Stopped": "STOP", "Failed": "FAILURE"}.get(str(deployment.status), "SUCCESS")
+        self.invoke(
+            "on_codedeploy_event",
+            codedeploy_event(deployment_id, state, release.application, release.deployment_group),
+        )
+
+
+def deploy_and_verify(driver: Driver) -> None:
+    """An upload to a load-balanced pipeline, deployed and verified."""
+    driver.upload("shop/prod/shop-1.zip")
+    driver.settle()
+
+
+def failure_and_rollback(driver: Driver) -> None:
+    """A verified release, then a failing one rolled back to it automatically."""
+    driver.upload("shop/prod/shop-1.zip")
+    driver.settle()
+    driver.upload("shop/prod/shop-2-broken.zip")
+    driver.settle()
+
+
+def through_the_api(driver: Driver) -> None:
+    """Deploy, queue, read, and cancel a waiting and a deploying release."""
+    for key in ("api/prod/app-1.zip", "api/prod/app-2.zip"):
+        driver.world.upload(key)  # its S3 event is lost: the API deploys it
+    first = driver.http("POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}, "k-1")
+    second = driver.http("POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-2.zip"}, "k-2")
+    for path in ("/releases", "/pipelines", "/pipelines/api-prod"):
+        driver.http("GET", path)
+    for created in (second, first):
+        if created and "id" in created:
+            driver.http("GET", f"/releases/{created['id']}")
+            driver.http("POST", f"/releases/{created['id']}/cancel", key=f"cancel-{created['id']}")
+    driver.settle()
+
+
+SCENARIOS: dict[str, Callable[[Driver], None]] = {
+    "deploy_and_verify": deploy_and_verify,
+    "failure_and_rollback": failure_and_rollback,
+    "through_the_api": through_the_api,
+}
+
+
+@dataclass
+class Run:
+    driver: Driver
+    log: str
+    calls: list[tuple[str, str, str]]
+    faults: list[Fault]
+    labels: dict[tuple[str, str, str, int], Release]
+    histories: dict[str, str]
+    deployments: dict[str, int]
+
+
+class Sweep:
+    """One moto world for every run (provisioning it costs more than a scenario): between runs the
+    table, the queues and CodeDeploy's deployments are emptied, and the app keeps its clients, as
+    a warm container would."""
+
+    def __init__(self, pipelines_file: Path) -> None:
+        self.pipelines_file = pipelines_file
+        self.faults = AwsFaults()
+        self._stack = contextlib.ExitStack()
+        self.world: World | None = None
+        self.log = io.StringIO()
+
+    def __enter__(self) -> Sweep:
+        stack = self._stack
+        specs: list[tuple[str, Callable[..., Any]]] = [
+            ("before-call", self.faults.before_call),
+            ("before-parameter-build.sqs.SendMessage", strip_delays),
+        ]
+        botocore.handlers.BUILTIN_HANDLERS.extend(specs)
+        stack.callback(lambda: [botocore.handlers.BUILTIN_HANDLERS.remove(spec) for spec in specs])
+        stack.callback(bootstrap.reset)
+        handler = logger.registered_handler
+        assert isinstance(handler, logging.StreamHandler)
+        previous = handler.setStream(self.log)
+        stack.callback(handler.setStream, previous)
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        # moto's EC2 otherwise loads a thousand AMIs; the sweep launches no instance of its own.
+        patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        # Each run starts from empty queues (AWS allows one purge a minute; moto can be told not to).
+        patch.setenv("MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR", "false")
+        stack.enter_context(mock_aws())
+        self.world = conftest._build_world(patch, self.pipelines_file)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _clear(self, world: World) -> None:
+        dynamodb = world.session.client("dynamodb")
+        for page in dynamodb.get_paginator("scan").paginate(TableName=conftest.TABLE):
+            for item in page["Items"]:
+                dynamodb.delete_item(TableName=conftest.TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+        sqs = world.session.client("sqs")
+        for queue_url in sqs.list_queues().get("QueueUrls", []):
+            sqs.purge_queue(QueueUrl=queue_url)
+        moto_extensions.backend().deployments.clear()
+        moto_extensions.clear_target_health()
+        # A new container: a warm one's caches (target groups, clients) would skip the calls.
+        bootstrap.reset()
+        self.faults.calls.clear()
+        self.log.seek(0)
+        self.log.truncate()
+
+    def run(self, name: str, cases: list[Case]) -> Run:
+        """The scenario with each case's call failing once (the cases' functions differ)."""
+        world = self.world
+        assert world is not None
+        self._clear(world)
+        self.faults.faults = []
+        faults = []
+        for case in cases:
+            fault = self.faults.inject(case.service, case.operation, case.code, case.http_status, times=1)
+            fault.function = case.function
+            faults.append(fault)
+        driver = Driver(world)
+        SCENARIOS[name](driver)
+        self.faults.faults = []
+        releases = driver.releases()
+        labels: dict[tuple[str, str, str, int], Release] = {}
+        for release in releases:
+            base = (release.pipeline, release.revision.key, release.trigger.value)
+            count = sum(1 for label in labels if label[:3] == base)
+            labels[(*base, count)] = release
+        histories = {
+            release.id: json.dumps([event.to_dict() for event in world.store.history(release.id)])
+            for release in releases
+        }
+        deployments: dict[str, int] = {}
+        for application, group in (("api", "api-prod"), ("shop", "shop-prod"), ("web", "web-prod")):
+            for info in world.deployments(application, group):
+                owner = release_id_in_description(info.get("description")) or "?"
+                deployments[owner] = deployments.get(owner, 0) + 1
+        return Run(
+            driver, self.log.getvalue(), list(self.faults.calls), faults, labels, histories, deployments
+        )
+
+
+def problems(run: Run, baseline: Run, cases: list[Case]) -> list[str]:
+    """What the run did that is not a defined outcome (``cases``: the errors injected)."""
+    codes = {case.code for case in cases}
+
+    def named(text: str) -> bool:
+        return any(code in text for code in codes)
+
+    found: list[str] = []
+    for method, path, status, body in run.driver.http_answers:
+        if status < 500:
+            continue
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status == 500 or not isinstance(answer, dict) or not answer.get("Message"):
+            found.append(f"{method} {path} answered {status} {body[:120]!r}")
+        elif answer.get("aws_error") not in (*codes, None):
+            found.append(f"{method} {path} answered {status} naming {answer.get('aws_error')}, not {codes}")
+    for label, release in run.labels.items():
+        if not release.state.is_terminal:
+            found.append(f"release {label} left {release.state.value} with nothing to move it")
+    for owner, count in run.deployments.items():
+        if count > 1:
+            found.append(f"release {owner} deployed {count} times")
+    uploaded = {label[1] for label in run.labels if label[2] == "upload"}
+    skips = [line for line in run.log.splitlines() if "skipped" in line or "ignored" in line]
+    for key in run.driver.uploads:
+        if key not in uploaded and not named(run.log) and not any(key in line for line in skips):
+            found.append(f"upload {key} lost: no release, and no log line skipping it or naming {codes}")
+    # A request refused with a 4xx (what to fix, or a state that forbids it) told the caller why
+    # its release ended otherwise, or was never made.
+    refused = [answer[:3] for answer in run.driver.http_answers if 400 <= answer[2] < 500] != [
+        answer[:3] for answer in baseline.driver.http_answers if 400 <= answer[2] < 500
+    ]
+    for label, expected in baseline.labels.items():
+        got = run.labels.get(label)
+        if got is not None and (got.state, got.trigger) == (expected.state, expected.trigger):
+            continue
+        if refused and label[2] in ("api", "rollback"):
+            continue
+        if got is not None and (named(got.reason) or named(run.histories.get(got.id, ""))):
+            continue
+        if named(run.log) or (got is None and label[1] in " ".join(skips)):
+            continue
+        state = got.state.value if got else "missing"
+        found.append(f"release {label} ended {state}, not {expected.state.value}, and nothing names {codes}")
+    return found
+
+
+def rounds(cases: list[Case]) -> list[list[Case]]:
+    """Cases grouped so that each run fails at most one call per function: the i-th case of
+    every function of a scenario runs together. Each operation's first error class comes first."""
+    seen: dict[tuple[str, str, str], int] = {}
+    ranked = []
+    for case in cases:
+        call = (case.function, case.service, case.operation)
+        seen[call] = seen.get(call, -1) + 1
+        ranked.append((seen[call], case))
+    ordered = [case for _, case in sorted(ranked, key=lambda pair: pair[0])]
+    by_function: dict[tuple[str, str], list[Case]] = {}
+    for case in ordered:
+        by_function.setdefault((case.scenario, case.function), []).append(case)
+    grouped: dict[tuple[str, int], list[Case]] = {}
+    for (scenario, _), own in by_function.items():
+        for index, case in enumerate(own):
+            grouped.setdefault((scenario, index), []).append(case)
+    return list(grouped.values())
+
+
+class Summary:
+    """Prints the sweep's line at the end of the session's terminal report (with or without -s)."""
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_line(self.line)
+
+
+def all_cases(sweep: Sweep) -> tuple[dict[str, Run], list[Case]]:
+    baselines = {name: sweep.run(name, []) for name in SCENARIOS}
+    cases: list[Case] = []
+    covered: set[tuple[str, str, str]] = set()
+    for name, baseline in baselines.items():
+        assert problems(baseline, baseline, []) == [], name
+        # Each call of each function in the first scenario that makes it.
+        for call in dict.fromkeys(baseline.calls):
+            if call not in covered:
+                covered.add(call)
+                cases.extend(cases_for(name, *call))
+    return baselines, cases
+
+
+@pytest.mark.timeout(1500)
+def test_every_aws_error_of_every_call_has_a_defined_outcome(
+    pipelines_file: Path, request: pytest.FixtureRequest
+) -> None:
+    started = time.monotonic()
+    full = os.environ.get("RELCO_ERROR_MODEL_FULL") == "1"
+    runs = 0
+    with Sweep(pipelines_file) as sweep:
+        baselines, cases = all_cases(sweep)
+        sweepable = [case for case in cases if case.key not in KNOWN_DEFECTS]
+        outcomes: dict[Case, list[str]] = {}
+        for group in rounds(sweepable):
+            if not full and time.monotonic() - started > BUDGET_S:
+                break
+            run = sweep.run(group[0].scenario, group)
+            runs += 1
+            found = problems(run, baselines[group[0].scenario], group)
+            if not found and all(fault.failed == 1 for fault in run.faults):
+                outcomes.update({case: [] for case in group})
+                continue
+            # A failure to attribute, or a fault another one kept from firing: one by one.
+            for case in group:
+                alone = sweep.run(case.scenario, [case])
+                runs += 1
+                outcomes[case] = problems(alone, baselines[case.scenario], [case])
+                if alone.faults[0].failed == 0:
+                    outcomes[case].append(f"{case}: the call was never made with this fault in place")
+    unhandled: dict[str, list[str]] = {}
+    expected_failures = [case for case in cases if case.key in KNOWN_DEFECTS]
+    for case, found in outcomes.items():
+        if found:
+            unhandled[str(case)] = found
+    ran = list(outcomes)
+    operations = {(case.service, case.operation) for case in ran}
+    errors = {(case.service, case.operation, code) for case in ran for code in case.stands_for}
+    handled = "all handled" if not unhandled else f"{len(unhandled)} cases unhandled"
+    known = f", {len(expected_failures)} known defects" if expected_failures else ""
+    scope = (
+        ""
+        if len(ran) == len(sweepable)
+        else f" ({len(ran)} of {len(sweepable)} cases within {BUDGET_S:.0f} s)"
+    )
+    line = (
+        f"error model: {len(operations)} operations, {len(errors)} errors, {handled}{known}{scope}"
+        f" [{runs} runs, {time.monotonic() - started:.0f} s]"
+    )
+    request.config.pluginmanager.register(Summary(line), "error-model-summary")
+    assert not unhandled, json.dumps(unhandled, indent=1)
+
+
+@pytest.mark.timeout(600)
+def test_known_defects_still_fail(pipelines_file: Path) -> None:
+    """Each KNOWN_DEFECTS case still ends badly: when one is fixed, this fails; remove it then."""
+    if not KNOWN_DEFECTS:
+        return
+    with Sweep(pipelines_file) as sweep:
+        baselines = {scenario: sweep.run(scenario, []) for scenario in {key[0] for key in KNOWN_DEFECTS}}
+        for key in KNOWN_DEFECTS:
+            scenario, function, service, operation, code = key
+            [case] = [c for c in cases_for(scenario, function, service, operation) if code in c.stands_for]
+            assert problems(sweep.run(scenario, [case]), baselines[scenario], [case]), f"fixed: {key}"
