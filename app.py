@@ -71,7 +71,7 @@ def on_release_stream(event: DynamoDBEvent) -> dict[str, Any]:
     return lambda_handlers.release_stream(bootstrap.context(), event.to_dict())
 
 
-@app.on_sqs_message(queue="release-coordinator-notify.fifo", batch_size=10, name="on_notify_message")
+@app.on_sqs_message(queue="release-coordinator-notify.fifo", batch_size=5, name="on_notify_message")
 def on_notify_message(event: SQSEvent) -> dict[str, Any]:
     """One delivery per message, once; partial batch failures reported per message group."""
     return lambda_handlers.notify_messages(bootstrap.context(), event.to_dict())

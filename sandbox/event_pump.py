@@ -29,6 +29,9 @@ from typing import Any
 from botocore.config import Config
 from chalice.local import LambdaContext
 
+# The stream event source mapping's limits, as the template renders them.
+from infra.render import STREAM_MAX_RECORD_AGE_S, STREAM_MAX_RETRIES
+
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -37,11 +40,6 @@ _SQS_BATCH = 10
 _STREAM_BATCH = 100
 _MEMORY_MB = 128
 _TIMEOUT_MS = 60_000
-# The stream event source mapping's limits as the template renders them (infra.render's
-# STREAM_MAX_RETRIES and STREAM_MAX_RECORD_AGE_S; tests/sandbox/test_event_pump.py binds them).
-# Copied because the installed relco, which runs the sandbox, does not ship infra/.
-STREAM_MAX_RETRIES = 10
-STREAM_MAX_RECORD_AGE_S = 24 * 3600
 ACCOUNT = "123456789012"
 
 

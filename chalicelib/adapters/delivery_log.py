@@ -18,8 +18,10 @@ from botocore.exceptions import ClientError
 from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.service.notification_ports import Claim
 
-# Longer than the notify function's timeout: a live attempt is never taken over.
-CLAIM_LEASE = timedelta(minutes=2)
+# Longer than one delivery can take at its worst (Slack's slowest path with retries and the store
+# calls around it; infra.sizing.notification_worst_s, bound by tests/unit/test_template.py), so a
+# live attempt is never taken over; a dead one's message is retaken once it has run out.
+CLAIM_LEASE = timedelta(minutes=3)
 # Nobody has claimed it, an earlier attempt gave it up, or the claim is an abandoned one.
 _CLAIMABLE = "attribute_not_exists(pk) OR #status = :released OR (#status = :sending AND claimed_at < :stale)"
 

@@ -134,11 +134,11 @@ def aws_behaviour(pipelines: PipelinesConfig) -> AwsBehaviour:
         stream_max_retries=int(stream_source["Properties"]["MaximumRetryAttempts"]),
         asynchronous=frozenset(f.name for f in functions if f.invoked_asynchronously),
         async_retry_delays_s=ASYNC_RETRY_DELAYS_S,
-        reconcile_every_s=_reconcile_rate_s(),
+        reconcile_every_s=reconcile_rate_s(),
     )
 
 
-def _reconcile_rate_s() -> int:
+def reconcile_rate_s() -> int:
     [source] = [
         s
         for s in chalice_app.app.event_sources

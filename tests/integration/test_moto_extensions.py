@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from botocore.exceptions import ClientError
 
 from sandbox import moto_extensions
-from tests.integration.conftest import World
+from tests.integration.conftest import BUCKET, World
 
 REVISION = {
     "revisionType": "S3",
@@ -182,14 +183,16 @@ def test_deployment_overview_reports_the_recorded_counts(world: World) -> None:
 def test_events_delivered_to_sqs_keep_the_account(world: World) -> None:
     """Chalice's CloudWatchEvent needs ``account``; AWS always sends it."""
     events = world.session.client("events")
+    # What the template's S3 rule matches: the artifact bucket, a bundle under a pipeline's prefix.
+    detail = {"bucket": {"name": BUCKET}, "object": {"key": "api/prod/app-1.zip"}}
     events.put_events(
-        Entries=[{"Source": "aws.s3", "DetailType": "Object Created", "Detail": '{"bucket": {"name": "x"}}'}]
+        Entries=[{"Source": "aws.s3", "DetailType": "Object Created", "Detail": json.dumps(detail)}]
     )
 
     [delivered] = world._drain(world.provisioned.eventbridge_queue_url)
 
     assert delivered["account"] == "123456789012"
-    assert delivered["detail"] == {"bucket": {"name": "x"}}
+    assert delivered["detail"] == detail
 
 
 def test_codedeploy_rollback_deployments_report_their_trigger(world: World) -> None:

@@ -116,16 +116,6 @@ def test_a_stream_batch_that_keeps_failing_goes_to_the_on_failure_queue(session:
     assert discarded.ddb_stream_batch_info.stream_arn == stream_arn
 
 
-def test_the_stream_source_takes_the_templates_settings() -> None:
-    from infra import render
-
-    source = StreamSource("arn", lambda event, context: None)
-    assert (source.max_retries, source.max_record_age_s) == (
-        render.STREAM_MAX_RETRIES,
-        render.STREAM_MAX_RECORD_AGE_S,
-    )
-
-
 def test_a_failed_sqs_message_returns_after_the_queues_visibility_timeout(session: Any) -> None:
     sqs = session.client("sqs")
     queue_url = sqs.create_queue(QueueName="q", Attributes={"VisibilityTimeout": "1"})["QueueUrl"]

@@ -558,3 +558,10 @@ def test_stop_deployment_is_granted_on_every_resource(packaged: tuple[str, dict[
     statements = resolved.role_statements(resolved.functions()["APIHandler"])
     (stop,) = [s for s in statements if "codedeploy:StopDeployment" in s["Action"]]
     assert stop["Resource"] == ["*"]
+
+
+def test_a_delivery_claim_outlives_the_slowest_delivery() -> None:
+    from chalicelib.adapters.delivery_log import CLAIM_LEASE
+    from infra.sizing import notification_worst_s
+
+    assert CLAIM_LEASE.total_seconds() > notification_worst_s()
