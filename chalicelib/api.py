@@ -184,10 +184,12 @@ def _longest_run(request: Request) -> timedelta:
     than that belongs to a request that died, and a retry may take it over."""
     lambda_context = getattr(request, "lambda_context", None)
     remaining_ms = getattr(lambda_context, "get_remaining_time_in_millis", None)
+    # API Gateway's integration timeout bounds it too (the template sizes the function to it; a
+    # local or test server's context may claim far longer): past it the caller has its 504 and
+    # retries, and a takeover of a request still running only repeats idempotent work.
     if remaining_ms is None:
-        # Served without Lambda: API Gateway's integration timeout bounds what a caller waits for.
-        return API_GATEWAY_TIMEOUT
-    return timedelta(milliseconds=int(remaining_ms())) + CLOCK_SKEW
+        return API_GATEWAY_TIMEOUT + CLOCK_SKEW
+    return min(timedelta(milliseconds=int(remaining_ms())), API_GATEWAY_TIMEOUT) + CLOCK_SKEW
 
 
 def _respond(run: Callable[[], use_cases.Answer]) -> Response:
