@@ -15,10 +15,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from bench.measurement import Outcome, main
-from bench.moto_world import TABLE, MotoWorld, codedeploy_event, pipeline_toml
+from bench.moto_world import BUCKET, TABLE, MotoWorld, codedeploy_event, pipeline_toml
 
 PIPELINES = 50
 UPLOADS = 1000
@@ -55,8 +56,23 @@ def _floor(world: MotoWorld) -> float:
     return FLOOR_WRITES / (time.perf_counter() - started)
 
 
+def _newest_second_by_pipeline(world: MotoWorld) -> dict[str, datetime]:
+    """The second S3 stored each pipeline's newest upload in (``LastModified``)."""
+    newest: dict[str, datetime] = {}
+    paginator = world.session.client("s3").get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=BUCKET):
+        for version in page.get("Versions", []):
+            pipeline = version["Key"].split("/", 1)[0]
+            stored = version["LastModified"].replace(microsecond=0)
+            newest[pipeline] = max(stored, newest.get(pipeline, stored))
+    return newest
+
+
 def _account(world: MotoWorld, release_ids: list[str]) -> dict[str, Any]:
-    """Every upload is one release, each deployed exactly once, and every slot is free."""
+    """Every upload is one release that ended SUCCEEDED, deployed exactly once, or SUPERSEDED,
+    never deployed: the shuffled delivery brings some uploads after one S3 stored later had
+    started, and those never start (they would replace a newer build). Each pipeline's last good
+    release is one of its uploads S3 stored in the newest second, and every slot is free."""
     from sandbox import moto_extensions
 
     store = world.store()
@@ -73,10 +89,22 @@ def _account(world: MotoWorld, release_ids: list[str]) -> dict[str, Any]:
         Select="COUNT",
     ):
         in_table += page["Count"]
-    busy_slots = [
+    slots = {name: store.get_slot(name) for name in (f"b{number:02d}" for number in range(PIPELINES))}
+    busy_slots = [name for name, slot in slots.items() if slot.active is not None or slot.waiting]
+    by_id = {release.id: release for release in releases}
+    newest = _newest_second_by_pipeline(world)
+    stale_last_good = [
         name
-        for name in (f"b{number:02d}" for number in range(PIPELINES))
-        if (slot := store.get_slot(name)).active is not None or slot.waiting
+        for name, slot in slots.items()
+        if slot.newest_started is None
+        or slot.newest_started.second != newest.get(name)
+        or slot.last_good != slot.newest_started.release_id
+        or slot.last_good not in by_id
+    ]
+    deployed_superseded = [
+        release.id
+        for release in releases
+        if release.state.value == "SUPERSEDED" and release.deployment_id is not None
     ]
     return {
         "uploads": len(release_ids),
@@ -86,6 +114,8 @@ def _account(world: MotoWorld, release_ids: list[str]) -> dict[str, Any]:
         "deployments": len(deployments),
         "distinct_deployments_of_releases": len(set(deployment_ids)),
         "busy_slots": busy_slots,
+        "stale_last_good": stale_last_good,
+        "deployed_superseded": deployed_superseded,
     }
 
 
@@ -132,12 +162,16 @@ def run() -> Outcome:
         floor = _floor(world)
 
     rate = clock.events / clock.seconds
-    all_succeeded = (
-        accounted["states"] == {"SUCCEEDED": UPLOADS}
+    succeeded = accounted["states"].get("SUCCEEDED", 0)
+    all_accounted = (
+        set(accounted["states"]) <= {"SUCCEEDED", "SUPERSEDED"}
+        and sum(accounted["states"].values()) == UPLOADS
         and accounted["releases_in_table"] == UPLOADS
-        and accounted["deployments"] == UPLOADS
-        and accounted["distinct_deployments_of_releases"] == UPLOADS
+        and accounted["deployments"] == succeeded
+        and accounted["distinct_deployments_of_releases"] == succeeded
         and not accounted["busy_slots"]
+        and not accounted["stale_last_good"]
+        and not accounted["deployed_superseded"]
     )
     outcome.data = {
         "events": clock.events,
@@ -163,10 +197,10 @@ def run() -> Outcome:
     states = ", ".join(f"{state} {count}" for state, count in sorted(accounted["states"].items()))
     outcome.add(
         "Burst: every upload accounted for",
-        f"{'yes' if all_succeeded else 'NO'}: {accounted['releases_found']}/{UPLOADS} releases ({states}), "
+        f"{'yes' if all_accounted else 'NO'}: {accounted['releases_found']}/{UPLOADS} releases ({states}), "
         f"{accounted['releases_in_table']} release items in the table, {accounted['deployments']} "
         f"CodeDeploy deployments ({accounted['distinct_deployments_of_releases']} distinct, "
-        "one per release), "
+        "one per SUCCEEDED release), "
         f"{len(accounted['busy_slots'])} slots still busy",
     )
     return outcome
