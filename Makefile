@@ -31,9 +31,11 @@ CHECKS := lint typecheck unit integration-moto integration-sandbox package
 test: $(INSTALLED)
 	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
 
+## Style, and the layering contracts of pyproject.toml's [tool.importlinter] (import-linter).
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy

@@ -310,7 +310,7 @@ class MotoWorld:
     def _quiet_logs(self) -> None:
         """The handlers still log every event as in Lambda, but to a file: writing to the runner's
         pipe would measure the pipe."""
-        from chalicelib.service.context import logger as coordinator_logger
+        from chalicelib.log import logger as coordinator_logger
 
         handler = coordinator_logger.registered_handler
         if isinstance(handler, logging.StreamHandler):

@@ -32,8 +32,9 @@ from chalicelib.domain.api_requests import (
     request_fingerprint,
     rollback_target,
 )
+from chalicelib.log import logger
 from chalicelib.service import api as use_cases
-from chalicelib.service.context import ConflictPersisted, Context, logger
+from chalicelib.service.context import ConflictPersisted, Context
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)

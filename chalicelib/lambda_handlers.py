@@ -10,7 +10,8 @@ from typing import Any
 from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
 from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.domain.verification import VerifyRequest
-from chalicelib.service.context import Context, logger
+from chalicelib.log import logger
+from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.notification_ports import Receipt
 from chalicelib.service.notifications import deliver, publish

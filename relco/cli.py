@@ -22,9 +22,10 @@ from urllib.parse import quote
 
 import click
 
+from appspec import check_bundle
 from relco import timeline
 from relco.api_client import ApiClient, ApiRefused, ClientProblem
-from relco.bundle import InvalidBundle, build_bundle, check_bundle
+from relco.bundle import InvalidBundle, build_bundle
 
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED", "SUPERSEDED"})
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")

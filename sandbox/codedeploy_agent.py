@@ -22,7 +22,6 @@ bundle's hooks start. The agent stops those apps again when it stops.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -45,16 +44,12 @@ from typing import Any, Protocol
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.events.models import events_backends
 
-from relco.bundle import LIFECYCLE_EVENTS
+from appspec import LIFECYCLE_EVENTS, PREVIOUS_REVISION_HOOKS, AppSpec, AppSpecError, FileMapping, HookScript
 from sandbox import moto_extensions
 
 logger = logging.getLogger(__name__)
 
-# These run the scripts of the last revision that succeeded on the instance (none on a first
-# deploy); ignoreApplicationStopFailures applies to them.
-PREVIOUS_REVISION_HOOKS = frozenset({"BeforeBlockTraffic", "AfterBlockTraffic", "ApplicationStop"})
 LOG_TAIL_BYTES = 4096
-DEFAULT_HOOK_TIMEOUT_S = 3600.0  # appspec default and maximum
 KILL_GRACE_S = 2.0
 EVENT_DETAIL_TYPE = "CodeDeploy Deployment State-change Notification"
 EVENT_STATE = {"Succeeded": "SUCCESS", "Failed": "FAILURE", "Stopped": "STOP"}
@@ -77,84 +72,7 @@ class TrafficControl(Protocol):
     def wait_healthy(self, target_id: str, timeout: float) -> bool: ...
 
 
-# --- appspec and revision -------------------------------------------------------------------
-
-
-class AppSpecError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class HookScript:
-    location: str
-    timeout_s: float
-    runas: str
-
-
-@dataclass(frozen=True)
-class FileMapping:
-    source: str
-    destination: str
-
-
-@dataclass(frozen=True)
-class AppSpec:
-    hooks: Mapping[str, tuple[HookScript, ...]]
-    files: tuple[FileMapping, ...] = ()
-    file_exists_behavior: str | None = None
-
-    @classmethod
-    def load(cls, bundle_dir: Path) -> AppSpec:
-        path = next(
-            (bundle_dir / name for name in ("appspec.yml", "appspec.yaml") if (bundle_dir / name).is_file()),
-            None,
-        )
-        if path is None:
-            raise AppSpecError(f"no appspec.yml at the root of the revision ({bundle_dir})")
-        # PyYAML ships without type information (it comes with chalice).
-        yaml = importlib.import_module("yaml")
-        try:
-            document = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise AppSpecError(f"appspec.yml is not valid YAML: {error}") from error
-        if not isinstance(document, dict):
-            raise AppSpecError("appspec.yml must be a mapping")
-        return cls(
-            hooks=_parse_hooks(document.get("hooks") or {}),
-            files=tuple(
-                FileMapping(str(entry["source"]), str(entry["destination"]))
-                for entry in _entries(document.get("files"), "files", ("source", "destination"))
-            ),
-            file_exists_behavior=document.get("file_exists_behavior"),
-        )
-
-
-def _entries(value: Any, what: str, required: Sequence[str]) -> list[dict[str, Any]]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
-        raise AppSpecError(f"appspec.yml: {what} must be a list of mappings")
-    for entry in value:
-        missing = [key for key in required if key not in entry]
-        if missing:
-            raise AppSpecError(f"appspec.yml: an entry of {what} lacks {', '.join(missing)}")
-    return value
-
-
-def _parse_hooks(hooks: Any) -> dict[str, tuple[HookScript, ...]]:
-    if not isinstance(hooks, dict):
-        raise AppSpecError("appspec.yml: hooks must be a mapping of lifecycle event to scripts")
-    return {
-        str(name): tuple(
-            HookScript(
-                location=str(entry["location"]),
-                timeout_s=float(entry.get("timeout", DEFAULT_HOOK_TIMEOUT_S)),
-                runas=str(entry.get("runas", "")),
-            )
-            for entry in _entries(entries, f"hooks.{name}", ("location",))
-        )
-        for name, entries in hooks.items()
-    }
+# --- revision -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -366,7 +366,7 @@ class Sandbox:
     def _send_logs_to(self, path: Path) -> None:
         """The handlers' structured logs (Lambda's CloudWatch Logs) go to a file, so the sandbox's
         own output stays readable; the emulator's request log is dropped."""
-        from chalicelib.service.context import logger as coordinator_logger
+        from chalicelib.log import logger as coordinator_logger
 
         handler = coordinator_logger.registered_handler
         if isinstance(handler, logging.StreamHandler):

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.notifications import NotifyMessage
-from chalicelib.service.context import logger
+from chalicelib.log import logger
 from chalicelib.service.notification_ports import Receipt
 
 _BATCH_LIMIT = 10

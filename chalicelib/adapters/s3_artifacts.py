@@ -7,7 +7,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.domain.release import Revision
-from chalicelib.service.context import logger
+from chalicelib.log import logger
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 
 # User metadata CI sets on the upload (``x-amz-meta-*``), as the release records it. S3 lower-

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from chalicelib.domain.notifications import SlackPostMark, SlackThread
-from chalicelib.service.context import logger
+from chalicelib.log import logger
 from chalicelib.service.notification_ports import DeliveryDeferred, DeliveryRejected
 
 T = TypeVar("T")

@@ -25,7 +25,8 @@ from chalicelib.domain.api_requests import (
 )
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import EventType, Release, ReleaseState, Revision, Step, Trigger, record
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import Change, DeploymentAlreadyEnded, IdempotencyRecord, StoredObject
 from chalicelib.service.slot_flow import finish
 from chalicelib.service.submission import Submission, submit

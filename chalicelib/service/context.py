@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from aws_lambda_powertools import Logger
-
 from chalicelib.domain.pipelines import PipelinesConfig
 from chalicelib.service.notification_ports import NotificationAdapters
 from chalicelib.service.ports import (
@@ -21,8 +19,6 @@ from chalicelib.service.ports import (
     VerifyQueue,
     WriteConflict,
 )
-
-logger = Logger(service="release-coordinator")
 
 T = TypeVar("T")
 

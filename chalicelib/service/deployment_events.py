@@ -19,7 +19,8 @@ from chalicelib.domain.release import (
     record,
     transition,
 )
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
 from chalicelib.service.slot_flow import Batch, finish, link_deployment
 from chalicelib.service.verification import begin_verification

@@ -48,7 +48,8 @@ from chalicelib.domain.notifications import (
     secret_ref,
 )
 from chalicelib.domain.pipelines import NotifyRoute
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.notification_ports import (
     Claim,
     DeliveryDeferred,

@@ -7,7 +7,8 @@ from typing import Any
 
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
-from chalicelib.service.context import Context, logger
+from chalicelib.log import logger
+from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks

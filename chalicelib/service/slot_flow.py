@@ -24,7 +24,8 @@ from chalicelib.domain.release import (
     update,
 )
 from chalicelib.domain.slot import PipelineSlot
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import Change, DeploymentBusy, RevisionRejected
 from chalicelib.service.reads import FirstRead, stored
 

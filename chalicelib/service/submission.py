@@ -20,7 +20,8 @@ from chalicelib.domain.release import (
     transition,
 )
 from chalicelib.domain.slot import Admission, UploadMark
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import Change
 from chalicelib.service.reads import stored
 from chalicelib.service.slot_flow import Batch, advance, log_refused, start_deployment

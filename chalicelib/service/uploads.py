@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.release import Release, Trigger, bundle_type_of, upload_release_id
-from chalicelib.service.context import Context, logger
+from chalicelib.log import logger
+from chalicelib.service.context import Context
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.submission import Submission, submit
 

@@ -29,7 +29,8 @@ from chalicelib.domain.verification import (
     next_request,
     plan_verification,
 )
-from chalicelib.service.context import Context, logger, retry_on_conflict
+from chalicelib.log import logger
+from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import Change
 from chalicelib.service.reads import FirstRead, stored
 from chalicelib.service.slot_flow import Prelude, finish, log_refused

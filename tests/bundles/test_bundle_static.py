@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from relco.bundle import SCRIPT_HOOKS
+from appspec import SCRIPT_HOOKS
 
 from .helpers import BUNDLES_DIR
 

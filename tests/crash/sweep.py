@@ -307,7 +307,7 @@ def in_children(works: list[Callable[[], Any]]) -> list[Any]:
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
     """The app logs every transition at INFO; thousands of runs need only its warnings."""
-    from chalicelib.service.context import logger
+    from chalicelib.log import logger
 
     level = logger.log_level
     logger.setLevel(logging.WARNING)

@@ -667,7 +667,7 @@ def test_every_handler_and_route_logs_with_its_lambda_context(world: World) -> N
     was the container's first."""
     import io
 
-    from chalicelib.service.context import logger
+    from chalicelib.log import logger
 
     handler = logger.registered_handler
     assert isinstance(handler, logging.StreamHandler)

@@ -32,7 +32,7 @@ from moto import mock_aws
 from chalicelib import bootstrap
 from chalicelib.adapters.codedeploy import release_id_in_description
 from chalicelib.domain.release import Release, ReleaseState
-from chalicelib.service.context import logger
+from chalicelib.log import logger
 from sandbox import moto_extensions
 from tests.crash.world import reconcile_rate_s
 from tests.integration import conftest

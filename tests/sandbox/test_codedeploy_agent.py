@@ -26,7 +26,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from relco.bundle import LIFECYCLE_EVENTS
+from appspec import LIFECYCLE_EVENTS
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import (
     CodeDeployAgent,

@@ -13,7 +13,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import io
-from chalicelib.service.context import logger
+from chalicelib.log import logger
 
 log = io.StringIO()
 logger.registered_handler.setStream(log)  # not stdout, as in the sandbox
