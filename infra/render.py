@@ -256,9 +256,6 @@ UNSCOPED_ACTIONS: Mapping[str, str] = {
         "Elastic Load Balancing's Describe* actions support no resource-level permissions "
         "(Service Authorization Reference: no resource type)"
     ),
-    "elasticloadbalancing:DescribeTargetGroupAttributes": (
-        "Elastic Load Balancing's Describe* actions support no resource-level permissions"
-    ),
     "elasticloadbalancing:DescribeTargetHealth": (
         "Elastic Load Balancing's Describe* actions support no resource-level permissions"
     ),
@@ -448,10 +445,7 @@ def _target_groups(_function: Function, _scope: Scope) -> list[Statement]:
     return [
         _statement(
             "ReadTargetGroups",
-            [
-                "elasticloadbalancing:DescribeTargetGroups",
-                "elasticloadbalancing:DescribeTargetGroupAttributes",
-            ],
+            ["elasticloadbalancing:DescribeTargetGroups"],
             ["*"],
         )
     ]

@@ -212,9 +212,28 @@ def _instance_targets(response: Any, deployment_id: str) -> dict[str, dict[str, 
     return targets
 
 
+# ListDeploymentTargets' ``targetFilters`` keys and the instance target field each one matches
+# (botocore's ``TargetFilterName`` enum; AWS answers InvalidTargetFilterNameException for others).
+_TARGET_FILTER_FIELDS = {"TargetStatus": "status", "ServerInstanceLabel": "instanceLabel"}
+
+
 def _list_deployment_targets(self: Any) -> ActionResult:
     targets = _instance_targets(self, self._get_param("deploymentId"))
-    return ActionResult({"targetIds": sorted(targets)})
+    filters: dict[str, list[str]] = self._get_param("targetFilters") or {}
+    unknown = sorted(set(filters) - set(_TARGET_FILTER_FIELDS))
+    if unknown:
+        raise JsonRESTError(
+            "InvalidTargetFilterNameException", f"The target filter name is invalid: {unknown}"
+        )
+    return ActionResult(
+        {
+            "targetIds": sorted(
+                target_id
+                for target_id, target in targets.items()
+                if all(target.get(_TARGET_FILTER_FIELDS[name]) in values for name, values in filters.items())
+            )
+        }
+    )
 
 
 def _batch_get_deployment_targets(self: Any) -> ActionResult:

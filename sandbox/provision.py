@@ -197,8 +197,5 @@ def _target_group(session: Any, name: str, instances: int, interval_s: int) -> L
         UnhealthyThresholdCount=2,
     )["TargetGroups"][0]
     arn = group["TargetGroupArn"]
-    elbv2.modify_target_group_attributes(
-        TargetGroupArn=arn, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "5"}]
-    )
     elbv2.register_targets(TargetGroupArn=arn, Targets=[{"Id": instance_id} for instance_id in instance_ids])
     return LoadBalancedGroup(target_group_arn=arn, instance_ids=instance_ids)

@@ -121,11 +121,16 @@ class CodeDeployDeployments:
                 raise DeploymentAlreadyEnded(deployment_id) from error
             raise
 
-    def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
+    def instance_ids(self, deployment_id: str, status: str) -> list[str]:
+        # For EC2/on-premises deployments a target id is the instance id.
         target_ids: list[str] = []
         paginator = self._client.get_paginator("list_deployment_targets")
-        for page in paginator.paginate(deploymentId=deployment_id):
+        for page in paginator.paginate(deploymentId=deployment_id, targetFilters={"TargetStatus": [status]}):
             target_ids.extend(page.get("targetIds", []))
+        return target_ids
+
+    def instance_targets(self, deployment_id: str, status: str) -> list[InstanceTarget]:
+        target_ids = self.instance_ids(deployment_id, status)
         targets: list[InstanceTarget] = []
         for start in range(0, len(target_ids), _BATCH_GET_LIMIT):
             response = self._client.batch_get_deployment_targets(

@@ -10,8 +10,6 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
 from chalicelib.domain.verification import LoadBalancerError, TargetGroupSettings, TargetHealth
 
-# AWS's default when a target group does not say (deregistration_delay.timeout_seconds).
-_DEFAULT_DEREGISTRATION_DELAY_S = 300
 # ELBv2's throttling code (query protocol; botocore's standard retry mode retries it before it
 # gets here). Everything else ELBv2 answers with a 4xx is a refusal the same request never gets
 # past: the modeled TargetGroupNotFound, LoadBalancerNotFound and InvalidTarget, a missing
@@ -59,16 +57,8 @@ class Elbv2LoadBalancing:
                         name=group["TargetGroupName"],
                         interval_s=int(group.get("HealthCheckIntervalSeconds") or 30),
                         healthy_threshold=int(group.get("HealthyThresholdCount") or 5),
-                        deregistration_delay_s=self._deregistration_delay(group["TargetGroupArn"]),
                     )
         return [self._groups[name] for name in names if name in self._groups]
-
-    def _deregistration_delay(self, arn: str) -> int:
-        attributes = self._client.describe_target_group_attributes(TargetGroupArn=arn).get("Attributes", [])
-        for attribute in attributes:
-            if attribute.get("Key") == "deregistration_delay.timeout_seconds":
-                return int(attribute.get("Value") or _DEFAULT_DEREGISTRATION_DELAY_S)
-        return _DEFAULT_DEREGISTRATION_DELAY_S
 
     def target_health(self, target_group_arn: str, target_ids: Sequence[str]) -> list[TargetHealth]:
         """Raises ``LoadBalancerError``: permanent for a group that is gone (TargetGroupNotFound)

@@ -17,7 +17,7 @@ from typing import Any
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import VerifySettings
 
-# Beyond the time targets need to turn healthy and old ones to drain: scheduling slack.
+# Beyond the time targets need to turn healthy: scheduling slack.
 DEADLINE_MARGIN_S = 60
 # SQS's largest DelaySeconds (SendMessage: "Valid values: 0 to 900"): a longer wait is made of
 # hops, messages that only send themselves on until the check is due.
@@ -45,7 +45,6 @@ class TargetGroupSettings:
     name: str
     interval_s: int
     healthy_threshold: int
-    deregistration_delay_s: int
 
 
 @dataclass(frozen=True)
@@ -133,14 +132,17 @@ def plan_verification(
     now: datetime,
 ) -> Verification:
     """Interval from the target groups' own health-check interval; deadline long enough for a
-    target to pass its healthy threshold, plus the deregistration delay, plus a margin."""
+    target to pass its healthy threshold, plus a margin and the bake.
+
+    The deregistration delay plays no part: verification starts at CodeDeploy's success, when
+    every deployed instance has been re-registered (AllowTraffic) and nothing of this deployment
+    is draining any more; draining happened in BlockTraffic, before that."""
     interval = settings.interval_s or max(group.interval_s for group in groups)
     if settings.deadline_s is not None:
         deadline_s = settings.deadline_s
     else:
         threshold = max(group.healthy_threshold for group in groups)
-        draining = max(group.deregistration_delay_s for group in groups)
-        deadline_s = (threshold + 1) * interval + draining + DEADLINE_MARGIN_S + settings.bake_s
+        deadline_s = (threshold + 1) * interval + DEADLINE_MARGIN_S + settings.bake_s
     return Verification(
         target_group_arns=tuple(group.arn for group in groups),
         instance_ids=tuple(sorted(instance_ids)),

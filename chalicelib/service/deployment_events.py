@@ -106,11 +106,8 @@ def _deployment_failed(context: Context, release: Release, deployment_id: str) -
     code and log tail; then the auto-rollback, unless CodeDeploy rolls back by itself."""
     info = context.deployments.describe(deployment_id)
     cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
-    failed_instances = [
-        diagnose(target)
-        for target in context.deployments.instance_targets(deployment_id)
-        if target.status == "Failed"
-    ]
+    failed = context.deployments.instance_targets(deployment_id, "Failed")
+    failed_instances = [diagnose(target) for target in failed]
     pipeline = context.pipelines.named(release.pipeline)
     roll_back = bool(pipeline and pipeline.rollback.on_deploy_failure) and not info.rolls_back_on_failure
     note = (

@@ -199,8 +199,13 @@ class Deployments(Protocol):
         ``DeploymentAlreadyEnded``."""
         ...
 
-    def instance_targets(self, deployment_id: str) -> list[InstanceTarget]:
-        """The instances the deployment touched, with their lifecycle events."""
+    def instance_ids(self, deployment_id: str, status: str) -> list[str]:
+        """The instances of the deployment in CodeDeploy's ``status`` (Succeeded, Failed, ...):
+        one filtered ListDeploymentTargets, no details."""
+        ...
+
+    def instance_targets(self, deployment_id: str, status: str) -> list[InstanceTarget]:
+        """The instances of the deployment in ``status``, with their lifecycle events."""
         ...
 
 

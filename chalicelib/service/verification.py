@@ -63,9 +63,7 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
             raise
         why = f"cannot verify deployment {deployment_id}: {error}"
         return _fail_verification(context, release, deployment_id, why, aws_code=error.code)
-    instances = [
-        t.instance_id for t in context.deployments.instance_targets(deployment_id) if t.status == "Succeeded"
-    ]
+    instances = context.deployments.instance_ids(deployment_id, "Succeeded")
     if not instances:
         why = (
             f"cannot verify deployment {deployment_id}: "

@@ -112,6 +112,37 @@ def test_deployment_targets_answer_what_the_sandbox_recorded(world: World) -> No
     assert by_id["i-2"]["lifecycleEvents"][0]["diagnostics"]["errorCode"] == "ScriptFailed"
 
 
+def test_deployment_targets_filter_by_status_as_the_model_documents(world: World) -> None:
+    """ListDeploymentTargets' ``targetFilters``: the keys botocore's model names, matched against
+    each target; a key the model does not name is the modeled InvalidTargetFilterNameException."""
+    codedeploy = world.session.client("codedeploy")
+    model = codedeploy.meta.service_model
+    operation = model.operation_model("ListDeploymentTargets")
+    filter_names = operation.input_shape.members["targetFilters"].key.enum
+    assert set(filter_names) == set(moto_extensions._TARGET_FILTER_FIELDS)
+    assert "InvalidTargetFilterNameException" in {error.name for error in operation.error_shapes}
+    deployment_id = codedeploy.create_deployment(
+        applicationName="api", deploymentGroupName="api-prod", revision=REVISION
+    )["deploymentId"]
+    moto_extensions.set_instance_targets(
+        deployment_id,
+        {"i-1": {"status": "Succeeded"}, "i-2": {"status": "Failed"}, "i-3": {"status": "Succeeded"}},
+    )
+
+    def listed(filters: dict[str, list[str]]) -> list[str]:
+        answer = codedeploy.list_deployment_targets(deploymentId=deployment_id, targetFilters=filters)
+        return list(answer["targetIds"])
+
+    assert listed({"TargetStatus": ["Succeeded"]}) == ["i-1", "i-3"]
+    assert listed({"TargetStatus": ["Failed", "Pending"]}) == ["i-2"]
+    assert listed({}) == ["i-1", "i-2", "i-3"]
+    # In-place targets carry no blue/green label.
+    assert listed({"ServerInstanceLabel": ["Blue"]}) == []
+    with pytest.raises(ClientError) as refused:
+        listed({"Color": ["Blue"]})
+    assert refused.value.response["Error"]["Code"] == "InvalidTargetFilterNameException"
+
+
 def test_target_health_can_be_unhealthy_or_initial(world: World) -> None:
     ec2 = world.session.client("ec2")
     elbv2 = world.session.client("elbv2")

@@ -26,7 +26,7 @@ from chalicelib.domain.verification import (
 )
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
-GROUP = TargetGroupSettings("arn:tg/a", "a", interval_s=10, healthy_threshold=3, deregistration_delay_s=30)
+GROUP = TargetGroupSettings("arn:tg/a", "a", interval_s=10, healthy_threshold=3)
 
 
 def sqs_max_delay_s() -> int:
@@ -53,7 +53,7 @@ def healthy(*instances: str) -> list[TargetHealth]:
 def test_defaults_come_from_the_target_group() -> None:
     verification = plan()
     assert verification.interval_s == 10
-    assert verification.deadline == NOW + timedelta(seconds=(3 + 1) * 10 + 30 + DEADLINE_MARGIN_S)
+    assert verification.deadline == NOW + timedelta(seconds=(3 + 1) * 10 + DEADLINE_MARGIN_S)
     assert verification.instance_ids == ("i-1", "i-2")
 
 
