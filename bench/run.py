@@ -22,7 +22,7 @@ COMMAND = "make bench"
 # (module, time limit in seconds): the whole run stays within about ten minutes on 2 cores.
 BENCHMARKS = (
     ("cold_start", 180),
-    ("first_invocation", 300),
+    ("first_invocation", 360),
     ("package_size", 300),
     ("api_calls", 180),
     ("handler_cost", 240),
