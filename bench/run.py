@@ -22,6 +22,7 @@ COMMAND = "make bench"
 # (module, time limit in seconds): the whole run stays within about ten minutes on 2 cores.
 BENCHMARKS = (
     ("cold_start", 180),
+    ("first_invocation", 360),
     ("package_size", 300),
     ("api_calls", 180),
     ("handler_cost", 240),
@@ -36,6 +37,27 @@ How these were measured:
   directly, as Lambda does, against moto 5.2.5 in process (`mock_aws`), provisioned by
   `sandbox/provision.py` as in the integration tests; S3 events are moto's own (S3 → EventBridge
   → SQS), CodeDeploy events have the shape the integration tests use.
+- First invocation: for each function of `app.py`, a fresh interpreter times `import app` through
+  the return of the function's first invocation (the bootstrap wiring, the clients and every AWS
+  call of the event), with a Lambda-shaped context; another fresh interpreter times a bare
+  handler: `import boto3`, one client, the same first AWS call, return. Interpreter start-up is
+  left out of both. AWS is moto 5.2.5 in server mode in the benchmark's parent process on
+  127.0.0.1 (unpatched, as the sandbox runs it), provisioned by `sandbox/provision.py`; the
+  children get `AWS_ENDPOINT_URL` and the environment of DESIGN.md section 5. Each round takes
+  a new release of one pipeline (2 instances behind an ALB, 1 healthy check, an email route)
+  through the functions in order: moto's own S3 → EventBridge event for a new key (→ DEPLOYING);
+  the schedule's event for reconcile while that deployment is still running (it asks CodeDeploy
+  and leaves it); CodeDeploy SUCCESS after the benchmark finished the deployment with healthy
+  targets (→ VERIFYING); the health check from the verify queue (→ SUCCEEDED); the stream
+  records written since the previous round as one batch (→ one notify message); that message
+  from the notify queue (→ an email through SES); API Gateway's proxy event for
+  `GET /releases/{{id}}`. Each step's outcome is checked. An untimed first round records each
+  function's calls with botocore `before-call` hooks: the first call, parameters included, is
+  what the bare handler replays, and the count of calls is that round's. The notify function's
+  first call is its delivery claim, a conditional PutItem: the replay finds the item there and
+  DynamoDB refuses it, which is the bare call's answer. Figures are the median of the per-pair
+  ratios, real first and bare first alternating by round; no budget applies (DESIGN.md
+  section 8: recorded).
 - AWS calls are counted with botocore `before-call` hooks on the boto3 session that
   `chalicelib.bootstrap.context()` creates, so only the coordinator's own calls count (lazily
   created clients included), never the benchmark's set-up or checks. The flows include the
