@@ -1,6 +1,12 @@
 """The HTTP API between API Gateway (through Chalice) and the use cases in
-``chalicelib.service.api``: read and check the request, run the use case, shape the answer.
-``app.py`` only routes here.
+``chalicelib.service.api``: read and check the request, run the use case, shape the answer: the
+status, body and headers of each result and refusal are decided here and nowhere else. ``app.py``
+only routes here.
+
+A POST with an ``Idempotency-Key`` is answered once: the same key and request get the first answer
+again (``Idempotent-Replayed: true``), another request under the key is refused (422), and one
+made while the first is still running is refused (409). The answers are kept by the store's
+request ledger (Powertools' idempotency utility, loaded on the first such request).
 
 Errors are JSON in Chalice's own shape, ``{"Code": ..., "Message": ...}``, so an error this module
 writes and one Chalice writes (405, 415) read the same. An AWS call that fails in any route is
@@ -13,8 +19,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -22,19 +28,25 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalice.app import Request, Response
 
 from chalicelib.domain.api_requests import (
-    ApiError,
+    ConflictingState,
     DeployRequest,
+    InvalidValue,
     ListQuery,
     Malformed,
+    NotFound,
+    Refused,
+    TooLarge,
     derived_release_id,
     idempotency_key,
     parse_body,
     request_fingerprint,
     rollback_target,
 )
+from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service import api as use_cases
 from chalicelib.service.context import ConflictPersisted, Context
+from chalicelib.service.ports import IdempotencyKeyBusy, IdempotencyKeyReused
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)
@@ -61,6 +73,30 @@ THROTTLING_CODES = frozenset(
 )
 # What a 503 asks the caller to wait before retrying.
 RETRY_AFTER_S = 5
+# Each refusal's status and Chalice's name for it.
+REFUSALS: dict[type[Refused], tuple[int, str]] = {
+    Malformed: (400, "BadRequestError"),
+    NotFound: (404, "NotFoundError"),
+    ConflictingState: (409, "ConflictError"),
+    TooLarge: (413, "PayloadTooLargeError"),
+    InvalidValue: (422, "UnprocessableEntityError"),
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    # Set when the answer is the kept one of an earlier request with the same Idempotency-Key.
+    replayed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"status": self.status, "body": dict(self.body), "headers": dict(self.headers)}
+
+    @classmethod
+    def from_json(cls, kept: Mapping[str, Any], replayed: bool) -> Answer:
+        return cls(int(kept["status"]), kept["body"], kept["headers"], replayed)
 
 
 @dataclass(frozen=True)
@@ -106,66 +142,111 @@ def caller(request: Request) -> str:
 
 
 def list_releases(context: Context, request: Request) -> Response:
-    return _respond(lambda: use_cases.list_releases(context, ListQuery.from_params(_query(request))))
+    def run() -> Answer:
+        page = use_cases.list_releases(context, ListQuery.from_params(_query(request)))
+        return Answer(
+            200, {"releases": [release.to_dict() for release in page.releases], "next": page.next_token}
+        )
+
+    return _respond(run)
 
 
 def get_release(context: Context, request: Request, release_id: str) -> Response:
-    def run() -> use_cases.Answer:
+    def run() -> Answer:
         _no_query(request)
-        return use_cases.release_detail(context, release_id)
+        detail = use_cases.release_detail(context, release_id)
+        body = {**detail.release.to_dict(), "history": [event.to_dict() for event in detail.history]}
+        if detail.progress is not None:
+            body["progress"] = dict(detail.progress)
+        return Answer(200, body)
 
     return _respond(run)
 
 
 def create_release(context: Context, request: Request) -> Response:
-    def run(post: Post) -> use_cases.Answer:
-        return use_cases.deploy(context, DeployRequest.from_body(post.body), post.actor, post.new_release_id)
+    def run(post: Post) -> Answer:
+        request_body = DeployRequest.from_body(post.body)
+        return _submitted(use_cases.deploy(context, request_body, post.actor, post.new_release_id))
 
     return _post(context, request, DeployRequest.FIELDS, run)
 
 
 def redeploy(context: Context, request: Request, release_id: str) -> Response:
-    def run(post: Post) -> use_cases.Answer:
-        return use_cases.redeploy(context, release_id, post.actor, post.new_release_id)
+    def run(post: Post) -> Answer:
+        return _submitted(use_cases.redeploy(context, release_id, post.actor, post.new_release_id))
 
     return _post(context, request, frozenset(), run)
 
 
 def cancel(context: Context, request: Request, release_id: str) -> Response:
-    def run(post: Post) -> use_cases.Answer:
-        return use_cases.cancel(context, release_id, post.actor)
+    def run(post: Post) -> Answer:
+        cancelled = use_cases.cancel(context, release_id, post.actor)
+        # 202: CodeDeploy was asked to stop, and the release ends when it has.
+        return Answer(202 if cancelled.stop_requested else 200, cancelled.release.to_dict())
 
     return _post(context, request, frozenset(), run)
 
 
 def roll_back(context: Context, request: Request, name: str) -> Response:
-    def run(post: Post) -> use_cases.Answer:
+    def run(post: Post) -> Answer:
         target = rollback_target(post.body)
-        return use_cases.roll_back(context, name, target, post.actor, post.new_release_id)
+        return _submitted(use_cases.roll_back(context, name, target, post.actor, post.new_release_id))
 
     return _post(context, request, frozenset({"to"}), run)
 
 
 def list_pipelines(context: Context, request: Request) -> Response:
-    def run() -> use_cases.Answer:
+    def run() -> Answer:
         _no_query(request)
-        return use_cases.list_pipelines(context)
+        return Answer(
+            200, {"pipelines": [_pipeline_status(status) for status in use_cases.list_pipelines(context)]}
+        )
 
     return _respond(run)
 
 
 def get_pipeline(context: Context, request: Request, name: str) -> Response:
-    def run() -> use_cases.Answer:
+    def run() -> Answer:
         _no_query(request)
-        return use_cases.pipeline_detail(context, name)
+        detail = use_cases.pipeline_detail(context, name)
+        slot = detail.status.slot
+        body = _pipeline_status(detail.status)
+        body["active_release"] = _named(detail.releases, slot.active)
+        body["waiting_releases"] = [
+            detail.releases[waiting].to_dict() for waiting in slot.waiting if waiting in detail.releases
+        ]
+        body["last_good_release"] = _named(detail.releases, slot.last_good)
+        return Answer(200, body)
 
     return _respond(run)
 
 
+def _submitted(submitted: use_cases.Submitted) -> Answer:
+    release = submitted.release
+    # 200: a repeated request, whose release exists already.
+    status = 201 if submitted.created else 200
+    return Answer(status, release.to_dict(), headers={"Location": f"/releases/{release.id}"})
+
+
+def _pipeline_status(status: use_cases.PipelineStatus) -> dict[str, Any]:
+    slot = status.slot
+    return {
+        **status.pipeline.to_dict(),
+        "active": slot.active,
+        "waiting": list(slot.waiting),
+        "last_good": slot.last_good,
+    }
+
+
+def _named(releases: Mapping[str, Release], release_id: str | None) -> dict[str, Any] | None:
+    release = releases.get(release_id) if release_id else None
+    return release.to_dict() if release is not None else None
+
+
 def _post(
-    context: Context, request: Request, fields: frozenset[str], use_case: Callable[[Post], use_cases.Answer]
+    context: Context, request: Request, fields: frozenset[str], use_case: Callable[[Post], Answer]
 ) -> Response:
-    def run() -> use_cases.Answer:
+    def run() -> Answer:
         _no_query(request)
         key = idempotency_key(request.headers.get("idempotency-key"))
         body = parse_body(request.raw_body, fields)
@@ -173,16 +254,39 @@ def _post(
         fingerprint = request_fingerprint(request.method, route, body)
         release_id = derived_release_id(key, fingerprint, uuid.uuid4().hex[:20])
         post = Post(body=body, actor=caller(request), new_release_id=release_id)
-        lease = _longest_run(request)
-        return use_cases.answer_once(context, key, fingerprint, lambda: use_case(post), lease)
+        if key is None:
+            return use_case(post)
+        return _answer_once(context, request, key, fingerprint, lambda: use_case(post))
 
     return _respond(run)
 
 
+def _answer_once(
+    context: Context, request: Request, key: str, fingerprint: str, answer: Callable[[], Answer]
+) -> Answer:
+    """Run a POST at most once per Idempotency-Key. The release id is derived from the key and
+    request, so a retry that takes over the key of a request that died finds the release that
+    request created instead of deploying again."""
+    ledger = context.store.request_ledger()
+    try:
+        kept, replayed = ledger.answer_once(
+            key, fingerprint, lambda: answer().to_json(), _longest_run(request)
+        )
+    except IdempotencyKeyReused:
+        raise InvalidValue(
+            "this Idempotency-Key was already used for a different request; send a new key for a new request"
+        ) from None
+    except IdempotencyKeyBusy:
+        raise ConflictingState(
+            "a request with this Idempotency-Key is still being answered; retry in a few seconds"
+        ) from None
+    return Answer.from_json(kept, replayed)
+
+
 def _longest_run(request: Request) -> timedelta:
-    """How long a request of this function can run: Lambda's timeout, read from the time this
-    invocation has left (it has only just started). An in-progress Idempotency-Key claim older
-    than that belongs to a request that died, and a retry may take it over."""
+    """How long this request can still run: the time this invocation has left (it has only just
+    started). An in-progress Idempotency-Key claim older than that belongs to a request that died,
+    and a retry may take it over."""
     lambda_context = getattr(request, "lambda_context", None)
     remaining_ms = getattr(lambda_context, "get_remaining_time_in_millis", None)
     # API Gateway's integration timeout bounds it too (the template sizes the function to it; a
@@ -193,11 +297,12 @@ def _longest_run(request: Request) -> timedelta:
     return min(timedelta(milliseconds=int(remaining_ms())), API_GATEWAY_TIMEOUT) + CLOCK_SKEW
 
 
-def _respond(run: Callable[[], use_cases.Answer]) -> Response:
+def _respond(run: Callable[[], Answer]) -> Response:
     try:
         answer = run()
-    except ApiError as refused:
-        return error_response(refused.status, refused.code, str(refused))
+    except Refused as refused:
+        status, code = _refusal(refused)
+        return error_response(status, code, str(refused))
     except ClientError as failed:
         return aws_error_response(failed)
     except BotoCoreError as unreachable:
@@ -210,6 +315,11 @@ def _respond(run: Callable[[], use_cases.Answer]) -> Response:
     if answer.replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(body=dict(answer.body), status_code=answer.status, headers=headers)
+
+
+def _refusal(refused: Refused) -> tuple[int, str]:
+    """The status and code of the nearest kind of refusal the API knows."""
+    return next(REFUSALS[kind] for kind in type(refused).__mro__ if kind in REFUSALS)
 
 
 def error_response(status: int, code: str, message: str) -> Response:

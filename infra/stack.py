@@ -144,7 +144,8 @@ def queue_attributes(settings: QueueSettings, dead_letter_arn: str | None) -> di
 
 # --- the table ----------------------------------------------------------------------------------
 
-# Idempotency records of the API carry their expiry in ``expires_at``.
+# The API's Idempotency-Key records carry their expiry in ``expires_at`` (Powertools' ``expiry_attr``,
+# chalicelib/adapters/request_ledger.py EXPIRY_ATTRIBUTE).
 TTL_ATTRIBUTE = "expires_at"
 
 

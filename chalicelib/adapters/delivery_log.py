@@ -2,10 +2,11 @@
 
 A delivery is claimed with a conditional write before the channel is called and confirmed after,
 so a duplicated stream record or queue message finds it delivered (or being delivered) and posts
-nothing. A claim left by a Lambda that died mid-way expires after a lease and may be taken over;
-a failed attempt marks its claim ``released`` instead, so the retry may take it at once. Either
-way the claim write returns the record it replaced (``ReturnValues=ALL_OLD``, no extra call), and
-a retry knows that an earlier attempt may have posted.
+nothing. A claim left by a Lambda that died mid-way expires after the claim lease
+(chalicelib/domain/leases.py) and may be taken over; a failed attempt marks its claim ``released``
+instead, so the retry may take it at once. Either way the claim write returns the record it
+replaced (``ReturnValues=ALL_OLD``, no extra call), and a retry knows that an earlier attempt may
+have posted.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.service.notification_ports import Claim
 
-# Longer than one delivery can take at its worst (Slack's slowest path with retries and the store
-# calls around it; infra.sizing.notification_worst_s, bound by tests/unit/test_template.py), so a
-# live attempt is never taken over; a dead one's message is retaken once it has run out.
-CLAIM_LEASE = timedelta(minutes=3)
 # Nobody has claimed it, an earlier attempt gave it up, or the claim is an abandoned one.
 _CLAIMABLE = "attribute_not_exists(pk) OR #status = :released OR (#status = :sending AND claimed_at < :stale)"
 

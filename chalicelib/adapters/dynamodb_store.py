@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -27,7 +26,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
-from chalicelib.service.ports import Change, IdempotencyRecord, WriteConflict
+from chalicelib.service.ports import Change, RequestLedger, WriteConflict
 
 BY_PIPELINE_INDEX = "by_pipeline"
 IN_FLIGHT_INDEX = "in_flight"
@@ -86,36 +85,6 @@ def _slot_key(pipeline: str) -> dict[str, Any]:
 
 def _deployment_key(deployment_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"DEP#{deployment_id}"}, "sk": {"S": "REL"}}
-
-
-def _idempotency_key(key: str) -> dict[str, Any]:
-    return {"pk": {"S": f"IDEMPOTENCY#{key}"}, "sk": {"S": "REQUEST"}}
-
-
-def _idempotency_item(record: IdempotencyRecord) -> dict[str, Any]:
-    return {
-        "pk": f"IDEMPOTENCY#{record.key}",
-        "sk": "REQUEST",
-        "kind": "idempotency",
-        "fingerprint": record.fingerprint,
-        # Numbers, so the claim's condition compares them; ``expires_at`` is the table's TTL.
-        "claimed_at": Decimal(str(record.claimed_at.timestamp())),
-        "expires_at": int(record.expires_at.timestamp()),
-        "answer_status": record.status,
-        "answer_body": record.body,
-    }
-
-
-def _idempotency_record(item: Mapping[str, Any]) -> IdempotencyRecord:
-    status = item.get("answer_status")
-    return IdempotencyRecord(
-        key=str(item["pk"]).removeprefix("IDEMPOTENCY#"),
-        fingerprint=str(item["fingerprint"]),
-        claimed_at=datetime.fromtimestamp(float(item["claimed_at"]), UTC),
-        expires_at=datetime.fromtimestamp(float(item["expires_at"]), UTC),
-        status=int(status) if status is not None else None,
-        body=item.get("answer_body"),
-    )
 
 
 def _serialize(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -247,6 +216,7 @@ class DynamoReleaseStore:
     def __init__(self, client: Any, table_name: str) -> None:
         self._client = client
         self._table = table_name
+        self._request_ledger: RequestLedger | None = None
 
     def get_release(self, release_id: str) -> Release | None:
         response = self._client.get_item(
@@ -335,49 +305,14 @@ class DynamoReleaseStore:
             arguments["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         return releases
 
-    def claim_idempotency(self, claim: IdempotencyRecord, stale_before: datetime) -> IdempotencyRecord | None:
-        item = _serialize(_idempotency_item(claim))
-        # Free when absent, expired (TTL deletes lazily) or claimed by a request that died.
-        condition = (
-            "attribute_not_exists(pk) OR expires_at < :now"
-            " OR (attribute_not_exists(answer_status) AND claimed_at < :stale)"
-        )
-        values = {
-            ":now": {"N": str(int(claim.claimed_at.timestamp()))},
-            ":stale": {"N": str(stale_before.timestamp())},
-        }
-        for _ in range(3):
-            try:
-                self._client.put_item(
-                    TableName=self._table,
-                    Item=item,
-                    ConditionExpression=condition,
-                    ExpressionAttributeValues=values,
-                )
-                return None
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                    raise
-            held = self._client.get_item(
-                TableName=self._table, Key=_idempotency_key(claim.key), ConsistentRead=True
-            ).get("Item")
-            if held is not None:
-                return _idempotency_record(_deserialize(held))
-        raise WriteConflict(f"idempotency key {claim.key!r} keeps changing hands")
+    def request_ledger(self) -> RequestLedger:
+        """The API's Idempotency-Key answers in this table, through this client; built on first use
+        (Powertools' idempotency is not imported at cold start)."""
+        if self._request_ledger is None:
+            from chalicelib.adapters.request_ledger import PowertoolsRequestLedger
 
-    def save_idempotent_answer(self, answered: IdempotencyRecord) -> None:
-        self._client.put_item(TableName=self._table, Item=_serialize(_idempotency_item(answered)))
-
-    def drop_idempotency(self, key: str) -> None:
-        try:
-            self._client.delete_item(
-                TableName=self._table,
-                Key=_idempotency_key(key),
-                ConditionExpression="attribute_not_exists(answer_status)",
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
-                raise
+            self._request_ledger = PowertoolsRequestLedger(self._client, self._table)
+        return self._request_ledger
 
     def _query(self, **arguments: Any) -> Iterator[dict[str, Any]]:
         paginator = self._client.get_paginator("query")

@@ -2,8 +2,9 @@
 path ids, idempotency keys and page cursors.
 
 Every check here runs before a value reaches DynamoDB, S3 or CodeDeploy, so a value AWS would
-refuse (a lone surrogate, an oversized key, a malformed cursor) is answered with a 4xx that says
-what to fix instead of surfacing as a 500. Pure: no AWS, no Chalice.
+refuse (a lone surrogate, an oversized key, a malformed cursor) is refused (``Refused``) with a
+message that says what to fix instead of surfacing as a 500. Pure: no AWS, no Chalice, no HTTP
+statuses.
 """
 
 from __future__ import annotations
@@ -37,39 +38,29 @@ IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _CREATED_KEY = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.+-]{8,32}#" + RELEASE_ID.pattern)
 
 
-class ApiError(Exception):
-    """A request the API refuses; ``status`` and ``code`` are what the caller receives."""
-
-    status: ClassVar[int] = 400
-    code: ClassVar[str] = "BadRequestError"
+class Refused(Exception):
+    """A request the coordinator does not carry out; the message says what to fix. The HTTP layer
+    (chalicelib/api.py) answers each kind with its status."""
 
 
-class Malformed(ApiError):
+class Malformed(Refused):
     """Not JSON, not an object, a query value that is not what it claims to be."""
 
 
-class NotFound(ApiError):
-    status = 404
-    code = "NotFoundError"
+class TooLarge(Refused):
+    """More than the coordinator accepts."""
 
 
-class Conflict(ApiError):
-    """The resource's current state forbids the action."""
-
-    status = 409
-    code = "ConflictError"
-
-
-class PayloadTooLarge(ApiError):
-    status = 413
-    code = "PayloadTooLargeError"
-
-
-class Invalid(ApiError):
+class InvalidValue(Refused):
     """Well-formed, but a value is wrong: unknown field, wrong type, nothing by that name."""
 
-    status = 422
-    code = "UnprocessableEntityError"
+
+class NotFound(Refused):
+    """What the request names does not exist."""
+
+
+class ConflictingState(Refused):
+    """What the request names exists, but its current state forbids the action."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -89,7 +80,7 @@ def parse_body(raw: bytes | str | None, allowed: frozenset[str]) -> dict[str, An
     """A JSON object with only ``allowed`` fields; an empty body counts as ``{}``."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else (raw or b"")
     if len(data) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"request body is {len(data)} bytes; at most {MAX_BODY_BYTES} are accepted")
+        raise TooLarge(f"request body is {len(data)} bytes; at most {MAX_BODY_BYTES} are accepted")
     if not data.strip():
         return {}
     try:
@@ -105,7 +96,7 @@ def parse_body(raw: bytes | str | None, allowed: frozenset[str]) -> dict[str, An
     unknown = sorted(set(value) - allowed)
     if unknown:
         allowed_text = ", ".join(sorted(allowed)) or "none"
-        raise Invalid(f"unknown field(s) {_names(unknown)}; allowed: {allowed_text}")
+        raise InvalidValue(f"unknown field(s) {_names(unknown)}; allowed: {allowed_text}")
     return value
 
 
@@ -119,22 +110,22 @@ def optional_text(body: Mapping[str, Any], name: str, *, max_bytes: int) -> str 
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise Invalid(f"field {name!r} must be a non-empty string")
+        raise InvalidValue(f"field {name!r} must be a non-empty string")
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise Invalid(f"field {name!r} is not valid Unicode text") from None
+        raise InvalidValue(f"field {name!r} is not valid Unicode text") from None
     if size > max_bytes:
-        raise Invalid(f"field {name!r} is {size} bytes long; at most {max_bytes} are accepted")
+        raise InvalidValue(f"field {name!r} is {size} bytes long; at most {max_bytes} are accepted")
     if any(ord(character) < 0x20 or ord(character) == 0x7F for character in value):
-        raise Invalid(f"field {name!r} contains control characters")
+        raise InvalidValue(f"field {name!r} contains control characters")
     return value
 
 
 def required_text(body: Mapping[str, Any], name: str, *, max_bytes: int) -> str:
     value = optional_text(body, name, max_bytes=max_bytes)
     if value is None:
-        raise Invalid(f"field {name!r} is required")
+        raise InvalidValue(f"field {name!r} is required")
     return value
 
 
@@ -153,7 +144,7 @@ class DeployRequest:
     def from_body(cls, body: Mapping[str, Any]) -> DeployRequest:
         version = optional_text(body, "version", max_bytes=_MAX_KEY_BYTES)
         if version is not None and not _VERSION_ID.fullmatch(version):
-            raise Invalid(f"field 'version' is not an S3 version id: {version[:64]!r}")
+            raise InvalidValue(f"field 'version' is not an S3 version id: {version[:64]!r}")
         return cls(
             pipeline=required_text(body, "pipeline", max_bytes=_MAX_NAME_LENGTH),
             key=required_text(body, "key", max_bytes=_MAX_KEY_BYTES),
@@ -166,7 +157,7 @@ def rollback_target(body: Mapping[str, Any]) -> str | None:
     """``POST /pipelines/{name}/rollback``: ``{"to": id}`` or nothing (the last good release)."""
     target = optional_text(body, "to", max_bytes=_MAX_NAME_LENGTH + 32)
     if target is not None and not RELEASE_ID.fullmatch(target):
-        raise Invalid(f"field 'to' is not a release id: {target[:64]!r}")
+        raise InvalidValue(f"field 'to' is not a release id: {target[:64]!r}")
     return target
 
 
@@ -199,7 +190,7 @@ class ListQuery:
             values[name] = given[0]
         pipeline = values.get("pipeline")
         if pipeline is not None and not pipeline:
-            raise Invalid("query parameter 'pipeline' is empty; leave it out to list every pipeline")
+            raise InvalidValue("query parameter 'pipeline' is empty; leave it out to list every pipeline")
         return cls(
             pipeline=pipeline,
             limit=_limit(values.get("limit")),
@@ -214,7 +205,7 @@ def _limit(raw: str | None) -> int:
         raise Malformed(f"query parameter 'limit' must be a whole number, got {raw[:32]!r}")
     limit = int(raw)
     if not 1 <= limit <= MAX_LIMIT:
-        raise Invalid(f"query parameter 'limit' must be between 1 and {MAX_LIMIT}, got {limit}")
+        raise InvalidValue(f"query parameter 'limit' must be between 1 and {MAX_LIMIT}, got {limit}")
     return limit
 
 

@@ -1,94 +1,102 @@
 """The use cases behind the HTTP API: read releases and pipelines; deploy, redeploy, roll back
 and cancel on behalf of a caller, who is recorded as the actor.
 
-Each returns an ``Answer`` or raises an ``ApiError`` whose message says what to fix. New releases
-go through ``submit``, like uploads, so the API adds no second way into a pipeline's slot.
+Each returns what it found or did, or raises a ``Refused`` (chalicelib/domain/api_requests.py)
+whose message says what to fix; chalicelib/api.py turns both into HTTP answers. New releases go
+through ``submit``, like uploads, so the API adds no second way into a pipeline's slot.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain.api_requests import (
-    Conflict,
+    ConflictingState,
     DeployRequest,
-    Invalid,
+    InvalidValue,
     ListQuery,
     NotFound,
     encode_cursor,
     known_release_id,
 )
 from chalicelib.domain.pipelines import Pipeline
-from chalicelib.domain.release import EventType, Release, ReleaseState, Revision, Step, Trigger, record
+from chalicelib.domain.release import (
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Revision,
+    Step,
+    Trigger,
+    record,
+)
+from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.context import Context, retry_on_conflict
-from chalicelib.service.ports import Change, DeploymentAlreadyEnded, IdempotencyRecord, StoredObject
+from chalicelib.service.ports import Change, DeploymentAlreadyEnded, StoredObject
 from chalicelib.service.slot_flow import finish
 from chalicelib.service.submission import Submission, submit
 
-# How long an answer is replayed for its Idempotency-Key (then DynamoDB's TTL removes it).
-IDEMPOTENCY_TTL = timedelta(hours=24)
 # Instance statuses CodeDeploy is done with.
 _DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
 
 
 @dataclass(frozen=True)
-class Answer:
-    status: int
-    body: Mapping[str, Any]
-    # Set when the answer is the stored one of an earlier request with the same Idempotency-Key.
-    replayed: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)
+class ReleasePage:
+    """Releases newest first, and the token of the next page (None: this is the last)."""
+
+    releases: list[Release]
+    next_token: str | None
 
 
-def answer_once(
-    context: Context, key: str | None, fingerprint: str, run: Callable[[], Answer], lease: timedelta
-) -> Answer:
-    """Run a POST at most once per Idempotency-Key: the same key and request get the first answer
-    again, a different request under the same key is refused.
-
-    ``lease`` is the longest a request can run (the function's timeout): a claim without an answer
-    older than that belongs to a request that died, and this one takes it over. The release id is
-    derived from the key and request, so the takeover finds the release the dead request created
-    instead of deploying again."""
-    if key is None:
-        return run()
-    now = context.clock.now()
-    claim = IdempotencyRecord(
-        key=key, fingerprint=fingerprint, claimed_at=now, expires_at=now + IDEMPOTENCY_TTL
-    )
-    held = context.store.claim_idempotency(claim, stale_before=now - lease)
-    if held is not None:
-        if held.fingerprint != fingerprint:
-            raise Invalid(
-                "this Idempotency-Key was already used for a different request; send a new key "
-                "for a new request"
-            )
-        if held.status is None or held.body is None:
-            raise Conflict(
-                "a request with this Idempotency-Key is still being answered; retry in a few seconds"
-            )
-        return Answer(held.status, json.loads(held.body), replayed=True)
-    try:
-        answer = run()
-    except BaseException:
-        # Refused or failed: nothing was promised, so the caller may fix the request and retry.
-        try:
-            context.store.drop_idempotency(key)
-        except Exception:
-            logger.exception("could not drop an idempotency claim; it lapses by itself", extra={"key": key})
-        raise
-    answered = dataclasses.replace(claim, status=answer.status, body=json.dumps(dict(answer.body)))
-    context.store.save_idempotent_answer(answered)
-    return answer
+@dataclass(frozen=True)
+class ReleaseDetail:
+    release: Release
+    history: list[HistoryEvent]
+    # How far a DEPLOYING or VERIFYING release got; None otherwise, or when CodeDeploy could not say.
+    progress: Mapping[str, Any] | None
 
 
-def list_releases(context: Context, query: ListQuery) -> Answer:
+@dataclass(frozen=True)
+class Submitted:
+    """A release the API asked for, as it stands after its start (with its deployment id, or
+    FAILED if CodeDeploy refused it)."""
+
+    release: Release
+    # False: the release already existed (a repeated request made it before).
+    created: bool
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    release: Release
+    # True: CodeDeploy was asked to stop the deployment, and its STOP event finishes the release;
+    # False: the release stopped at once.
+    stop_requested: bool
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    pipeline: Pipeline
+    slot: PipelineSlot
+
+    @property
+    def named_releases(self) -> list[str]:
+        """The ids of the releases the slot names: active, waiting, last good."""
+        slot = self.slot
+        return [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
+
+
+@dataclass(frozen=True)
+class PipelineDetail:
+    status: PipelineStatus
+    # The releases the slot names, by id (one the store no longer has is left out).
+    releases: Mapping[str, Release]
+
+
+def list_releases(context: Context, query: ListQuery) -> ReleasePage:
     """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
     query per pipeline, and the token (a position in time) works the same for one or all."""
     if query.pipeline is not None:
@@ -105,7 +113,7 @@ def list_releases(context: Context, query: ListQuery) -> Answer:
     found.sort(key=_position, reverse=True)
     page = found[: query.limit]
     token = encode_cursor(_position(page[-1])) if len(found) > query.limit else None
-    return Answer(200, {"releases": [release.to_dict() for release in page], "next": token})
+    return ReleasePage(page, token)
 
 
 def _position(release: Release) -> str:
@@ -113,13 +121,9 @@ def _position(release: Release) -> str:
     return f"{release.created_at.isoformat()}#{release.id}"
 
 
-def release_detail(context: Context, release_id: str) -> Answer:
+def release_detail(context: Context, release_id: str) -> ReleaseDetail:
     release = _release(context, release_id)
-    body = {**release.to_dict(), "history": [event.to_dict() for event in context.store.history(release.id)]}
-    progress = _progress(context, release)
-    if progress is not None:
-        body["progress"] = progress
-    return Answer(200, body)
+    return ReleaseDetail(release, context.store.history(release.id), _progress(context, release))
 
 
 def _progress(context: Context, release: Release) -> dict[str, Any] | None:
@@ -151,29 +155,29 @@ def _progress(context: Context, release: Release) -> dict[str, Any] | None:
     }
 
 
-def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Answer:
+def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Submitted:
     """Deploy an object of a pipeline that is already in S3 (an upload that was missed, or an
     older object again)."""
     pipeline = _pipeline_for_value(context, request.pipeline)
     where = f"s3://{pipeline.bucket}/{pipeline.prefix}"
     if request.bucket is not None and request.bucket != pipeline.bucket:
-        raise Invalid(
+        raise InvalidValue(
             f"pipeline {pipeline.name!r} deploys from bucket {pipeline.bucket!r}, not {request.bucket!r}"
         )
     if not pipeline.matches(pipeline.bucket, request.key):
-        raise Invalid(
+        raise InvalidValue(
             f"key {request.key[:200]!r} is not under {where}: "
             f"pipeline {pipeline.name!r} deploys only from there"
         )
     if Revision(pipeline.bucket, request.key, None, None).bundle_type is None:
-        raise Invalid(
+        raise InvalidValue(
             f"key {request.key[:200]!r} is not a CodeDeploy bundle: "
             "it must end in .zip, .tar, .tar.gz or .tgz"
         )
     stored = context.artifacts.find(pipeline.bucket, request.key, request.version)
     if stored is None:
         version = f" version {request.version!r}" if request.version else ""
-        raise Invalid(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
+        raise InvalidValue(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
     return _submit(
         context,
         pipeline,
@@ -185,11 +189,11 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
     )
 
 
-def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Answer:
+def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Submitted:
     """Deploy the exact revision of an earlier release again, as a new release."""
     original = _release(context, release_id)
     if not original.state.is_terminal:
-        raise Conflict(
+        raise ConflictingState(
             f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
         )
     pipeline = _pipeline_for_release(context, original)
@@ -207,14 +211,14 @@ def redeploy(context: Context, release_id: str, actor: str, new_release_id: str)
 
 def roll_back(
     context: Context, pipeline_name: str, to: str | None, actor: str, new_release_id: str
-) -> Answer:
+) -> Submitted:
     """A new release of an earlier verified revision: ``to``, or the pipeline's last good one.
     Like an automatic rollback it goes ahead of every waiting release."""
     pipeline = _pipeline_for_path(context, pipeline_name)
     slot = context.store.get_slot(pipeline.name)
     if to is None:
         if slot.last_good is None:
-            raise Conflict(
+            raise ConflictingState(
                 f"no release of pipeline {pipeline.name!r} has succeeded yet: "
                 "there is nothing to roll back to"
             )
@@ -222,9 +226,9 @@ def roll_back(
     else:
         found = context.store.get_release(to)
         if found is None or found.pipeline != pipeline.name:
-            raise Invalid(f"field 'to': pipeline {pipeline.name!r} has no release {to!r}")
+            raise InvalidValue(f"field 'to': pipeline {pipeline.name!r} has no release {to!r}")
         if found.state is not ReleaseState.SUCCEEDED:
-            raise Invalid(
+            raise InvalidValue(
                 f"field 'to': release {to} is {found.state.value}; "
                 "only a SUCCEEDED release can be rolled back to"
             )
@@ -232,7 +236,7 @@ def roll_back(
     newest = context.store.list_releases(pipeline.name, 1, None)
     current = slot.active or (newest[0].id if newest else None)
     if current is None or current == target.id:
-        raise Conflict(
+        raise ConflictingState(
             f"release {target.id} is already the current release of {pipeline.name!r}; "
             'name an earlier SUCCEEDED release with {"to": id}'
         )
@@ -249,12 +253,12 @@ def roll_back(
     )
 
 
-def cancel(context: Context, release_id: str, actor: str) -> Answer:
-    """A waiting or verifying release stops at once (200); a deploying one asks CodeDeploy to
-    stop (202), and CodeDeploy's STOP event then finishes it."""
+def cancel(context: Context, release_id: str, actor: str) -> Cancelled:
+    """A waiting or verifying release stops at once; a deploying one asks CodeDeploy to stop,
+    and CodeDeploy's STOP event then finishes it."""
     release = _release(context, release_id)
     if release.state.is_terminal:
-        raise Conflict(f"release {release.id} already ended {release.state.value}: {release.reason}")
+        raise ConflictingState(f"release {release.id} already ended {release.state.value}: {release.reason}")
     if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
         finished = finish(
             context,
@@ -265,14 +269,14 @@ def cancel(context: Context, release_id: str, actor: str) -> Answer:
         )
         if finished is None:
             moved = _release(context, release.id)
-            raise Conflict(
+            raise ConflictingState(
                 f"release {release.id} moved to {moved.state.value} meanwhile; look again before cancelling"
             )
-        return Answer(200, finished.to_dict())
+        return Cancelled(finished, stop_requested=False)
     if release.deployment_id is None:
         # RECEIVED, or DEPLOYING while CreateDeployment is in flight: stopping now could race
         # the deployment being created.
-        raise Conflict(f"release {release.id} is being started; retry the cancel in a few seconds")
+        raise ConflictingState(f"release {release.id} is being started; retry the cancel in a few seconds")
     pipeline = context.pipelines.named(release.pipeline)
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
     # on the instances this deployment already updated.
@@ -281,7 +285,7 @@ def cancel(context: Context, release_id: str, actor: str) -> Answer:
     try:
         context.deployments.stop(release.deployment_id, auto_rollback)
     except DeploymentAlreadyEnded:
-        raise Conflict(
+        raise ConflictingState(
             f"CodeDeploy deployment {release.deployment_id} already ended; release {release.id} "
             "records its outcome shortly"
         ) from None
@@ -294,12 +298,8 @@ def cancel(context: Context, release_id: str, actor: str) -> Answer:
         except Exception:
             logger.exception("could not record the refused cancel", extra={"release_id": release.id})
         raise
-    return Answer(
-        202,
-        _record_on_deploying(
-            context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor}
-        ).to_dict(),
-    )
+    scheduled = _record_on_deploying(context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
+    return Cancelled(scheduled, stop_requested=True)
 
 
 def aws_error_code(error: BaseException) -> str:
@@ -326,33 +326,19 @@ def _record_on_deploying(
     return retry_on_conflict(decide)
 
 
-def list_pipelines(context: Context) -> Answer:
-    return Answer(
-        200,
-        {"pipelines": [_pipeline_status(context, pipeline)[0] for pipeline in context.pipelines.pipelines]},
-    )
+def list_pipelines(context: Context) -> list[PipelineStatus]:
+    return [_pipeline_status(context, pipeline) for pipeline in context.pipelines.pipelines]
 
 
-def pipeline_detail(context: Context, name: str) -> Answer:
+def pipeline_detail(context: Context, name: str) -> PipelineDetail:
     """The pipeline with its slot, and the releases the slot names in full."""
-    status, release_ids = _pipeline_status(context, _pipeline_for_path(context, name))
-    releases = {release.id: release.to_dict() for release in context.store.get_releases(release_ids)}
-    status["active_release"] = releases.get(status["active"]) if status["active"] else None
-    status["waiting_releases"] = [releases[waiting] for waiting in status["waiting"] if waiting in releases]
-    status["last_good_release"] = releases.get(status["last_good"]) if status["last_good"] else None
-    return Answer(200, status)
+    status = _pipeline_status(context, _pipeline_for_path(context, name))
+    releases = {release.id: release for release in context.store.get_releases(status.named_releases)}
+    return PipelineDetail(status, releases)
 
 
-def _pipeline_status(context: Context, pipeline: Pipeline) -> tuple[dict[str, Any], list[str]]:
-    slot = context.store.get_slot(pipeline.name)
-    status: dict[str, Any] = {
-        **pipeline.to_dict(),
-        "active": slot.active,
-        "waiting": list(slot.waiting),
-        "last_good": slot.last_good,
-    }
-    named = [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
-    return status, named
+def _pipeline_status(context: Context, pipeline: Pipeline) -> PipelineStatus:
+    return PipelineStatus(pipeline, context.store.get_slot(pipeline.name))
 
 
 def _submit(
@@ -365,7 +351,7 @@ def _submit(
     release_id: str,
     metadata: Mapping[str, str],
     rollback_of: str | None = None,
-) -> Answer:
+) -> Submitted:
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
         release, created = submit(
             context,
@@ -380,8 +366,7 @@ def _submit(
             ),
         )
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    latest = context.store.get_release(release.id) or release
-    return Answer(201 if created else 200, latest.to_dict(), headers={"Location": f"/releases/{latest.id}"})
+    return Submitted(context.store.get_release(release.id) or release, created)
 
 
 def _release(context: Context, release_id: str) -> Release:
@@ -401,14 +386,16 @@ def _pipeline_for_path(context: Context, name: str) -> Pipeline:
 def _pipeline_for_value(context: Context, name: str) -> Pipeline:
     pipeline = context.pipelines.named(name)
     if pipeline is None:
-        raise Invalid(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
+        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
     return pipeline
 
 
 def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
     pipeline = context.pipelines.named(release.pipeline)
     if pipeline is None:
-        raise Conflict(f"pipeline {release.pipeline!r} of release {release.id} is no longer configured")
+        raise ConflictingState(
+            f"pipeline {release.pipeline!r} of release {release.id} is no longer configured"
+        )
     return pipeline
 
 
@@ -424,7 +411,7 @@ def _still_in_s3(context: Context, release: Release) -> StoredObject:
     if stored is None or (
         revision.version is None and revision.etag and stored.revision.etag != revision.etag
     ):
-        raise Conflict(
+        raise ConflictingState(
             f"the bundle of release {release.id} (s3://{revision.bucket}/{revision.key}) is no longer in S3 "
             "as it was; upload it again"
         )

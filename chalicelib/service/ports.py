@@ -5,10 +5,10 @@ Adapters in ``chalicelib.adapters`` implement these against AWS; tests may hand 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
@@ -57,28 +57,34 @@ class ReleaseStore(Protocol):
         ``created_at.isoformat()#id``), at most ``limit``."""
         ...
 
-    def claim_idempotency(self, claim: IdempotencyRecord, stale_before: datetime) -> IdempotencyRecord | None:
-        """Record that a request with this key is being answered. None when the claim is taken;
-        else the record already there (answered, or in progress since after ``stale_before``)."""
-        ...
-
-    def save_idempotent_answer(self, answered: IdempotencyRecord) -> None: ...
-
-    def drop_idempotency(self, key: str) -> None:
-        """Forget a claim whose request was refused, so the caller may fix it and retry."""
+    def request_ledger(self) -> RequestLedger:
+        """The answers to requests made with an idempotency key, kept beside the releases."""
         ...
 
 
-@dataclass(frozen=True)
-class IdempotencyRecord:
-    """A POST answered (or being answered) under an ``Idempotency-Key``."""
+class IdempotencyKeyReused(Exception):
+    """The idempotency key was first used for a different request."""
 
-    key: str
-    fingerprint: str  # of the request: route and body
-    claimed_at: datetime
-    expires_at: datetime
-    status: int | None = None  # None while the first request is still being answered
-    body: str | None = None  # the answer, as JSON
+
+class IdempotencyKeyBusy(Exception):
+    """The first request made with the idempotency key is still being answered."""
+
+
+class RequestLedger(Protocol):
+    """Requests carried out at most once per idempotency key (the HTTP API's ``Idempotency-Key``,
+    chalicelib/api.py): the first answer is kept and given again to the same request."""
+
+    def answer_once(
+        self, key: str, request_hash: str, answer: Callable[[], dict[str, Any]], time_left: timedelta
+    ) -> tuple[dict[str, Any], bool]:
+        """The answer to the request, and whether it is the kept answer of an earlier one.
+
+        ``request_hash`` says what makes two requests the same; ``answer`` (JSON) runs only when
+        no answer is kept and no request with the key is running. ``time_left`` is how long
+        this request can still run: a claim older than that belongs to a request that died, and
+        a retry takes it over. When ``answer`` raises, nothing is kept and the key is free again.
+        Raises ``IdempotencyKeyReused`` and ``IdempotencyKeyBusy``."""
+        ...
 
 
 @dataclass(frozen=True)

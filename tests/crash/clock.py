@@ -15,6 +15,11 @@ Where the time is read, and why each is driven:
 - moto's CodeDeploy (``create_time``, which ``ListDeployments(createTimeRange=...)`` filters on:
   a retry looks for the deployment an earlier attempt created that way) and S3 (``LastModified``,
   which orders uploads) read ``moto.core.utils.utcnow``, imported by name into their models.
+- Powertools' idempotency utility, which keeps the API's Idempotency-Key claims
+  (``chalicelib/adapters/request_ledger.py``: when a dead request's claim lapses), reads
+  ``dt.datetime.now()`` through the name ``dt`` in four modules (``idempotency.base`` and
+  ``persistence.base``, ``.dynamodb``, ``.datarecord``); each gets a ``dt`` whose ``now()`` is the
+  clock's.
 
 Everything else keeps the wall clock: nothing the coordinator decides depends on it.
 """
@@ -22,8 +27,10 @@ Everything else keeps the wall clock: nothing the coordinator decides depends on
 from __future__ import annotations
 
 import contextlib
+import datetime as datetime_module
+import types
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import pytest
 
@@ -58,6 +65,19 @@ class SimulatedClock:
         # moto keeps naive UTC datetimes (moto.core.utils.utcnow).
         return self._now.replace(tzinfo=None)
 
+    def _datetime_module(self) -> types.SimpleNamespace:
+        """The ``datetime`` module as Powertools' idempotency modules use it, its ``now()`` this
+        clock's (aware: Powertools only takes its ``timestamp()`` and adds timedeltas)."""
+        clock = self
+
+        class SimulatedDatetime(datetime):
+            @classmethod
+            def now(cls, tz: tzinfo | None = None) -> SimulatedDatetime:
+                moment = clock.now() if tz is None else clock.now().astimezone(tz)
+                return cls.fromtimestamp(moment.timestamp(), moment.tzinfo)
+
+        return types.SimpleNamespace(**{**vars(datetime_module), "datetime": SimulatedDatetime})
+
     def _unix_time(self, dt: datetime | None = None) -> float:
         moment = dt if dt is not None else self._naive_utc()
         return (moment - datetime(1970, 1, 1)).total_seconds()
@@ -68,7 +88,11 @@ class SimulatedClock:
 
 @contextlib.contextmanager
 def driving_time(clock: SimulatedClock) -> Iterator[None]:
-    """Point the use cases and moto's SQS, CodeDeploy and S3 at ``clock`` while inside."""
+    """Point the use cases, Powertools' idempotency and moto's SQS, CodeDeploy and S3 at ``clock``
+    while inside."""
+    from aws_lambda_powertools.utilities.idempotency import base as idempotency_base
+    from aws_lambda_powertools.utilities.idempotency.persistence import base as persistence_base
+    from aws_lambda_powertools.utilities.idempotency.persistence import datarecord, dynamodb
     from moto.codedeploy import models as codedeploy_models
     from moto.s3 import models as s3_models
     from moto.sqs import models as sqs_models
@@ -81,4 +105,7 @@ def driving_time(clock: SimulatedClock) -> Iterator[None]:
         patch.setattr(sqs_models, "unix_time_millis", clock._unix_time_millis)
         patch.setattr(codedeploy_models, "utcnow", clock._naive_utc)
         patch.setattr(s3_models, "utcnow", clock._naive_utc)
+        simulated = clock._datetime_module()
+        for module in (idempotency_base, persistence_base, datarecord, dynamodb):
+            patch.setattr(module, "dt", simulated)
         yield

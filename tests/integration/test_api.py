@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import timedelta
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from boto3.dynamodb.types import TypeDeserializer
 from chalice.app import IAMAuthorizer
 from chalice.deploy.swagger import SwaggerGenerator
 from chalice.local import LocalGateway, RouteMatcher
@@ -22,9 +24,9 @@ from app import app
 from chalicelib import bootstrap
 from chalicelib.domain.api_requests import MAX_BODY_BYTES, encode_cursor
 from chalicelib.domain.release import EventType, ReleaseState, Trigger
-from chalicelib.service.ports import IdempotencyRecord
+from infra import stack
 from sandbox import moto_extensions
-from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, World
+from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, TABLE, World
 from tests.integration.test_error_model import AwsFaults, aws_faults
 from tests.unit.test_api_openapi import check_answer
 
@@ -381,49 +383,109 @@ def test_a_refused_request_does_not_use_up_its_key(world: World) -> None:
     assert call(world, "POST", "/releases", body, key).status == 201
 
 
+class LambdaDied(BaseException):
+    """The API's Lambda is killed mid-request (a timeout): no ``except Exception`` cleanup runs."""
+
+
+def during_head_object(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` when the app's next request reads its bundle from S3 (once); returns the
+    uninstaller."""
+    events = bootstrap.context().artifacts._client.meta.events  # type: ignore[attr-defined]
+    done: list[bool] = []
+
+    def before_call(**_: Any) -> None:
+        if not done:
+            done.append(True)
+            hook()
+
+    events.register("before-call.s3.HeadObject", before_call)
+    return lambda: events.unregister("before-call.s3.HeadObject", before_call)
+
+
+def idempotency_records(world: World) -> list[dict[str, Any]]:
+    items = world.session.client("dynamodb").query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :partition",
+        ExpressionAttributeValues={":partition": {"S": "IDEMPOTENCY"}},
+    )["Items"]
+    return [{name: TypeDeserializer().deserialize(value) for name, value in item.items()} for item in items]
+
+
 def test_a_key_still_being_answered_is_409(world: World) -> None:
     world.upload("api/prod/app-1.zip")
     body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
-    assert call(world, "POST", "/releases", body, {"Idempotency-Key": "answered"}).status == 201
-    now = bootstrap.SystemClock().now()
-    lease = now - timedelta(minutes=2)
-    answered = world.store.claim_idempotency(IdempotencyRecord("answered", "", now, now), lease)
-    assert answered is not None
-    assert answered.status == 201
-    # The same request under another key, whose first attempt is still running.
-    busy = IdempotencyRecord("busy", answered.fingerprint, now, now + timedelta(hours=1))
-    assert world.store.claim_idempotency(busy, lease) is None
+    key = {"Idempotency-Key": "busy"}
+    meanwhile: list[Reply] = []
+    # The same request again while the first is between its claim and its answer.
+    uninstall = during_head_object(lambda: meanwhile.append(call(world, "POST", "/releases", body, key)))
+    try:
+        first = call(world, "POST", "/releases", body, key)
+    finally:
+        uninstall()
 
-    reply = call(world, "POST", "/releases", body, {"Idempotency-Key": "busy"})
-
-    assert reply.status == 409
-    assert "still being answered" in reply.message
+    assert first.status == 201
+    [busy] = meanwhile
+    assert busy.status == 409
+    assert "still being answered" in busy.message
+    assert call(world, "POST", "/releases", body, key).json == first.json
+    assert len(world.deployments()) == 1
 
 
 def test_a_retry_takes_over_the_key_of_a_request_that_died(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A request cannot outlive its function's timeout: a claim without an answer older than that
+    """A request cannot outlive its function's time: a claim without an answer older than that
     belongs to a request that died, and a retry with the same key takes it over."""
     # The test client gives a route the function's timeout as its Lambda context's remaining time;
-    # without one configured, Lambda's maximum. Here 30 s.
-    monkeypatch.setattr(LocalGateway, "MAX_LAMBDA_EXECUTION_TIME", 30)
+    # here 1 s, so the claim of a request that died lapses 2 s later (with the 1 s of clock skew).
+    monkeypatch.setattr(LocalGateway, "MAX_LAMBDA_EXECUTION_TIME", 1)
     world.upload("api/prod/app-1.zip")
     body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
-    assert call(world, "POST", "/releases", body, {"Idempotency-Key": "probe"}).status == 201
-    now = bootstrap.SystemClock().now()
-    probe = world.store.claim_idempotency(IdempotencyRecord("probe", "", now, now), now)
-    assert probe is not None
-    for key, age_s, status in [("alive", 20, 409), ("dead", 40, 201)]:
-        claimed = now - timedelta(seconds=age_s)
-        held = IdempotencyRecord(key, probe.fingerprint, claimed, now + timedelta(hours=1))
-        assert world.store.claim_idempotency(held, claimed) is None
+    key = {"Idempotency-Key": "dies"}
 
-        reply = call(world, "POST", "/releases", body, {"Idempotency-Key": key})
+    def die() -> None:
+        raise LambdaDied("killed after claiming the key")
 
-        assert reply.status == status, (key, reply.json)
+    uninstall = during_head_object(die)
+    died_at = time.monotonic()
+    try:
+        with pytest.raises(LambdaDied):
+            call(world, "POST", "/releases", body, key)
+    finally:
+        uninstall()
+    bootstrap.reset()  # the next request runs in a new container
+
+    alive = call(world, "POST", "/releases", body, key)
+    assert alive.status == 409, alive.json
+    time.sleep(max(0.0, died_at + 2.1 - time.monotonic()))
+    taken_over = call(world, "POST", "/releases", body, key)
+
+    assert taken_over.status == 201, taken_over.json
     # The takeover made the release the dead request had not got to.
-    assert len(call(world, "GET", "/releases?pipeline=api-prod").json["releases"]) == 2
+    assert len(call(world, "GET", "/releases?pipeline=api-prod").json["releases"]) == 1
+    assert len(world.deployments()) == 1
+
+
+def test_a_claim_lapses_with_api_gateways_timeout_and_an_answer_after_a_day(world: World) -> None:
+    """The test client's context claims Lambda's 900 s; API Gateway answers 504 after 29 s, so a
+    claim is held no longer than that (and 1 s of clock skew). The answer is kept 24 hours, in
+    the table's TTL attribute."""
+    world.upload("api/prod/app-1.zip")
+    body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+    claims: list[dict[str, Any]] = []
+    uninstall = during_head_object(lambda: claims.extend(idempotency_records(world)))
+    try:
+        claimed_at = time.time()
+        assert call(world, "POST", "/releases", body, {"Idempotency-Key": "k"}).status == 201
+    finally:
+        uninstall()
+
+    [claim] = claims
+    assert claim["status"] == "INPROGRESS"
+    assert 28.0 < float(claim["in_progress_expiration"]) / 1000 - claimed_at <= 30.5
+    [answered] = idempotency_records(world)
+    assert answered["status"] == "COMPLETED"
+    assert abs(float(answered[stack.TTL_ATTRIBUTE]) - claimed_at - 24 * 3600) < 60
 
 
 def test_bad_idempotency_key_is_400(world: World) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from chalicelib import bootstrap
-from chalicelib.adapters.delivery_log import CLAIM_LEASE
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.release import ReleaseState
 from sandbox import moto_extensions
 from sandbox.slack_api import SlackApi

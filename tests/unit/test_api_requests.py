@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.api import REFUSALS
 from chalicelib.domain.api_requests import (
-    ApiError,
     DeployRequest,
-    Invalid,
+    InvalidValue,
     ListQuery,
     Malformed,
-    PayloadTooLarge,
+    Refused,
+    TooLarge,
     decode_cursor,
     derived_release_id,
     encode_cursor,
@@ -47,18 +48,20 @@ def test_any_other_token_is_malformed_or_a_valid_position(token: str) -> None:
 @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
 def test_any_body_parses_or_is_refused_with_an_api_error(raw: bytes) -> None:
     # Anything else escaping (a ValueError, a RecursionError) would be a 500.
-    with contextlib.suppress(ApiError):
+    with contextlib.suppress(Refused):
         parse_body(raw, DeployRequest.FIELDS)
 
 
-def test_every_refusal_is_a_4xx() -> None:
-    assert all(400 <= kind.status < 500 for kind in (ApiError, Malformed, Invalid, PayloadTooLarge))
+def test_every_kind_of_refusal_is_answered_with_a_4xx() -> None:
+    kinds = set(Refused.__subclasses__())
+    assert kinds == set(REFUSALS)
+    assert all(400 <= status < 500 for status, _ in REFUSALS.values())
 
 
 def test_body_limits_and_shapes() -> None:
     assert parse_body(None, frozenset()) == {}
     assert parse_body(b"  \n", frozenset()) == {}
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(TooLarge):
         parse_body(b" " * 20_000, frozenset())
     with pytest.raises(Malformed, match="twice"):
         parse_body(b'{"a": 1, "a": 2}', frozenset({"a"}))
@@ -66,7 +69,7 @@ def test_body_limits_and_shapes() -> None:
         parse_body(b'{"a": Infinity}', frozenset({"a"}))
     with pytest.raises(Malformed, match="not valid JSON"):
         parse_body(b"[" * 8_000 + b"]" * 8_000, frozenset())
-    with pytest.raises(Invalid, match="unknown field"):
+    with pytest.raises(InvalidValue, match="unknown field"):
         parse_body(b'{"b": 1}', frozenset({"a"}))
 
 

@@ -561,7 +561,7 @@ def test_stop_deployment_is_granted_on_every_resource(packaged: tuple[str, dict[
 
 
 def test_a_delivery_claim_outlives_the_slowest_delivery() -> None:
-    from chalicelib.adapters.delivery_log import CLAIM_LEASE
+    from chalicelib.domain.leases import CLAIM_LEASE
     from infra.sizing import notification_worst_s
 
     assert CLAIM_LEASE.total_seconds() > notification_worst_s()
