@@ -28,6 +28,7 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyInconsistentStateError,
     IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
@@ -110,7 +111,10 @@ class PowertoolsRequestLedger:
             result: dict[str, Any] = once(request={"key": key, "request": request_hash})
         except IdempotencyValidationError:
             raise IdempotencyKeyReused(key) from None
-        except IdempotencyAlreadyInProgressError:
+        except (IdempotencyAlreadyInProgressError, IdempotencyInconsistentStateError):
+            # Inconsistent: the key's record changed hands between Powertools' write and read
+            # (another request claiming or finishing it) three times over; like a busy key, a
+            # retry in a moment finds it settled.
             raise IdempotencyKeyBusy(key) from None
         except IdempotencyPersistenceLayerError as broken:
             if failure is not None:

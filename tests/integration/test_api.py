@@ -431,6 +431,36 @@ def test_a_key_still_being_answered_is_409(world: World) -> None:
     assert len(world.deployments()) == 1
 
 
+def test_a_key_whose_record_keeps_changing_hands_is_409_not_500(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Powertools gives up with IdempotencyInconsistentStateError when the key's record exists at
+    its conditional write and is gone at its read, three times over (other requests claiming and
+    finishing it): the caller is told to retry, like for a busy key, never a 500."""
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyItemAlreadyExistsError,
+        IdempotencyItemNotFoundError,
+    )
+    from aws_lambda_powertools.utilities.idempotency.persistence.dynamodb import DynamoDBPersistenceLayer
+
+    def taken(*_: Any, **__: Any) -> None:
+        raise IdempotencyItemAlreadyExistsError
+
+    def gone(*_: Any, **__: Any) -> None:
+        raise IdempotencyItemNotFoundError
+
+    monkeypatch.setattr(DynamoDBPersistenceLayer, "_put_record", taken)
+    monkeypatch.setattr(DynamoDBPersistenceLayer, "_get_record", gone)
+    world.upload("api/prod/app-1.zip")
+    body = {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}
+
+    reply = call(world, "POST", "/releases", body, {"Idempotency-Key": "changing-hands"})
+
+    assert reply.status == 409, reply.json
+    assert "still being answered" in reply.message
+    assert world.deployments() == []
+
+
 def test_a_retry_takes_over_the_key_of_a_request_that_died(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
