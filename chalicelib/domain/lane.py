@@ -340,10 +340,35 @@ class Lane:
         logs: list[LogLine] = []
         report: dict[str, str] = {}
         if rollback is not None:
-            steps.append(rollback)
-            slot = slot.give_first(rollback.release.id)
-            if slot.active == rollback.release.id:
+            rollback_id, busy_with = rollback.release.id, slot.active
+            slot = slot.give_first(rollback_id)
+            if slot.active == rollback_id:
+                rollback = _moved(
+                    transition(
+                        rollback,
+                        ReleaseState.DEPLOYING,
+                        now=now,
+                        reason=(
+                            f"rolling back {release.id} to the last verified release "
+                            f"{rollback.release.metadata['rolled_back_to']}"
+                        ),
+                        start_claimed_at=now,
+                    )
+                )
                 start = promoted = rollback.release
+            else:
+                # Another release holds the slot (the one that failed ran beside it, as an
+                # external deployment does): the rollback waits at the head of the line.
+                rollback = _moved(
+                    transition(
+                        rollback,
+                        ReleaseState.QUEUED,
+                        now=now,
+                        reason=f"pipeline busy with {busy_with}",
+                        detail={"position": slot.waiting.index(rollback_id) + 1},
+                    )
+                )
+            steps.append(rollback)
         if start is None:
             slot, start, look_first = self._repair(slot, now, steps, logs, report)
             promoted = start if "promoted" in report else None
@@ -376,8 +401,8 @@ class Lane:
         )
 
     def _plan_rollback(self, failed: Release, now: datetime) -> tuple[Step | None, str]:
-        """The automatic rollback of a failed release: a new release of the last verified
-        revision, and the note appended to the failed release's reason. A rollback never causes
+        """The automatic rollback of a failed release: a new release (RECEIVED) of the last
+        verified revision, and the note appended to the failed release's reason. A rollback never causes
         another: when a rollback itself fails, the pipeline stops there for a person to look."""
         if failed.trigger.is_rollback:
             return None, "; this was a rollback, so no further rollback"
@@ -395,14 +420,7 @@ class Lane:
             rollback_of=failed.id,
             metadata={**last_good.metadata, "rolled_back_to": last_good.id},
         )
-        moved = transition(
-            started,
-            ReleaseState.DEPLOYING,
-            now=now,
-            reason=f"rolling back {failed.id} to the last verified release {last_good.id}",
-            start_claimed_at=now,
-        )
-        return _moved(moved), f"; rolling back to {last_good.id}"
+        return started, f"; rolling back to {last_good.id}"
 
     # -- repair ------------------------------------------------------------------------------
 
