@@ -375,3 +375,91 @@ LaneMachine.TestCase.settings = settings(
 )
 TestLane = LaneMachine.TestCase
 pytestmark = pytest.mark.timeout(120)
+
+
+# -- named cases -------------------------------------------------------------------------------
+
+
+def _stored(release: Release) -> Release:
+    return dataclasses.replace(release, version=release.version + 1)
+
+
+def _lane(policy: BusyPolicy = BusyPolicy.QUEUE, slot: PipelineSlot | None = None, *known: Release) -> Lane:
+    pipeline = Pipeline(PIPELINE, "bucket", "api/", "api", "api-prod", on_busy=policy)
+    return Lane(PIPELINE, pipeline, slot or PipelineSlot(PIPELINE), {r.id: r for r in known})
+
+
+def _submit(lane: Lane, release_id: str, trigger: Trigger) -> Decision:
+    assert lane.config is not None
+    submission = Submission(
+        release_id, lane.config, Revision("bucket", f"api/{release_id}.zip", "v", None), trigger
+    )
+    return lane.with_releases({release_id: None}).submit(submission, T0)
+
+
+def test_a_release_queued_behind_a_kept_rollback_is_told_its_real_place() -> None:
+    """Issue 13's position bug, in the lane: supersede keeps the waiting rollback in front."""
+    rollback = _stored(_submit(_lane(BusyPolicy.SUPERSEDE), "rb", Trigger.ROLLBACK).change.releases[0])
+    lane = _lane(BusyPolicy.SUPERSEDE, PipelineSlot(PIPELINE, active="a", waiting=("rb",)), rollback)
+
+    decision = _submit(lane, "b", Trigger.API)
+
+    assert decision.change.slot is not None
+    assert decision.change.slot.waiting == ("rb", "b")
+    [queued] = [e for e in decision.change.events["b"] if e.state is ReleaseState.QUEUED]
+    assert queued.detail["position"] == 2
+
+
+def test_a_supersede_asks_for_the_waiting_releases_it_replaces_all_at_once() -> None:
+    lane = _lane(BusyPolicy.SUPERSEDE, PipelineSlot(PIPELINE, active="a", waiting=("w1", "w2")))
+    with pytest.raises(NeedsReleases) as needs:
+        _submit(lane, "b", Trigger.API)
+    assert needs.value.release_ids == ("w1", "w2")
+
+
+def test_finishing_the_active_release_asks_only_for_the_head_of_the_line() -> None:
+    active = _stored(_submit(_lane(), "a", Trigger.API).change.releases[0])
+    lane = _lane(BusyPolicy.QUEUE, PipelineSlot(PIPELINE, active="a", waiting=("w1", "w2")), active)
+    finish = Finish("a", ReleaseState.SUCCEEDED, "verified")
+    with pytest.raises(NeedsReleases) as needs:
+        lane.finish(finish, T0)
+    assert needs.value.release_ids == ("w1",)
+
+
+def test_an_automatic_rollback_that_finds_the_slot_taken_waits_queued_at_the_head() -> None:
+    """The failed release ran beside the slot (an external deployment): the slot's own release
+    keeps it, and the rollback waits first in line instead of being written DEPLOYING there."""
+    good = dataclasses.replace(_stored(_submit(_lane(), "good", Trigger.API).change.releases[0]), version=5)
+    external = ExternalDeployment(
+        "ext-d1", "d1", "api", "api-prod", Revision("b", "k.zip", None, None), "console"
+    )
+    adopted = _lane(slot=PipelineSlot(PIPELINE, active="a", last_good="good")).with_releases({"ext-d1": None})
+    failing = _stored(adopted.adopt(external, T0).change.releases[0])
+    active = _stored(_submit(_lane(), "a", Trigger.API).change.releases[0])
+    lane = _lane(
+        BusyPolicy.QUEUE, PipelineSlot(PIPELINE, active="a", last_good="good"), failing, good, active
+    )
+
+    decision = lane.finish(Finish("ext-d1", ReleaseState.FAILED, "failed", roll_back=True), T0)
+
+    rollback = decision.change.releases[1]
+    assert (rollback.id, rollback.state, rollback.trigger) == (
+        "rb-ext-d1",
+        ReleaseState.QUEUED,
+        Trigger.AUTO_ROLLBACK,
+    )
+    assert decision.change.slot is not None
+    assert decision.change.slot.waiting == ("rb-ext-d1",)
+    assert decision.start is None
+
+
+def test_rolling_back_to_the_current_release_is_refused() -> None:
+    good = dataclasses.replace(_stored(_submit(_lane(), "good", Trigger.API).change.releases[0]), version=5)
+    succeeded = transition(Step(good, ()), ReleaseState.SUCCEEDED, now=T0, reason="ok")
+    assert isinstance(succeeded, Step)
+    lane = _lane(BusyPolicy.QUEUE, PipelineSlot(PIPELINE, last_good="good"), succeeded.release)
+    with pytest.raises(Conflict, match="already the current release"):
+        lane.choose_rollback(None, "good")
+    assert lane.choose_rollback(None, "newer").current == "newer"
+    with pytest.raises(Conflict, match="nothing to roll back to"):
+        _lane().choose_rollback(None, None)
