@@ -369,7 +369,7 @@ class LaneMachine(RuleBasedStateMachine):
 
 LaneMachine.TestCase.settings = settings(
     max_examples=1000,
-    stateful_step_count=25,
+    stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
