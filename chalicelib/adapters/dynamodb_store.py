@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -30,7 +33,9 @@ from chalicelib.service.ports import Change, RequestLedger, WriteConflict
 
 BY_PIPELINE_INDEX = "by_pipeline"
 IN_FLIGHT_INDEX = "in_flight"
-_BATCH_GET_LIMIT = 100
+_BATCH_GET_LIMIT = 100  # keys per BatchGetItem request (botocore's KeyList: max 100)
+_UNPROCESSED_RETRIES = 6
+_UNPROCESSED_BACKOFF_S = 0.05
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
 
 _serializer = TypeSerializer()
@@ -197,6 +202,20 @@ def _upload_mark(value: Mapping[str, Any]) -> UploadMark:
     return UploadMark(str(value["release_id"]), datetime.fromisoformat(str(value["stored_at"])))
 
 
+def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
+    if item is None:
+        return PipelineSlot(pipeline=pipeline)
+    return PipelineSlot(
+        pipeline=pipeline,
+        active=item.get("active"),
+        waiting=tuple(item.get("waiting", [])),
+        last_good=item.get("last_good"),
+        newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
+        waiting_uploads=tuple(_upload_mark(mark) for mark in item.get("waiting_uploads", [])),
+        version=int(item["version"]),
+    )
+
+
 def _without_nones(mapping: Mapping[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in mapping.items() if value is not None}
 
@@ -210,6 +229,11 @@ def _plain(value: Any) -> Any:
     if type(value).__name__ == "Decimal":
         return int(value)
     return value
+
+
+class ReadIncomplete(RuntimeError):
+    """DynamoDB kept leaving keys of a batch read unprocessed (sustained throttling): raised so
+    the invocation fails and is retried later."""
 
 
 class DynamoReleaseStore:
@@ -226,33 +250,55 @@ class DynamoReleaseStore:
         return release_from_item(_deserialize(item)) if item else None
 
     def get_releases(self, release_ids: Sequence[str]) -> list[Release]:
-        found: dict[str, Release] = {}
-        unique = list(dict.fromkeys(release_ids))
-        for start in range(0, len(unique), _BATCH_GET_LIMIT):
-            keys = [_release_key(release_id) for release_id in unique[start : start + _BATCH_GET_LIMIT]]
-            request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
-            while request:
-                response = self._client.batch_get_item(RequestItems=request)
-                for item in response.get("Responses", {}).get(self._table, []):
-                    release = release_from_item(_deserialize(item))
-                    found[release.id] = release
-                request = response.get("UnprocessedKeys") or {}
-        return [found[release_id] for release_id in unique if release_id in found]
+        found = {
+            release.id: release
+            for release in map(release_from_item, self._batch_get([_release_key(i) for i in release_ids]))
+        }
+        return [found[release_id] for release_id in dict.fromkeys(release_ids) if release_id in found]
 
     def get_slot(self, pipeline: str) -> PipelineSlot:
         response = self._client.get_item(TableName=self._table, Key=_slot_key(pipeline), ConsistentRead=True)
-        if "Item" not in response:
-            return PipelineSlot(pipeline=pipeline)
-        item = _deserialize(response["Item"])
-        return PipelineSlot(
-            pipeline=pipeline,
-            active=item.get("active"),
-            waiting=tuple(item.get("waiting", [])),
-            last_good=item.get("last_good"),
-            newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
-            waiting_uploads=tuple(_upload_mark(mark) for mark in item.get("waiting_uploads", [])),
-            version=int(item["version"]),
-        )
+        item = response.get("Item")
+        return _slot_from_item(pipeline, _deserialize(item) if item else None)
+
+    def read_lane(self, pipeline: str, release_ids: Sequence[str]) -> tuple[PipelineSlot, dict[str, Release]]:
+        slot_item: dict[str, Any] | None = None
+        releases: dict[str, Release] = {}
+        for item in self._batch_get([_slot_key(pipeline), *(_release_key(i) for i in release_ids)]):
+            if item["pk"].startswith("PIPE#"):
+                slot_item = item
+            else:
+                release = release_from_item(item)
+                releases[release.id] = release
+        return _slot_from_item(pipeline, slot_item), releases
+
+    def _batch_get(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The items that exist under these keys, strongly consistent, in any order.
+
+        BatchGetItem takes at most 100 keys (more is a ValidationException, as are duplicates)
+        and may answer part of a request, returning the rest as ``UnprocessedKeys`` when it is
+        throttled or the answer passes 16 MB: those are asked again with exponential backoff,
+        as AWS recommends, and a read still unanswered after that raises ``ReadIncomplete``."""
+        unique = list({json.dumps(key, sort_keys=True): key for key in keys}.values())
+        items: list[dict[str, Any]] = []
+        for start in range(0, len(unique), _BATCH_GET_LIMIT):
+            request: dict[str, Any] = {
+                self._table: {"Keys": unique[start : start + _BATCH_GET_LIMIT], "ConsistentRead": True}
+            }
+            for attempt in range(_UNPROCESSED_RETRIES + 1):
+                if attempt:
+                    time.sleep(random.uniform(0, _UNPROCESSED_BACKOFF_S * 2**attempt))
+                response = self._client.batch_get_item(RequestItems=request)
+                items.extend(map(_deserialize, response.get("Responses", {}).get(self._table, [])))
+                request = response.get("UnprocessedKeys") or {}
+                if not request:
+                    break
+            else:
+                unread = len(request[self._table]["Keys"])
+                raise ReadIncomplete(
+                    f"DynamoDB left {unread} key(s) unprocessed after {_UNPROCESSED_RETRIES} retries"
+                )
+        return items
 
     def release_for_deployment(self, deployment_id: str) -> str | None:
         response = self._client.get_item(
@@ -320,7 +366,7 @@ class DynamoReleaseStore:
             for item in page.get("Items", []):
                 yield _deserialize(item)
 
-    def commit(self, change: Change) -> None:
+    def commit(self, change: Change) -> dict[str, Release]:
         operations = [self._put_release(release) for release in change.releases]
         by_id = {release.id: release for release in change.releases}
         for release_id, events in change.events.items():
@@ -332,7 +378,7 @@ class DynamoReleaseStore:
             link = {"pk": f"DEP#{deployment_id}", "sk": "REL", "kind": "link", "release_id": release_id}
             operations.append(self._put_new(link))
         if not operations:
-            return
+            return {}
         # Same change, same token: when botocore retries a commit whose answer was lost, DynamoDB
         # reports the first success instead of failing the retry's conditions as a conflict.
         token = hashlib.sha256(json.dumps(operations, sort_keys=True).encode()).hexdigest()[:36]
@@ -342,6 +388,8 @@ class DynamoReleaseStore:
             if _is_conflict(error):
                 raise WriteConflict(str(error)) from error
             raise
+        # Each release was written at the version it was read at plus one.
+        return {release.id: replace(release, version=release.version + 1) for release in change.releases}
 
     def _put_release(self, release: Release) -> dict[str, Any]:
         stored = {**release_to_item(release), "version": release.version + 1}

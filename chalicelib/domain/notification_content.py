@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from chalicelib.domain.notifications import PROGRESS, ROLLBACK_TRIGGERS
+from chalicelib.domain.notifications import PROGRESS
 from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
 
 LABELS: Mapping[str, str] = {
@@ -198,7 +198,7 @@ def _instances(notice: Notice) -> str:
 
 def _card_label(release: Release) -> tuple[str, str]:
     emoji, label = _CARD_STATES[release.state]
-    if release.trigger in ROLLBACK_TRIGGERS:
+    if release.trigger.is_rollback:
         if release.state is ReleaseState.SUCCEEDED:
             return ":leftwards_arrow_with_hook:", "Rolled back"
         if release.state in (ReleaseState.DEPLOYING, ReleaseState.VERIFYING):

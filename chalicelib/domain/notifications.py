@@ -20,7 +20,6 @@ from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, Tri
 # Not one of the events a route subscribes to: a step inside a release (verification begins)
 # that only a Slack thread already following the release shows.
 PROGRESS = "progress"
-ROLLBACK_TRIGGERS = frozenset({Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK})
 # A Slack bot route keeps one thread per release up to date; every other kind posts once per event.
 THREADED_KIND = "slack"
 
@@ -67,7 +66,7 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> str | None
             ReleaseState.VERIFYING: PROGRESS,
         }.get(state)
     if kind is EventType.EXECUTION_SUCCEEDED:
-        return "rolled_back" if trigger in ROLLBACK_TRIGGERS else "succeeded"
+        return "rolled_back" if trigger is not None and trigger.is_rollback else "succeeded"
     if kind is EventType.EXECUTION_FAILED:
         return "verify_failed" if event.detail.get("failure") == "verify_failed" else "failed"
     if kind is EventType.EXECUTION_ABORTED:

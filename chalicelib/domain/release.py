@@ -62,6 +62,12 @@ class Trigger(StrEnum):
     AUTO_ROLLBACK = "auto_rollback"
     EXTERNAL = "external"
 
+    @property
+    def is_rollback(self) -> bool:
+        """A rollback (asked for, or automatic) goes ahead of every waiting release, is never
+        superseded and never causes another rollback."""
+        return self in (Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK)
+
 
 class EventType(StrEnum):
     """History event types, named after Step Functions' execution history."""

@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged
+from chalicelib.domain.lane import Annotation, ExternalDeployment
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     EventType,
-    Refused,
     Release,
     ReleaseState,
     Revision,
-    Step,
-    Trigger,
     external_release_id,
-    new_release,
-    record,
-    transition,
 )
 from chalicelib.log import logger
-from chalicelib.service.context import Context, retry_on_conflict
+from chalicelib.service.context import Context
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
-from chalicelib.service.slot_flow import Batch, finish, link_deployment
+from chalicelib.service.slot_flow import finish, link_deployment, run_in_lane
 from chalicelib.service.verification import begin_verification
 
 # GetDeployment's terminal statuses, as the state-change event that a lost event would have said.
@@ -96,7 +89,7 @@ def apply_deployment_state(
             ReleaseState.STOPPED,
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
             detail={"deployment_id": deployment_id},
-            known=release,
+            pipeline=release.pipeline,
         )
     return release
 
@@ -116,19 +109,16 @@ def _deployment_failed(context: Context, release: Release, deployment_id: str) -
         else ""
     )
 
-    def with_diagnostics(step: Step, now: datetime) -> Step:
-        return record(
-            step,
-            EventType.TASK_FAILED,
-            now=now,
-            detail={
-                "task": "CodeDeploy",
-                "deployment_id": deployment_id,
-                "error": info.error_code or "",
-                "cause": info.error_message or "",
-                "failed_instances": failed_instances[:_LISTED_INSTANCES],
-            },
-        )
+    diagnostics = Annotation(
+        EventType.TASK_FAILED,
+        {
+            "task": "CodeDeploy",
+            "deployment_id": deployment_id,
+            "error": info.error_code or "",
+            "cause": info.error_message or "",
+            "failed_instances": failed_instances[:_LISTED_INSTANCES],
+        },
+    )
 
     first = failed_instances[0] if failed_instances else None
     where = (
@@ -146,9 +136,9 @@ def _deployment_failed(context: Context, release: Release, deployment_id: str) -
             "error": info.error_code or "",
             "cause": info.error_message or "",
         },
-        prelude=with_diagnostics,
+        annotation=diagnostics,
         roll_back=roll_back,
-        known=release,
+        pipeline=release.pipeline,
     )
 
 
@@ -173,14 +163,14 @@ def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, event: Deplo
     """A deployment the store does not know: ours whose link the event outran, or one started
     outside the coordinator, recorded as an ``external`` release so the history has no holes."""
     info = context.deployments.describe(event.deployment_id)
-    if info.release_id is not None and context.store.get_release(info.release_id) is not None:
-        link_deployment(context, info.release_id, info.deployment_id)
-        return info.release_id
+    ours = context.store.get_release(info.release_id) if info.release_id is not None else None
+    if ours is not None:
+        link_deployment(context, ours.id, info.deployment_id, known=ours)
+        return ours.id
     return _record_external(context, pipeline, info)
 
 
 def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
-    release_id = external_release_id(info.deployment_id)
     # CodeDeploy's own automatic rollback is followed, linked to the release whose failure
     # triggered it, instead of the coordinator starting a second rollback.
     rollback_of = (
@@ -188,51 +178,14 @@ def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo)
         if info.rollback_of_deployment_id
         else None
     )
-    trigger = Trigger.AUTO_ROLLBACK if rollback_of else Trigger.EXTERNAL
-    reason = (
-        f"CodeDeploy's automatic rollback {info.deployment_id} of {rollback_of}"
-        if rollback_of
-        else f"deployment {info.deployment_id} started outside the coordinator "
-        f"(creator: {info.creator or 'unknown'})"
+    external = ExternalDeployment(
+        release_id=external_release_id(info.deployment_id),
+        deployment_id=info.deployment_id,
+        application=info.application,
+        deployment_group=info.deployment_group,
+        revision=info.revision or Revision(bucket="", key="", version=None, etag=None),
+        creator=info.creator,
+        rollback_of=rollback_of,
     )
-
-    def decide() -> None:
-        if context.store.get_release(release_id) is not None:
-            return
-        now = context.clock.now()
-        step = new_release(
-            release_id=release_id,
-            pipeline=pipeline.name,
-            application=info.application,
-            deployment_group=info.deployment_group,
-            revision=info.revision or Revision(bucket="", key="", version=None, etag=None),
-            trigger=trigger,
-            now=now,
-            rollback_of=rollback_of,
-            actor=info.creator or None,
-            metadata={"creator": info.creator} if info.creator else {},
-            deployment_id=info.deployment_id,
-        )
-        moved = transition(
-            step,
-            ReleaseState.DEPLOYING,
-            now=now,
-            reason=reason,
-        )
-        assert not isinstance(moved, Refused)
-        slot = context.store.get_slot(pipeline.name)
-        # It occupies CodeDeploy's one deployment per group: hold the slot if it is free, so
-        # uploads queue behind it instead of failing against CodeDeploy's limit.
-        admission = slot.admit(release_id, pipeline.on_busy)
-        batch = Batch()
-        batch.add(moved)
-        context.store.commit(
-            batch.change(admission.slot if admission.active else None, {info.deployment_id: release_id})
-        )
-        logger.info(
-            "recorded an external deployment",
-            extra={"release_id": release_id, "holds_slot": admission.active},
-        )
-
-    retry_on_conflict(decide)
-    return release_id
+    run_in_lane(context, pipeline.name, [external.release_id], lambda lane, now: lane.adopt(external, now))
+    return external.release_id

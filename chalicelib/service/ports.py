@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+# The store commits the domain's Change; use cases name it from here too.
+from chalicelib.domain.lane import Change as Change  # noqa: PLC0414
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import TargetGroupSettings, TargetHealth, VerifyRequest
@@ -19,26 +21,17 @@ class WriteConflict(Exception):
     """A conditional write lost a race: re-read and decide again."""
 
 
-@dataclass(frozen=True)
-class Change:
-    """Everything one use-case step writes, committed atomically or not at all.
-
-    Each release carries the version it was read at (0: must not exist yet); the slot likewise.
-    """
-
-    releases: Sequence[Release] = ()
-    events: Mapping[str, Sequence[HistoryEvent]] = field(default_factory=dict)
-    slot: PipelineSlot | None = None
-    # deployment id -> release id, written once.
-    deployment_links: Mapping[str, str] = field(default_factory=dict)
-
-
 class ReleaseStore(Protocol):
     def get_release(self, release_id: str) -> Release | None: ...
 
     def get_releases(self, release_ids: Sequence[str]) -> list[Release]: ...
 
     def get_slot(self, pipeline: str) -> PipelineSlot: ...
+
+    def read_lane(self, pipeline: str, release_ids: Sequence[str]) -> tuple[PipelineSlot, dict[str, Release]]:
+        """The pipeline's slot and those of the releases that exist, read together (one
+        strongly consistent batch read); a decision's conditional write catches any change since."""
+        ...
 
     def release_for_deployment(self, deployment_id: str) -> str | None: ...
 
@@ -48,8 +41,9 @@ class ReleaseStore(Protocol):
         """Releases of a pipeline not yet in a terminal state."""
         ...
 
-    def commit(self, change: Change) -> None:
-        """Write the change in one transaction; raise ``WriteConflict`` if any condition fails."""
+    def commit(self, change: Change) -> dict[str, Release]:
+        """Write the change in one transaction; raise ``WriteConflict`` if any condition fails.
+        Returns the change's releases as stored (their new versions), by id."""
         ...
 
     def list_releases(self, pipeline: str, limit: int, before: str | None) -> list[Release]:

@@ -1,84 +1,113 @@
-"""Starting, linking and finishing releases while keeping the pipeline slot consistent."""
+"""Use cases over a pipeline's lane: load it, let it decide, commit the one write it returns, then
+call AWS (create the deployment of the release it hands the slot to)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, TypeVar
 
+from chalicelib.domain.lane import (
+    Annotation,
+    Change,
+    Decision,
+    Finish,
+    Lane,
+    LogLine,
+    NeedsReleases,
+    refused_line,
+)
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     Detail,
     EventType,
-    HistoryEvent,
     Refused,
     Release,
     ReleaseState,
     Step,
-    Trigger,
-    new_release,
     record,
-    rollback_release_id,
-    transition,
     update,
 )
-from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.context import Context, retry_on_conflict
-from chalicelib.service.ports import Change, DeploymentBusy, RevisionRejected
-from chalicelib.service.reads import FirstRead, stored
+from chalicelib.service.ports import DeploymentBusy, RevisionRejected
 
-# A start claimed longer ago than this was abandoned (its Lambda died mid-way): it may be retried.
-START_CLAIM_LEASE = timedelta(minutes=2)
+T = TypeVar("T")
 
 
-@dataclass
-class Batch:
-    """The releases and history events one transaction writes."""
-
-    releases: list[Release] = field(default_factory=list)
-    events: dict[str, Sequence[HistoryEvent]] = field(default_factory=dict)
-
-    def add(self, step: Step) -> None:
-        self.releases.append(step.release)
-        self.events[step.release.id] = step.events
-
-    def change(self, slot: PipelineSlot | None, links: dict[str, str] | None = None) -> Change:
-        return Change(releases=self.releases, events=self.events, slot=slot, deployment_links=links or {})
-
-
-def log_refused(refused: Refused) -> None:
-    logger.info(refused.message, extra={"release_id": refused.release_id})
-
-
-def promote_waiting(
-    context: Context, slot: PipelineSlot, batch: Batch
-) -> tuple[PipelineSlot, Release | None]:
-    """If the slot is free, hand it to the first waiting release (in the same transaction)."""
-    now = context.clock.now()
+def decide_in_lane(
+    context: Context, pipeline: str, subject_ids: Sequence[str], ask: Callable[[Lane], T]
+) -> T:
+    """Load the lane (the slot and the command's releases in one read), and ask it; when it
+    needs releases it was not given, load those (in one more read) and ask again."""
+    slot, found = context.store.read_lane(pipeline, subject_ids)
+    lane = Lane(
+        name=pipeline,
+        config=context.pipelines.named(pipeline),
+        slot=slot,
+        releases={release_id: found.get(release_id) for release_id in subject_ids},
+    )
     while True:
-        slot, head = slot.promote_next()
-        if head is None:
-            return slot, None
-        waiting = context.store.get_release(head)
-        if waiting is None or waiting.state.is_terminal:
-            logger.warning("dropping a waiting release that is gone or finished", extra={"release_id": head})
-            slot = slot.free(head)
-            continue
-        moved = transition(
-            Step(waiting, ()),
-            ReleaseState.DEPLOYING,
-            now=now,
-            reason="slot freed: starting CodeDeploy",
-            start_claimed_at=now,
-        )
-        if isinstance(moved, Refused):
-            log_refused(moved)
-            slot = slot.free(head)
-            continue
-        batch.add(moved)
-        return slot, moved.release
+        try:
+            return ask(lane)
+        except NeedsReleases as needs:
+            loaded = {release.id: release for release in context.store.get_releases(needs.release_ids)}
+            lane = lane.with_releases(
+                {release_id: loaded.get(release_id) for release_id in needs.release_ids}
+            )
+
+
+def run_in_lane(
+    context: Context,
+    pipeline: str,
+    subject_ids: Sequence[str],
+    ask: Callable[[Lane, datetime], Decision],
+) -> Decision:
+    """Load, decide and commit until the conditional write wins (a loser loads and decides
+    again). Returns the committed decision with its releases as stored."""
+
+    def attempt() -> Decision:
+        now = context.clock.now()
+        decision = decide_in_lane(context, pipeline, subject_ids, lambda lane: ask(lane, now))
+        stored = context.store.commit(decision.change)
+        for line in decision.logs:
+            log(line)
+
+        def as_stored(release: Release | None) -> Release | None:
+            return stored.get(release.id, release) if release is not None else None
+
+        return replace(decision, subject=as_stored(decision.subject), start=as_stored(decision.start))
+
+    return retry_on_conflict(attempt)
+
+
+def on_release(
+    context: Context,
+    release_id: str,
+    decide: Callable[[Release, datetime], Change | None],
+    *,
+    known: Release | None = None,
+) -> Release | None:
+    """Read, decide and commit on one release (no slot), until the conditional write wins.
+    The first attempt may decide on ``known``, the release as the caller just read it: a stale
+    copy fails the write, and the retry reads afresh. Returns the release as stored, or None
+    when nothing was written (no such release, or ``decide`` wrote nothing)."""
+    first = [known] if known is not None and known.id == release_id else []
+
+    def attempt() -> Release | None:
+        release = first.pop() if first else context.store.get_release(release_id)
+        change = decide(release, context.clock.now()) if release is not None else None
+        return context.store.commit(change).get(release_id) if change is not None else None
+
+    return retry_on_conflict(attempt)
+
+
+def log(line: LogLine) -> None:
+    if line.level == "warning":
+        logger.warning(line.message, extra=dict(line.extra))
+    else:
+        logger.info(line.message, extra=dict(line.extra))
 
 
 def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, look_first: bool) -> None:
@@ -123,6 +152,7 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
             ReleaseState.FAILED,
             reason=f"CodeDeploy refused the deployment: {rejected}",
             detail={"error": rejected.code},
+            pipeline=release.pipeline,
         )
         return
     except Exception as error:
@@ -138,21 +168,19 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
 
 
 def _record_start_failure(context: Context, release_id: str, detail: Detail) -> None:
-    def decide() -> None:
-        release = context.store.get_release(release_id)
-        if release is None or not release.awaiting_deployment:
-            return
-        now = context.clock.now()
+    def hand_back(release: Release, now: datetime) -> Change | None:
+        if not release.awaiting_deployment:
+            return None
         step = record(
             update(Step(release, ()), now=now, start_claimed_at=None),
             EventType.TASK_FAILED,
             now=now,
             detail={"task": "CreateDeployment", **detail},
         )
-        context.store.commit(Change(releases=[step.release], events={release.id: step.events}))
+        return Change(releases=[step.release], events={release.id: step.events})
 
     try:
-        retry_on_conflict(decide)
+        on_release(context, release_id, hand_back)
     except Exception:
         # The lease runs out by itself; the reconciler retries the start then.
         logger.exception("could not record the failed start", extra={"release_id": release_id})
@@ -161,15 +189,12 @@ def _record_start_failure(context: Context, release_id: str, detail: Detail) -> 
 def link_deployment(
     context: Context, release_id: str, deployment_id: str, *, known: Release | None = None
 ) -> Release | None:
-    """Record which CodeDeploy deployment carries the release (and the index to find it)."""
-    read = FirstRead(context.store, release_id, known)
+    """Record which CodeDeploy deployment carries the release (and the index to find it).
+    Returns the release as linked, or None when it was not written (already linked, or gone)."""
 
-    def decide() -> Release | None:
-        release = read()
-        if release is None:
-            return None
+    def link(release: Release, now: datetime) -> Change | None:
         if release.deployment_id == deployment_id:
-            return release
+            return None
         if release.deployment_id is not None:
             logger.error(
                 "release already linked to another deployment; leaving it",
@@ -179,28 +204,20 @@ def link_deployment(
                     "linked": release.deployment_id,
                 },
             )
-            return release
-        now = context.clock.now()
+            return None
         step = record(
             update(Step(release, ()), now=now, deployment_id=deployment_id, start_claimed_at=None),
             EventType.TASK_STARTED,
             now=now,
             detail={"task": "CreateDeployment", "deployment_id": deployment_id},
         )
-        context.store.commit(
-            Change(
-                releases=[step.release],
-                events={release.id: step.events},
-                deployment_links={deployment_id: release.id},
-            )
+        return Change(
+            releases=[step.release],
+            events={release.id: step.events},
+            deployment_links={deployment_id: release.id},
         )
-        return step.release
 
-    return retry_on_conflict(decide)
-
-
-# Adds history events to a finishing write, stamped with that write's time.
-Prelude = Callable[[Step, datetime], Step]
+    return on_release(context, release_id, link, known=known)
 
 
 def finish(
@@ -210,166 +227,44 @@ def finish(
     *,
     reason: str,
     detail: Detail | None = None,
-    prelude: Prelude | None = None,
     roll_back: bool = False,
-    known: Release | None = None,
+    annotation: Annotation | None = None,
+    pipeline: str | None = None,
 ) -> Release | None:
     """Move a release to a terminal state, free its place in the slot and start the next one,
     all in one write. Returns the finished release, or None when the move was refused.
-    ``known`` is the release as the caller last read it (saves a read when it is current).
 
-    ``prelude`` adds history events (a last health check, failure diagnostics) to the same
-    write. ``roll_back`` (failures only) creates the auto-rollback release to the last verified
-    one and gives it the slot ahead of every waiting release.
+    ``annotation`` adds a history event (a last health check, failure diagnostics) to the same
+    write. ``roll_back`` (failures only) creates the automatic rollback release to the last
+    verified one and gives it the slot ahead of every waiting release. ``pipeline`` is the
+    release's pipeline when the caller knows it (else the release is read to find it).
     """
-    outcome: list[tuple[Release, Release | None, bool]] = []
-    read = FirstRead(context.store, release_id, known)
-
-    def decide() -> None:
-        outcome.clear()
-        release = read()
-        if release is None:
-            return
-        now = context.clock.now()
-        slot = context.store.get_slot(release.pipeline)
-        rollback = plan_rollback(context, release, slot, now) if roll_back else None
-        step = prelude(Step(release, ()), now) if prelude else Step(release, ())
-        moved = transition(
-            step,
-            target,
-            now=now,
-            reason=reason + (rollback.note if rollback else ""),
-            detail={**(detail or {}), **({"rollback_release_id": rollback.release_id} if rollback else {})},
-        )
-        if isinstance(moved, Refused):
-            log_refused(moved)
-            return
-        batch = Batch()
-        batch.add(moved)
-        held_active = slot.active == release_id
-        new_slot = slot.free(release_id)
-        if target is ReleaseState.SUCCEEDED:
-            new_slot = replace(new_slot, last_good=release_id)
-        promoted: Release | None = None
-        if rollback is not None and rollback.step is not None:
-            batch.add(rollback.step)
-            new_slot, promoted = new_slot.give_first(rollback.step.release.id), None
-            if new_slot.active == rollback.step.release.id:
-                promoted = rollback.step.release
-        else:
-            new_slot, promoted = promote_waiting(context, new_slot, batch)
-        context.store.commit(batch.change(new_slot if new_slot != slot else None))
-        logger.info(
-            f"release {target.value.lower()}",
-            extra={
-                "release_id": release_id,
-                "reason": moved.release.reason,
-                "next_release_id": promoted.id if promoted else None,
-            },
-        )
-        outcome.append((stored(moved.release), stored(promoted) if promoted else None, held_active))
-
-    retry_on_conflict(decide)
-    if not outcome:
-        return None
-    finished, promoted, held_active = outcome[-1]
-    pipeline = context.pipelines.named(finished.pipeline)
     if pipeline is None:
-        logger.warning(
-            "pipeline no longer configured; not starting the next release",
-            extra={"pipeline": finished.pipeline},
-        )
-        return finished
-    if promoted is not None:
-        start_deployment(context, promoted, pipeline, look_first=False)
-    elif not held_active:
-        # A release outside the slot (an external deployment) ended: the slot's own release may
-        # have been waiting for CodeDeploy to be free.
-        advance(context, pipeline)
-    return finished
-
-
-@dataclass(frozen=True)
-class RollbackPlan:
-    step: Step | None  # the auto-rollback release, ready to deploy; None when there is none
-    note: str  # appended to the failed release's reason
-
-    @property
-    def release_id(self) -> str | None:
-        return self.step.release.id if self.step else None
-
-
-def plan_rollback(context: Context, failed: Release, slot: PipelineSlot, now: datetime) -> RollbackPlan:
-    """The auto-rollback of a failed release: a new release of the last verified revision.
-
-    A rollback never causes another: when a rollback itself fails, the pipeline stops there
-    for a person to look.
-    """
-    if failed.trigger in (Trigger.ROLLBACK, Trigger.AUTO_ROLLBACK):
-        return RollbackPlan(None, "; this was a rollback, so no further rollback")
-    last_good = context.store.get_release(slot.last_good) if slot.last_good else None
-    if last_good is None:
-        return RollbackPlan(None, "; nothing to roll back to: no release of this pipeline was verified yet")
-    started = new_release(
-        release_id=rollback_release_id(failed.id),
-        pipeline=failed.pipeline,
-        application=failed.application,
-        deployment_group=failed.deployment_group,
-        revision=last_good.revision,
-        trigger=Trigger.AUTO_ROLLBACK,
-        now=now,
-        rollback_of=failed.id,
-        metadata={**last_good.metadata, "rolled_back_to": last_good.id},
-    )
-    moved = transition(
-        started,
-        ReleaseState.DEPLOYING,
-        now=now,
-        reason=f"rolling back {failed.id} to the last verified release {last_good.id}",
-        start_claimed_at=now,
-    )
-    if isinstance(moved, Refused):  # RECEIVED -> DEPLOYING is always allowed
-        raise AssertionError(moved.message)
-    return RollbackPlan(moved, f"; rolling back to {last_good.id}")
+        known = context.store.get_release(release_id)
+        if known is None:
+            return None
+        pipeline = known.pipeline
+    command = Finish(release_id, target, reason, detail or {}, roll_back, annotation)
+    decision = run_in_lane(context, pipeline, [release_id], lambda lane, now: lane.finish(command, now))
+    start_next(context, decision)
+    return decision.subject
 
 
 def advance(context: Context, pipeline: Pipeline) -> dict[str, Any]:
     """Repair and move the slot: free a finished or missing active release, promote the next
-    waiting one, restart an active release whose start was abandoned."""
-    actions: dict[str, Any] = {}
+    waiting one, restart an active release whose start was abandoned. Returns what it did."""
+    decision = run_in_lane(context, pipeline.name, [], lambda lane, now: lane.repair(now))
+    start_next(context, decision)
+    return dict(decision.report)
 
-    def decide() -> tuple[Release | None, bool]:
-        slot = context.store.get_slot(pipeline.name)
-        now = context.clock.now()
-        batch = Batch()
-        if slot.active is not None:
-            active = context.store.get_release(slot.active)
-            if active is not None and not active.state.is_terminal:
-                if not active.awaiting_deployment:
-                    return None, False
-                claimed = active.start_claimed_at
-                if claimed is not None and now - claimed < START_CLAIM_LEASE:
-                    return None, False
-                claim = update(Step(active, ()), now=now, start_claimed_at=now)
-                context.store.commit(Change(releases=[claim.release]))
-                actions["restarted"] = active.id
-                return stored(claim.release), True
-            logger.warning(
-                "freeing a slot held by a finished or missing release", extra={"release_id": slot.active}
-            )
-            actions["freed"] = slot.active
-            slot_after = slot.free(slot.active)
-        else:
-            slot_after = slot
-        slot_after, promoted = promote_waiting(context, slot_after, batch)
-        if slot_after == slot:
-            return None, False
-        context.store.commit(batch.change(slot_after))
-        if promoted is not None:
-            actions["promoted"] = promoted.id
-        return (stored(promoted) if promoted else None), False
 
-    to_start, look_first = retry_on_conflict(decide)
-    if to_start is not None:
-        start_deployment(context, to_start, pipeline, look_first=look_first)
-    return actions
+def start_next(context: Context, decision: Decision) -> None:
+    if decision.start is None:
+        return
+    pipeline = context.pipelines.named(decision.start.pipeline)
+    if pipeline is not None:  # the lane hands out no start for a pipeline no longer configured
+        start_deployment(context, decision.start, pipeline, look_first=decision.look_first)
+
+
+def log_refused(refused: Refused) -> None:
+    log(refused_line(refused))

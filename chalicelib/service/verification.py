@@ -6,15 +6,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from chalicelib.domain.lane import Annotation, annotate, change_of
 from chalicelib.domain.release import (
     EventType,
     Refused,
     Release,
     ReleaseState,
     Step,
-    record,
     transition,
-    update,
 )
 from chalicelib.domain.verification import (
     MAX_DELAY_S,
@@ -30,10 +29,9 @@ from chalicelib.domain.verification import (
     plan_verification,
 )
 from chalicelib.log import logger
-from chalicelib.service.context import Context, retry_on_conflict
+from chalicelib.service.context import Context
 from chalicelib.service.ports import Change
-from chalicelib.service.reads import FirstRead, stored
-from chalicelib.service.slot_flow import Prelude, finish, log_refused
+from chalicelib.service.slot_flow import finish, log_refused, on_release
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
@@ -53,6 +51,7 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
                 "balancer, so there is no target health to verify"
             ),
             detail={"deployment_id": deployment_id},
+            pipeline=release.pipeline,
         )
     try:
         groups = context.load_balancing.target_groups(info.target_group_names)
@@ -72,16 +71,11 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
         return _fail_verification(context, release, deployment_id, why)
     verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
 
-    read = FirstRead(context.store, release.id, release)
-
-    def decide() -> Release | None:
-        current = read()
-        if current is None:
-            return None
+    def enter_verifying(current: Release, now: datetime) -> Change | None:
         moved = transition(
             Step(current, ()),
             ReleaseState.VERIFYING,
-            now=context.clock.now(),
+            now=now,
             reason=f"CodeDeploy deployment {deployment_id} succeeded; verifying target health",
             detail={
                 "deployment_id": deployment_id,
@@ -96,10 +90,9 @@ def begin_verification(context: Context, release: Release, deployment_id: str) -
         if isinstance(moved, Refused):
             log_refused(moved)
             return None
-        context.store.commit(Change(releases=[moved.release], events={release.id: moved.events}))
-        return stored(moved.release)
+        return change_of([moved])
 
-    verifying = retry_on_conflict(decide)
+    verifying = on_release(context, release.id, enter_verifying, known=release)
     if verifying is not None:
         context.verify_queue.schedule(
             *next_request(release.id, deployment_id, verification, context.clock.now())
@@ -115,7 +108,7 @@ def _fail_verification(
     why: str,
     *,
     aws_code: str | None = None,
-    prelude: Prelude | None = None,
+    annotation: Annotation | None = None,
 ) -> Release | None:
     """FAILED ``verify_failed``, rolled back as the pipeline says."""
     pipeline = context.pipelines.named(release.pipeline)
@@ -128,9 +121,9 @@ def _fail_verification(
         ReleaseState.FAILED,
         reason=f"verify_failed: {why}",
         detail=detail,
-        prelude=prelude,
+        annotation=annotation,
         roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
-        known=release,
+        pipeline=release.pipeline,
     )
 
 
@@ -202,11 +195,7 @@ def _apply(
     context: Context, release: Release, request: VerifyRequest, judgement: Judgement
 ) -> Release | None:
     event_type, detail = _check_event(judgement, request.check)
-
-    def with_check(step: Step, now: datetime) -> Step:
-        return record(
-            update(step, now=now, verification=judgement.verification), event_type, now=now, detail=detail
-        )
+    check = Annotation(event_type, detail, judgement.verification)
 
     verification = judgement.verification
     if judgement.outcome is Outcome.VERIFIED:
@@ -220,14 +209,14 @@ def _apply(
                 f"for {verification.healthy_checks} checks in a row{baked}"
             ),
             detail={"deployment_id": request.deployment_id, "checks": verification.checks_done},
-            prelude=with_check,
-            known=release,
+            annotation=check,
+            pipeline=release.pipeline,
         )
     aws_code = judgement.error.code if judgement.error else None
     if judgement.outcome is Outcome.UNVERIFIABLE:
         why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, prelude=with_check
+            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         why = (
@@ -236,22 +225,15 @@ def _apply(
             else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
         )
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, prelude=with_check
+            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check
         )
 
-    def decide() -> Release | None:
-        current = context.store.get_release(release.id)
-        if (
-            current is None
-            or current.verification is None
-            or current.verification.checks_done != request.check - 1
-        ):
+    def record_check(current: Release, now: datetime) -> Change | None:
+        if current.verification is None or current.verification.checks_done != request.check - 1:
             return None  # another copy of this message got there first
-        step = with_check(Step(current, ()), context.clock.now())
-        context.store.commit(Change(releases=[step.release], events={current.id: step.events}))
-        return step.release
+        return change_of([annotate(Step(current, ()), check, now)])
 
-    checked = retry_on_conflict(decide)
+    checked = on_release(context, release.id, record_check)
     if checked is not None:
         context.verify_queue.schedule(
             *next_request(release.id, request.deployment_id, judgement.verification, context.clock.now())

@@ -218,3 +218,27 @@ def test_a_waiting_rollback_goes_first_and_is_never_superseded(world: World) -> 
     assert world.store.get_slot("web-prod").waiting == (rollback.id, newest)
     assert world.release(queued).state is ReleaseState.SUPERSEDED
     assert world.release(rollback.id).state is ReleaseState.QUEUED
+
+
+def test_a_queued_release_behind_a_waiting_rollback_is_told_its_real_place(world: World) -> None:
+    """Under supersede a waiting rollback is kept in front of the newcomer: the newcomer's
+    QUEUED event names the place it really has, behind the rollback."""
+    first = deploy(world, "web/prod/site-1.zip")
+    web = bootstrap.pipelines().named("web-prod")
+    assert web is not None
+    submit(
+        bootstrap.context(),
+        Submission(
+            release_id="rb-manual-1",
+            pipeline=web,
+            revision=world.release(first).revision,
+            trigger=Trigger.ROLLBACK,
+            actor="ana",
+        ),
+    )
+
+    newest = deploy(world, "web/prod/site-2.zip")
+
+    assert world.store.get_slot("web-prod").waiting == ("rb-manual-1", newest)
+    queued = [event for event in world.history(newest) if event.state is ReleaseState.QUEUED]
+    assert [event.detail["position"] for event in queued] == [2]

@@ -1,0 +1,650 @@
+"""The lane of one pipeline: its slot together with the releases the slot names, the consistency
+boundary of the coordinator.
+
+Every rule of who deploys next lives here: a free slot is taken, a busy one queues or supersedes
+per the pipeline, uploads keep S3's order (``domain/slot.py``), rollbacks go first and are never
+superseded, a rollback never causes another, last good is only ever a SUCCEEDED release, a
+finished or missing active release is let go, and an abandoned start is restarted after its lease.
+
+A use case loads the lane (the slot and the releases its command names), asks it to decide, and
+commits the one ``Change`` the ``Decision`` holds before it calls AWS. When a decision needs a
+release the lane was not given (a waiting head to promote, the last good release, the waiting
+releases a supersede replaces), the lane raises ``NeedsReleases`` naming them: the use case loads
+them and asks again, so the domain stays pure and the reads stay minimal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.release import (
+    Detail,
+    EventType,
+    HistoryEvent,
+    Refused,
+    Release,
+    ReleaseState,
+    Revision,
+    Step,
+    Trigger,
+    can_transition,
+    new_release,
+    record,
+    rollback_release_id,
+    transition,
+    update,
+)
+from chalicelib.domain.slot import PipelineSlot, UploadMark
+from chalicelib.domain.verification import Verification
+
+# A start claimed longer ago than this was abandoned (its Lambda died mid-way): it may be retried.
+START_CLAIM_LEASE = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class Change:
+    """Everything one decision writes, committed atomically or not at all.
+
+    Each release carries the version it was read at (0: must not exist yet); the slot likewise.
+    """
+
+    releases: Sequence[Release] = ()
+    events: Mapping[str, Sequence[HistoryEvent]] = field(default_factory=dict)
+    slot: PipelineSlot | None = None
+    # deployment id -> release id, written once.
+    deployment_links: Mapping[str, str] = field(default_factory=dict)
+
+
+def change_of(
+    steps: Sequence[Step], slot: PipelineSlot | None = None, links: Mapping[str, str] | None = None
+) -> Change:
+    """The change that writes these steps (releases with their new history events)."""
+    return Change(
+        releases=[step.release for step in steps],
+        events={step.release.id: step.events for step in steps},
+        slot=slot,
+        deployment_links=dict(links or {}),
+    )
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """What the use case logs for a decision, after the decision is committed."""
+
+    message: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    level: Literal["info", "warning"] = "info"
+
+
+def refused_line(refused: Refused) -> LogLine:
+    return LogLine(refused.message, {"release_id": refused.release_id})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One command's outcome: the write to commit, then what to do after it."""
+
+    change: Change = field(default_factory=Change)
+    # The command's release as the change leaves it (None: there is none, or it did not move).
+    subject: Release | None = None
+    # A release that holds the slot with a fresh start claim: create its CodeDeploy deployment
+    # after the commit; ``look_first`` for an earlier attempt's deployment before creating one.
+    start: Release | None = None
+    look_first: bool = False
+    logs: tuple[LogLine, ...] = ()
+    # What a repair did, for the reconciler's report: restarted / freed / promoted -> release id.
+    report: Mapping[str, str] = field(default_factory=dict)
+    # Submit: the command recorded a new release (False: it existed already).
+    created: bool = False
+
+
+class NeedsReleases(Exception):
+    """The lane needs these releases to decide: load them and ask again."""
+
+    def __init__(self, release_ids: Iterable[str]) -> None:
+        self.release_ids = tuple(dict.fromkeys(release_ids))
+        super().__init__(f"load releases {', '.join(self.release_ids)}")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A revision submitted as a release: an upload, an API deploy or redeploy, a rollback."""
+
+    release_id: str  # derived from what is submitted, so a repeat finds the same release
+    pipeline: Pipeline
+    revision: Revision
+    trigger: Trigger
+    actor: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    rollback_of: str | None = None
+    # When S3 stored the uploaded object (LastModified): orders automatic uploads.
+    stored_at: datetime | None = None
+
+    @property
+    def upload_mark(self) -> UploadMark | None:
+        """Where an automatic upload stands in S3's order; an API deploy of any revision, a
+        redeploy or a rollback is not ordered against uploads."""
+        if self.trigger is not Trigger.UPLOAD or self.stored_at is None:
+            return None
+        return UploadMark(self.release_id, self.stored_at)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """A history event written just before a release's terminal one, in the same write: failure
+    diagnostics, or the health check that decided it (with the verification it updates)."""
+
+    type: EventType
+    detail: Detail
+    verification: Verification | None = None
+
+
+def annotate(step: Step, annotation: Annotation, now: datetime) -> Step:
+    if annotation.verification is not None:
+        step = update(step, now=now, verification=annotation.verification)
+    return record(step, annotation.type, now=now, detail=annotation.detail)
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Move a release to a terminal state. ``roll_back`` (failures only) starts the automatic
+    rollback to the last good release ahead of every waiting one."""
+
+    release_id: str
+    target: ReleaseState
+    reason: str
+    detail: Detail = field(default_factory=dict)
+    roll_back: bool = False
+    annotation: Annotation | None = None
+
+
+@dataclass(frozen=True)
+class ExternalDeployment:
+    """A deployment CodeDeploy runs that the coordinator did not start (the console, Auto
+    Scaling, or CodeDeploy's own automatic rollback of ``rollback_of``)."""
+
+    release_id: str
+    deployment_id: str
+    application: str
+    deployment_group: str
+    revision: Revision
+    creator: str
+    rollback_of: str | None = None
+
+
+@dataclass(frozen=True)
+class RollbackChoice:
+    """What a manual rollback deploys (``target``) and which release it rolls back (``current``)."""
+
+    target: Release
+    current: str
+
+
+@dataclass(frozen=True)
+class Lane:
+    name: str
+    config: Pipeline | None  # None when the pipeline is no longer configured
+    slot: PipelineSlot
+    # Every release looked up: the release, or None when the store has no such release.
+    releases: Mapping[str, Release | None] = field(default_factory=dict)
+
+    def with_releases(self, found: Mapping[str, Release | None]) -> Lane:
+        return dataclasses.replace(self, releases={**self.releases, **found})
+
+    def _release(self, release_id: str) -> Release | None:
+        if release_id not in self.releases:
+            raise NeedsReleases([release_id])
+        return self.releases[release_id]
+
+    def _require(self, release_ids: Iterable[str]) -> None:
+        missing = [release_id for release_id in release_ids if release_id not in self.releases]
+        if missing:
+            raise NeedsReleases(missing)
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit(self, submission: Submission, now: datetime) -> Decision:
+        """Record the release and take the slot, queue, or end it at once. A repeat of a
+        recorded release writes nothing, unless its start was handed back or abandoned: then the
+        lane is repaired (Lambda's retry after a failed CreateDeployment, S3's duplicate)."""
+        existing = self._release(submission.release_id)
+        if existing is not None:
+            if existing.awaiting_deployment:
+                return dataclasses.replace(self.repair(now), subject=existing)
+            return Decision(
+                subject=existing,
+                logs=(LogLine("release already recorded; nothing to do", {"state": existing.state.value}),),
+            )
+        step = new_release(
+            release_id=submission.release_id,
+            pipeline=self.name,
+            application=submission.pipeline.application,
+            deployment_group=submission.pipeline.deployment_group,
+            revision=submission.revision,
+            trigger=submission.trigger,
+            now=now,
+            actor=submission.actor,
+            rollback_of=submission.rollback_of,
+            metadata=submission.metadata,
+        )
+        key = submission.revision.key
+        if submission.revision.bundle_type is None:
+            failed = _moved(
+                transition(
+                    step,
+                    ReleaseState.FAILED,
+                    now=now,
+                    reason=(
+                        f"{key!r} is not a CodeDeploy bundle: the key must end in .zip, .tar, .tar.gz or .tgz"
+                    ),
+                )
+            )
+            return Decision(change_of([failed]), subject=failed.release, created=True)
+        superseded: tuple[str, ...] = ()
+        if submission.trigger.is_rollback:
+            slot = self.slot.give_first(submission.release_id)
+            took_slot = slot.active == submission.release_id
+        else:
+            admission = self.slot.admit(
+                submission.release_id, submission.pipeline.on_busy, submission.upload_mark
+            )
+            upload, newer = submission.upload_mark, admission.turned_away_by
+            if upload is not None and newer is not None:
+                return _superseded_as_older(step, upload, newer, now)
+            slot, took_slot, superseded = admission.slot, admission.active, admission.superseded
+        # Rollbacks a supersede would replace keep their place in front of the newcomer.
+        self._require(superseded)
+        replaced = [older for older in map(self.releases.get, superseded) if older is not None]
+        kept = tuple(older.id for older in replaced if older.trigger.is_rollback)
+        slot = dataclasses.replace(slot, waiting=(*kept, *slot.waiting))
+        if took_slot:
+            moved = transition(
+                step,
+                ReleaseState.DEPLOYING,
+                now=now,
+                reason="slot free: starting CodeDeploy",
+                start_claimed_at=now,
+            )
+        else:
+            moved = transition(
+                step,
+                ReleaseState.QUEUED,
+                now=now,
+                reason=f"pipeline busy with {self.slot.active or self.slot.waiting[0]}",
+                detail={"position": slot.waiting.index(submission.release_id) + 1},
+            )
+        steps, logs = [_moved(moved)], []
+        for older in replaced:
+            if older.trigger.is_rollback:
+                continue
+            ended = transition(
+                Step(older, ()),
+                ReleaseState.SUPERSEDED,
+                now=now,
+                reason=f"superseded by {submission.release_id}",
+                detail={"superseded_by": submission.release_id},
+            )
+            if isinstance(ended, Refused):
+                logs.append(refused_line(ended))
+            else:
+                steps.append(ended)
+        release = steps[0].release
+        logs.append(LogLine(f"release {release.state.value.lower()}", {"key": key}))
+        return Decision(
+            change_of(steps, slot),
+            subject=release,
+            start=release if took_slot else None,
+            logs=tuple(logs),
+            created=True,
+        )
+
+    # -- finish ------------------------------------------------------------------------------
+
+    def finish(self, command: Finish, now: datetime) -> Decision:
+        """Move a release to a terminal state, let go of its place in the slot and hand the slot
+        on (to the automatic rollback first), all in one write. When the finished release did
+        not hold the slot (an external deployment, a waiting release), the slot's own release is
+        repaired too: it may have been waiting for CodeDeploy to be free."""
+        release = self._release(command.release_id)
+        if release is None:
+            return Decision()
+        if not can_transition(release.state, command.target):
+            return Decision(logs=(refused_line(Refused(release.id, release.state, command.target)),))
+        rollback, note = self._plan_rollback(release, now) if command.roll_back else (None, "")
+        step = (
+            annotate(Step(release, ()), command.annotation, now) if command.annotation else Step(release, ())
+        )
+        rollback_detail = {"rollback_release_id": rollback.release.id} if rollback else {}
+        finished = _moved(
+            transition(
+                step,
+                command.target,
+                now=now,
+                reason=command.reason + note,
+                detail={**command.detail, **rollback_detail},
+            )
+        )
+        steps = [finished]
+        slot = self.slot.free(release.id)
+        if command.target is ReleaseState.SUCCEEDED:
+            slot = dataclasses.replace(slot, last_good=release.id)
+        start: Release | None = None
+        look_first = False
+        promoted: Release | None = None
+        logs: list[LogLine] = []
+        report: dict[str, str] = {}
+        if rollback is not None:
+            rollback_id, busy_with = rollback.release.id, slot.active
+            slot = slot.give_first(rollback_id)
+            if slot.active == rollback_id:
+                rollback = _moved(
+                    transition(
+                        rollback,
+                        ReleaseState.DEPLOYING,
+                        now=now,
+                        reason=(
+                            f"rolling back {release.id} to the last verified release "
+                            f"{rollback.release.metadata['rolled_back_to']}"
+                        ),
+                        start_claimed_at=now,
+                    )
+                )
+                start = promoted = rollback.release
+            else:
+                # Another release holds the slot (the one that failed ran beside it, as an
+                # external deployment does): the rollback waits at the head of the line.
+                rollback = _moved(
+                    transition(
+                        rollback,
+                        ReleaseState.QUEUED,
+                        now=now,
+                        reason=f"pipeline busy with {busy_with}",
+                        detail={"position": slot.waiting.index(rollback_id) + 1},
+                    )
+                )
+            steps.append(rollback)
+        if start is None:
+            slot, start, look_first = self._repair(slot, now, steps, logs, report)
+            promoted = start if "promoted" in report else None
+        logs.append(
+            LogLine(
+                f"release {command.target.value.lower()}",
+                {
+                    "release_id": release.id,
+                    "reason": finished.release.reason,
+                    "next_release_id": promoted.id if promoted else None,
+                },
+            )
+        )
+        if self.config is None:
+            logs.append(
+                LogLine(
+                    "pipeline no longer configured; not starting the next release",
+                    {"pipeline": self.name},
+                    "warning",
+                )
+            )
+            start = None
+        return Decision(
+            change_of(steps, slot if slot != self.slot else None),
+            subject=finished.release,
+            start=start,
+            look_first=look_first,
+            logs=tuple(logs),
+            report=report,
+        )
+
+    def _plan_rollback(self, failed: Release, now: datetime) -> tuple[Step | None, str]:
+        """The automatic rollback of a failed release: a new release (RECEIVED) of the last
+        verified revision, and the note appended to the failed release's reason. A rollback never causes
+        another: when a rollback itself fails, the pipeline stops there for a person to look."""
+        if failed.trigger.is_rollback:
+            return None, "; this was a rollback, so no further rollback"
+        last_good = self._release(self.slot.last_good) if self.slot.last_good else None
+        if last_good is None:
+            return None, "; nothing to roll back to: no release of this pipeline was verified yet"
+        started = new_release(
+            release_id=rollback_release_id(failed.id),
+            pipeline=failed.pipeline,
+            application=failed.application,
+            deployment_group=failed.deployment_group,
+            revision=last_good.revision,
+            trigger=Trigger.AUTO_ROLLBACK,
+            now=now,
+            rollback_of=failed.id,
+            metadata={**last_good.metadata, "rolled_back_to": last_good.id},
+        )
+        return started, f"; rolling back to {last_good.id}"
+
+    # -- repair ------------------------------------------------------------------------------
+
+    def repair(self, now: datetime) -> Decision:
+        """Free a finished or missing active release, promote the next waiting one, restart an
+        active release whose start was abandoned (its lease ran out) or handed back."""
+        steps: list[Step] = []
+        logs: list[LogLine] = []
+        report: dict[str, str] = {}
+        slot, start, look_first = self._repair(self.slot, now, steps, logs, report)
+        return Decision(
+            change_of(steps, slot if slot != self.slot else None),
+            start=start if self.config is not None else None,
+            look_first=look_first,
+            logs=tuple(logs),
+            report=report,
+        )
+
+    def _repair(
+        self,
+        slot: PipelineSlot,
+        now: datetime,
+        steps: list[Step],
+        logs: list[LogLine],
+        report: dict[str, str],
+    ) -> tuple[PipelineSlot, Release | None, bool]:
+        """The slot repaired, with the release to start and whether to look for an earlier
+        attempt's deployment first. Adds the writes to ``steps``."""
+        if slot.active is not None:
+            active = self._release(slot.active)
+            if active is not None and not active.state.is_terminal:
+                if not active.awaiting_deployment or self.config is None:
+                    return slot, None, False
+                claimed = active.start_claimed_at
+                if claimed is not None and now - claimed < START_CLAIM_LEASE:
+                    return slot, None, False
+                claim = update(Step(active, ()), now=now, start_claimed_at=now)
+                steps.append(claim)
+                report["restarted"] = active.id
+                return slot, claim.release, True
+            logs.append(
+                LogLine(
+                    "freeing a slot held by a finished or missing release",
+                    {"release_id": slot.active},
+                    "warning",
+                )
+            )
+            report["freed"] = slot.active
+            slot = slot.free(slot.active)
+        slot, promoted = self._promote(slot, now, steps, logs)
+        if promoted is not None:
+            report["promoted"] = promoted.id
+        return slot, promoted, False
+
+    def _promote(
+        self, slot: PipelineSlot, now: datetime, steps: list[Step], logs: list[LogLine]
+    ) -> tuple[PipelineSlot, Release | None]:
+        """If the slot is free, hand it to the first waiting release that can still deploy."""
+        while True:
+            slot, head = slot.promote_next()
+            if head is None:
+                return slot, None
+            waiting = self._release(head)
+            if waiting is None or waiting.state.is_terminal:
+                logs.append(
+                    LogLine(
+                        "dropping a waiting release that is gone or finished", {"release_id": head}, "warning"
+                    )
+                )
+                slot = slot.free(head)
+                continue
+            moved = transition(
+                Step(waiting, ()),
+                ReleaseState.DEPLOYING,
+                now=now,
+                reason="slot freed: starting CodeDeploy",
+                start_claimed_at=now,
+            )
+            if isinstance(moved, Refused):
+                logs.append(refused_line(moved))
+                slot = slot.free(head)
+                continue
+            steps.append(moved)
+            return slot, moved.release
+
+    # -- external deployments ----------------------------------------------------------------
+
+    def adopt(self, deployment: ExternalDeployment, now: datetime) -> Decision:
+        """Record a deployment started outside the coordinator as an ``external`` release (or,
+        for CodeDeploy's own rollback, an ``auto_rollback`` of the release whose failure caused
+        it). It occupies CodeDeploy's one deployment per group: it holds the slot if the slot is
+        free, so uploads queue behind it instead of failing against CodeDeploy's limit."""
+        if self._release(deployment.release_id) is not None:
+            return Decision()
+        rollback_of = deployment.rollback_of
+        if rollback_of:
+            reason = f"CodeDeploy's automatic rollback {deployment.deployment_id} of {rollback_of}"
+        else:
+            reason = (
+                f"deployment {deployment.deployment_id} started outside the coordinator "
+                f"(creator: {deployment.creator or 'unknown'})"
+            )
+        step = new_release(
+            release_id=deployment.release_id,
+            pipeline=self.name,
+            application=deployment.application,
+            deployment_group=deployment.deployment_group,
+            revision=deployment.revision,
+            trigger=Trigger.AUTO_ROLLBACK if rollback_of else Trigger.EXTERNAL,
+            now=now,
+            rollback_of=rollback_of,
+            actor=deployment.creator or None,
+            metadata={"creator": deployment.creator} if deployment.creator else {},
+            deployment_id=deployment.deployment_id,
+        )
+        moved = _moved(transition(step, ReleaseState.DEPLOYING, now=now, reason=reason))
+        holds = self.slot.active is None and not self.slot.waiting
+        slot = dataclasses.replace(self.slot, active=deployment.release_id) if holds else None
+        return Decision(
+            change_of([moved], slot, {deployment.deployment_id: deployment.release_id}),
+            subject=moved.release,
+            logs=(
+                LogLine(
+                    "recorded an external deployment",
+                    {"release_id": deployment.release_id, "holds_slot": holds},
+                ),
+            ),
+        )
+
+    # -- commands of a person ----------------------------------------------------------------
+
+    def cancel(self, release_id: str, actor: str, now: datetime) -> Decision:
+        """A waiting or verifying release stops at once. A deploying one is left to the caller,
+        who asks CodeDeploy to stop it (its STOP event then finishes it): the decision writes
+        nothing and its subject is the release, still DEPLOYING."""
+        release = self._release(release_id)
+        if release is None:
+            raise NotFound(f"no release {release_id[:200]!r}")
+        if release.state.is_terminal:
+            raise ConflictingState(
+                f"release {release.id} already ended {release.state.value}: {release.reason}"
+            )
+        if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
+            return self.finish(
+                Finish(
+                    release.id, ReleaseState.STOPPED, reason=f"cancelled by {actor}", detail={"actor": actor}
+                ),
+                now,
+            )
+        if release.deployment_id is None:
+            # RECEIVED, or DEPLOYING while CreateDeployment is in flight: stopping now could race
+            # the deployment being created.
+            raise ConflictingState(
+                f"release {release.id} is being started; retry the cancel in a few seconds"
+            )
+        return Decision(subject=release)
+
+    def choose_rollback(self, to: str | None, newest: str | None) -> RollbackChoice:
+        """A manual rollback's target: ``to`` (a SUCCEEDED release of this pipeline) or the last
+        good release; refused when the target is the current release (the active one, else the
+        newest, ``newest``). The use case then submits a ``rollback`` release of it."""
+        if to is None:
+            if self.slot.last_good is None:
+                raise ConflictingState(
+                    f"no release of pipeline {self.name!r} has succeeded yet: "
+                    "there is nothing to roll back to"
+                )
+            target = self._release(self.slot.last_good)
+            if target is None:
+                raise NotFound(f"no release {self.slot.last_good[:200]!r}")
+        else:
+            found = self._release(to)
+            if found is None or found.pipeline != self.name:
+                raise InvalidValue(f"field 'to': pipeline {self.name!r} has no release {to!r}")
+            if found.state is not ReleaseState.SUCCEEDED:
+                raise InvalidValue(
+                    f"field 'to': release {to} is {found.state.value}; "
+                    "only a SUCCEEDED release can be rolled back to"
+                )
+            target = found
+        current = self.slot.active or newest
+        if current is None or current == target.id:
+            raise ConflictingState(
+                f"release {target.id} is already the current release of {self.name!r}; "
+                'name an earlier SUCCEEDED release with {"to": id}'
+            )
+        return RollbackChoice(target, current)
+
+
+def _second(moment: datetime) -> str:
+    return moment.replace(microsecond=0).isoformat()
+
+
+def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now: datetime) -> Decision:
+    """An upload whose event came late (a retry after a crash, or S3's unordered delivery): the
+    pipeline already took an upload S3 stored after it. The slot is not written: its marks only
+    move forward, so a stale read can miss this decision but never make it wrongly."""
+    superseded = _moved(
+        transition(
+            step,
+            ReleaseState.SUPERSEDED,
+            now=now,
+            reason=(
+                f"superseded by the newer upload {newer.release_id}: S3 stored this one at "
+                f"{_second(upload.stored_at)} and that one at {_second(newer.stored_at)}, which the "
+                "pipeline already took (deploy this revision through the API to run it anyway)"
+            ),
+            detail={
+                "superseded_by": newer.release_id,
+                "stored_at": _second(upload.stored_at),
+                "newer_stored_at": _second(newer.stored_at),
+            },
+        )
+    )
+    return Decision(
+        change_of([superseded]),
+        subject=superseded.release,
+        logs=(LogLine("release superseded by a newer upload", {"newer": newer.release_id}),),
+        created=True,
+    )
+
+
+def _moved(moved: Step | Refused) -> Step:
+    """A transition out of RECEIVED, which the state machine always allows."""
+    if isinstance(moved, Refused):
+        raise AssertionError(moved.message)
+    return moved

@@ -1,0 +1,116 @@
+"""The lane is read in one strongly consistent BatchGetItem (the slot and the command's releases),
+on moto; DynamoDB's partial answers (``UnprocessedKeys``) and its 100-key limit are handled."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from botocore.awsrequest import AWSResponse
+
+from chalicelib.adapters.dynamodb_store import DynamoReleaseStore, ReadIncomplete
+from chalicelib.domain.lane import Change
+from chalicelib.domain.release import Release, Revision, Trigger, new_release
+from chalicelib.domain.slot import PipelineSlot
+from tests.integration.conftest import TABLE, World
+
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+
+def _release(release_id: str) -> Release:
+    revision = Revision("acme-artifacts", f"api/prod/{release_id}.zip", "v1", None)
+    return new_release(
+        release_id=release_id,
+        pipeline="api-prod",
+        application="api",
+        deployment_group="api-prod",
+        revision=revision,
+        trigger=Trigger.API,
+        now=NOW,
+    ).release
+
+
+def _unprocessed(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]]:
+    """DynamoDB under throttling: nothing read, every key handed back as ``UnprocessedKeys``
+    (a ``before-call`` answer replaces the request)."""
+    answer = {"Responses": {}, "UnprocessedKeys": json.loads(params["body"])["RequestItems"]}
+    return AWSResponse(params["url"], 200, {}, None), answer
+
+
+@pytest.fixture
+def store(world: World) -> tuple[DynamoReleaseStore, list[dict[str, Any]]]:
+    """A store whose client records each BatchGetItem request's keys."""
+    client = world.session.client("dynamodb")
+    requests: list[dict[str, Any]] = []
+
+    def note(params: dict[str, Any], **_: Any) -> None:
+        requests.append(params["RequestItems"][TABLE])
+
+    client.meta.events.register("before-parameter-build.dynamodb.BatchGetItem", note)
+    return DynamoReleaseStore(client, TABLE), requests
+
+
+def test_the_slot_and_the_subjects_come_in_one_consistent_read(
+    store: tuple[DynamoReleaseStore, list[dict[str, Any]]],
+) -> None:
+    releases, requests = store
+    stored = releases.commit(Change(releases=[_release("r1")], slot=PipelineSlot("api-prod", active="r1")))
+
+    slot, found = releases.read_lane("api-prod", ["r1", "missing"])
+
+    assert (slot.active, slot.version) == ("r1", 1)
+    assert found == {"r1": stored["r1"]}
+    assert stored["r1"].version == 1  # the commit answers with the versions it wrote
+    assert len(requests) == 1
+    assert requests[0]["ConsistentRead"] is True
+    assert len(requests[0]["Keys"]) == 3
+
+
+def test_keys_dynamodb_left_unprocessed_are_asked_again(
+    world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    releases, requests = store
+    releases.commit(Change(releases=[_release("r1"), _release("r2")]))
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    throttled = [True]
+
+    def unprocessed_once(params: dict[str, Any], **kwargs: Any) -> Any:
+        return _unprocessed(params, **kwargs) if throttled and throttled.pop() else None
+
+    client = world.session.client("dynamodb")
+    client.meta.events.register("before-call.dynamodb.BatchGetItem", unprocessed_once)
+
+    slot, found = DynamoReleaseStore(client, TABLE).read_lane("api-prod", ["r1", "r2"])
+
+    assert sorted(found) == ["r1", "r2"]
+    assert slot.version == 0
+    assert not throttled
+    assert requests == []  # the recording client was not the one read through
+
+
+def test_a_read_still_unprocessed_after_the_retries_fails_loudly(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    client = world.session.client("dynamodb")
+    client.meta.events.register("before-call.dynamodb.BatchGetItem", _unprocessed)
+
+    with pytest.raises(ReadIncomplete, match="1 key"):
+        DynamoReleaseStore(client, TABLE).read_lane("api-prod", [])
+
+
+def test_more_than_a_hundred_releases_are_read_in_requests_of_at_most_a_hundred_keys(
+    store: tuple[DynamoReleaseStore, list[dict[str, Any]]],
+) -> None:
+    releases, requests = store
+    ids = [f"r{number:03d}" for number in range(150)]
+    for start in range(0, len(ids), 50):
+        releases.commit(Change(releases=[_release(release_id) for release_id in ids[start : start + 50]]))
+
+    found = releases.get_releases([*ids, ids[0]])  # a repeated id is asked for once
+
+    assert [release.id for release in found] == ids
+    assert [len(request["Keys"]) for request in requests] == [100, 50]

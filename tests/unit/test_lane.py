@@ -1,0 +1,465 @@
+"""The lane's rules over generated sequences of commands, with no AWS at all.
+
+A state machine plays the use cases against an in-memory store: it loads the lane with only the
+command's releases (so every ``NeedsReleases`` round is exercised), commits the decision's change
+with the store's version conditions, and plays CreateDeployment after the commit (created,
+handed back, or lost with the Lambda that made it). After every step it checks the invariants of
+issue 13: never two active, rollbacks first, nothing lost, positions right, last good only ever a
+SUCCEEDED release, a rollback never causes another, uploads never started out of S3's order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.lane import (
+    START_CLAIM_LEASE,
+    Annotation,
+    Change,
+    Decision,
+    ExternalDeployment,
+    Finish,
+    Lane,
+    NeedsReleases,
+    Submission,
+)
+from chalicelib.domain.pipelines import Pipeline, RollbackSettings
+from chalicelib.domain.release import (
+    EventType,
+    Release,
+    ReleaseState,
+    Revision,
+    Step,
+    Trigger,
+    external_release_id,
+    record,
+    transition,
+    update,
+)
+from chalicelib.domain.slot import BusyPolicy, PipelineSlot
+
+T = TypeVar("T")
+T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+PIPELINE = "api-prod"
+# Read by tests/unit/conftest.py for the run's summary line.
+RUN_STATS = {"examples": 0, "steps": 0}
+
+
+class WriteConflict(Exception):
+    pass
+
+
+class MemoryStore:
+    """The table as the lane sees it: releases and the slot, each written on its version."""
+
+    def __init__(self) -> None:
+        self.slot = PipelineSlot(PIPELINE)
+        self.releases: dict[str, Release] = {}
+        self.history: dict[str, list[tuple[EventType, ReleaseState, dict[str, object]]]] = {}
+
+    def commit(self, change: Change) -> dict[str, Release]:
+        for release in change.releases:
+            held = self.releases.get(release.id)
+            if (held.version if held else 0) != release.version:
+                raise WriteConflict(release.id)
+        if change.slot is not None and change.slot.version != self.slot.version:
+            raise WriteConflict("slot")
+        stored = {r.id: dataclasses.replace(r, version=r.version + 1) for r in change.releases}
+        self.releases.update(stored)
+        for release_id, events in change.events.items():
+            self.history.setdefault(release_id, []).extend(
+                (event.type, event.state, dict(event.detail)) for event in events
+            )
+        if change.slot is not None:
+            self.slot = dataclasses.replace(change.slot, version=change.slot.version + 1)
+        return stored
+
+
+class LaneMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        RUN_STATS["examples"] += 1
+        self.store = MemoryStore()
+        self.now = T0
+        self.pipeline = Pipeline(PIPELINE, "bucket", "api/", "api", "api-prod")
+        self.submitted: list[str] = []
+        self.adopted: set[str] = set()
+        self.started_uploads: list[datetime] = []  # stored time of each upload that got the slot
+        self.stored_at: dict[str, datetime] = {}  # when S3 stored each upload (LastModified)
+        self.counter = 0
+
+    @initialize(
+        policy=st.sampled_from(BusyPolicy),
+        on_deploy_failure=st.booleans(),
+        on_verify_failure=st.booleans(),
+    )
+    def configure(self, policy: BusyPolicy, on_deploy_failure: bool, on_verify_failure: bool) -> None:
+        self.pipeline = dataclasses.replace(
+            self.pipeline, on_busy=policy, rollback=RollbackSettings(on_deploy_failure, on_verify_failure)
+        )
+
+    # -- the use cases, played against the store --------------------------------------------
+
+    def decide(self, subjects: Sequence[str], ask: Callable[[Lane], T]) -> T:
+        """As the service loads the lane: the slot and the subjects, then what the lane asks for."""
+        lane = Lane(
+            PIPELINE,
+            self.pipeline,
+            self.store.slot,
+            {release_id: self.store.releases.get(release_id) for release_id in subjects},
+        )
+        for _ in range(10):
+            try:
+                return ask(lane)
+            except NeedsReleases as needs:
+                asked = set(needs.release_ids)
+            assert not asked & set(lane.releases), "asked again for a loaded release"
+            lane = lane.with_releases({i: self.store.releases.get(i) for i in asked})
+        raise AssertionError("the lane keeps asking")
+
+    def run(self, subjects: Sequence[str], ask: Callable[[Lane], Decision], outcome: str) -> Decision:
+        RUN_STATS["steps"] += 1
+        self.now += timedelta(seconds=1)
+        decision = self.decide(subjects, ask)
+        before = dict(self.store.releases)
+        stored = self.store.commit(decision.change)
+        self.check_queued_positions(decision.change)
+        self.note_started_uploads(before)
+        if decision.start is not None:
+            self.play_start(stored.get(decision.start.id, decision.start), outcome)
+        return decision
+
+    def play_start(self, release: Release, outcome: str) -> None:
+        """CreateDeployment after the commit: created and linked, refused for now and handed
+        back, or lost with a Lambda that died (its claim then runs out)."""
+        if outcome == "lost":
+            return
+        if outcome == "created":
+            step = record(
+                update(
+                    Step(release, ()), now=self.now, deployment_id=f"d-{release.id}", start_claimed_at=None
+                ),
+                EventType.TASK_STARTED,
+                now=self.now,
+            )
+        else:
+            step = record(
+                update(Step(release, ()), now=self.now, start_claimed_at=None),
+                EventType.TASK_FAILED,
+                now=self.now,
+            )
+        self.store.commit(Change([step.release], {release.id: step.events}))
+
+    def submission(self, trigger: Trigger, stored_second: int | None = None) -> Submission:
+        self.counter += 1
+        release_id = f"{trigger.value}-{self.counter}"
+        key = f"api/app-{self.counter}.zip"
+        stored_at = T0 + timedelta(seconds=stored_second) if stored_second is not None else None
+        return Submission(
+            release_id,
+            self.pipeline,
+            Revision("bucket", key, f"v{self.counter}", None),
+            trigger,
+            stored_at=stored_at,
+        )
+
+    def submit(self, submission: Submission, outcome: str) -> None:
+        if submission.stored_at is not None:
+            self.stored_at[submission.release_id] = submission.stored_at.replace(microsecond=0)
+        decision = self.run([submission.release_id], lambda lane: lane.submit(submission, self.now), outcome)
+        assert decision.created
+        assert decision.subject is not None
+        assert decision.subject.id == submission.release_id
+        self.submitted.append(submission.release_id)
+
+    # -- rules -------------------------------------------------------------------------------
+
+    starts = st.sampled_from(["created", "created", "created", "handed_back", "lost"])
+
+    @rule(stored_second=st.integers(min_value=0, max_value=40), outcome=starts)
+    def upload(self, stored_second: int, outcome: str) -> None:
+        self.submit(self.submission(Trigger.UPLOAD, stored_second), outcome)
+
+    @rule(outcome=starts)
+    def api_deploy(self, outcome: str) -> None:
+        self.submit(self.submission(Trigger.API), outcome)
+
+    @rule(outcome=starts)
+    def manual_rollback(self, outcome: str) -> None:
+        self.submit(self.submission(Trigger.ROLLBACK), outcome)
+
+    @precondition(lambda self: self.submitted)
+    @rule(data=st.data(), outcome=starts)
+    def resubmit(self, data: st.DataObject, outcome: str) -> None:
+        """S3's duplicate delivery or Lambda's retry: nothing new, but a handed-back or
+        abandoned start of the active release is picked up again."""
+        release = self.store.releases[data.draw(st.sampled_from(self.submitted))]
+        again = Submission(release.id, self.pipeline, release.revision, release.trigger)
+        decision = self.run([release.id], lambda lane: lane.submit(again, self.now), outcome)
+        assert not decision.created
+
+    @precondition(lambda self: self.deploying())
+    @rule(
+        data=st.data(),
+        ending=st.sampled_from([ReleaseState.SUCCEEDED, ReleaseState.FAILED, ReleaseState.STOPPED]),
+        outcome=starts,
+    )
+    def codedeploy_ends(self, data: st.DataObject, ending: ReleaseState, outcome: str) -> None:
+        release = data.draw(st.sampled_from(self.deploying()))
+        roll_back = ending is ReleaseState.FAILED and self.pipeline.rollback.on_deploy_failure
+        diagnostics = Annotation(EventType.TASK_FAILED, {"task": "CodeDeploy"})
+        finish = Finish(release.id, ending, f"CodeDeploy {ending.value}", {}, roll_back, diagnostics)
+        self.finish(finish, outcome)
+
+    @precondition(lambda self: self.deploying())
+    @rule(data=st.data())
+    def verification_begins(self, data: st.DataObject) -> None:
+        release = data.draw(st.sampled_from(self.deploying()))
+        moved = transition(Step(release, ()), ReleaseState.VERIFYING, now=self.now, reason="verifying")
+        assert isinstance(moved, Step)
+        self.store.commit(Change([moved.release], {release.id: moved.events}))
+
+    @precondition(lambda self: self.in_state(ReleaseState.VERIFYING))
+    @rule(data=st.data(), healthy=st.booleans(), outcome=starts)
+    def verification_ends(self, data: st.DataObject, healthy: bool, outcome: str) -> None:
+        release = data.draw(st.sampled_from(self.in_state(ReleaseState.VERIFYING)))
+        target = ReleaseState.SUCCEEDED if healthy else ReleaseState.FAILED
+        roll_back = not healthy and self.pipeline.rollback.on_verify_failure
+        self.finish(
+            Finish(release.id, target, "verified" if healthy else "verify_failed", {}, roll_back), outcome
+        )
+
+    def finish(self, command: Finish, outcome: str) -> None:
+        before = self.store.releases[command.release_id]
+        decision = self.run([command.release_id], lambda lane: lane.finish(command, self.now), outcome)
+        finished = self.store.releases[command.release_id]
+        assert decision.subject is not None
+        assert finished.state is command.target
+        rollback_id = dict(self.store.history[finished.id][-1][2]).get("rollback_release_id")
+        if rollback_id is not None:
+            assert command.roll_back
+            assert not before.trigger.is_rollback, "a rollback caused another"
+            assert self.store.releases[str(rollback_id)].trigger is Trigger.AUTO_ROLLBACK
+            self.submitted.append(str(rollback_id))
+
+    @precondition(lambda self: self.submitted)
+    @rule(data=st.data(), outcome=starts)
+    def cancel(self, data: st.DataObject, outcome: str) -> None:
+        release = self.store.releases[data.draw(st.sampled_from(self.submitted))]
+        try:
+            decision = self.run([release.id], lambda lane: lane.cancel(release.id, "ana", self.now), outcome)
+        except ConflictingState:
+            assert release.state.is_terminal or (
+                release.state is ReleaseState.DEPLOYING and release.deployment_id is None
+            )
+            return
+        if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
+            assert self.store.releases[release.id].state is ReleaseState.STOPPED
+        else:  # deploying: the caller asks CodeDeploy to stop; nothing is written
+            assert decision.change == Change()
+
+    @rule(outcome=starts, wait=st.sampled_from([timedelta(0), START_CLAIM_LEASE + timedelta(seconds=1)]))
+    def repair(self, outcome: str, wait: timedelta) -> None:
+        """The reconciler, now or after a start's lease ran out."""
+        self.now += wait
+        decision = self.run([], lambda lane: lane.repair(self.now), outcome)
+        if "restarted" in decision.report:
+            assert decision.look_first, "a restart looks for the earlier attempt's deployment"
+
+    @rule(rollback_of_ours=st.booleans())
+    def external_deployment(self, rollback_of_ours: bool) -> None:
+        self.counter += 1
+        failed = [r.id for r in self.store.releases.values() if r.state is ReleaseState.FAILED]
+        rollback_of = failed[-1] if rollback_of_ours and failed else None
+        external = ExternalDeployment(
+            external_release_id(f"d-ext-{self.counter}"),
+            f"d-ext-{self.counter}",
+            "api",
+            "api-prod",
+            Revision("bucket", "api/console.zip", None, None),
+            "console",
+            rollback_of,
+        )
+        self.run([external.release_id], lambda lane: lane.adopt(external, self.now), "created")
+        self.adopted.add(external.release_id)
+        self.submitted.append(external.release_id)
+
+    @precondition(lambda self: self.store.slot.last_good is not None or self.submitted)
+    @rule(data=st.data(), newest=st.booleans())
+    def choose_rollback(self, data: st.DataObject, newest: bool) -> None:
+        to = data.draw(st.sampled_from([None, *self.submitted]))
+        newest_id = self.submitted[-1] if newest and self.submitted else None
+        try:
+            choice = self.decide([to] if to else [], lambda lane: lane.choose_rollback(to, newest_id))
+        except (ConflictingState, InvalidValue, NotFound):
+            return
+        assert choice.target.state is ReleaseState.SUCCEEDED
+        assert choice.current != choice.target.id
+
+    # -- invariants --------------------------------------------------------------------------
+
+    def deploying(self) -> list[Release]:
+        return [r for r in self.in_state(ReleaseState.DEPLOYING) if r.deployment_id is not None]
+
+    def in_state(self, state: ReleaseState) -> list[Release]:
+        return sorted((r for r in self.store.releases.values() if r.state is state), key=lambda r: r.id)
+
+    def check_queued_positions(self, change: Change) -> None:
+        for release_id, events in change.events.items():
+            for event in events:
+                if event.state is ReleaseState.QUEUED and event.type is EventType.STATE_ENTERED:
+                    assert event.detail["position"] == self.store.slot.waiting.index(release_id) + 1
+
+    def note_started_uploads(self, before: dict[str, Release]) -> None:
+        for release in self.store.releases.values():
+            was = before.get(release.id)
+            if (
+                release.trigger is Trigger.UPLOAD
+                and release.state is ReleaseState.DEPLOYING
+                and (was is None or was.state is not ReleaseState.DEPLOYING)
+            ):
+                stored_at = self.stored_at[release.id]
+                assert not self.started_uploads or stored_at >= self.started_uploads[-1], "out of S3 order"
+                self.started_uploads.append(stored_at)
+
+    @invariant()
+    def one_active_and_nothing_lost(self) -> None:
+        slot = self.store.slot
+        held = [release_id for release_id in (slot.active, *slot.waiting) if release_id is not None]
+        assert len(held) == len(set(held)), f"a release holds two places: {held}"
+        for release in self.store.releases.values():
+            in_slot = release.id in held
+            if release.id in self.adopted and not in_slot:
+                continue  # an external deployment that found the slot busy runs beside it
+            assert in_slot != release.state.is_terminal, f"{release.id} {release.state} in slot: {in_slot}"
+        running = [
+            r.id
+            for r in self.store.releases.values()
+            if r.state in (ReleaseState.DEPLOYING, ReleaseState.VERIFYING) and r.id not in self.adopted
+        ]
+        assert set(running) <= {slot.active}, f"two active: {running}"
+        assert all(self.store.releases[w].state is ReleaseState.QUEUED for w in slot.waiting)
+
+    @invariant()
+    def rollbacks_first(self) -> None:
+        triggers = [self.store.releases[w].trigger.is_rollback for w in self.store.slot.waiting]
+        assert triggers == sorted(triggers, reverse=True), "a waiting rollback is behind another release"
+
+    @invariant()
+    def last_good_succeeded(self) -> None:
+        last_good = self.store.slot.last_good
+        assert last_good is None or self.store.releases[last_good].state is ReleaseState.SUCCEEDED
+
+    @invariant()
+    def a_rollback_never_causes_another(self) -> None:
+        for release in self.store.releases.values():
+            if release.trigger is Trigger.AUTO_ROLLBACK and release.id not in self.adopted:
+                assert release.rollback_of is not None
+                assert not self.store.releases[release.rollback_of].trigger.is_rollback
+
+
+LaneMachine.TestCase.settings = settings(
+    max_examples=1000,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLane = LaneMachine.TestCase
+pytestmark = pytest.mark.timeout(120)
+
+
+# -- named cases -------------------------------------------------------------------------------
+
+
+def _stored(release: Release) -> Release:
+    return dataclasses.replace(release, version=release.version + 1)
+
+
+def _lane(policy: BusyPolicy = BusyPolicy.QUEUE, slot: PipelineSlot | None = None, *known: Release) -> Lane:
+    pipeline = Pipeline(PIPELINE, "bucket", "api/", "api", "api-prod", on_busy=policy)
+    return Lane(PIPELINE, pipeline, slot or PipelineSlot(PIPELINE), {r.id: r for r in known})
+
+
+def _submit(lane: Lane, release_id: str, trigger: Trigger) -> Decision:
+    assert lane.config is not None
+    submission = Submission(
+        release_id, lane.config, Revision("bucket", f"api/{release_id}.zip", "v", None), trigger
+    )
+    return lane.with_releases({release_id: None}).submit(submission, T0)
+
+
+def test_a_release_queued_behind_a_kept_rollback_is_told_its_real_place() -> None:
+    """Issue 13's position bug, in the lane: supersede keeps the waiting rollback in front."""
+    rollback = _stored(_submit(_lane(BusyPolicy.SUPERSEDE), "rb", Trigger.ROLLBACK).change.releases[0])
+    lane = _lane(BusyPolicy.SUPERSEDE, PipelineSlot(PIPELINE, active="a", waiting=("rb",)), rollback)
+
+    decision = _submit(lane, "b", Trigger.API)
+
+    assert decision.change.slot is not None
+    assert decision.change.slot.waiting == ("rb", "b")
+    [queued] = [e for e in decision.change.events["b"] if e.state is ReleaseState.QUEUED]
+    assert queued.detail["position"] == 2
+
+
+def test_a_supersede_asks_for_the_waiting_releases_it_replaces_all_at_once() -> None:
+    lane = _lane(BusyPolicy.SUPERSEDE, PipelineSlot(PIPELINE, active="a", waiting=("w1", "w2")))
+    with pytest.raises(NeedsReleases) as needs:
+        _submit(lane, "b", Trigger.API)
+    assert needs.value.release_ids == ("w1", "w2")
+
+
+def test_finishing_the_active_release_asks_only_for_the_head_of_the_line() -> None:
+    active = _stored(_submit(_lane(), "a", Trigger.API).change.releases[0])
+    lane = _lane(BusyPolicy.QUEUE, PipelineSlot(PIPELINE, active="a", waiting=("w1", "w2")), active)
+    finish = Finish("a", ReleaseState.SUCCEEDED, "verified")
+    with pytest.raises(NeedsReleases) as needs:
+        lane.finish(finish, T0)
+    assert needs.value.release_ids == ("w1",)
+
+
+def test_an_automatic_rollback_that_finds_the_slot_taken_waits_queued_at_the_head() -> None:
+    """The failed release ran beside the slot (an external deployment): the slot's own release
+    keeps it, and the rollback waits first in line instead of being written DEPLOYING there."""
+    good = dataclasses.replace(_stored(_submit(_lane(), "good", Trigger.API).change.releases[0]), version=5)
+    external = ExternalDeployment(
+        "ext-d1", "d1", "api", "api-prod", Revision("b", "k.zip", None, None), "console"
+    )
+    adopted = _lane(slot=PipelineSlot(PIPELINE, active="a", last_good="good")).with_releases({"ext-d1": None})
+    failing = _stored(adopted.adopt(external, T0).change.releases[0])
+    active = _stored(_submit(_lane(), "a", Trigger.API).change.releases[0])
+    lane = _lane(
+        BusyPolicy.QUEUE, PipelineSlot(PIPELINE, active="a", last_good="good"), failing, good, active
+    )
+
+    decision = lane.finish(Finish("ext-d1", ReleaseState.FAILED, "failed", roll_back=True), T0)
+
+    rollback = decision.change.releases[1]
+    assert (rollback.id, rollback.state, rollback.trigger) == (
+        "rb-ext-d1",
+        ReleaseState.QUEUED,
+        Trigger.AUTO_ROLLBACK,
+    )
+    assert decision.change.slot is not None
+    assert decision.change.slot.waiting == ("rb-ext-d1",)
+    assert decision.start is None
+
+
+def test_rolling_back_to_the_current_release_is_refused() -> None:
+    good = dataclasses.replace(_stored(_submit(_lane(), "good", Trigger.API).change.releases[0]), version=5)
+    succeeded = transition(Step(good, ()), ReleaseState.SUCCEEDED, now=T0, reason="ok")
+    assert isinstance(succeeded, Step)
+    lane = _lane(BusyPolicy.QUEUE, PipelineSlot(PIPELINE, last_good="good"), succeeded.release)
+    with pytest.raises(ConflictingState, match="already the current release"):
+        lane.choose_rollback(None, "good")
+    assert lane.choose_rollback(None, "newer").current == "newer"
+    with pytest.raises(ConflictingState, match="nothing to roll back to"):
+        _lane().choose_rollback(None, None)
