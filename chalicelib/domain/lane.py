@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     Detail,
@@ -42,9 +43,6 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
-
-# A start claimed longer ago than this was abandoned (its Lambda died mid-way): it may be retried.
-START_CLAIM_LEASE = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -455,7 +453,7 @@ class Lane:
                 if not active.awaiting_deployment or self.config is None:
                     return slot, None, False
                 claimed = active.start_claimed_at
-                if claimed is not None and now - claimed < START_CLAIM_LEASE:
+                if claimed is not None and now - claimed < CLAIM_LEASE:
                     return slot, None, False
                 claim = update(Step(active, ()), now=now, start_claimed_at=now)
                 steps.append(claim)

@@ -58,7 +58,7 @@ DEPLOYMENT_START_S = 2.0
 DEPLOYMENT_S = 70.0
 STOP_S = 5.0
 # Reconciles in a row that find nothing to do before a run that has open releases is called
-# stuck: one after the longest lease (2 minutes) has run out.
+# stuck: one after the claim lease (3 minutes, chalicelib.domain.leases) has run out.
 QUIET_RECONCILES = 2
 _SQS_BATCH = 10
 _STREAM_BATCH = 100
@@ -575,7 +575,7 @@ class Run:
                 self.driver.observe()
                 if settling and self._quiet():
                     # Nothing is on its way and reconcile changed nothing: done when every
-                    # release ended; else give the leases (2 minutes) one more reconcile.
+                    # release ended; else give the claim lease (3 minutes) one more reconcile.
                     quiet_reconciles += 1
                     if quiet_reconciles >= QUIET_RECONCILES or self._all_ended():
                         break

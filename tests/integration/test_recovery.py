@@ -17,7 +17,7 @@ from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
 from chalicelib.adapters.s3_artifacts import S3Artifacts
 from chalicelib.adapters.sqs_queues import SqsVerifyQueue
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged, parse_artifact_event
-from chalicelib.domain.lane import START_CLAIM_LEASE
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.release import EventType, ReleaseState
 from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
@@ -117,7 +117,7 @@ def test_reconcile_restarts_a_start_abandoned_by_a_dead_lambda(world: World) -> 
     codedeploy.meta.events.unregister("before-call.codedeploy.CreateDeployment", die)
 
     assert reconcile(context) == {}  # the claim is fresh: somebody may still be starting it
-    clock.advance(START_CLAIM_LEASE + timedelta(seconds=1))
+    clock.advance(CLAIM_LEASE + timedelta(seconds=1))
     report = reconcile(context)
 
     [deployment] = world.deployments()

@@ -22,7 +22,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
 from chalicelib.domain.lane import (
-    START_CLAIM_LEASE,
     Annotation,
     Change,
     Decision,
@@ -32,6 +31,7 @@ from chalicelib.domain.lane import (
     NeedsReleases,
     Submission,
 )
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.pipelines import Pipeline, RollbackSettings
 from chalicelib.domain.release import (
     EventType,
@@ -267,7 +267,7 @@ class LaneMachine(RuleBasedStateMachine):
         else:  # deploying: the caller asks CodeDeploy to stop; nothing is written
             assert decision.change == Change()
 
-    @rule(outcome=starts, wait=st.sampled_from([timedelta(0), START_CLAIM_LEASE + timedelta(seconds=1)]))
+    @rule(outcome=starts, wait=st.sampled_from([timedelta(0), CLAIM_LEASE + timedelta(seconds=1)]))
     def repair(self, outcome: str, wait: timedelta) -> None:
         """The reconciler, now or after a start's lease ran out."""
         self.now += wait
