@@ -19,6 +19,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from chalicelib.domain.lane import Change
 from chalicelib.domain.release import (
     EventType,
     HistoryEvent,
@@ -29,7 +30,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
-from chalicelib.service.ports import Change, RequestLedger, WriteConflict
+from chalicelib.service.ports import RequestLedger, WriteConflict
 
 BY_PIPELINE_INDEX = "by_pipeline"
 IN_FLIGHT_INDEX = "in_flight"

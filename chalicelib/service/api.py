@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from chalicelib.domain.api_requests import (
@@ -21,6 +22,7 @@ from chalicelib.domain.api_requests import (
     encode_cursor,
     known_release_id,
 )
+from chalicelib.domain.lane import Change, Submission, change_of
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     EventType,
@@ -34,10 +36,11 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
-from chalicelib.service.context import Context, retry_on_conflict
-from chalicelib.service.ports import Change, DeploymentAlreadyEnded, StoredObject
-from chalicelib.service.slot_flow import finish
-from chalicelib.service.submission import Submission, submit
+from chalicelib.service.context import Context
+from chalicelib.service.lane_commands import cancel_release, roll_back_pipeline, still_in_s3
+from chalicelib.service.ports import DeploymentAlreadyEnded
+from chalicelib.service.slot_flow import on_release
+from chalicelib.service.submission import submit
 
 # Instance statuses CodeDeploy is done with.
 _DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
@@ -197,7 +200,7 @@ def redeploy(context: Context, release_id: str, actor: str, new_release_id: str)
             f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
         )
     pipeline = _pipeline_for_release(context, original)
-    stored = _still_in_s3(context, original)
+    stored = still_in_s3(context, original)
     return _submit(
         context,
         pipeline,
@@ -212,71 +215,22 @@ def redeploy(context: Context, release_id: str, actor: str, new_release_id: str)
 def roll_back(
     context: Context, pipeline_name: str, to: str | None, actor: str, new_release_id: str
 ) -> Submitted:
-    """A new release of an earlier verified revision: ``to``, or the pipeline's last good one.
-    Like an automatic rollback it goes ahead of every waiting release."""
+    """A new release of an earlier verified revision: ``to``, or the pipeline's last good one
+    (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
     pipeline = _pipeline_for_path(context, pipeline_name)
-    slot = context.store.get_slot(pipeline.name)
-    if to is None:
-        if slot.last_good is None:
-            raise ConflictingState(
-                f"no release of pipeline {pipeline.name!r} has succeeded yet: "
-                "there is nothing to roll back to"
-            )
-        target = _release(context, slot.last_good)
-    else:
-        found = context.store.get_release(to)
-        if found is None or found.pipeline != pipeline.name:
-            raise InvalidValue(f"field 'to': pipeline {pipeline.name!r} has no release {to!r}")
-        if found.state is not ReleaseState.SUCCEEDED:
-            raise InvalidValue(
-                f"field 'to': release {to} is {found.state.value}; "
-                "only a SUCCEEDED release can be rolled back to"
-            )
-        target = found
-    newest = context.store.list_releases(pipeline.name, 1, None)
-    current = slot.active or (newest[0].id if newest else None)
-    if current is None or current == target.id:
-        raise ConflictingState(
-            f"release {target.id} is already the current release of {pipeline.name!r}; "
-            'name an earlier SUCCEEDED release with {"to": id}'
-        )
-    stored = _still_in_s3(context, target)
-    return _submit(
-        context,
-        pipeline,
-        stored.revision,
-        trigger=Trigger.ROLLBACK,
-        actor=actor,
-        release_id=new_release_id,
-        metadata={**target.metadata, "rolled_back_to": target.id},
-        rollback_of=current,
-    )
+    release, created = roll_back_pipeline(context, pipeline, to, actor, new_release_id)
+    # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
+    return Submitted(context.store.get_release(release.id) or release, created)
 
 
 def cancel(context: Context, release_id: str, actor: str) -> Cancelled:
-    """A waiting or verifying release stops at once; a deploying one asks CodeDeploy to stop,
-    and CodeDeploy's STOP event then finishes it."""
-    release = _release(context, release_id)
-    if release.state.is_terminal:
-        raise ConflictingState(f"release {release.id} already ended {release.state.value}: {release.reason}")
-    if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
-        finished = finish(
-            context,
-            release.id,
-            ReleaseState.STOPPED,
-            reason=f"cancelled by {actor}",
-            detail={"actor": actor},
-        )
-        if finished is None:
-            moved = _release(context, release.id)
-            raise ConflictingState(
-                f"release {release.id} moved to {moved.state.value} meanwhile; look again before cancelling"
-            )
-        return Cancelled(finished, stop_requested=False)
-    if release.deployment_id is None:
-        # RECEIVED, or DEPLOYING while CreateDeployment is in flight: stopping now could race
-        # the deployment being created.
-        raise ConflictingState(f"release {release.id} is being started; retry the cancel in a few seconds")
+    """A waiting or verifying release stops at once (the lane decides); a deploying one asks
+    CodeDeploy to stop, and CodeDeploy's STOP event then finishes it."""
+    cancellation = cancel_release(context, release_id, actor)
+    release = cancellation.release
+    if cancellation.stopped:
+        return Cancelled(release, stop_requested=False)
+    assert release.deployment_id is not None  # the lane refuses a release still being started
     pipeline = context.pipelines.named(release.pipeline)
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
     # on the instances this deployment already updated.
@@ -315,15 +269,13 @@ def _record_on_deploying(
 ) -> Release:
     """One history event on a release that is still DEPLOYING (none once it moved on)."""
 
-    def decide() -> Release:
-        release = _release(context, release_id)
+    def note(release: Release, now: datetime) -> Change | None:
         if release.state is not ReleaseState.DEPLOYING:
-            return release
-        step = record(Step(release, ()), event_type, now=context.clock.now(), detail=dict(detail))
-        context.store.commit(Change(releases=[step.release], events={release.id: step.events}))
-        return step.release
+            return None
+        step = record(Step(release, ()), event_type, now=now, detail=dict(detail))
+        return change_of([step])
 
-    return retry_on_conflict(decide)
+    return on_release(context, release_id, note) or _release(context, release_id)
 
 
 def list_pipelines(context: Context) -> list[PipelineStatus]:
@@ -401,18 +353,3 @@ def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
 
 def _configured(context: Context) -> str:
     return ", ".join(pipeline.name for pipeline in context.pipelines.pipelines)
-
-
-def _still_in_s3(context: Context, release: Release) -> StoredObject:
-    """The release's exact revision, if S3 still has it (an unversioned object must still be the
-    same bytes: same eTag)."""
-    revision = release.revision
-    stored = context.artifacts.find(revision.bucket, revision.key, revision.version)
-    if stored is None or (
-        revision.version is None and revision.etag and stored.revision.etag != revision.etag
-    ):
-        raise ConflictingState(
-            f"the bundle of release {release.id} (s3://{revision.bucket}/{revision.key}) is no longer in S3 "
-            "as it was; upload it again"
-        )
-    return stored

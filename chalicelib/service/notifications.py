@@ -23,6 +23,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from chalicelib.domain.lane import Change
 from chalicelib.domain.notification_content import (
     FAILURES,
     Notice,
@@ -57,7 +58,6 @@ from chalicelib.service.notification_ports import (
     NotificationAdapters,
     Receipt,
 )
-from chalicelib.service.ports import Change
 
 # Transient failures come back after 5 s, 10 s, 20 s... (by receive count), at most 15 minutes.
 RETRY_BASE_S = 5

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-# The store commits the domain's Change; use cases name it from here too.
-from chalicelib.domain.lane import Change as Change  # noqa: PLC0414
+# The store commits the domain's Change (domain/lane.py).
+from chalicelib.domain.lane import Change
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import TargetGroupSettings, TargetHealth, VerifyRequest

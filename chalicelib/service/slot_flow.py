@@ -229,7 +229,7 @@ def finish(
     detail: Detail | None = None,
     roll_back: bool = False,
     annotation: Annotation | None = None,
-    pipeline: str | None = None,
+    pipeline: str,
 ) -> Release | None:
     """Move a release to a terminal state, free its place in the slot and start the next one,
     all in one write. Returns the finished release, or None when the move was refused.
@@ -237,13 +237,8 @@ def finish(
     ``annotation`` adds a history event (a last health check, failure diagnostics) to the same
     write. ``roll_back`` (failures only) creates the automatic rollback release to the last
     verified one and gives it the slot ahead of every waiting release. ``pipeline`` is the
-    release's pipeline when the caller knows it (else the release is read to find it).
+    release's pipeline: its lane is read with the release in one call.
     """
-    if pipeline is None:
-        known = context.store.get_release(release_id)
-        if known is None:
-            return None
-        pipeline = known.pipeline
     command = Finish(release_id, target, reason, detail or {}, roll_back, annotation)
     decision = run_in_lane(context, pipeline, [release_id], lambda lane, now: lane.finish(command, now))
     start_next(context, decision)

@@ -3,7 +3,7 @@ rollbacks enter the pipeline's lane."""
 
 from __future__ import annotations
 
-from chalicelib.domain.lane import Submission as Submission  # noqa: PLC0414 (callers import it from here)
+from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import Release
 from chalicelib.service.context import Context
 from chalicelib.service.slot_flow import run_in_lane, start_deployment

@@ -9,11 +9,12 @@ Lambda retries it and then keeps it in the function's failure queue.
 from __future__ import annotations
 
 from chalicelib.domain.inbound_events import ObjectCreated
+from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import Release, Trigger, bundle_type_of, upload_release_id
 from chalicelib.log import logger
 from chalicelib.service.context import Context
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
-from chalicelib.service.submission import Submission, submit
+from chalicelib.service.submission import submit
 
 METRICS_NAMESPACE = "ReleaseCoordinator"
 SERVICE = "release-coordinator"

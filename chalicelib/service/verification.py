@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib.domain.lane import Annotation, annotate, change_of
+from chalicelib.domain.lane import Annotation, Change, annotate, change_of
 from chalicelib.domain.release import (
     EventType,
     Refused,
@@ -30,7 +30,6 @@ from chalicelib.domain.verification import (
 )
 from chalicelib.log import logger
 from chalicelib.service.context import Context
-from chalicelib.service.ports import Change
 from chalicelib.service.slot_flow import finish, log_refused, on_release
 
 # A check's history event lists at most this many targets that were not healthy.

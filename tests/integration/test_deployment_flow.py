@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from chalicelib import bootstrap
+from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import EventType, ReleaseState, Trigger, external_release_id
-from chalicelib.service.submission import Submission, submit
+from chalicelib.service.submission import submit
 from sandbox import moto_extensions
 from tests.integration.conftest import World
 

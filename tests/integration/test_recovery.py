@@ -17,11 +17,11 @@ from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
 from chalicelib.adapters.s3_artifacts import S3Artifacts
 from chalicelib.adapters.sqs_queues import SqsVerifyQueue
 from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateChanged, parse_artifact_event
+from chalicelib.domain.lane import Change
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.release import EventType, ReleaseState
 from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
-from chalicelib.service.ports import Change
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
 from sandbox import moto_extensions
