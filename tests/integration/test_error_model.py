@@ -16,10 +16,13 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +30,18 @@ import botocore.handlers
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.config import Config
 from moto import mock_aws
+from moto.backends import get_backend
+from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from chalicelib import bootstrap
 from chalicelib.adapters.codedeploy import release_id_in_description
+from chalicelib.adapters.delivery_log import CLAIM_LEASE
 from chalicelib.domain.release import Release, ReleaseState
 from chalicelib.service.context import logger
 from sandbox import moto_extensions
+from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from tests.crash.world import reconcile_rate_s
 from tests.integration import conftest
 from tests.integration.conftest import LOAD_BALANCED, World, codedeploy_event
@@ -268,11 +276,96 @@ def strip_delays(params: dict[str, Any], **_: Any) -> None:
     params.pop("DelaySeconds", None)
 
 
+STREAM_ATTEMPTS = 3  # a failing stream batch is retried (from its first failed record) this often
+NOTIFY_BATCH = 5  # app.py's batch size for on_notify_message
+NOTIFY_ROUNDS = 12  # receives of the notify queue before the sweep calls what is left stuck
+
+
+@dataclass
+class NotificationPump:
+    """Lambda's two notification event sources: the table's stream into ``on_release_stream``
+    (a failed batch retried from its first failed record), the FIFO notify queue into
+    ``on_notify_message`` (what succeeded deleted; what failed comes back when its visibility
+    ends, by SQS's own receive count and redrive)."""
+
+    world: World
+    streams: Any  # a dynamodbstreams client
+    notify_queue_url: str
+    notify_queue_arn: str
+    # Stream records no retry could hand over: their notifications were never queued.
+    lost: list[dict[str, Any]] = field(default_factory=list)
+    _iterator: str | None = None
+    _stream_arn: str = ""
+
+    def _stream_records(self) -> list[dict[str, Any]]:
+        if self._iterator is None:
+            arn = self.world.session.client("dynamodb").describe_table(TableName=conftest.TABLE)["Table"][
+                "LatestStreamArn"
+            ]
+            [shard] = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+            self._iterator = self.streams.get_shard_iterator(
+                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            self._stream_arn = arn
+        response = self.streams.get_records(ShardIterator=self._iterator)
+        self._iterator = response["NextShardIterator"]
+        return [lambda_stream_record(record, self._stream_arn) for record in response["Records"]]
+
+    def _publish(self) -> None:
+        pending = self._stream_records()
+        for _ in range(STREAM_ATTEMPTS):
+            if not pending:
+                return
+            try:
+                result = self.world.invoke("on_release_stream", {"Records": pending})
+            except Exception:
+                continue
+            failed = {item["itemIdentifier"] for item in (result or {}).get("batchItemFailures", [])}
+            numbers = [record["dynamodb"]["SequenceNumber"] for record in pending]
+            pending = pending[min((numbers.index(n) for n in failed), default=len(pending)) :]
+        self.lost.extend(pending)
+
+    def pump(self, driver: Driver) -> None:
+        """Everything new on the stream, then the notify queue until it is empty; when nothing is
+        due, the time a message waits for (its visibility, a claim's lease) passes."""
+        self._publish()
+        sqs = self.world.session.client("sqs")
+        for _ in range(NOTIFY_ROUNDS):
+            messages = sqs.receive_message(
+                QueueUrl=self.notify_queue_url, MaxNumberOfMessages=NOTIFY_BATCH, AttributeNames=["All"]
+            ).get("Messages", [])
+            if not messages:
+                if not queue_messages(self.notify_queue_url):
+                    return
+                driver.later += CLAIM_LEASE
+                for message in queue_messages(self.notify_queue_url):
+                    message.visible_at = 0.0
+                continue
+            records = [
+                lambda_sqs_record(message, self.notify_queue_arn, conftest.REGION) for message in messages
+            ]
+            try:
+                result = self.world.invoke("on_notify_message", {"Records": records})
+            except Exception:
+                continue  # the whole batch comes back after its visibility timeout
+            failed = {item["itemIdentifier"] for item in (result or {}).get("batchItemFailures", [])}
+            for record in records:
+                if record["messageId"] not in failed:
+                    sqs.delete_message(QueueUrl=self.notify_queue_url, ReceiptHandle=record["receiptHandle"])
+
+
+def queue_messages(queue_url: str) -> list[Any]:
+    """moto's messages of a queue, visible or not."""
+    queue = get_backend("sqs")[DEFAULT_ACCOUNT_ID][conftest.REGION].queues[queue_url.rsplit("/", 1)[1]]
+    return list(queue._messages)
+
+
 @dataclass
 class Driver:
     """Runs a scenario's steps as AWS would deliver them, and settles what is left open."""
 
     world: World
+    notifications: NotificationPump
     http_answers: list[tuple[str, str, int, bytes]] = field(default_factory=list)
     uploads: list[str] = field(default_factory=list)
     # How far the app's clock runs ahead of the wall clock: each reconcile round is the next run
@@ -331,6 +424,7 @@ class Driver:
         """CodeDeploy finishes what it runs (a key naming "broken" fails), health checks run, and
         reconcile runs every round, until nothing is open or the rounds run out."""
         for _ in range(SCENARIO_TIMEOUT_ROUNDS):
+            self.notifications.pump(self)
             open_releases = [release for release in self.releases() if not release.state.is_terminal]
             if not open_releases:
                 return
@@ -349,6 +443,7 @@ class Driver:
                     source="aws.events", detail_type="Scheduled Event", detail={}, resources=[]
                 ),
             )
+        self.notifications.pump(self)
 
     def _finish_deployment(self, release: Release) -> None:
         deployment_id = str(release.deployment_id)
@@ -421,6 +516,97 @@ class Run:
     labels: dict[tuple[str, str, str, int], Release]
     histories: dict[str, str]
     deployments: dict[str, int]
+    # What reached each channel: (channel, what identifies the notification) -> how many times.
+    sent: Counter[tuple[str, ...]]
+    # Notify messages still on the queue, and those on its dead-letter queue (with their reason).
+    undelivered: list[str]
+    dead_lettered: list[str]
+
+
+SENDER = "relco@acme.example"
+TOPIC_ARN = f"arn:aws:sns:{conftest.REGION}:{DEFAULT_ACCOUNT_ID}:relco-deploys"
+WEBHOOK_URL_PARAMETER = "/relco/webhook/url"
+SIGNING_KEY_SECRET = "relco/webhook-signing-key"
+# shop-prod is the last [[pipeline]] of the shared file: its notify routes, one per AWS channel
+# (Slack is not AWS): SES, SNS, and a webhook whose URL is in SSM and signing key in Secrets
+# Manager. Every run's notifications go through the stream, the notify queue and these.
+NOTIFY_ROUTES = f"""
+[[pipeline.notify]]
+kind = "email"
+sender = "{SENDER}"
+to = ["oncall@acme.example"]
+on = ["started", "failed", "verify_failed", "rolled_back", "succeeded"]
+
+[[pipeline.notify]]
+kind = "sns"
+topic_arn = "{TOPIC_ARN}"
+on = ["failed", "rolled_back"]
+
+[[pipeline.notify]]
+kind = "webhook"
+url_parameter = "{WEBHOOK_URL_PARAMETER}"
+signing_key_secret = "{SIGNING_KEY_SECRET}"
+"""
+
+
+@pytest.fixture
+def pipelines_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(conftest.PIPELINES_TOML + NOTIFY_ROUTES, encoding="utf-8")
+    return path
+
+
+def ses_backend() -> Any:
+    return get_backend("ses")[DEFAULT_ACCOUNT_ID][conftest.REGION]
+
+
+def sns_topic() -> Any:
+    return get_backend("sns")[DEFAULT_ACCOUNT_ID][conftest.REGION].topics[TOPIC_ARN]
+
+
+class WebhookReceiver:
+    """A webhook endpoint on 127.0.0.1 that keeps the bodies it is sent."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        bodies = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks/relco"
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class ClientCache:
+    """The test's own session, handing out one client per service: the driver reads the world
+    after every step, and a new client each time costs more than the read."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    @functools.cache  # noqa: B019 - one cache per sweep, which lives as long as this session
+    def client(self, service: str) -> Any:
+        return self._session.client(service)
 
 
 class Sweep:
@@ -455,21 +641,57 @@ class Sweep:
         patch.setenv("MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR", "false")
         stack.enter_context(mock_aws())
         self.world = conftest._build_world(patch, self.pipelines_file)
+        self.world.session = ClientCache(self.world.session)
+        self.webhook = stack.enter_context(WebhookReceiver())
+        self._provision_routes(self.world)
         return self
+
+    def _provision_routes(self, world: World) -> None:
+        """What the notify routes of NOTIFY_ROUTES read and send to."""
+        ssm = world.session.client("ssm")
+        ssm.put_parameter(Name=WEBHOOK_URL_PARAMETER, Value=self.webhook.url, Type="SecureString")
+        world.session.client("secretsmanager").create_secret(Name=SIGNING_KEY_SECRET, SecretString="whsec-k")
+        world.session.client("sns").create_topic(Name=TOPIC_ARN.rsplit(":", 1)[1])
+        world.session.client("ses").verify_email_identity(EmailAddress=SENDER)
+        arn = world.session.client("sqs").get_queue_attributes(
+            QueueUrl=world.provisioned.notify_queue_url, AttributeNames=["QueueArn"]
+        )
+        self.notify_queue_arn = arn["Attributes"]["QueueArn"]
+        # botocore addresses a stream ARN's account endpoint, which moto does not serve.
+        self.streams = world.session._session.client(
+            "dynamodbstreams", config=Config(account_id_endpoint_mode="disabled")
+        )
+
+    def _sent(self) -> Counter[tuple[str, ...]]:
+        sent: Counter[tuple[str, ...]] = Counter()
+        for mail in ses_backend().sent_messages:
+            sent["email", mail.subject] += 1
+        for notification in sns_topic().sent_notifications:
+            sent["sns", str(notification[2])] += 1
+        for body in self.webhook.bodies:
+            payload = json.loads(body)
+            release = payload["release"]
+            sent["webhook", payload["notification"], release["revision"]["key"], release["trigger"]] += 1
+        return sent
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def _clear(self, world: World) -> None:
-        dynamodb = world.session.client("dynamodb")
-        for page in dynamodb.get_paginator("scan").paginate(TableName=conftest.TABLE):
-            for item in page["Items"]:
-                dynamodb.delete_item(TableName=conftest.TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+        # Emptied in moto itself: deleting item by item would grow the table's stream, which moto
+        # copies whole on every TransactWriteItems.
+        table = get_backend("dynamodb")[DEFAULT_ACCOUNT_ID][conftest.REGION].get_table(conftest.TABLE)
+        table.items.clear()
+        assert table.stream_shard is not None, "the releases table has no stream"
+        table.stream_shard.items.clear()
         sqs = world.session.client("sqs")
         for queue_url in sqs.list_queues().get("QueueUrls", []):
             sqs.purge_queue(QueueUrl=queue_url)
         moto_extensions.backend().deployments.clear()
         moto_extensions.clear_target_health()
+        ses_backend().sent_messages.clear()
+        sns_topic().sent_notifications.clear()
+        self.webhook.bodies.clear()
         # A new container: a warm one's caches (target groups, clients) would skip the calls.
         bootstrap.reset()
         self.faults.calls.clear()
@@ -487,7 +709,10 @@ class Sweep:
             fault = self.faults.inject(case.service, case.operation, case.code, case.http_status, times=1)
             fault.function = case.function
             faults.append(fault)
-        driver = Driver(world)
+        notifications = NotificationPump(
+            world, self.streams, world.provisioned.notify_queue_url, self.notify_queue_arn
+        )
+        driver = Driver(world, notifications)
         with pytest.MonkeyPatch.context() as clock:
             clock.setattr(bootstrap.SystemClock, "now", lambda _clock: driver.now())
             SCENARIOS[name](driver)
@@ -507,8 +732,22 @@ class Sweep:
             for info in world.deployments(application, group):
                 owner = release_id_in_description(info.get("description")) or "?"
                 deployments[owner] = deployments.get(owner, 0) + 1
+        undelivered = [message.body for message in queue_messages(world.provisioned.notify_queue_url)]
+        dead_lettered = [
+            f"{message.body} {message.message_attributes}"
+            for message in queue_messages(world.provisioned.notify_dlq_url)
+        ]
         return Run(
-            driver, self.log.getvalue(), list(self.faults.calls), faults, labels, histories, deployments
+            driver,
+            self.log.getvalue(),
+            list(self.faults.calls),
+            faults,
+            labels,
+            histories,
+            deployments,
+            self._sent(),
+            undelivered,
+            dead_lettered,
         )
 
 
@@ -547,6 +786,26 @@ def problems(run: Run, baseline: Run, cases: list[Case]) -> list[str]:
     refused = [answer[:3] for answer in run.driver.http_answers if 400 <= answer[2] < 500] != [
         answer[:3] for answer in baseline.driver.http_answers if 400 <= answer[2] < 500
     ]
+    if run.driver.notifications.lost and not named(run.log):
+        found.append(f"{len(run.driver.notifications.lost)} history events never reached the notify queue")
+    for message in run.undelivered:
+        found.append(f"notify message left on the queue: {message[:160]}")
+    for entry in run.dead_lettered:
+        if not named(entry) and not named(run.log):
+            found.append(f"notify message dead-lettered without naming {codes}: {entry[:160]}")
+    # Where the releases ended as in the clean run, so did their notifications: each sent once,
+    # or a dead-letter reason or log line names the AWS code.
+    same_releases = {label: (r.state, r.trigger) for label, r in run.labels.items()} == {
+        label: (r.state, r.trigger) for label, r in baseline.labels.items()
+    }
+    if same_releases:
+        for sent in sorted(set(run.sent) | set(baseline.sent)):
+            times, expected_times = run.sent[sent], baseline.sent[sent]
+            # Fewer: dead-lettered or given up, saying why. More: sent again by a retry after a
+            # failure between the send and its record in the delivery log, which the log names.
+            excused = named(run.log) or (times < expected_times and any(map(named, run.dead_lettered)))
+            if times != expected_times and not excused:
+                found.append(f"notification {sent} sent {times} times, not {expected_times}")
     for label, expected in baseline.labels.items():
         got = run.labels.get(label)
         if got is not None and (got.state, got.trigger) == (expected.state, expected.trigger):
