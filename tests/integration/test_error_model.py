@@ -59,6 +59,8 @@ class Fault:
     function: str | None = None
     seen: int = 0
     failed: int = 0
+    # The handler invocation it first failed a call in (the driver numbers them).
+    first_failed_in: int | None = None
 
     def applies(self, function: str, service: str, operation: str) -> bool:
         if (service, operation) != (self.service, self.operation):
@@ -105,6 +107,8 @@ class AwsFaults:
         self.calls.append((self.invocation, function, service, operation))
         for fault in self.faults:
             if fault.applies(function, service, operation):
+                if fault.first_failed_in is None:
+                    fault.first_failed_in = self.invocation
                 return error_answer(fault.code, fault.http_status, operation)
         return None
 
@@ -149,6 +153,15 @@ def aws_faults() -> Iterator[AwsFaults]:
 # reaches the notify queue, the queue ends empty, what was dead-lettered says why in the AWS
 # code's name, and where the releases ended as in the clean run, each notification went out as
 # often as in the clean run unless a log line names the code.
+#
+# A call that only a failure leads to (a claim dropped, a message delayed or dead-lettered, a
+# lookup of a deployment whose start failed) is found in the run that made it: its errors are
+# swept in turn, each with the faults of that run injected before it.
+#
+# Runs are shared: one world, emptied between runs (a new container each: new adapters and
+# caches). A run fails each call at most once; calls of different functions, or of one function
+# that no invocation ever made together, fail in the same run. A run that fails is repeated
+# case by case, so each problem is pinned on its case.
 #
 # Errors the code cannot tell apart are run once: the code reads an error only by its code and
 # HTTP status, so errors of one operation whose code appears nowhere under chalicelib/, which
@@ -264,6 +277,9 @@ class Case:
     http_status: int
     # The errors of the operation this case stands for (itself included).
     stands_for: tuple[str, ...]
+    # The faults injected with it: the call is made only on the path they lead to (a retry, a
+    # dead-letter queue); empty for the calls of the clean runs.
+    after: tuple[Case, ...] = ()
 
     @property
     def call(self) -> tuple[str, str, str]:
@@ -275,10 +291,13 @@ class Case:
 
     def __str__(self) -> str:
         where = f"{self.function} {self.service}.{self.operation}"
-        return f"{self.scenario}: {where} {self.code} ({self.http_status})"
+        after = f" after [{'; '.join(f'{c.call} {c.code}' for c in self.after)}]" if self.after else ""
+        return f"{self.scenario}: {where} {self.code} ({self.http_status}){after}"
 
 
-def cases_for(scenario: str, function: str, service: str, operation: str) -> list[Case]:
+def cases_for(
+    scenario: str, function: str, service: str, operation: str, after: tuple[Case, ...] = ()
+) -> list[Case]:
     from chalicelib.api import THROTTLING_CODES
 
     errors = dict.fromkeys([*modeled_errors(service, operation), *generic_errors(service)])
@@ -294,7 +313,14 @@ def cases_for(scenario: str, function: str, service: str, operation: str) -> lis
         classes.setdefault(key, []).append((code, status))
     return [
         Case(
-            scenario, function, service, operation, members[0][0], members[0][1], tuple(c for c, _ in members)
+            scenario,
+            function,
+            service,
+            operation,
+            members[0][0],
+            members[0][1],
+            tuple(c for c, _ in members),
+            after,
         )
         for members in classes.values()
     ]
@@ -550,6 +576,8 @@ class Run:
     driver: Driver
     log: str
     calls: list[tuple[int, str, str, str]]
+    # The cases whose faults were injected (those they come after first), and their faults.
+    injected: list[Case]
     faults: list[Fault]
     labels: dict[tuple[str, str, str, int], Release]
     histories: dict[str, str]
@@ -661,6 +689,8 @@ class Sweep:
         self._stack = contextlib.ExitStack()
         self.world: World | None = None
         self.log = io.StringIO()
+        # By scenario: the pairs of calls some invocation of a run so far made together.
+        self.together: dict[str, set[frozenset[Call]]] = {}
 
     def __enter__(self) -> Sweep:
         stack = self._stack
@@ -678,8 +708,6 @@ class Sweep:
         patch = stack.enter_context(pytest.MonkeyPatch.context())
         # moto's EC2 otherwise loads a thousand AMIs; the sweep launches no instance of its own.
         patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        # Each run starts from empty queues (AWS allows one purge a minute; moto can be told not to).
-        patch.setenv("MOTO_SQS_ENFORCE_STRICT_QUEUE_PURGE_BEHAVIOUR", "false")
         stack.enter_context(mock_aws())
         # Each run is a new container (bootstrap.reset: new adapters, empty caches), but creating
         # a botocore client costs more than most runs' calls: clients, which keep no state the
@@ -718,21 +746,20 @@ class Sweep:
         self._stack.close()
 
     def _clear(self, world: World) -> None:
-        # Emptied in moto itself: deleting item by item would grow the table's stream, which moto
-        # copies whole on every TransactWriteItems.
+        # Emptied in moto itself, without calls: deleting item by item would also grow the table's
+        # stream, which moto copies whole on every TransactWriteItems.
         table = releases_table()
         table.items.clear()
         assert table.stream_shard is not None, "the releases table has no stream"
         table.stream_shard.items.clear()
-        sqs = world.session.client("sqs")
-        for queue_url in sqs.list_queues().get("QueueUrls", []):
-            sqs.purge_queue(QueueUrl=queue_url)
+        for queue in get_backend("sqs")[DEFAULT_ACCOUNT_ID][conftest.REGION].queues.values():
+            queue._messages.clear()
         moto_extensions.backend().deployments.clear()
         moto_extensions.clear_target_health()
         ses_backend().sent_messages.clear()
         sns_topic().sent_notifications.clear()
         self.webhook.bodies.clear()
-        # A new container: a warm one's caches (target groups, clients) would skip the calls.
+        # A new container: a warm one's caches (target groups, secrets) would skip the calls.
         bootstrap.reset()
         self.faults.calls.clear()
         self.log.seek(0)
@@ -745,7 +772,9 @@ class Sweep:
         self._clear(world)
         self.faults.faults = []
         faults = []
-        for case in cases:
+        # The faults leading to the cases' calls first, then the cases' own (the last ones).
+        injected = [*dict.fromkeys(earlier for own in cases for earlier in own.after), *cases]
+        for case in injected:
             fault = self.faults.inject(case.service, case.operation, case.code, case.http_status, times=1)
             fault.function = case.function
             faults.append(fault)
@@ -755,6 +784,12 @@ class Sweep:
             clock.setattr(bootstrap.SystemClock, "now", lambda _clock: driver.now())
             SCENARIOS[name](driver)
         self.faults.faults = []
+        made: dict[int, set[Call]] = {}
+        for invocation, function, service, operation in self.faults.calls:
+            made.setdefault(invocation, set()).add((function, service, operation))
+        self.together.setdefault(name, set()).update(
+            frozenset((a, b)) for calls in made.values() for a in calls for b in calls
+        )
         releases = driver.releases()
         labels: dict[tuple[str, str, str, int], Release] = {}
         for release in releases:
@@ -766,10 +801,9 @@ class Sweep:
             for release in releases
         }
         deployments: dict[str, int] = {}
-        for application, group in (("api", "api-prod"), ("shop", "shop-prod"), ("web", "web-prod")):
-            for info in world.deployments(application, group):
-                owner = release_id_in_description(info.get("description")) or "?"
-                deployments[owner] = deployments.get(owner, 0) + 1
+        for deployment in moto_extensions.backend().deployments.values():
+            owner = release_id_in_description(deployment.description) or "?"
+            deployments[owner] = deployments.get(owner, 0) + 1
         undelivered = [message.body for message in queue_messages(world.provisioned.notify_queue_url)]
         dead_lettered = [
             f"{message.body} {message.message_attributes}"
@@ -779,6 +813,7 @@ class Sweep:
             driver,
             self.log.getvalue(),
             list(self.faults.calls),
+            injected,
             faults,
             labels,
             histories,
@@ -791,7 +826,7 @@ class Sweep:
 
 def problems(run: Run, baseline: Run, cases: list[Case]) -> list[str]:
     """What the run did that is not a defined outcome (``cases``: the errors injected)."""
-    codes = {case.code for case in cases}
+    codes = {injected.code for case in cases for injected in (case, *case.after)}
 
     def named(text: str) -> bool:
         return any(code in text for code in codes)
@@ -864,7 +899,7 @@ Call = tuple[str, str, str]  # (function, service, operation)
 
 def fits(placed: Case, case: Case, together: dict[str, set[frozenset[Call]]]) -> bool:
     """Whether ``case`` may run beside ``placed``: another call, and of another function or of
-    one no invocation of the clean run makes together with it."""
+    one no invocation of a run so far made together with it."""
     if placed.call == case.call:
         return False
     return (
@@ -872,37 +907,29 @@ def fits(placed: Case, case: Case, together: dict[str, set[frozenset[Call]]]) ->
     )
 
 
-def rounds(cases: list[Case], baselines: dict[str, Run]) -> list[list[Case]]:
+def rounds(cases: list[Case], together: dict[str, set[frozenset[Call]]]) -> list[list[Case]]:
     """Cases grouped into runs of their scenario. A run fails each call once at most, and two calls
-    of one function only when no invocation of the clean run makes both: each fault meets an
-    invocation of its own, as faults of different functions do. Each operation's first error
-    class is placed first."""
-    together: dict[str, set[frozenset[Call]]] = {}
-    for scenario, baseline in baselines.items():
-        made: dict[int, set[Call]] = {}
-        for invocation, function, service, operation in baseline.calls:
-            made.setdefault(invocation, set()).add((function, service, operation))
-        together[scenario] = {frozenset((a, b)) for calls in made.values() for a in calls for b in calls}
+    of one function only when no invocation of a run so far made both (``together``): each fault
+    meets an invocation of its own, as faults of different functions do. The faults a case comes
+    after count as its own here. Each operation's first error class is placed first."""
     seen: dict[Call, int] = {}
     ranked = []
     for case in cases:
         seen[case.call] = seen.get(case.call, -1) + 1
         ranked.append((seen[case.call], case))
-    grouped: list[list[Case]] = []
+    grouped: list[tuple[list[Case], set[Case]]] = []  # the cases, and every fault their run injects
     for _, case in sorted(ranked, key=lambda pair: pair[0]):
-        group = next(
-            (
-                g
-                for g in grouped
-                if g[0].scenario == case.scenario and all(fits(o, case, together) for o in g)
-            ),
-            None,
-        )
-        if group is None:
-            grouped.append([case])
+        mine = {*case.after, case}
+        for group, injected in grouped:
+            if group[0].scenario == case.scenario and all(
+                theirs == own or fits(theirs, own, together) for theirs in injected for own in mine
+            ):
+                group.append(case)
+                injected.update(mine)
+                break
         else:
-            group.append(case)
-    return grouped
+            grouped.append(([case], mine))
+    return [group for group, _ in grouped]
 
 
 class Summary:
@@ -945,29 +972,69 @@ def test_every_aws_error_of_every_call_has_a_defined_outcome(
     runs = 0
     with Sweep(pipelines_file) as sweep:
         baselines, cases = all_cases(sweep)
+        covered = {case.call for case in cases}
         known = [case for case in cases if known_defect(case)]
         outcomes: dict[Case, list[str]] = {}
-        for group in rounds([case for case in cases if case not in known], baselines):
-            run = sweep.run(group[0].scenario, group)
+        pending = rounds([case for case in cases if case not in known], sweep.together)
+        waiting: list[Case] = []  # cases found on the way, grouped once the runs before are done
+
+        def sweep_run(scenario: str, injected: list[Case]) -> Run:
+            """A run; the calls it made that no case covers yet become cases after its faults."""
+            nonlocal runs
+            run = sweep.run(scenario, injected)
             runs += 1
-            found = problems(run, baselines[group[0].scenario], group)
-            if not found and all(fault.failed == 1 for fault in run.faults):
-                outcomes.update({case: [] for case in group})
+            discovered = []
+            for invocation, *made in run.calls:
+                call = (made[0], made[1], made[2])
+                if call not in covered:
+                    covered.add(call)
+                    # What leads to it: the faults that had failed a call by then.
+                    after = tuple(
+                        case
+                        for case, fault in zip(run.injected, run.faults, strict=True)
+                        if fault.first_failed_in is not None and fault.first_failed_in <= invocation
+                    )
+                    discovered.extend(cases_for(scenario, *call, after=after))
+            cases.extend(discovered)
+            known.extend(case for case in discovered if known_defect(case))
+            waiting.extend(case for case in discovered if case not in known)
+            return run
+
+        fixed: list[str] = []
+        checked = 0  # known defects run so far (a run may discover calls, hence more cases)
+        while pending or waiting or checked < len(known):
+            if not pending and waiting:
+                pending = rounds(waiting, sweep.together)
+                waiting.clear()
                 continue
-            # A failure to attribute, or a fault another one kept from firing: one by one.
+            if not pending:
+                # A known defect still ends badly, alone: once fixed, remove it from KNOWN_DEFECTS.
+                case = known[checked]
+                checked += 1
+                alone = sweep_run(case.scenario, [case])
+                if alone.faults[-1].failed == 0 or not problems(alone, baselines[case.scenario], [case]):
+                    fixed.append(f"{case}: no longer fails ({known_defect(case)})")
+                continue
+            group = pending.pop(0)
+            run = sweep_run(group[0].scenario, group)
+            found = problems(run, baselines[group[0].scenario], group)
+            # The cases' own faults are the last ones (those of the faults they come after lead
+            # the way; a case's call failing may take another way afterwards).
+            fired = [
+                case for case, fault in zip(group, run.faults[-len(group) :], strict=True) if fault.failed
+            ]
+            if not found and fired:
+                # A defined outcome with these calls failed: each of them ran and passed. Those
+                # another fault kept from their call run again, in runs of their own making.
+                outcomes.update({case: [] for case in fired})
+                pending[:0] = rounds([case for case in group if case not in fired], sweep.together)
+                continue
+            # A failure to attribute, or no fault reached its call: one by one.
             for case in group:
-                alone = sweep.run(case.scenario, [case])
-                runs += 1
+                alone = sweep_run(case.scenario, [case])
                 outcomes[case] = problems(alone, baselines[case.scenario], [case])
-                if alone.faults[0].failed == 0:
+                if alone.faults[-1].failed == 0:
                     outcomes[case].append(f"{case}: the call was never made with this fault in place")
-        # Each known defect still ends badly, alone: once one is fixed, remove it from KNOWN_DEFECTS.
-        fixed = []
-        for case in known:
-            alone = sweep.run(case.scenario, [case])
-            runs += 1
-            if alone.faults[0].failed == 0 or not problems(alone, baselines[case.scenario], [case]):
-                fixed.append(f"{case}: no longer fails ({known_defect(case)})")
     unhandled = {str(case): found for case, found in outcomes.items() if found}
     operations = {(case.service, case.operation) for case in cases}
     errors = {(case.service, case.operation, code) for case in cases for code in case.stands_for}
