@@ -215,6 +215,7 @@ READERS = {
     "ses": ["adapters/email.py"],
     "sns": ["adapters/sns.py"],
     "ssm": ["adapters/secrets.py"],
+    "secretsmanager": ["adapters/secrets.py"],
 }
 
 
@@ -766,7 +767,7 @@ class Sweep:
         self.log.truncate()
 
     def run(self, name: str, cases: list[Case]) -> Run:
-        """The scenario with each case's call failing once (the cases' functions differ)."""
+        """The scenario with each case's call failing once, after the faults it comes after."""
         world = self.world
         assert world is not None
         self._clear(world)
