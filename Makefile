@@ -70,14 +70,12 @@ demo: $(INSTALLED)
 	$(BIN)/relco demo
 
 ## The crash-point sweep with a larger randomized pass: SOAK_RUNS random runs (crashes plus
-## duplicated, delayed and lost events) from seed SOAK_SEED; a failing run prints its seed. Then
-## the error model sweep over every case (`make test` runs as many as fit its time budget).
+## duplicated, delayed and lost events) from seed SOAK_SEED; a failing run prints its seed.
 SOAK_RUNS ?= 1000
 SOAK_SEED ?= 0
 .PHONY: soak
 soak: $(INSTALLED)
 	CRASH_RANDOM_RUNS=$(SOAK_RUNS) CRASH_RANDOM_SEED=$(SOAK_SEED) $(BIN)/pytest -q -p no:cacheprovider tests/crash -k random
-	RELCO_ERROR_MODEL_FULL=1 $(BIN)/pytest -q -p no:cacheprovider tests/integration/test_error_model.py
 
 ## Every benchmark against the budgets of DESIGN.md section 8: writes bench/results.md and prints it.
 .PHONY: bench
