@@ -46,7 +46,7 @@ from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service import api as use_cases
 from chalicelib.service.context import ConflictPersisted, Context
-from chalicelib.service.ports import IdempotencyKeyBusy, IdempotencyKeyReused
+from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)
@@ -305,6 +305,18 @@ def _respond(run: Callable[[], Answer]) -> Response:
         return error_response(status, code, str(refused))
     except ClientError as failed:
         return aws_error_response(failed)
+    except ArtifactAccessDenied as denied:
+        # S3 refused to show the bundle (403): the API's role lacks a grant. Like any AWS refusal,
+        # a 502 naming AWS's code and what to grant.
+        logger.error(
+            "S3 denied reading the bundle a request names",
+            extra={"aws_error": denied.code, "bucket": denied.bucket, "key": denied.key},
+        )
+        return _aws_refused(
+            denied.code,
+            f"{denied}; grant the API's role s3:GetObject and s3:GetObjectVersion on the bundles "
+            "and s3:ListBucket on the bucket",
+        )
     except BotoCoreError as unreachable:
         logger.exception("an AWS call failed before AWS answered")
         return _unavailable(type(unreachable).__name__, f"AWS could not be reached: {unreachable}")
@@ -338,8 +350,12 @@ def aws_error_response(failed: ClientError) -> Response:
     )
     if code in THROTTLING_CODES or http_status == 429 or http_status >= 500:
         return _unavailable(code, f"AWS is busy or failing; retry later: {failed}")
-    body = {"Code": "BadGatewayError", "Message": f"AWS refused a call this request needs: {failed}"}
-    return Response(body={**body, "aws_error": code}, status_code=502)
+    return _aws_refused(code, str(failed))
+
+
+def _aws_refused(aws_error: str, why: str) -> Response:
+    body = {"Code": "BadGatewayError", "Message": f"AWS refused a call this request needs: {why}"}
+    return Response(body={**body, "aws_error": aws_error}, status_code=502)
 
 
 def _unavailable(aws_error: str | None, message: str) -> Response:

@@ -6,6 +6,7 @@ Values never reach a log: errors name the parameter, not its value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +63,14 @@ class ParameterSecrets:
         return value
 
 
+# Powertools' GetParameterError keeps botocore's text: "An error occurred (Code) when calling ...".
+_AWS_CODE = re.compile(r"An error occurred \((\w+)\)")
+
+
 def _error_code(error: Exception) -> str:
+    """AWS's error code as botocore reported it, else the marker that matched."""
     text = str(error)
+    answered = _AWS_CODE.search(text)
+    if answered:
+        return answered.group(1)
     return next((marker for marker in _PERMANENT_MARKERS if marker in text), "error")

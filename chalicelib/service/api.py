@@ -36,6 +36,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
+from chalicelib.service.aws_errors import aws_error_code
 from chalicelib.service.context import Context
 from chalicelib.service.lane_commands import cancel_release, roll_back_pipeline, still_in_s3
 from chalicelib.service.ports import DeploymentAlreadyEnded
@@ -254,14 +255,6 @@ def cancel(context: Context, release_id: str, actor: str) -> Cancelled:
         raise
     scheduled = _record_on_deploying(context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
     return Cancelled(scheduled, stop_requested=True)
-
-
-def aws_error_code(error: BaseException) -> str:
-    """The AWS error code of a failed call (botocore's ``ClientError.response``), else the
-    exception's type: what a history event or log line names."""
-    response = getattr(error, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, Mapping) else None
-    return str(code) if code else type(error).__name__
 
 
 def _record_on_deploying(

@@ -50,6 +50,7 @@ from chalicelib.domain.notifications import (
 )
 from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.log import logger
+from chalicelib.service.aws_errors import aws_error_code
 from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.notification_ports import (
     Claim,
@@ -149,7 +150,16 @@ def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = 
             adapters.queue.retry_after(receipt, delay)
         raise
     # A skipped message (nothing to post) is recorded too: its duplicates need no second look.
-    adapters.deliveries.confirm(message, context.clock.now())
+    try:
+        adapters.deliveries.confirm(message, context.clock.now())
+    except Exception as error:
+        # Sent but not recorded: the retry sends again where the channel offers no way to look
+        # (email, SNS, webhooks). Say why, so the duplicate is explained.
+        logger.warning(
+            "notification sent but its delivery could not be recorded; the retry may send it again",
+            extra={**log_keys, "kind": route.kind, "aws_error": aws_error_code(error)},
+        )
+        raise
     outcome = "delivered" if sent else "skipped"
     logger.info(f"notification {outcome}", extra={**log_keys, "kind": route.kind})
     return outcome

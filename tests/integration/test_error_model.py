@@ -36,7 +36,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from chalicelib import bootstrap
 from chalicelib.adapters.codedeploy import release_id_in_description
-from chalicelib.adapters.delivery_log import CLAIM_LEASE
+from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.release import Release, ReleaseState
 from chalicelib.log import logger
 from sandbox import moto_extensions
@@ -175,30 +175,10 @@ EVENTBRIDGE_ATTEMPTS = 3  # Lambda's asynchronous invocation: the first try and 
 SQS_RECEIVES = 5  # the queues' maxReceiveCount before the dead-letter queue
 CLI_ATTEMPTS = 3
 
-# Known defects in code other helpers own, each with what is wrong: (scenario, function, service,
-# operation, error code or "*" for every error of the call) -> the defect. The sweep runs each alone
-# and must see it fail (and then does not say "all handled"): once fixed, remove it from here.
-_SECRET_REASON = (
-    "adapters/secrets.py: a secret the function may not read is dead-lettered with the marker it"
-    " matched (AccessDenied) as the reason, not the AWS code (AccessDeniedException)"
-)
-KNOWN_DEFECTS: dict[tuple[str, str, str, str, str], str] = {
-    ("through_the_api", "api_handler", "s3", "HeadObject", "AccessDenied"): (
-        "POST /releases: S3 denying HeadObject raises ArtifactAccessDenied, which chalicelib/api.py"
-        " does not answer (it answers ClientError): a bare 500 instead of JSON naming AccessDenied"
-    ),
-    ("deploy_and_verify", "on_notify_message", "ssm", "GetParameter", "AccessDeniedException"): (
-        _SECRET_REASON
-    ),
-    ("deploy_and_verify", "on_notify_message", "secretsmanager", "GetSecretValue", "AccessDeniedException"): (
-        _SECRET_REASON
-    ),
-    ("deploy_and_verify", "on_notify_message", "dynamodb", "UpdateItem", "*"): (
-        "service/notifications.deliver: when the delivery log's confirm (UpdateItem) fails after the"
-        " send, the retry sends again (documented for email, SNS and webhooks), but no log line"
-        " names the AWS error: the duplicate is unexplained"
-    ),
-}
+# Known defects, each with what is wrong: (scenario, function, service, operation, error code or
+# "*" for every error of the call) -> the defect. The sweep runs each alone and must see it fail
+# (and then does not say "all handled"): once fixed, remove it from here. None is known.
+KNOWN_DEFECTS: dict[tuple[str, str, str, str, str], str] = {}
 # The reconcile schedule's period, as app.py declares it.
 RECONCILE_PERIOD = timedelta(seconds=reconcile_rate_s())
 
