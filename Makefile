@@ -45,7 +45,8 @@ unit: $(INSTALLED)
 ## `make test` runs side by side. The permission check must see every call the handlers make in
 ## the moto suites, so those stay in one process: moto integration and the reliability machine.
 ## The other half: the sandbox parts, the bundles, the end-to-end runs, the crash-point sweep,
-## and two suites with worlds of their own (the deploy guide's AWS CLI runs, the error model).
+## two suites with worlds of their own (the deploy guide's AWS CLI runs, the error model), and the
+## packaging checks (chalice package and cfn-lint for 1 to 100 pipelines: too slow for the unit suite).
 SELF_CONTAINED := tests/integration/test_deploy_guide.py tests/integration/test_error_model.py
 integration: $(INSTALLED)
 	$(MAKE) --no-print-directory -j2 --output-sync=target integration-moto integration-sandbox
@@ -54,7 +55,8 @@ integration-moto: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability $(SELF_CONTAINED:%=--ignore=%)
 
 integration-sandbox: $(INSTALLED)
-	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash $(SELF_CONTAINED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash tests/packaging \
+		$(SELF_CONTAINED)
 
 ## `chalice package` for a stage; the SAM template and its translation to CloudFormation
 ## (aws-sam-translator, offline) both linted with cfn-lint. Fails when either fails.
