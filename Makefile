@@ -45,15 +45,18 @@ unit: $(INSTALLED)
 
 ## Everything beyond the pure unit tests, in two independent halves of about equal length that
 ## `make test` runs side by side. The permission check must see every call the handlers make in
-## the moto suites, so those stay in one process: moto integration and the reliability machine.
-## The other half: the sandbox parts, the bundles, the end-to-end runs, the crash-point sweep,
-## and two suites with worlds of their own (the deploy guide's AWS CLI runs, the error model).
+## the moto suites, so those stay in one process: moto integration and the reliability machine;
+## beside them the packaging checks (chalice package and cfn-lint for 1 to 100 pipelines: too slow
+## for the unit suite). The other half: the sandbox parts, the bundles, the end-to-end runs, the
+## crash-point sweep, and two suites with worlds of their own (the deploy guide's AWS CLI runs, the
+## error model).
 SELF_CONTAINED := tests/integration/test_deploy_guide.py tests/integration/test_error_model.py
 integration: $(INSTALLED)
 	$(MAKE) --no-print-directory -j2 --output-sync=target integration-moto integration-sandbox
 
 integration-moto: $(INSTALLED)
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability $(SELF_CONTAINED:%=--ignore=%)
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability tests/packaging \
+		$(SELF_CONTAINED:%=--ignore=%)
 
 integration-sandbox: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash $(SELF_CONTAINED)

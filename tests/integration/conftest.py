@@ -100,14 +100,22 @@ class World:
     provisioned: Provisioned
     client: Client
     s3_test_events: list[dict[str, Any]] = field(default_factory=list)
+    _aws_clients: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def aws(self, service: str) -> Any:
+        """The world's own boto3 client for ``service`` (what the tests read and upload with), made
+        once: making a client costs more than most calls on moto. Tests that stub or hook a client
+        make one of their own."""
+        if service not in self._aws_clients:
+            self._aws_clients[service] = self.session.client(service)
+        return self._aws_clients[service]
 
     @property
     def store(self) -> DynamoReleaseStore:
-        return DynamoReleaseStore(self.session.client("dynamodb"), TABLE)
+        return DynamoReleaseStore(self.aws("dynamodb"), TABLE)
 
     def upload(self, key: str, body: bytes | None = None, metadata: dict[str, str] | None = None) -> Upload:
-        s3 = self.session.client("s3")
-        response = s3.put_object(
+        response = self.aws("s3").put_object(
             Bucket=BUCKET, Key=key, Body=body or uuid.uuid4().bytes, Metadata=metadata or {}
         )
         eventbridge = self._drain(self.provisioned.eventbridge_queue_url)
@@ -123,7 +131,7 @@ class World:
         )
 
     def _drain(self, queue_url: str, wait_s: int = 0) -> list[dict[str, Any]]:
-        sqs = self.session.client("sqs")
+        sqs = self.aws("sqs")
         bodies: list[dict[str, Any]] = []
         while True:
             messages = sqs.receive_message(
@@ -163,7 +171,7 @@ class World:
         return self.invoke("on_codedeploy_event", codedeploy_event(deployment_id, state, application, group))
 
     def deployments(self, application: str = "api", group: str = "api-prod") -> list[dict[str, Any]]:
-        codedeploy = self.session.client("codedeploy")
+        codedeploy = self.aws("codedeploy")
         ids = codedeploy.list_deployments(applicationName=application, deploymentGroupName=group)[
             "deployments"
         ]

@@ -93,9 +93,10 @@ class ReleaseMachine(RuleBasedStateMachine):
         self.streams = self.session.client(
             "dynamodbstreams", config=Config(account_id_endpoint_mode="disabled")
         )
-        stream_arn = self.session.client("dynamodb").describe_table(TableName=TABLE)["Table"][
-            "LatestStreamArn"
-        ]
+        # One client for the invariants' reads: they run after every step, and making a client
+        # costs more than the reads.
+        self.dynamodb = self.session.client("dynamodb")
+        stream_arn = self.dynamodb.describe_table(TableName=TABLE)["Table"]["LatestStreamArn"]
         self.stream_arn = stream_arn
         self.shard_iterators = [
             self.streams.get_shard_iterator(
@@ -103,7 +104,7 @@ class ReleaseMachine(RuleBasedStateMachine):
             )["ShardIterator"]
             for shard in self.streams.describe_stream(StreamArn=stream_arn)["StreamDescription"]["Shards"]
         ]
-        self.store = DynamoReleaseStore(self.session.client("dynamodb"), TABLE)
+        self.store = DynamoReleaseStore(self.dynamodb, TABLE)
         self.s3 = self.session.client("s3")
         self.sqs = self.session.client("sqs")
         self.upload_events: list[dict[str, Any]] = []
@@ -256,7 +257,7 @@ class ReleaseMachine(RuleBasedStateMachine):
     def _releases(self) -> list[Any]:
         releases: list[Any] = []
         for pipeline in PIPELINES:
-            response = self.session.client("dynamodb").query(
+            response = self.dynamodb.query(
                 TableName=TABLE,
                 IndexName="by_pipeline",
                 KeyConditionExpression="pipeline = :p",
@@ -289,7 +290,7 @@ class ReleaseMachine(RuleBasedStateMachine):
     def _mailed_once_per_event(self) -> None:
         """SES sent exactly as many mails as the delivery log says were delivered: a duplicated
         stream record or queue message never mails twice."""
-        delivered = self.session.client("dynamodb").scan(
+        delivered = self.dynamodb.scan(
             TableName=TABLE,
             FilterExpression="begins_with(sk, :dlv) AND #status = :delivered",
             ExpressionAttributeNames={"#status": "status"},
@@ -302,7 +303,7 @@ class ReleaseMachine(RuleBasedStateMachine):
         """The email route takes every event: once the outbox has drained, each release has mail."""
         mailed = {
             item["pk"]["S"].removeprefix("REL#")
-            for item in self.session.client("dynamodb").scan(
+            for item in self.dynamodb.scan(
                 TableName=TABLE,
                 FilterExpression="begins_with(sk, :dlv)",
                 ExpressionAttributeValues={":dlv": {"S": "DLV#"}},

@@ -1,6 +1,7 @@
 """The packaged template (``chalice package`` with infra's merge template), for dev and prod: what
 must hold before anything reaches an account. cfn-lint checks the syntax of the SAM template and
-of its translation to CloudFormation (aws-sam-translator); these check the intent."""
+of its translation to CloudFormation (aws-sam-translator; tests/packaging/test_lint.py); these
+check the intent."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from chalicelib.domain.pipelines import parse_pipelines
 from infra import render, sizing, stack
 from infra.iam import Template
 from infra.iam_reference import reference
-from infra.package import TRANSLATED, PackageError, package, translate_and_lint
+from infra.package import package
 
 # Every kind of resource a policy can be scoped to: two buckets, two applications, a custom
 # deployment config, secrets in SSM and Secrets Manager, an SES sender and an SNS topic.
@@ -79,34 +80,6 @@ def _of_type(template: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def _functions(template: dict[str, Any]) -> dict[str, Any]:
     return _of_type(template, "AWS::Serverless::Function")
-
-
-def test_sam_template_and_its_translation_pass_cfn_lint(packaged: tuple[str, dict[str, Any], Path]) -> None:
-    _, _, sam = packaged
-    translated = translate_and_lint(sam.parent)
-    assert translated == sam.parent / TRANSLATED
-    resources = json.loads(translated.read_text(encoding="utf-8"))["Resources"]
-    # The transform ran: no SAM type is left, and each function is a plain Lambda function.
-    assert not [name for name, body in resources.items() if body["Type"].startswith("AWS::Serverless::")]
-    assert {name for name, body in resources.items() if body["Type"] == "AWS::Lambda::Function"} >= {
-        "OnArtifactEvent",
-        "APIHandler",
-    }
-
-
-def test_a_template_that_does_not_translate_fails_the_package(
-    packaged: tuple[str, dict[str, Any], Path], tmp_path: Path
-) -> None:
-    """cfn-lint 1.x accepts this SAM template (it checks SAM's schema only); the translation does
-    not: an SQS event whose queue is not an ARN."""
-    _, template, _ = packaged
-    broken = json.loads(json.dumps(template))
-    events = broken["Resources"]["OnVerifyMessage"]["Properties"]["Events"]
-    for event in events.values():
-        event["Properties"]["Queue"] = {"Ref": "NoSuchQueue"}
-    (tmp_path / "sam.json").write_text(json.dumps(broken), encoding="utf-8")
-    with pytest.raises(PackageError, match="NoSuchQueue"):
-        translate_and_lint(tmp_path)
 
 
 def test_every_api_method_requires_aws_iam(packaged: tuple[str, dict[str, Any], Path]) -> None:
