@@ -42,33 +42,66 @@ def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> 
             extra={"deployment_id": event.deployment_id, "application": event.application},
         )
         return None
-    release_id = context.store.release_for_deployment(event.deployment_id)
-    if release_id is None:
-        try:
-            release_id = _adopt_unknown_deployment(context, pipeline, event)
-        except DeploymentNotFound:
-            logger.warning(
-                "event for a deployment CodeDeploy does not know; skipped",
-                extra={"deployment_id": event.deployment_id[:200]},
-            )
-            return None
-    with logger.append_context_keys(release_id=release_id, deployment_id=event.deployment_id):
+    try:
         if event.state in (DeploymentState.START, DeploymentState.READY):
+            release_id = context.store.release_for_deployment(event.deployment_id)
+            if release_id is None:
+                release_id = _adopt_unknown_deployment(
+                    context, pipeline, context.deployments.describe(event.deployment_id)
+                )
             # START says nothing the record does not (the link recorded TaskStarted); READY is
             # blue/green's, which the coordinator does not drive.
-            logger.info(f"CodeDeploy {event.state.value}: no change")
-        else:
-            apply_deployment_state(context, release_id, event.deployment_id, event.state)
-    return release_id
+            logger.info(
+                f"CodeDeploy {event.state.value}: no change",
+                extra={"release_id": release_id, "deployment_id": event.deployment_id},
+            )
+            return release_id
+        # An outcome needs the deployment's details anyway (target groups, error information),
+        # and they name its release: the coordinator writes the release id into the deployment's
+        # description, and a deployment started elsewhere has the id derived from its own.
+        info = context.deployments.describe(event.deployment_id)
+    except DeploymentNotFound:
+        logger.warning(
+            "event for a deployment CodeDeploy does not know; skipped",
+            extra={"deployment_id": event.deployment_id[:200]},
+        )
+        return None
+    release = context.store.get_release(info.release_id or external_release_id(info.deployment_id))
+    if release is None:
+        # Started outside the coordinator (or by one whose table does not know it), and its
+        # START event was lost: recorded now, so the history has no holes.
+        release = context.store.get_release(_record_external(context, pipeline, info))
+        if release is None:
+            return None
+    with logger.append_context_keys(release_id=release.id, deployment_id=event.deployment_id):
+        _apply_outcome(context, release, event.state, info)
+    return release.id
 
 
 def apply_deployment_state(
-    context: Context, release_id: str, deployment_id: str, state: DeploymentState
+    context: Context,
+    release_id: str,
+    deployment_id: str,
+    state: DeploymentState,
+    info: DeploymentInfo | None = None,
 ) -> Release | None:
+    """``info`` is the deployment as the caller just described it (else it is described when
+    the outcome needs it)."""
     release = context.store.get_release(release_id)
     if release is None:
-        logger.error("deployment index points at a missing release")
+        logger.error("the release a deployment names is missing")
         return None
+    return _apply_outcome(context, release, state, info or context.deployments.describe(deployment_id))
+
+
+def _apply_outcome(
+    context: Context, release: Release, state: DeploymentState, info: DeploymentInfo
+) -> Release | None:
+    deployment_id = info.deployment_id
+    if release.deployment_id is None and release.awaiting_deployment:
+        # The write that links the deployment was lost (its Lambda died after CreateDeployment):
+        # link it now, as the START event or reconcile would.
+        release = link_deployment(context, release.id, deployment_id, known=release) or release
     if release.deployment_id != deployment_id:
         logger.info("event for a deployment the release no longer follows; ignored")
         return release
@@ -79,13 +112,13 @@ def apply_deployment_state(
                 extra={"state": release.state.value},
             )
             return release
-        return begin_verification(context, release, deployment_id)
+        return begin_verification(context, release, info)
     if state is DeploymentState.FAILURE:
-        return _deployment_failed(context, release, deployment_id)
+        return _deployment_failed(context, release, info)
     if state is DeploymentState.STOP:
         return finish(
             context,
-            release_id,
+            release.id,
             ReleaseState.STOPPED,
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
             detail={"deployment_id": deployment_id},
@@ -94,10 +127,10 @@ def apply_deployment_state(
     return release
 
 
-def _deployment_failed(context: Context, release: Release, deployment_id: str) -> Release | None:
+def _deployment_failed(context: Context, release: Release, info: DeploymentInfo) -> Release | None:
     """FAILED with CodeDeploy's error and, per failed instance, the failing hook, script, error
     code and log tail; then the auto-rollback, unless CodeDeploy rolls back by itself."""
-    info = context.deployments.describe(deployment_id)
+    deployment_id = info.deployment_id
     cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
     failed = context.deployments.instance_targets(deployment_id, "Failed")
     failed_instances = [diagnose(target) for target in failed]
@@ -159,10 +192,9 @@ def diagnose(target: InstanceTarget) -> dict[str, str]:
     return diagnosis
 
 
-def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, event: DeploymentStateChanged) -> str:
+def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
     """A deployment the store does not know: ours whose link the event outran, or one started
     outside the coordinator, recorded as an ``external`` release so the history has no holes."""
-    info = context.deployments.describe(event.deployment_id)
     ours = context.store.get_release(info.release_id) if info.release_id is not None else None
     if ours is not None:
         link_deployment(context, ours.id, info.deployment_id, known=ours)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from chalicelib.domain.lane import Change
@@ -49,9 +49,10 @@ from chalicelib.domain.notifications import (
     secret_ref,
 )
 from chalicelib.domain.pipelines import NotifyRoute
+from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
-from chalicelib.service.context import Context, retry_on_conflict
+from chalicelib.service.context import Context
 from chalicelib.service.notification_ports import (
     Claim,
     DeliveryDeferred,
@@ -59,6 +60,7 @@ from chalicelib.service.notification_ports import (
     NotificationAdapters,
     Receipt,
 )
+from chalicelib.service.slot_flow import on_release
 
 # Transient failures come back after 5 s, 10 s, 20 s... (by receive count), at most 15 minutes.
 RETRY_BASE_S = 5
@@ -249,7 +251,7 @@ def _post_to_thread(
             token, settings["channel"], card.text, card.blocks, None, mark=card_mark
         )
         thread = replace(posted, opened_by=message.event.id)
-        _remember_posted_thread(context, notice.release.id, message.route, thread)
+        _remember_posted_thread(context, notice.release, message.route, thread)
         if message.notification not in FAILURES:
             return True
     else:
@@ -270,12 +272,13 @@ def _post_to_thread(
     return True
 
 
-def _remember_posted_thread(context: Context, release_id: str, route: str, thread: SlackThread) -> None:
+def _remember_posted_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
     """The root card is out: if its thread were not stored, the retry would post a second card.
     Transient store errors are waited out here rather than handed to the queue's retry."""
+    release_id = release.id
     for attempt in range(REMEMBER_ATTEMPTS):
         try:
-            _remember_thread(context, release_id, route, thread)
+            _remember_thread(context, release, route, thread)
             return
         except Exception:
             if attempt == REMEMBER_ATTEMPTS - 1:
@@ -287,15 +290,15 @@ def _remember_posted_thread(context: Context, release_id: str, route: str, threa
             time.sleep(0.2 * 2**attempt)
 
 
-def _remember_thread(context: Context, release_id: str, route: str, thread: SlackThread) -> None:
-    """Store the thread on the release through the versioned write: a transition racing with it
-    re-reads (and keeps the thread) instead of erasing it."""
+def _remember_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
+    """Store the thread on the release through the versioned write, first on the release the
+    card was rendered from: a transition racing with it fails the write, and the retry reads
+    afresh (and keeps the transition) instead of erasing it."""
 
-    def decide() -> None:
-        current = context.store.get_release(release_id)
-        if current is None or current.notification_threads.get(route) == thread.to_stored():
-            return
+    def remember(current: Release, now: datetime) -> Change | None:  # noqa: ARG001
+        if current.notification_threads.get(route) == thread.to_stored():
+            return None
         threads = {**current.notification_threads, route: thread.to_stored()}
-        context.store.commit(Change(releases=[replace(current, notification_threads=threads)]))
+        return Change(releases=[replace(current, notification_threads=threads)])
 
-    retry_on_conflict(decide)
+    on_release(context, release.id, remember, known=release)

@@ -50,5 +50,5 @@ def _apply_missed_outcomes(context: Context, pipeline: Pipeline, actions: dict[s
             logger.info(
                 "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}
             )
-            apply_deployment_state(context, release.id, release.deployment_id, missed)
+            apply_deployment_state(context, release.id, release.deployment_id, missed, info)
         actions.setdefault("applied", []).append(release.id)

@@ -30,16 +30,17 @@ from chalicelib.domain.verification import (
 )
 from chalicelib.log import logger
 from chalicelib.service.context import Context
+from chalicelib.service.ports import DeploymentInfo
 from chalicelib.service.slot_flow import finish, log_refused, on_release
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
 
 
-def begin_verification(context: Context, release: Release, deployment_id: str) -> Release | None:
+def begin_verification(context: Context, release: Release, info: DeploymentInfo) -> Release | None:
     """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason."""
+    deployment_id = info.deployment_id
     pipeline = context.pipelines.named(release.pipeline)
-    info = context.deployments.describe(deployment_id)
     if pipeline is None or not info.target_group_names:
         return finish(
             context,
@@ -232,7 +233,8 @@ def _apply(
             return None  # another copy of this message got there first
         return change_of([annotate(Step(current, ()), check, now)])
 
-    checked = on_release(context, release.id, record_check)
+    # The release as this check read it: a copy stale by now fails the write and is read again.
+    checked = on_release(context, release.id, record_check, known=release)
     if checked is not None:
         context.verify_queue.schedule(
             *next_request(release.id, request.deployment_id, judgement.verification, context.clock.now())
