@@ -246,6 +246,10 @@ class VerifyRequest:
     deployment_id: str
     check: int
     not_before: datetime | None = None
+    # The release's pipeline, so the check reads the release with its lane in one call (a check
+    # that decides the release needs the slot too). None in a message sent before messages named
+    # it: that check reads the release alone first.
+    pipeline: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -255,6 +259,8 @@ class VerifyRequest:
         }
         if self.not_before is not None:
             message["not_before"] = self.not_before.isoformat()
+        if self.pipeline is not None:
+            message["pipeline"] = self.pipeline
         return message
 
     def hop_s(self, now: datetime) -> int:
@@ -276,17 +282,20 @@ class VerifyRequest:
             )
         if isinstance(check, bool) or not isinstance(check, int) or check < 1:
             raise MalformedEvent(f"verify message: check must be a whole number >= 1, got {check!r}")
-        return cls(release_id, deployment_id, check, _not_before(raw.get("not_before")))
+        pipeline = raw.get("pipeline")
+        if pipeline is not None and (not isinstance(pipeline, str) or not pipeline):
+            raise MalformedEvent(f"verify message: pipeline must be a non-empty string, got {pipeline!r}")
+        return cls(release_id, deployment_id, check, _not_before(raw.get("not_before")), pipeline)
 
 
 def next_request(
-    release_id: str, deployment_id: str, verification: Verification, now: datetime
+    release_id: str, deployment_id: str, pipeline: str, verification: Verification, now: datetime
 ) -> tuple[VerifyRequest, int]:
     """The message for the next check and its delay. A check due later than SQS can delay a
     message goes out as a hop carrying its due time."""
     wait_s = max(0, math.ceil((verification.next_check_at - now).total_seconds()))
     not_before = verification.next_check_at if wait_s > MAX_DELAY_S else None
-    request = VerifyRequest(release_id, deployment_id, verification.checks_done + 1, not_before)
+    request = VerifyRequest(release_id, deployment_id, verification.checks_done + 1, not_before, pipeline)
     return request, min(wait_s, MAX_DELAY_S)
 
 

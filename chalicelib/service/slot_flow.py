@@ -3,7 +3,7 @@ call AWS (create the deployment of the release it hands the slot to)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -29,19 +29,28 @@ from chalicelib.domain.release import (
     record,
     update,
 )
+from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import DeploymentBusy, RevisionRejected
 
 T = TypeVar("T")
+# The slot and releases of one lane as one read returned them (ReleaseStore.read_lane).
+LaneRead = tuple[PipelineSlot, Mapping[str, Release]]
 
 
 def decide_in_lane(
-    context: Context, pipeline: str, subject_ids: Sequence[str], ask: Callable[[Lane], T]
+    context: Context,
+    pipeline: str,
+    subject_ids: Sequence[str],
+    ask: Callable[[Lane], T],
+    *,
+    known: LaneRead | None = None,
 ) -> T:
-    """Load the lane (the slot and the command's releases in one read), and ask it; when it
-    needs releases it was not given, load those (in one more read) and ask again."""
-    slot, found = context.store.read_lane(pipeline, subject_ids)
+    """Load the lane (the slot and the command's releases in one read; ``known``: the caller
+    just read them), and ask it; when it needs releases it was not given, load those (in one
+    more read) and ask again."""
+    slot, found = known if known is not None else context.store.read_lane(pipeline, subject_ids)
     lane = Lane(
         name=pipeline,
         config=context.pipelines.named(pipeline),
@@ -63,13 +72,20 @@ def run_in_lane(
     pipeline: str,
     subject_ids: Sequence[str],
     ask: Callable[[Lane, datetime], Decision],
+    *,
+    known: LaneRead | None = None,
 ) -> Decision:
     """Load, decide and commit until the conditional write wins (a loser loads and decides
-    again). Returns the committed decision with its releases as stored."""
+    again). Returns the committed decision with its releases as stored. The first attempt may
+    decide on ``known``, the lane as the caller just read it: a stale copy fails the write, and
+    the retry reads afresh."""
+    first = [known] if known is not None else []
 
     def attempt() -> Decision:
         now = context.clock.now()
-        decision = decide_in_lane(context, pipeline, subject_ids, lambda lane: ask(lane, now))
+        decision = decide_in_lane(
+            context, pipeline, subject_ids, lambda lane: ask(lane, now), known=first.pop() if first else None
+        )
         stored = context.store.commit(decision.change)
         for line in decision.logs:
             log(line)
@@ -230,6 +246,7 @@ def finish(
     roll_back: bool = False,
     annotation: Annotation | None = None,
     pipeline: str,
+    known: LaneRead | None = None,
 ) -> Release | None:
     """Move a release to a terminal state, free its place in the slot and start the next one,
     all in one write. Returns the finished release, or None when the move was refused.
@@ -237,10 +254,13 @@ def finish(
     ``annotation`` adds a history event (a last health check, failure diagnostics) to the same
     write. ``roll_back`` (failures only) creates the automatic rollback release to the last
     verified one and gives it the slot ahead of every waiting release. ``pipeline`` is the
-    release's pipeline: its lane is read with the release in one call.
+    release's pipeline: its lane is read with the release in one call, unless the caller just
+    read them (``known``).
     """
     command = Finish(release_id, target, reason, detail or {}, roll_back, annotation)
-    decision = run_in_lane(context, pipeline, [release_id], lambda lane, now: lane.finish(command, now))
+    decision = run_in_lane(
+        context, pipeline, [release_id], lambda lane, now: lane.finish(command, now), known=known
+    )
     start_next(context, decision)
     return decision.subject
 

@@ -31,7 +31,7 @@ from chalicelib.domain.verification import (
 from chalicelib.log import logger
 from chalicelib.service.context import Context
 from chalicelib.service.ports import DeploymentInfo
-from chalicelib.service.slot_flow import finish, log_refused, on_release
+from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
@@ -95,7 +95,7 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
     verifying = on_release(context, release.id, enter_verifying, known=release)
     if verifying is not None:
         context.verify_queue.schedule(
-            *next_request(release.id, deployment_id, verification, context.clock.now())
+            *next_request(release.id, deployment_id, release.pipeline, verification, context.clock.now())
         )
         logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
     return verifying
@@ -109,8 +109,10 @@ def _fail_verification(
     *,
     aws_code: str | None = None,
     annotation: Annotation | None = None,
+    known: LaneRead | None = None,
 ) -> Release | None:
-    """FAILED ``verify_failed``, rolled back as the pipeline says."""
+    """FAILED ``verify_failed``, rolled back as the pipeline says. ``known``: the lane as the
+    caller just read it with the release."""
     pipeline = context.pipelines.named(release.pipeline)
     detail: dict[str, Any] = {"failure": "verify_failed", "deployment_id": deployment_id}
     if aws_code:
@@ -124,12 +126,23 @@ def _fail_verification(
         annotation=annotation,
         roll_back=pipeline.rollback.on_verify_failure if pipeline else False,
         pipeline=release.pipeline,
+        known=known,
     )
 
 
 def run_check(context: Context, request: VerifyRequest) -> Release | None:
-    """One health check, from the verify queue. Duplicate and stale messages are dropped."""
-    release = context.store.get_release(request.release_id)
+    """One health check, from the verify queue. Duplicate and stale messages are dropped.
+
+    The release is read with its lane (the message names the pipeline): a check that ends the
+    release frees the slot on that same read."""
+    lane: LaneRead | None = None
+    if request.pipeline is None:
+        release = context.store.get_release(request.release_id)
+    else:
+        lane = context.store.read_lane(request.pipeline, [request.release_id])
+        release = lane[1].get(request.release_id)
+        if release is not None and release.pipeline != request.pipeline:
+            lane = None  # a message naming another pipeline: its slot is not this release's
     verification = release.verification if release else None
     if (
         release is None
@@ -164,8 +177,8 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
         logger.warning(
             "could not read target health", extra={"why": str(error), "permanent": error.permanent}
         )
-        return _apply(context, release, request, judge_error(verification, error, now))
-    return _apply(context, release, request, judge(verification, health, now))
+        return _apply(context, release, request, judge_error(verification, error, now), lane)
+    return _apply(context, release, request, judge(verification, health, now), lane)
 
 
 def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
@@ -192,7 +205,7 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
 
 
 def _apply(
-    context: Context, release: Release, request: VerifyRequest, judgement: Judgement
+    context: Context, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
 ) -> Release | None:
     event_type, detail = _check_event(judgement, request.check)
     check = Annotation(event_type, detail, judgement.verification)
@@ -211,12 +224,13 @@ def _apply(
             detail={"deployment_id": request.deployment_id, "checks": verification.checks_done},
             annotation=check,
             pipeline=release.pipeline,
+            known=lane,
         )
     aws_code = judgement.error.code if judgement.error else None
     if judgement.outcome is Outcome.UNVERIFIABLE:
         why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check
+            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         why = (
@@ -225,7 +239,7 @@ def _apply(
             else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
         )
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check
+            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
 
     def record_check(current: Release, now: datetime) -> Change | None:
@@ -237,7 +251,13 @@ def _apply(
     checked = on_release(context, release.id, record_check, known=release)
     if checked is not None:
         context.verify_queue.schedule(
-            *next_request(release.id, request.deployment_id, judgement.verification, context.clock.now())
+            *next_request(
+                release.id,
+                request.deployment_id,
+                release.pipeline,
+                judgement.verification,
+                context.clock.now(),
+            )
         )
     return checked
 
@@ -260,7 +280,7 @@ def resend_overdue_checks(context: Context, release: Release) -> bool:
     now = context.clock.now()
     if not verification.overdue(now):
         return False
-    request, delay_s = next_request(release.id, release.deployment_id, verification, now)
+    request, delay_s = next_request(release.id, release.deployment_id, release.pipeline, verification, now)
     context.verify_queue.schedule(request, delay_s)
     logger.info("re-sent an overdue health check", extra=request.to_message())
     return True

@@ -95,7 +95,10 @@ def test_bake_waits_then_checks_once_more() -> None:
     streaked = replace(plan(bake_s=120), streak=1)
     baking = judge(streaked, healthy("i-1", "i-2"), NOW)
     assert baking.outcome is Outcome.BAKE
-    assert next_request("r", "d", baking.verification, NOW) == (VerifyRequest("r", "d", 2), 120)
+    assert next_request("r", "d", "p", baking.verification, NOW) == (
+        VerifyRequest("r", "d", 2, pipeline="p"),
+        120,
+    )
     after = NOW + timedelta(seconds=120)
     assert judge(baking.verification, healthy("i-1", "i-2"), after).outcome is Outcome.VERIFIED
     unhealthy_after_bake = judge(baking.verification, healthy("i-1"), after)
@@ -106,7 +109,7 @@ def test_bake_waits_then_checks_once_more() -> None:
 def test_a_bake_longer_than_sqs_can_delay_hops_to_its_due_time() -> None:
     baking = judge(replace(plan(bake_s=3600), streak=1), healthy("i-1", "i-2"), NOW)
     due = NOW + timedelta(seconds=3600)
-    request, delay_s = next_request("r", "d", baking.verification, NOW)
+    request, delay_s = next_request("r", "d", "p", baking.verification, NOW)
     assert (request.not_before, delay_s) == (due, MAX_DELAY_S)
     # Each hop waits at most SQS's maximum, until the check is due.
     assert request.hop_s(NOW + timedelta(seconds=900)) == 2700
@@ -196,6 +199,8 @@ def test_a_verification_stored_before_due_times_is_due_an_interval_after_its_las
             {"release_id": "r", "deployment_id": "d", "check": 1, "not_before": "2026-11-26T12:00:00"},
             "not_before must be",
         ),
+        ({"release_id": "r", "deployment_id": "d", "check": 1, "pipeline": ""}, "pipeline must be"),
+        ({"release_id": "r", "deployment_id": "d", "check": 1, "pipeline": 7}, "pipeline must be"),
     ],
 )
 def test_malformed_verify_messages_say_why(message: object, problem: str) -> None:
@@ -204,6 +209,7 @@ def test_malformed_verify_messages_say_why(message: object, problem: str) -> Non
 
 
 @pytest.mark.parametrize("not_before", [None, NOW])
-def test_verify_request_round_trips(not_before: datetime | None) -> None:
-    request = VerifyRequest("r", "d", 3, not_before)
+@pytest.mark.parametrize("pipeline", [None, "shop-prod"])
+def test_verify_request_round_trips(not_before: datetime | None, pipeline: str | None) -> None:
+    request = VerifyRequest("r", "d", 3, not_before, pipeline)
     assert VerifyRequest.from_message(request.to_message()) == request
