@@ -334,7 +334,12 @@ def test_reconcile_resends_a_lost_check(world: World) -> None:
     assert reconcile(context) == {"shop-prod": {"resent_checks": [release_id]}}
 
     [message] = world.verify_messages()
-    assert message == {"release_id": release_id, "deployment_id": deployment_id, "check": 1}
+    assert message == {
+        "release_id": release_id,
+        "deployment_id": deployment_id,
+        "check": 1,
+        "pipeline": LOAD_BALANCED,
+    }
 
 
 def test_duplicate_and_malformed_verify_messages_are_dropped(world: World) -> None:
@@ -348,6 +353,23 @@ def test_duplicate_and_malformed_verify_messages_are_dropped(world: World) -> No
     assert len(health_checks(world, release_id)) == 1
 
 
+def test_a_check_sent_before_messages_named_the_pipeline_still_runs(world: World) -> None:
+    """A message already on the queue when the coordinator is upgraded names no pipeline: its
+    check reads the release alone, and the next message names the pipeline again."""
+    release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    succeed(world, deployment_id)
+    [first] = world.verify_messages()
+    del first["pipeline"]
+
+    world.deliver_verify([first])
+
+    assert [check["outcome"] for check in health_checks(world, release_id)] == ["continue"]
+    [second] = world.verify_messages()
+    assert (second["check"], second["pipeline"]) == (2, LOAD_BALANCED)
+    world.deliver_verify([second])
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+
+
 def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     succeed(world, deployment_id)
@@ -359,7 +381,9 @@ def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
 
     # moto cannot throttle: botocore's Stubber answers the release read with DynamoDB's error.
     with Stubber(dynamodb) as stub:
-        stub.add_client_error("get_item", "ProvisionedThroughputExceededException", "Rate exceeded", 400)
+        stub.add_client_error(
+            "batch_get_item", "ProvisionedThroughputExceededException", "Rate exceeded", 400
+        )
         result = world.invoke("on_verify_message", event)
 
     assert len(result["batchItemFailures"]) == 1
