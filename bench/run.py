@@ -18,6 +18,9 @@ from bench.measurement import OVER, Measurement, Outcome
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.md"
+README = ROOT / "README.md"
+# The README's benchmark table follows this marker to the end of the file.
+README_MARKER = "<!-- bench: make bench writes the measurement line and the table below; keep it last -->"
 COMMAND = "make bench"
 # (module, time limit in seconds): the whole run stays within about ten minutes on 2 cores.
 BENCHMARKS = (
@@ -122,19 +125,22 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(measurements: list[Measurement], when: datetime, machine: str) -> str:
-    lines = [
-        "# Benchmarks",
-        "",
+def table(measurements: list[Measurement], when: datetime, machine: str) -> list[str]:
+    """The measurement line and the table, as both bench/results.md and the README show them."""
+    return [
         f"Measured {when:%Y-%m-%d %H:%M} UTC on {machine}. Reproduce: `{COMMAND}`.",
         "",
         "| what | measured | budget (DESIGN.md §8) | verdict |",
         "| --- | --- | --- | --- |",
+        *(
+            f"| {_cell(m.what)} | {_cell(m.figure)} | {_cell(m.budget)} | {_cell(m.verdict)} |"
+            for m in measurements
+        ),
     ]
-    lines += [
-        f"| {_cell(m.what)} | {_cell(m.figure)} | {_cell(m.budget)} | {_cell(m.verdict)} |"
-        for m in measurements
-    ]
+
+
+def render(measurements: list[Measurement], when: datetime, machine: str) -> str:
+    lines = ["# Benchmarks", "", *table(measurements, when, machine)]
     notes = NOTES.format(
         prices=cost.PRICES_AS_OF,
         round_trip_ms=cost.AWS_CALL_ROUND_TRIP_S * 1000,
@@ -155,8 +161,12 @@ def main() -> int:
         outcomes["sandbox_latency"].data.get("release_seconds", []),
     )
     measurements = [m for outcome in outcomes.values() for m in outcome.measurements] + costs.measurements
-    report = render(measurements, when, _machine())
+    machine = _machine()
+    report = render(measurements, when, machine)
     RESULTS.write_text(report, encoding="utf-8")
+    readme = README.read_text(encoding="utf-8")
+    kept = readme[: readme.index(README_MARKER) + len(README_MARKER)]
+    README.write_text("\n".join([kept, *table(measurements, when, machine), ""]), encoding="utf-8")
     print(report)  # the runner's report is this command's output
     return 0
 
