@@ -182,7 +182,7 @@ def cancel(context: Context, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
         cancelled = use_cases.cancel(context, release_id, post.actor)
         # 202: CodeDeploy was asked to stop, and the release ends when it has.
-        return Answer(202 if cancelled.stop_requested else 200, cancelled.release.to_dict())
+        return Answer(200 if cancelled.stopped else 202, cancelled.release.to_dict())
 
     return _post(context, request, frozenset(), run)
 

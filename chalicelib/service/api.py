@@ -38,7 +38,7 @@ from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
 from chalicelib.service.context import Context
-from chalicelib.service.lane_commands import cancel_release, roll_back_pipeline, still_in_s3
+from chalicelib.service.lane_commands import Cancellation, cancel_release, roll_back_pipeline, still_in_s3
 from chalicelib.service.ports import DeploymentAlreadyEnded
 from chalicelib.service.slot_flow import on_release
 from chalicelib.service.submission import submit
@@ -71,14 +71,6 @@ class Submitted:
     release: Release
     # False: the release already existed (a repeated request made it before).
     created: bool
-
-
-@dataclass(frozen=True)
-class Cancelled:
-    release: Release
-    # True: CodeDeploy was asked to stop the deployment, and its STOP event finishes the release;
-    # False: the release stopped at once.
-    stop_requested: bool
 
 
 @dataclass(frozen=True)
@@ -224,13 +216,13 @@ def roll_back(
     return Submitted(context.store.get_release(release.id) or release, created)
 
 
-def cancel(context: Context, release_id: str, actor: str) -> Cancelled:
+def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
     """A waiting or verifying release stops at once (the lane decides); a deploying one asks
     CodeDeploy to stop, and CodeDeploy's STOP event then finishes it."""
     cancellation = cancel_release(context, release_id, actor)
     release = cancellation.release
     if cancellation.stopped:
-        return Cancelled(release, stop_requested=False)
+        return cancellation
     assert release.deployment_id is not None  # the lane refuses a release still being started
     pipeline = context.pipelines.named(release.pipeline)
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
@@ -254,7 +246,7 @@ def cancel(context: Context, release_id: str, actor: str) -> Cancelled:
             logger.exception("could not record the refused cancel", extra={"release_id": release.id})
         raise
     scheduled = _record_on_deploying(context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
-    return Cancelled(scheduled, stop_requested=True)
+    return Cancellation(scheduled, stopped=False)
 
 
 def _record_on_deploying(

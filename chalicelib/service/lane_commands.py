@@ -56,8 +56,8 @@ def roll_back_pipeline(
 @dataclass(frozen=True)
 class Cancellation:
     release: Release
-    # True: the release stopped at once (it was waiting or verifying). False: it is deploying,
-    # and the caller asks CodeDeploy to stop its deployment, whose STOP event then finishes it.
+    # True: the release stopped at once (it was waiting or verifying). False: it is deploying:
+    # CodeDeploy is asked to stop its deployment, whose STOP event then finishes the release.
     stopped: bool
 
 

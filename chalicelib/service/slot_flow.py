@@ -16,6 +16,7 @@ from chalicelib.domain.lane import (
     Lane,
     LogLine,
     NeedsReleases,
+    change_of,
     refused_line,
 )
 from chalicelib.domain.pipelines import Pipeline
@@ -193,7 +194,7 @@ def _record_start_failure(context: Context, release_id: str, detail: Detail) -> 
             now=now,
             detail={"task": "CreateDeployment", **detail},
         )
-        return Change(releases=[step.release], events={release.id: step.events})
+        return change_of([step])
 
     try:
         on_release(context, release_id, hand_back)
@@ -227,11 +228,7 @@ def link_deployment(
             now=now,
             detail={"task": "CreateDeployment", "deployment_id": deployment_id},
         )
-        return Change(
-            releases=[step.release],
-            events={release.id: step.events},
-            deployment_links={deployment_id: release.id},
-        )
+        return change_of([step], links={deployment_id: release.id})
 
     return on_release(context, release_id, link, known=known)
 
