@@ -478,20 +478,29 @@ _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
 _STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
-    # SUCCESS starts verification (target groups, deployed instances, first check); FAILURE
-    # reads the lifecycle diagnostics of each instance.
+    # SUCCESS starts verification (target groups, deployed instances) and runs its first check
+    # (target health); FAILURE reads the lifecycle diagnostics of each instance.
     "on_codedeploy_event": (
         *_RELEASES,
         *_STARTS,
         _deploy_targets,
         _target_groups,
+        _target_health,
         _verify_send,
         _event_failures,
     ),
     "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _verify_send, _verify_consume),
-    # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event) and re-sends
-    # overdue checks.
-    "reconcile": (*_RELEASES, *_STARTS, _deploy_targets, _target_groups, _verify_send, _event_failures),
+    # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
+    # included) and re-sends overdue checks.
+    "reconcile": (
+        *_RELEASES,
+        *_STARTS,
+        _deploy_targets,
+        _target_groups,
+        _target_health,
+        _verify_send,
+        _event_failures,
+    ),
     "on_release_stream": (_stream_read, _notify_send),
     "on_notify_message": (*_RELEASES, _notify_consume, _channels),
     # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress.

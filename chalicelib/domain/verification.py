@@ -150,7 +150,9 @@ def plan_verification(
         interval_s=interval,
         bake_s=settings.bake_s,
         deadline=now + timedelta(seconds=deadline_s),
-        next_check_at=now + timedelta(seconds=interval),
+        # The first check is due at once: CodeDeploy's AllowTraffic has just waited for every
+        # instance to pass the target groups' health checks.
+        next_check_at=now,
     )
 
 

@@ -69,7 +69,14 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
             "CodeDeploy reports no instance that deployed successfully"
         )
         return _fail_verification(context, release, deployment_id, why)
-    verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
+    now = context.clock.now()
+    verification = plan_verification(pipeline.verify, groups, instances, now)
+    # The first check runs now, in the write that enters VERIFYING: AllowTraffic has just waited
+    # for each instance to pass its target groups' health checks, so this is the moment to look,
+    # and it saves a message, a read and a write per release.
+    first = VerifyRequest(release.id, deployment_id, 1, pipeline=release.pipeline)
+    judgement = _judge(context, verification, now)
+    checked_in_same_write = judgement.outcome in (Outcome.CONTINUE, Outcome.BAKE)
 
     def enter_verifying(current: Release, now: datetime) -> Change | None:
         moved = transition(
@@ -90,14 +97,22 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
         if isinstance(moved, Refused):
             log_refused(moved)
             return None
+        if checked_in_same_write:
+            moved = annotate(moved, _check_annotation(judgement, first.check), now)
         return change_of([moved])
 
     verifying = on_release(context, release.id, enter_verifying, known=release)
-    if verifying is not None:
-        context.verify_queue.schedule(
-            *next_request(release.id, deployment_id, release.pipeline, verification, context.clock.now())
-        )
-        logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
+    if verifying is None:
+        return None
+    logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
+    if not checked_in_same_write:
+        # The first check decided the release (verified, or unverifiable): end it as a check
+        # from the queue would.
+        return _apply(context, verifying, first, judgement, None)
+    checked = judgement.verification
+    context.verify_queue.schedule(
+        *next_request(release.id, deployment_id, release.pipeline, checked, context.clock.now())
+    )
     return verifying
 
 
@@ -167,6 +182,11 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
         context.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
         logger.info("health check not due yet; sent on", extra={**request.to_message(), "wait_s": hop_s})
         return release
+    return _apply(context, release, request, _judge(context, verification, now), lane)
+
+
+def _judge(context: Context, verification: Verification, now: datetime) -> Judgement:
+    """Read the deployed targets' health in every target group and judge it."""
     try:
         health = [
             entry
@@ -177,11 +197,12 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
         logger.warning(
             "could not read target health", extra={"why": str(error), "permanent": error.permanent}
         )
-        return _apply(context, release, request, judge_error(verification, error, now), lane)
-    return _apply(context, release, request, judge(verification, health, now), lane)
+        return judge_error(verification, error, now)
+    return judge(verification, health, now)
 
 
-def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
+def _check_annotation(judgement: Judgement, check: int) -> Annotation:
+    """The check's history event, with the verification it leaves behind."""
     verification = judgement.verification
     detail: dict[str, Any] = {
         "task": "HealthCheck",
@@ -197,19 +218,17 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
         detail["past_deadline"] = True
     if judgement.error is not None:
         detail["error"] = str(judgement.error)
-        return EventType.TASK_FAILED, detail
+        return Annotation(EventType.TASK_FAILED, detail, verification)
     if judgement.not_healthy:
         detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
-        return EventType.TASK_FAILED, detail
-    return EventType.TASK_SUCCEEDED, detail
+        return Annotation(EventType.TASK_FAILED, detail, verification)
+    return Annotation(EventType.TASK_SUCCEEDED, detail, verification)
 
 
 def _apply(
     context: Context, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
 ) -> Release | None:
-    event_type, detail = _check_event(judgement, request.check)
-    check = Annotation(event_type, detail, judgement.verification)
-
+    check = _check_annotation(judgement, request.check)
     verification = judgement.verification
     if judgement.outcome is Outcome.VERIFIED:
         baked = f" and again after {verification.bake_s}s of baking" if verification.bake_s else ""

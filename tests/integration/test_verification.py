@@ -77,6 +77,7 @@ def fail(world: World, deployment_id: str, instance: str) -> None:
 
 
 def run_checks(world: World, count: int) -> None:
+    """Run the health checks after the first, which ran with CodeDeploy's SUCCESS."""
     for _ in range(count):
         messages = world.verify_messages()
         assert messages, "no health check was scheduled"
@@ -86,7 +87,7 @@ def run_checks(world: World, count: int) -> None:
 def verified(world: World, version: str) -> str:
     release_id, deployment_id = upload_and_deploy(world, version)
     succeed(world, deployment_id)
-    run_checks(world, 2)
+    run_checks(world, 1)
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
     return release_id
 
@@ -104,8 +105,10 @@ def test_healthy_streak_verifies_the_release_and_the_history_tells_it(world: Wor
     assert verifying.verification is not None
     assert verifying.verification.instance_ids == world.provisioned.load_balanced[LOAD_BALANCED].instance_ids
     assert verifying.verification.interval_s == 1  # the pipeline's verify.interval_s
+    # The first check ran in the same write that entered VERIFYING.
+    assert (verifying.verification.checks_done, verifying.verification.streak) == (1, 1)
 
-    run_checks(world, 2)
+    run_checks(world, 1)
 
     release = world.release(release_id)
     assert release.state is ReleaseState.SUCCEEDED
@@ -132,7 +135,6 @@ def test_a_target_turning_unhealthy_mid_streak_restarts_it(world: World) -> None
     arn = world.provisioned.load_balanced[LOAD_BALANCED].target_group_arn
     sick = world.provisioned.load_balanced[LOAD_BALANCED].instance_ids[0]
 
-    run_checks(world, 1)
     # moto_extensions: moto itself never reports a target unhealthy.
     moto_extensions.set_target_health(
         arn, sick, "unhealthy", "Target.ResponseCodeMismatch", "Health checks failed with these codes: [500]"
@@ -170,9 +172,9 @@ def test_deadline_fails_verification_and_rolls_back_to_the_last_verified_release
     # moto_extensions: an instance stuck in "initial" (never passes its health checks).
     moto_extensions.set_target_health(arn, sick, "initial", "Elb.InitialHealthChecking")
     try:
-        for check in (1, 2):
-            world.verify_messages()
-            run_check(context, VerifyRequest(release_id, deployment_id, check))
+        # Check 1 ran with CodeDeploy's SUCCESS, before the instance got stuck.
+        world.verify_messages()
+        run_check(context, VerifyRequest(release_id, deployment_id, 2))
         clock.advance(timedelta(seconds=61))  # past the pipeline's verify.deadline_s
         world.verify_messages()
         run_check(context, VerifyRequest(release_id, deployment_id, 3))
@@ -208,8 +210,7 @@ def test_bake_time_checks_once_more_after_the_streak(world: World) -> None:
     )
     moto_extensions.complete(deployment_id, "Succeeded")
     apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
-    for check in (1, 2):
-        run_check(context, VerifyRequest(release_id, deployment_id, check))
+    run_check(context, VerifyRequest(release_id, deployment_id, 2))
     assert world.release(release_id).state is ReleaseState.VERIFYING  # baking
     run_check(context, VerifyRequest(release_id, deployment_id, 3))
 
@@ -217,6 +218,43 @@ def test_bake_time_checks_once_more_after_the_streak(world: World) -> None:
     assert release.state is ReleaseState.SUCCEEDED
     assert "and again after 30s of baking" in release.reason
     assert [c["outcome"] for c in health_checks(world, release_id)] == ["continue", "bake", "verified"]
+
+
+def test_the_first_check_runs_with_codedeploys_success_and_may_decide_the_release(world: World) -> None:
+    """One healthy check is enough for a pipeline that asks for one: SUCCEEDED with CodeDeploy's
+    SUCCESS, no message sent. A target not yet healthy at SUCCESS restarts nothing and is
+    recorded on check 1, in the same write that enters VERIFYING."""
+    release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    clock = ManualClock()
+    base = direct_context(world, clock)
+    [shop] = [p for p in base.pipelines.pipelines if p.name == LOAD_BALANCED]
+    once = replace(shop, verify=VerifySettings(healthy_checks=1, interval_s=1, deadline_s=600))
+    context = replace(
+        base, pipelines=PipelinesConfig(tuple(once if p is shop else p for p in base.pipelines.pipelines))
+    )
+    moto_extensions.complete(deployment_id, "Succeeded")
+    apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+    assert [(c["check"], c["outcome"]) for c in health_checks(world, release_id)] == [(1, "verified")]
+    assert world.verify_messages(wait_s=0) == []
+
+    second, second_deployment = upload_and_deploy(world, "2.0.0")
+    arn = world.provisioned.load_balanced[LOAD_BALANCED].target_group_arn
+    sick = world.provisioned.load_balanced[LOAD_BALANCED].instance_ids[0]
+    moto_extensions.set_target_health(arn, sick, "initial", "Elb.RegistrationInProgress")
+    try:
+        succeed(world, second_deployment)
+    finally:
+        moto_extensions.clear_target_health()
+    story = [(e.type, e.state, e.detail.get("task")) for e in world.history(second)][-2:]
+    assert story == [
+        (EventType.STATE_ENTERED, ReleaseState.VERIFYING, None),
+        (EventType.TASK_FAILED, ReleaseState.VERIFYING, "HealthCheck"),
+    ]
+    [first] = health_checks(world, second)
+    assert (first["check"], first["streak"], first["not_healthy"][0]["target"]) == (1, 0, sick)
+    run_checks(world, 2)
+    assert world.release(second).state is ReleaseState.SUCCEEDED
 
 
 def test_no_load_balancer_succeeds_with_the_reason(world: World) -> None:
@@ -258,7 +296,7 @@ def test_failure_records_diagnostics_and_the_rollback_succeeds(world: World) -> 
     instances = world.provisioned.load_balanced[LOAD_BALANCED].instance_ids
     moto_extensions.set_instance_targets(rollback_deployment, {i: {"status": "Succeeded"} for i in instances})
     succeed(world, rollback_deployment)
-    run_checks(world, 2)
+    run_checks(world, 1)
 
     assert world.release(rollback_id).state is ReleaseState.SUCCEEDED
     assert world.store.get_slot("shop-prod").last_good == rollback_id
@@ -324,7 +362,7 @@ def test_codedeploy_own_rollback_is_followed_not_doubled(world: World) -> None:
 def test_reconcile_resends_a_lost_check(world: World) -> None:
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     succeed(world, deployment_id)
-    world.verify_messages()  # the first check's message is lost
+    world.verify_messages()  # the second check's message is lost
     clock = ManualClock()
     clock.current = world.release(release_id).updated_at
     context = direct_context(world, clock)
@@ -337,7 +375,7 @@ def test_reconcile_resends_a_lost_check(world: World) -> None:
     assert message == {
         "release_id": release_id,
         "deployment_id": deployment_id,
-        "check": 1,
+        "check": 2,
         "pipeline": LOAD_BALANCED,
     }
 
@@ -345,29 +383,27 @@ def test_reconcile_resends_a_lost_check(world: World) -> None:
 def test_duplicate_and_malformed_verify_messages_are_dropped(world: World) -> None:
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     succeed(world, deployment_id)
-    [first] = world.verify_messages()
+    [second] = world.verify_messages()
 
-    result = world.deliver_verify([first, first, {"release_id": 7}, {"hello": "world"}])
+    result = world.deliver_verify([second, second, {"release_id": 7}, {"hello": "world"}])
 
     assert result == {"batchItemFailures": []}
-    assert len(health_checks(world, release_id)) == 1
+    assert [check["check"] for check in health_checks(world, release_id)] == [1, 2]
 
 
 def test_a_check_sent_before_messages_named_the_pipeline_still_runs(world: World) -> None:
     """A message already on the queue when the coordinator is upgraded names no pipeline: its
-    check reads the release alone, and the next message names the pipeline again."""
+    check reads the release alone, and the check still ends the release and frees the slot."""
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     succeed(world, deployment_id)
-    [first] = world.verify_messages()
-    del first["pipeline"]
-
-    world.deliver_verify([first])
-
-    assert [check["outcome"] for check in health_checks(world, release_id)] == ["continue"]
     [second] = world.verify_messages()
-    assert (second["check"], second["pipeline"]) == (2, LOAD_BALANCED)
+    del second["pipeline"]
+
     world.deliver_verify([second])
+
+    assert [check["outcome"] for check in health_checks(world, release_id)] == ["continue", "verified"]
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
+    assert world.store.get_slot(LOAD_BALANCED).active is None
 
 
 def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
@@ -387,4 +423,4 @@ def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
         result = world.invoke("on_verify_message", event)
 
     assert len(result["batchItemFailures"]) == 1
-    assert health_checks(world, release_id) == []
+    assert [check["check"] for check in health_checks(world, release_id)] == [1]  # the second did not run

@@ -75,7 +75,8 @@ def verifying(world: World) -> tuple[str, str, ManualClock, Any]:
     moto_extensions.complete(deployment_id, "Succeeded")
     apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
     assert world.release(release_id).state is ReleaseState.VERIFYING
-    assert [m["check"] for m in world.verify_messages()] == [1]  # delivered by the test below
+    # The first check ran with SUCCESS; the second is delivered by the test below.
+    assert [m["check"] for m in world.verify_messages()] == [2]
     return release_id, deployment_id, clock, context
 
 
@@ -93,10 +94,50 @@ def test_describe_target_health_errors_end_or_retry_verification(world: World, e
 
     with stubbed(context) as stub:
         stub.add_client_error("describe_target_health", error.code, "from the test", error.status)
-        run_check(context, VerifyRequest(release_id, deployment_id, 1))
+        run_check(context, VerifyRequest(release_id, deployment_id, 2))
 
+    assert_check_error_handled(world, context, clock, release_id, deployment_id, error, check=2)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("error", HEALTH_ERRORS, ids=lambda error: error.code)
+def test_describe_target_health_errors_at_the_first_check_end_or_retry_verification(
+    world: World, error: AwsError
+) -> None:
+    """The first check runs in the CodeDeploy SUCCESS handler: its errors end the same way."""
+    verified(world, "1.0.0")
+    release_id, deployment_id = upload_and_deploy(world, "2.0.0")
+    clock = ManualClock()
+    clock.current = world.release(release_id).updated_at
+    context = direct_context(world, clock)
+    moto_extensions.complete(deployment_id, "Succeeded")
+    arn = world.provisioned.load_balanced[LOAD_BALANCED].target_group_arn
+    [group] = world.session.client("elbv2").describe_target_groups(TargetGroupArns=[arn])["TargetGroups"]
+    context.load_balancing.target_groups([group["TargetGroupName"]])  # read before the stub answers
+
+    with stubbed(context) as stub:
+        stub.add_client_error("describe_target_health", error.code, "from the test", error.status)
+        apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
+
+    assert_check_error_handled(world, context, clock, release_id, deployment_id, error, check=1)
+
+
+def assert_check_error_handled(
+    world: World,
+    context: Any,
+    clock: ManualClock,
+    release_id: str,
+    deployment_id: str,
+    error: AwsError,
+    check: int,
+) -> None:
+    """A sender fault ends verification at once and rolls back; a transient error is recorded on
+    the check, the next is scheduled, and still failing at the deadline the release fails."""
     release = world.release(release_id)
-    [recorded] = health_checks(world, release_id)
+    verification = release.verification
+    assert verification is not None
+    recorded = health_checks(world, release_id)[-1]
+    assert recorded["check"] == check
     assert f"ELBv2 {error.code}: from the test" in recorded["error"]
     if error.sender_fault:
         assert release.state is ReleaseState.FAILED
@@ -108,12 +149,12 @@ def test_describe_target_health_errors_end_or_retry_verification(world: World, e
     # Transient: the check is recorded, the streak restarts and the next check is scheduled.
     assert release.state is ReleaseState.VERIFYING
     assert (recorded["outcome"], recorded["streak"]) == ("continue", 0)
-    assert [m["check"] for m in world.verify_messages()] == [2]
+    assert [m["check"] for m in world.verify_messages()] == [check + 1]
     # Still failing past the deadline: the release ends, naming the code.
     clock.current = verification.deadline
     with stubbed(context) as stub:
         stub.add_client_error("describe_target_health", error.code, "from the test", error.status)
-        run_check(context, VerifyRequest(release_id, deployment_id, 2))
+        run_check(context, VerifyRequest(release_id, deployment_id, check + 1))
     failed = world.release(release_id)
     assert failed.state is ReleaseState.FAILED
     assert failed.reason.startswith(
@@ -128,12 +169,18 @@ def test_a_transient_error_then_healthy_targets_verifies(world: World) -> None:
     release_id, deployment_id, _, context = verifying(world)
     with stubbed(context) as stub:
         stub.add_client_error("describe_target_health", "HealthUnavailable", "try later", 500)
-        run_check(context, VerifyRequest(release_id, deployment_id, 1))
-    for check in (2, 3):
+        run_check(context, VerifyRequest(release_id, deployment_id, 2))
+    for check in (3, 4):
         run_check(context, VerifyRequest(release_id, deployment_id, check))
 
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
-    assert [c["outcome"] for c in health_checks(world, release_id)] == ["continue", "continue", "verified"]
+    checks = health_checks(world, release_id)
+    assert [(c["outcome"], c["streak"]) for c in checks] == [
+        ("continue", 1),
+        ("continue", 0),
+        ("continue", 1),
+        ("verified", 2),
+    ]
 
 
 @pytest.mark.timeout(120)
@@ -203,4 +250,4 @@ def test_the_verify_handler_reports_no_failure_for_an_elbv2_error(world: World) 
 
     assert result == {"batchItemFailures": []}
     assert world.history(release_id)[-1].type is EventType.TASK_FAILED
-    assert [m["check"] for m in world.verify_messages()] == [2]
+    assert [m["check"] for m in world.verify_messages()] == [3]

@@ -4,8 +4,9 @@ targets, not the coordinator's message timing.
 
 The pipeline uses the default verify settings, so the deadline comes from the provisioned target
 group's short health-check settings (interval 5 s, healthy threshold 2, deregistration delay 5 s:
-about 80 s). The first check comes back only after the verify queue's visibility timeout, as the
-template sets it, or when the 5-minute reconcile re-sends it: both past that deadline.
+about 80 s). The first check runs with CodeDeploy's SUCCESS; the second, from the verify queue,
+comes back only after the queue's visibility timeout, as the template sets it, or when the 5-minute
+reconcile re-sends it: both past that deadline.
 """
 
 from __future__ import annotations
@@ -77,13 +78,13 @@ def check(release_id: str, deployment_id: str, number: int) -> VerifyRequest:
 
 
 @pytest.mark.timeout(180)
-def test_fault_4_first_check_crashed_and_back_after_the_visibility_timeout_verifies_healthy_targets(
+def test_fault_4_a_check_crashed_and_back_after_the_visibility_timeout_verifies_healthy_targets(
     world: World,
 ) -> None:
     release_id, deployment_id, clock, context = start_verifying(world)
     verification = world.release(release_id).verification
     assert verification is not None
-    first = check(release_id, deployment_id, 1)  # received: in flight until the visibility timeout
+    second = check(release_id, deployment_id, 2)  # received: in flight until the visibility timeout
     clock.advance(timedelta(seconds=verification.interval_s))  # due
     elbv2 = context.load_balancing._client  # type: ignore[attr-defined]
 
@@ -92,41 +93,37 @@ def test_fault_4_first_check_crashed_and_back_after_the_visibility_timeout_verif
 
     elbv2.meta.events.register("before-call.elastic-load-balancing-v2.DescribeTargetHealth", die)
     with pytest.raises(SystemExit):
-        run_check(context, first)
+        run_check(context, second)
     elbv2.meta.events.unregister("before-call.elastic-load-balancing-v2.DescribeTargetHealth", die)
 
     # SQS gives the message back once its visibility timeout has run out: past the deadline.
     clock.advance(timedelta(seconds=QUEUE_VISIBILITY_S))
     assert clock.current > verification.deadline
-    run_check(context, first)
-    assert world.release(release_id).state is ReleaseState.VERIFYING
-    clock.advance(timedelta(seconds=verification.interval_s))
-    run_check(context, check(release_id, deployment_id, 2))
+    run_check(context, second)
 
     assert_verified_without_rollback(world, release_id)
-    late, on_time = health_checks(world, release_id)
-    assert late["outcome"] == "continue"
+    on_time, late = health_checks(world, release_id)
+    assert late["outcome"] == "verified"
     assert late["past_deadline"] is True
     assert late["late_s"] >= QUEUE_VISIBILITY_S
     assert "late_s" not in on_time
 
 
 @pytest.mark.timeout(180)
-def test_fault_4_lost_first_check_resent_by_reconcile_verifies_healthy_targets(world: World) -> None:
+def test_fault_4_a_lost_check_resent_by_reconcile_verifies_healthy_targets(world: World) -> None:
     release_id, deployment_id, clock, context = start_verifying(world)
-    verification = world.release(release_id).verification  # its first check's message is lost
+    verification = world.release(release_id).verification  # its second check's message is lost
     assert verification is not None
 
     clock.advance(RECONCILE_EVERY)
     assert reconcile(context) == {LOAD_BALANCED: {"resent_checks": [release_id]}}
     assert clock.current > verification.deadline
-    [resent] = [m for m in world.verify_messages(wait_s=0) if m["check"] == 1]
+    [resent] = [m for m in world.verify_messages(wait_s=0) if m["check"] == 2]
+    assert resent["deployment_id"] == deployment_id
     run_check(context, VerifyRequest.from_message(resent))
-    clock.advance(timedelta(seconds=verification.interval_s))
-    run_check(context, check(release_id, deployment_id, 2))
 
     assert_verified_without_rollback(world, release_id)
-    assert [c["past_deadline"] for c in health_checks(world, release_id)] == [True, True]
+    assert [c.get("past_deadline") for c in health_checks(world, release_id)] == [None, True]
 
 
 @pytest.mark.timeout(180)
@@ -139,14 +136,14 @@ def test_a_late_check_still_fails_targets_that_are_not_healthy(world: World) -> 
     clock.current = verification.deadline + timedelta(seconds=QUEUE_VISIBILITY_S)
     moto_extensions.set_target_health(arn, sick, "unhealthy", "Target.Timeout", "Request timed out")
     try:
-        run_check(context, check(release_id, deployment_id, 1))
+        run_check(context, check(release_id, deployment_id, 2))
     finally:
         moto_extensions.clear_target_health()
 
     failed = world.release(release_id)
     assert failed.state is ReleaseState.FAILED
     assert failed.reason.startswith(f"verify_failed: not healthy by the deadline: {sick} unhealthy")
-    [recorded] = health_checks(world, release_id)
-    assert (recorded["outcome"], recorded["past_deadline"]) == ("timed_out", True)
+    recorded = health_checks(world, release_id)[-1]
+    assert (recorded["check"], recorded["outcome"], recorded["past_deadline"]) == (2, "timed_out", True)
     assert recorded["late_s"] >= QUEUE_VISIBILITY_S
     assert world.release(rollback_release_id(release_id)).state is ReleaseState.DEPLOYING

@@ -121,10 +121,14 @@ def test_a_bake_longer_than_sqs_can_delay_hops_to_its_due_time() -> None:
     assert baking.verification.overdue(due + timedelta(seconds=10 + DEADLINE_MARGIN_S + 1))
 
 
+def test_the_first_check_is_due_at_codedeploys_success() -> None:
+    assert plan().next_check_at == NOW
+
+
 def test_overdue_an_interval_and_the_margin_after_the_check_was_due() -> None:
     verification = plan()
-    assert not verification.overdue(NOW + timedelta(seconds=2 * 10 + DEADLINE_MARGIN_S))
-    assert verification.overdue(NOW + timedelta(seconds=2 * 10 + DEADLINE_MARGIN_S + 1))
+    assert not verification.overdue(NOW + timedelta(seconds=10 + DEADLINE_MARGIN_S))
+    assert verification.overdue(NOW + timedelta(seconds=10 + DEADLINE_MARGIN_S + 1))
 
 
 def test_a_late_check_past_the_deadline_still_counts_healthy_targets() -> None:
