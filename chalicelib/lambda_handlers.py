@@ -8,13 +8,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
-from chalicelib.domain.notifications import NotifyMessage
+from chalicelib.domain.notifications import NotifyMessage, StreamedEvent
 from chalicelib.domain.verification import VerifyRequest
 from chalicelib.log import logger
 from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.notification_ports import Receipt
-from chalicelib.service.notifications import deliver, publish
+from chalicelib.service.notifications import DeliveryBatch, publish
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
 from chalicelib.service.verification import run_check
@@ -99,20 +99,22 @@ def scheduled_reconcile(context: Context) -> dict[str, Any]:
 
 
 def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
-    """A batch of the table's stream records: each new history event becomes its notify messages.
-    Other records are skipped; a record whose messages cannot be queued is reported back alone
-    (``ReportBatchItemFailures`` on the event source mapping), so Lambda retries from it."""
-    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    """A batch of the table's stream records: the new history events become their notify
+    messages, queued together. Other records are skipped; when messages cannot be queued, the
+    record of the first event they came from is reported back (``ReportBatchItemFailures`` on
+    the event source mapping), so Lambda retries from it."""
     from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
-        DynamoDBRecord,
         DynamoDBRecordEventName,
+        DynamoDBStreamEvent,
     )
 
     from chalicelib.adapters.release_stream import streamed_event
 
-    def publish_record(record: DynamoDBRecord) -> None:
+    events: list[StreamedEvent] = []
+    sequence_numbers: list[str | None] = []
+    for record in DynamoDBStreamEvent(dict(event)).records:
         if record.event_name is not DynamoDBRecordEventName.INSERT or record.dynamodb is None:
-            return
+            continue
         try:
             streamed = streamed_event(record.dynamodb.new_image)
         except (KeyError, TypeError, ValueError) as problem:
@@ -120,26 +122,25 @@ def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]
                 "malformed history event on the stream skipped",
                 extra={"why": repr(problem), "event_id": record.event_id},
             )
-            return
-        if streamed is None:
-            return
-        with logger.append_context_keys(release_id=streamed.release_id):
-            publish(context, streamed)
-
-    response = process_partial_response(
-        event=dict(event),
-        record_handler=publish_record,
-        processor=BatchProcessor(event_type=EventType.DynamoDBStreams),
-        context=None,
-    )
-    return dict(response)
+            continue
+        if streamed is not None:
+            events.append(streamed)
+            sequence_numbers.append(record.dynamodb.sequence_number)
+    queued = publish(context, events)
+    retry_from = sequence_numbers[queued : queued + 1]
+    return {"batchItemFailures": [{"itemIdentifier": number} for number in retry_from]}
 
 
 def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch from the FIFO notify queue. A message that fails is reported back with the rest of
-    its group (its later events), while other groups, i.e. other routes and releases, go on."""
+    its group (its later events), while other groups, i.e. other routes and releases, go on. The
+    batch's messages share their release reads and delivery-log writes (``DeliveryBatch``); the
+    last confirm is written after the batch, and if it fails the invocation fails: every message
+    comes back, and what was confirmed is dropped as a duplicate."""
     from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    deliveries = DeliveryBatch(context)
 
     def deliver_record(record: SQSRecord) -> None:
         try:
@@ -152,7 +153,7 @@ def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
             return
         receipt = Receipt(record.receipt_handle, int(record.attributes.approximate_receive_count or 1))
         with logger.append_context_keys(release_id=message.release_id):
-            deliver(context, message, receipt)
+            deliveries.deliver(message, receipt)
 
     processor = SqsFifoPartialProcessor(skip_group_on_error=True)
     # Report a batch that failed whole like any other instead of failing the invocation: the
@@ -161,4 +162,5 @@ def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
     response = process_partial_response(
         event=dict(event), record_handler=deliver_record, processor=processor, context=None
     )
+    deliveries.finish()
     return dict(response)

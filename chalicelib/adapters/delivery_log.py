@@ -7,6 +7,11 @@ nothing. A claim left by a Lambda that died mid-way expires after the claim leas
 instead, so the retry may take it at once. Either way the claim write returns the record it
 replaced (``ReturnValues=ALL_OLD``, no extra call), and a retry knows that an earlier attempt may
 have posted.
+
+A batch's deliveries are confirmed with the next one's claim (``confirm_and_claim``): one
+transaction instead of two writes. That transaction claims only a delivery nobody has tried
+(TransactWriteItems cannot return the item a put replaced, which is how a claim learns it took
+over); anything else fails it, and the caller writes the two alone.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.notifications import NotifyMessage
@@ -28,6 +33,26 @@ def _key(message: NotifyMessage) -> dict[str, Any]:
     return {
         "pk": {"S": f"REL#{message.release_id}"},
         "sk": {"S": f"DLV#{message.event.id:06d}#{message.route}"},
+    }
+
+
+def _claim_item(message: NotifyMessage, now: datetime) -> dict[str, Any]:
+    return {
+        **_key(message),
+        "kind": {"S": "delivery"},
+        "release_id": {"S": message.release_id},
+        "route": {"S": message.route},
+        "notification": {"S": message.notification},
+        "status": {"S": "sending"},
+        "claimed_at": {"N": str(int(now.timestamp()))},
+    }
+
+
+def _confirm_expression(now: datetime) -> dict[str, Any]:
+    return {
+        "UpdateExpression": "SET #status = :delivered, delivered_at = :now",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":delivered": {"S": "delivered"}, ":now": {"S": now.isoformat()}},
     }
 
 
@@ -45,15 +70,7 @@ class DynamoDeliveryLog:
         try:
             replaced = self._client.put_item(
                 TableName=self._table,
-                Item={
-                    **_key(message),
-                    "kind": {"S": "delivery"},
-                    "release_id": {"S": message.release_id},
-                    "route": {"S": message.route},
-                    "notification": {"S": message.notification},
-                    "status": {"S": "sending"},
-                    "claimed_at": {"N": str(int(now.timestamp()))},
-                },
+                Item=_claim_item(message, now),
                 ConditionExpression=_CLAIMABLE,
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
@@ -73,14 +90,38 @@ class DynamoDeliveryLog:
             return Claim.DELIVERED if status == "delivered" else Claim.BUSY
         return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
 
+    def confirm_and_claim(
+        self, delivered: NotifyMessage, message: NotifyMessage, now: datetime
+    ) -> Claim | None:
+        if _key(delivered) == _key(message):  # a transaction may not write one item twice
+            return None
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": _key(delivered),
+                            **_confirm_expression(now),
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": _claim_item(message, now),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except (ClientError, BotoCoreError):
+            # The claim's condition failed (the delivery has a record: a retry or a duplicate),
+            # or the write itself did: the caller confirms and claims alone, which tells which.
+            return None
+        return Claim.CLAIMED
+
     def confirm(self, message: NotifyMessage, now: datetime) -> None:
-        self._client.update_item(
-            TableName=self._table,
-            Key=_key(message),
-            UpdateExpression="SET #status = :delivered, delivered_at = :now",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":delivered": {"S": "delivered"}, ":now": {"S": now.isoformat()}},
-        )
+        self._client.update_item(TableName=self._table, Key=_key(message), **_confirm_expression(now))
 
     def release(self, message: NotifyMessage) -> None:
         try:

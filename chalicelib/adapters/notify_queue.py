@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.log import logger
-from chalicelib.service.notification_ports import Receipt
+from chalicelib.service.notification_ports import NotQueued, Receipt
 
 _BATCH_LIMIT = 10
 # SQS's largest visibility timeout is 12 hours; a notification is stale long before that.
@@ -33,24 +33,33 @@ class SqsNotifyQueue:
         self._dead_letter_url = dead_letter_url
 
     def send(self, messages: Sequence[NotifyMessage]) -> None:
+        """Ten messages to a SendMessageBatch call, in order; the first call that fails, or
+        refuses an entry, ends the send: the later calls would put messages of the same FIFO
+        group ahead of the one that did not go out."""
         for start in range(0, len(messages), _BATCH_LIMIT):
             chunk = messages[start : start + _BATCH_LIMIT]
-            response = self._client.send_message_batch(
-                QueueUrl=self._queue_url,
-                Entries=[
-                    {
-                        "Id": str(number),
-                        "MessageBody": json.dumps(message.to_message()),
-                        "MessageGroupId": message.group_id,
-                        "MessageDeduplicationId": message.deduplication_id,
-                    }
-                    for number, message in enumerate(chunk)
-                ],
-            )
+            try:
+                response = self._client.send_message_batch(
+                    QueueUrl=self._queue_url,
+                    Entries=[
+                        {
+                            "Id": str(number),
+                            "MessageBody": json.dumps(message.to_message()),
+                            "MessageGroupId": message.group_id,
+                            "MessageDeduplicationId": message.deduplication_id,
+                        }
+                        for number, message in enumerate(chunk)
+                    ],
+                )
+            except ClientError as error:
+                raise NotQueued(str(error), start) from error
             failed = response.get("Failed") or []
             if failed:
-                # The stream record is retried whole; what did go out is deduplicated by id.
-                raise RuntimeError(f"notify queue refused {len(failed)} message(s): {failed[0].get('Code')}")
+                first = min(failed, key=lambda entry: int(entry["Id"]))
+                raise NotQueued(
+                    f"notify queue refused {len(failed)} message(s): {first.get('Code')}",
+                    start + int(first["Id"]),
+                )
 
     def retry_after(self, receipt: Receipt, delay_s: int) -> None:
         try:

@@ -43,9 +43,20 @@ class Receipt:
     receive_count: int
 
 
+class NotQueued(Exception):
+    """A send stopped short: the messages before ``first`` are queued, the others not all (their
+    resend is deduplicated)."""
+
+    def __init__(self, reason: str, first: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.first = first
+
+
 class NotifyQueue(Protocol):
     def send(self, messages: Sequence[NotifyMessage]) -> None:
-        """Enqueue every message or raise (a partial send raises too; the resend is deduplicated)."""
+        """Enqueue every message, in order, or raise :class:`NotQueued` saying from which one
+        they did not all go out."""
         ...
 
     def retry_after(self, receipt: Receipt, delay_s: int) -> None:
@@ -70,6 +81,15 @@ class DeliveryLog(Protocol):
     def claim(self, message: NotifyMessage, now: datetime) -> Claim: ...
 
     def confirm(self, message: NotifyMessage, now: datetime) -> None: ...
+
+    def confirm_and_claim(
+        self, delivered: NotifyMessage, message: NotifyMessage, now: datetime
+    ) -> Claim | None:
+        """In one write, ``delivered`` confirmed and ``message`` claimed by its first attempt
+        (``Claim.CLAIMED``). None when that write did not go through, because ``message`` has a
+        record already (a retry, a duplicate) or the write failed: the caller then confirms and
+        claims alone, which sorts out which."""
+        ...
 
     def release(self, message: NotifyMessage) -> None:
         """Give up a claim whose delivery failed, so the retry may claim it at once (as

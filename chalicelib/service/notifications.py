@@ -18,7 +18,7 @@ the send and the confirm sends again.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,8 +56,10 @@ from chalicelib.service.context import Context
 from chalicelib.service.notification_ports import (
     Claim,
     DeliveryDeferred,
+    DeliveryLog,
     DeliveryRejected,
     NotificationAdapters,
+    NotQueued,
     Receipt,
 )
 from chalicelib.service.slot_flow import on_release
@@ -88,83 +90,263 @@ def _adapters(context: Context) -> NotificationAdapters:
     return context.notifications
 
 
-def publish(context: Context, streamed: StreamedEvent) -> int:
-    """Enqueue one message per route that receives this history event; returns how many."""
-    messages = plan_messages(context.pipelines.named(streamed.pipeline), streamed)
-    if messages:
-        _adapters(context).queue.send(messages)
-        logger.info(
-            "notifications queued",
-            extra={"event_id": streamed.event.id, "routes": [message.route for message in messages]},
+def publish(context: Context, streamed: Sequence[StreamedEvent]) -> int:
+    """Enqueue one message per route that receives each of these history events (in the stream's
+    order), all in as few calls as the queue takes. Returns how many of the events, from the
+    first, have every message queued: the caller hands the rest back to be retried."""
+    planned = [
+        (number, message)
+        for number, event in enumerate(streamed)
+        for message in plan_messages(context.pipelines.named(event.pipeline), event)
+    ]
+    if not planned:
+        return len(streamed)
+    try:
+        _adapters(context).queue.send([message for _, message in planned])
+    except NotQueued as problem:
+        number, message = planned[problem.first]
+        logger.warning(
+            "notify messages not queued; their history events are retried from this one",
+            extra={"release_id": message.release_id, "event_id": message.event.id, "reason": problem.reason},
         )
-    return len(messages)
+        return number
+    logger.info(
+        "notifications queued",
+        extra={"deliveries": [message.delivery_id for _, message in planned]},
+    )
+    return len(streamed)
 
 
 def retry_delay_s(receive_count: int) -> int:
     return int(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, receive_count - 1)))
 
 
-def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = None) -> str:
-    """Deliver one message to its route, once. Returns ``delivered``, ``duplicate``, ``skipped``
-    or ``dead_lettered``; raises when the message should come back later (``receipt`` then sets
-    when)."""
-    adapters = _adapters(context)
-    route = find_route(context.pipelines.named(message.pipeline), message.route)
-    log_keys = {"route": message.route, "notification": message.notification, "event_id": message.event.id}
-    if route is None:
-        logger.warning("notify route no longer configured; message dropped", extra=log_keys)
-        return "skipped"
-    claim = adapters.deliveries.claim(message, context.clock.now())
-    if claim is Claim.DELIVERED:
-        logger.info("already delivered; duplicate dropped", extra=log_keys)
-        return "duplicate"
-    if claim is Claim.BUSY:
-        if receipt is not None:
-            adapters.queue.retry_after(receipt, BUSY_RETRY_S)
-        raise DeliveryBusy(f"delivery {message.delivery_id} is in progress elsewhere")
-    try:
-        sent = _send(context, adapters, route, message, retaken=claim is Claim.RETAKEN)
-    except DeliveryRejected as rejected:
-        adapters.deliveries.release(message)
-        logger.error(
-            "notification refused for good; sent to the dead-letter queue",
-            extra={**log_keys, "kind": route.kind, "reason": rejected.reason},
-        )
-        adapters.queue.dead_letter(message, rejected.reason)
-        return "dead_lettered"
-    except DeliveryDeferred as deferred:
-        adapters.deliveries.release(message)
-        logger.warning(
-            "channel asked to retry later",
-            extra={**log_keys, "kind": route.kind, "retry_after_s": deferred.retry_after_s},
-        )
-        if receipt is not None:
-            adapters.queue.retry_after(receipt, deferred.retry_after_s)
-        raise
-    except Exception as error:
-        adapters.deliveries.release(message)
-        delay = retry_delay_s(receipt.receive_count) if receipt else RETRY_BASE_S
-        logger.warning(
-            "delivery failed; will be retried",
-            extra={**log_keys, "kind": route.kind, "error": type(error).__name__, "retry_in_s": delay},
-        )
-        if receipt is not None:
-            adapters.queue.retry_after(receipt, delay)
-        raise
-    # A skipped message (nothing to post) is recorded too: its duplicates need no second look.
-    try:
-        adapters.deliveries.confirm(message, context.clock.now())
-    except Exception as error:
-        # Sent but not recorded: the retry sends again where the channel offers no way to look
-        # (email, SNS, webhooks). Say why, so the duplicate is explained.
-        logger.warning(
-            "notification sent but its delivery could not be recorded; the retry may send it again",
-            extra={**log_keys, "kind": route.kind, "aws_error": aws_error_code(error)},
-        )
-        raise
-    outcome = "delivered" if sent else "skipped"
-    logger.info(f"notification {outcome}", extra={**log_keys, "kind": route.kind})
-    return outcome
+class DeliveryBatch:
+    """The messages of one notify-queue batch, each delivered once, in the queue's order. What
+    they share costs one call for all instead of one each:
+
+    * A release is read once for all its messages. The FIFO queue hands out a release's messages
+      on a route one batch at a time, in order, so a change after the read comes as a later
+      message of its own, after these; the batch's own thread writes keep the copy current.
+    * A delivery is confirmed in the write that claims the next one (``confirm_and_claim``);
+      ``finish`` confirms the last. Either way the confirm is the first write after the send, so
+      a death between them leaves the same window as a confirm of its own: Slack looks for its
+      post, email, SNS and webhooks may send again.
+    """
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._releases: dict[str, Release | None] = {}
+        # Sent (or found to need no sending) and not yet recorded as delivered, with its log keys.
+        self._unconfirmed: tuple[NotifyMessage, dict[str, Any]] | None = None
+
+    def deliver(self, message: NotifyMessage, receipt: Receipt | None = None) -> str:
+        """Deliver one message to its route, once. Returns ``delivered``, ``duplicate``,
+        ``skipped`` or ``dead_lettered``; raises when the message should come back later
+        (``receipt`` then sets when)."""
+        context = self._context
+        adapters = _adapters(context)
+        route = find_route(context.pipelines.named(message.pipeline), message.route)
+        log_keys = {
+            "route": message.route,
+            "notification": message.notification,
+            "event_id": message.event.id,
+        }
+        if route is None:
+            logger.warning("notify route no longer configured; message dropped", extra=log_keys)
+            return "skipped"
+        claim = self._claim(adapters.deliveries, message)
+        if claim is Claim.DELIVERED:
+            logger.info("already delivered; duplicate dropped", extra=log_keys)
+            return "duplicate"
+        if claim is Claim.BUSY:
+            if receipt is not None:
+                adapters.queue.retry_after(receipt, BUSY_RETRY_S)
+            raise DeliveryBusy(f"delivery {message.delivery_id} is in progress elsewhere")
+        log_keys["kind"] = route.kind
+        try:
+            sent = self._send(adapters, route, message, retaken=claim is Claim.RETAKEN)
+        except DeliveryRejected as rejected:
+            adapters.deliveries.release(message)
+            logger.error(
+                "notification refused for good; sent to the dead-letter queue",
+                extra={**log_keys, "reason": rejected.reason},
+            )
+            adapters.queue.dead_letter(message, rejected.reason)
+            return "dead_lettered"
+        except DeliveryDeferred as deferred:
+            adapters.deliveries.release(message)
+            logger.warning(
+                "channel asked to retry later", extra={**log_keys, "retry_after_s": deferred.retry_after_s}
+            )
+            if receipt is not None:
+                adapters.queue.retry_after(receipt, deferred.retry_after_s)
+            raise
+        except Exception as error:
+            adapters.deliveries.release(message)
+            delay = retry_delay_s(receipt.receive_count) if receipt else RETRY_BASE_S
+            logger.warning(
+                "delivery failed; will be retried",
+                extra={**log_keys, "error": type(error).__name__, "retry_in_s": delay},
+            )
+            if receipt is not None:
+                adapters.queue.retry_after(receipt, delay)
+            raise
+        # A skipped message (nothing to post) is recorded too: its duplicates need no second look.
+        self._unconfirmed = (message, log_keys)
+        outcome = "delivered" if sent else "skipped"
+        logger.info(f"notification {outcome}", extra=log_keys)
+        return outcome
+
+    def finish(self) -> None:
+        """Confirm the batch's last delivery (the others were confirmed by the next claim)."""
+        unconfirmed, self._unconfirmed = self._unconfirmed, None
+        if unconfirmed is not None:
+            self._confirm(_adapters(self._context).deliveries, *unconfirmed)
+
+    def _claim(self, deliveries: DeliveryLog, message: NotifyMessage) -> Claim:
+        now = self._context.clock.now()
+        unconfirmed, self._unconfirmed = self._unconfirmed, None
+        if unconfirmed is not None:
+            claim = deliveries.confirm_and_claim(unconfirmed[0], message, now)
+            if claim is not None:
+                return claim
+            self._confirm(deliveries, *unconfirmed)
+        return deliveries.claim(message, now)
+
+    def _confirm(self, deliveries: DeliveryLog, message: NotifyMessage, log_keys: dict[str, Any]) -> None:
+        try:
+            deliveries.confirm(message, self._context.clock.now())
+        except Exception as error:
+            # Sent but not recorded: a retry sends again where the channel offers no way to look
+            # (email, SNS, webhooks). Say why, so the duplicate is explained.
+            logger.warning(
+                "notification sent but its delivery could not be recorded; a retry may send it again",
+                extra={**log_keys, "aws_error": aws_error_code(error)},
+            )
+            raise
+
+    def _release(self, release_id: str) -> Release | None:
+        if release_id not in self._releases:
+            self._releases[release_id] = self._context.store.get_release(release_id)
+        return self._releases[release_id]
+
+    def _send(
+        self, adapters: NotificationAdapters, route: NotifyRoute, message: NotifyMessage, *, retaken: bool
+    ) -> bool:
+        """Render and send; False when there was nothing to send. ``retaken``: an earlier attempt
+        may have sent part of it."""
+        context = self._context
+        release = self._release(message.release_id)
+        if release is None:
+            logger.warning(
+                "notification for a release that does not exist; dropped", extra={"route": message.route}
+            )
+            return False
+        history = context.store.history(release.id) if needs_history(message.notification) else []
+        notice = build_notice(release, message.event, message.notification, history)
+        settings = route.settings
+        if route.kind == "slack":
+            return self._post_to_thread(adapters, route, message, notice, retaken=retaken)
+        if route.kind == "slack_webhook":
+            content = slack_webhook_message(notice, mentions(settings, notice))
+            adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
+        elif route.kind == "email":
+            mail = email(notice)
+            adapters.email.send(settings["sender"], list(settings["to"]), mail.subject, mail.text, mail.html)
+        elif route.kind == "sns":
+            attributes = {
+                "notification": notice.notification,
+                "pipeline": release.pipeline,
+                "state": release.state.value,
+            }
+            adapters.sns.publish(
+                settings["topic_arn"], sns_subject(notice), payload_json(notice).decode(), attributes
+            )
+        elif route.kind == "webhook":
+            url = settings.get("url") or _secret(adapters, settings, "url")
+            key = _secret(adapters, settings, "signing_key")
+            body = payload_json(notice)
+            signature = sign(body, key.encode(), int(context.clock.now().timestamp()))
+            adapters.webhook.post(url, body, {SIGNATURE_HEADER: signature})
+        else:
+            raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
+        return True
+
+    def _post_to_thread(
+        self,
+        adapters: NotificationAdapters,
+        route: NotifyRoute,
+        message: NotifyMessage,
+        notice: Notice,
+        *,
+        retaken: bool,
+    ) -> bool:
+        """The release's thread on this route: the first event posts the root card (and, for a
+        failure, the reply with its details); each later one edits the card to the release's
+        current state and replies with what happened. The card is edited before the reply so that
+        a retry after a failed reply repeats only an idempotent edit; a retry that took over an
+        earlier attempt looks for that attempt's card and reply before posting them."""
+        settings = route.settings
+        token = _secret(adapters, settings, "token")
+        card = slack_card(notice)
+        since = message.event.timestamp - LOOK_BACK
+        stored = notice.release.notification_threads.get(message.route)
+        if stored is None:
+            if not opens_thread(route, message.notification):
+                return False
+            card_mark = SlackPostMark.card(message)
+            found = (
+                adapters.slack.find_card(token, settings["channel"], card_mark, since) if retaken else None
+            )
+            if found is not None:
+                logger.info("found the card an earlier attempt posted", extra={"route": message.route})
+            posted = found or adapters.slack.post(
+                token, settings["channel"], card.text, card.blocks, None, mark=card_mark
+            )
+            thread = replace(posted, opened_by=message.event.id)
+            self._remember_posted_thread(notice.release, message.route, thread)
+            if message.notification not in FAILURES:
+                return True
+        else:
+            thread = SlackThread.from_stored(stored)
+            if thread.opened_by == message.event.id:
+                # A retry of the delivery that posted the card, after the card was stored: what
+                # may be left is a failure's details reply, never an edit or a reply for the card.
+                if message.notification not in FAILURES:
+                    return True
+            else:
+                adapters.slack.update(token, thread, card.text, card.blocks)
+        reply_mark = SlackPostMark.reply(message)
+        if retaken and adapters.slack.find_reply(token, thread, reply_mark, since):
+            logger.info("found the reply an earlier attempt posted", extra={"route": message.route})
+            return True
+        reply = slack_reply(notice, mentions(settings, notice))
+        adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts, mark=reply_mark)
+        return True
+
+    def _remember_posted_thread(self, release: Release, route: str, thread: SlackThread) -> None:
+        """The root card is out: if its thread were not stored, the retry would post a second
+        card. Transient store errors are waited out here rather than handed to the queue's retry.
+        The batch's copy of the release becomes the one stored (dropped when nothing was written:
+        the next message reads it again)."""
+        for attempt in range(REMEMBER_ATTEMPTS):
+            try:
+                stored = _remember_thread(self._context, release, route, thread)
+            except Exception:
+                if attempt == REMEMBER_ATTEMPTS - 1:
+                    logger.exception(
+                        "Slack card posted but its thread could not be stored; a retry may post it again",
+                        extra={"release_id": release.id, "route": route},
+                    )
+                    raise
+                time.sleep(0.2 * 2**attempt)
+                continue
+            if stored is None:
+                self._releases.pop(release.id, None)
+            else:
+                self._releases[release.id] = stored
+            return
 
 
 def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: str) -> str:
@@ -174,123 +356,7 @@ def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: s
     return adapters.secrets.get(ref)
 
 
-def _send(
-    context: Context,
-    adapters: NotificationAdapters,
-    route: NotifyRoute,
-    message: NotifyMessage,
-    *,
-    retaken: bool,
-) -> bool:
-    """Render and send; False when there was nothing to send. ``retaken``: an earlier attempt
-    may have sent part of it."""
-    release = context.store.get_release(message.release_id)
-    if release is None:
-        logger.warning(
-            "notification for a release that does not exist; dropped", extra={"route": message.route}
-        )
-        return False
-    history = context.store.history(release.id) if needs_history(message.notification) else []
-    notice = build_notice(release, message.event, message.notification, history)
-    settings = route.settings
-    if route.kind == "slack":
-        return _post_to_thread(context, adapters, route, message, notice, retaken=retaken)
-    if route.kind == "slack_webhook":
-        content = slack_webhook_message(notice, mentions(settings, notice))
-        adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
-    elif route.kind == "email":
-        mail = email(notice)
-        adapters.email.send(settings["sender"], list(settings["to"]), mail.subject, mail.text, mail.html)
-    elif route.kind == "sns":
-        attributes = {
-            "notification": notice.notification,
-            "pipeline": release.pipeline,
-            "state": release.state.value,
-        }
-        adapters.sns.publish(
-            settings["topic_arn"], sns_subject(notice), payload_json(notice).decode(), attributes
-        )
-    elif route.kind == "webhook":
-        url = settings.get("url") or _secret(adapters, settings, "url")
-        key = _secret(adapters, settings, "signing_key")
-        body = payload_json(notice)
-        signature = sign(body, key.encode(), int(context.clock.now().timestamp()))
-        adapters.webhook.post(url, body, {SIGNATURE_HEADER: signature})
-    else:
-        raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
-    return True
-
-
-def _post_to_thread(
-    context: Context,
-    adapters: NotificationAdapters,
-    route: NotifyRoute,
-    message: NotifyMessage,
-    notice: Notice,
-    *,
-    retaken: bool,
-) -> bool:
-    """The release's thread on this route: the first event posts the root card (and, for a
-    failure, the reply with its details); each later one edits the card to the release's current
-    state and replies with what happened. The card is edited before the reply so that a retry
-    after a failed reply repeats only an idempotent edit; a retry that took over an earlier
-    attempt looks for that attempt's card and reply before posting them."""
-    settings = route.settings
-    token = _secret(adapters, settings, "token")
-    card = slack_card(notice)
-    since = message.event.timestamp - LOOK_BACK
-    stored = notice.release.notification_threads.get(message.route)
-    if stored is None:
-        if not opens_thread(route, message.notification):
-            return False
-        card_mark = SlackPostMark.card(message)
-        found = adapters.slack.find_card(token, settings["channel"], card_mark, since) if retaken else None
-        if found is not None:
-            logger.info("found the card an earlier attempt posted", extra={"route": message.route})
-        posted = found or adapters.slack.post(
-            token, settings["channel"], card.text, card.blocks, None, mark=card_mark
-        )
-        thread = replace(posted, opened_by=message.event.id)
-        _remember_posted_thread(context, notice.release, message.route, thread)
-        if message.notification not in FAILURES:
-            return True
-    else:
-        thread = SlackThread.from_stored(stored)
-        if thread.opened_by == message.event.id:
-            # A retry of the delivery that posted the card, after the card was stored: what may
-            # be left is a failure's details reply, never an edit or a reply for the card itself.
-            if message.notification not in FAILURES:
-                return True
-        else:
-            adapters.slack.update(token, thread, card.text, card.blocks)
-    reply_mark = SlackPostMark.reply(message)
-    if retaken and adapters.slack.find_reply(token, thread, reply_mark, since):
-        logger.info("found the reply an earlier attempt posted", extra={"route": message.route})
-        return True
-    reply = slack_reply(notice, mentions(settings, notice))
-    adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts, mark=reply_mark)
-    return True
-
-
-def _remember_posted_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
-    """The root card is out: if its thread were not stored, the retry would post a second card.
-    Transient store errors are waited out here rather than handed to the queue's retry."""
-    release_id = release.id
-    for attempt in range(REMEMBER_ATTEMPTS):
-        try:
-            _remember_thread(context, release, route, thread)
-            return
-        except Exception:
-            if attempt == REMEMBER_ATTEMPTS - 1:
-                logger.exception(
-                    "Slack card posted but its thread could not be stored; a retry may post it again",
-                    extra={"release_id": release_id, "route": route},
-                )
-                raise
-            time.sleep(0.2 * 2**attempt)
-
-
-def _remember_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
+def _remember_thread(context: Context, release: Release, route: str, thread: SlackThread) -> Release | None:
     """Store the thread on the release through the versioned write, first on the release the
     card was rendered from: a transition racing with it fails the write, and the retry reads
     afresh (and keeps the transition) instead of erasing it."""
@@ -301,4 +367,4 @@ def _remember_thread(context: Context, release: Release, route: str, thread: Sla
         threads = {**current.notification_threads, route: thread.to_stored()}
         return Change(releases=[replace(current, notification_threads=threads)])
 
-    on_release(context, release.id, remember, known=release)
+    return on_release(context, release.id, remember, known=release)

@@ -6,11 +6,13 @@ receiver on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,13 @@ from moto.backends import get_backend
 from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from chalicelib import bootstrap
+from chalicelib.adapters.notify_queue import SqsNotifyQueue
 from chalicelib.adapters.slack import SlackIncomingWebhook
 from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
-from chalicelib.domain.notifications import SlackThread
-from chalicelib.domain.release import ReleaseState, rollback_release_id
-from chalicelib.service.notification_ports import DeliveryRejected
+from chalicelib.domain.notifications import NotifyMessage, SlackThread
+from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, rollback_release_id
+from chalicelib.service.notification_ports import DeliveryRejected, NotQueued
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.slack_api import Message, SlackApi
@@ -530,3 +533,199 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
         len([call for call in slack.calls() if call.method == "chat.postMessage" and call.status == 200]) == 1
     )
     assert world.release(release_id).notification_threads
+
+
+@contextlib.contextmanager
+def dynamodb_calls() -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """The coordinator's DynamoDB calls (operation, parameters) while the block runs: the store's
+    and the delivery log's."""
+    context = bootstrap.context()
+    assert context.notifications is not None
+    clients = {
+        id(client): client
+        for client in (context.store._client, context.notifications.deliveries._client)  # type: ignore[attr-defined]
+    }
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, params))
+
+    for client in clients.values():
+        client.meta.events.register("before-parameter-build.dynamodb", record)
+    try:
+        yield calls
+    finally:
+        for client in clients.values():
+            client.meta.events.unregister("before-parameter-build.dynamodb", record)
+
+
+def delivery_statuses(world: World, release_id: str) -> dict[str, str]:
+    """The delivery log of a release: sort key -> status."""
+    items = world.session.client("dynamodb").query(
+        TableName=world.provisioned.table,
+        KeyConditionExpression="pk = :pk AND begins_with(sk, :dlv)",
+        ExpressionAttributeValues={":pk": {"S": f"REL#{release_id}"}, ":dlv": {"S": "DLV#"}},
+        ConsistentRead=True,
+    )["Items"]
+    return {item["sk"]["S"]: item["status"]["S"] for item in items}
+
+
+def test_a_batch_reads_its_release_once_and_confirms_each_delivery_with_the_next_claim(
+    world: World, pump: Pump, slack: SlackApi, receiver: Receiver
+) -> None:
+    release_id, deployment_id = upload(world, "1.0.0")
+    succeed(world, deployment_id)
+    run_checks(world, 2)
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+    pump.publish(pump.stream_records())
+    batch = pump.receive()
+    # Slack: started, progress, succeeded; the webhook: started, succeeded.
+    assert len(batch) == 5
+
+    with dynamodb_calls() as calls:
+        assert pump.deliver(batch) == []
+
+    operations = [operation for operation, _ in calls]
+    release_reads = [params for operation, params in calls if operation == "GetItem"]
+    assert [read["Key"]["sk"]["S"] for read in release_reads] == ["META"]
+    # The first claim alone, each later one with the confirm of the delivery before it, the
+    # Slack thread's write, and the last confirm after the batch.
+    assert operations.count("PutItem") == 1
+    assert operations.count("TransactWriteItems") == len(batch) - 1 + 1
+    assert operations.count("UpdateItem") == 1
+    assert operations[-1] == "UpdateItem"
+    assert sorted(delivery_statuses(world, release_id).values()) == ["delivered"] * len(batch)
+    root, replies = thread_of(world, slack, release_id)
+    assert [m.ts for m in slack.messages("#deploys") if m.thread_ts is None] == [root.ts]
+    assert len(root.edits) == 2
+    assert len(replies) == 2
+    assert len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "copy_first",
+    [False, True],
+    ids=["the next delivery was made earlier", "the same delivery twice in one batch"],
+)
+def test_a_claim_that_cannot_share_the_confirm_write_leaves_both_right(
+    world: World, pump: Pump, slack: SlackApi, receiver: Receiver, copy_first: bool
+) -> None:
+    """The delivery after a Slack post has a record already (an earlier receive delivered it),
+    or is the post's own copy: the confirm and the claim are written alone, the post is
+    recorded as delivered and the copy dropped."""
+    release_id, _ = upload(world, "1.0.0")
+    pump.publish(pump.stream_records())
+    batch = pump.receive()
+    [slack_record] = [r for r in batch if json.loads(r["body"])["route"].startswith("slack-")]
+    [webhook_record] = [r for r in batch if json.loads(r["body"])["route"].startswith("webhook-")]
+    if copy_first:
+        later = {**slack_record, "messageId": f"{slack_record['messageId']}-copy"}
+    else:
+        assert pump.deliver([webhook_record]) == []
+        later = {**webhook_record, "messageId": f"{webhook_record['messageId']}-late"}
+
+    with dynamodb_calls() as calls:
+        assert pump.deliver([slack_record, later]) == []
+
+    # The Slack post: its claim, the release read, the thread's write. Then the write that would
+    # confirm it and claim the next (refused, or not tried for the same item), the confirm alone,
+    # the claim alone (refused) and the read that finds the delivery done.
+    shared = [] if copy_first else ["TransactWriteItems"]
+    assert [operation for operation, _ in calls] == [
+        "PutItem",
+        "GetItem",
+        "TransactWriteItems",
+        *shared,
+        "UpdateItem",
+        "PutItem",
+        "GetItem",
+    ]
+    deliveries = 1 if copy_first else 2
+    assert sorted(delivery_statuses(world, release_id).values()) == ["delivered"] * deliveries
+    assert len([c for c in slack.calls() if c.method == "chat.postMessage"]) == 1
+    assert len(receiver.requests) == deliveries - 1
+
+
+def test_a_stream_batch_queues_its_messages_together_and_is_retried_from_the_first_not_queued(
+    world: World, pump: Pump, slack: SlackApi, receiver: Receiver
+) -> None:
+    release_id, deployment_id = upload(world, "1.0.0")
+    succeed(world, deployment_id)
+    run_checks(world, 2)
+    records = pump.stream_records()
+    notifications = bootstrap.context().notifications
+    assert notifications is not None
+    client = notifications.queue._client  # type: ignore[attr-defined]
+    sends: list[int] = []
+
+    def refuse_the_first(params: dict[str, Any], **_: Any) -> None:
+        sends.append(len(params["Entries"]))
+        if len(sends) == 1:
+            raise ClientError(
+                {"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "SendMessageBatch"
+            )
+
+    client.meta.events.register("before-parameter-build.sqs.SendMessageBatch", refuse_the_first)
+    try:
+        refused = pump.publish(records)
+        # The first history event with a message ("started": DEPLOYING) is where Lambda must
+        # start again.
+        first = next(
+            r
+            for r in records
+            if r["dynamodb"].get("NewImage", {}).get("kind", {}).get("S") == "event"
+            and r["dynamodb"]["NewImage"]["state"]["S"] == "DEPLOYING"
+        )
+        assert refused == {"batchItemFailures": [{"itemIdentifier": first["dynamodb"]["SequenceNumber"]}]}
+        retried = records[records.index(first) :]
+        assert pump.publish(retried) == {"batchItemFailures": []}
+    finally:
+        client.meta.events.unregister("before-parameter-build.sqs.SendMessageBatch", refuse_the_first)
+
+    assert sends == [5, 5]  # one call for all the events' messages, each time
+    assert pump.run() == []
+    assert sorted(delivery_statuses(world, release_id).values()) == ["delivered"] * 5
+    assert len(receiver.requests) == 2
+
+
+def test_a_send_stops_at_the_first_call_that_fails(world: World) -> None:
+    """Twelve messages take two calls; when the second fails, the send says the first ten went out
+    (and no later call puts a message of their groups ahead of the eleventh)."""
+    sqs = world.session.client("sqs")
+    queue = SqsNotifyQueue(sqs, world.provisioned.notify_queue_url, world.provisioned.notify_dlq_url)
+    messages = [
+        NotifyMessage(
+            release_id="rel-1",
+            pipeline="shop-prod",
+            route="slack-0000000000",
+            notification="progress",
+            event=HistoryEvent(
+                id=number,
+                previous_event_id=number - 1,
+                timestamp=datetime(2026, 1, 1, tzinfo=UTC),
+                type=EventType.STATE_ENTERED,
+                state=ReleaseState.VERIFYING,
+                detail={},
+            ),
+        )
+        for number in range(1, 13)
+    ]
+    calls: list[int] = []
+
+    def fail_the_second(params: dict[str, Any], **_: Any) -> None:
+        calls.append(len(params["Entries"]))
+        if len(calls) == 2:
+            raise ClientError(
+                {"Error": {"Code": "InternalError", "Message": "try again"}}, "SendMessageBatch"
+            )
+
+    sqs.meta.events.register("before-parameter-build.sqs.SendMessageBatch", fail_the_second)
+    with pytest.raises(NotQueued) as stopped:
+        queue.send(messages)
+    assert calls == [10, 2]
+    assert stopped.value.first == 10
+    assert "InternalError" in stopped.value.reason
+    queued = sqs.get_queue_attributes(
+        QueueUrl=world.provisioned.notify_queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert queued["Attributes"]["ApproximateNumberOfMessages"] == "10"
