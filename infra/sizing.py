@@ -40,7 +40,8 @@ AWS_CALLS_PER_EVENT = 22
 # A notify message besides Slack: claim, release read, history, the token, storing the thread
 # (read and write), confirm; rounded up.
 AWS_CALLS_PER_NOTIFICATION = 8
-# A stream record becomes one SendMessageBatch to the notify queue.
+# A stream batch's messages go to the notify queue ten to a SendMessageBatch call: at most one
+# call per record (a record has one message per route), the bound used here.
 AWS_CALLS_PER_STREAM_RECORD = 1
 # The schedule's period (app.py: Rate(5 minutes)).
 RECONCILE_PERIOD_S = 300
@@ -172,7 +173,7 @@ def function_sizing(batch_sizes: Mapping[str, int]) -> dict[str, Sizing]:
             _batch_worst_s(stream_batch, AWS_CALLS_PER_STREAM_RECORD * AWS_CALL_S),
             _timeout(_batch_worst_s(stream_batch, AWS_CALLS_PER_STREAM_RECORD * AWS_CALL_S)),
             BACKGROUND_MEMORY_MB,
-            f"batch of {stream_batch} records, one SendMessageBatch each",
+            f"batch of {stream_batch} records, at most one SendMessageBatch each",
             # No reservation: Lambda reads each shard with one invocation at a time, so the
             # table's few shards bound it already.
         ),
