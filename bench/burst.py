@@ -137,7 +137,7 @@ def run() -> Outcome:
         clock = Clock()
         began = time.perf_counter()
         for event in deliveries:
-            clock.deliver(world.app.on_artifact_event, event)
+            clock.deliver(world.function("on_artifact_event"), event)
         s3_events = clock.events
 
         held_back: list[dict[str, Any]] = []
@@ -158,7 +158,7 @@ def run() -> Outcome:
                     held_back.append({**success, "id": f"{success['id']}-again"})
             chooser.shuffle(events)
             for event in events:
-                clock.deliver(world.app.on_codedeploy_event, event)
+                clock.deliver(world.function("on_codedeploy_event"), event)
         wall_s = time.perf_counter() - began
         accounted = _account(world, [upload.release_id for upload in uploads])
         floor = _floor(world)

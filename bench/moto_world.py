@@ -236,6 +236,7 @@ class MotoWorld:
         self.session: Any = None
         self.provisioned: Any = None
         self.app: Any = None
+        self._wirings: dict[str, Any] = {}
 
     def __enter__(self) -> MotoWorld:
         from moto import mock_aws
@@ -275,8 +276,6 @@ class MotoWorld:
         import app
 
         self.app = app
-        with self.recorder.watching_new_sessions():
-            bootstrap.context()
         # Provisioning itself produced S3 test events; the benchmark's uploads start clean.
         self.drain(self.provisioned.eventbridge_queue_url)
         self.drain(self.provisioned.classic_queue_url)
@@ -430,25 +429,42 @@ class MotoWorld:
 
     # invoking the handlers as Lambda does
 
-    def invoke(self, handler: Callable[[dict[str, Any], Any], Any], event: dict[str, Any]) -> Any:
-        return handler(event, None)
+    def function(self, name: str) -> Callable[[dict[str, Any], Any], Any]:
+        """The app's Lambda function ``name`` as AWS runs it: a process of its own, so its wiring
+        (clients, and what a warm container remembers: target groups, deployment links) is its
+        own, never shared with the other functions as it would be if all ran on one wiring."""
+        from unittest import mock
+
+        from chalicelib import bootstrap
+
+        wiring = self._wirings.get(name)
+        if wiring is None:
+            with self.recorder.watching_new_sessions():
+                wiring = self._wirings[name] = bootstrap.context.__wrapped__()
+        entry = getattr(self.app, name)
+
+        def invoke(event: dict[str, Any], lambda_context: Any) -> Any:
+            with mock.patch.object(bootstrap, "context", return_value=wiring):
+                return entry(event, lambda_context)
+
+        return invoke
 
     def on_artifact_event(self, event: dict[str, Any]) -> Any:
-        return self.invoke(self.app.on_artifact_event, event)
+        return self.function("on_artifact_event")(event, None)
 
     def on_codedeploy_event(self, deployment_id: str, state: str, application: str, group: str) -> Any:
-        return self.invoke(
-            self.app.on_codedeploy_event, codedeploy_event(deployment_id, state, application, group)
+        return self.function("on_codedeploy_event")(
+            codedeploy_event(deployment_id, state, application, group), None
         )
 
     def on_verify_message(self, bodies: Sequence[Mapping[str, Any]]) -> Any:
-        return self.invoke(self.app.on_verify_message, sqs_event(bodies, "release-coordinator-verify"))
+        return self.function("on_verify_message")(sqs_event(bodies, "release-coordinator-verify"), None)
 
     def on_release_stream(self, records: list[dict[str, Any]]) -> Any:
-        return self.invoke(self.app.on_release_stream, {"Records": records})
+        return self.function("on_release_stream")({"Records": records}, None)
 
     def on_notify_message(self, event: dict[str, Any]) -> Any:
-        return self.invoke(self.app.on_notify_message, event)
+        return self.function("on_notify_message")(event, None)
 
 
 def codedeploy_event(deployment_id: str, state: str, application: str, group: str) -> dict[str, Any]:

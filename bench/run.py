@@ -61,9 +61,11 @@ How these were measured:
   DynamoDB refuses it, which is the bare call's answer. Figures are the median of the per-pair
   ratios, real first and bare first alternating by round; no budget applies (DESIGN.md
   section 8: recorded).
-- AWS calls are counted with botocore `before-call` hooks on the boto3 session that
+- AWS calls are counted with botocore `before-call` hooks on the boto3 sessions that
   `chalicelib.bootstrap.context()` creates, so only the coordinator's own calls count (lazily
-  created clients included), never the benchmark's set-up or checks. The flows include the
+  created clients included), never the benchmark's set-up or checks. Each Lambda function runs
+  on a wiring of its own, as each is its own process on AWS: what one function's warm container
+  remembers (target groups, deployment links) never saves another function a call. The flows include the
   CodeDeploy START event AWS sends before the terminal one, and the table's stream. The Slack
   flow also delivers the notify queue's messages to the sandbox's Slack look-alike.
 - moto 5.2.5 deep-copies a whole table for every item of a `TransactWriteItems` (its rollback),
