@@ -15,13 +15,13 @@ from chalice.app import (
     SQSEvent,
 )
 
-from chalicelib import api, bootstrap, lambda_handlers
+from chalicelib import bootstrap, http_api, lambda_handlers
 
 # The coordinator's logger is Powertools' (POWERTOOLS_LOG_LEVEL, JSON to stdout): Chalice must not
 # configure it. Its logger has the same name (the app's), and Chalice sets it to ERROR when it
 # finds no handler writing to stdout, which drops every INFO and WARNING line.
 app = Chalice(app_name="release-coordinator", configure_logs=False)
-app.register_middleware(api.log_with_lambda_context, "all")
+app.register_middleware(http_api.log_with_lambda_context, "all")
 # Every route needs a SigV4-signed request from a principal allowed execute-api:Invoke on it.
 iam = IAMAuthorizer()
 
@@ -79,39 +79,39 @@ def on_notify_message(event: SQSEvent) -> dict[str, Any]:
 
 @app.route("/releases", methods=["GET"], authorizer=iam)
 def list_releases() -> Response:
-    return api.list_releases(bootstrap.context(), api.current(app.current_request))
+    return http_api.list_releases(bootstrap.context(), http_api.current(app.current_request))
 
 
 @app.route("/releases", methods=["POST"], authorizer=iam)
 def create_release() -> Response:
-    return api.create_release(bootstrap.context(), api.current(app.current_request))
+    return http_api.create_release(bootstrap.context(), http_api.current(app.current_request))
 
 
 @app.route("/releases/{release_id}", methods=["GET"], authorizer=iam)
 def get_release(release_id: str) -> Response:
-    return api.get_release(bootstrap.context(), api.current(app.current_request), release_id)
+    return http_api.get_release(bootstrap.context(), http_api.current(app.current_request), release_id)
 
 
 @app.route("/releases/{release_id}/redeploy", methods=["POST"], authorizer=iam)
 def redeploy_release(release_id: str) -> Response:
-    return api.redeploy(bootstrap.context(), api.current(app.current_request), release_id)
+    return http_api.redeploy(bootstrap.context(), http_api.current(app.current_request), release_id)
 
 
 @app.route("/releases/{release_id}/cancel", methods=["POST"], authorizer=iam)
 def cancel_release(release_id: str) -> Response:
-    return api.cancel(bootstrap.context(), api.current(app.current_request), release_id)
+    return http_api.cancel(bootstrap.context(), http_api.current(app.current_request), release_id)
 
 
 @app.route("/pipelines", methods=["GET"], authorizer=iam)
 def list_pipelines() -> Response:
-    return api.list_pipelines(bootstrap.context(), api.current(app.current_request))
+    return http_api.list_pipelines(bootstrap.context(), http_api.current(app.current_request))
 
 
 @app.route("/pipelines/{name}", methods=["GET"], authorizer=iam)
 def get_pipeline(name: str) -> Response:
-    return api.get_pipeline(bootstrap.context(), api.current(app.current_request), name)
+    return http_api.get_pipeline(bootstrap.context(), http_api.current(app.current_request), name)
 
 
 @app.route("/pipelines/{name}/rollback", methods=["POST"], authorizer=iam)
 def roll_back_pipeline(name: str) -> Response:
-    return api.roll_back(bootstrap.context(), api.current(app.current_request), name)
+    return http_api.roll_back(bootstrap.context(), http_api.current(app.current_request), name)

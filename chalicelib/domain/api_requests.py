@@ -40,7 +40,7 @@ _CREATED_KEY = re.compile(r"\d{4}-\d\d-\d\dT[0-9:.+-]{8,32}#" + RELEASE_ID.patte
 
 class Refused(Exception):
     """A request the coordinator does not carry out; the message says what to fix. The HTTP layer
-    (chalicelib/api.py) answers each kind with its status."""
+    (chalicelib/http_api.py) answers each kind with its status."""
 
 
 class Malformed(Refused):

@@ -66,7 +66,7 @@ class IdempotencyKeyBusy(Exception):
 
 class RequestLedger(Protocol):
     """Requests carried out at most once per idempotency key (the HTTP API's ``Idempotency-Key``,
-    chalicelib/api.py): the first answer is kept and given again to the same request."""
+    chalicelib/http_api.py): the first answer is kept and given again to the same request."""
 
     def answer_once(
         self, key: str, request_hash: str, answer: Callable[[], dict[str, Any]], time_left: timedelta

@@ -647,7 +647,7 @@ def test_an_aws_error_in_any_route_is_json_naming_its_code(world: World, aws_fau
 def test_the_throttling_codes_are_botocores() -> None:
     from botocore.retries.standard import ThrottledRetryableChecker
 
-    from chalicelib.api import THROTTLING_CODES
+    from chalicelib.http_api import THROTTLING_CODES
 
     assert frozenset(ThrottledRetryableChecker._THROTTLED_ERROR_CODES) == THROTTLING_CODES
 

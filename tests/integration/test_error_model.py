@@ -184,7 +184,7 @@ RECONCILE_PERIOD = timedelta(seconds=reconcile_rate_s())
 
 
 # The modules that read a service's errors: its adapters, and the use cases and domain (which see
-# only what adapters raise, but are scanned too in case they read a code). chalicelib/api.py reads
+# only what adapters raise, but are scanned too in case they read a code). chalicelib/http_api.py reads
 # codes of every service, but only to tell throttling from the rest (a class of its own below).
 READERS = {
     "codedeploy": ["adapters/codedeploy.py"],
@@ -279,7 +279,7 @@ class Case:
 def cases_for(
     scenario: str, function: str, service: str, operation: str, after: tuple[Case, ...] = ()
 ) -> list[Case]:
-    from chalicelib.api import THROTTLING_CODES
+    from chalicelib.http_api import THROTTLING_CODES
 
     errors = dict.fromkeys([*modeled_errors(service, operation), *generic_errors(service)])
     readers = error_readers(service)

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chalicelib.api import REFUSALS
 from chalicelib.domain.api_requests import (
     DeployRequest,
     InvalidValue,
@@ -23,6 +22,7 @@ from chalicelib.domain.api_requests import (
     parse_body,
     request_fingerprint,
 )
+from chalicelib.http_api import REFUSALS
 
 created_keys = st.builds(
     lambda when, release_id: f"{when.isoformat()}#{release_id}",

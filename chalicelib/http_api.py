@@ -1,7 +1,7 @@
 """The HTTP API between API Gateway (through Chalice) and the use cases in
-``chalicelib.service.api``: read and check the request, run the use case, shape the answer: the
-status, body and headers of each result and refusal are decided here and nowhere else. ``app.py``
-only routes here.
+``chalicelib.service.release_queries`` and ``release_commands``: read and check the request, run
+the use case, shape the answer: the status, body and headers of each result and refusal are
+decided here and nowhere else. ``app.py`` only routes here.
 
 A POST with an ``Idempotency-Key`` is answered once: the same key and request get the first answer
 again (``Idempotent-Replayed: true``), another request under the key is refused (422), and one
@@ -44,7 +44,7 @@ from chalicelib.domain.api_requests import (
 )
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
-from chalicelib.service import api as use_cases
+from chalicelib.service import release_commands, release_queries
 from chalicelib.service.context import ConflictPersisted, Context
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
 
@@ -143,7 +143,7 @@ def caller(request: Request) -> str:
 
 def list_releases(context: Context, request: Request) -> Response:
     def run() -> Answer:
-        page = use_cases.list_releases(context, ListQuery.from_params(_query(request)))
+        page = release_queries.list_releases(context, ListQuery.from_params(_query(request)))
         return Answer(
             200, {"releases": [release.to_dict() for release in page.releases], "next": page.next_token}
         )
@@ -154,7 +154,7 @@ def list_releases(context: Context, request: Request) -> Response:
 def get_release(context: Context, request: Request, release_id: str) -> Response:
     def run() -> Answer:
         _no_query(request)
-        detail = use_cases.release_detail(context, release_id)
+        detail = release_queries.release_detail(context, release_id)
         body = {**detail.release.to_dict(), "history": [event.to_dict() for event in detail.history]}
         if detail.progress is not None:
             body["progress"] = dict(detail.progress)
@@ -166,21 +166,21 @@ def get_release(context: Context, request: Request, release_id: str) -> Response
 def create_release(context: Context, request: Request) -> Response:
     def run(post: Post) -> Answer:
         request_body = DeployRequest.from_body(post.body)
-        return _submitted(use_cases.deploy(context, request_body, post.actor, post.new_release_id))
+        return _submitted(release_commands.deploy(context, request_body, post.actor, post.new_release_id))
 
     return _post(context, request, DeployRequest.FIELDS, run)
 
 
 def redeploy(context: Context, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
-        return _submitted(use_cases.redeploy(context, release_id, post.actor, post.new_release_id))
+        return _submitted(release_commands.redeploy(context, release_id, post.actor, post.new_release_id))
 
     return _post(context, request, frozenset(), run)
 
 
 def cancel(context: Context, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
-        cancelled = use_cases.cancel(context, release_id, post.actor)
+        cancelled = release_commands.cancel(context, release_id, post.actor)
         # 202: CodeDeploy was asked to stop, and the release ends when it has.
         return Answer(200 if cancelled.stopped else 202, cancelled.release.to_dict())
 
@@ -190,7 +190,7 @@ def cancel(context: Context, request: Request, release_id: str) -> Response:
 def roll_back(context: Context, request: Request, name: str) -> Response:
     def run(post: Post) -> Answer:
         target = rollback_target(post.body)
-        return _submitted(use_cases.roll_back(context, name, target, post.actor, post.new_release_id))
+        return _submitted(release_commands.roll_back(context, name, target, post.actor, post.new_release_id))
 
     return _post(context, request, frozenset({"to"}), run)
 
@@ -198,9 +198,8 @@ def roll_back(context: Context, request: Request, name: str) -> Response:
 def list_pipelines(context: Context, request: Request) -> Response:
     def run() -> Answer:
         _no_query(request)
-        return Answer(
-            200, {"pipelines": [_pipeline_status(status) for status in use_cases.list_pipelines(context)]}
-        )
+        statuses = release_queries.list_pipelines(context)
+        return Answer(200, {"pipelines": [_pipeline_status(status) for status in statuses]})
 
     return _respond(run)
 
@@ -208,7 +207,7 @@ def list_pipelines(context: Context, request: Request) -> Response:
 def get_pipeline(context: Context, request: Request, name: str) -> Response:
     def run() -> Answer:
         _no_query(request)
-        detail = use_cases.pipeline_detail(context, name)
+        detail = release_queries.pipeline_detail(context, name)
         slot = detail.status.slot
         body = _pipeline_status(detail.status)
         body["active_release"] = _named(detail.releases, slot.active)
@@ -221,14 +220,14 @@ def get_pipeline(context: Context, request: Request, name: str) -> Response:
     return _respond(run)
 
 
-def _submitted(submitted: use_cases.Submitted) -> Answer:
+def _submitted(submitted: release_commands.Submitted) -> Answer:
     release = submitted.release
     # 200: a repeated request, whose release exists already.
     status = 201 if submitted.created else 200
     return Answer(status, release.to_dict(), headers={"Location": f"/releases/{release.id}"})
 
 
-def _pipeline_status(status: use_cases.PipelineStatus) -> dict[str, Any]:
+def _pipeline_status(status: release_queries.PipelineStatus) -> dict[str, Any]:
     slot = status.slot
     return {
         **status.pipeline.to_dict(),

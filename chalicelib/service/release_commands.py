@@ -1,9 +1,9 @@
-"""The use cases behind the HTTP API: read releases and pipelines; deploy, redeploy, roll back
-and cancel on behalf of a caller, who is recorded as the actor.
+"""What the HTTP API changes on behalf of a caller, who is recorded as the actor: deploy,
+redeploy, roll back and cancel.
 
-Each returns what it found or did, or raises a ``Refused`` (chalicelib/domain/api_requests.py)
-whose message says what to fix; chalicelib/api.py turns both into HTTP answers. New releases go
-through ``submit``, like uploads, so the API adds no second way into a pipeline's slot.
+Each returns what it did or raises a ``Refused`` (chalicelib/domain/api_requests.py) whose message
+says what to fix; chalicelib/http_api.py turns both into HTTP answers. New releases go through
+``submit``, like uploads, so the API adds no second way into a pipeline's slot.
 """
 
 from __future__ import annotations
@@ -13,54 +13,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chalicelib.domain.api_requests import (
-    ConflictingState,
-    DeployRequest,
-    InvalidValue,
-    ListQuery,
-    NotFound,
-    encode_cursor,
-    known_release_id,
-)
+from chalicelib.domain.api_requests import ConflictingState, DeployRequest, InvalidValue
 from chalicelib.domain.lane import Change, Submission, change_of
 from chalicelib.domain.pipelines import Pipeline
-from chalicelib.domain.release import (
-    EventType,
-    HistoryEvent,
-    Release,
-    ReleaseState,
-    Revision,
-    Step,
-    Trigger,
-    record,
-)
-from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.release import EventType, Release, ReleaseState, Revision, Step, Trigger, record
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
+from chalicelib.service.caller_lookups import (
+    pipeline_in_body,
+    pipeline_in_path,
+    pipeline_of_release,
+    release_named,
+)
 from chalicelib.service.context import Context
 from chalicelib.service.lane_commands import Cancellation, cancel_release, roll_back_pipeline, still_in_s3
 from chalicelib.service.ports import DeploymentAlreadyEnded
 from chalicelib.service.slot_flow import on_release
 from chalicelib.service.submission import submit
-
-# Instance statuses CodeDeploy is done with.
-_DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
-
-
-@dataclass(frozen=True)
-class ReleasePage:
-    """Releases newest first, and the token of the next page (None: this is the last)."""
-
-    releases: list[Release]
-    next_token: str | None
-
-
-@dataclass(frozen=True)
-class ReleaseDetail:
-    release: Release
-    history: list[HistoryEvent]
-    # How far a DEPLOYING or VERIFYING release got; None otherwise, or when CodeDeploy could not say.
-    progress: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -73,88 +42,10 @@ class Submitted:
     created: bool
 
 
-@dataclass(frozen=True)
-class PipelineStatus:
-    pipeline: Pipeline
-    slot: PipelineSlot
-
-    @property
-    def named_releases(self) -> list[str]:
-        """The ids of the releases the slot names: active, waiting, last good."""
-        slot = self.slot
-        return [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
-
-
-@dataclass(frozen=True)
-class PipelineDetail:
-    status: PipelineStatus
-    # The releases the slot names, by id (one the store no longer has is left out).
-    releases: Mapping[str, Release]
-
-
-def list_releases(context: Context, query: ListQuery) -> ReleasePage:
-    """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
-    query per pipeline, and the token (a position in time) works the same for one or all."""
-    if query.pipeline is not None:
-        _pipeline_for_value(context, query.pipeline)
-        names = [query.pipeline]
-    else:
-        names = [pipeline.name for pipeline in context.pipelines.pipelines]
-    # One more than asked says whether there is a next page.
-    found = [
-        release
-        for name in names
-        for release in context.store.list_releases(name, query.limit + 1, query.before)
-    ]
-    found.sort(key=_position, reverse=True)
-    page = found[: query.limit]
-    token = encode_cursor(_position(page[-1])) if len(found) > query.limit else None
-    return ReleasePage(page, token)
-
-
-def _position(release: Release) -> str:
-    """Where the release sits in the by_pipeline index (its ``created_key``)."""
-    return f"{release.created_at.isoformat()}#{release.id}"
-
-
-def release_detail(context: Context, release_id: str) -> ReleaseDetail:
-    release = _release(context, release_id)
-    return ReleaseDetail(release, context.store.history(release.id), _progress(context, release))
-
-
-def _progress(context: Context, release: Release) -> dict[str, Any] | None:
-    """How far the release got: CodeDeploy's instance counts while deploying, the healthy
-    streak while verifying."""
-    if release.state is ReleaseState.VERIFYING and release.verification is not None:
-        verification = release.verification
-        return {
-            "phase": "verifying",
-            "checks_done": verification.checks_done,
-            "checks_needed": verification.healthy_checks,
-            "deadline": verification.deadline.isoformat(),
-        }
-    if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
-        return None
-    try:
-        info = context.deployments.describe(release.deployment_id)
-    except Exception:
-        # Progress is a courtesy: the release itself was read, so answer without it.
-        logger.warning("could not read the deployment's progress", extra={"release_id": release.id})
-        return None
-    counts = dict(info.instance_counts)
-    return {
-        "phase": "deploying",
-        "deployment_status": info.status,
-        "instances_total": sum(counts.values()),
-        "instances_done": sum(counts.get(status, 0) for status in _DONE_STATUSES),
-        "instances": counts,
-    }
-
-
 def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Submitted:
     """Deploy an object of a pipeline that is already in S3 (an upload that was missed, or an
     older object again)."""
-    pipeline = _pipeline_for_value(context, request.pipeline)
+    pipeline = pipeline_in_body(context, request.pipeline)
     where = f"s3://{pipeline.bucket}/{pipeline.prefix}"
     if request.bucket is not None and request.bucket != pipeline.bucket:
         raise InvalidValue(
@@ -187,12 +78,12 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
 
 def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Submitted:
     """Deploy the exact revision of an earlier release again, as a new release."""
-    original = _release(context, release_id)
+    original = release_named(context, release_id)
     if not original.state.is_terminal:
         raise ConflictingState(
             f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
         )
-    pipeline = _pipeline_for_release(context, original)
+    pipeline = pipeline_of_release(context, original)
     stored = still_in_s3(context, original)
     return _submit(
         context,
@@ -210,7 +101,7 @@ def roll_back(
 ) -> Submitted:
     """A new release of an earlier verified revision: ``to``, or the pipeline's last good one
     (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
-    pipeline = _pipeline_for_path(context, pipeline_name)
+    pipeline = pipeline_in_path(context, pipeline_name)
     release, created = roll_back_pipeline(context, pipeline, to, actor, new_release_id)
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
     return Submitted(context.store.get_release(release.id) or release, created)
@@ -238,7 +129,7 @@ def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
         ) from None
     except Exception as refused:
         # The deployment goes on; the history says who asked and why it did not stop. The error
-        # itself answers the caller (chalicelib.api names its AWS code).
+        # itself answers the caller (chalicelib.http_api names its AWS code).
         detail = {**stop, "actor": actor, "aws_error": aws_error_code(refused), "error": str(refused)[:500]}
         try:
             _record_on_deploying(context, release.id, EventType.TASK_FAILED, detail)
@@ -260,22 +151,7 @@ def _record_on_deploying(
         step = record(Step(release, ()), event_type, now=now, detail=dict(detail))
         return change_of([step])
 
-    return on_release(context, release_id, note) or _release(context, release_id)
-
-
-def list_pipelines(context: Context) -> list[PipelineStatus]:
-    return [_pipeline_status(context, pipeline) for pipeline in context.pipelines.pipelines]
-
-
-def pipeline_detail(context: Context, name: str) -> PipelineDetail:
-    """The pipeline with its slot, and the releases the slot names in full."""
-    status = _pipeline_status(context, _pipeline_for_path(context, name))
-    releases = {release.id: release for release in context.store.get_releases(status.named_releases)}
-    return PipelineDetail(status, releases)
-
-
-def _pipeline_status(context: Context, pipeline: Pipeline) -> PipelineStatus:
-    return PipelineStatus(pipeline, context.store.get_slot(pipeline.name))
+    return on_release(context, release_id, note) or release_named(context, release_id)
 
 
 def _submit(
@@ -304,37 +180,3 @@ def _submit(
         )
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
     return Submitted(context.store.get_release(release.id) or release, created)
-
-
-def _release(context: Context, release_id: str) -> Release:
-    release = context.store.get_release(release_id) if known_release_id(release_id) else None
-    if release is None:
-        raise NotFound(f"no release {release_id[:200]!r}")
-    return release
-
-
-def _pipeline_for_path(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
-    if pipeline is None:
-        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(context)}")
-    return pipeline
-
-
-def _pipeline_for_value(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
-    if pipeline is None:
-        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
-    return pipeline
-
-
-def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
-    pipeline = context.pipelines.named(release.pipeline)
-    if pipeline is None:
-        raise ConflictingState(
-            f"pipeline {release.pipeline!r} of release {release.id} is no longer configured"
-        )
-    return pipeline
-
-
-def _configured(context: Context) -> str:
-    return ", ".join(pipeline.name for pipeline in context.pipelines.pipelines)

@@ -1,0 +1,129 @@
+"""What the HTTP API reads: releases newest first, one release with its history and progress,
+pipelines with their slots. Each returns what it found or raises a ``Refused``
+(chalicelib/domain/api_requests.py); chalicelib/http_api.py turns both into HTTP answers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.domain.api_requests import ListQuery, encode_cursor
+from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.release import HistoryEvent, Release, ReleaseState
+from chalicelib.domain.slot import PipelineSlot
+from chalicelib.log import logger
+from chalicelib.service.caller_lookups import pipeline_in_body, pipeline_in_path, release_named
+from chalicelib.service.context import Context
+
+# Instance statuses CodeDeploy is done with.
+_DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
+
+
+@dataclass(frozen=True)
+class ReleasePage:
+    """Releases newest first, and the token of the next page (None: this is the last)."""
+
+    releases: list[Release]
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class ReleaseDetail:
+    release: Release
+    history: list[HistoryEvent]
+    # How far a DEPLOYING or VERIFYING release got; None otherwise, or when CodeDeploy could not say.
+    progress: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    pipeline: Pipeline
+    slot: PipelineSlot
+
+    @property
+    def named_releases(self) -> list[str]:
+        """The ids of the releases the slot names: active, waiting, last good."""
+        slot = self.slot
+        return [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
+
+
+@dataclass(frozen=True)
+class PipelineDetail:
+    status: PipelineStatus
+    # The releases the slot names, by id (one the store no longer has is left out).
+    releases: Mapping[str, Release]
+
+
+def list_releases(context: Context, query: ListQuery) -> ReleasePage:
+    """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
+    query per pipeline, and the token (a position in time) works the same for one or all."""
+    if query.pipeline is not None:
+        pipeline_in_body(context, query.pipeline)
+        names = [query.pipeline]
+    else:
+        names = [pipeline.name for pipeline in context.pipelines.pipelines]
+    # One more than asked says whether there is a next page.
+    found = [
+        release
+        for name in names
+        for release in context.store.list_releases(name, query.limit + 1, query.before)
+    ]
+    found.sort(key=_position, reverse=True)
+    page = found[: query.limit]
+    token = encode_cursor(_position(page[-1])) if len(found) > query.limit else None
+    return ReleasePage(page, token)
+
+
+def _position(release: Release) -> str:
+    """Where the release sits in the by_pipeline index (its ``created_key``)."""
+    return f"{release.created_at.isoformat()}#{release.id}"
+
+
+def release_detail(context: Context, release_id: str) -> ReleaseDetail:
+    release = release_named(context, release_id)
+    return ReleaseDetail(release, context.store.history(release.id), _progress(context, release))
+
+
+def _progress(context: Context, release: Release) -> dict[str, Any] | None:
+    """How far the release got: CodeDeploy's instance counts while deploying, the healthy
+    streak while verifying."""
+    if release.state is ReleaseState.VERIFYING and release.verification is not None:
+        verification = release.verification
+        return {
+            "phase": "verifying",
+            "checks_done": verification.checks_done,
+            "checks_needed": verification.healthy_checks,
+            "deadline": verification.deadline.isoformat(),
+        }
+    if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
+        return None
+    try:
+        info = context.deployments.describe(release.deployment_id)
+    except Exception:
+        # Progress is a courtesy: the release itself was read, so answer without it.
+        logger.warning("could not read the deployment's progress", extra={"release_id": release.id})
+        return None
+    counts = dict(info.instance_counts)
+    return {
+        "phase": "deploying",
+        "deployment_status": info.status,
+        "instances_total": sum(counts.values()),
+        "instances_done": sum(counts.get(status, 0) for status in _DONE_STATUSES),
+        "instances": counts,
+    }
+
+
+def list_pipelines(context: Context) -> list[PipelineStatus]:
+    return [_pipeline_status(context, pipeline) for pipeline in context.pipelines.pipelines]
+
+
+def pipeline_detail(context: Context, name: str) -> PipelineDetail:
+    """The pipeline with its slot, and the releases the slot names in full."""
+    status = _pipeline_status(context, pipeline_in_path(context, name))
+    releases = {release.id: release for release in context.store.get_releases(status.named_releases)}
+    return PipelineDetail(status, releases)
+
+
+def _pipeline_status(context: Context, pipeline: Pipeline) -> PipelineStatus:
+    return PipelineStatus(pipeline, context.store.get_slot(pipeline.name))
