@@ -27,7 +27,8 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import Release, Revision, upload_release_id
 from sandbox import moto_extensions
-from sandbox.codedeploy_agent import CodeDeployAgent, LocalInstance
+from sandbox.codedeploy_agent import CodeDeployAgent
+from sandbox.local_instance import LocalInstance
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
 from sandbox.load_balancer import LoadBalancer, TargetHealth
 from sandbox.provision import Provisioned, provision
