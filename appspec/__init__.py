@@ -2,8 +2,9 @@
 
 One home for what ``relco bundle`` checks before a bundle leaves the machine and what the
 sandbox's CodeDeploy agent runs on the instances: the lifecycle events in CodeDeploy's order, the
-hooks that take scripts, reading the appspec, and the checks that otherwise fail only on the
-instances, mid-deployment (a hook CodeDeploy does not know, a script missing or not executable).
+hooks that take scripts, reading the appspec, where its ``files`` are copied, and the checks that
+otherwise fail only on the instances, mid-deployment (a hook CodeDeploy does not know, a script
+missing or not executable).
 It depends on neither ``relco`` nor ``sandbox``, so both import it without importing each other.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,23 @@ class AppSpec:
             ),
             file_exists_behavior=document.get("file_exists_behavior"),
         )
+
+
+def file_copies(bundle_dir: Path, mapping: FileMapping, root: Path) -> Iterator[tuple[Path, Path]]:
+    """(source, target) per file of one appspec ``files`` entry. A directory source is copied
+    into the destination with its layout; a file source lands in the destination directory."""
+    source = (bundle_dir / mapping.source.strip("/")).resolve()
+    destination = root / mapping.destination.strip("/")
+    if not source.is_relative_to(bundle_dir.resolve()):
+        raise AppSpecError(f"appspec files source {mapping.source!r} is outside the revision")
+    if source.is_file():
+        yield source, destination / source.name
+        return
+    if not source.is_dir():
+        raise AppSpecError(f"appspec files source {mapping.source!r} does not exist in the revision")
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            yield path, destination / path.relative_to(source)
 
 
 def _read_document(bundle_dir: Path) -> dict[str, Any]:

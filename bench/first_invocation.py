@@ -565,7 +565,7 @@ def release_round(world: MotoServerWorld, invoke: Invoke) -> None:
 
 def _memory_sizes() -> dict[str, int]:
     from app import app
-    from infra.render import batch_sizes
+    from infra.functions import batch_sizes
     from infra.sizing import function_sizing
 
     return {name: sizing.memory_mb for name, sizing in function_sizing(batch_sizes(app)).items()}

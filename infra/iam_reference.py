@@ -9,7 +9,7 @@ For each Allow statement:
   IAM authorizes it against ``*`` only, so a narrower Resource denies it;
 * an action with resource types is granted on resources that each can be an ARN of one of them
   (the statement's wildcards and the format's ``${...}`` variables overlap), or on ``"*"``, which
-  tests/unit/test_template.py allows only for the actions render.UNSCOPED_ACTIONS explains;
+  tests/unit/test_template.py allows only for the actions grants.UNSCOPED_ACTIONS explains;
 * each condition key is one the action takes, or a global ``aws:`` key (global condition context
   keys apply to every action).
 """

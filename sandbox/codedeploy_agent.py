@@ -17,26 +17,25 @@ runs them as CodeDeploy does on EC2 (../shared/reference/aws-facts.md, "CodeDepl
 
 An "instance" is a directory and a port (:class:`LocalInstance`); the app it runs is whatever the
 bundle's hooks start. The agent stops those apps again when it stops.
+
+This module is the agent's loop and the lifecycle steps; what they use lives beside it:
+``deployment_config`` (batch sizes and the outcome), ``bundle_fetch`` (the revision from S3,
+unpacked), ``local_instance``, ``deployment_progress`` (what moto reports while it runs) and
+``processes`` (hook scripts and what they leave running); the appspec rules are ``appspec``'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
 import os
 import shutil
-import signal
-import subprocess
 import tarfile
 import threading
-import time
 import zipfile
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -44,13 +43,17 @@ from typing import Any, Protocol
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.events.models import events_backends
 
-from appspec import LIFECYCLE_EVENTS, PREVIOUS_REVISION_HOOKS, AppSpec, AppSpecError, FileMapping, HookScript
+from appspec import LIFECYCLE_EVENTS, PREVIOUS_REVISION_HOOKS, AppSpec, AppSpecError, HookScript, file_copies
 from sandbox import moto_extensions
+from sandbox.bundle_fetch import BundleError, RevisionDownload, S3Revision, unpack
+from sandbox.deployment_config import DeploymentConfig
+from sandbox.deployment_progress import SKIPPED, SUCCEEDED, DeploymentProgress, Diagnostics, StepOutcome
+from sandbox.local_instance import InstalledRevision, LocalInstance
+from sandbox.processes import ScriptRunner, group_members, pid_alive, terminate_group, terminate_pid
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_BYTES = 4096
-KILL_GRACE_S = 2.0
 EVENT_DETAIL_TYPE = "CodeDeploy Deployment State-change Notification"
 EVENT_STATE = {"Succeeded": "SUCCESS", "Failed": "FAILURE", "Stopped": "STOP"}
 HEALTH_CONSTRAINTS_MESSAGE = (
@@ -70,85 +73,6 @@ class TrafficControl(Protocol):
     def wait_drained(self, target_id: str, timeout: float) -> bool: ...
 
     def wait_healthy(self, target_id: str, timeout: float) -> bool: ...
-
-
-# --- revision -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class S3Revision:
-    bucket: str
-    key: str
-    bundle_type: str
-    version: str | None
-    etag: str | None
-
-    @classmethod
-    def from_moto(cls, revision: Mapping[str, Any]) -> S3Revision | None:
-        """None for revisions this agent cannot fetch (GitHub, AppSpecContent...)."""
-        location = revision.get("s3Location") or {}
-        if revision.get("revisionType") != "S3" or not location.get("bucket") or not location.get("key"):
-            return None
-        return cls(
-            bucket=location["bucket"],
-            key=location["key"],
-            bundle_type=location.get("bundleType", "zip"),
-            version=location.get("version"),
-            etag=location.get("eTag"),
-        )
-
-    def environment(self) -> dict[str, str]:
-        """The BUNDLE_* variables CodeDeploy sets for an S3 revision."""
-        env = {"BUNDLE_BUCKET": self.bucket, "BUNDLE_KEY": self.key}
-        if self.version:
-            env["BUNDLE_VERSION"] = self.version
-        if self.etag:
-            env["BUNDLE_ETAG"] = self.etag
-        return env
-
-
-@dataclass(frozen=True)
-class DeploymentConfig:
-    """The three CodeDeployDefault configs as batch size and minimum healthy instances."""
-
-    name: str
-
-    @classmethod
-    def named(cls, name: str) -> DeploymentConfig:
-        short = name.removeprefix("CodeDeployDefault.")
-        if short not in ("AllAtOnce", "HalfAtATime", "OneAtATime"):
-            logger.warning("deployment config %s is not modelled locally: running it OneAtATime", name)
-            short = "OneAtATime"
-        return cls(short)
-
-    def batch_size(self, fleet: int) -> int:
-        if self.name == "AllAtOnce":
-            return max(fleet, 1)
-        if self.name == "HalfAtATime":
-            return max(fleet // 2, 1)
-        return 1
-
-    def min_healthy(self, fleet: int) -> int:
-        if self.name == "AllAtOnce":
-            return 0
-        if self.name == "HalfAtATime":
-            return math.ceil(fleet / 2)
-        return max(fleet - 1, 0)
-
-    def next_batch_size(self, fleet: int, untouched: int, succeeded: int, failed: int) -> int:
-        """How many of the untouched instances to deploy next; 0 means stop here.
-
-        An untouched instance still serves the previous revision and counts as healthy; one
-        being deployed or failed does not. While nothing failed the batch size keeps the minimum
-        by construction (and a single instance is deployed regardless, as AWS does)."""
-        size = min(self.batch_size(fleet), untouched)
-        if failed:
-            size = min(size, untouched + succeeded - self.min_healthy(fleet))
-        return max(size, 0)
-
-    def succeeded(self, fleet: int, succeeded: int, skipped: int) -> bool:
-        # OneAtATime succeeds even when only the last instance failed: that is AWS's rule too.
-        return skipped == 0 and succeeded >= max(1, self.min_healthy(fleet))
 
 
 @dataclass(frozen=True)
@@ -188,360 +112,6 @@ class Deployment:
         }
 
 
-# --- instances ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class InstalledRevision:
-    """A revision unpacked on an instance, with the hook environment of the deployment that
-    installed it (its ApplicationStop may run later, from another deployment or on shutdown)."""
-
-    bundle_dir: Path
-    environment: Mapping[str, str]
-
-    @property
-    def appspec(self) -> AppSpec:
-        return AppSpec.load(self.bundle_dir)
-
-    def as_json(self) -> dict[str, Any]:
-        return {"bundle_dir": str(self.bundle_dir), "environment": dict(self.environment)}
-
-    @classmethod
-    def from_json(cls, value: Any) -> InstalledRevision | None:
-        if not isinstance(value, dict):
-            return None
-        return cls(Path(value["bundle_dir"]), dict(value.get("environment", {})))
-
-
-class LocalInstance:
-    """One "EC2 instance": a directory and a port.
-
-    Under ``root``: ``deployment-root/<group id>/<deployment id>/`` holds each deployment's
-    archive, unpacked revision (``deployment-archive``) and hook logs, as on EC2; ``app/`` is
-    the ``INSTANCE_DIR`` the app keeps its pid file and logs in, the same for every revision (the
-    next ApplicationStop finds the running app through it); ``fs/`` is where Install copies the
-    appspec ``files`` (their destinations re-rooted here); ``state.json`` remembers the last
-    successful and the running revision across agent restarts.
-    """
-
-    def __init__(self, instance_id: str, port: int, root: Path) -> None:
-        self.instance_id = instance_id
-        self.port = port
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.app_dir.mkdir(exist_ok=True)
-        # Sessions (process groups) of the hook scripts run here: anything they left running
-        # (the app) is in one of them, which is how stop() finds stragglers.
-        self.sessions: set[int] = set()
-        self._lock = threading.Lock()
-        state = self._load_state()
-        self.last_successful = InstalledRevision.from_json(state.get("last_successful"))
-        self.running = InstalledRevision.from_json(state.get("running"))
-        self.installed_files: list[str] = list(state.get("installed_files", []))
-
-    def __repr__(self) -> str:
-        return f"LocalInstance({self.instance_id!r}, port={self.port}, root={str(self.root)!r})"
-
-    @property
-    def app_dir(self) -> Path:
-        return self.root / "app"
-
-    @property
-    def deployment_root(self) -> Path:
-        return self.root / "deployment-root"
-
-    @property
-    def install_root(self) -> Path:
-        return self.root / "fs"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "state.json"
-
-    def environment(self) -> dict[str, str]:
-        """The local-demo contract (bundles/local-demo/README.md): where the app listens and
-        keeps its state."""
-        return {"PORT": str(self.port), "INSTANCE_DIR": str(self.app_dir), "INSTANCE_NAME": self.instance_id}
-
-    def save(self) -> None:
-        state = {
-            "last_successful": self.last_successful.as_json() if self.last_successful else None,
-            "running": self.running.as_json() if self.running else None,
-            "installed_files": self.installed_files,
-        }
-        with self._lock:
-            temporary = self.state_file.with_suffix(".tmp")
-            temporary.write_text(json.dumps(state, indent=2), encoding="utf-8")
-            temporary.replace(self.state_file)
-
-    def _load_state(self) -> dict[str, Any]:
-        try:
-            state = json.loads(self.state_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
-
-
-# --- progress as BatchGetDeploymentTargets reports it ------------------------------------------
-
-
-@dataclass(frozen=True)
-class Diagnostics:
-    error_code: str  # Success | ScriptMissing | ScriptFailed | ScriptTimedOut | UnknownError
-    script_name: str
-    message: str
-    log_tail: str
-
-    def as_dict(self) -> dict[str, str]:
-        return {
-            "errorCode": self.error_code,
-            "scriptName": self.script_name,
-            "message": self.message,
-            "logTail": self.log_tail,
-        }
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    status: str  # Succeeded | Failed | Skipped
-    diagnostics: Diagnostics | None = None
-
-    @classmethod
-    def failed(
-        cls, message: str, error_code: str = "UnknownError", script: str = "", tail: str = ""
-    ) -> StepOutcome:
-        return cls("Failed", Diagnostics(error_code, script, message, tail))
-
-
-SKIPPED = StepOutcome("Skipped")
-SUCCEEDED = StepOutcome("Succeeded")
-
-
-@dataclass
-class LifecycleEvent:
-    name: str
-    status: str = "Pending"
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    diagnostics: Diagnostics | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"lifecycleEventName": self.name, "status": self.status}
-        if self.start_time:
-            fields["startTime"] = self.start_time
-        if self.end_time:
-            fields["endTime"] = self.end_time
-        if self.diagnostics:
-            fields["diagnostics"] = self.diagnostics.as_dict()
-        return fields
-
-
-@dataclass
-class InstanceTarget:
-    instance_id: str
-    status: str = "Pending"  # Pending | InProgress | Succeeded | Failed | Skipped
-    events: list[LifecycleEvent] = field(
-        default_factory=lambda: [LifecycleEvent(n) for n in LIFECYCLE_EVENTS]
-    )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "lifecycleEvents": [event.as_dict() for event in self.events]}
-
-    def event(self, name: str) -> LifecycleEvent:
-        return next(event for event in self.events if event.name == name)
-
-
-class DeploymentProgress:
-    """Per-instance progress, written to moto after every change so a reader (the coordinator's
-    ListDeploymentTargets/BatchGetDeploymentTargets, GetDeployment) sees it as it happens."""
-
-    def __init__(self, deployment_id: str, instance_ids: Sequence[str], region: str) -> None:
-        self.deployment_id = deployment_id
-        self.region = region
-        self._targets = {instance_id: InstanceTarget(instance_id) for instance_id in instance_ids}
-        # Instances of one batch report from their own threads.
-        self._lock = threading.Lock()
-        self.publish()
-
-    def set_status(self, instance_id: str, status: str) -> None:
-        with self._lock:
-            target = self._targets[instance_id]
-            target.status = status
-            if status in ("Succeeded", "Failed", "Skipped"):
-                for event in target.events:
-                    if event.status in ("Pending", "InProgress"):
-                        event.status = "Skipped"
-        self.publish()
-
-    def event_started(self, instance_id: str, name: str) -> None:
-        with self._lock:
-            event = self._targets[instance_id].event(name)
-            event.status, event.start_time = "InProgress", datetime.now(UTC)
-        self.publish()
-
-    def event_finished(self, instance_id: str, name: str, outcome: StepOutcome) -> None:
-        with self._lock:
-            event = self._targets[instance_id].event(name)
-            event.status, event.end_time, event.diagnostics = (
-                outcome.status,
-                datetime.now(UTC),
-                outcome.diagnostics,
-            )
-        self.publish()
-
-    def publish(self) -> None:
-        with self._lock:
-            targets = {instance_id: target.as_dict() for instance_id, target in self._targets.items()}
-            counts: dict[str, int] = {}
-            for target in self._targets.values():
-                counts[target.status] = counts.get(target.status, 0) + 1
-        moto_extensions.set_instance_targets(self.deployment_id, targets, region=self.region)
-        moto_extensions.set_deployment_overview(self.deployment_id, counts, region=self.region)
-
-
-# --- processes --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ScriptResult:
-    exit_code: int | None
-    timed_out: bool = False
-    killed: bool = False  # by the agent stopping, not by the script's own timeout
-
-
-class ScriptRunner:
-    """Runs hook scripts, each in a session (process group) of its own so a timed-out script is
-    killed with everything it started, and the agent can kill what runs when it stops."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: dict[int, subprocess.Popen[bytes]] = {}
-        self._killed: set[int] = set()
-        self._closed = False
-
-    def run(
-        self,
-        script: Path,
-        *,
-        cwd: Path,
-        env: Mapping[str, str],
-        timeout_s: float,
-        log: Path,
-        sessions: set[int],
-    ) -> ScriptResult:
-        # Hook output goes to a file, not a pipe: the app a hook starts in the background may
-        # keep inherited descriptors open, and the hook must count as done when the script is.
-        with self._lock, log.open("ab") as output:
-            if self._closed:
-                return ScriptResult(None, killed=True)
-            process = subprocess.Popen(
-                _command(script),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            self._running[process.pid] = process
-            sessions.add(process.pid)
-        try:
-            result = ScriptResult(process.wait(timeout=timeout_s))
-        except subprocess.TimeoutExpired:
-            terminate_group(process.pid)
-            process.wait()
-            result = ScriptResult(None, timed_out=True)
-        finally:
-            with self._lock:
-                self._running.pop(process.pid, None)
-                killed = process.pid in self._killed
-        # Killed by close(): whatever the script returned, it did not finish on its own.
-        return ScriptResult(None, killed=True) if killed else result
-
-    def close(self) -> None:
-        """Refuse new scripts and kill the running ones (the agent is stopping)."""
-        with self._lock:
-            self._closed = True
-            running = list(self._running)
-            self._killed.update(running)
-        for pid in running:
-            terminate_group(pid)
-
-
-def _command(script: Path) -> list[str]:
-    """Executed directly when it is executable and names its interpreter, else with bash (a zip
-    made without permissions loses the exec bits)."""
-    try:
-        with script.open("rb") as handle:
-            shebang = handle.read(2) == b"#!"
-    except OSError:
-        shebang = False
-    if shebang and os.access(script, os.X_OK):
-        return [str(script)]
-    return ["bash", str(script)]
-
-
-def _process_state(pid: int) -> str | None:
-    """The state letter from /proc (Z for a zombie), None if gone or without /proc."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (dead, not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _process_state(pid) != "Z"
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (zombies excluded)."""
-    members = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            after_name = (entry / "stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if after_name[0] != "Z" and int(after_name[2]) == pgid:
-            members.append(int(entry.name))
-    return members
-
-
-def terminate_group(pgid: int, grace_s: float = KILL_GRACE_S) -> None:
-    """SIGTERM a process group, SIGKILL what is left after ``grace_s``."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def terminate_pid(pid: int, grace_s: float = KILL_GRACE_S) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if pid_alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def _log_tail(log: Path) -> str:
     try:
         with log.open("rb") as handle:
@@ -549,78 +119,6 @@ def _log_tail(log: Path) -> str:
             return handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-# --- bundles -------------------------------------------------------------------------------
-
-
-class BundleError(ValueError):
-    pass
-
-
-class RevisionDownload:
-    """The revision's archive, fetched from S3 once per deployment for all its instances."""
-
-    def __init__(self, s3: Any, revision: S3Revision) -> None:
-        self._s3 = s3
-        self._revision = revision
-        self._lock = threading.Lock()
-        self._data: bytes | None = None
-
-    def fetch(self) -> bytes:
-        with self._lock:
-            if self._data is None:
-                self._data = self._download()
-            return self._data
-
-    def _download(self) -> bytes:
-        revision = self._revision
-        request = {"Bucket": revision.bucket, "Key": revision.key}
-        if revision.version:
-            request["VersionId"] = revision.version  # never "the newest": the deployed one
-        response = self._s3.get_object(**request)
-        etag = str(response.get("ETag", "")).strip('"')
-        if revision.etag and etag and etag != revision.etag.strip('"'):
-            raise BundleError(f"s3://{revision.bucket}/{revision.key} has ETag {etag}, not {revision.etag}")
-        data: bytes = response["Body"].read()
-        return data
-
-
-def unpack(archive: Path, bundle_type: str, destination: Path) -> None:
-    destination.mkdir(parents=True, exist_ok=True)
-    if bundle_type == "zip":
-        with zipfile.ZipFile(archive) as bundle:
-            for member in bundle.infolist():
-                # extract() drops absolute paths and "..": nothing lands outside destination.
-                path = Path(bundle.extract(member, destination))
-                mode = (member.external_attr >> 16) & 0o777
-                if mode and not member.is_dir():
-                    path.chmod(mode)
-    elif bundle_type in ("tar", "tgz"):
-        with tarfile.open(archive, "r:gz" if bundle_type == "tgz" else "r:") as bundle:
-            bundle.extractall(destination, filter="data")
-    else:
-        raise BundleError(f"bundle type {bundle_type!r} is not supported on EC2 (zip, tar, tgz)")
-
-
-def _file_copies(bundle_dir: Path, mapping: FileMapping, root: Path) -> Iterator[tuple[Path, Path]]:
-    """(source, target) per file of one appspec ``files`` entry. A directory source is copied
-    into the destination with its layout; a file source lands in the destination directory."""
-    source = (bundle_dir / mapping.source.strip("/")).resolve()
-    destination = root / mapping.destination.strip("/")
-    if not source.is_relative_to(bundle_dir.resolve()):
-        raise BundleError(f"appspec files source {mapping.source!r} is outside the revision")
-    if source.is_file():
-        yield source, destination / source.name
-        return
-    if not source.is_dir():
-        raise BundleError(f"appspec files source {mapping.source!r} does not exist in the revision")
-    for path in sorted(source.rglob("*")):
-        if path.is_file():
-            yield path, destination / path.relative_to(source)
-
-
-# --- the agent --------------------------------------------------------------------------------
 
 
 @dataclass
@@ -941,8 +439,8 @@ class CodeDeployAgent:
         behavior = run.deployment.file_exists_behavior or appspec.file_exists_behavior or "DISALLOW"
         root = run.instance.install_root
         try:
-            copies = [copy for m in appspec.files for copy in _file_copies(run.current.bundle_dir, m, root)]
-        except BundleError as error:
+            copies = [copy for m in appspec.files for copy in file_copies(run.current.bundle_dir, m, root)]
+        except AppSpecError as error:
             return StepOutcome.failed(str(error))
         for relative in run.instance.installed_files:
             (root / relative).unlink(missing_ok=True)

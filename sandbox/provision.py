@@ -18,7 +18,7 @@ from typing import Any
 
 from chalicelib.domain.pipelines import PipelinesConfig
 from infra import stack
-from infra.render import APP_NAME, batch_sizes
+from infra.functions import APP_NAME, batch_sizes
 from infra.sizing import Sizing, function_sizing
 
 SERVICE_ROLE = "arn:aws:iam::123456789012:role/CodeDeployServiceRole"

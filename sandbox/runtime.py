@@ -27,9 +27,10 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import Release, Revision, upload_release_id
 from sandbox import moto_extensions
-from sandbox.codedeploy_agent import CodeDeployAgent, LocalInstance
+from sandbox.codedeploy_agent import CodeDeployAgent
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
 from sandbox.load_balancer import LoadBalancer, TargetHealth
+from sandbox.local_instance import LocalInstance
 from sandbox.provision import Provisioned, provision
 from sandbox.slack_api import SlackApi
 

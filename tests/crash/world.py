@@ -28,6 +28,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import table_definition
 from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
 from infra import render
+from infra.functions import app_functions
 from sandbox import moto_extensions
 from sandbox.provision import LoadBalancedGroup, provision
 from sandbox.slack_api import SlackApi
@@ -112,7 +113,7 @@ class AwsBehaviour:
 
 
 def aws_behaviour(pipelines: PipelinesConfig) -> AwsBehaviour:
-    functions = render.app_functions(chalice_app.app)
+    functions = app_functions(chalice_app.app)
     resources = render.render(STAGE, pipelines, functions)["Resources"]
 
     def queue(logical_id: str) -> QueueSettings:

@@ -21,6 +21,7 @@ import pytest
 
 from app import app
 from infra import render
+from infra.functions import app_functions
 from infra.iam import Request, Template, denied, requests_for_call, without_action
 from infra.iam_reference import policy_problems
 from infra.package import package
@@ -59,7 +60,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
 
 
 def _logical_ids() -> dict[str, str]:
-    return {function.name: function.logical_id for function in render.app_functions(app)}
+    return {function.name: function.logical_id for function in app_functions(app)}
 
 
 def unallowed(calls: list[HandlerCall], template: dict[str, Any]) -> dict[str, set[str]]:

@@ -12,6 +12,7 @@ import pytest
 from app import app
 from chalicelib.domain.pipelines import load_pipelines
 from infra import render, stack
+from infra.functions import app_functions
 from tests.integration.conftest import World
 
 # What the template says of a queue, in the SQS API's attribute names and string values.
@@ -26,7 +27,7 @@ _QUEUE_PROPERTIES = (
 
 @pytest.fixture
 def template(pipelines_file: Path) -> dict[str, Any]:
-    return render.render("dev", load_pipelines(pipelines_file), render.app_functions(app))
+    return render.render("dev", load_pipelines(pipelines_file), app_functions(app))
 
 
 def _declared_queue(properties: dict[str, Any], template: dict[str, Any]) -> dict[str, Any]:

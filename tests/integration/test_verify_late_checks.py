@@ -26,7 +26,7 @@ from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import apply_deployment_state
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
-from infra.render import batch_sizes
+from infra.functions import batch_sizes
 from infra.sizing import function_sizing
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World

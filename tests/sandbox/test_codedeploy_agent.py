@@ -28,12 +28,9 @@ from moto import mock_aws
 
 from appspec import LIFECYCLE_EVENTS
 from sandbox import moto_extensions
-from sandbox.codedeploy_agent import (
-    CodeDeployAgent,
-    DeploymentConfig,
-    LocalInstance,
-    pid_alive,
-)
+from sandbox.codedeploy_agent import CodeDeployAgent
+from sandbox.local_instance import LocalInstance
+from sandbox.processes import pid_alive
 
 REGION = "us-east-1"
 BUCKET = "agent-bundles"
@@ -612,52 +609,3 @@ def test_agent_stop_ends_its_deployment_and_leaves_no_process_running(
     for instance in fleet.instances:
         with pytest.raises(urllib.error.URLError):
             get_json(instance.port)
-
-
-@pytest.mark.parametrize(
-    ("config", "fleet", "batches"),
-    [
-        ("CodeDeployDefault.HalfAtATime", 1, 1),
-        ("CodeDeployDefault.HalfAtATime", 2, 1),
-        ("CodeDeployDefault.HalfAtATime", 4, 2),
-        ("CodeDeployDefault.HalfAtATime", 5, 2),
-        ("CodeDeployDefault.OneAtATime", 4, 1),
-        ("CodeDeployDefault.AllAtOnce", 4, 4),
-    ],
-)
-def test_batch_size_keeps_the_minimum_healthy(config: str, fleet: int, batches: int) -> None:
-    assert DeploymentConfig.named(config).next_batch_size(fleet, fleet, 0, 0) == batches
-
-
-@pytest.mark.parametrize(
-    ("config", "fleet", "state", "next_size"),
-    [
-        # (untouched, succeeded, failed): a failure counts as unhealthy from then on.
-        ("CodeDeployDefault.HalfAtATime", 2, (1, 0, 1), 0),
-        ("CodeDeployDefault.HalfAtATime", 4, (2, 0, 2), 0),
-        ("CodeDeployDefault.HalfAtATime", 4, (2, 1, 1), 1),
-        ("CodeDeployDefault.OneAtATime", 3, (2, 0, 1), 0),
-        ("CodeDeployDefault.AllAtOnce", 4, (0, 2, 2), 0),
-    ],
-)
-def test_after_a_failure_only_batches_that_keep_the_minimum_healthy_go_on(
-    config: str, fleet: int, state: tuple[int, int, int], next_size: int
-) -> None:
-    assert DeploymentConfig.named(config).next_batch_size(fleet, *state) == next_size
-
-
-@pytest.mark.parametrize(
-    ("config", "fleet", "succeeded", "skipped", "outcome"),
-    [
-        ("CodeDeployDefault.HalfAtATime", 4, 2, 0, True),  # at least half (rounded up)
-        ("CodeDeployDefault.HalfAtATime", 3, 1, 0, False),
-        ("CodeDeployDefault.OneAtATime", 3, 2, 0, True),  # only the last one failed: AWS's rule
-        ("CodeDeployDefault.OneAtATime", 1, 0, 0, False),
-        ("CodeDeployDefault.AllAtOnce", 4, 1, 0, True),
-        ("CodeDeployDefault.HalfAtATime", 2, 1, 1, False),
-    ],
-)
-def test_deployment_outcome_follows_the_config(
-    config: str, fleet: int, succeeded: int, skipped: int, outcome: bool
-) -> None:
-    assert DeploymentConfig.named(config).succeeded(fleet, succeeded, skipped) is outcome

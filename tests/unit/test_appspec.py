@@ -20,6 +20,7 @@ from appspec import (
     FileMapping,
     HookScript,
     check_bundle,
+    file_copies,
 )
 
 BUNDLES_DIR = Path(__file__).resolve().parents[2] / "bundles"
@@ -143,3 +144,36 @@ def test_check_names_every_problem_a_deployment_would_only_find_on_the_instances
 def test_check_refuses_what_is_not_a_directory(tmp_path: Path) -> None:
     shutil.copy(BUNDLES_DIR / "local-demo" / APPSPEC, tmp_path / APPSPEC)
     assert check_bundle(tmp_path / APPSPEC) == [f"{tmp_path / APPSPEC} is not a directory"]
+
+
+def test_files_copy_a_directory_with_its_layout_and_a_file_into_its_destination(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    (bundle / "site" / "static").mkdir(parents=True)
+    (bundle / "site" / "index.html").write_text("index", encoding="utf-8")
+    (bundle / "site" / "static" / "app.css").write_text("css", encoding="utf-8")
+    (bundle / "app.conf").write_text("conf", encoding="utf-8")
+    root = tmp_path / "fs"
+
+    directory = list(file_copies(bundle, FileMapping("/site", "/var/www"), root))
+    single = list(file_copies(bundle, FileMapping("app.conf", "/etc/app/"), root))
+
+    assert directory == [
+        ((bundle / "site" / "index.html").resolve(), root / "var" / "www" / "index.html"),
+        ((bundle / "site" / "static" / "app.css").resolve(), root / "var" / "www" / "static" / "app.css"),
+    ]
+    assert single == [((bundle / "app.conf").resolve(), root / "etc" / "app" / "app.conf")]
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [("../outside", "is outside the revision"), ("missing", "does not exist in the revision")],
+)
+def test_files_refuse_a_source_outside_the_revision_or_missing(
+    tmp_path: Path, source: str, problem: str
+) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (tmp_path / "outside").write_text("secret", encoding="utf-8")
+
+    with pytest.raises(AppSpecError, match=problem):
+        list(file_copies(bundle, FileMapping(source, "/opt/app"), tmp_path / "fs"))

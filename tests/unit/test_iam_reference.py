@@ -11,6 +11,8 @@ import pytest
 from app import app
 from chalicelib.domain.pipelines import parse_pipelines
 from infra import render
+from infra.functions import Function, app_functions
+from infra.grants import FUNCTION_GRANTS, Scope
 from infra.iam import Template
 from infra.iam_reference import patterns_overlap, policy_problems, statement_problems
 from tests.unit.test_template import PIPELINES_TOML
@@ -31,7 +33,7 @@ def _role_problems(merge: dict[str, Any]) -> dict[str, list[str]]:
 
 
 def test_every_rendered_grant_agrees_with_the_service_authorization_reference() -> None:
-    merge = render.render("prod", _pipelines(), render.app_functions(app))
+    merge = render.render("prod", _pipelines(), app_functions(app))
     checked = [
         statement
         for name, body in merge["Resources"].items()
@@ -46,9 +48,9 @@ def test_every_rendered_grant_agrees_with_the_service_authorization_reference() 
 
 def test_stop_deployment_scoped_to_its_group_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """The scoping that was AccessDenied on a real account: StopDeployment on the pipelines'
-    deployment groups, as infra/render.py granted it before."""
+    deployment groups, as FUNCTION_GRANTS granted it before."""
 
-    def stop_on_groups(_function: render.Function, scope: render.Scope) -> list[dict[str, Any]]:
+    def stop_on_groups(_function: Function, scope: Scope) -> list[dict[str, Any]]:
         return [
             {
                 "Sid": "StopDeployments",
@@ -60,10 +62,10 @@ def test_stop_deployment_scoped_to_its_group_fails_the_check(monkeypatch: pytest
 
     grants = tuple(
         stop_on_groups if grant.__name__ == "_deploy_stop" else grant
-        for grant in render.FUNCTION_GRANTS["api_handler"]
+        for grant in FUNCTION_GRANTS["api_handler"]
     )
-    monkeypatch.setitem(render.FUNCTION_GRANTS, "api_handler", grants)
-    merge = render.render("prod", _pipelines(), render.app_functions(app))
+    monkeypatch.setitem(FUNCTION_GRANTS, "api_handler", grants)
+    merge = render.render("prod", _pipelines(), app_functions(app))
     problems = _role_problems(merge)
     assert list(problems) == ["APIHandlerRole"], problems
     (problem,) = problems["APIHandlerRole"]

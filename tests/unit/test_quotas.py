@@ -12,6 +12,7 @@ import botocore.session
 
 from chalicelib.domain import verification
 from infra import quotas, render, sizing
+from infra.functions import batch_sizes
 
 
 def test_the_old_rendering_would_not_fit_at_100_pipelines() -> None:
@@ -79,7 +80,7 @@ def test_message_timers_and_visibility_stay_within_sqs_maximums() -> None:
     assert int(found.group(1)) >= verification.MAX_DELAY_S
     assert _sqs_documented_max("DelaySeconds") == int(found.group(1))
     visibility_max = _sqs_documented_max("VisibilityTimeout")
-    sizes = sizing.function_sizing(render.batch_sizes(app))
+    sizes = sizing.function_sizing(batch_sizes(app))
     for size in sizes.values():
         assert size.visibility_timeout_s <= visibility_max
 

