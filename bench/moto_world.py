@@ -183,7 +183,7 @@ class CallRecorder:
 
     @contextmanager
     def watching_new_sessions(self) -> Iterator[None]:
-        """Every boto3 session created inside the block gets the hooks (``bootstrap.context()``
+        """Every boto3 session created inside the block gets the hooks (``bootstrap.wiring()``
         creates its own session, not ``boto3.DEFAULT_SESSION``)."""
         original = boto3.session.Session.__init__
 
@@ -440,7 +440,7 @@ class MotoWorld:
         wiring = self._wirings.get(name)
         if wiring is None:
             with self.recorder.watching_new_sessions():
-                wiring = self._wirings[name] = bootstrap.context.__wrapped__()
+                wiring = self._wirings[name] = bootstrap.wiring.__wrapped__()
         entry = getattr(self.app, name)
 
         def invoke(event: dict[str, Any], lambda_context: Any) -> Any:

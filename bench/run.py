@@ -62,7 +62,7 @@ How these were measured:
   ratios, real first and bare first alternating by round; no budget applies (DESIGN.md
   section 8: recorded).
 - AWS calls are counted with botocore `before-call` hooks on the boto3 sessions that
-  `chalicelib.bootstrap.context()` creates, so only the coordinator's own calls count (lazily
+  `chalicelib.bootstrap.wiring()` creates, so only the coordinator's own calls count (lazily
   created clients included), never the benchmark's set-up or checks. Each Lambda function runs
   on a wiring of its own, as each is its own process on AWS: what one function's warm container
   remembers (target groups, deployment links) never saves another function a call. The flows include the

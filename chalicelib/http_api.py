@@ -45,8 +45,8 @@ from chalicelib.domain.api_requests import (
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service import release_commands, release_queries
-from chalicelib.service.context import ConflictPersisted, Context
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
+from chalicelib.service.wiring import ConflictPersisted, Wiring
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)
@@ -141,9 +141,9 @@ def caller(request: Request) -> str:
     return f"unverified@{identity.get('sourceIp') or 'unknown'}"
 
 
-def list_releases(context: Context, request: Request) -> Response:
+def list_releases(wiring: Wiring, request: Request) -> Response:
     def run() -> Answer:
-        page = release_queries.list_releases(context, ListQuery.from_params(_query(request)))
+        page = release_queries.list_releases(wiring, ListQuery.from_params(_query(request)))
         return Answer(
             200, {"releases": [release.to_dict() for release in page.releases], "next": page.next_token}
         )
@@ -151,10 +151,10 @@ def list_releases(context: Context, request: Request) -> Response:
     return _respond(run)
 
 
-def get_release(context: Context, request: Request, release_id: str) -> Response:
+def get_release(wiring: Wiring, request: Request, release_id: str) -> Response:
     def run() -> Answer:
         _no_query(request)
-        detail = release_queries.release_detail(context, release_id)
+        detail = release_queries.release_detail(wiring, release_id)
         body = {**detail.release.to_dict(), "history": [event.to_dict() for event in detail.history]}
         if detail.progress is not None:
             body["progress"] = dict(detail.progress)
@@ -163,51 +163,51 @@ def get_release(context: Context, request: Request, release_id: str) -> Response
     return _respond(run)
 
 
-def create_release(context: Context, request: Request) -> Response:
+def create_release(wiring: Wiring, request: Request) -> Response:
     def run(post: Post) -> Answer:
         request_body = DeployRequest.from_body(post.body)
-        return _submitted(release_commands.deploy(context, request_body, post.actor, post.new_release_id))
+        return _submitted(release_commands.deploy(wiring, request_body, post.actor, post.new_release_id))
 
-    return _post(context, request, DeployRequest.FIELDS, run)
+    return _post(wiring, request, DeployRequest.FIELDS, run)
 
 
-def redeploy(context: Context, request: Request, release_id: str) -> Response:
+def redeploy(wiring: Wiring, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
-        return _submitted(release_commands.redeploy(context, release_id, post.actor, post.new_release_id))
+        return _submitted(release_commands.redeploy(wiring, release_id, post.actor, post.new_release_id))
 
-    return _post(context, request, frozenset(), run)
+    return _post(wiring, request, frozenset(), run)
 
 
-def cancel(context: Context, request: Request, release_id: str) -> Response:
+def cancel(wiring: Wiring, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
-        cancelled = release_commands.cancel(context, release_id, post.actor)
+        cancelled = release_commands.cancel(wiring, release_id, post.actor)
         # 202: CodeDeploy was asked to stop, and the release ends when it has.
         return Answer(200 if cancelled.stopped else 202, cancelled.release.to_dict())
 
-    return _post(context, request, frozenset(), run)
+    return _post(wiring, request, frozenset(), run)
 
 
-def roll_back(context: Context, request: Request, name: str) -> Response:
+def roll_back(wiring: Wiring, request: Request, name: str) -> Response:
     def run(post: Post) -> Answer:
         target = rollback_target(post.body)
-        return _submitted(release_commands.roll_back(context, name, target, post.actor, post.new_release_id))
+        return _submitted(release_commands.roll_back(wiring, name, target, post.actor, post.new_release_id))
 
-    return _post(context, request, frozenset({"to"}), run)
+    return _post(wiring, request, frozenset({"to"}), run)
 
 
-def list_pipelines(context: Context, request: Request) -> Response:
+def list_pipelines(wiring: Wiring, request: Request) -> Response:
     def run() -> Answer:
         _no_query(request)
-        statuses = release_queries.list_pipelines(context)
+        statuses = release_queries.list_pipelines(wiring)
         return Answer(200, {"pipelines": [_pipeline_status(status) for status in statuses]})
 
     return _respond(run)
 
 
-def get_pipeline(context: Context, request: Request, name: str) -> Response:
+def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
     def run() -> Answer:
         _no_query(request)
-        detail = release_queries.pipeline_detail(context, name)
+        detail = release_queries.pipeline_detail(wiring, name)
         slot = detail.status.slot
         body = _pipeline_status(detail.status)
         body["active_release"] = _named(detail.releases, slot.active)
@@ -243,7 +243,7 @@ def _named(releases: Mapping[str, Release], release_id: str | None) -> dict[str,
 
 
 def _post(
-    context: Context, request: Request, fields: frozenset[str], use_case: Callable[[Post], Answer]
+    wiring: Wiring, request: Request, fields: frozenset[str], use_case: Callable[[Post], Answer]
 ) -> Response:
     def run() -> Answer:
         _no_query(request)
@@ -255,18 +255,18 @@ def _post(
         post = Post(body=body, actor=caller(request), new_release_id=release_id)
         if key is None:
             return use_case(post)
-        return _answer_once(context, request, key, fingerprint, lambda: use_case(post))
+        return _answer_once(wiring, request, key, fingerprint, lambda: use_case(post))
 
     return _respond(run)
 
 
 def _answer_once(
-    context: Context, request: Request, key: str, fingerprint: str, answer: Callable[[], Answer]
+    wiring: Wiring, request: Request, key: str, fingerprint: str, answer: Callable[[], Answer]
 ) -> Answer:
     """Run a POST at most once per Idempotency-Key. The release id is derived from the key and
     request, so a retry that takes over the key of a request that died finds the release that
     request created instead of deploying again."""
-    ledger = context.store.request_ledger()
+    ledger = wiring.store.request_ledger()
     try:
         kept, replayed = ledger.answer_once(
             key, fingerprint, lambda: answer().to_json(), _longest_run(request)

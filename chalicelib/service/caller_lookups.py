@@ -6,32 +6,32 @@ from __future__ import annotations
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound, known_release_id
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release
-from chalicelib.service.context import Context
+from chalicelib.service.wiring import Wiring
 
 
-def release_named(context: Context, release_id: str) -> Release:
-    release = context.store.get_release(release_id) if known_release_id(release_id) else None
+def release_named(wiring: Wiring, release_id: str) -> Release:
+    release = wiring.store.get_release(release_id) if known_release_id(release_id) else None
     if release is None:
         raise NotFound(f"no release {release_id[:200]!r}")
     return release
 
 
-def pipeline_in_path(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
+def pipeline_in_path(wiring: Wiring, name: str) -> Pipeline:
+    pipeline = wiring.pipelines.named(name)
     if pipeline is None:
-        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(context)}")
+        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(wiring)}")
     return pipeline
 
 
-def pipeline_in_body(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
+def pipeline_in_body(wiring: Wiring, name: str) -> Pipeline:
+    pipeline = wiring.pipelines.named(name)
     if pipeline is None:
-        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
+        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(wiring)}")
     return pipeline
 
 
-def pipeline_of_release(context: Context, release: Release) -> Pipeline:
-    pipeline = context.pipelines.named(release.pipeline)
+def pipeline_of_release(wiring: Wiring, release: Release) -> Pipeline:
+    pipeline = wiring.pipelines.named(release.pipeline)
     if pipeline is None:
         raise ConflictingState(
             f"pipeline {release.pipeline!r} of release {release.id} is no longer configured"
@@ -39,5 +39,5 @@ def pipeline_of_release(context: Context, release: Release) -> Pipeline:
     return pipeline
 
 
-def _configured(context: Context) -> str:
-    return ", ".join(pipeline.name for pipeline in context.pipelines.pipelines)
+def _configured(wiring: Wiring) -> str:
+    return ", ".join(pipeline.name for pipeline in wiring.pipelines.pipelines)

@@ -25,11 +25,11 @@ from chalicelib.service.caller_lookups import (
     pipeline_of_release,
     release_named,
 )
-from chalicelib.service.context import Context
 from chalicelib.service.lane_commands import Cancellation, cancel_release, roll_back_pipeline, still_in_s3
 from chalicelib.service.ports import DeploymentAlreadyEnded
 from chalicelib.service.slot_flow import on_release
 from chalicelib.service.submission import submit
+from chalicelib.service.wiring import Wiring
 
 
 @dataclass(frozen=True)
@@ -42,10 +42,10 @@ class Submitted:
     created: bool
 
 
-def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Submitted:
+def deploy(wiring: Wiring, request: DeployRequest, actor: str, release_id: str) -> Submitted:
     """Deploy an object of a pipeline that is already in S3 (an upload that was missed, or an
     older object again)."""
-    pipeline = pipeline_in_body(context, request.pipeline)
+    pipeline = pipeline_in_body(wiring, request.pipeline)
     where = f"s3://{pipeline.bucket}/{pipeline.prefix}"
     if request.bucket is not None and request.bucket != pipeline.bucket:
         raise InvalidValue(
@@ -61,12 +61,12 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
             f"key {request.key[:200]!r} is not a CodeDeploy bundle: "
             "it must end in .zip, .tar, .tar.gz or .tgz"
         )
-    stored = context.artifacts.find(pipeline.bucket, request.key, request.version)
+    stored = wiring.artifacts.find(pipeline.bucket, request.key, request.version)
     if stored is None:
         version = f" version {request.version!r}" if request.version else ""
         raise InvalidValue(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
     return _submit(
-        context,
+        wiring,
         pipeline,
         stored.revision,
         trigger=Trigger.API,
@@ -76,17 +76,17 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
     )
 
 
-def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Submitted:
+def redeploy(wiring: Wiring, release_id: str, actor: str, new_release_id: str) -> Submitted:
     """Deploy the exact revision of an earlier release again, as a new release."""
-    original = release_named(context, release_id)
+    original = release_named(wiring, release_id)
     if not original.state.is_terminal:
         raise ConflictingState(
             f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
         )
-    pipeline = pipeline_of_release(context, original)
-    stored = still_in_s3(context, original)
+    pipeline = pipeline_of_release(wiring, original)
+    stored = still_in_s3(wiring, original)
     return _submit(
-        context,
+        wiring,
         pipeline,
         stored.revision,
         trigger=Trigger.API,
@@ -97,31 +97,31 @@ def redeploy(context: Context, release_id: str, actor: str, new_release_id: str)
 
 
 def roll_back(
-    context: Context, pipeline_name: str, to: str | None, actor: str, new_release_id: str
+    wiring: Wiring, pipeline_name: str, to: str | None, actor: str, new_release_id: str
 ) -> Submitted:
     """A new release of an earlier verified revision: ``to``, or the pipeline's last good one
     (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
-    pipeline = pipeline_in_path(context, pipeline_name)
-    release, created = roll_back_pipeline(context, pipeline, to, actor, new_release_id)
+    pipeline = pipeline_in_path(wiring, pipeline_name)
+    release, created = roll_back_pipeline(wiring, pipeline, to, actor, new_release_id)
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    return Submitted(context.store.get_release(release.id) or release, created)
+    return Submitted(wiring.store.get_release(release.id) or release, created)
 
 
-def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
+def cancel(wiring: Wiring, release_id: str, actor: str) -> Cancellation:
     """A waiting or verifying release stops at once (the lane decides); a deploying one asks
     CodeDeploy to stop, and CodeDeploy's STOP event then finishes it."""
-    cancellation = cancel_release(context, release_id, actor)
+    cancellation = cancel_release(wiring, release_id, actor)
     release = cancellation.release
     if cancellation.stopped:
         return cancellation
     assert release.deployment_id is not None  # the lane refuses a release still being started
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
     # on the instances this deployment already updated.
     auto_rollback = bool(pipeline and pipeline.rollback.on_deploy_failure)
     stop = {"task": "StopDeployment", "deployment_id": release.deployment_id, "auto_rollback": auto_rollback}
     try:
-        context.deployments.stop(release.deployment_id, auto_rollback)
+        wiring.deployments.stop(release.deployment_id, auto_rollback)
     except DeploymentAlreadyEnded:
         raise ConflictingState(
             f"CodeDeploy deployment {release.deployment_id} already ended; release {release.id} "
@@ -132,16 +132,16 @@ def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
         # itself answers the caller (chalicelib.http_api names its AWS code).
         detail = {**stop, "actor": actor, "aws_error": aws_error_code(refused), "error": str(refused)[:500]}
         try:
-            _record_on_deploying(context, release.id, EventType.TASK_FAILED, detail)
+            _record_on_deploying(wiring, release.id, EventType.TASK_FAILED, detail)
         except Exception:
             logger.exception("could not record the refused cancel", extra={"release_id": release.id})
         raise
-    scheduled = _record_on_deploying(context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
+    scheduled = _record_on_deploying(wiring, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
     return Cancellation(scheduled, stopped=False)
 
 
 def _record_on_deploying(
-    context: Context, release_id: str, event_type: EventType, detail: Mapping[str, Any]
+    wiring: Wiring, release_id: str, event_type: EventType, detail: Mapping[str, Any]
 ) -> Release:
     """One history event on a release that is still DEPLOYING (none once it moved on)."""
 
@@ -151,11 +151,11 @@ def _record_on_deploying(
         step = record(Step(release, ()), event_type, now=now, detail=dict(detail))
         return change_of([step])
 
-    return on_release(context, release_id, note) or release_named(context, release_id)
+    return on_release(wiring, release_id, note) or release_named(wiring, release_id)
 
 
 def _submit(
-    context: Context,
+    wiring: Wiring,
     pipeline: Pipeline,
     revision: Revision,
     *,
@@ -167,7 +167,7 @@ def _submit(
 ) -> Submitted:
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
         release, created = submit(
-            context,
+            wiring,
             Submission(
                 release_id=release_id,
                 pipeline=pipeline,
@@ -179,4 +179,4 @@ def _submit(
             ),
         )
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    return Submitted(context.store.get_release(release.id) or release, created)
+    return Submitted(wiring.store.get_release(release.id) or release, created)

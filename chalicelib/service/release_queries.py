@@ -14,7 +14,7 @@ from chalicelib.domain.release import HistoryEvent, Release, ReleaseState
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.caller_lookups import pipeline_in_body, pipeline_in_path, release_named
-from chalicelib.service.context import Context
+from chalicelib.service.wiring import Wiring
 
 # Instance statuses CodeDeploy is done with.
 _DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
@@ -55,19 +55,19 @@ class PipelineDetail:
     releases: Mapping[str, Release]
 
 
-def list_releases(context: Context, query: ListQuery) -> ReleasePage:
+def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
     """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
     query per pipeline, and the token (a position in time) works the same for one or all."""
     if query.pipeline is not None:
-        pipeline_in_body(context, query.pipeline)
+        pipeline_in_body(wiring, query.pipeline)
         names = [query.pipeline]
     else:
-        names = [pipeline.name for pipeline in context.pipelines.pipelines]
+        names = [pipeline.name for pipeline in wiring.pipelines.pipelines]
     # One more than asked says whether there is a next page.
     found = [
         release
         for name in names
-        for release in context.store.list_releases(name, query.limit + 1, query.before)
+        for release in wiring.store.list_releases(name, query.limit + 1, query.before)
     ]
     found.sort(key=_position, reverse=True)
     page = found[: query.limit]
@@ -80,12 +80,12 @@ def _position(release: Release) -> str:
     return f"{release.created_at.isoformat()}#{release.id}"
 
 
-def release_detail(context: Context, release_id: str) -> ReleaseDetail:
-    release = release_named(context, release_id)
-    return ReleaseDetail(release, context.store.history(release.id), _progress(context, release))
+def release_detail(wiring: Wiring, release_id: str) -> ReleaseDetail:
+    release = release_named(wiring, release_id)
+    return ReleaseDetail(release, wiring.store.history(release.id), _progress(wiring, release))
 
 
-def _progress(context: Context, release: Release) -> dict[str, Any] | None:
+def _progress(wiring: Wiring, release: Release) -> dict[str, Any] | None:
     """How far the release got: CodeDeploy's instance counts while deploying, the healthy
     streak while verifying."""
     if release.state is ReleaseState.VERIFYING and release.verification is not None:
@@ -99,7 +99,7 @@ def _progress(context: Context, release: Release) -> dict[str, Any] | None:
     if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
         return None
     try:
-        info = context.deployments.describe(release.deployment_id)
+        info = wiring.deployments.describe(release.deployment_id)
     except Exception:
         # Progress is a courtesy: the release itself was read, so answer without it.
         logger.warning("could not read the deployment's progress", extra={"release_id": release.id})
@@ -114,16 +114,16 @@ def _progress(context: Context, release: Release) -> dict[str, Any] | None:
     }
 
 
-def list_pipelines(context: Context) -> list[PipelineStatus]:
-    return [_pipeline_status(context, pipeline) for pipeline in context.pipelines.pipelines]
+def list_pipelines(wiring: Wiring) -> list[PipelineStatus]:
+    return [_pipeline_status(wiring, pipeline) for pipeline in wiring.pipelines.pipelines]
 
 
-def pipeline_detail(context: Context, name: str) -> PipelineDetail:
+def pipeline_detail(wiring: Wiring, name: str) -> PipelineDetail:
     """The pipeline with its slot, and the releases the slot names in full."""
-    status = _pipeline_status(context, pipeline_in_path(context, name))
-    releases = {release.id: release for release in context.store.get_releases(status.named_releases)}
+    status = _pipeline_status(wiring, pipeline_in_path(wiring, name))
+    releases = {release.id: release for release in wiring.store.get_releases(status.named_releases)}
     return PipelineDetail(status, releases)
 
 
-def _pipeline_status(context: Context, pipeline: Pipeline) -> PipelineStatus:
-    return PipelineStatus(pipeline, context.store.get_slot(pipeline.name))
+def _pipeline_status(wiring: Wiring, pipeline: Pipeline) -> PipelineStatus:
+    return PipelineStatus(pipeline, wiring.store.get_slot(pipeline.name))

@@ -506,7 +506,7 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
     """The root card is out but storing its thread fails twice (DynamoDB throttling, injected on
     the coordinator's own client): the thread is still stored, and no second card is posted."""
     release_id, _ = upload(world, "1.0.0")
-    dynamodb = bootstrap.context().store._client  # type: ignore[attr-defined]
+    dynamodb = bootstrap.wiring().store._client  # type: ignore[attr-defined]
     failures = {"left": 2}
 
     def throttle_thread_writes(params: dict[str, Any], **_: Any) -> None:
@@ -539,7 +539,7 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
 def dynamodb_calls() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """The coordinator's DynamoDB calls (operation, parameters) while the block runs: the store's
     and the delivery log's."""
-    context = bootstrap.context()
+    context = bootstrap.wiring()
     assert context.notifications is not None
     clients = {
         id(client): client
@@ -575,7 +575,7 @@ def test_a_batch_reads_its_release_once_and_confirms_each_delivery_with_the_next
 ) -> None:
     release_id, deployment_id = upload(world, "1.0.0")
     succeed(world, deployment_id)
-    run_checks(world, 2)
+    run_checks(world, 1)
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
     pump.publish(pump.stream_records())
     batch = pump.receive()
@@ -651,9 +651,9 @@ def test_a_stream_batch_queues_its_messages_together_and_is_retried_from_the_fir
 ) -> None:
     release_id, deployment_id = upload(world, "1.0.0")
     succeed(world, deployment_id)
-    run_checks(world, 2)
+    run_checks(world, 1)
     records = pump.stream_records()
-    notifications = bootstrap.context().notifications
+    notifications = bootstrap.wiring().notifications
     assert notifications is not None
     client = notifications.queue._client  # type: ignore[attr-defined]
     sends: list[int] = []

@@ -1,4 +1,6 @@
-"""What every use case receives: its adapters, the pipelines and a clock."""
+"""What every use case receives: its wiring (the adapters, the pipelines and a clock, built by
+chalicelib/bootstrap.py), and the retry of a write that lost a race. Named ``Wiring``, not
+``Context``, so it is never mistaken for the Lambda context a handler also receives."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ MAX_WRITE_ATTEMPTS = 40
 
 
 @dataclass(frozen=True)
-class Context:
+class Wiring:
     store: ReleaseStore
     artifacts: ArtifactStore
     deployments: Deployments
