@@ -141,6 +141,64 @@ def test_route_keys_survive_reordering_and_change_with_settings() -> None:
     assert route_key(SLACK).startswith("slack-")
 
 
+# One route of each kind, in each form a setting can take. The ids below were computed from this
+# file before the route settings were typed: a route's id names its delivery records and its Slack
+# threads, so the same file must give the same ids for as long as those records live.
+PINNED_ROUTES = """
+[[pipeline.notify]]
+kind = "slack"
+channel = "#deploys"
+token_parameter = "/relco/slack-token"
+on = ["started", "failed"]
+mention_on_failure = ["S0ONCALL", "U0LEAD"]
+authors = { "alice@acme.io" = "U0ALICE", "bob" = "W0BOB" }
+
+[[pipeline.notify]]
+kind = "slack"
+channel = "C0DEPLOYS1"
+token_secret = "relco/slack"
+mention_on_failure = []
+
+[[pipeline.notify]]
+kind = "slack_webhook"
+url_secret = "relco/slack-hook"
+
+[[pipeline.notify]]
+kind = "email"
+sender = "relco@acme.io"
+to = ["oncall@acme.io", "lead@acme.io"]
+
+[[pipeline.notify]]
+kind = "sns"
+topic_arn = "arn:aws:sns:eu-west-1:123456789012:deploys"
+
+[[pipeline.notify]]
+kind = "webhook"
+url = "https://hooks.acme.io/relco"
+signing_key_parameter = "/relco/signing-key"
+
+[[pipeline.notify]]
+kind = "webhook"
+url_parameter = "/relco/hook-url"
+signing_key_secret = "relco/signing-key"
+"""
+
+
+def test_route_ids_of_a_known_file_never_change(tmp_path: Path) -> None:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(VALID + PINNED_ROUTES, encoding="utf-8")
+    routes = load_pipelines(path).pipelines[0].notify
+    assert [route_key(route) for route in routes] == [
+        "slack-6e025483f3",
+        "slack-108c782d39",
+        "slack_webhook-b7072249a9",
+        "email-14438e6b53",
+        "sns-9b0e2dec56",
+        "webhook-b2200c5e21",
+        "webhook-598df6af59",
+    ]
+
+
 def test_notify_message_round_trip_and_limits() -> None:
     message = plan_messages(PIPELINE, streamed(event(EventType.EXECUTION_FAILED, ReleaseState.FAILED)))[0]
     assert NotifyMessage.from_message(message.to_message()) == message
