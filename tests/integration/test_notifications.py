@@ -29,6 +29,7 @@ from chalicelib.adapters.slack import SlackIncomingWebhook
 from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
 from chalicelib.domain.notifications import NotifyMessage, SlackThread
+from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, rollback_release_id
 from chalicelib.service.notification_ports import DeliveryRejected, NotQueued
 from sandbox import moto_extensions
@@ -698,7 +699,7 @@ def test_a_send_stops_at_the_first_call_that_fails(world: World) -> None:
             release_id="rel-1",
             pipeline="shop-prod",
             route="slack-0000000000",
-            notification="progress",
+            notification=Notification.PROGRESS,
             event=HistoryEvent(
                 id=number,
                 previous_event_id=number - 1,
