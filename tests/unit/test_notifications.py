@@ -12,6 +12,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.adapters.email import SesEmail
+from chalicelib.adapters.secrets import ParameterSecrets
+from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
+from chalicelib.adapters.sns import SnsTopics
+from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.notification_content import (
     LABELS,
@@ -38,6 +43,7 @@ from chalicelib.domain.notifications import (
 from chalicelib.domain.notify_routes import (
     EmailSettings,
     Notification,
+    NotifyKind,
     SecretRef,
     SlackMentions,
     SlackSettings,
@@ -53,6 +59,7 @@ from chalicelib.domain.release import (
     Revision,
     Trigger,
 )
+from chalicelib.service.notification_channels import channel_registry
 from chalicelib.service.notifications import RETRY_MAX_S, retry_delay_s
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -474,3 +481,16 @@ def test_a_stored_thread_keeps_the_event_that_opened_it_and_reads_older_forms() 
     opened = SlackThread("C0123", "1700000000.000100", opened_by=7)
     assert SlackThread.from_stored(opened.to_stored()) == opened
     assert SlackThread.from_stored("C0123/1700000000.000100") == SlackThread("C0123", "1700000000.000100")
+
+
+def test_every_kind_of_route_has_its_channel() -> None:
+    channels = channel_registry(
+        ParameterSecrets(lambda service: None),
+        slack=SlackWebApi(),
+        slack_webhook=SlackIncomingWebhook(),
+        email_sender=SesEmail(lambda: None),
+        sns=SnsTopics(lambda: None),
+        webhook=HttpWebhook(),
+    )
+    assert set(channels) == set(NotifyKind)
+    assert all(kind is channel.kind for kind, channel in channels.items())
