@@ -11,16 +11,16 @@ from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_even
 from chalicelib.domain.notifications import NotifyMessage, StreamedEvent
 from chalicelib.domain.verification import VerifyRequest
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.notification_ports import Receipt
 from chalicelib.service.notifications import DeliveryBatch, publish
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
 from chalicelib.service.verification import run_check
+from chalicelib.service.wiring import Wiring
 
 
-def artifact_event(context: Context, event: Any) -> dict[str, Any]:
+def artifact_event(wiring: Wiring, event: Any) -> dict[str, Any]:
     """Uploads from EventBridge, a classic S3 notification, or either in an SQS batch or an SNS
     notification. Every upload gets its turn; if one failed (throttling, a 5xx), the event fails
     after the others, so Lambda, or SQS for a batch, delivers it again: the uploads handled
@@ -37,7 +37,7 @@ def artifact_event(context: Context, event: Any) -> dict[str, Any]:
     failures: list[Exception] = []
     for upload in parsed.uploads:
         try:
-            release = handle_upload(context, upload)
+            release = handle_upload(wiring, upload)
         except Exception as error:
             logger.exception(
                 "upload not handled; the event is retried",
@@ -52,7 +52,7 @@ def artifact_event(context: Context, event: Any) -> dict[str, Any]:
     return {"releases": releases, "skipped": parsed.skipped}
 
 
-def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
+def codedeploy_event(wiring: Wiring, event: Any) -> dict[str, Any]:
     try:
         change = parse_codedeploy_event(event)
     except MalformedEvent as problem:
@@ -60,10 +60,10 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
         return {"release": None, "skipped": str(problem)}
     if change is None:
         return {"release": None, "skipped": "instance-level event"}
-    return {"release": handle_deployment_event(context, change), "skipped": None}
+    return {"release": handle_deployment_event(wiring, change), "skipped": None}
 
 
-def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def verify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
     fix it). ELBv2's errors are the check's to judge (recorded, retried on schedule or failing
     verification), never SQS's redelivery, which would dead-letter the check after five; a check
@@ -81,7 +81,7 @@ def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
             )
             return
         with logger.append_context_keys(release_id=request.release_id):
-            run_check(context, request)
+            run_check(wiring, request)
 
     response = process_partial_response(
         event=dict(event),
@@ -92,13 +92,13 @@ def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
     return dict(response)
 
 
-def scheduled_reconcile(context: Context) -> dict[str, Any]:
-    report = reconcile(context)
+def scheduled_reconcile(wiring: Wiring) -> dict[str, Any]:
+    report = reconcile(wiring)
     logger.info("reconcile finished", extra={"report": report})
     return report
 
 
-def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch of the table's stream records: the new history events become their notify
     messages, queued together. Other records are skipped; when messages cannot be queued, the
     record of the first event they came from is reported back (``ReportBatchItemFailures`` on
@@ -126,12 +126,12 @@ def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]
         if streamed is not None:
             events.append(streamed)
             sequence_numbers.append(record.dynamodb.sequence_number)
-    queued = publish(context, events)
+    queued = publish(wiring, events)
     retry_from = sequence_numbers[queued : queued + 1]
     return {"batchItemFailures": [{"itemIdentifier": number} for number in retry_from]}
 
 
-def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def notify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch from the FIFO notify queue. A message that fails is reported back with the rest of
     its group (its later events), while other groups, i.e. other routes and releases, go on. The
     batch's messages share their release reads and delivery-log writes (``DeliveryBatch``); the
@@ -140,7 +140,7 @@ def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
     from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-    deliveries = DeliveryBatch(context)
+    deliveries = DeliveryBatch(wiring)
 
     def deliver_record(record: SQSRecord) -> None:
         try:

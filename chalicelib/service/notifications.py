@@ -38,7 +38,6 @@ from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
-from chalicelib.service.context import Context
 from chalicelib.service.notification_ports import (
     Claim,
     DeliveryDeferred,
@@ -50,6 +49,7 @@ from chalicelib.service.notification_ports import (
     Receipt,
 )
 from chalicelib.service.slot_flow import on_release
+from chalicelib.service.wiring import Wiring
 
 # Transient failures come back after 5 s, 10 s, 20 s... (by receive count), at most 15 minutes.
 RETRY_BASE_S = 5
@@ -68,25 +68,25 @@ class DeliveryBusy(RuntimeError):
     """Another attempt is delivering this message right now; retried later, never posted twice."""
 
 
-def _adapters(context: Context) -> NotificationAdapters:
-    if context.notifications is None:
+def _adapters(wiring: Wiring) -> NotificationAdapters:
+    if wiring.notifications is None:
         raise NotificationsNotConfigured("NOTIFY_QUEUE_URL is not set: notifications are not wired")
-    return context.notifications
+    return wiring.notifications
 
 
-def publish(context: Context, streamed: Sequence[StreamedEvent]) -> int:
+def publish(wiring: Wiring, streamed: Sequence[StreamedEvent]) -> int:
     """Enqueue one message per route that receives each of these history events (in the stream's
     order), all in as few calls as the queue takes. Returns how many of the events, from the
     first, have every message queued: the caller hands the rest back to be retried."""
     planned = [
         (number, message)
         for number, event in enumerate(streamed)
-        for message in plan_messages(context.pipelines.named(event.pipeline), event)
+        for message in plan_messages(wiring.pipelines.named(event.pipeline), event)
     ]
     if not planned:
         return len(streamed)
     try:
-        _adapters(context).queue.send([message for _, message in planned])
+        _adapters(wiring).queue.send([message for _, message in planned])
     except NotQueued as problem:
         number, message = planned[problem.first]
         logger.warning(
@@ -118,8 +118,8 @@ class DeliveryBatch:
       post, email, SNS and webhooks may send again.
     """
 
-    def __init__(self, context: Context) -> None:
-        self._context = context
+    def __init__(self, wiring: Wiring) -> None:
+        self._wiring = wiring
         self._releases: dict[str, Release | None] = {}
         # Sent (or found to need no sending) and not yet recorded as delivered, with its log keys.
         self._unconfirmed: tuple[NotifyMessage, dict[str, Any]] | None = None
@@ -128,9 +128,9 @@ class DeliveryBatch:
         """Deliver one message to its route, once. Returns ``delivered``, ``duplicate``,
         ``skipped`` or ``dead_lettered``; raises when the message should come back later
         (``receipt`` then sets when)."""
-        context = self._context
-        adapters = _adapters(context)
-        route = find_route(context.pipelines.named(message.pipeline), message.route)
+        wiring = self._wiring
+        adapters = _adapters(wiring)
+        route = find_route(wiring.pipelines.named(message.pipeline), message.route)
         log_keys = {
             "route": message.route,
             "notification": message.notification,
@@ -186,10 +186,10 @@ class DeliveryBatch:
         """Confirm the batch's last delivery (the others were confirmed by the next claim)."""
         unconfirmed, self._unconfirmed = self._unconfirmed, None
         if unconfirmed is not None:
-            self._confirm(_adapters(self._context).deliveries, *unconfirmed)
+            self._confirm(_adapters(self._wiring).deliveries, *unconfirmed)
 
     def _claim(self, deliveries: DeliveryLog, message: NotifyMessage) -> Claim:
-        now = self._context.clock.now()
+        now = self._wiring.clock.now()
         unconfirmed, self._unconfirmed = self._unconfirmed, None
         if unconfirmed is not None:
             claim = deliveries.confirm_and_claim(unconfirmed[0], message, now)
@@ -200,7 +200,7 @@ class DeliveryBatch:
 
     def _confirm(self, deliveries: DeliveryLog, message: NotifyMessage, log_keys: dict[str, Any]) -> None:
         try:
-            deliveries.confirm(message, self._context.clock.now())
+            deliveries.confirm(message, self._wiring.clock.now())
         except Exception as error:
             # Sent but not recorded: a retry sends again where the channel offers no way to look
             # (email, SNS, webhooks). Say why, so the duplicate is explained.
@@ -212,7 +212,7 @@ class DeliveryBatch:
 
     def _release(self, release_id: str) -> Release | None:
         if release_id not in self._releases:
-            self._releases[release_id] = self._context.store.get_release(release_id)
+            self._releases[release_id] = self._wiring.store.get_release(release_id)
         return self._releases[release_id]
 
     def _send(
@@ -220,7 +220,7 @@ class DeliveryBatch:
     ) -> bool:
         """Render the notice and hand it to the route's channel; False when there was nothing to
         send. ``retaken``: an earlier attempt may have sent part of it."""
-        context = self._context
+        wiring = self._wiring
         release = self._release(message.release_id)
         if release is None:
             logger.warning(
@@ -230,13 +230,13 @@ class DeliveryBatch:
         channel = adapters.channels.get(route.kind)
         if channel is None:
             raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
-        history = context.store.history(release.id) if needs_history(message.notification) else []
+        history = wiring.store.history(release.id) if needs_history(message.notification) else []
         outgoing = Outgoing(
             message=message,
             notice=build_notice(release, message.event, message.notification, history),
             retaken=retaken,
             opens_thread=opens_thread(route, message.notification),
-            sent_at=context.clock.now(),
+            sent_at=wiring.clock.now(),
             remember_thread=functools.partial(self._remember_posted_thread, release, message.route),
         )
         return channel.send(route.channel, outgoing)
@@ -248,7 +248,7 @@ class DeliveryBatch:
         the next message reads it again)."""
         for attempt in range(REMEMBER_ATTEMPTS):
             try:
-                stored = _remember_thread(self._context, release, route, thread)
+                stored = _remember_thread(self._wiring, release, route, thread)
             except Exception:
                 if attempt == REMEMBER_ATTEMPTS - 1:
                     logger.exception(
@@ -265,7 +265,7 @@ class DeliveryBatch:
             return
 
 
-def _remember_thread(context: Context, release: Release, route: str, thread: SlackThread) -> Release | None:
+def _remember_thread(wiring: Wiring, release: Release, route: str, thread: SlackThread) -> Release | None:
     """Store the thread on the release through the versioned write, first on the release the
     card was rendered from: a transition racing with it fails the write, and the retry reads
     afresh (and keeps the transition) instead of erasing it."""
@@ -276,4 +276,4 @@ def _remember_thread(context: Context, release: Release, route: str, thread: Sla
         threads = {**current.notification_threads, route: thread.to_stored()}
         return Change(releases=[replace(current, notification_threads=threads)])
 
-    return on_release(context, release.id, remember, known=release)
+    return on_release(wiring, release.id, remember, known=release)

@@ -12,19 +12,19 @@ from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import Release, Trigger, bundle_type_of, upload_release_id
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.submission import submit
+from chalicelib.service.wiring import Wiring
 
 METRICS_NAMESPACE = "ReleaseCoordinator"
 SERVICE = "release-coordinator"
 
 
-def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
+def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
     """Record the upload as a release and start or queue it. Returns the release, or None when
     the upload is not for any pipeline or the object is gone."""
     # Match before any S3 call: uploads outside every pipeline cost nothing and need no access.
-    candidates = [key for key in upload.key_candidates if context.pipelines.for_upload(upload.bucket, key)]
+    candidates = [key for key in upload.key_candidates if wiring.pipelines.for_upload(upload.bucket, key)]
     if not candidates:
         logger.info(
             "upload matches no pipeline; ignored",
@@ -39,7 +39,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
         )
         return None
     try:
-        stored = _resolve(context, upload.bucket, bundles, upload.version_id)
+        stored = _resolve(wiring, upload.bucket, bundles, upload.version_id)
     except ArtifactAccessDenied as denied:
         _report_access_denied(denied)
         raise
@@ -50,13 +50,13 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
         )
         return None
     revision = stored.revision
-    pipeline = context.pipelines.for_upload(revision.bucket, revision.key)
+    pipeline = wiring.pipelines.for_upload(revision.bucket, revision.key)
     if pipeline is None:  # only the candidates that matched were resolved
         return None
     release_id = upload_release_id(revision)
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name):
         release, _ = submit(
-            context,
+            wiring,
             Submission(
                 release_id=release_id,
                 pipeline=pipeline,
@@ -70,7 +70,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
         return release
 
 
-def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
+def _resolve(wiring: Wiring, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
     """The object as S3 has it, trying each spelling of the key the event may have used, so two
     deliveries of one upload in different encodings are one release. A spelling S3 denies does
     not end the search (a role without s3:ListBucket gets 403 for the spelling that does not
@@ -78,7 +78,7 @@ def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | N
     denied: ArtifactAccessDenied | None = None
     for key in keys:
         try:
-            stored = context.artifacts.find(bucket, key, version_id)
+            stored = wiring.artifacts.find(bucket, key, version_id)
         except ArtifactAccessDenied as refusal:
             denied = denied or refusal
             continue

@@ -29,21 +29,21 @@ from chalicelib.domain.verification import (
     plan_verification,
 )
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import DeploymentInfo
 from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release
+from chalicelib.service.wiring import Wiring
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
 
 
-def begin_verification(context: Context, release: Release, info: DeploymentInfo) -> Release | None:
+def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
     """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason."""
     deployment_id = info.deployment_id
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     if pipeline is None or not info.target_group_names:
         return finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.SUCCEEDED,
             reason=(
@@ -54,28 +54,28 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
             pipeline=release.pipeline,
         )
     try:
-        groups = context.load_balancing.target_groups(info.target_group_names)
+        groups = wiring.load_balancing.target_groups(info.target_group_names)
     except LoadBalancerError as error:
         if not error.permanent:
             # The event's retry, or reconcile after it, asks again; the release stays DEPLOYING.
             logger.warning("could not read the target groups; retried", extra={"why": str(error)})
             raise
         why = f"cannot verify deployment {deployment_id}: {error}"
-        return _fail_verification(context, release, deployment_id, why, aws_code=error.code)
-    instances = context.deployments.instance_ids(deployment_id, "Succeeded")
+        return _fail_verification(wiring, release, deployment_id, why, aws_code=error.code)
+    instances = wiring.deployments.instance_ids(deployment_id, "Succeeded")
     if not instances:
         why = (
             f"cannot verify deployment {deployment_id}: "
             "CodeDeploy reports no instance that deployed successfully"
         )
-        return _fail_verification(context, release, deployment_id, why)
-    now = context.clock.now()
+        return _fail_verification(wiring, release, deployment_id, why)
+    now = wiring.clock.now()
     verification = plan_verification(pipeline.verify, groups, instances, now)
     # The first check runs now, in the write that enters VERIFYING: AllowTraffic has just waited
     # for each instance to pass its target groups' health checks, so this is the moment to look,
     # and it saves a message, a read and a write per release.
     first = VerifyRequest(release.id, deployment_id, 1, pipeline=release.pipeline)
-    judgement = _judge(context, verification, now)
+    judgement = _judge(wiring, verification, now)
     checked_in_same_write = judgement.outcome in (Outcome.CONTINUE, Outcome.BAKE)
 
     def enter_verifying(current: Release, now: datetime) -> Change | None:
@@ -101,23 +101,23 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
             moved = annotate(moved, _check_annotation(judgement, first.check), now)
         return change_of([moved])
 
-    verifying = on_release(context, release.id, enter_verifying, known=release)
+    verifying = on_release(wiring, release.id, enter_verifying, known=release)
     if verifying is None:
         return None
     logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
     if not checked_in_same_write:
         # The first check decided the release (verified, or unverifiable): end it as a check
         # from the queue would.
-        return _apply(context, verifying, first, judgement, None)
+        return _apply(wiring, verifying, first, judgement, None)
     checked = judgement.verification
-    context.verify_queue.schedule(
-        *next_request(release.id, deployment_id, release.pipeline, checked, context.clock.now())
+    wiring.verify_queue.schedule(
+        *next_request(release.id, deployment_id, release.pipeline, checked, wiring.clock.now())
     )
     return verifying
 
 
 def _fail_verification(
-    context: Context,
+    wiring: Wiring,
     release: Release,
     deployment_id: str,
     why: str,
@@ -128,12 +128,12 @@ def _fail_verification(
 ) -> Release | None:
     """FAILED ``verify_failed``, rolled back as the pipeline says. ``known``: the lane as the
     caller just read it with the release."""
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     detail: dict[str, Any] = {"failure": "verify_failed", "deployment_id": deployment_id}
     if aws_code:
         detail["error_code"] = aws_code
     return finish(
-        context,
+        wiring,
         release.id,
         ReleaseState.FAILED,
         reason=f"verify_failed: {why}",
@@ -145,16 +145,16 @@ def _fail_verification(
     )
 
 
-def run_check(context: Context, request: VerifyRequest) -> Release | None:
+def run_check(wiring: Wiring, request: VerifyRequest) -> Release | None:
     """One health check, from the verify queue. Duplicate and stale messages are dropped.
 
     The release is read with its lane (the message names the pipeline): a check that ends the
     release frees the slot on that same read."""
     lane: LaneRead | None = None
     if request.pipeline is None:
-        release = context.store.get_release(request.release_id)
+        release = wiring.store.get_release(request.release_id)
     else:
-        lane = context.store.read_lane(request.pipeline, [request.release_id])
+        lane = wiring.store.read_lane(request.pipeline, [request.release_id])
         release = lane[1].get(request.release_id)
         if release is not None and release.pipeline != request.pipeline:
             lane = None  # a message naming another pipeline: its slot is not this release's
@@ -175,23 +175,23 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
             extra={**request.to_message(), "checks_done": verification.checks_done},
         )
         return release
-    now = context.clock.now()
+    now = wiring.clock.now()
     hop_s = request.hop_s(now)
     if hop_s:
         # Due later than SQS can delay a message: send it on until it is due.
-        context.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
+        wiring.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
         logger.info("health check not due yet; sent on", extra={**request.to_message(), "wait_s": hop_s})
         return release
-    return _apply(context, release, request, _judge(context, verification, now), lane)
+    return _apply(wiring, release, request, _judge(wiring, verification, now), lane)
 
 
-def _judge(context: Context, verification: Verification, now: datetime) -> Judgement:
+def _judge(wiring: Wiring, verification: Verification, now: datetime) -> Judgement:
     """Read the deployed targets' health in every target group and judge it."""
     try:
         health = [
             entry
             for arn in verification.target_group_arns
-            for entry in context.load_balancing.target_health(arn, verification.instance_ids)
+            for entry in wiring.load_balancing.target_health(arn, verification.instance_ids)
         ]
     except LoadBalancerError as error:
         logger.warning(
@@ -226,14 +226,14 @@ def _check_annotation(judgement: Judgement, check: int) -> Annotation:
 
 
 def _apply(
-    context: Context, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
+    wiring: Wiring, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
 ) -> Release | None:
     check = _check_annotation(judgement, request.check)
     verification = judgement.verification
     if judgement.outcome is Outcome.VERIFIED:
         baked = f" and again after {verification.bake_s}s of baking" if verification.bake_s else ""
         return finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.SUCCEEDED,
             reason=(
@@ -249,7 +249,7 @@ def _apply(
     if judgement.outcome is Outcome.UNVERIFIABLE:
         why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         why = (
@@ -258,7 +258,7 @@ def _apply(
             else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
         )
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
 
     def record_check(current: Release, now: datetime) -> Change | None:
@@ -267,15 +267,15 @@ def _apply(
         return change_of([annotate(Step(current, ()), check, now)])
 
     # The release as this check read it: a copy stale by now fails the write and is read again.
-    checked = on_release(context, release.id, record_check, known=release)
+    checked = on_release(wiring, release.id, record_check, known=release)
     if checked is not None:
-        context.verify_queue.schedule(
+        wiring.verify_queue.schedule(
             *next_request(
                 release.id,
                 request.deployment_id,
                 release.pipeline,
                 judgement.verification,
-                context.clock.now(),
+                wiring.clock.now(),
             )
         )
     return checked
@@ -290,16 +290,16 @@ def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
     return shown + more
 
 
-def resend_overdue_checks(context: Context, release: Release) -> bool:
+def resend_overdue_checks(wiring: Wiring, release: Release) -> bool:
     """Reconcile: a VERIFYING release whose checks stopped arriving (its message was lost) gets
     its next check re-sent. A late original is dropped by its check number."""
     verification: Verification | None = release.verification
     if release.deployment_id is None or verification is None:
         return False
-    now = context.clock.now()
+    now = wiring.clock.now()
     if not verification.overdue(now):
         return False
     request, delay_s = next_request(release.id, release.deployment_id, release.pipeline, verification, now)
-    context.verify_queue.schedule(request, delay_s)
+    wiring.verify_queue.schedule(request, delay_s)
     logger.info("re-sent an overdue health check", extra=request.to_message())
     return True

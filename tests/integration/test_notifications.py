@@ -525,7 +525,7 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
     """The root card is out but storing its thread fails twice (DynamoDB throttling, injected on
     the coordinator's own client): the thread is still stored, and no second card is posted."""
     release_id, _ = upload(world, "1.0.0")
-    dynamodb = bootstrap.context().store._client  # type: ignore[attr-defined]
+    dynamodb = bootstrap.wiring().store._client  # type: ignore[attr-defined]
     failures = {"left": 2}
 
     def throttle_thread_writes(params: dict[str, Any], **_: Any) -> None:
@@ -558,7 +558,7 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
 def dynamodb_calls() -> Iterator[list[tuple[str, dict[str, Any]]]]:
     """The coordinator's DynamoDB calls (operation, parameters) while the block runs: the store's
     and the delivery log's."""
-    context = bootstrap.context()
+    context = bootstrap.wiring()
     assert context.notifications is not None
     clients = {
         id(client): client
@@ -672,7 +672,7 @@ def test_a_stream_batch_queues_its_messages_together_and_is_retried_from_the_fir
     succeed(world, deployment_id)
     run_checks(world, 2)
     records = pump.stream_records()
-    notifications = bootstrap.context().notifications
+    notifications = bootstrap.wiring().notifications
     assert notifications is not None
     client = notifications.queue._client  # type: ignore[attr-defined]
     sends: list[int] = []
