@@ -86,6 +86,7 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
     from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
     from chalicelib.adapters.sns import SnsTopics
     from chalicelib.adapters.webhook import HttpWebhook
+    from chalicelib.service.notification_channels import channel_registry
 
     queue_url = os.environ.get("NOTIFY_QUEUE_URL")
     if not queue_url:
@@ -99,12 +100,14 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
     return NotificationAdapters(
         queue=SqsNotifyQueue(client("sqs"), queue_url, dead_letter_url),
         deliveries=DynamoDeliveryLog(client("dynamodb"), table),
-        secrets=ParameterSecrets(client),
-        slack=SlackWebApi(base_url=os.environ.get("SLACK_API_URL") or None),
-        slack_webhook=SlackIncomingWebhook(),
-        email=SesEmail(lambda: client("ses")),
-        sns=SnsTopics(lambda: client("sns")),
-        webhook=HttpWebhook(),
+        channels=channel_registry(
+            ParameterSecrets(client),
+            slack=SlackWebApi(base_url=os.environ.get("SLACK_API_URL") or None),
+            slack_webhook=SlackIncomingWebhook(),
+            email_sender=SesEmail(lambda: client("ses")),
+            sns=SnsTopics(lambda: client("sns")),
+            webhook=HttpWebhook(),
+        ),
     )
 
 

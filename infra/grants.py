@@ -14,7 +14,7 @@ with no policy.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from infra import stack
@@ -51,7 +51,7 @@ class Scope:
 
 
 def pipeline_scope(stage: str, pipelines: Any) -> Scope:
-    from chalicelib.domain.notifications import secret_ref
+    from chalicelib.domain.notify_routes import EmailSettings, SecretRef, SnsSettings
 
     object_arns, groups, applications, configs = {}, {}, {}, {}
     parameters: dict[str, dict[str, str]] = {}
@@ -71,30 +71,27 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
             "codedeploy", f"deploymentconfig:{pipeline.deployment_config}"
         )
         for route in pipeline.notify:
-            for name in route.settings:
-                for suffix in ("_parameter", "_secret"):
-                    if not name.endswith(suffix):
-                        continue
-                    ref = secret_ref(route.settings, name.removesuffix(suffix))
-                    if ref is None:
-                        continue
-                    if ref.source == "ssm":
-                        # Names with a path start with "/", which the ARN does not repeat.
-                        parameters[ref.name] = arn("ssm", f"parameter/{ref.name.lstrip('/')}")
-                    elif ref.name.startswith("arn:"):
-                        secrets[ref.name] = ref.name
-                    else:
-                        # Secrets Manager appends six random characters to a secret's ARN.
-                        secrets[ref.name] = arn("secretsmanager", f"secret:{ref.name}-??????")
-            if route.kind == "email":
-                sender = str(route.settings["sender"])
+            channel = route.channel
+            for field in fields(channel):
+                ref = getattr(channel, field.name)
+                if not isinstance(ref, SecretRef):
+                    continue
+                if ref.source == "ssm":
+                    # Names with a path start with "/", which the ARN does not repeat.
+                    parameters[ref.name] = arn("ssm", f"parameter/{ref.name.lstrip('/')}")
+                elif ref.name.startswith("arn:"):
+                    secrets[ref.name] = ref.name
+                else:
+                    # Secrets Manager appends six random characters to a secret's ARN.
+                    secrets[ref.name] = arn("secretsmanager", f"secret:{ref.name}-??????")
+            if isinstance(channel, EmailSettings):
                 # SES authorizes against the identity that verified the sender: the address
                 # itself, or its domain.
-                identities[sender] = arn("ses", f"identity/{sender}")
-                domain = sender.rsplit("@", 1)[-1]
+                identities[channel.sender] = arn("ses", f"identity/{channel.sender}")
+                domain = channel.sender.rsplit("@", 1)[-1]
                 identities[domain] = arn("ses", f"identity/{domain}")
-            if route.kind == "sns":
-                topics.add(str(route.settings["topic_arn"]))
+            if isinstance(channel, SnsSettings):
+                topics.add(channel.topic_arn)
     return Scope(
         stage=stage,
         object_arns=tuple(object_arns[key] for key in sorted(object_arns)),

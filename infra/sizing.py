@@ -49,8 +49,9 @@ RECONCILE_PERIOD_S = 300
 
 def slack_call_worst_s() -> float:
     """One Slack Web API call at its worst (chalicelib/adapters/slack.py): an attempt answered with a
-    short 429 after the full timeout, the inline wait, then the call again with slack_sdk's server
-    error retries, every attempt taking the full timeout, with the backoff between them (the
+    short 429 after the full timeout, the inline wait (slack_sdk's ``RateLimitErrorRetryHandler``
+    sleeps ``Retry-After`` plus up to 1 s of random jitter), then the call again with slack_sdk's
+    server error retries, every attempt taking the full timeout, with the backoff between them (the
     backoff calculator's ``factor x 2^attempt`` plus up to 1 s of random jitter)."""
     from chalicelib.adapters import slack
 
@@ -60,7 +61,7 @@ def slack_call_worst_s() -> float:
         handler.interval_calculator.backoff_factor * 2**attempt + 1.0 for attempt in range(attempts - 1)
     )
     one_call = attempts * slack.TIMEOUT_S + backoff
-    return float(slack.TIMEOUT_S + slack.INLINE_RETRY_AFTER_S + one_call)
+    return float(slack.TIMEOUT_S + slack.INLINE_RETRY_AFTER_S + 1.0 + one_call)
 
 
 # Slack calls one notification makes at most: edit the root card and reply in its thread, or post

@@ -159,12 +159,14 @@ def _queues(sqs: Any, sizes: Mapping[str, Sizing]) -> dict[str, str]:
 
 def _verify_email_senders(session: Any, pipelines: PipelinesConfig) -> None:
     """SES sends only from verified identities: verify every sender an email route names."""
+    from chalicelib.domain.notify_routes import EmailSettings
+
     senders = sorted(
         {
-            str(route.settings["sender"])
+            route.channel.sender
             for pipeline in pipelines.pipelines
             for route in pipeline.notify
-            if route.kind == "email"
+            if isinstance(route.channel, EmailSettings)
         }
     )
     if not senders:

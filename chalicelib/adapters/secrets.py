@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.domain.notifications import SecretRef
+from chalicelib.domain.notify_routes import SecretRef
 from chalicelib.service.notification_ports import DeliveryRejected
 
 ClientFactory = Callable[[str], Any]

@@ -3,9 +3,10 @@ webhooks. ``slack_sdk`` loads on first use (cold start budget).
 
 Failures are sorted for the delivery use case:
 
-* HTTP 429: a ``Retry-After`` of at most ``INLINE_RETRY_AFTER_S`` is waited out here and the call
-  made once more (keeps the thread in order at little cost); a longer one raises
-  ``DeliveryDeferred`` so the message comes back after it, without holding the Lambda.
+* HTTP 429: a ``Retry-After`` of at most ``INLINE_RETRY_AFTER_S`` is waited out by slack_sdk's
+  rate limit retry handler and the call made once more (keeps the thread in order at little
+  cost); a longer one, or a second 429, raises ``DeliveryDeferred`` so the message comes back
+  after it, without holding the Lambda.
 * HTTP 5xx: retried here with backoff by slack_sdk's ``ServerErrorRetryHandler``; what still fails
   propagates and SQS retries with backoff.
 * Timeouts and connection errors propagate without an inline retry: Slack may have posted
@@ -26,17 +27,15 @@ from __future__ import annotations
 import functools
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from chalicelib.domain.notifications import SlackPostMark, SlackThread
 from chalicelib.log import logger
 from chalicelib.service.notification_ports import DeliveryDeferred, DeliveryRejected
 
-T = TypeVar("T")
-
+# The longest Retry-After waited out inside a call; slack_sdk adds up to a second of jitter.
 INLINE_RETRY_AFTER_S = 2
 TIMEOUT_S = 10
 # Slack recommends pages of at most 200 for its cursor-paginated methods.
@@ -74,17 +73,6 @@ _SILENT = logging.getLogger("release-coordinator.slack-sdk")
 _SILENT.disabled = True
 
 
-def _retry_after(headers: Mapping[str, Any] | None) -> int:
-    for name, value in (headers or {}).items():
-        if name.lower() == "retry-after":
-            raw = value[0] if isinstance(value, list) else value
-            try:
-                return max(0, int(raw))
-            except (TypeError, ValueError):
-                break
-    return 1
-
-
 def _server_error_retries() -> list[Any]:
     from slack_sdk.http_retry.builtin_handlers import ServerErrorRetryHandler
     from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
@@ -94,36 +82,20 @@ def _server_error_retries() -> list[Any]:
     ]
 
 
-def _deferred(retry_after: int) -> DeliveryDeferred:
+def _retry_handlers() -> list[Any]:
+    """Server errors retried with backoff; a short rate limit waited out once."""
+    from chalicelib.adapters.slack_retries import ShortRateLimitRetryHandler
+
+    return [*_server_error_retries(), ShortRateLimitRetryHandler(INLINE_RETRY_AFTER_S)]
+
+
+def _deferred(headers: Mapping[str, Any] | None) -> DeliveryDeferred:
+    """A 429 not waited out: the message comes back after Slack's Retry-After (1 s without one)."""
+    from chalicelib.adapters.slack_retries import retry_after_s
+
+    wait = retry_after_s(headers)
+    retry_after = 1 if wait is None else wait
     return DeliveryDeferred(f"Slack rate limited: retry after {retry_after}s", retry_after)
-
-
-def _waiting_out_short_rate_limits(
-    call: Callable[[], T], rate_limited: Callable[[Exception], int | None]
-) -> T:
-    """Run ``call``; after a short 429 wait and run it once more; a long or a second 429 defers."""
-    try:
-        return call()
-    except Exception as error:
-        wait = rate_limited(error)
-        if wait is None:
-            raise
-        if wait > INLINE_RETRY_AFTER_S:
-            raise _deferred(wait) from None
-    time.sleep(wait)
-    try:
-        return call()
-    except Exception as error:
-        again = rate_limited(error)
-        if again is None:
-            raise
-        raise _deferred(again) from None
-
-
-class _WebhookRateLimited(Exception):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(retry_after)
-        self.retry_after = retry_after
 
 
 class SlackWebApi:
@@ -144,7 +116,7 @@ class SlackWebApi:
                 token=token,
                 base_url=self._base_url or WebClient.BASE_URL,
                 timeout=self._timeout_s,
-                retry_handlers=_server_error_retries(),
+                retry_handlers=_retry_handlers(),
                 logger=_SILENT,
             )
             self._clients[token] = client
@@ -258,14 +230,11 @@ class SlackWebApi:
     def _call(self, method: str, call: Callable[[], Any]) -> Any:
         from slack_sdk.errors import SlackApiError
 
-        def rate_limited(error: Exception) -> int | None:
-            if isinstance(error, SlackApiError) and error.response.status_code == 429:
-                return _retry_after(error.response.headers)
-            return None
-
         try:
-            return _waiting_out_short_rate_limits(call, rate_limited)
+            return call()
         except SlackApiError as error:
+            if error.response.status_code == 429:
+                raise _deferred(error.response.headers) from None
             code = str(error.response.get("error") or "")
             if code in PERMANENT_ERRORS:
                 raise DeliveryRejected(f"Slack {method}: {code}") from None
@@ -293,20 +262,12 @@ class SlackIncomingWebhook:
     def send(self, url: str, text: str, blocks: Sequence[Mapping[str, object]]) -> None:
         from slack_sdk.webhook import WebhookClient
 
-        client = WebhookClient(
-            url, timeout=self._timeout_s, retry_handlers=_server_error_retries(), logger=_SILENT
-        )
-
-        def post() -> None:
-            response = client.send(text=text, blocks=[dict(block) for block in blocks] or None)
-            status = response.status_code
-            if status == 429:
-                raise _WebhookRateLimited(_retry_after(response.headers))
-            if 400 <= status < 500 and status not in _WEBHOOK_TRANSIENT_STATUSES:
-                raise DeliveryRejected(f"Slack webhook: HTTP {status} {str(response.body)[:100]}")
-            if status >= 300:
-                raise RuntimeError(f"Slack webhook: HTTP {status}")
-
-        _waiting_out_short_rate_limits(
-            post, lambda error: error.retry_after if isinstance(error, _WebhookRateLimited) else None
-        )
+        client = WebhookClient(url, timeout=self._timeout_s, retry_handlers=_retry_handlers(), logger=_SILENT)
+        response = client.send(text=text, blocks=[dict(block) for block in blocks] or None)
+        status = response.status_code
+        if status == 429:
+            raise _deferred(response.headers)
+        if 400 <= status < 500 and status not in _WEBHOOK_TRANSIENT_STATUSES:
+            raise DeliveryRejected(f"Slack webhook: HTTP {status} {str(response.body)[:100]}")
+        if status >= 300:
+            raise RuntimeError(f"Slack webhook: HTTP {status}")

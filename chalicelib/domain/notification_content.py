@@ -14,21 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from chalicelib.domain.notifications import PROGRESS
+from chalicelib.domain.notify_routes import Notification, SlackMentions
 from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
 
-LABELS: Mapping[str, str] = {
-    "started": "STARTED",
-    "queued": "QUEUED",
-    "superseded": "SUPERSEDED",
-    "succeeded": "SUCCEEDED",
-    "failed": "FAILED",
-    "verify_failed": "VERIFY FAILED",
-    "rolled_back": "ROLLED BACK",
-    "stopped": "STOPPED",
-    PROGRESS: "VERIFYING",
+LABELS: Mapping[Notification, str] = {
+    Notification.STARTED: "STARTED",
+    Notification.QUEUED: "QUEUED",
+    Notification.SUPERSEDED: "SUPERSEDED",
+    Notification.SUCCEEDED: "SUCCEEDED",
+    Notification.FAILED: "FAILED",
+    Notification.VERIFY_FAILED: "VERIFY FAILED",
+    Notification.ROLLED_BACK: "ROLLED BACK",
+    Notification.STOPPED: "STOPPED",
+    Notification.PROGRESS: "VERIFYING",
 }
-FAILURES = frozenset({"failed", "verify_failed"})
+FAILURES = frozenset(notification for notification in Notification if notification.is_failure)
 _CARD_STATES: Mapping[ReleaseState, tuple[str, str]] = {
     ReleaseState.RECEIVED: (":inbox_tray:", "Received"),
     ReleaseState.QUEUED: (":hourglass_flowing_sand:", "Queued"),
@@ -39,16 +39,16 @@ _CARD_STATES: Mapping[ReleaseState, tuple[str, str]] = {
     ReleaseState.STOPPED: (":black_square_for_stop:", "Stopped"),
     ReleaseState.SUPERSEDED: (":fast_forward:", "Superseded"),
 }
-_REPLY_EMOJI: Mapping[str, str] = {
-    "started": ":rocket:",
-    "queued": ":hourglass_flowing_sand:",
-    "superseded": ":fast_forward:",
-    "succeeded": ":white_check_mark:",
-    "failed": ":x:",
-    "verify_failed": ":x:",
-    "rolled_back": ":leftwards_arrow_with_hook:",
-    "stopped": ":black_square_for_stop:",
-    PROGRESS: ":mag:",
+_REPLY_EMOJI: Mapping[Notification, str] = {
+    Notification.STARTED: ":rocket:",
+    Notification.QUEUED: ":hourglass_flowing_sand:",
+    Notification.SUPERSEDED: ":fast_forward:",
+    Notification.SUCCEEDED: ":white_check_mark:",
+    Notification.FAILED: ":x:",
+    Notification.VERIFY_FAILED: ":x:",
+    Notification.ROLLED_BACK: ":leftwards_arrow_with_hook:",
+    Notification.STOPPED: ":black_square_for_stop:",
+    Notification.PROGRESS: ":mag:",
 }
 # Block Kit limits: header 150 characters, section text 3000, a field 2000.
 _HEADER_LIMIT = 150
@@ -67,7 +67,7 @@ _COMMIT_SHOWN = 12
 class Notice:
     release: Release
     event: HistoryEvent
-    notification: str
+    notification: Notification
     # Diagnostics recorded with a failure: per failed instance (hook, script, log tail), and the
     # targets the last health check found not healthy.
     failed_instances: tuple[Mapping[str, Any], ...] = ()
@@ -75,7 +75,7 @@ class Notice:
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.notification, self.notification.upper())
+        return LABELS[self.notification]
 
     @property
     def title(self) -> str:
@@ -95,13 +95,13 @@ class Email:
     html: str
 
 
-def needs_history(notification: str) -> bool:
+def needs_history(notification: Notification) -> bool:
     """Only a failure's notice carries diagnostics, which live in earlier history events."""
-    return notification in FAILURES
+    return notification.is_failure
 
 
 def build_notice(
-    release: Release, event: HistoryEvent, notification: str, history: Sequence[HistoryEvent] = ()
+    release: Release, event: HistoryEvent, notification: Notification, history: Sequence[HistoryEvent] = ()
 ) -> Notice:
     """The notice for ``event``, with the diagnostics the history recorded up to it: the last
     CodeDeploy failure's instances and the last health check's unhealthy targets."""
@@ -115,9 +115,9 @@ def build_notice(
             failed_instances = tuple(earlier.detail.get("failed_instances") or ())
         elif task == "HealthCheck":
             not_healthy = tuple(earlier.detail.get("not_healthy") or ())
-    if notification == "verify_failed":
+    if notification is Notification.VERIFY_FAILED:
         failed_instances = ()
-    elif notification == "failed":
+    elif notification is Notification.FAILED:
         not_healthy = ()
     return Notice(release, event, notification, failed_instances, not_healthy)
 
@@ -143,14 +143,14 @@ def duration(release: Release) -> str:
     return f"{seconds}s"
 
 
-def mentions(settings: Mapping[str, Any], notice: Notice) -> list[str]:
+def mentions(route: SlackMentions, notice: Notice) -> list[str]:
     """Who a failure pings: the route's ``mention_on_failure`` ids and the upload's author, when
     the route's ``authors`` map knows them. User groups (``S...``) use the subteam syntax."""
-    if notice.notification not in FAILURES:
+    if not notice.notification.is_failure:
         return []
-    ids = list(settings.get("mention_on_failure") or [])
+    ids = list(route.mention_on_failure or ())
     author = notice.release.metadata.get("author") or notice.release.actor
-    mapped = (settings.get("authors") or {}).get(author) if author else None
+    mapped = (route.authors or {}).get(author) if author else None
     if mapped:
         ids.append(mapped)
     unique = list(dict.fromkeys(ids))
@@ -303,8 +303,8 @@ def _progress_line(event: HistoryEvent) -> str:
 
 def slack_reply(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
     """The thread reply for one transition: what happened and why, with a failure's details."""
-    emoji = _REPLY_EMOJI.get(notice.notification, ":information_source:")
-    if notice.notification == PROGRESS:
+    emoji = _REPLY_EMOJI[notice.notification]
+    if notice.notification is Notification.PROGRESS:
         headline = _progress_line(notice.event)
     else:
         reason = notice.event.detail.get("reason") or notice.release.reason

@@ -14,14 +14,9 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent
+from chalicelib.domain.notify_routes import Notification, NotifyKind
 from chalicelib.domain.pipelines import NotifyRoute, Pipeline
 from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, Trigger
-
-# Not one of the events a route subscribes to: a step inside a release (verification begins)
-# that only a Slack thread already following the release shows.
-PROGRESS = "progress"
-# A Slack bot route keeps one thread per release up to date; every other kind posts once per event.
-THREADED_KIND = "slack"
 
 
 @dataclass(frozen=True)
@@ -34,7 +29,7 @@ class StreamedEvent:
     event: HistoryEvent
 
 
-def notification_for(event: HistoryEvent, trigger: Trigger | None) -> str | None:
+def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notification | None:
     """The notification a history event stands for, or None when it stands for none.
 
     ==========================================  ==============================================
@@ -61,16 +56,21 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> str | None
     state, kind = event.state, event.type
     if kind is EventType.STATE_ENTERED:
         return {
-            ReleaseState.DEPLOYING: "started",
-            ReleaseState.QUEUED: "queued",
-            ReleaseState.VERIFYING: PROGRESS,
+            ReleaseState.DEPLOYING: Notification.STARTED,
+            ReleaseState.QUEUED: Notification.QUEUED,
+            ReleaseState.VERIFYING: Notification.PROGRESS,
         }.get(state)
     if kind is EventType.EXECUTION_SUCCEEDED:
-        return "rolled_back" if trigger is not None and trigger.is_rollback else "succeeded"
+        rollback = trigger is not None and trigger.is_rollback
+        return Notification.ROLLED_BACK if rollback else Notification.SUCCEEDED
     if kind is EventType.EXECUTION_FAILED:
-        return "verify_failed" if event.detail.get("failure") == "verify_failed" else "failed"
+        verify_failed = event.detail.get("failure") == "verify_failed"
+        return Notification.VERIFY_FAILED if verify_failed else Notification.FAILED
     if kind is EventType.EXECUTION_ABORTED:
-        return {ReleaseState.STOPPED: "stopped", ReleaseState.SUPERSEDED: "superseded"}.get(state)
+        return {
+            ReleaseState.STOPPED: Notification.STOPPED,
+            ReleaseState.SUPERSEDED: Notification.SUPERSEDED,
+        }.get(state)
     return None
 
 
@@ -84,16 +84,16 @@ def route_key(route: NotifyRoute) -> str:
     return f"{route.kind}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
 
 
-def opens_thread(route: NotifyRoute, notification: str) -> bool:
+def opens_thread(route: NotifyRoute, notification: Notification) -> bool:
     """Whether an event may post to a route where nothing was posted for the release yet."""
     return notification in route.on
 
 
-def receives(route: NotifyRoute, notification: str) -> bool:
+def receives(route: NotifyRoute, notification: Notification) -> bool:
     """A Slack bot route receives every transition, so that a thread once opened follows the
     release to its end (its card never shows a stale state); ``on`` chooses which events open the
-    thread. Every other route receives just the events in its ``on``."""
-    if route.kind == THREADED_KIND:
+    thread. Every other route (it cannot edit) receives just the events in its ``on``."""
+    if route.kind is NotifyKind.SLACK:
         return True
     return notification in route.on
 
@@ -105,7 +105,7 @@ class NotifyMessage:
     release_id: str
     pipeline: str
     route: str
-    notification: str
+    notification: Notification
     event: HistoryEvent
 
     @property
@@ -143,6 +143,13 @@ class NotifyMessage:
             if not isinstance(value, str) or not value:
                 raise MalformedEvent(f"notify message: {name} must be a non-empty string, got {value!r}")
             strings[name] = value
+        notification_written = strings.pop("notification")
+        try:
+            notification = Notification(notification_written)
+        except ValueError:
+            raise MalformedEvent(
+                f"notify message: notification {notification_written!r} is not one this coordinator sends"
+            ) from None
         event = raw.get("event")
         if not isinstance(event, Mapping):
             raise MalformedEvent("notify message: event must be an object")
@@ -157,7 +164,7 @@ class NotifyMessage:
             )
         except (KeyError, TypeError, ValueError) as problem:
             raise MalformedEvent(f"notify message: event is not a history event: {problem!r}") from None
-        return cls(event=history_event, **strings)
+        return cls(notification=notification, event=history_event, **strings)
 
 
 def plan_messages(pipeline: Pipeline | None, streamed: StreamedEvent) -> list[NotifyMessage]:
@@ -205,26 +212,6 @@ class SlackThread:
         where, _, opened_by = value.partition("@")
         channel, _, ts = where.partition("/")
         return cls(channel, ts, int(opened_by) if opened_by.isdigit() else None)
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """A secret named in the pipelines file: an SSM parameter or a Secrets Manager secret."""
-
-    source: str  # "ssm" | "secretsmanager"
-    name: str
-
-
-SECRET_SOURCES = {"_parameter": "ssm", "_secret": "secretsmanager"}
-
-
-def secret_ref(settings: Mapping[str, Any], name: str) -> SecretRef | None:
-    """``<name>_parameter`` (SSM Parameter Store) or ``<name>_secret`` (Secrets Manager)."""
-    for suffix, source in SECRET_SOURCES.items():
-        value = settings.get(f"{name}{suffix}")
-        if isinstance(value, str) and value:
-            return SecretRef(source, value)
-    return None
 
 
 # Slack message metadata (``metadata.event_type``) of every post the coordinator makes.

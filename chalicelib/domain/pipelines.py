@@ -8,26 +8,22 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chalicelib.domain.notify_routes import (
+    DEFAULT_SUBSCRIPTION,
+    SECRET_SOURCES,
+    SETTINGS_BY_KIND,
+    SUBSCRIBABLE,
+    ChannelSettings,
+    Notification,
+    NotifyKind,
+)
 from chalicelib.domain.slot import BusyPolicy
 
 DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.HalfAtATime"
-NOTIFY_KINDS = frozenset({"slack", "slack_webhook", "email", "sns", "webhook"})
-NOTIFY_EVENTS = frozenset(
-    {
-        "started",
-        "queued",
-        "superseded",
-        "succeeded",
-        "failed",
-        "verify_failed",
-        "rolled_back",
-        "stopped",
-    }
-)
 
 
 class PipelinesConfigError(ValueError):
@@ -51,9 +47,18 @@ class RollbackSettings:
 
 @dataclass(frozen=True)
 class NotifyRoute:
-    kind: str
-    on: frozenset[str]
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    on: frozenset[Notification]
+    channel: ChannelSettings
+
+    @property
+    def kind(self) -> NotifyKind:
+        return self.channel.kind
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """The route's table as the pipelines file wrote it, without ``kind`` and ``on``: what its
+        id digests."""
+        return self.channel.as_written()
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,6 @@ class PipelinesConfig:
 
 _REQUIRED = ("name", "bucket", "prefix", "application", "deployment_group")
 _OPTIONAL = ("deployment_config", "on_busy", "verify", "rollback", "notify")
-_DEFAULT_NOTIFY_ON = frozenset({"started", "succeeded", "failed", "verify_failed", "rolled_back"})
 
 
 def load_pipelines(path: str | Path) -> PipelinesConfig:
@@ -246,36 +250,46 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
         key = f"notify[{number}]"
         if not isinstance(entry, dict):
             raise fail(key, "must be a table")
-        kind = entry.get("kind")
-        if kind not in NOTIFY_KINDS:
-            raise fail(f"{key}.kind", f"must be one of {', '.join(sorted(NOTIFY_KINDS))}, got {kind!r}")
-        on = entry.get("on", sorted(_DEFAULT_NOTIFY_ON))
+        kind_written = entry.get("kind")
+        if not isinstance(kind_written, str) or kind_written not in set(NotifyKind):
+            raise fail(f"{key}.kind", f"must be one of {', '.join(sorted(NotifyKind))}, got {kind_written!r}")
+        kind = NotifyKind(kind_written)
+        on = entry.get("on", sorted(DEFAULT_SUBSCRIPTION))
         if not isinstance(on, list) or not all(isinstance(name, str) for name in on):
             raise fail(f"{key}.on", "must be a list of event names")
-        unknown_events = sorted(set(on) - NOTIFY_EVENTS)
+        unknown_events = sorted(set(on) - SUBSCRIBABLE)
         if unknown_events:
             raise fail(
                 f"{key}.on",
-                f"unknown event(s) {unknown_events} (known: {', '.join(sorted(NOTIFY_EVENTS))})",
+                f"unknown event(s) {unknown_events} (known: {', '.join(sorted(SUBSCRIBABLE))})",
             )
         settings = {name: setting for name, setting in entry.items() if name not in ("kind", "on")}
         _check_notify_settings(kind, settings, key, fail)
-        routes.append(NotifyRoute(kind=kind, on=frozenset(on), settings=settings))
+        routes.append(
+            NotifyRoute(
+                on=frozenset(Notification(name) for name in on),
+                channel=SETTINGS_BY_KIND[kind].from_written(settings),
+            )
+        )
     return tuple(routes)
 
 
 # Each kind's settings, by what they hold. A "secret" is named, never written in the file:
 # ``<name>_parameter`` (SSM Parameter Store) or ``<name>_secret`` (Secrets Manager). A generic
 # webhook's URL may be plain (``url``) or a secret.
-_NOTIFY_SETTINGS: Mapping[str, Mapping[str, str]] = {
-    "slack": {"channel": "text", "token": "secret", "mention_on_failure": "slack_ids", "authors": "authors"},
-    "slack_webhook": {"url": "secret", "mention_on_failure": "slack_ids", "authors": "authors"},
-    "email": {"sender": "address", "to": "addresses"},
-    "sns": {"topic_arn": "topic"},
-    "webhook": {"url": "url_or_secret", "signing_key": "secret"},
+_NOTIFY_SETTINGS: Mapping[NotifyKind, Mapping[str, str]] = {
+    NotifyKind.SLACK: {
+        "channel": "text",
+        "token": "secret",
+        "mention_on_failure": "slack_ids",
+        "authors": "authors",
+    },
+    NotifyKind.SLACK_WEBHOOK: {"url": "secret", "mention_on_failure": "slack_ids", "authors": "authors"},
+    NotifyKind.EMAIL: {"sender": "address", "to": "addresses"},
+    NotifyKind.SNS: {"topic_arn": "topic"},
+    NotifyKind.WEBHOOK: {"url": "url_or_secret", "signing_key": "secret"},
 }
 _OPTIONAL_NOTIFY_SETTINGS = frozenset({"mention_on_failure", "authors"})
-_SECRET_SUFFIXES = ("_parameter", "_secret")
 
 
 def _is_slack_id(value: Any) -> bool:
@@ -289,11 +303,11 @@ def _is_slack_id(value: Any) -> bool:
     )
 
 
-def _check_notify_settings(kind: str, settings: Mapping[str, Any], key: str, fail: Any) -> None:
+def _check_notify_settings(kind: NotifyKind, settings: Mapping[str, Any], key: str, fail: Any) -> None:
     spec = _NOTIFY_SETTINGS[kind]
     allowed: set[str] = set()
     for name, holds in spec.items():
-        secret_names = [f"{name}{suffix}" for suffix in _SECRET_SUFFIXES]
+        secret_names = [f"{name}{suffix}" for suffix in SECRET_SOURCES]
         if holds in ("secret", "url_or_secret"):
             names = secret_names + ([name] if holds == "url_or_secret" else [])
             allowed.update(names)

@@ -1,5 +1,6 @@
 """What the notification use cases need from the outside world: the notify queue and its
-dead-letter queue, the delivery log, secrets and the channels.
+dead-letter queue, the delivery log, secrets and the channels' services, and the channels
+themselves, one per kind of notify route.
 
 Channel adapters raise :class:`DeliveryRejected` when retrying cannot help and
 :class:`DeliveryDeferred` when the channel asks to be called again later; anything else they raise
@@ -8,13 +9,15 @@ is transient and retried with backoff.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from chalicelib.domain.notifications import NotifyMessage, SecretRef, SlackPostMark, SlackThread
+from chalicelib.domain.notification_content import Notice
+from chalicelib.domain.notifications import NotifyMessage, SlackPostMark, SlackThread
+from chalicelib.domain.notify_routes import NotifyKind, SecretRef
 
 
 class DeliveryRejected(Exception):
@@ -149,12 +152,39 @@ class WebhookPoster(Protocol):
 
 
 @dataclass(frozen=True)
+class Outgoing:
+    """One delivery as its channel sends it: the message, the notice rendered for it, and what
+    the delivery knows around it."""
+
+    message: NotifyMessage
+    notice: Notice
+    # Taken over from an earlier attempt, which may have sent part of it.
+    retaken: bool
+    # The route's ``on`` names the notification: only such a one may open a Slack thread.
+    opens_thread: bool
+    sent_at: datetime
+    # Stores a Slack thread's root card once posted, before anything else is sent: a retry that
+    # found no stored thread would post a second card.
+    remember_thread: Callable[[SlackThread], None]
+
+
+SettingsT_contra = TypeVar("SettingsT_contra", contravariant=True)
+
+
+class Channel(Protocol[SettingsT_contra]):
+    """Sends notices to the routes of one kind, each with its route's typed settings."""
+
+    kind: ClassVar[NotifyKind]
+
+    def send(self, settings: SettingsT_contra, outgoing: Outgoing) -> bool:
+        """Send; False when there was nothing to send. Raises :class:`DeliveryRejected`,
+        :class:`DeliveryDeferred` or anything transient, as the module says."""
+        ...
+
+
+@dataclass(frozen=True)
 class NotificationAdapters:
     queue: NotifyQueue
     deliveries: DeliveryLog
-    secrets: Secrets
-    slack: SlackThreads
-    slack_webhook: SlackWebhook
-    email: EmailSender
-    sns: TopicPublisher
-    webhook: WebhookPoster
+    # The channel of each kind; a route whose kind has none is refused for good.
+    channels: Mapping[NotifyKind, Channel[Any]]

@@ -17,36 +17,22 @@ the send and the confirm sends again.
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from chalicelib.domain.lane import Change
-from chalicelib.domain.notification_content import (
-    FAILURES,
-    Notice,
-    build_notice,
-    email,
-    mentions,
-    needs_history,
-    payload_json,
-    slack_card,
-    slack_reply,
-    slack_webhook_message,
-    sns_subject,
-)
-from chalicelib.domain.notification_signature import SIGNATURE_HEADER, sign
+from chalicelib.domain.notification_content import build_notice, needs_history
 from chalicelib.domain.notifications import (
     NotifyMessage,
-    SlackPostMark,
     SlackThread,
     StreamedEvent,
     find_route,
     opens_thread,
     plan_messages,
-    secret_ref,
 )
 from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import Release
@@ -59,6 +45,7 @@ from chalicelib.service.notification_ports import (
     DeliveryRejected,
     NotificationAdapters,
     NotQueued,
+    Outgoing,
     Receipt,
 )
 from chalicelib.service.slot_flow import on_release
@@ -71,9 +58,6 @@ RETRY_MAX_S = 900
 BUSY_RETRY_S = 30
 # Tries at storing a posted Slack card's thread before giving up (about 3 s in all).
 REMEMBER_ATTEMPTS = 5
-# A retry looks for its earlier post from this long before the history event: every post for an
-# event is made after the event was written, give or take the clocks of Lambda and Slack.
-LOOK_BACK = timedelta(minutes=5)
 
 
 class NotificationsNotConfigured(RuntimeError):
@@ -234,8 +218,8 @@ class DeliveryBatch:
     def _send(
         self, adapters: NotificationAdapters, route: NotifyRoute, message: NotifyMessage, *, retaken: bool
     ) -> bool:
-        """Render and send; False when there was nothing to send. ``retaken``: an earlier attempt
-        may have sent part of it."""
+        """Render the notice and hand it to the route's channel; False when there was nothing to
+        send. ``retaken``: an earlier attempt may have sent part of it."""
         wiring = self._wiring
         release = self._release(message.release_id)
         if release is None:
@@ -243,87 +227,19 @@ class DeliveryBatch:
                 "notification for a release that does not exist; dropped", extra={"route": message.route}
             )
             return False
-        history = wiring.store.history(release.id) if needs_history(message.notification) else []
-        notice = build_notice(release, message.event, message.notification, history)
-        settings = route.settings
-        if route.kind == "slack":
-            return self._post_to_thread(adapters, route, message, notice, retaken=retaken)
-        if route.kind == "slack_webhook":
-            content = slack_webhook_message(notice, mentions(settings, notice))
-            adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
-        elif route.kind == "email":
-            mail = email(notice)
-            adapters.email.send(settings["sender"], list(settings["to"]), mail.subject, mail.text, mail.html)
-        elif route.kind == "sns":
-            attributes = {
-                "notification": notice.notification,
-                "pipeline": release.pipeline,
-                "state": release.state.value,
-            }
-            adapters.sns.publish(
-                settings["topic_arn"], sns_subject(notice), payload_json(notice).decode(), attributes
-            )
-        elif route.kind == "webhook":
-            url = settings.get("url") or _secret(adapters, settings, "url")
-            key = _secret(adapters, settings, "signing_key")
-            body = payload_json(notice)
-            signature = sign(body, key.encode(), int(wiring.clock.now().timestamp()))
-            adapters.webhook.post(url, body, {SIGNATURE_HEADER: signature})
-        else:
+        channel = adapters.channels.get(route.kind)
+        if channel is None:
             raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
-        return True
-
-    def _post_to_thread(
-        self,
-        adapters: NotificationAdapters,
-        route: NotifyRoute,
-        message: NotifyMessage,
-        notice: Notice,
-        *,
-        retaken: bool,
-    ) -> bool:
-        """The release's thread on this route: the first event posts the root card (and, for a
-        failure, the reply with its details); each later one edits the card to the release's
-        current state and replies with what happened. The card is edited before the reply so that
-        a retry after a failed reply repeats only an idempotent edit; a retry that took over an
-        earlier attempt looks for that attempt's card and reply before posting them."""
-        settings = route.settings
-        token = _secret(adapters, settings, "token")
-        card = slack_card(notice)
-        since = message.event.timestamp - LOOK_BACK
-        stored = notice.release.notification_threads.get(message.route)
-        if stored is None:
-            if not opens_thread(route, message.notification):
-                return False
-            card_mark = SlackPostMark.card(message)
-            found = (
-                adapters.slack.find_card(token, settings["channel"], card_mark, since) if retaken else None
-            )
-            if found is not None:
-                logger.info("found the card an earlier attempt posted", extra={"route": message.route})
-            posted = found or adapters.slack.post(
-                token, settings["channel"], card.text, card.blocks, None, mark=card_mark
-            )
-            thread = replace(posted, opened_by=message.event.id)
-            self._remember_posted_thread(notice.release, message.route, thread)
-            if message.notification not in FAILURES:
-                return True
-        else:
-            thread = SlackThread.from_stored(stored)
-            if thread.opened_by == message.event.id:
-                # A retry of the delivery that posted the card, after the card was stored: what
-                # may be left is a failure's details reply, never an edit or a reply for the card.
-                if message.notification not in FAILURES:
-                    return True
-            else:
-                adapters.slack.update(token, thread, card.text, card.blocks)
-        reply_mark = SlackPostMark.reply(message)
-        if retaken and adapters.slack.find_reply(token, thread, reply_mark, since):
-            logger.info("found the reply an earlier attempt posted", extra={"route": message.route})
-            return True
-        reply = slack_reply(notice, mentions(settings, notice))
-        adapters.slack.post(token, thread.channel, reply.text, reply.blocks, thread.ts, mark=reply_mark)
-        return True
+        history = wiring.store.history(release.id) if needs_history(message.notification) else []
+        outgoing = Outgoing(
+            message=message,
+            notice=build_notice(release, message.event, message.notification, history),
+            retaken=retaken,
+            opens_thread=opens_thread(route, message.notification),
+            sent_at=wiring.clock.now(),
+            remember_thread=functools.partial(self._remember_posted_thread, release, message.route),
+        )
+        return channel.send(route.channel, outgoing)
 
     def _remember_posted_thread(self, release: Release, route: str, thread: SlackThread) -> None:
         """The root card is out: if its thread were not stored, the retry would post a second
@@ -347,13 +263,6 @@ class DeliveryBatch:
             else:
                 self._releases[release.id] = stored
             return
-
-
-def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: str) -> str:
-    ref = secret_ref(settings, name)
-    if ref is None:  # the pipelines file is validated at load; a hand-made route may still lack it
-        raise DeliveryRejected(f"route has no {name}_parameter or {name}_secret")
-    return adapters.secrets.get(ref)
 
 
 def _remember_thread(wiring: Wiring, release: Release, route: str, thread: SlackThread) -> Release | None:

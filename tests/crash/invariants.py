@@ -16,6 +16,7 @@ from chalicelib.adapters.codedeploy import release_id_in_description
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore, release_from_item
 from chalicelib.domain.notification_content import FAILURES, LABELS
 from chalicelib.domain.notifications import notification_for, opens_thread, receives
+from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import HistoryEvent, Release, ReleaseState
 from sandbox import moto_extensions
@@ -251,7 +252,7 @@ def _mail_release(mail: Any) -> str | None:
 
 
 def _slack_thread(
-    run: Run, release: Release, route: NotifyRoute, notifications: list[str], roots: list[Message]
+    run: Run, release: Release, route: NotifyRoute, notifications: list[Notification], roots: list[Message]
 ) -> list[Violation]:
     opening = next((i for i, n in enumerate(notifications) if opens_thread(route, n)), None)
     cards = [root for root in roots if _card_release(root) == release.id]

@@ -29,8 +29,9 @@ from chalicelib.adapters.slack import SlackIncomingWebhook
 from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.notification_signature import SIGNATURE_HEADER, verify
 from chalicelib.domain.notifications import NotifyMessage, SlackThread
+from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.release import EventType, HistoryEvent, ReleaseState, rollback_release_id
-from chalicelib.service.notification_ports import DeliveryRejected, NotQueued
+from chalicelib.service.notification_ports import DeliveryDeferred, DeliveryRejected, NotQueued
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from sandbox.slack_api import Message, SlackApi
@@ -490,6 +491,24 @@ def test_a_redirecting_webhook_is_dead_lettered_not_counted_as_delivered() -> No
     assert seen == ["POST /hook"]
 
 
+def test_an_incoming_webhook_waits_out_a_short_rate_limit_and_defers_a_long_one(slack: SlackApi) -> None:
+    webhook = SlackIncomingWebhook(timeout_s=2)
+    slack.fail_next("default", status=429, retry_after_s=1)
+    webhook.send(slack.webhook_url(), "short", [])
+    assert [c.status for c in slack.calls()] == [429, 200]
+
+    slack.fail_next("default", status=429, retry_after_s=30)
+    with pytest.raises(DeliveryDeferred) as deferred:
+        webhook.send(slack.webhook_url(), "long", [])
+    assert deferred.value.retry_after_s == 30
+    # Waited out once per call: a second 429 defers too.
+    slack.fail_next("default", status=429, retry_after_s=0, times=2)
+    with pytest.raises(DeliveryDeferred):
+        webhook.send(slack.webhook_url(), "twice", [])
+    assert [c.status for c in slack.calls()] == [429, 200, 429, 429, 429]
+    assert [m.text for m in slack.webhook_messages()] == ["short"]
+
+
 def test_slack_sdk_never_logs_a_webhook_url(caplog: pytest.LogCaptureFixture, slack: SlackApi) -> None:
     slack.fail_next("default", status=500, times=5)
     caplog.set_level(logging.DEBUG)
@@ -698,7 +717,7 @@ def test_a_send_stops_at_the_first_call_that_fails(world: World) -> None:
             release_id="rel-1",
             pipeline="shop-prod",
             route="slack-0000000000",
-            notification="progress",
+            notification=Notification.PROGRESS,
             event=HistoryEvent(
                 id=number,
                 previous_event_id=number - 1,

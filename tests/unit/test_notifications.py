@@ -3,6 +3,7 @@ webhook signature, and the notify routes of the pipelines file."""
 
 from __future__ import annotations
 
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.adapters.email import SesEmail
+from chalicelib.adapters.secrets import ParameterSecrets
+from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
+from chalicelib.adapters.sns import SnsTopics
+from chalicelib.adapters.webhook import HttpWebhook
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.notification_content import (
+    LABELS,
     build_notice,
     card_blocks,
     email,
@@ -26,14 +33,21 @@ from chalicelib.domain.notification_content import (
 )
 from chalicelib.domain.notification_signature import SignatureError, sign, verify
 from chalicelib.domain.notifications import (
-    PROGRESS,
     NotifyMessage,
-    SecretRef,
     SlackThread,
     StreamedEvent,
     notification_for,
     plan_messages,
     route_key,
+)
+from chalicelib.domain.notify_routes import (
+    EmailSettings,
+    Notification,
+    NotifyKind,
+    SecretRef,
+    SlackMentions,
+    SlackSettings,
+    WebhookSettings,
     secret_ref,
 )
 from chalicelib.domain.pipelines import NotifyRoute, Pipeline, PipelinesConfigError, load_pipelines
@@ -45,6 +59,7 @@ from chalicelib.domain.release import (
     Revision,
     Trigger,
 )
+from chalicelib.service.notification_channels import channel_registry
 from chalicelib.service.notifications import RETRY_MAX_S, retry_delay_s
 
 NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -82,9 +97,9 @@ def release(
 
 
 SLACK = NotifyRoute(
-    "slack", frozenset({"started", "failed"}), {"channel": "#deploys", "token_parameter": "/t"}
+    frozenset({Notification.STARTED, Notification.FAILED}), SlackSettings("#deploys", SecretRef("ssm", "/t"))
 )
-EMAIL = NotifyRoute("email", frozenset({"failed"}), {"sender": "a@b.c", "to": ["x@b.c"]})
+EMAIL = NotifyRoute(frozenset({Notification.FAILED}), EmailSettings("a@b.c", ("x@b.c",)))
 PIPELINE = Pipeline("api-prod", "b", "api/prod/", "api", "api-prod", notify=(SLACK, EMAIL))
 
 
@@ -94,7 +109,7 @@ PIPELINE = Pipeline("api-prod", "b", "api/prod/", "api", "api-prod", notify=(SLA
         (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.UPLOAD, "started"),
         (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.AUTO_ROLLBACK, "started"),
         (event(EventType.STATE_ENTERED, ReleaseState.QUEUED), Trigger.UPLOAD, "queued"),
-        (event(EventType.STATE_ENTERED, ReleaseState.VERIFYING), Trigger.UPLOAD, PROGRESS),
+        (event(EventType.STATE_ENTERED, ReleaseState.VERIFYING), Trigger.UPLOAD, Notification.PROGRESS),
         (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.API, "succeeded"),
         (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.ROLLBACK, "rolled_back"),
         (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.AUTO_ROLLBACK, "rolled_back"),
@@ -134,11 +149,94 @@ def test_a_slack_thread_follows_every_transition_other_routes_only_their_events(
 
 
 def test_route_keys_survive_reordering_and_change_with_settings() -> None:
-    same = NotifyRoute("slack", frozenset({"failed"}), {"token_parameter": "/t", "channel": "#deploys"})
+    same = NotifyRoute(frozenset({Notification.FAILED}), SlackSettings("#deploys", SecretRef("ssm", "/t")))
     assert route_key(same) == route_key(SLACK)
-    other = NotifyRoute("slack", SLACK.on, {**SLACK.settings, "channel": "#other"})
+    other = NotifyRoute(SLACK.on, SlackSettings("#other", SecretRef("ssm", "/t")))
     assert route_key(other) != route_key(SLACK)
+    as_secret = NotifyRoute(SLACK.on, SlackSettings("#deploys", SecretRef("secretsmanager", "/t")))
+    assert route_key(as_secret) != route_key(SLACK)
     assert route_key(SLACK).startswith("slack-")
+
+
+# One route of each kind, in each form a setting can take. The ids below were computed from this
+# file before the route settings were typed: a route's id names its delivery records and its Slack
+# threads, so the same file must give the same ids for as long as those records live.
+PINNED_ROUTES = """
+[[pipeline.notify]]
+kind = "slack"
+channel = "#deploys"
+token_parameter = "/relco/slack-token"
+on = ["started", "failed"]
+mention_on_failure = ["S0ONCALL", "U0LEAD"]
+authors = { "alice@acme.io" = "U0ALICE", "bob" = "W0BOB" }
+
+[[pipeline.notify]]
+kind = "slack"
+channel = "C0DEPLOYS1"
+token_secret = "relco/slack"
+mention_on_failure = []
+
+[[pipeline.notify]]
+kind = "slack_webhook"
+url_secret = "relco/slack-hook"
+
+[[pipeline.notify]]
+kind = "email"
+sender = "relco@acme.io"
+to = ["oncall@acme.io", "lead@acme.io"]
+
+[[pipeline.notify]]
+kind = "sns"
+topic_arn = "arn:aws:sns:eu-west-1:123456789012:deploys"
+
+[[pipeline.notify]]
+kind = "webhook"
+url = "https://hooks.acme.io/relco"
+signing_key_parameter = "/relco/signing-key"
+
+[[pipeline.notify]]
+kind = "webhook"
+url_parameter = "/relco/hook-url"
+signing_key_secret = "relco/signing-key"
+"""
+
+
+def test_route_ids_of_a_known_file_never_change(tmp_path: Path) -> None:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(VALID + PINNED_ROUTES, encoding="utf-8")
+    routes = load_pipelines(path).pipelines[0].notify
+    assert [route_key(route) for route in routes] == [
+        "slack-6e025483f3",
+        "slack-108c782d39",
+        "slack_webhook-b7072249a9",
+        "email-14438e6b53",
+        "sns-9b0e2dec56",
+        "webhook-b2200c5e21",
+        "webhook-598df6af59",
+    ]
+
+
+def test_a_message_queued_before_notifications_were_typed_still_parses() -> None:
+    queued = {
+        "release_id": "rel-1",
+        "pipeline": "api-prod",
+        "route": "slack-6e025483f3",
+        "notification": "verify_failed",
+        "event": event(EventType.EXECUTION_FAILED, ReleaseState.FAILED).to_dict(),
+    }
+    message = NotifyMessage.from_message(queued)
+    assert message.notification is Notification.VERIFY_FAILED
+    assert message.to_message() == queued
+    with pytest.raises(MalformedEvent, match="'exploded' is not one this coordinator sends"):
+        NotifyMessage.from_message({**queued, "notification": "exploded"})
+
+
+def test_every_notification_has_a_label_and_a_reply_emoji() -> None:
+    notice_event = event(EventType.EXECUTION_FAILED, ReleaseState.FAILED)
+    for notification in Notification:
+        notice = build_notice(release(), notice_event, notification)
+        assert notice.label == LABELS[notification]
+        assert slack_reply(notice).text
 
 
 def test_notify_message_round_trip_and_limits() -> None:
@@ -206,19 +304,21 @@ def failure_history() -> list[HistoryEvent]:
 
 def test_failure_reply_mentions_and_shows_hook_instance_and_escaped_log_tail() -> None:
     history = failure_history()
-    notice = build_notice(release(), history[1], "failed", history)
-    settings = {"mention_on_failure": ["S0ONCALL", "U0LEAD"], "authors": {"alice": "U0ALICE"}}
+    notice = build_notice(release(), history[1], Notification.FAILED, history)
+    settings = SlackMentions(("S0ONCALL", "U0LEAD"), {"alice": "U0ALICE"})
     pings = mentions(settings, notice)
     assert pings == ["<!subteam^S0ONCALL>", "<@U0LEAD>", "<@U0ALICE>"]
     text = slack_reply(notice, pings).text
     assert text.startswith("<!subteam^S0ONCALL> <@U0LEAD> <@U0ALICE> :x: *Failed*: CodeDeploy &lt;failed&gt;")
     assert "*ValidateService* failed on `i-1` (scripts/validate.sh, ScriptFailed)" in text
     assert "```\nboom `\u200b`` &lt;&amp;&gt;\n```" in text  # the later event's empty list is not used
-    assert mentions(settings, build_notice(release(), history[1], "succeeded")) == []
+    assert mentions(settings, build_notice(release(), history[1], Notification.SUCCEEDED)) == []
 
 
 def test_card_shows_state_facts_and_escaped_user_text() -> None:
-    blocks = card_blocks(build_notice(release(), failure_history()[1], "failed", failure_history()))
+    blocks = card_blocks(
+        build_notice(release(), failure_history()[1], Notification.FAILED, failure_history())
+    )
     assert blocks[0]["text"]["text"] == ":x: Failed: api-prod 1.4.2"
     fields = [field["text"] for field in blocks[1]["fields"]]
     assert fields[:4] == [
@@ -234,18 +334,18 @@ def test_card_shows_state_facts_and_escaped_user_text() -> None:
         build_notice(
             release(ReleaseState.SUCCEEDED, Trigger.AUTO_ROLLBACK),
             event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED),
-            "rolled_back",
+            Notification.ROLLED_BACK,
         )
     )
     assert rollback[0]["text"]["text"] == ":leftwards_arrow_with_hook: Rolled back: api-prod 1.4.2"
-    webhook = slack_webhook_message(build_notice(release(), failure_history()[1], "failed"))
+    webhook = slack_webhook_message(build_notice(release(), failure_history()[1], Notification.FAILED))
     assert webhook.text == "FAILED: api-prod 1.4.2"
     assert any("*Failed*" in str(block) for block in webhook.blocks)
 
 
 def test_fallback_text_escapes_a_hostile_version_label() -> None:
     hostile = release(metadata={"version_label": "<!channel> 2.0"})
-    notice = build_notice(hostile, failure_history()[1], "failed")
+    notice = build_notice(hostile, failure_history()[1], Notification.FAILED)
     for message in (slack_card(notice), slack_webhook_message(notice)):
         assert "<!channel>" not in message.text
         assert "&lt;!channel&gt; 2.0" in message.text
@@ -253,14 +353,14 @@ def test_fallback_text_escapes_a_hostile_version_label() -> None:
 
 def test_email_sns_and_webhook_content() -> None:
     history = failure_history()
-    notice = build_notice(release(), history[1], "failed", history)
+    notice = build_notice(release(), history[1], Notification.FAILED, history)
     mail = email(notice)
     assert mail.subject == "[FAILED] api-prod 1.4.2"
     assert "boom ``` <&>" in mail.text
     assert "boom ``` &lt;&amp;&gt;" in mail.html
     assert "<script>" not in mail.html
     long_label = release(metadata={"version_label": "é" * 200})
-    subject = sns_subject(build_notice(long_label, history[1], "verify_failed"))
+    subject = sns_subject(build_notice(long_label, history[1], Notification.VERIFY_FAILED))
     assert subject.startswith("[VERIFY FAILED] api-prod ?")
     assert len(subject) < 100
     assert subject.isascii()
@@ -294,8 +394,34 @@ def test_notify_routes_load_with_their_settings(tmp_path: Path) -> None:
         'mention_on_failure = ["S0ONCALL"]\nauthors = { "alice@acme.io" = "U0ALICE" }\n',
     )
     [route] = config.pipelines[0].notify
-    assert route.settings["authors"] == {"alice@acme.io": "U0ALICE"}
+    assert route.channel == SlackSettings(
+        "#deploys",
+        SecretRef("secretsmanager", "relco/slack"),
+        SlackMentions(("S0ONCALL",), {"alice@acme.io": "U0ALICE"}),
+    )
     assert route.on == frozenset({"started", "succeeded", "failed", "verify_failed", "rolled_back"})
+    assert all(isinstance(notification, Notification) for notification in route.on)
+
+
+def test_typed_settings_give_back_each_route_as_written(tmp_path: Path) -> None:
+    """What a route's id digests, and what the deploy tooling reads: the file's table exactly."""
+    path = tmp_path / "pipelines.toml"
+    path.write_text(VALID + PINNED_ROUTES, encoding="utf-8")
+    routes = load_pipelines(path).pipelines[0].notify
+    written = tomllib.loads(VALID + PINNED_ROUTES)["pipeline"][0]["notify"]
+    assert [route.kind for route in routes] == [table["kind"] for table in written]
+    assert [dict(route.settings) for route in routes] == [
+        {name: value for name, value in table.items() if name not in ("kind", "on")} for table in written
+    ]
+    assert routes[5].channel == WebhookSettings(
+        "https://hooks.acme.io/relco", SecretRef("ssm", "/relco/signing-key")
+    )
+    assert routes[6].channel == WebhookSettings(
+        SecretRef("ssm", "/relco/hook-url"), SecretRef("secretsmanager", "relco/signing-key")
+    )
+    # An empty list is written, so kept; a setting not written stays out.
+    assert isinstance(routes[1].channel, SlackSettings)
+    assert routes[1].channel.mentions == SlackMentions(mention_on_failure=(), authors=None)
 
 
 @pytest.mark.parametrize(
@@ -355,3 +481,16 @@ def test_a_stored_thread_keeps_the_event_that_opened_it_and_reads_older_forms() 
     opened = SlackThread("C0123", "1700000000.000100", opened_by=7)
     assert SlackThread.from_stored(opened.to_stored()) == opened
     assert SlackThread.from_stored("C0123/1700000000.000100") == SlackThread("C0123", "1700000000.000100")
+
+
+def test_every_kind_of_route_has_its_channel() -> None:
+    channels = channel_registry(
+        ParameterSecrets(lambda service: None),
+        slack=SlackWebApi(),
+        slack_webhook=SlackIncomingWebhook(),
+        email_sender=SesEmail(lambda: None),
+        sns=SnsTopics(lambda: None),
+        webhook=HttpWebhook(),
+    )
+    assert set(channels) == set(NotifyKind)
+    assert all(kind is channel.kind for kind, channel in channels.items())
