@@ -6,12 +6,15 @@ pipeline, the key and what was wrong, so a bad deploy of the config never half-w
 
 from __future__ import annotations
 
+import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
     DEFAULT_SUBSCRIPTION,
     SECRET_SOURCES,
@@ -73,6 +76,8 @@ class Pipeline:
     verify: VerifySettings = VerifySettings()
     rollback: RollbackSettings = RollbackSettings()
     notify: tuple[NotifyRoute, ...] = ()
+    # The global [[freeze]] windows, then the pipeline's own [[pipeline.freeze]].
+    freeze: tuple[FreezeWindow, ...] = ()
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -108,7 +113,7 @@ class PipelinesConfig:
 
 
 _REQUIRED = ("name", "bucket", "prefix", "application", "deployment_group")
-_OPTIONAL = ("deployment_config", "on_busy", "verify", "rollback", "notify")
+_OPTIONAL = ("deployment_config", "on_busy", "verify", "rollback", "notify", "freeze")
 
 
 def load_pipelines(path: str | Path) -> PipelinesConfig:
@@ -124,23 +129,33 @@ def load_pipelines(path: str | Path) -> PipelinesConfig:
 
 
 def parse_pipelines(raw: Mapping[str, Any], *, source: str = "<pipelines>") -> PipelinesConfig:
-    unknown = set(raw) - {"pipeline"}
+    unknown = set(raw) - {"pipeline", "freeze"}
     if unknown:
         raise PipelinesConfigError(
-            f"{source}: unknown top-level key(s) {sorted(unknown)}; expected [[pipeline]] tables"
+            f"{source}: unknown top-level key(s) {sorted(unknown)}; "
+            "expected [[pipeline]] and [[freeze]] tables"
         )
+
+    def fail_global(key: str, what: str) -> PipelinesConfigError:
+        return PipelinesConfigError(f"{source}: key '{key}': {what}")
+
+    global_freeze = _parse_freeze(raw.get("freeze", []), "[[freeze]]", fail_global)
     entries = raw.get("pipeline", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise PipelinesConfigError(f"{source}: 'pipeline' must be an array of tables ([[pipeline]])")
     if not entries:
         raise PipelinesConfigError(f"{source}: no [[pipeline]] defined")
-    pipelines = tuple(_parse_pipeline(entry, index, source) for index, entry in enumerate(entries))
+    pipelines = tuple(
+        _parse_pipeline(entry, index, source, global_freeze) for index, entry in enumerate(entries)
+    )
     _check_unique_names(pipelines, source)
     _check_no_overlap(pipelines, source)
     return PipelinesConfig(pipelines)
 
 
-def _parse_pipeline(entry: Mapping[str, Any], index: int, source: str) -> Pipeline:
+def _parse_pipeline(
+    entry: Mapping[str, Any], index: int, source: str, global_freeze: tuple[FreezeWindow, ...]
+) -> Pipeline:
     label = f"pipeline '{entry['name']}'" if isinstance(entry.get("name"), str) else f"pipeline #{index + 1}"
 
     def fail(key: str, what: str) -> PipelinesConfigError:
@@ -177,6 +192,7 @@ def _parse_pipeline(entry: Mapping[str, Any], index: int, source: str) -> Pipeli
         verify=_parse_verify(entry.get("verify", {}), fail),
         rollback=_parse_rollback(entry.get("rollback", {}), fail),
         notify=_parse_notify(entry.get("notify", []), fail),
+        freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
     )
 
 
@@ -272,6 +288,78 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
             )
         )
     return tuple(routes)
+
+
+_FREEZE_KEYS = ("reason", "timezone", "start", "end", "rrule", "duration")
+# A duration in days, hours and minutes, largest first: "64h", "2d16h", "90m".
+_DURATION = re.compile(r"(?:(?P<days>\d+)d)?(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?")
+
+
+def _parse_freeze(
+    value: Any, written_as: str, fail: Callable[[str, str], PipelinesConfigError]
+) -> tuple[FreezeWindow, ...]:
+    """Freeze windows, global ([[freeze]]) or a pipeline's ([[pipeline.freeze]]): a one-off has
+    ``end``, a recurring window ``rrule`` and ``duration``; ``start`` is a TOML local date-time
+    in ``timezone`` (default UTC). chalicelib/domain/freeze.py checks what the values mean."""
+    if not isinstance(value, list):
+        raise fail("freeze", f"must be an array of tables ({written_as})")
+    windows = []
+    for number, entry in enumerate(value, start=1):
+        key = f"freeze[{number}]"
+        if not isinstance(entry, dict):
+            raise fail(key, "must be a table")
+        unknown = sorted(set(entry) - set(_FREEZE_KEYS))
+        if unknown:
+            raise fail(f"{key}.{unknown[0]}", f"unknown key (allowed: {', '.join(_FREEZE_KEYS)})")
+        reason = entry.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise fail(f"{key}.reason", f"is required: a non-empty string saying why, got {reason!r}")
+        timezone = entry.get("timezone", "UTC")
+        if not isinstance(timezone, str):
+            raise fail(f"{key}.timezone", f"must be an IANA time zone name, got {timezone!r}")
+        start = _local_date_time(entry, "start", key, fail)
+        if ("end" in entry) == ("rrule" in entry):
+            raise fail(key, "set either 'end' (a one-off window) or 'rrule' and 'duration' (a recurring one)")
+        try:
+            if "end" in entry:
+                if "duration" in entry:
+                    raise fail(f"{key}.duration", "a one-off window ends at 'end'; 'duration' is for 'rrule'")
+                end = _local_date_time(entry, "end", key, fail)
+                windows.append(FreezeWindow.one_off(reason, timezone, start, end))
+                continue
+            rule = entry["rrule"]
+            if not isinstance(rule, str):
+                raise fail(
+                    f"{key}.rrule", f"must be an RRULE string such as 'FREQ=WEEKLY;BYDAY=FR', got {rule!r}"
+                )
+            duration = _duration(entry.get("duration"), f"{key}.duration", fail)
+            windows.append(FreezeWindow.recurring(reason, timezone, start, rule, duration))
+        except FreezeWindowError as error:
+            raise fail(f"{key}.{error.key}", error.what) from None
+    return tuple(windows)
+
+
+def _local_date_time(
+    entry: Mapping[str, Any], name: str, key: str, fail: Callable[[str, str], PipelinesConfigError]
+) -> datetime:
+    value = entry.get(name)
+    if value is None:
+        raise fail(f"{key}.{name}", "is required")
+    if not isinstance(value, datetime):
+        raise fail(
+            f"{key}.{name}",
+            f"must be a TOML local date-time such as 2025-12-24T18:00:00 (no quotes), got {value!r}",
+        )
+    return value
+
+
+def _duration(value: Any, key: str, fail: Callable[[str, str], PipelinesConfigError]) -> timedelta:
+    if value is None:
+        raise fail(key, "is required with 'rrule'")
+    written = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
+    if written is None:
+        raise fail(key, f"must be days, hours and minutes such as '64h', '2d16h' or '90m', got {value!r}")
+    return timedelta(**{unit: int(amount) for unit, amount in written.groupdict(default="0").items()})
 
 
 # Each kind's settings, by what they hold. A "secret" is named, never written in the file:

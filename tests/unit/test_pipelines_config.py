@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from chalicelib.bootstrap import PROJECT_ROOT
+from chalicelib.domain.freeze import FreezeWindow
 from chalicelib.domain.pipelines import (
     DEFAULT_DEPLOYMENT_CONFIG,
     PipelinesConfigError,
@@ -144,3 +146,124 @@ def test_the_longest_interval_is_one_sqs_delay(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(PipelinesConfigError, match=r"missing\.toml: file not found"):
         load_pipelines(tmp_path / "missing.toml")
+
+
+GLOBAL_FREEZE = """
+[[freeze]]
+reason = "year-end"
+timezone = "Europe/Berlin"
+start = 2025-12-22T00:00:00
+end = 2026-01-05T08:00:00
+"""
+WEEKEND_FREEZE = """
+[[pipeline.freeze]]
+reason = "weekend"
+timezone = "Europe/Berlin"
+start = 2025-03-21T16:00:00
+rrule = "FREQ=WEEKLY;BYDAY=FR"
+duration = "2d16h"
+"""
+
+
+def test_a_pipelines_freeze_windows_are_the_global_ones_then_its_own(tmp_path: Path) -> None:
+    other = VALID.replace('name = "api"', 'name = "web"').replace('prefix = "api/"', 'prefix = "web/"')
+    other = other.replace('deployment_group = "g"', 'deployment_group = "w"')
+    config = load_pipelines(write(tmp_path, GLOBAL_FREEZE + VALID + WEEKEND_FREEZE + other))
+    api, web = config.pipelines
+    year_end = FreezeWindow.one_off(
+        "year-end", "Europe/Berlin", datetime(2025, 12, 22), datetime(2026, 1, 5, 8)
+    )
+    weekend = FreezeWindow.recurring(
+        "weekend", "Europe/Berlin", datetime(2025, 3, 21, 16), "FREQ=WEEKLY;BYDAY=FR", timedelta(hours=64)
+    )
+    assert api.freeze == (year_end, weekend)
+    assert web.freeze == (year_end,)
+
+
+def test_a_freeze_window_defaults_to_utc(tmp_path: Path) -> None:
+    text = (
+        VALID + "[[pipeline.freeze]]\nreason = 'r'\nstart = 2025-06-01T10:00:00\nend = 2025-06-01T11:00:00\n"
+    )
+    [pipeline] = load_pipelines(write(tmp_path, text)).pipelines
+    assert [window.timezone for window in pipeline.freeze] == ["UTC"]
+
+
+_ONE_OFF = "[[pipeline.freeze]]\nreason = 'r'\nstart = 2025-06-01T10:00:00\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            VALID + _ONE_OFF + "end = 2025-06-01T11:00:00\ntimezone = 'Mars/Olympus'\n",
+            "pipeline 'api': key 'freeze[1].timezone': unknown IANA time zone 'Mars/Olympus'",
+        ),
+        (
+            VALID + _ONE_OFF + "end = 2025-06-01T09:00:00\n",
+            "pipeline 'api': key 'freeze[1].end': 2025-06-01T09:00:00 is not after start 2025-06-01T10:00:00",
+        ),
+        (
+            VALID + _ONE_OFF + "rrule = 'FREQ=WEEKLY;BYDAY=FRIDAY'\nduration = '1h'\n",
+            "pipeline 'api': key 'freeze[1].rrule': not a valid RFC 5545 RRULE",
+        ),
+        (
+            VALID + _ONE_OFF + "rrule = 'FREQ=HOURLY'\nduration = '1h'\n",
+            "key 'freeze[1].rrule': FREQ must be one of DAILY, WEEKLY, MONTHLY, YEARLY, got 'HOURLY'",
+        ),
+        (
+            VALID + _ONE_OFF + "rrule = 'FREQ=DAILY'\nduration = '32d'\n",
+            "pipeline 'api': key 'freeze[1].duration': must be from 0:01:00 to 31 days, got 32 days, 0:00:00",
+        ),
+        (
+            VALID + _ONE_OFF + "rrule = 'FREQ=DAILY'\nduration = '0m'\n",
+            "key 'freeze[1].duration': must be from 0:01:00 to 31 days",
+        ),
+        (
+            VALID + _ONE_OFF + "rrule = 'FREQ=DAILY'\nduration = 3600\n",
+            "key 'freeze[1].duration': must be days, hours and minutes such as '64h'",
+        ),
+        (VALID + _ONE_OFF + "rrule = 'FREQ=DAILY'\n", "key 'freeze[1].duration': is required with 'rrule'"),
+        (
+            VALID + _ONE_OFF + "end = 2025-06-01T11:00:00\nduration = '1h'\n",
+            "key 'freeze[1].duration': a one-off window ends at 'end'",
+        ),
+        (VALID + _ONE_OFF, "key 'freeze[1]': set either 'end' (a one-off window) or 'rrule'"),
+        (
+            VALID + "[[pipeline.freeze]]\nstart = 2025-06-01T10:00:00\nend = 2025-06-01T11:00:00\n",
+            "pipeline 'api': key 'freeze[1].reason': is required",
+        ),
+        (
+            VALID + _ONE_OFF + "end = 2025-06-01T11:00:00\nrepeat = 'weekly'\n",
+            "pipeline 'api': key 'freeze[1].repeat': unknown key (allowed: reason, timezone, start,",
+        ),
+        (
+            VALID
+            + "[[pipeline.freeze]]\nreason = 'r'\nstart = '2025-06-01 10:00'\nend = 2025-06-01T11:00:00\n",
+            "key 'freeze[1].start': must be a TOML local date-time such as 2025-12-24T18:00:00 (no quotes)",
+        ),
+        (
+            VALID
+            + "[[pipeline.freeze]]\nreason = 'r'\nstart = 2025-06-01T10:00:00Z\nend = 2025-06-01T11:00:00\n",
+            "key 'freeze[1].start': write the local time without an offset",
+        ),
+        (
+            VALID + "[pipeline.freeze]\nreason = 'r'\n",
+            "pipeline 'api': key 'freeze': must be an array of tables",
+        ),
+        (
+            "[[freeze]]\nreason = 'r'\ntimezone = 'Europe/Berln'\nstart = 2025-06-01T10:00:00\n"
+            "end = 2025-06-02T10:00:00\n" + VALID,
+            "key 'freeze[1].timezone': unknown IANA time zone 'Europe/Berln'",
+        ),
+        (
+            "[[freeze]]\nstart = 2025-06-01T10:00:00\nend = 2025-06-02T10:00:00\n" + VALID,
+            "key 'freeze[1].reason': is required",
+        ),
+    ],
+)
+def test_invalid_freeze_windows_name_file_key_and_problem(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PipelinesConfigError) as error:
+        load_pipelines(path)
+    assert str(error.value).startswith(f"{path}: ")
+    assert message in str(error.value)
