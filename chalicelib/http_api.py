@@ -215,6 +215,10 @@ def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
             detail.releases[waiting].to_dict() for waiting in slot.waiting if waiting in detail.releases
         ]
         body["last_good_release"] = _named(detail.releases, slot.last_good)
+        body["freeze"] = {
+            "current": detail.current_freeze.to_dict() if detail.current_freeze else None,
+            "next": detail.next_freeze.to_dict() if detail.next_freeze else None,
+        }
         return Answer(200, body)
 
     return _respond(run)

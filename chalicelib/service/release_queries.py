@@ -1,5 +1,5 @@
 """What the HTTP API reads: releases newest first, one release with its history and progress,
-pipelines with their slots. Each returns what it found or raises a ``Refused``
+pipelines with their slots and freezes. Each returns what it found or raises a ``Refused``
 (chalicelib/domain/api_requests.py); chalicelib/http_api.py turns both into HTTP answers."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.domain.api_requests import ListQuery, encode_cursor
+from chalicelib.domain.freeze import Freeze, current_freeze, next_freeze
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import HistoryEvent, Release, ReleaseState
 from chalicelib.domain.slot import PipelineSlot
@@ -53,6 +54,9 @@ class PipelineDetail:
     status: PipelineStatus
     # The releases the slot names, by id (one the store no longer has is left out).
     releases: Mapping[str, Release]
+    # The pipeline's freeze in force now, and the next one after it has ended.
+    current_freeze: Freeze | None
+    next_freeze: Freeze | None
 
 
 def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
@@ -119,10 +123,12 @@ def list_pipelines(wiring: Wiring) -> list[PipelineStatus]:
 
 
 def pipeline_detail(wiring: Wiring, name: str) -> PipelineDetail:
-    """The pipeline with its slot, and the releases the slot names in full."""
+    """The pipeline with its slot, the releases the slot names in full, and its freezes."""
     status = _pipeline_status(wiring, pipeline_in_path(wiring, name))
     releases = {release.id: release for release in wiring.store.get_releases(status.named_releases)}
-    return PipelineDetail(status, releases)
+    now = wiring.clock.now()
+    windows = status.pipeline.freeze
+    return PipelineDetail(status, releases, current_freeze(windows, now), next_freeze(windows, now))
 
 
 def _pipeline_status(wiring: Wiring, pipeline: Pipeline) -> PipelineStatus:

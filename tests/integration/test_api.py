@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +27,7 @@ from chalicelib.domain.api_requests import MAX_BODY_BYTES, encode_cursor
 from chalicelib.domain.release import EventType, ReleaseState, Trigger
 from infra import stack
 from sandbox import moto_extensions
-from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, TABLE, World
+from tests.integration.conftest import BUCKET, INSTANCES, LOAD_BALANCED, PIPELINES_TOML, TABLE, World
 from tests.integration.test_error_model import AwsFaults, aws_faults
 from tests.unit.test_api_openapi import check_answer
 
@@ -169,6 +170,48 @@ def test_one_pipeline_with_its_releases(world: World) -> None:
     assert reply.json["active_release"]["state"] == "DEPLOYING"
     assert reply.json["last_good_release"]["id"] == first
     assert reply.json["waiting_releases"] == []
+
+
+def test_a_pipeline_shows_its_current_and_next_freeze(world: World, pipelines_file: Path) -> None:
+    # Windows far from any date the test runs on: a global one (Berlin time) in force now until
+    # 2100, and one of api-prod's own (UTC) later that year.
+    global_windows = (
+        '[[freeze]]\nreason = "century"\ntimezone = "Europe/Berlin"\n'
+        "start = 2000-01-01T00:00:00\nend = 2100-01-01T00:00:00\n"
+    )
+    api_prod_window = (
+        '[[pipeline.freeze]]\nreason = "audit"\nstart = 2100-03-01T09:00:00\n'
+        'rrule = "FREQ=YEARLY"\nduration = "8h"\n'
+    )
+    api_prod_table, others = PIPELINES_TOML.split('[[pipeline]]\nname = "web-prod"')
+    pipelines_file.write_text(
+        global_windows + api_prod_table + api_prod_window + '[[pipeline]]\nname = "web-prod"' + others,
+        encoding="utf-8",
+    )
+    bootstrap.reset()
+
+    api_prod = call(world, "GET", "/pipelines/api-prod")
+    web_prod = call(world, "GET", "/pipelines/web-prod")
+
+    assert api_prod.json["freeze"] == {
+        "current": {
+            "reason": "century",
+            "starts_at": "1999-12-31T23:00:00+00:00",
+            "ends_at": "2099-12-31T23:00:00+00:00",
+        },
+        "next": {
+            "reason": "audit",
+            "starts_at": "2100-03-01T09:00:00+00:00",
+            "ends_at": "2100-03-01T17:00:00+00:00",
+        },
+    }
+    assert web_prod.json["freeze"]["current"] == api_prod.json["freeze"]["current"]
+    assert web_prod.json["freeze"]["next"] is None
+
+
+def test_a_pipeline_without_freeze_windows_shows_none(world: World) -> None:
+    reply = call(world, "GET", "/pipelines/api-prod")
+    assert reply.json["freeze"] == {"current": None, "next": None}
 
 
 def test_unknown_pipeline_is_404(world: World) -> None:
