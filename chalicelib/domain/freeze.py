@@ -21,9 +21,8 @@ timezone-aware in UTC.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -163,7 +162,7 @@ def current_freeze(windows: Iterable[FreezeWindow], now: datetime) -> Freeze | N
     if not covering:
         return None
     chosen = max(covering, key=lambda occurrence: occurrence.ends_at)
-    return dataclasses.replace(chosen, ends_at=_chain_end(windows, now, chosen.ends_at))
+    return replace(chosen, ends_at=_chain_end(windows, now, chosen.ends_at))
 
 
 def next_freeze(windows: Iterable[FreezeWindow], now: datetime) -> Freeze | None:
@@ -177,7 +176,7 @@ def next_freeze(windows: Iterable[FreezeWindow], now: datetime) -> Freeze | None
     if not upcoming:
         return None
     first = min(upcoming, key=lambda occurrence: occurrence.starts_at)
-    return dataclasses.replace(first, ends_at=_chain_end(windows, first.starts_at, first.ends_at))
+    return replace(first, ends_at=_chain_end(windows, first.starts_at, first.ends_at))
 
 
 def _chain_end(windows: tuple[FreezeWindow, ...], since: datetime, end: datetime) -> datetime:
