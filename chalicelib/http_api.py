@@ -215,10 +215,6 @@ def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
             detail.releases[waiting].to_dict() for waiting in slot.waiting if waiting in detail.releases
         ]
         body["last_good_release"] = _named(detail.releases, slot.last_good)
-        body["freeze"] = {
-            "current": detail.current_freeze.to_dict() if detail.current_freeze else None,
-            "next": detail.next_freeze.to_dict() if detail.next_freeze else None,
-        }
         return Answer(200, body)
 
     return _respond(run)
@@ -238,6 +234,10 @@ def _pipeline_status(status: release_queries.PipelineStatus) -> dict[str, Any]:
         "active": slot.active,
         "waiting": list(slot.waiting),
         "last_good": slot.last_good,
+        "freeze": {
+            "current": status.current_freeze.to_dict() if status.current_freeze else None,
+            "next": status.next_freeze.to_dict() if status.next_freeze else None,
+        },
     }
 
 

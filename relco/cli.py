@@ -93,18 +93,31 @@ def releases(
 @json_option
 @click.pass_context
 def pipelines(ctx: click.Context, as_json: bool) -> None:
-    """Pipelines with their active, waiting and last good releases."""
+    """Pipelines with their active, waiting and last good releases, and their freezes."""
     with _errors():
         listed = _client(ctx).get("/pipelines")
 
     def text() -> str:
         return "\n".join(
             f"{p['name']}  s3://{p['bucket']}/{p['prefix']}  active={p['active'] or '-'}  "
-            f"waiting={len(p['waiting'])}  last_good={p['last_good'] or '-'}"
+            f"waiting={len(p['waiting'])}  last_good={p['last_good'] or '-'}{_freeze_note(p.get('freeze'))}"
             for p in listed["pipelines"]
         )
 
     _emit(as_json, listed, text)
+
+
+def _freeze_note(freeze: Mapping[str, Any] | None) -> str:
+    """`  frozen until <end> (<reason>)`, or the next freeze, or nothing."""
+    if not freeze:
+        return ""
+    if freeze.get("current"):
+        current = freeze["current"]
+        return f"  frozen until {current['ends_at']} ({current['reason']})"
+    if freeze.get("next"):
+        upcoming = freeze["next"]
+        return f"  next freeze {upcoming['starts_at']} to {upcoming['ends_at']} ({upcoming['reason']})"
+    return ""
 
 
 @main.command()

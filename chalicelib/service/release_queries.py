@@ -41,6 +41,9 @@ class ReleaseDetail:
 class PipelineStatus:
     pipeline: Pipeline
     slot: PipelineSlot
+    # The pipeline's freeze in force now, and the next one after it has ended.
+    current_freeze: Freeze | None
+    next_freeze: Freeze | None
 
     @property
     def named_releases(self) -> list[str]:
@@ -54,9 +57,6 @@ class PipelineDetail:
     status: PipelineStatus
     # The releases the slot names, by id (one the store no longer has is left out).
     releases: Mapping[str, Release]
-    # The pipeline's freeze in force now, and the next one after it has ended.
-    current_freeze: Freeze | None
-    next_freeze: Freeze | None
 
 
 def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
@@ -119,17 +119,22 @@ def _progress(wiring: Wiring, release: Release) -> dict[str, Any] | None:
 
 
 def list_pipelines(wiring: Wiring) -> list[PipelineStatus]:
+    """Each pipeline with its slot and freezes."""
     return [_pipeline_status(wiring, pipeline) for pipeline in wiring.pipelines.pipelines]
 
 
 def pipeline_detail(wiring: Wiring, name: str) -> PipelineDetail:
-    """The pipeline with its slot, the releases the slot names in full, and its freezes."""
+    """The pipeline with its slot and freezes, and the releases the slot names in full."""
     status = _pipeline_status(wiring, pipeline_in_path(wiring, name))
     releases = {release.id: release for release in wiring.store.get_releases(status.named_releases)}
-    now = wiring.clock.now()
-    windows = status.pipeline.freeze
-    return PipelineDetail(status, releases, current_freeze(windows, now), next_freeze(windows, now))
+    return PipelineDetail(status, releases)
 
 
 def _pipeline_status(wiring: Wiring, pipeline: Pipeline) -> PipelineStatus:
-    return PipelineStatus(pipeline, wiring.store.get_slot(pipeline.name))
+    now = wiring.clock.now()
+    return PipelineStatus(
+        pipeline,
+        wiring.store.get_slot(pipeline.name),
+        current_freeze(pipeline.freeze, now),
+        next_freeze(pipeline.freeze, now),
+    )

@@ -207,6 +207,9 @@ def test_a_pipeline_shows_its_current_and_next_freeze(world: World, pipelines_fi
     }
     assert web_prod.json["freeze"]["current"] == api_prod.json["freeze"]["current"]
     assert web_prod.json["freeze"]["next"] is None
+    listed = {p["name"]: p["freeze"] for p in call(world, "GET", "/pipelines").json["pipelines"]}
+    assert listed["api-prod"] == api_prod.json["freeze"]
+    assert listed["web-prod"] == web_prod.json["freeze"]
 
 
 def test_a_pipeline_without_freeze_windows_shows_none(world: World) -> None:

@@ -358,3 +358,21 @@ def test_weekly_occurrences_start_at_the_written_local_time(
 def _exists(wall_time: datetime, zone: str) -> bool:
     moment = wall_time.replace(tzinfo=ZoneInfo(zone))
     return moment.astimezone(UTC).astimezone(ZoneInfo(zone)).replace(tzinfo=None) == wall_time
+
+
+def test_relco_pipelines_says_until_when_a_pipeline_is_frozen_or_when_the_next_freeze_is() -> None:
+    from relco.cli import _freeze_note
+
+    current = {
+        "reason": "audit",
+        "starts_at": "2026-12-24T00:00:00+00:00",
+        "ends_at": "2026-12-27T00:00:00+00:00",
+    }
+    assert _freeze_note({"current": current, "next": None}) == (
+        "  frozen until 2026-12-27T00:00:00+00:00 (audit)"
+    )
+    assert _freeze_note({"current": None, "next": current}) == (
+        "  next freeze 2026-12-24T00:00:00+00:00 to 2026-12-27T00:00:00+00:00 (audit)"
+    )
+    assert _freeze_note({"current": None, "next": None}) == ""
+    assert _freeze_note(None) == ""  # an API from before freezes
