@@ -5,6 +5,7 @@ which alarm fired, and why."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +44,8 @@ from chalicelib.service.wiring import Wiring
 _LISTED_TARGETS = 20
 # ... and at most this many alarms of each kind (an alarm's state reason runs to 1,023 characters).
 _LISTED_ALARMS = 10
+# A release's reason names at most this many alarms.
+_NAMED_IN_REASON = 3
 
 
 class AlarmsNotWired(RuntimeError):
@@ -307,7 +310,7 @@ def _apply(
     if judgement.outcome is Outcome.UNVERIFIABLE:
         if judgement.alarms is not None and judgement.alarms.missing:
             # Checked first: CloudWatch answered, so what it lacks is the cause, not an error.
-            cause = f"CloudWatch has no alarm named {', '.join(judgement.alarms.missing)} (verify.alarms)"
+            cause = f"CloudWatch has no alarm named {_names(judgement.alarms.missing)} (verify.alarms)"
             aws_code = None
         else:
             cause = str(aws_error)
@@ -358,8 +361,14 @@ def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
 def _describe_firing(firing: tuple[AlarmStatus, ...]) -> str:
     first = firing[0]
     since = f" since {first.updated_at.isoformat()}" if first.updated_at else ""
-    others = f"; also in ALARM: {', '.join(alarm.name for alarm in firing[1:])}" if firing[1:] else ""
+    others = f"; also in ALARM: {_names([alarm.name for alarm in firing[1:]])}" if firing[1:] else ""
     return f"alarm {first.name} is in ALARM{since}: {first.reason}{others}"
+
+
+def _names(names: Sequence[str]) -> str:
+    """Alarm names for a reason, the first few of up to 100 (255 characters each)."""
+    more = f" and {len(names) - _NAMED_IN_REASON} more" if len(names) > _NAMED_IN_REASON else ""
+    return ", ".join(names[:_NAMED_IN_REASON]) + more
 
 
 def resend_overdue_checks(wiring: Wiring, release: Release) -> bool:

@@ -239,3 +239,19 @@ def test_a_refusal_to_describe_alarms_fails_verification_at_once(
     )
     assert world.history(release_id)[-1].detail["error_code"] == code
     assert world.release(rollback_release_id(release_id)).state is ReleaseState.DEPLOYING
+
+
+@pytest.mark.timeout(120)
+def test_reconcile_applying_a_lost_success_reads_the_alarms_too(world: World) -> None:
+    """CodeDeploy's SUCCESS event never arrived: reconcile applies it, first check included."""
+    for name in ALARMS:
+        create_alarm(world, name)
+    set_state(world, ERRORS_5XX, "ALARM", "5xx above 1 a minute")
+    release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    moto_extensions.complete(deployment_id, "Succeeded")
+
+    world.reconcile()
+
+    failed = world.release(release_id)
+    assert failed.state is ReleaseState.FAILED
+    assert failed.reason.startswith(f"verify_failed: alarm {ERRORS_5XX} is in ALARM since ")
