@@ -90,7 +90,12 @@ def test_no_answer_is_transient_and_many_names_are_cut_short() -> None:
 
 def test_the_client_is_made_on_first_read() -> None:
     made: list[Any] = []
-    alarms = CloudWatchAlarms(lambda: made.append(client()) or made[-1])
+
+    def connect() -> Any:
+        made.append(client())
+        return made[-1]
+
+    alarms = CloudWatchAlarms(connect)
     assert made == []
     with Stubber(alarms._client) as stub:
         stub.add_response("describe_alarms", {})
