@@ -47,11 +47,12 @@ def pipelines() -> PipelinesConfig:
 
 @functools.cache
 def wiring() -> Wiring:
-    """The production wiring: DynamoDB, S3, CodeDeploy, ELBv2 and SQS through boto3 (``AWS_ENDPOINT_URL``
-    points them at an emulator in the sandbox and the tests)."""
+    """The production wiring: DynamoDB, S3, CodeDeploy, ELBv2, CloudWatch and SQS through boto3
+    (``AWS_ENDPOINT_URL`` points them at an emulator in the sandbox and the tests)."""
     import boto3
     from botocore.config import Config
 
+    from chalicelib.adapters.cloudwatch import CloudWatchAlarms
     from chalicelib.adapters.codedeploy import CodeDeployDeployments
     from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
     from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
@@ -72,6 +73,8 @@ def wiring() -> Wiring:
         pipelines=pipelines(),
         clock=SystemClock(),
         notifications=_notifications(session, config, table),
+        # Its client is made on first read: only a check of a pipeline with alarms reads them.
+        alarms=CloudWatchAlarms(lambda: session.client("cloudwatch", config=config)),
     )
 
 

@@ -134,7 +134,15 @@ UNSCOPED_ACTIONS: Mapping[str, str] = {
         "takes a deployment id; the Service Authorization Reference lists no resource type, and a "
         "deployment-group ARN makes it AccessDenied"
     ),
+    "cloudwatch:DescribeAlarms": (
+        "has the alarm resource type, but DescribeAlarms returns composite alarms only to a "
+        "permission scoped to * (CloudWatch API reference, DescribeAlarms); scoped to the named "
+        "alarms' ARNs, a composite alarm would look missing"
+    ),
 }
+# Of UNSCOPED_ACTIONS, those that do have a resource type: AWS documents that a narrower grant
+# hides part of the answer (above).
+UNSCOPED_DESPITE_RESOURCE_TYPE = frozenset({"cloudwatch:DescribeAlarms"})
 
 Grant = Callable[[Function, Scope], list[Statement]]
 
@@ -317,6 +325,12 @@ def _target_health(_function: Function, _scope: Scope) -> list[Statement]:
     return [_statement("ReadTargetHealth", ["elasticloadbalancing:DescribeTargetHealth"], ["*"])]
 
 
+def _alarms(_function: Function, _scope: Scope) -> list[Statement]:
+    # Every health check reads the alarms its pipeline names (verify.alarms): on "*", see
+    # UNSCOPED_ACTIONS.
+    return [_statement("ReadAlarmStates", ["cloudwatch:DescribeAlarms"], ["*"])]
+
+
 def _channels(_function: Function, scope: Scope) -> list[Statement]:
     statements = []
     if scope.parameters:
@@ -341,17 +355,18 @@ _STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
     # SUCCESS starts verification (target groups, deployed instances) and runs its first check
-    # (target health); FAILURE reads the lifecycle diagnostics of each instance.
+    # (target health, alarms); FAILURE reads the lifecycle diagnostics of each instance.
     "on_codedeploy_event": (
         *_RELEASES,
         *_STARTS,
         _deploy_targets,
         _target_groups,
         _target_health,
+        _alarms,
         _verify_send,
         _event_failures,
     ),
-    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _verify_send, _verify_consume),
+    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _alarms, _verify_send, _verify_consume),
     # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
     # included) and re-sends overdue checks.
     "reconcile": (
@@ -360,6 +375,7 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _deploy_targets,
         _target_groups,
         _target_health,
+        _alarms,
         _verify_send,
         _event_failures,
     ),

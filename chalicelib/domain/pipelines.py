@@ -40,6 +40,8 @@ class VerifySettings:
     interval_s: int | None = None
     deadline_s: int | None = None
     bake_s: int = 0
+    # CloudWatch alarms (by name) that must not be in ALARM at any health check.
+    alarms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,11 @@ def _whole_number(
     return value
 
 
+# CloudWatch's limits (botocore's cloudwatch model): AlarmName is 1 to 255 characters, and
+# DescribeAlarms takes at most 100 AlarmNames, so one call reads every alarm of a pipeline.
+MAX_ALARM_NAME_CHARS = 255
+MAX_ALARMS = 100
+
 # The largest verify values that make sense, and why (docs/pipelines.md says the same).
 MAX_VERIFY_INTERVAL_S = 900
 MAX_BAKE_S = 86_400
@@ -228,7 +235,7 @@ _MAXIMUM_REASONS = {
 
 def _parse_verify(value: Any, fail: Any) -> VerifySettings:
     table = _table(value, "verify", fail)
-    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s"}
+    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s", "alarms"}
     for name in table:
         if name not in allowed:
             raise fail(f"verify.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -242,7 +249,29 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
         ),
         deadline_s=_whole_number(table, "deadline_s", "verify", fail, minimum=1, maximum=MAX_DEADLINE_S),
         bake_s=defaults.bake_s if bake_s is None else bake_s,
+        alarms=_alarm_names(table.get("alarms", []), fail),
     )
+
+
+def _alarm_names(value: Any, fail: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise fail("verify.alarms", f"must be a list of CloudWatch alarm names, got {value!r}")
+    for name in value:
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_ALARM_NAME_CHARS:
+            raise fail(
+                "verify.alarms",
+                f"each alarm name must be a string of 1 to {MAX_ALARM_NAME_CHARS} characters "
+                f"(CloudWatch's AlarmName), got {name!r}",
+            )
+    if len(value) > MAX_ALARMS:
+        raise fail(
+            "verify.alarms",
+            f"at most {MAX_ALARMS} alarms (what one DescribeAlarms call takes), got {len(value)}",
+        )
+    repeated = sorted({name for name in value if value.count(name) > 1})
+    if repeated:
+        raise fail("verify.alarms", f"names an alarm more than once: {', '.join(repeated)}")
+    return tuple(value)
 
 
 def _parse_rollback(value: Any, fail: Any) -> RollbackSettings:

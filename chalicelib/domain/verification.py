@@ -1,5 +1,6 @@
 """Verification after CodeDeploy reports success: every deployed instance must be ``healthy`` in
-every target group for N checks in a row before the release counts as good.
+every target group for N checks in a row before the release counts as good, and no CloudWatch
+alarm the pipeline names (``verify.alarms``) may be in ALARM at any check.
 
 CodeDeploy's SUCCESS is not proof: an ALB fails open, and OneAtATime reports success even when
 the last instance failed.
@@ -37,6 +38,68 @@ class LoadBalancerError(Exception):
         super().__init__(f"ELBv2 {code}: {message}")
         self.code = code
         self.permanent = permanent
+
+
+class AlarmReadError(Exception):
+    """CloudWatch answered an error instead of the alarms' states. ``permanent``: the same
+    request can never succeed (access denied, a request CloudWatch finds invalid), so
+    verification fails now; otherwise (throttling, a 5xx, no connection) it is tried again, as
+    after ELBv2's transient errors."""
+
+    def __init__(self, code: str, message: str, *, permanent: bool) -> None:
+        super().__init__(f"CloudWatch {code}: {message}")
+        self.code = code
+        self.permanent = permanent
+
+
+class AlarmState(StrEnum):
+    """CloudWatch's StateValue."""
+
+    OK = "OK"
+    ALARM = "ALARM"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+
+
+@dataclass(frozen=True)
+class AlarmStatus:
+    """One alarm as DescribeAlarms shows it."""
+
+    name: str
+    state: AlarmState
+    reason: str
+    # StateUpdatedTimestamp: when the alarm last changed state.
+    updated_at: datetime | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {
+            "alarm": self.name,
+            "state": self.state.value,
+            "reason": self.reason,
+            "since": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class AlarmReading:
+    """What one check read of the alarms its pipeline names: the alarms CloudWatch has, or why
+    their states could not be read."""
+
+    named: tuple[str, ...]
+    found: tuple[AlarmStatus, ...] = ()
+    error: AlarmReadError | None = None
+
+    @property
+    def firing(self) -> tuple[AlarmStatus, ...]:
+        return tuple(alarm for alarm in self.found if alarm.state is AlarmState.ALARM)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Named alarms CloudWatch does not have (a typo, a deleted alarm): they could never
+        fire, so the gate they stand for cannot be checked."""
+        if self.error is not None:
+            return ()
+        found = {alarm.name for alarm in self.found}
+        return tuple(name for name in self.named if name not in found)
 
 
 @dataclass(frozen=True)
@@ -161,7 +224,10 @@ class Outcome(StrEnum):
     CONTINUE = "continue"  # check again after the interval
     BAKE = "bake"  # streak done: wait bake_s, then check once more
     TIMED_OUT = "timed_out"  # targets seen not healthy (or health unreadable) at or past the deadline
-    UNVERIFIABLE = "unverifiable"  # ELBv2 refused for good (target group gone, target invalid)
+    # ELBv2 or CloudWatch refused for good (target group gone, target invalid, access denied), or
+    # a named alarm does not exist
+    UNVERIFIABLE = "unverifiable"
+    ALARM = "alarm"  # a named alarm is in ALARM: the release fails at once
 
 
 @dataclass(frozen=True)
@@ -174,10 +240,18 @@ class Judgement:
     # How long after its due time the check ran, when it ran late (LATE_AFTER_S).
     late_s: int | None = None
     past_deadline: bool = False
+    # The pipeline's alarms as this check read them; None when it names none.
+    alarms: AlarmReading | None = None
 
 
-def judge(verification: Verification, health: Sequence[TargetHealth], now: datetime) -> Judgement:
-    """One check: every deployed instance healthy in every target group, or the streak restarts."""
+def judge(
+    verification: Verification,
+    health: Sequence[TargetHealth],
+    now: datetime,
+    alarms: AlarmReading | None = None,
+) -> Judgement:
+    """One check: every deployed instance healthy in every target group and no named alarm in
+    ALARM, or the streak restarts (an alarm in ALARM ends it: see ``_alarm_verdict``)."""
     reported = {(entry.target_group, entry.target_id) for entry in health}
     missing = tuple(
         TargetHealth(group, instance, "unused", "Target.NotRegistered", "not registered in the target group")
@@ -186,19 +260,74 @@ def judge(verification: Verification, health: Sequence[TargetHealth], now: datet
         if (group, instance) not in reported
     )
     not_healthy = tuple(entry for entry in health if entry.state != "healthy") + missing
-    return _judged(verification, now, not_healthy=not_healthy, error=None)
+    verdict = _alarm_verdict(verification, alarms, now, not_healthy=not_healthy, error=None)
+    return verdict or _judged(verification, now, not_healthy=not_healthy, error=None, alarms=alarms)
 
 
-def judge_error(verification: Verification, error: LoadBalancerError, now: datetime) -> Judgement:
+def judge_error(
+    verification: Verification,
+    error: LoadBalancerError,
+    now: datetime,
+    alarms: AlarmReading | None = None,
+) -> Judgement:
     """ELBv2 answered an error instead of target health. Refused for good (the target group is
     gone, a deployed target is invalid): no retry can verify the deployment. Otherwise
     (throttled, unavailable, a 5xx) nothing was seen healthy, so the streak restarts as after a
     target seen not healthy, the check is tried again after the interval, and at or past the
-    deadline the release fails with the error."""
+    deadline the release fails with the error. An alarm in ALARM still fails the release."""
+    verdict = _alarm_verdict(verification, alarms, now, not_healthy=(), error=error)
+    if verdict is not None:
+        return verdict
     if error.permanent:
-        checked = replace(verification, checks_done=verification.checks_done + 1, streak=0)
-        return Judgement(Outcome.UNVERIFIABLE, checked, error=error, late_s=_late_s(verification, now))
-    return _judged(verification, now, not_healthy=(), error=error)
+        return _ended(Outcome.UNVERIFIABLE, verification, now, not_healthy=(), error=error, alarms=alarms)
+    return _judged(verification, now, not_healthy=(), error=error, alarms=alarms)
+
+
+def _alarm_verdict(
+    verification: Verification,
+    alarms: AlarmReading | None,
+    now: datetime,
+    *,
+    not_healthy: tuple[TargetHealth, ...],
+    error: LoadBalancerError | None,
+) -> Judgement | None:
+    """The alarms decide the check before target health does: one in ALARM fails the release
+    at once, whatever the targets say (CodeDeploy's own alarm gate stops a deployment the same
+    way). A named alarm CloudWatch does not have, or a refusal for good to show the alarms,
+    leaves the gate unchecked: unverifiable. INSUFFICIENT_DATA does not fail (an alarm on a
+    metric the new release has not emitted yet, or one treating missing data so), and neither
+    does a transient read error: the check is tried again (``_judged``)."""
+    if alarms is None:
+        return None
+    if alarms.firing:
+        outcome = Outcome.ALARM
+    elif alarms.missing or (alarms.error is not None and alarms.error.permanent):
+        outcome = Outcome.UNVERIFIABLE
+    else:
+        return None
+    return _ended(outcome, verification, now, not_healthy=not_healthy, error=error, alarms=alarms)
+
+
+def _ended(
+    outcome: Outcome,
+    verification: Verification,
+    now: datetime,
+    *,
+    not_healthy: tuple[TargetHealth, ...],
+    error: LoadBalancerError | None,
+    alarms: AlarmReading | None,
+) -> Judgement:
+    """A check that ends verification whatever the streak: the streak is void."""
+    checked = replace(verification, checks_done=verification.checks_done + 1, streak=0)
+    return Judgement(
+        outcome,
+        checked,
+        not_healthy,
+        error,
+        _late_s(verification, now),
+        now >= verification.deadline,
+        alarms,
+    )
 
 
 def _late_s(verification: Verification, now: datetime) -> int | None:
@@ -212,12 +341,15 @@ def _judged(
     *,
     not_healthy: tuple[TargetHealth, ...],
     error: LoadBalancerError | None,
+    alarms: AlarmReading | None,
 ) -> Judgement:
     """The deadline judges the targets, not the coordinator's timing: a check that runs past it
     (late because a handler died or a message was lost) still counts when every target is
     healthy, and the release fails only when a check at or past the deadline does not see every
-    target healthy. So the release ends within ``healthy_checks`` checks after the deadline."""
-    seen_healthy = not not_healthy and error is None
+    target healthy. So the release ends within ``healthy_checks`` checks after the deadline.
+    Alarms that could not be read (a transient error) count as not seen good, like targets."""
+    alarms_read = alarms is None or alarms.error is None
+    seen_healthy = not not_healthy and error is None and alarms_read
     streak = verification.streak + 1 if seen_healthy else 0
     checked = replace(verification, checks_done=verification.checks_done + 1, streak=streak)
     past_deadline = now >= verification.deadline
@@ -235,7 +367,7 @@ def _judged(
             checked = replace(checked, baked=False)
     wait_s = verification.bake_s if outcome is Outcome.BAKE else verification.interval_s
     checked = replace(checked, next_check_at=now + timedelta(seconds=wait_s))
-    return Judgement(outcome, checked, not_healthy, error, _late_s(verification, now), past_deadline)
+    return Judgement(outcome, checked, not_healthy, error, _late_s(verification, now), past_deadline, alarms)
 
 
 @dataclass(frozen=True)

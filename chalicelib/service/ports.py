@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from chalicelib.domain.lane import Change
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
-from chalicelib.domain.verification import TargetGroupSettings, TargetHealth, VerifyRequest
+from chalicelib.domain.verification import AlarmStatus, TargetGroupSettings, TargetHealth, VerifyRequest
 
 
 class WriteConflict(Exception):
@@ -213,6 +213,13 @@ class LoadBalancing(Protocol):
     def target_groups(self, names: Sequence[str]) -> list[TargetGroupSettings]: ...
 
     def target_health(self, target_group_arn: str, target_ids: Sequence[str]) -> list[TargetHealth]: ...
+
+
+class Alarms(Protocol):
+    def alarm_states(self, names: Sequence[str]) -> list[AlarmStatus]:
+        """The named CloudWatch alarms that exist, with their state; a name with no alarm is
+        left out. Raises ``AlarmReadError``."""
+        ...
 
 
 class VerifyQueue(Protocol):

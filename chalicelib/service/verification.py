@@ -1,8 +1,11 @@
 """After CodeDeploy succeeds: verify ALB target health until a healthy streak, or fail and roll
-back. Each check is a history event naming what was not healthy and why."""
+back. Each check also reads the CloudWatch alarms the pipeline names (``verify.alarms``): one in
+ALARM fails the release at once. Each check is a history event naming what was not healthy, or
+which alarm fired, and why."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +20,10 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.verification import (
     MAX_DELAY_S,
+    AlarmReadError,
+    AlarmReading,
+    AlarmState,
+    AlarmStatus,
     Judgement,
     LoadBalancerError,
     Outcome,
@@ -35,6 +42,15 @@ from chalicelib.service.wiring import Wiring
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
+# ... and at most this many alarms of each kind (an alarm's state reason runs to 1,023 characters).
+_LISTED_ALARMS = 10
+# A release's reason names at most this many alarms.
+_NAMED_IN_REASON = 3
+
+
+class AlarmsNotWired(RuntimeError):
+    """The pipeline names alarms but the wiring has no CloudWatch to read them from: the gate
+    must not pass unchecked."""
 
 
 def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
@@ -75,7 +91,7 @@ def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -
     # for each instance to pass its target groups' health checks, so this is the moment to look,
     # and it saves a message, a read and a write per release.
     first = VerifyRequest(release.id, deployment_id, 1, pipeline=release.pipeline)
-    judgement = _judge(wiring, verification, now)
+    judgement = _judge(wiring, verification, pipeline.verify.alarms, now)
     checked_in_same_write = judgement.outcome in (Outcome.CONTINUE, Outcome.BAKE)
 
     def enter_verifying(current: Release, now: datetime) -> Change | None:
@@ -182,11 +198,18 @@ def run_check(wiring: Wiring, request: VerifyRequest) -> Release | None:
         wiring.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
         logger.info("health check not due yet; sent on", extra={**request.to_message(), "wait_s": hop_s})
         return release
-    return _apply(wiring, release, request, _judge(wiring, verification, now), lane)
+    # The pipelines file as deployed now: an alarm added while a release bakes gates its next check.
+    pipeline = wiring.pipelines.named(release.pipeline)
+    alarm_names = pipeline.verify.alarms if pipeline else ()
+    return _apply(wiring, release, request, _judge(wiring, verification, alarm_names, now), lane)
 
 
-def _judge(wiring: Wiring, verification: Verification, now: datetime) -> Judgement:
-    """Read the deployed targets' health in every target group and judge it."""
+def _judge(
+    wiring: Wiring, verification: Verification, alarm_names: tuple[str, ...], now: datetime
+) -> Judgement:
+    """Read the deployed targets' health in every target group and the named alarms' states,
+    and judge them."""
+    alarms = _read_alarms(wiring, alarm_names)
     try:
         health = [
             entry
@@ -197,8 +220,20 @@ def _judge(wiring: Wiring, verification: Verification, now: datetime) -> Judgeme
         logger.warning(
             "could not read target health", extra={"why": str(error), "permanent": error.permanent}
         )
-        return judge_error(verification, error, now)
-    return judge(verification, health, now)
+        return judge_error(verification, error, now, alarms)
+    return judge(verification, health, now, alarms)
+
+
+def _read_alarms(wiring: Wiring, names: tuple[str, ...]) -> AlarmReading | None:
+    if not names:
+        return None
+    if wiring.alarms is None:
+        raise AlarmsNotWired(f"the pipeline names alarms ({', '.join(names)}) but no CloudWatch is wired")
+    try:
+        return AlarmReading(names, tuple(wiring.alarms.alarm_states(names)))
+    except AlarmReadError as error:
+        logger.warning("could not read the alarms", extra={"why": str(error), "permanent": error.permanent})
+        return AlarmReading(names, error=error)
 
 
 def _check_annotation(judgement: Judgement, check: int) -> Annotation:
@@ -216,13 +251,27 @@ def _check_annotation(judgement: Judgement, check: int) -> Annotation:
         detail["late_s"] = judgement.late_s
     if judgement.past_deadline:
         detail["past_deadline"] = True
+    failed = False
+    alarms = judgement.alarms
+    if alarms is not None:
+        detail["alarms"] = len(alarms.named)
+        waiting = [alarm.name for alarm in alarms.found if alarm.state is AlarmState.INSUFFICIENT_DATA]
+        if waiting:
+            detail["insufficient_data"] = waiting[:_LISTED_ALARMS]
+        if alarms.firing:
+            detail["in_alarm"] = [alarm.to_dict() for alarm in alarms.firing[:_LISTED_ALARMS]]
+        if alarms.missing:
+            detail["missing_alarms"] = list(alarms.missing[:_LISTED_ALARMS])
+        if alarms.error is not None:
+            detail["alarm_error"] = str(alarms.error)
+        failed = bool(alarms.firing or alarms.missing or alarms.error)
     if judgement.error is not None:
         detail["error"] = str(judgement.error)
-        return Annotation(EventType.TASK_FAILED, detail, verification)
+        failed = True
     if judgement.not_healthy:
         detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
-        return Annotation(EventType.TASK_FAILED, detail, verification)
-    return Annotation(EventType.TASK_SUCCEEDED, detail, verification)
+        failed = True
+    return Annotation(EventType.TASK_FAILED if failed else EventType.TASK_SUCCEEDED, detail, verification)
 
 
 def _apply(
@@ -245,18 +294,37 @@ def _apply(
             pipeline=release.pipeline,
             known=lane,
         )
-    aws_code = judgement.error.code if judgement.error else None
+    alarm_error = judgement.alarms.error if judgement.alarms else None
+    aws_error = judgement.error or alarm_error
+    aws_code = aws_error.code if aws_error else None
+    if judgement.outcome is Outcome.ALARM:
+        assert judgement.alarms is not None  # only named alarms fire
+        return _fail_verification(
+            wiring,
+            release,
+            request.deployment_id,
+            _describe_firing(judgement.alarms.firing),
+            annotation=check,
+            known=lane,
+        )
     if judgement.outcome is Outcome.UNVERIFIABLE:
-        why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
+        if judgement.alarms is not None and judgement.alarms.missing:
+            # Checked first: CloudWatch answered, so what it lacks is the cause, not an error.
+            cause = f"CloudWatch has no alarm named {_names(judgement.alarms.missing)} (verify.alarms)"
+            aws_code = None
+        else:
+            cause = str(aws_error)
+        why = f"cannot verify deployment {request.deployment_id}: {cause}"
         return _fail_verification(
             wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
     if judgement.outcome is Outcome.TIMED_OUT:
-        why = (
-            f"target health still unreadable at the deadline: {judgement.error}"
-            if judgement.error
-            else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
-        )
+        if judgement.error:
+            why = f"target health still unreadable at the deadline: {judgement.error}"
+        elif judgement.not_healthy:
+            why = f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
+        else:
+            why = f"alarm states still unreadable at the deadline: {alarm_error}"
         return _fail_verification(
             wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
@@ -288,6 +356,19 @@ def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
     )
     more = f" and {len(not_healthy) - 5} more" if len(not_healthy) > 5 else ""
     return shown + more
+
+
+def _describe_firing(firing: tuple[AlarmStatus, ...]) -> str:
+    first = firing[0]
+    since = f" since {first.updated_at.isoformat()}" if first.updated_at else ""
+    others = f"; also in ALARM: {_names([alarm.name for alarm in firing[1:]])}" if firing[1:] else ""
+    return f"alarm {first.name} is in ALARM{since}: {first.reason}{others}"
+
+
+def _names(names: Sequence[str]) -> str:
+    """Alarm names for a reason, the first few of up to 100 (255 characters each)."""
+    more = f" and {len(names) - _NAMED_IN_REASON} more" if len(names) > _NAMED_IN_REASON else ""
+    return ", ".join(names[:_NAMED_IN_REASON]) + more
 
 
 def resend_overdue_checks(wiring: Wiring, release: Release) -> bool:

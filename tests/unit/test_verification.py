@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import botocore.session
 import pytest
@@ -13,6 +14,10 @@ from chalicelib.domain.verification import (
     DEADLINE_MARGIN_S,
     LATE_AFTER_S,
     MAX_DELAY_S,
+    AlarmReadError,
+    AlarmReading,
+    AlarmState,
+    AlarmStatus,
     LoadBalancerError,
     Outcome,
     TargetGroupSettings,
@@ -42,7 +47,7 @@ def test_a_message_is_delayed_at_most_as_long_as_sqs_allows() -> None:
     assert sqs_max_delay_s() == MAX_DELAY_S
 
 
-def plan(**settings: int) -> Verification:
+def plan(**settings: Any) -> Verification:
     return plan_verification(VerifySettings(**settings), [GROUP], ["i-2", "i-1"], NOW)
 
 
@@ -217,3 +222,51 @@ def test_malformed_verify_messages_say_why(message: object, problem: str) -> Non
 def test_verify_request_round_trips(not_before: datetime | None, pipeline: str | None) -> None:
     request = VerifyRequest("r", "d", 3, not_before, pipeline)
     assert VerifyRequest.from_message(request.to_message()) == request
+
+
+def alarm(name: str, state: AlarmState, reason: str = "") -> AlarmStatus:
+    return AlarmStatus(name, state, reason, NOW - timedelta(minutes=1))
+
+
+def test_an_alarm_in_alarm_fails_the_check_whatever_the_targets_say() -> None:
+    started = replace(plan(bake_s=30), streak=1, baked=True)
+    reading = AlarmReading(
+        ("api-5xx", "p99"), (alarm("api-5xx", AlarmState.OK), alarm("p99", AlarmState.ALARM, "p99 > 2s"))
+    )
+    judgement = judge(started, healthy("i-1", "i-2"), NOW, reading)
+    assert (judgement.outcome, judgement.verification.streak) == (Outcome.ALARM, 0)
+    assert judgement.alarms is not None
+    assert [a.name for a in judgement.alarms.firing] == ["p99"]
+    # Target health unreadable changes nothing: the alarm decides.
+    unavailable = LoadBalancerError("HealthUnavailable", "try later", permanent=False)
+    assert judge_error(started, unavailable, NOW, reading).outcome is Outcome.ALARM
+
+
+def test_ok_and_insufficient_data_alarms_let_the_streak_count() -> None:
+    reading = AlarmReading(
+        ("api-5xx", "p99"), (alarm("api-5xx", AlarmState.OK), alarm("p99", AlarmState.INSUFFICIENT_DATA))
+    )
+    first = judge(plan(), healthy("i-1", "i-2"), NOW, reading)
+    assert (first.outcome, first.verification.streak) == (Outcome.CONTINUE, 1)
+    assert judge(first.verification, healthy("i-1", "i-2"), NOW, reading).outcome is Outcome.VERIFIED
+
+
+def test_a_named_alarm_cloudwatch_does_not_have_is_unverifiable() -> None:
+    reading = AlarmReading(("api-5xx", "typo"), (alarm("api-5xx", AlarmState.OK),))
+    judgement = judge(replace(plan(), streak=1), healthy("i-1", "i-2"), NOW, reading)
+    assert (judgement.outcome, judgement.verification.streak) == (Outcome.UNVERIFIABLE, 0)
+    assert reading.missing == ("typo",)
+
+
+def test_unreadable_alarms_restart_the_streak_and_fail_only_past_the_deadline() -> None:
+    throttled = AlarmReading(
+        ("api-5xx",), error=AlarmReadError("Throttling", "Rate exceeded", permanent=False)
+    )
+    assert throttled.missing == ()  # nothing is known missing when nothing was read
+    started = replace(plan(), streak=1)
+    before = judge(started, healthy("i-1", "i-2"), NOW, throttled)
+    assert (before.outcome, before.verification.streak) == (Outcome.CONTINUE, 0)
+    past = judge(started, healthy("i-1", "i-2"), started.deadline, throttled)
+    assert past.outcome is Outcome.TIMED_OUT
+    denied = AlarmReading(("api-5xx",), error=AlarmReadError("AccessDenied", "not allowed", permanent=True))
+    assert judge(started, healthy("i-1", "i-2"), NOW, denied).outcome is Outcome.UNVERIFIABLE

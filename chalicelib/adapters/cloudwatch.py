@@ -1,0 +1,71 @@
+"""CloudWatch: the state of the alarms a pipeline names (``verify.alarms``), read at every health
+check."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from chalicelib.domain.verification import AlarmReadError, AlarmState, AlarmStatus
+
+# Every alarm type botocore's cloudwatch model lists (AlarmType): without AlarmTypes,
+# DescribeAlarms returns metric alarms only, and a named composite or log alarm would look missing.
+_ALARM_TYPES = ("MetricAlarm", "CompositeAlarm", "LogAlarm")
+# The lists of DescribeAlarmsOutput, one per alarm type (the paginator's result keys).
+_RESULT_KEYS = ("MetricAlarms", "CompositeAlarms", "LogAlarms")
+# CloudWatch's throttling codes: "Throttling" in its query-compatible protocols (botocore's standard
+# retry mode has retried it before it gets here). Every other 4xx is a refusal the same request
+# never gets past: AccessDenied, InvalidParameterValue, the modeled InvalidNextToken.
+_THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+# An error names this many of the alarms asked for: it ends up in a release's history.
+_NAMED_IN_ERRORS = 3
+
+
+def _is_transient(error: ClientError) -> bool:
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES
+
+
+class CloudWatchAlarms:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        # The client is made on first read: most functions, and most pipelines, read no alarm.
+        self._connect = connect
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        return self._connect()
+
+    def alarm_states(self, names: Sequence[str]) -> list[AlarmStatus]:
+        """The named alarms CloudWatch has, of every type; a name it has no alarm for is left
+        out. One DescribeAlarms call (the pipelines file allows at most the 100 names it takes),
+        followed by its NextToken pages. Raises ``AlarmReadError``."""
+        more = f" and {len(names) - _NAMED_IN_ERRORS} more" if len(names) > _NAMED_IN_ERRORS else ""
+        context = f"alarms {', '.join(names[:_NAMED_IN_ERRORS])}{more}"
+        try:
+            pages = self._client.get_paginator("describe_alarms").paginate(
+                AlarmNames=list(names), AlarmTypes=list(_ALARM_TYPES)
+            )
+            alarms = [alarm for page in pages for key in _RESULT_KEYS for alarm in page.get(key, [])]
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code") or "Unknown")
+            message = str(error.response.get("Error", {}).get("Message") or "")
+            transient = _is_transient(error)
+            raise AlarmReadError(code, f"{message} ({context})", permanent=not transient) from error
+        except (ConnectionError, HTTPClientError) as error:
+            # No answer at all (connect or read timeout, reset): worth another try.
+            raise AlarmReadError(type(error).__name__, f"{error} ({context})", permanent=False) from error
+        return [_status(alarm) for alarm in alarms]
+
+
+def _status(alarm: dict[str, Any]) -> AlarmStatus:
+    updated: datetime | None = alarm.get("StateUpdatedTimestamp")
+    return AlarmStatus(
+        name=alarm["AlarmName"],
+        state=AlarmState(alarm["StateValue"]),
+        reason=alarm.get("StateReason", ""),
+        updated_at=updated,
+    )
