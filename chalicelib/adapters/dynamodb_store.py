@@ -38,6 +38,9 @@ _BATCH_GET_LIMIT = 100  # keys per BatchGetItem request (botocore's KeyList: max
 _UNPROCESSED_RETRIES = 6
 _UNPROCESSED_BACKOFF_S = 0.05
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
+# Deployment links a warm container remembers (each a few dozen bytes): far more than the
+# deployments it sees in its lifetime, and a bound all the same.
+_REMEMBERED_LINKS = 4096
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -242,6 +245,10 @@ class DynamoReleaseStore:
         self._client = client
         self._table = table_name
         self._request_ledger: RequestLedger | None = None
+        # deployment id -> release id. A link is written once (``attribute_not_exists``) and
+        # never changed or deleted, so what this container wrote or read stays true: events of
+        # the same deployment, however often and in whatever order they come, need no read.
+        self._links: dict[str, str] = {}
 
     def get_release(self, release_id: str) -> Release | None:
         response = self._client.get_item(
@@ -302,11 +309,26 @@ class DynamoReleaseStore:
         return items
 
     def release_for_deployment(self, deployment_id: str) -> str | None:
+        remembered = self._links.get(deployment_id)
+        if remembered is not None:
+            return remembered
         response = self._client.get_item(
             TableName=self._table, Key=_deployment_key(deployment_id), ConsistentRead=True
         )
         item = response.get("Item")
-        return str(_deserialize(item)["release_id"]) if item else None
+        if not item:
+            return None  # not remembered: the link may be written later
+        release_id = str(_deserialize(item)["release_id"])
+        self._remember_link(deployment_id, release_id)
+        return release_id
+
+    def remembered_release_for_deployment(self, deployment_id: str) -> str | None:
+        return self._links.get(deployment_id)
+
+    def _remember_link(self, deployment_id: str, release_id: str) -> None:
+        if len(self._links) >= _REMEMBERED_LINKS:
+            del self._links[next(iter(self._links))]  # the oldest: dicts keep insertion order
+        self._links[deployment_id] = release_id
 
     def history(self, release_id: str) -> list[HistoryEvent]:
         return [
@@ -389,6 +411,8 @@ class DynamoReleaseStore:
             if _is_conflict(error):
                 raise WriteConflict(str(error)) from error
             raise
+        for deployment_id, release_id in change.deployment_links.items():
+            self._remember_link(deployment_id, release_id)
         # Each release was written at the version it was read at plus one.
         return {release.id: replace(release, version=release.version + 1) for release in change.releases}
 

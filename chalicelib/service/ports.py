@@ -35,6 +35,11 @@ class ReleaseStore(Protocol):
 
     def release_for_deployment(self, deployment_id: str) -> str | None: ...
 
+    def remembered_release_for_deployment(self, deployment_id: str) -> str | None:
+        """The deployment's release as this container already knows it (a link it wrote or
+        read; links never change), without a call; None when it does not know."""
+        ...
+
     def history(self, release_id: str) -> list[HistoryEvent]: ...
 
     def open_releases(self, pipeline: str) -> list[Release]:
