@@ -124,7 +124,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
         "deployment_id": release.deployment_id,
         "actor": release.actor,
         "rollback_of": release.rollback_of,
-        "metadata": dict(release.metadata),
+        "metadata": dict(release.metadata) or None,  # most releases have none: no empty map
         "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
         "verification": _without_nones(release.verification.to_dict()) if release.verification else None,
         "notification_threads": dict(release.notification_threads) or None,
@@ -206,16 +206,29 @@ def _upload_mark(value: Mapping[str, Any]) -> UploadMark:
     return UploadMark(str(value["release_id"]), datetime.fromisoformat(str(value["stored_at"])))
 
 
+def _waiting_uploads(waiting: Sequence[str], stored: Any) -> tuple[UploadMark, ...]:
+    """The marks of the waiting uploads, in the line's order. They are stored as one map,
+    release id -> when S3 stored it (a third of the attribute values of a list of marks, and
+    every lane read and write carries the slot); slots written before that hold a list."""
+    if not isinstance(stored, Mapping):
+        return tuple(_upload_mark(mark) for mark in stored)
+    marks = {release_id: datetime.fromisoformat(str(at)) for release_id, at in stored.items()}
+    in_line = [release_id for release_id in waiting if release_id in marks]
+    rest = [release_id for release_id in marks if release_id not in in_line]
+    return tuple(UploadMark(release_id, marks[release_id]) for release_id in (*in_line, *rest))
+
+
 def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
     if item is None:
         return PipelineSlot(pipeline=pipeline)
+    waiting = tuple(item.get("waiting", []))
     return PipelineSlot(
         pipeline=pipeline,
         active=item.get("active"),
-        waiting=tuple(item.get("waiting", [])),
+        waiting=waiting,
         last_good=item.get("last_good"),
         newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
-        waiting_uploads=tuple(_upload_mark(mark) for mark in item.get("waiting_uploads", [])),
+        waiting_uploads=_waiting_uploads(waiting, item.get("waiting_uploads", {})),
         version=int(item["version"]),
     )
 
@@ -428,10 +441,12 @@ class DynamoReleaseStore:
             "sk": "SLOT",
             "kind": "slot",
             "active": slot.active,
-            "waiting": list(slot.waiting),
+            # Empty lists and maps are left out (most slots have no line): fewer values to carry.
+            "waiting": list(slot.waiting) or None,
             "last_good": slot.last_good,
             "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
-            "waiting_uploads": [_mark_item(mark) for mark in slot.waiting_uploads],
+            "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
+            or None,
             "version": slot.version + 1,
         }
         if slot.version == 0:
