@@ -262,6 +262,9 @@ class DynamoReleaseStore:
         # never changed or deleted, so what this container wrote or read stays true: events of
         # the same deployment, however often and in whatever order they come, need no read.
         self._links: dict[str, str] = {}
+        # pipeline -> the head of its waiting line in the slot this container last read or wrote:
+        # what a finish will most likely promote, read ahead with the lane.
+        self._next_in_line: dict[str, str] = {}
 
     def get_release(self, release_id: str) -> Release | None:
         response = self._client.get_item(
@@ -280,18 +283,29 @@ class DynamoReleaseStore:
     def get_slot(self, pipeline: str) -> PipelineSlot:
         response = self._client.get_item(TableName=self._table, Key=_slot_key(pipeline), ConsistentRead=True)
         item = response.get("Item")
-        return _slot_from_item(pipeline, _deserialize(item) if item else None)
+        return self._seen(_slot_from_item(pipeline, _deserialize(item) if item else None))
 
-    def read_lane(self, pipeline: str, release_ids: Sequence[str]) -> tuple[PipelineSlot, dict[str, Release]]:
+    def read_lane(
+        self, pipeline: str, release_ids: Sequence[str], *, next_in_line: bool = False
+    ) -> tuple[PipelineSlot, dict[str, Release]]:
+        ahead = self._next_in_line.get(pipeline) if next_in_line else None
         slot_item: dict[str, Any] | None = None
         releases: dict[str, Release] = {}
-        for item in self._batch_get([_slot_key(pipeline), *(_release_key(i) for i in release_ids)]):
+        keys = [_slot_key(pipeline), *(_release_key(i) for i in (*release_ids, *([ahead] if ahead else [])))]
+        for item in self._batch_get(keys):
             if item["pk"].startswith("PIPE#"):
                 slot_item = item
             else:
                 release = release_from_item(item)
                 releases[release.id] = release
-        return _slot_from_item(pipeline, slot_item), releases
+        return self._seen(_slot_from_item(pipeline, slot_item)), releases
+
+    def _seen(self, slot: PipelineSlot) -> PipelineSlot:
+        if slot.waiting:
+            self._next_in_line[slot.pipeline] = slot.waiting[0]
+        else:
+            self._next_in_line.pop(slot.pipeline, None)
+        return slot
 
     def _batch_get(self, keys: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """The items that exist under these keys, strongly consistent, in any order.
@@ -426,6 +440,8 @@ class DynamoReleaseStore:
             raise
         for deployment_id, release_id in change.deployment_links.items():
             self._remember_link(deployment_id, release_id)
+        if change.slot is not None:
+            self._seen(change.slot)
         # Each release was written at the version it was read at plus one.
         return {release.id: replace(release, version=release.version + 1) for release in change.releases}
 

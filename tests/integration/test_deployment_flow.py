@@ -7,7 +7,7 @@ from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import EventType, ReleaseState, Trigger, external_release_id
 from chalicelib.service.submission import submit
 from sandbox import moto_extensions
-from tests.integration.conftest import HandlerCall, World
+from tests.integration.conftest import TABLE, HandlerCall, World
 
 
 def deploy(world: World, key: str) -> str:
@@ -100,6 +100,23 @@ def test_events_of_a_deployment_the_container_linked_need_no_lookup(
     assert operations_of("SUCCESS") == ["GetItem"]
     assert operations_of("STOP") == ["GetItem"]
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
+
+
+def test_a_finish_reads_the_next_release_with_its_lane(
+    world: World, handler_calls: list[HandlerCall]
+) -> None:
+    """The container saw the line when the second upload queued: the finish of the first reads
+    the slot, the release and the next in line in one BatchGetItem, and hands the slot on."""
+    first, second = deploy(world, "api/prod/app-1.zip"), deploy(world, "api/prod/app-2.zip")
+    before = len(handler_calls)
+
+    finish_deployment(world, first)
+
+    reads = [call for call in handler_calls[before:] if call.operation == "BatchGetItem"]
+    assert len(reads) == 1
+    keys = {key["pk"]["S"] for key in reads[0].params["RequestItems"][TABLE]["Keys"]}
+    assert keys == {"PIPE#api-prod", f"REL#{first}", f"REL#{second}"}
+    assert world.release(second).state is ReleaseState.DEPLOYING
 
 
 def test_a_cold_container_looks_the_deployment_up(world: World, handler_calls: list[HandlerCall]) -> None:
