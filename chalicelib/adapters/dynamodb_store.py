@@ -110,10 +110,10 @@ def _time(value: str | None) -> datetime | None:
 
 def release_to_item(release: Release) -> dict[str, Any]:
     return {
+        # The id is the key's (no copy), and no ``kind`` tag: the key tells the item, and each
+        # attribute value is carried by every read and write of the release.
         "pk": f"REL#{release.id}",
         "sk": "META",
-        "kind": "release",
-        "id": release.id,
         "pipeline": release.pipeline,
         "application": release.application,
         "deployment_group": release.deployment_group,
@@ -140,7 +140,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
 def release_from_item(item: Mapping[str, Any]) -> Release:
     revision = item.get("revision", {})
     return Release(
-        id=item["id"],
+        id=str(item["pk"]).removeprefix("REL#"),
         pipeline=item["pipeline"],
         application=item["application"],
         deployment_group=item["deployment_group"],
@@ -455,7 +455,6 @@ class DynamoReleaseStore:
         stored = {
             "pk": f"PIPE#{slot.pipeline}",
             "sk": "SLOT",
-            "kind": "slot",
             "active": slot.active,
             # Empty lists and maps are left out (most slots have no line): fewer values to carry.
             "waiting": list(slot.waiting) or None,
