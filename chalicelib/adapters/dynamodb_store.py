@@ -110,10 +110,11 @@ def _time(value: str | None) -> datetime | None:
 
 def release_to_item(release: Release) -> dict[str, Any]:
     return {
-        # The id is the key's (no copy), and no ``kind`` tag: the key tells the item, and each
-        # attribute value is carried by every read and write of the release.
+        # No ``kind`` tag: the key tells the item, and each attribute value is carried by every
+        # read and write of the release. (The id stays: the by_pipeline index is read for it.)
         "pk": f"REL#{release.id}",
         "sk": "META",
+        "id": release.id,
         "pipeline": release.pipeline,
         "application": release.application,
         "deployment_group": release.deployment_group,
@@ -140,7 +141,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
 def release_from_item(item: Mapping[str, Any]) -> Release:
     revision = item.get("revision", {})
     return Release(
-        id=str(item["pk"]).removeprefix("REL#"),
+        id=item["id"],
         pipeline=item["pipeline"],
         application=item["application"],
         deployment_group=item["deployment_group"],
