@@ -37,7 +37,7 @@ RELEASES_STREAM_ARN = os.environ.get(
 def on_artifact_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
     """EventBridge ``aws.s3`` Object Created (rules per pipeline in the infra template), or a
     classic S3 notification."""
-    return lambda_handlers.artifact_event(bootstrap.context(), event)
+    return lambda_handlers.artifact_event(bootstrap.wiring(), event)
 
 
 @app.on_cw_event(
@@ -45,18 +45,18 @@ def on_artifact_event(event: dict[str, Any], context: Any) -> dict[str, Any]:
     name="on_codedeploy_event",
 )
 def on_codedeploy_event(event: CloudWatchEvent) -> dict[str, Any]:
-    return lambda_handlers.codedeploy_event(bootstrap.context(), event.to_dict())
+    return lambda_handlers.codedeploy_event(bootstrap.wiring(), event.to_dict())
 
 
 @app.on_sqs_message(queue="release-coordinator-verify", batch_size=10, name="on_verify_message")
 def on_verify_message(event: SQSEvent) -> dict[str, Any]:
     """Delayed health checks (DelaySeconds paces them); partial batch failures reported."""
-    return lambda_handlers.verify_messages(bootstrap.context(), event.to_dict())
+    return lambda_handlers.verify_messages(bootstrap.wiring(), event.to_dict())
 
 
 @app.schedule(Rate(5, unit=Rate.MINUTES), name="reconcile")
 def reconcile(event: Any) -> dict[str, Any]:
-    return lambda_handlers.scheduled_reconcile(bootstrap.context())
+    return lambda_handlers.scheduled_reconcile(bootstrap.wiring())
 
 
 @app.on_dynamodb_record(
@@ -68,50 +68,50 @@ def reconcile(event: Any) -> dict[str, Any]:
 )
 def on_release_stream(event: DynamoDBEvent) -> dict[str, Any]:
     """New history events in, notify messages out (the outbox); partial batch failures reported."""
-    return lambda_handlers.release_stream(bootstrap.context(), event.to_dict())
+    return lambda_handlers.release_stream(bootstrap.wiring(), event.to_dict())
 
 
 @app.on_sqs_message(queue="release-coordinator-notify.fifo", batch_size=5, name="on_notify_message")
 def on_notify_message(event: SQSEvent) -> dict[str, Any]:
     """One delivery per message, once; partial batch failures reported per message group."""
-    return lambda_handlers.notify_messages(bootstrap.context(), event.to_dict())
+    return lambda_handlers.notify_messages(bootstrap.wiring(), event.to_dict())
 
 
 @app.route("/releases", methods=["GET"], authorizer=iam)
 def list_releases() -> Response:
-    return api.list_releases(bootstrap.context(), api.current(app.current_request))
+    return api.list_releases(bootstrap.wiring(), api.current(app.current_request))
 
 
 @app.route("/releases", methods=["POST"], authorizer=iam)
 def create_release() -> Response:
-    return api.create_release(bootstrap.context(), api.current(app.current_request))
+    return api.create_release(bootstrap.wiring(), api.current(app.current_request))
 
 
 @app.route("/releases/{release_id}", methods=["GET"], authorizer=iam)
 def get_release(release_id: str) -> Response:
-    return api.get_release(bootstrap.context(), api.current(app.current_request), release_id)
+    return api.get_release(bootstrap.wiring(), api.current(app.current_request), release_id)
 
 
 @app.route("/releases/{release_id}/redeploy", methods=["POST"], authorizer=iam)
 def redeploy_release(release_id: str) -> Response:
-    return api.redeploy(bootstrap.context(), api.current(app.current_request), release_id)
+    return api.redeploy(bootstrap.wiring(), api.current(app.current_request), release_id)
 
 
 @app.route("/releases/{release_id}/cancel", methods=["POST"], authorizer=iam)
 def cancel_release(release_id: str) -> Response:
-    return api.cancel(bootstrap.context(), api.current(app.current_request), release_id)
+    return api.cancel(bootstrap.wiring(), api.current(app.current_request), release_id)
 
 
 @app.route("/pipelines", methods=["GET"], authorizer=iam)
 def list_pipelines() -> Response:
-    return api.list_pipelines(bootstrap.context(), api.current(app.current_request))
+    return api.list_pipelines(bootstrap.wiring(), api.current(app.current_request))
 
 
 @app.route("/pipelines/{name}", methods=["GET"], authorizer=iam)
 def get_pipeline(name: str) -> Response:
-    return api.get_pipeline(bootstrap.context(), api.current(app.current_request), name)
+    return api.get_pipeline(bootstrap.wiring(), api.current(app.current_request), name)
 
 
 @app.route("/pipelines/{name}/rollback", methods=["POST"], authorizer=iam)
 def roll_back_pipeline(name: str) -> Response:
-    return api.roll_back(bootstrap.context(), api.current(app.current_request), name)
+    return api.roll_back(bootstrap.wiring(), api.current(app.current_request), name)

@@ -7,7 +7,7 @@ function, the CPU seconds (``time.process_time``, so waiting is not counted) of 
 really does, in a fresh interpreter each time:
 
 1. ``import app`` (what Lambda does in the init phase);
-2. ``bootstrap.context()``: the clients every handler builds on its first event;
+2. ``bootstrap.wiring()``: the clients every handler builds on its first event;
 3. the function's first event, through the handler, with AWS pointed at a closed port so the first
    AWS call fails at once: this loads what the handler loads lazily (Powertools' batch processor,
    the stream's deserializer, Chalice's routing), without timing any network;
@@ -85,7 +85,7 @@ started = time.process_time()
 import app
 imported = time.process_time()
 from chalicelib import bootstrap
-bootstrap.context()
+bootstrap.wiring()
 wired = time.process_time()
 
 class Context:

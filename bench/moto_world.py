@@ -183,7 +183,7 @@ class CallRecorder:
 
     @contextmanager
     def watching_new_sessions(self) -> Iterator[None]:
-        """Every boto3 session created inside the block gets the hooks (``bootstrap.context()``
+        """Every boto3 session created inside the block gets the hooks (``bootstrap.wiring()``
         creates its own session, not ``boto3.DEFAULT_SESSION``)."""
         original = boto3.session.Session.__init__
 
@@ -276,7 +276,7 @@ class MotoWorld:
 
         self.app = app
         with self.recorder.watching_new_sessions():
-            bootstrap.context()
+            bootstrap.wiring()
         # Provisioning itself produced S3 test events; the benchmark's uploads start clean.
         self.drain(self.provisioned.eventbridge_queue_url)
         self.drain(self.provisioned.classic_queue_url)

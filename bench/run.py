@@ -62,7 +62,7 @@ How these were measured:
   ratios, real first and bare first alternating by round; no budget applies (DESIGN.md
   section 8: recorded).
 - AWS calls are counted with botocore `before-call` hooks on the boto3 session that
-  `chalicelib.bootstrap.context()` creates, so only the coordinator's own calls count (lazily
+  `chalicelib.bootstrap.wiring()` creates, so only the coordinator's own calls count (lazily
   created clients included), never the benchmark's set-up or checks. The flows include the
   CodeDeploy START event AWS sends before the terminal one, and the table's stream. The Slack
   flow also delivers the notify queue's messages to the sandbox's Slack look-alike.

@@ -92,7 +92,7 @@ def _release(sandbox: Any, version: str, watch: SlackWatch | None) -> ReleaseTim
 
     uploaded = datetime.now(UTC)
     release = sandbox.deploy(version)
-    store = bootstrap.context().store
+    store = bootstrap.wiring().store
     deployment = moto_extensions.backend().deployments[release.deployment_id]
     created = _utc(deployment.create_time)
     completed = _utc(deployment.complete_time)
@@ -119,7 +119,7 @@ def _release(sandbox: Any, version: str, watch: SlackWatch | None) -> ReleaseTim
 def _notifications_wired(sandbox: Any) -> bool:
     from chalicelib import bootstrap
 
-    return sandbox.slack is not None and bootstrap.context().notifications is not None
+    return sandbox.slack is not None and bootstrap.wiring().notifications is not None
 
 
 def _configuration(config: str, instances: int) -> dict[str, Any]:

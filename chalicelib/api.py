@@ -45,8 +45,8 @@ from chalicelib.domain.api_requests import (
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service import api as use_cases
-from chalicelib.service.context import ConflictPersisted, Context
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
+from chalicelib.service.wiring import ConflictPersisted, Wiring
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)
@@ -141,7 +141,7 @@ def caller(request: Request) -> str:
     return f"unverified@{identity.get('sourceIp') or 'unknown'}"
 
 
-def list_releases(context: Context, request: Request) -> Response:
+def list_releases(context: Wiring, request: Request) -> Response:
     def run() -> Answer:
         page = use_cases.list_releases(context, ListQuery.from_params(_query(request)))
         return Answer(
@@ -151,7 +151,7 @@ def list_releases(context: Context, request: Request) -> Response:
     return _respond(run)
 
 
-def get_release(context: Context, request: Request, release_id: str) -> Response:
+def get_release(context: Wiring, request: Request, release_id: str) -> Response:
     def run() -> Answer:
         _no_query(request)
         detail = use_cases.release_detail(context, release_id)
@@ -163,7 +163,7 @@ def get_release(context: Context, request: Request, release_id: str) -> Response
     return _respond(run)
 
 
-def create_release(context: Context, request: Request) -> Response:
+def create_release(context: Wiring, request: Request) -> Response:
     def run(post: Post) -> Answer:
         request_body = DeployRequest.from_body(post.body)
         return _submitted(use_cases.deploy(context, request_body, post.actor, post.new_release_id))
@@ -171,14 +171,14 @@ def create_release(context: Context, request: Request) -> Response:
     return _post(context, request, DeployRequest.FIELDS, run)
 
 
-def redeploy(context: Context, request: Request, release_id: str) -> Response:
+def redeploy(context: Wiring, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
         return _submitted(use_cases.redeploy(context, release_id, post.actor, post.new_release_id))
 
     return _post(context, request, frozenset(), run)
 
 
-def cancel(context: Context, request: Request, release_id: str) -> Response:
+def cancel(context: Wiring, request: Request, release_id: str) -> Response:
     def run(post: Post) -> Answer:
         cancelled = use_cases.cancel(context, release_id, post.actor)
         # 202: CodeDeploy was asked to stop, and the release ends when it has.
@@ -187,7 +187,7 @@ def cancel(context: Context, request: Request, release_id: str) -> Response:
     return _post(context, request, frozenset(), run)
 
 
-def roll_back(context: Context, request: Request, name: str) -> Response:
+def roll_back(context: Wiring, request: Request, name: str) -> Response:
     def run(post: Post) -> Answer:
         target = rollback_target(post.body)
         return _submitted(use_cases.roll_back(context, name, target, post.actor, post.new_release_id))
@@ -195,7 +195,7 @@ def roll_back(context: Context, request: Request, name: str) -> Response:
     return _post(context, request, frozenset({"to"}), run)
 
 
-def list_pipelines(context: Context, request: Request) -> Response:
+def list_pipelines(context: Wiring, request: Request) -> Response:
     def run() -> Answer:
         _no_query(request)
         return Answer(
@@ -205,7 +205,7 @@ def list_pipelines(context: Context, request: Request) -> Response:
     return _respond(run)
 
 
-def get_pipeline(context: Context, request: Request, name: str) -> Response:
+def get_pipeline(context: Wiring, request: Request, name: str) -> Response:
     def run() -> Answer:
         _no_query(request)
         detail = use_cases.pipeline_detail(context, name)
@@ -244,7 +244,7 @@ def _named(releases: Mapping[str, Release], release_id: str | None) -> dict[str,
 
 
 def _post(
-    context: Context, request: Request, fields: frozenset[str], use_case: Callable[[Post], Answer]
+    context: Wiring, request: Request, fields: frozenset[str], use_case: Callable[[Post], Answer]
 ) -> Response:
     def run() -> Answer:
         _no_query(request)
@@ -262,7 +262,7 @@ def _post(
 
 
 def _answer_once(
-    context: Context, request: Request, key: str, fingerprint: str, answer: Callable[[], Answer]
+    context: Wiring, request: Request, key: str, fingerprint: str, answer: Callable[[], Answer]
 ) -> Answer:
     """Run a POST at most once per Idempotency-Key. The release id is derived from the key and
     request, so a retry that takes over the key of a request that died finds the release that

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
-from chalicelib.service.context import Context
 from chalicelib.service.notification_ports import NotificationAdapters
+from chalicelib.service.wiring import Wiring
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINES_FILE = "chalicelib/pipelines.toml"
@@ -46,7 +46,7 @@ def pipelines() -> PipelinesConfig:
 
 
 @functools.cache
-def context() -> Context:
+def wiring() -> Wiring:
     """The production wiring: DynamoDB, S3, CodeDeploy, ELBv2 and SQS through boto3 (``AWS_ENDPOINT_URL``
     points them at an emulator in the sandbox and the tests)."""
     import boto3
@@ -63,7 +63,7 @@ def context() -> Context:
     session = boto3.session.Session()
     # Standard retries absorb short throttling; what still fails raises so Lambda retries the event.
     config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=20)
-    return Context(
+    return Wiring(
         store=DynamoReleaseStore(session.client("dynamodb", config=config), table),
         artifacts=S3Artifacts(session.client("s3", config=config)),
         deployments=CodeDeployDeployments(session.client("codedeploy", config=config)),
@@ -110,5 +110,5 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
 
 def reset() -> None:
     """Forget the cached wiring (tests change the environment between cases)."""
-    context.cache_clear()
+    wiring.cache_clear()
     pipelines.cache_clear()

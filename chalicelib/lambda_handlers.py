@@ -11,16 +11,16 @@ from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_even
 from chalicelib.domain.notifications import NotifyMessage
 from chalicelib.domain.verification import VerifyRequest
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.notification_ports import Receipt
 from chalicelib.service.notifications import deliver, publish
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
 from chalicelib.service.verification import run_check
+from chalicelib.service.wiring import Wiring
 
 
-def artifact_event(context: Context, event: Any) -> dict[str, Any]:
+def artifact_event(wiring: Wiring, event: Any) -> dict[str, Any]:
     """Uploads from EventBridge, a classic S3 notification, or either in an SQS batch or an SNS
     notification. Every upload gets its turn; if one failed (throttling, a 5xx), the event fails
     after the others, so Lambda, or SQS for a batch, delivers it again: the uploads handled
@@ -37,7 +37,7 @@ def artifact_event(context: Context, event: Any) -> dict[str, Any]:
     failures: list[Exception] = []
     for upload in parsed.uploads:
         try:
-            release = handle_upload(context, upload)
+            release = handle_upload(wiring, upload)
         except Exception as error:
             logger.exception(
                 "upload not handled; the event is retried",
@@ -52,7 +52,7 @@ def artifact_event(context: Context, event: Any) -> dict[str, Any]:
     return {"releases": releases, "skipped": parsed.skipped}
 
 
-def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
+def codedeploy_event(wiring: Wiring, event: Any) -> dict[str, Any]:
     try:
         change = parse_codedeploy_event(event)
     except MalformedEvent as problem:
@@ -60,10 +60,10 @@ def codedeploy_event(context: Context, event: Any) -> dict[str, Any]:
         return {"release": None, "skipped": str(problem)}
     if change is None:
         return {"release": None, "skipped": "instance-level event"}
-    return {"release": handle_deployment_event(context, change), "skipped": None}
+    return {"release": handle_deployment_event(wiring, change), "skipped": None}
 
 
-def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def verify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
     fix it). ELBv2's errors are the check's to judge (recorded, retried on schedule or failing
     verification), never SQS's redelivery, which would dead-letter the check after five; a check
@@ -81,7 +81,7 @@ def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
             )
             return
         with logger.append_context_keys(release_id=request.release_id):
-            run_check(context, request)
+            run_check(wiring, request)
 
     response = process_partial_response(
         event=dict(event),
@@ -92,13 +92,13 @@ def verify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
     return dict(response)
 
 
-def scheduled_reconcile(context: Context) -> dict[str, Any]:
-    report = reconcile(context)
+def scheduled_reconcile(wiring: Wiring) -> dict[str, Any]:
+    report = reconcile(wiring)
     logger.info("reconcile finished", extra={"report": report})
     return report
 
 
-def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch of the table's stream records: each new history event becomes its notify messages.
     Other records are skipped; a record whose messages cannot be queued is reported back alone
     (``ReportBatchItemFailures`` on the event source mapping), so Lambda retries from it."""
@@ -124,7 +124,7 @@ def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]
         if streamed is None:
             return
         with logger.append_context_keys(release_id=streamed.release_id):
-            publish(context, streamed)
+            publish(wiring, streamed)
 
     response = process_partial_response(
         event=dict(event),
@@ -135,7 +135,7 @@ def release_stream(context: Context, event: Mapping[str, Any]) -> dict[str, Any]
     return dict(response)
 
 
-def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any]:
+def notify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch from the FIFO notify queue. A message that fails is reported back with the rest of
     its group (its later events), while other groups, i.e. other routes and releases, go on."""
     from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
@@ -152,7 +152,7 @@ def notify_messages(context: Context, event: Mapping[str, Any]) -> dict[str, Any
             return
         receipt = Receipt(record.receipt_handle, int(record.attributes.approximate_receive_count or 1))
         with logger.append_context_keys(release_id=message.release_id):
-            deliver(context, message, receipt)
+            deliver(wiring, message, receipt)
 
     processor = SqsFifoPartialProcessor(skip_group_on_error=True)
     # Report a batch that failed whole like any other instead of failing the invocation: the

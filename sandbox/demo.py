@@ -90,7 +90,7 @@ def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
 def _store() -> Any:
     from chalicelib import bootstrap
 
-    return bootstrap.context().store
+    return bootstrap.wiring().store
 
 
 def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) -> Release:

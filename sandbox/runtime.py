@@ -409,7 +409,7 @@ class Sandbox:
         """The release once it reached a terminal state (the pump and agent drive it)."""
         from chalicelib import bootstrap
 
-        store = bootstrap.context().store
+        store = bootstrap.wiring().store
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             release = store.get_release(release_id)

@@ -37,11 +37,11 @@ from chalicelib.domain.release import (
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
-from chalicelib.service.context import Context
 from chalicelib.service.lane_commands import Cancellation, cancel_release, roll_back_pipeline, still_in_s3
 from chalicelib.service.ports import DeploymentAlreadyEnded
 from chalicelib.service.slot_flow import on_release
 from chalicelib.service.submission import submit
+from chalicelib.service.wiring import Wiring
 
 # Instance statuses CodeDeploy is done with.
 _DONE_STATUSES = ("Succeeded", "Failed", "Skipped", "Ready")
@@ -92,19 +92,19 @@ class PipelineDetail:
     releases: Mapping[str, Release]
 
 
-def list_releases(context: Context, query: ListQuery) -> ReleasePage:
+def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
     """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
     query per pipeline, and the token (a position in time) works the same for one or all."""
     if query.pipeline is not None:
-        _pipeline_for_value(context, query.pipeline)
+        _pipeline_for_value(wiring, query.pipeline)
         names = [query.pipeline]
     else:
-        names = [pipeline.name for pipeline in context.pipelines.pipelines]
+        names = [pipeline.name for pipeline in wiring.pipelines.pipelines]
     # One more than asked says whether there is a next page.
     found = [
         release
         for name in names
-        for release in context.store.list_releases(name, query.limit + 1, query.before)
+        for release in wiring.store.list_releases(name, query.limit + 1, query.before)
     ]
     found.sort(key=_position, reverse=True)
     page = found[: query.limit]
@@ -117,12 +117,12 @@ def _position(release: Release) -> str:
     return f"{release.created_at.isoformat()}#{release.id}"
 
 
-def release_detail(context: Context, release_id: str) -> ReleaseDetail:
-    release = _release(context, release_id)
-    return ReleaseDetail(release, context.store.history(release.id), _progress(context, release))
+def release_detail(wiring: Wiring, release_id: str) -> ReleaseDetail:
+    release = _release(wiring, release_id)
+    return ReleaseDetail(release, wiring.store.history(release.id), _progress(wiring, release))
 
 
-def _progress(context: Context, release: Release) -> dict[str, Any] | None:
+def _progress(wiring: Wiring, release: Release) -> dict[str, Any] | None:
     """How far the release got: CodeDeploy's instance counts while deploying, the healthy
     streak while verifying."""
     if release.state is ReleaseState.VERIFYING and release.verification is not None:
@@ -136,7 +136,7 @@ def _progress(context: Context, release: Release) -> dict[str, Any] | None:
     if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
         return None
     try:
-        info = context.deployments.describe(release.deployment_id)
+        info = wiring.deployments.describe(release.deployment_id)
     except Exception:
         # Progress is a courtesy: the release itself was read, so answer without it.
         logger.warning("could not read the deployment's progress", extra={"release_id": release.id})
@@ -151,10 +151,10 @@ def _progress(context: Context, release: Release) -> dict[str, Any] | None:
     }
 
 
-def deploy(context: Context, request: DeployRequest, actor: str, release_id: str) -> Submitted:
+def deploy(wiring: Wiring, request: DeployRequest, actor: str, release_id: str) -> Submitted:
     """Deploy an object of a pipeline that is already in S3 (an upload that was missed, or an
     older object again)."""
-    pipeline = _pipeline_for_value(context, request.pipeline)
+    pipeline = _pipeline_for_value(wiring, request.pipeline)
     where = f"s3://{pipeline.bucket}/{pipeline.prefix}"
     if request.bucket is not None and request.bucket != pipeline.bucket:
         raise InvalidValue(
@@ -170,12 +170,12 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
             f"key {request.key[:200]!r} is not a CodeDeploy bundle: "
             "it must end in .zip, .tar, .tar.gz or .tgz"
         )
-    stored = context.artifacts.find(pipeline.bucket, request.key, request.version)
+    stored = wiring.artifacts.find(pipeline.bucket, request.key, request.version)
     if stored is None:
         version = f" version {request.version!r}" if request.version else ""
         raise InvalidValue(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
     return _submit(
-        context,
+        wiring,
         pipeline,
         stored.revision,
         trigger=Trigger.API,
@@ -185,17 +185,17 @@ def deploy(context: Context, request: DeployRequest, actor: str, release_id: str
     )
 
 
-def redeploy(context: Context, release_id: str, actor: str, new_release_id: str) -> Submitted:
+def redeploy(wiring: Wiring, release_id: str, actor: str, new_release_id: str) -> Submitted:
     """Deploy the exact revision of an earlier release again, as a new release."""
-    original = _release(context, release_id)
+    original = _release(wiring, release_id)
     if not original.state.is_terminal:
         raise ConflictingState(
             f"release {original.id} is still {original.state.value}; wait for it to end or cancel it first"
         )
-    pipeline = _pipeline_for_release(context, original)
-    stored = still_in_s3(context, original)
+    pipeline = _pipeline_for_release(wiring, original)
+    stored = still_in_s3(wiring, original)
     return _submit(
-        context,
+        wiring,
         pipeline,
         stored.revision,
         trigger=Trigger.API,
@@ -206,31 +206,31 @@ def redeploy(context: Context, release_id: str, actor: str, new_release_id: str)
 
 
 def roll_back(
-    context: Context, pipeline_name: str, to: str | None, actor: str, new_release_id: str
+    wiring: Wiring, pipeline_name: str, to: str | None, actor: str, new_release_id: str
 ) -> Submitted:
     """A new release of an earlier verified revision: ``to``, or the pipeline's last good one
     (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
-    pipeline = _pipeline_for_path(context, pipeline_name)
-    release, created = roll_back_pipeline(context, pipeline, to, actor, new_release_id)
+    pipeline = _pipeline_for_path(wiring, pipeline_name)
+    release, created = roll_back_pipeline(wiring, pipeline, to, actor, new_release_id)
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    return Submitted(context.store.get_release(release.id) or release, created)
+    return Submitted(wiring.store.get_release(release.id) or release, created)
 
 
-def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
+def cancel(wiring: Wiring, release_id: str, actor: str) -> Cancellation:
     """A waiting or verifying release stops at once (the lane decides); a deploying one asks
     CodeDeploy to stop, and CodeDeploy's STOP event then finishes it."""
-    cancellation = cancel_release(context, release_id, actor)
+    cancellation = cancel_release(wiring, release_id, actor)
     release = cancellation.release
     if cancellation.stopped:
         return cancellation
     assert release.deployment_id is not None  # the lane refuses a release still being started
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     # The pipeline's rollback setting decides whether CodeDeploy puts the previous revision back
     # on the instances this deployment already updated.
     auto_rollback = bool(pipeline and pipeline.rollback.on_deploy_failure)
     stop = {"task": "StopDeployment", "deployment_id": release.deployment_id, "auto_rollback": auto_rollback}
     try:
-        context.deployments.stop(release.deployment_id, auto_rollback)
+        wiring.deployments.stop(release.deployment_id, auto_rollback)
     except DeploymentAlreadyEnded:
         raise ConflictingState(
             f"CodeDeploy deployment {release.deployment_id} already ended; release {release.id} "
@@ -241,16 +241,16 @@ def cancel(context: Context, release_id: str, actor: str) -> Cancellation:
         # itself answers the caller (chalicelib.api names its AWS code).
         detail = {**stop, "actor": actor, "aws_error": aws_error_code(refused), "error": str(refused)[:500]}
         try:
-            _record_on_deploying(context, release.id, EventType.TASK_FAILED, detail)
+            _record_on_deploying(wiring, release.id, EventType.TASK_FAILED, detail)
         except Exception:
             logger.exception("could not record the refused cancel", extra={"release_id": release.id})
         raise
-    scheduled = _record_on_deploying(context, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
+    scheduled = _record_on_deploying(wiring, release.id, EventType.TASK_SCHEDULED, {**stop, "actor": actor})
     return Cancellation(scheduled, stopped=False)
 
 
 def _record_on_deploying(
-    context: Context, release_id: str, event_type: EventType, detail: Mapping[str, Any]
+    wiring: Wiring, release_id: str, event_type: EventType, detail: Mapping[str, Any]
 ) -> Release:
     """One history event on a release that is still DEPLOYING (none once it moved on)."""
 
@@ -260,26 +260,26 @@ def _record_on_deploying(
         step = record(Step(release, ()), event_type, now=now, detail=dict(detail))
         return change_of([step])
 
-    return on_release(context, release_id, note) or _release(context, release_id)
+    return on_release(wiring, release_id, note) or _release(wiring, release_id)
 
 
-def list_pipelines(context: Context) -> list[PipelineStatus]:
-    return [_pipeline_status(context, pipeline) for pipeline in context.pipelines.pipelines]
+def list_pipelines(wiring: Wiring) -> list[PipelineStatus]:
+    return [_pipeline_status(wiring, pipeline) for pipeline in wiring.pipelines.pipelines]
 
 
-def pipeline_detail(context: Context, name: str) -> PipelineDetail:
+def pipeline_detail(wiring: Wiring, name: str) -> PipelineDetail:
     """The pipeline with its slot, and the releases the slot names in full."""
-    status = _pipeline_status(context, _pipeline_for_path(context, name))
-    releases = {release.id: release for release in context.store.get_releases(status.named_releases)}
+    status = _pipeline_status(wiring, _pipeline_for_path(wiring, name))
+    releases = {release.id: release for release in wiring.store.get_releases(status.named_releases)}
     return PipelineDetail(status, releases)
 
 
-def _pipeline_status(context: Context, pipeline: Pipeline) -> PipelineStatus:
-    return PipelineStatus(pipeline, context.store.get_slot(pipeline.name))
+def _pipeline_status(wiring: Wiring, pipeline: Pipeline) -> PipelineStatus:
+    return PipelineStatus(pipeline, wiring.store.get_slot(pipeline.name))
 
 
 def _submit(
-    context: Context,
+    wiring: Wiring,
     pipeline: Pipeline,
     revision: Revision,
     *,
@@ -291,7 +291,7 @@ def _submit(
 ) -> Submitted:
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
         release, created = submit(
-            context,
+            wiring,
             Submission(
                 release_id=release_id,
                 pipeline=pipeline,
@@ -303,32 +303,32 @@ def _submit(
             ),
         )
     # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    return Submitted(context.store.get_release(release.id) or release, created)
+    return Submitted(wiring.store.get_release(release.id) or release, created)
 
 
-def _release(context: Context, release_id: str) -> Release:
-    release = context.store.get_release(release_id) if known_release_id(release_id) else None
+def _release(wiring: Wiring, release_id: str) -> Release:
+    release = wiring.store.get_release(release_id) if known_release_id(release_id) else None
     if release is None:
         raise NotFound(f"no release {release_id[:200]!r}")
     return release
 
 
-def _pipeline_for_path(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
+def _pipeline_for_path(wiring: Wiring, name: str) -> Pipeline:
+    pipeline = wiring.pipelines.named(name)
     if pipeline is None:
-        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(context)}")
+        raise NotFound(f"no pipeline {name[:200]!r}; configured: {_configured(wiring)}")
     return pipeline
 
 
-def _pipeline_for_value(context: Context, name: str) -> Pipeline:
-    pipeline = context.pipelines.named(name)
+def _pipeline_for_value(wiring: Wiring, name: str) -> Pipeline:
+    pipeline = wiring.pipelines.named(name)
     if pipeline is None:
-        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(context)}")
+        raise InvalidValue(f"pipeline {name[:200]!r} is not configured; configured: {_configured(wiring)}")
     return pipeline
 
 
-def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
-    pipeline = context.pipelines.named(release.pipeline)
+def _pipeline_for_release(wiring: Wiring, release: Release) -> Pipeline:
+    pipeline = wiring.pipelines.named(release.pipeline)
     if pipeline is None:
         raise ConflictingState(
             f"pipeline {release.pipeline!r} of release {release.id} is no longer configured"
@@ -336,5 +336,5 @@ def _pipeline_for_release(context: Context, release: Release) -> Pipeline:
     return pipeline
 
 
-def _configured(context: Context) -> str:
-    return ", ".join(pipeline.name for pipeline in context.pipelines.pipelines)
+def _configured(wiring: Wiring) -> str:
+    return ", ".join(pipeline.name for pipeline in wiring.pipelines.pipelines)

@@ -13,10 +13,10 @@ from chalicelib.domain.release import (
     external_release_id,
 )
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
 from chalicelib.service.slot_flow import finish, link_deployment, run_in_lane
 from chalicelib.service.verification import begin_verification
+from chalicelib.service.wiring import Wiring
 
 # GetDeployment's terminal statuses, as the state-change event that a lost event would have said.
 # History items stay far below DynamoDB's 400 KB: a few instances, the end of each log.
@@ -31,11 +31,11 @@ STATE_FOR_STATUS = {
 }
 
 
-def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> str | None:
+def handle_deployment_event(wiring: Wiring, event: DeploymentStateChanged) -> str | None:
     """Apply a state change to the release the deployment carries; returns that release's id."""
     # The rule sees every deployment in the account: another team's needs no call at all (and
     # the function may not be allowed to describe it).
-    pipeline = context.pipelines.for_deployment_group(event.application, event.deployment_group)
+    pipeline = wiring.pipelines.for_deployment_group(event.application, event.deployment_group)
     if pipeline is None:
         logger.info(
             "deployment of a group no pipeline owns; ignored",
@@ -44,10 +44,10 @@ def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> 
         return None
     if event.state in (DeploymentState.START, DeploymentState.READY):
         try:
-            release_id = context.store.release_for_deployment(event.deployment_id)
+            release_id = wiring.store.release_for_deployment(event.deployment_id)
             if release_id is None:
                 release_id = _adopt_unknown_deployment(
-                    context, pipeline, context.deployments.describe(event.deployment_id)
+                    wiring, pipeline, wiring.deployments.describe(event.deployment_id)
                 )
         except DeploymentNotFound:
             _log_unknown(event.deployment_id)
@@ -61,28 +61,28 @@ def handle_deployment_event(context: Context, event: DeploymentStateChanged) -> 
         return release_id
     # A deployment this container already linked or looked up names its release without a call,
     # and a repeated or late outcome for it is settled on the release alone.
-    remembered = context.store.remembered_release_for_deployment(event.deployment_id)
-    release = context.store.get_release(remembered) if remembered is not None else None
+    remembered = wiring.store.remembered_release_for_deployment(event.deployment_id)
+    release = wiring.store.get_release(remembered) if remembered is not None else None
     info: DeploymentInfo | None = None
     if release is None:
         # An outcome needs the deployment's details anyway (target groups, error information),
         # and they name its release: the coordinator writes the release id into the deployment's
         # description, and a deployment started elsewhere has the id derived from its own.
         try:
-            info = context.deployments.describe(event.deployment_id)
+            info = wiring.deployments.describe(event.deployment_id)
         except DeploymentNotFound:
             _log_unknown(event.deployment_id)
             return None
-        release = context.store.get_release(info.release_id or external_release_id(info.deployment_id))
+        release = wiring.store.get_release(info.release_id or external_release_id(info.deployment_id))
         if release is None:
             # Started outside the coordinator (or by one whose table does not know it), and its
             # START event was lost: recorded now, so the history has no holes.
-            release = context.store.get_release(_record_external(context, pipeline, info))
+            release = wiring.store.get_release(_record_external(wiring, pipeline, info))
             if release is None:
                 return None
     with logger.append_context_keys(release_id=release.id, deployment_id=event.deployment_id):
         try:
-            _apply_outcome(context, release, event.state, event.deployment_id, info)
+            _apply_outcome(wiring, release, event.state, event.deployment_id, info)
         except DeploymentNotFound:
             _log_unknown(event.deployment_id)
             return None
@@ -97,7 +97,7 @@ def _log_unknown(deployment_id: str) -> None:
 
 
 def apply_deployment_state(
-    context: Context,
+    wiring: Wiring,
     release_id: str,
     deployment_id: str,
     state: DeploymentState,
@@ -105,15 +105,15 @@ def apply_deployment_state(
 ) -> Release | None:
     """``info`` is the deployment as the caller just described it (else it is described when
     the outcome needs it)."""
-    release = context.store.get_release(release_id)
+    release = wiring.store.get_release(release_id)
     if release is None:
         logger.error("the release a deployment names is missing")
         return None
-    return _apply_outcome(context, release, state, deployment_id, info)
+    return _apply_outcome(wiring, release, state, deployment_id, info)
 
 
 def _apply_outcome(
-    context: Context,
+    wiring: Wiring,
     release: Release,
     state: DeploymentState,
     deployment_id: str,
@@ -124,7 +124,7 @@ def _apply_outcome(
     if release.deployment_id is None and release.awaiting_deployment:
         # The write that links the deployment was lost (its Lambda died after CreateDeployment):
         # link it now, as the START event or reconcile would.
-        release = link_deployment(context, release.id, deployment_id, known=release) or release
+        release = link_deployment(wiring, release.id, deployment_id, known=release) or release
     if release.deployment_id != deployment_id:
         logger.info("event for a deployment the release no longer follows; ignored")
         return release
@@ -135,7 +135,7 @@ def _apply_outcome(
                 extra={"state": release.state.value},
             )
             return release
-        return begin_verification(context, release, info or context.deployments.describe(deployment_id))
+        return begin_verification(wiring, release, info or wiring.deployments.describe(deployment_id))
     if release.state.is_terminal:
         logger.info(
             f"CodeDeploy {state.value} for a release that already ended; ignored",
@@ -143,10 +143,10 @@ def _apply_outcome(
         )
         return release
     if state is DeploymentState.FAILURE:
-        return _deployment_failed(context, release, info or context.deployments.describe(deployment_id))
+        return _deployment_failed(wiring, release, info or wiring.deployments.describe(deployment_id))
     if state is DeploymentState.STOP:
         return finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.STOPPED,
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
@@ -156,14 +156,14 @@ def _apply_outcome(
     return release
 
 
-def _deployment_failed(context: Context, release: Release, info: DeploymentInfo) -> Release | None:
+def _deployment_failed(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
     """FAILED with CodeDeploy's error and, per failed instance, the failing hook, script, error
     code and log tail; then the auto-rollback, unless CodeDeploy rolls back by itself."""
     deployment_id = info.deployment_id
     cause = f"{info.error_code}: {info.error_message}" if info.error_code else "no error information"
-    failed = context.deployments.instance_targets(deployment_id, "Failed")
+    failed = wiring.deployments.instance_targets(deployment_id, "Failed")
     failed_instances = [diagnose(target) for target in failed]
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     roll_back = bool(pipeline and pipeline.rollback.on_deploy_failure) and not info.rolls_back_on_failure
     note = (
         "; CodeDeploy's own automatic rollback redeploys the previous revision"
@@ -189,7 +189,7 @@ def _deployment_failed(context: Context, release: Release, info: DeploymentInfo)
         else ""
     )
     return finish(
-        context,
+        wiring,
         release.id,
         ReleaseState.FAILED,
         reason=f"CodeDeploy deployment {deployment_id} failed ({cause}){where}{note}",
@@ -221,21 +221,21 @@ def diagnose(target: InstanceTarget) -> dict[str, str]:
     return diagnosis
 
 
-def _adopt_unknown_deployment(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
+def _adopt_unknown_deployment(wiring: Wiring, pipeline: Pipeline, info: DeploymentInfo) -> str:
     """A deployment the store does not know: ours whose link the event outran, or one started
     outside the coordinator, recorded as an ``external`` release so the history has no holes."""
-    ours = context.store.get_release(info.release_id) if info.release_id is not None else None
+    ours = wiring.store.get_release(info.release_id) if info.release_id is not None else None
     if ours is not None:
-        link_deployment(context, ours.id, info.deployment_id, known=ours)
+        link_deployment(wiring, ours.id, info.deployment_id, known=ours)
         return ours.id
-    return _record_external(context, pipeline, info)
+    return _record_external(wiring, pipeline, info)
 
 
-def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo) -> str:
+def _record_external(wiring: Wiring, pipeline: Pipeline, info: DeploymentInfo) -> str:
     # CodeDeploy's own automatic rollback is followed, linked to the release whose failure
     # triggered it, instead of the coordinator starting a second rollback.
     rollback_of = (
-        context.store.release_for_deployment(info.rollback_of_deployment_id)
+        wiring.store.release_for_deployment(info.rollback_of_deployment_id)
         if info.rollback_of_deployment_id
         else None
     )
@@ -248,5 +248,5 @@ def _record_external(context: Context, pipeline: Pipeline, info: DeploymentInfo)
         creator=info.creator,
         rollback_of=rollback_of,
     )
-    run_in_lane(context, pipeline.name, [external.release_id], lambda lane, now: lane.adopt(external, now))
+    run_in_lane(wiring, pipeline.name, [external.release_id], lambda lane, now: lane.adopt(external, now))
     return external.release_id

@@ -12,14 +12,14 @@ from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, ReleaseState, Trigger
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import StoredObject
 from chalicelib.service.slot_flow import decide_in_lane, run_in_lane, start_next
 from chalicelib.service.submission import submit
+from chalicelib.service.wiring import Wiring
 
 
 def roll_back_pipeline(
-    context: Context, pipeline: Pipeline, to: str | None, actor: str, new_release_id: str
+    wiring: Wiring, pipeline: Pipeline, to: str | None, actor: str, new_release_id: str
 ) -> tuple[Release, bool]:
     """A new release of an earlier verified revision: ``to``, or the pipeline's last good one.
     Like an automatic rollback it goes ahead of every waiting release. Returns the release and
@@ -27,20 +27,20 @@ def roll_back_pipeline(
 
     @functools.cache
     def newest() -> str | None:
-        releases = context.store.list_releases(pipeline.name, 1, None)
+        releases = wiring.store.list_releases(pipeline.name, 1, None)
         return releases[0].id if releases else None
 
     choice = decide_in_lane(
-        context,
+        wiring,
         pipeline.name,
         [to] if to is not None else [],
         # The current release is the active one, else the newest: only then is the list read.
         lambda lane: lane.choose_rollback(to, None if lane.slot.active else newest()),
     )
-    stored = still_in_s3(context, choice.target)
+    stored = still_in_s3(wiring, choice.target)
     with logger.append_context_keys(release_id=new_release_id, pipeline=pipeline.name, actor=actor):
         return submit(
-            context,
+            wiring,
             Submission(
                 release_id=new_release_id,
                 pipeline=pipeline,
@@ -61,25 +61,25 @@ class Cancellation:
     stopped: bool
 
 
-def cancel_release(context: Context, release_id: str, actor: str) -> Cancellation:
+def cancel_release(wiring: Wiring, release_id: str, actor: str) -> Cancellation:
     """Stop a waiting or verifying release at once, freeing its place and starting the next."""
-    found = context.store.get_release(release_id) if known_release_id(release_id) else None
+    found = wiring.store.get_release(release_id) if known_release_id(release_id) else None
     if found is None:
         raise NotFound(f"no release {release_id[:200]!r}")
     decision = run_in_lane(
-        context, found.pipeline, [release_id], lambda lane, now: lane.cancel(release_id, actor, now)
+        wiring, found.pipeline, [release_id], lambda lane, now: lane.cancel(release_id, actor, now)
     )
-    start_next(context, decision)
+    start_next(wiring, decision)
     release = decision.subject
     assert release is not None  # the lane refuses, or names the release it stopped or left deploying
     return Cancellation(release, stopped=release.state is ReleaseState.STOPPED)
 
 
-def still_in_s3(context: Context, release: Release) -> StoredObject:
+def still_in_s3(wiring: Wiring, release: Release) -> StoredObject:
     """The release's exact revision, if S3 still has it (an unversioned object must still be the
     same bytes: same eTag)."""
     revision = release.revision
-    stored = context.artifacts.find(revision.bucket, revision.key, revision.version)
+    stored = wiring.artifacts.find(revision.bucket, revision.key, revision.version)
     if stored is None or (
         revision.version is None and revision.etag and stored.revision.etag != revision.etag
     ):

@@ -52,7 +52,6 @@ from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
 from chalicelib.service.aws_errors import aws_error_code
-from chalicelib.service.context import Context
 from chalicelib.service.notification_ports import (
     Claim,
     DeliveryDeferred,
@@ -61,6 +60,7 @@ from chalicelib.service.notification_ports import (
     Receipt,
 )
 from chalicelib.service.slot_flow import on_release
+from chalicelib.service.wiring import Wiring
 
 # Transient failures come back after 5 s, 10 s, 20 s... (by receive count), at most 15 minutes.
 RETRY_BASE_S = 5
@@ -82,17 +82,17 @@ class DeliveryBusy(RuntimeError):
     """Another attempt is delivering this message right now; retried later, never posted twice."""
 
 
-def _adapters(context: Context) -> NotificationAdapters:
-    if context.notifications is None:
+def _adapters(wiring: Wiring) -> NotificationAdapters:
+    if wiring.notifications is None:
         raise NotificationsNotConfigured("NOTIFY_QUEUE_URL is not set: notifications are not wired")
-    return context.notifications
+    return wiring.notifications
 
 
-def publish(context: Context, streamed: StreamedEvent) -> int:
+def publish(wiring: Wiring, streamed: StreamedEvent) -> int:
     """Enqueue one message per route that receives this history event; returns how many."""
-    messages = plan_messages(context.pipelines.named(streamed.pipeline), streamed)
+    messages = plan_messages(wiring.pipelines.named(streamed.pipeline), streamed)
     if messages:
-        _adapters(context).queue.send(messages)
+        _adapters(wiring).queue.send(messages)
         logger.info(
             "notifications queued",
             extra={"event_id": streamed.event.id, "routes": [message.route for message in messages]},
@@ -104,17 +104,17 @@ def retry_delay_s(receive_count: int) -> int:
     return int(min(RETRY_MAX_S, RETRY_BASE_S * 2 ** max(0, receive_count - 1)))
 
 
-def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = None) -> str:
+def deliver(wiring: Wiring, message: NotifyMessage, receipt: Receipt | None = None) -> str:
     """Deliver one message to its route, once. Returns ``delivered``, ``duplicate``, ``skipped``
     or ``dead_lettered``; raises when the message should come back later (``receipt`` then sets
     when)."""
-    adapters = _adapters(context)
-    route = find_route(context.pipelines.named(message.pipeline), message.route)
+    adapters = _adapters(wiring)
+    route = find_route(wiring.pipelines.named(message.pipeline), message.route)
     log_keys = {"route": message.route, "notification": message.notification, "event_id": message.event.id}
     if route is None:
         logger.warning("notify route no longer configured; message dropped", extra=log_keys)
         return "skipped"
-    claim = adapters.deliveries.claim(message, context.clock.now())
+    claim = adapters.deliveries.claim(message, wiring.clock.now())
     if claim is Claim.DELIVERED:
         logger.info("already delivered; duplicate dropped", extra=log_keys)
         return "duplicate"
@@ -123,7 +123,7 @@ def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = 
             adapters.queue.retry_after(receipt, BUSY_RETRY_S)
         raise DeliveryBusy(f"delivery {message.delivery_id} is in progress elsewhere")
     try:
-        sent = _send(context, adapters, route, message, retaken=claim is Claim.RETAKEN)
+        sent = _send(wiring, adapters, route, message, retaken=claim is Claim.RETAKEN)
     except DeliveryRejected as rejected:
         adapters.deliveries.release(message)
         logger.error(
@@ -153,7 +153,7 @@ def deliver(context: Context, message: NotifyMessage, receipt: Receipt | None = 
         raise
     # A skipped message (nothing to post) is recorded too: its duplicates need no second look.
     try:
-        adapters.deliveries.confirm(message, context.clock.now())
+        adapters.deliveries.confirm(message, wiring.clock.now())
     except Exception as error:
         # Sent but not recorded: the retry sends again where the channel offers no way to look
         # (email, SNS, webhooks). Say why, so the duplicate is explained.
@@ -175,7 +175,7 @@ def _secret(adapters: NotificationAdapters, settings: Mapping[str, Any], name: s
 
 
 def _send(
-    context: Context,
+    wiring: Wiring,
     adapters: NotificationAdapters,
     route: NotifyRoute,
     message: NotifyMessage,
@@ -184,17 +184,17 @@ def _send(
 ) -> bool:
     """Render and send; False when there was nothing to send. ``retaken``: an earlier attempt
     may have sent part of it."""
-    release = context.store.get_release(message.release_id)
+    release = wiring.store.get_release(message.release_id)
     if release is None:
         logger.warning(
             "notification for a release that does not exist; dropped", extra={"route": message.route}
         )
         return False
-    history = context.store.history(release.id) if needs_history(message.notification) else []
+    history = wiring.store.history(release.id) if needs_history(message.notification) else []
     notice = build_notice(release, message.event, message.notification, history)
     settings = route.settings
     if route.kind == "slack":
-        return _post_to_thread(context, adapters, route, message, notice, retaken=retaken)
+        return _post_to_thread(wiring, adapters, route, message, notice, retaken=retaken)
     if route.kind == "slack_webhook":
         content = slack_webhook_message(notice, mentions(settings, notice))
         adapters.slack_webhook.send(_secret(adapters, settings, "url"), content.text, content.blocks)
@@ -214,7 +214,7 @@ def _send(
         url = settings.get("url") or _secret(adapters, settings, "url")
         key = _secret(adapters, settings, "signing_key")
         body = payload_json(notice)
-        signature = sign(body, key.encode(), int(context.clock.now().timestamp()))
+        signature = sign(body, key.encode(), int(wiring.clock.now().timestamp()))
         adapters.webhook.post(url, body, {SIGNATURE_HEADER: signature})
     else:
         raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
@@ -222,7 +222,7 @@ def _send(
 
 
 def _post_to_thread(
-    context: Context,
+    wiring: Wiring,
     adapters: NotificationAdapters,
     route: NotifyRoute,
     message: NotifyMessage,
@@ -251,7 +251,7 @@ def _post_to_thread(
             token, settings["channel"], card.text, card.blocks, None, mark=card_mark
         )
         thread = replace(posted, opened_by=message.event.id)
-        _remember_posted_thread(context, notice.release, message.route, thread)
+        _remember_posted_thread(wiring, notice.release, message.route, thread)
         if message.notification not in FAILURES:
             return True
     else:
@@ -272,13 +272,13 @@ def _post_to_thread(
     return True
 
 
-def _remember_posted_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
+def _remember_posted_thread(wiring: Wiring, release: Release, route: str, thread: SlackThread) -> None:
     """The root card is out: if its thread were not stored, the retry would post a second card.
     Transient store errors are waited out here rather than handed to the queue's retry."""
     release_id = release.id
     for attempt in range(REMEMBER_ATTEMPTS):
         try:
-            _remember_thread(context, release, route, thread)
+            _remember_thread(wiring, release, route, thread)
             return
         except Exception:
             if attempt == REMEMBER_ATTEMPTS - 1:
@@ -290,7 +290,7 @@ def _remember_posted_thread(context: Context, release: Release, route: str, thre
             time.sleep(0.2 * 2**attempt)
 
 
-def _remember_thread(context: Context, release: Release, route: str, thread: SlackThread) -> None:
+def _remember_thread(wiring: Wiring, release: Release, route: str, thread: SlackThread) -> None:
     """Store the thread on the release through the versioned write, first on the release the
     card was rendered from: a transition racing with it fails the write, and the retry reads
     afresh (and keeps the transition) instead of erasing it."""
@@ -301,4 +301,4 @@ def _remember_thread(context: Context, release: Release, route: str, thread: Sla
         threads = {**current.notification_threads, route: thread.to_stored()}
         return Change(releases=[replace(current, notification_threads=threads)])
 
-    on_release(context, release.id, remember, known=release)
+    on_release(wiring, release.id, remember, known=release)

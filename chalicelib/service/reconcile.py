@@ -8,24 +8,24 @@ from typing import Any
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks
+from chalicelib.service.wiring import Wiring
 
 
-def reconcile(context: Context) -> dict[str, Any]:
+def reconcile(wiring: Wiring) -> dict[str, Any]:
     """Bring every pipeline's open releases and slot in line with CodeDeploy. Returns what it did.
 
     One pipeline's failure (throttling, a deleted application, a missing permission) is logged
     and reported, and never keeps the others from being repaired.
     """
     report: dict[str, Any] = {}
-    for pipeline in context.pipelines.pipelines:
+    for pipeline in wiring.pipelines.pipelines:
         actions: dict[str, Any] = {}
         try:
-            _apply_missed_outcomes(context, pipeline, actions)
-            actions.update(advance(context, pipeline))
+            _apply_missed_outcomes(wiring, pipeline, actions)
+            actions.update(advance(wiring, pipeline))
         except Exception as error:
             logger.exception("reconcile of a pipeline failed; continuing", extra={"pipeline": pipeline.name})
             actions["error"] = f"{type(error).__name__}: {error}"[:500]
@@ -34,21 +34,21 @@ def reconcile(context: Context) -> dict[str, Any]:
     return report
 
 
-def _apply_missed_outcomes(context: Context, pipeline: Pipeline, actions: dict[str, Any]) -> None:
-    for release in context.store.open_releases(pipeline.name):
+def _apply_missed_outcomes(wiring: Wiring, pipeline: Pipeline, actions: dict[str, Any]) -> None:
+    for release in wiring.store.open_releases(pipeline.name):
         if release.state is ReleaseState.VERIFYING:
-            if resend_overdue_checks(context, release):
+            if resend_overdue_checks(wiring, release):
                 actions.setdefault("resent_checks", []).append(release.id)
             continue
         if release.state is not ReleaseState.DEPLOYING or release.deployment_id is None:
             continue
         with logger.append_context_keys(release_id=release.id, deployment_id=release.deployment_id):
-            info = context.deployments.describe(release.deployment_id)
+            info = wiring.deployments.describe(release.deployment_id)
             missed = STATE_FOR_STATUS.get(info.status)
             if missed is None:
                 continue
             logger.info(
                 "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}
             )
-            apply_deployment_state(context, release.id, release.deployment_id, missed, info)
+            apply_deployment_state(wiring, release.id, release.deployment_id, missed, info)
         actions.setdefault("applied", []).append(release.id)

@@ -32,8 +32,8 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.log import logger
-from chalicelib.service.context import Context, retry_on_conflict
 from chalicelib.service.ports import DeploymentBusy, RevisionRejected
+from chalicelib.service.wiring import Wiring, retry_on_conflict
 
 T = TypeVar("T")
 # The slot and releases of one lane as one read returned them (ReleaseStore.read_lane).
@@ -41,7 +41,7 @@ LaneRead = tuple[PipelineSlot, Mapping[str, Release]]
 
 
 def decide_in_lane(
-    context: Context,
+    wiring: Wiring,
     pipeline: str,
     subject_ids: Sequence[str],
     ask: Callable[[Lane], T],
@@ -56,11 +56,11 @@ def decide_in_lane(
     slot, found = (
         known
         if known is not None
-        else context.store.read_lane(pipeline, subject_ids, next_in_line=next_in_line)
+        else wiring.store.read_lane(pipeline, subject_ids, next_in_line=next_in_line)
     )
     lane = Lane(
         name=pipeline,
-        config=context.pipelines.named(pipeline),
+        config=wiring.pipelines.named(pipeline),
         slot=slot,
         releases={**found, **{release_id: found.get(release_id) for release_id in subject_ids}},
     )
@@ -68,14 +68,14 @@ def decide_in_lane(
         try:
             return ask(lane)
         except NeedsReleases as needs:
-            loaded = {release.id: release for release in context.store.get_releases(needs.release_ids)}
+            loaded = {release.id: release for release in wiring.store.get_releases(needs.release_ids)}
             lane = lane.with_releases(
                 {release_id: loaded.get(release_id) for release_id in needs.release_ids}
             )
 
 
 def run_in_lane(
-    context: Context,
+    wiring: Wiring,
     pipeline: str,
     subject_ids: Sequence[str],
     ask: Callable[[Lane, datetime], Decision],
@@ -90,16 +90,16 @@ def run_in_lane(
     first = [known] if known is not None else []
 
     def attempt() -> Decision:
-        now = context.clock.now()
+        now = wiring.clock.now()
         decision = decide_in_lane(
-            context,
+            wiring,
             pipeline,
             subject_ids,
             lambda lane: ask(lane, now),
             known=first.pop() if first else None,
             next_in_line=next_in_line,
         )
-        stored = context.store.commit(decision.change)
+        stored = wiring.store.commit(decision.change)
         for line in decision.logs:
             log(line)
 
@@ -112,7 +112,7 @@ def run_in_lane(
 
 
 def on_release(
-    context: Context,
+    wiring: Wiring,
     release_id: str,
     decide: Callable[[Release, datetime], Change | None],
     *,
@@ -125,9 +125,9 @@ def on_release(
     first = [known] if known is not None and known.id == release_id else []
 
     def attempt() -> Release | None:
-        release = first.pop() if first else context.store.get_release(release_id)
-        change = decide(release, context.clock.now()) if release is not None else None
-        return context.store.commit(change).get(release_id) if change is not None else None
+        release = first.pop() if first else wiring.store.get_release(release_id)
+        change = decide(release, wiring.clock.now()) if release is not None else None
+        return wiring.store.commit(change).get(release_id) if change is not None else None
 
     return retry_on_conflict(attempt)
 
@@ -139,7 +139,7 @@ def log(line: LogLine) -> None:
         logger.info(line.message, extra=dict(line.extra))
 
 
-def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, look_first: bool) -> None:
+def start_deployment(wiring: Wiring, release: Release, pipeline: Pipeline, *, look_first: bool) -> None:
     """Create the CodeDeploy deployment of a release that holds the slot and a fresh start claim.
 
     ``look_first`` checks CodeDeploy for a deployment an earlier attempt already created: any
@@ -147,23 +147,23 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
     """
     log_keys = {"release_id": release.id, "pipeline": release.pipeline}
     if look_first:
-        existing = context.deployments.find_for_release(release)
+        existing = wiring.deployments.find_for_release(release)
         if existing is not None:
             logger.info(
                 "found the deployment an earlier attempt created",
                 extra={**log_keys, "deployment_id": existing},
             )
-            link_deployment(context, release.id, existing)
+            link_deployment(wiring, release.id, existing)
             return
     try:
-        deployment_id = context.deployments.create(release, pipeline.deployment_config)
+        deployment_id = wiring.deployments.create(release, pipeline.deployment_config)
     except DeploymentBusy as busy:
         logger.warning(
             "deployment group busy with another deployment; waiting for it to end",
             extra={**log_keys, "active_deployment_id": busy.active_deployment_id},
         )
         _record_start_failure(
-            context,
+            wiring,
             release.id,
             {
                 "error": "DeploymentLimitExceededException",
@@ -176,7 +176,7 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
     except RevisionRejected as rejected:
         logger.warning("CodeDeploy rejected the release", extra={**log_keys, "error": str(rejected)})
         finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.FAILED,
             reason=f"CodeDeploy refused the deployment: {rejected}",
@@ -189,14 +189,14 @@ def start_deployment(context: Context, release: Release, pipeline: Pipeline, *, 
         # reconciler's) may claim it at once, then let the invocation fail and be retried.
         logger.warning("CreateDeployment failed; will be retried", extra={**log_keys, "error": repr(error)})
         _record_start_failure(
-            context, release.id, {"error": type(error).__name__, "cause": str(error)[:500], "retry": "yes"}
+            wiring, release.id, {"error": type(error).__name__, "cause": str(error)[:500], "retry": "yes"}
         )
         raise
     logger.info("deployment created", extra={**log_keys, "deployment_id": deployment_id})
-    link_deployment(context, release.id, deployment_id, known=release)
+    link_deployment(wiring, release.id, deployment_id, known=release)
 
 
-def _record_start_failure(context: Context, release_id: str, detail: Detail) -> None:
+def _record_start_failure(wiring: Wiring, release_id: str, detail: Detail) -> None:
     def hand_back(release: Release, now: datetime) -> Change | None:
         if not release.awaiting_deployment:
             return None
@@ -209,14 +209,14 @@ def _record_start_failure(context: Context, release_id: str, detail: Detail) -> 
         return change_of([step])
 
     try:
-        on_release(context, release_id, hand_back)
+        on_release(wiring, release_id, hand_back)
     except Exception:
         # The lease runs out by itself; the reconciler retries the start then.
         logger.exception("could not record the failed start", extra={"release_id": release_id})
 
 
 def link_deployment(
-    context: Context, release_id: str, deployment_id: str, *, known: Release | None = None
+    wiring: Wiring, release_id: str, deployment_id: str, *, known: Release | None = None
 ) -> Release | None:
     """Record which CodeDeploy deployment carries the release (and the index to find it).
     Returns the release as linked, or None when it was not written (already linked, or gone)."""
@@ -242,11 +242,11 @@ def link_deployment(
         )
         return change_of([step], links={deployment_id: release.id})
 
-    return on_release(context, release_id, link, known=known)
+    return on_release(wiring, release_id, link, known=known)
 
 
 def finish(
-    context: Context,
+    wiring: Wiring,
     release_id: str,
     target: ReleaseState,
     *,
@@ -268,31 +268,31 @@ def finish(
     """
     command = Finish(release_id, target, reason, detail or {}, roll_back, annotation)
     decision = run_in_lane(
-        context,
+        wiring,
         pipeline,
         [release_id],
         lambda lane, now: lane.finish(command, now),
         known=known,
         next_in_line=True,
     )
-    start_next(context, decision)
+    start_next(wiring, decision)
     return decision.subject
 
 
-def advance(context: Context, pipeline: Pipeline) -> dict[str, Any]:
+def advance(wiring: Wiring, pipeline: Pipeline) -> dict[str, Any]:
     """Repair and move the slot: free a finished or missing active release, promote the next
     waiting one, restart an active release whose start was abandoned. Returns what it did."""
-    decision = run_in_lane(context, pipeline.name, [], lambda lane, now: lane.repair(now), next_in_line=True)
-    start_next(context, decision)
+    decision = run_in_lane(wiring, pipeline.name, [], lambda lane, now: lane.repair(now), next_in_line=True)
+    start_next(wiring, decision)
     return dict(decision.report)
 
 
-def start_next(context: Context, decision: Decision) -> None:
+def start_next(wiring: Wiring, decision: Decision) -> None:
     if decision.start is None:
         return
-    pipeline = context.pipelines.named(decision.start.pipeline)
+    pipeline = wiring.pipelines.named(decision.start.pipeline)
     if pipeline is not None:  # the lane hands out no start for a pipeline no longer configured
-        start_deployment(context, decision.start, pipeline, look_first=decision.look_first)
+        start_deployment(wiring, decision.start, pipeline, look_first=decision.look_first)
 
 
 def log_refused(refused: Refused) -> None:

@@ -15,20 +15,20 @@ from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, Trigger, bundle_type_of, upload_release_id
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.slot_flow import LaneRead
 from chalicelib.service.submission import submit
+from chalicelib.service.wiring import Wiring
 
 METRICS_NAMESPACE = "ReleaseCoordinator"
 SERVICE = "release-coordinator"
 
 
-def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
+def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
     """Record the upload as a release and start or queue it. Returns the release, or None when
     the upload is not for any pipeline or the object is gone."""
     # Match before any S3 call: uploads outside every pipeline cost nothing and need no access.
-    candidates = [key for key in upload.key_candidates if context.pipelines.for_upload(upload.bucket, key)]
+    candidates = [key for key in upload.key_candidates if wiring.pipelines.for_upload(upload.bucket, key)]
     if not candidates:
         logger.info(
             "upload matches no pipeline; ignored",
@@ -42,16 +42,16 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
             extra={"bucket": upload.bucket, "keys": candidates},
         )
         return None
-    recorded = _read_lane_of_version(context, upload, bundles)
+    recorded = _read_lane_of_version(wiring, upload, bundles)
     if recorded is not None and recorded.existing is not None:
         # A repeated delivery of a recorded upload: the lane settles it (nothing to do, or the
         # repair of a start that was handed back) without asking S3 again.
         existing = recorded.existing
         with logger.append_context_keys(release_id=existing.id, pipeline=recorded.pipeline.name):
-            release, _ = submit(context, _repeat_of(existing, recorded.pipeline), known=recorded.lane)
+            release, _ = submit(wiring, _repeat_of(existing, recorded.pipeline), known=recorded.lane)
             return release
     try:
-        stored = _resolve(context, upload.bucket, bundles, upload.version_id)
+        stored = _resolve(wiring, upload.bucket, bundles, upload.version_id)
     except ArtifactAccessDenied as denied:
         _report_access_denied(denied)
         raise
@@ -62,7 +62,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
         )
         return None
     revision = stored.revision
-    pipeline = context.pipelines.for_upload(revision.bucket, revision.key)
+    pipeline = wiring.pipelines.for_upload(revision.bucket, revision.key)
     if pipeline is None:  # only the candidates that matched were resolved
         return None
     release_id = upload_release_id(revision)
@@ -71,7 +71,7 @@ def handle_upload(context: Context, upload: ObjectCreated) -> Release | None:
     known = recorded.lane if recorded is not None and release_id in recorded.release_ids else None
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name):
         release, _ = submit(
-            context,
+            wiring,
             Submission(
                 release_id=release_id,
                 pipeline=pipeline,
@@ -100,20 +100,20 @@ class _VersionLane:
         return next(iter(self.lane[1].values()), None)
 
 
-def _read_lane_of_version(context: Context, upload: ObjectCreated, keys: list[str]) -> _VersionLane | None:
+def _read_lane_of_version(wiring: Wiring, upload: ObjectCreated, keys: list[str]) -> _VersionLane | None:
     """When the event names the object version (a versioned bucket), the release ids are known
     before S3 is asked: one read of the lane tells a repeated delivery, and a new upload decides
     on the same read. Without a version id the id depends on the eTag S3 answers for the key's
     current object, so nothing is read ahead."""
     if upload.version_id is None:
         return None
-    pipeline = context.pipelines.for_upload(upload.bucket, keys[0])
-    if pipeline is None or any(context.pipelines.for_upload(upload.bucket, key) != pipeline for key in keys):
+    pipeline = wiring.pipelines.for_upload(upload.bucket, keys[0])
+    if pipeline is None or any(wiring.pipelines.for_upload(upload.bucket, key) != pipeline for key in keys):
         return None  # the spellings match different pipelines: S3 tells which one exists first
     release_ids = frozenset(
         upload_release_id(Revision(upload.bucket, key, upload.version_id, None)) for key in keys
     )
-    return _VersionLane(pipeline, release_ids, context.store.read_lane(pipeline.name, sorted(release_ids)))
+    return _VersionLane(pipeline, release_ids, wiring.store.read_lane(pipeline.name, sorted(release_ids)))
 
 
 def _repeat_of(existing: Release, pipeline: Pipeline) -> Submission:
@@ -128,7 +128,7 @@ def _repeat_of(existing: Release, pipeline: Pipeline) -> Submission:
     )
 
 
-def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
+def _resolve(wiring: Wiring, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:
     """The object as S3 has it, trying each spelling of the key the event may have used, so two
     deliveries of one upload in different encodings are one release. A spelling S3 denies does
     not end the search (a role without s3:ListBucket gets 403 for the spelling that does not
@@ -136,7 +136,7 @@ def _resolve(context: Context, bucket: str, keys: list[str], version_id: str | N
     denied: ArtifactAccessDenied | None = None
     for key in keys:
         try:
-            stored = context.artifacts.find(bucket, key, version_id)
+            stored = wiring.artifacts.find(bucket, key, version_id)
         except ArtifactAccessDenied as refusal:
             denied = denied or refusal
             continue

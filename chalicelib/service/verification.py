@@ -29,21 +29,21 @@ from chalicelib.domain.verification import (
     plan_verification,
 )
 from chalicelib.log import logger
-from chalicelib.service.context import Context
 from chalicelib.service.ports import DeploymentInfo
 from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release
+from chalicelib.service.wiring import Wiring
 
 # A check's history event lists at most this many targets that were not healthy.
 _LISTED_TARGETS = 20
 
 
-def begin_verification(context: Context, release: Release, info: DeploymentInfo) -> Release | None:
+def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
     """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason."""
     deployment_id = info.deployment_id
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     if pipeline is None or not info.target_group_names:
         return finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.SUCCEEDED,
             reason=(
@@ -54,22 +54,22 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
             pipeline=release.pipeline,
         )
     try:
-        groups = context.load_balancing.target_groups(info.target_group_names)
+        groups = wiring.load_balancing.target_groups(info.target_group_names)
     except LoadBalancerError as error:
         if not error.permanent:
             # The event's retry, or reconcile after it, asks again; the release stays DEPLOYING.
             logger.warning("could not read the target groups; retried", extra={"why": str(error)})
             raise
         why = f"cannot verify deployment {deployment_id}: {error}"
-        return _fail_verification(context, release, deployment_id, why, aws_code=error.code)
-    instances = context.deployments.instance_ids(deployment_id, "Succeeded")
+        return _fail_verification(wiring, release, deployment_id, why, aws_code=error.code)
+    instances = wiring.deployments.instance_ids(deployment_id, "Succeeded")
     if not instances:
         why = (
             f"cannot verify deployment {deployment_id}: "
             "CodeDeploy reports no instance that deployed successfully"
         )
-        return _fail_verification(context, release, deployment_id, why)
-    verification = plan_verification(pipeline.verify, groups, instances, context.clock.now())
+        return _fail_verification(wiring, release, deployment_id, why)
+    verification = plan_verification(pipeline.verify, groups, instances, wiring.clock.now())
 
     def enter_verifying(current: Release, now: datetime) -> Change | None:
         moved = transition(
@@ -92,17 +92,17 @@ def begin_verification(context: Context, release: Release, info: DeploymentInfo)
             return None
         return change_of([moved])
 
-    verifying = on_release(context, release.id, enter_verifying, known=release)
+    verifying = on_release(wiring, release.id, enter_verifying, known=release)
     if verifying is not None:
-        context.verify_queue.schedule(
-            *next_request(release.id, deployment_id, release.pipeline, verification, context.clock.now())
+        wiring.verify_queue.schedule(
+            *next_request(release.id, deployment_id, release.pipeline, verification, wiring.clock.now())
         )
         logger.info("verifying target health", extra={"release_id": release.id, **verification.to_dict()})
     return verifying
 
 
 def _fail_verification(
-    context: Context,
+    wiring: Wiring,
     release: Release,
     deployment_id: str,
     why: str,
@@ -113,12 +113,12 @@ def _fail_verification(
 ) -> Release | None:
     """FAILED ``verify_failed``, rolled back as the pipeline says. ``known``: the lane as the
     caller just read it with the release."""
-    pipeline = context.pipelines.named(release.pipeline)
+    pipeline = wiring.pipelines.named(release.pipeline)
     detail: dict[str, Any] = {"failure": "verify_failed", "deployment_id": deployment_id}
     if aws_code:
         detail["error_code"] = aws_code
     return finish(
-        context,
+        wiring,
         release.id,
         ReleaseState.FAILED,
         reason=f"verify_failed: {why}",
@@ -130,16 +130,16 @@ def _fail_verification(
     )
 
 
-def run_check(context: Context, request: VerifyRequest) -> Release | None:
+def run_check(wiring: Wiring, request: VerifyRequest) -> Release | None:
     """One health check, from the verify queue. Duplicate and stale messages are dropped.
 
     The release is read with its lane (the message names the pipeline): a check that ends the
     release frees the slot on that same read."""
     lane: LaneRead | None = None
     if request.pipeline is None:
-        release = context.store.get_release(request.release_id)
+        release = wiring.store.get_release(request.release_id)
     else:
-        lane = context.store.read_lane(request.pipeline, [request.release_id])
+        lane = wiring.store.read_lane(request.pipeline, [request.release_id])
         release = lane[1].get(request.release_id)
         if release is not None and release.pipeline != request.pipeline:
             lane = None  # a message naming another pipeline: its slot is not this release's
@@ -160,25 +160,25 @@ def run_check(context: Context, request: VerifyRequest) -> Release | None:
             extra={**request.to_message(), "checks_done": verification.checks_done},
         )
         return release
-    now = context.clock.now()
+    now = wiring.clock.now()
     hop_s = request.hop_s(now)
     if hop_s:
         # Due later than SQS can delay a message: send it on until it is due.
-        context.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
+        wiring.verify_queue.schedule(request, min(hop_s, MAX_DELAY_S))
         logger.info("health check not due yet; sent on", extra={**request.to_message(), "wait_s": hop_s})
         return release
     try:
         health = [
             entry
             for arn in verification.target_group_arns
-            for entry in context.load_balancing.target_health(arn, verification.instance_ids)
+            for entry in wiring.load_balancing.target_health(arn, verification.instance_ids)
         ]
     except LoadBalancerError as error:
         logger.warning(
             "could not read target health", extra={"why": str(error), "permanent": error.permanent}
         )
-        return _apply(context, release, request, judge_error(verification, error, now), lane)
-    return _apply(context, release, request, judge(verification, health, now), lane)
+        return _apply(wiring, release, request, judge_error(verification, error, now), lane)
+    return _apply(wiring, release, request, judge(verification, health, now), lane)
 
 
 def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str, Any]]:
@@ -205,7 +205,7 @@ def _check_event(judgement: Judgement, check: int) -> tuple[EventType, dict[str,
 
 
 def _apply(
-    context: Context, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
+    wiring: Wiring, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
 ) -> Release | None:
     event_type, detail = _check_event(judgement, request.check)
     check = Annotation(event_type, detail, judgement.verification)
@@ -214,7 +214,7 @@ def _apply(
     if judgement.outcome is Outcome.VERIFIED:
         baked = f" and again after {verification.bake_s}s of baking" if verification.bake_s else ""
         return finish(
-            context,
+            wiring,
             release.id,
             ReleaseState.SUCCEEDED,
             reason=(
@@ -230,7 +230,7 @@ def _apply(
     if judgement.outcome is Outcome.UNVERIFIABLE:
         why = f"cannot verify deployment {request.deployment_id}: {judgement.error}"
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         why = (
@@ -239,7 +239,7 @@ def _apply(
             else f"not healthy by the deadline: {_describe(judgement.not_healthy)}"
         )
         return _fail_verification(
-            context, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
         )
 
     def record_check(current: Release, now: datetime) -> Change | None:
@@ -248,15 +248,15 @@ def _apply(
         return change_of([annotate(Step(current, ()), check, now)])
 
     # The release as this check read it: a copy stale by now fails the write and is read again.
-    checked = on_release(context, release.id, record_check, known=release)
+    checked = on_release(wiring, release.id, record_check, known=release)
     if checked is not None:
-        context.verify_queue.schedule(
+        wiring.verify_queue.schedule(
             *next_request(
                 release.id,
                 request.deployment_id,
                 release.pipeline,
                 judgement.verification,
-                context.clock.now(),
+                wiring.clock.now(),
             )
         )
     return checked
@@ -271,16 +271,16 @@ def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:
     return shown + more
 
 
-def resend_overdue_checks(context: Context, release: Release) -> bool:
+def resend_overdue_checks(wiring: Wiring, release: Release) -> bool:
     """Reconcile: a VERIFYING release whose checks stopped arriving (its message was lost) gets
     its next check re-sent. A late original is dropped by its check number."""
     verification: Verification | None = release.verification
     if release.deployment_id is None or verification is None:
         return False
-    now = context.clock.now()
+    now = wiring.clock.now()
     if not verification.overdue(now):
         return False
     request, delay_s = next_request(release.id, release.deployment_id, release.pipeline, verification, now)
-    context.verify_queue.schedule(request, delay_s)
+    wiring.verify_queue.schedule(request, delay_s)
     logger.info("re-sent an overdue health check", extra=request.to_message())
     return True

@@ -4,8 +4,8 @@ their real relative times without the sweep waiting for them.
 
 Where the time is read, and why each is driven:
 
-- the use cases: ``Context.clock`` (``chalicelib/service/context.py``), built by
-  ``chalicelib.bootstrap.context()`` from ``bootstrap.SystemClock``; the sweep puts its clock in
+- the use cases: ``Wiring.clock`` (``chalicelib/service/wiring.py``), built by
+  ``chalicelib.bootstrap.wiring()`` from ``bootstrap.SystemClock``; the sweep puts its clock in
   that name, so the production wiring (boto3 clients, adapters) is otherwise unchanged.
 - moto's SQS: ``moto/sqs/models.py`` imports ``unix_time`` and ``unix_time_millis`` from
   ``moto.core.utils`` by name and reads them for ``DelaySeconds`` (``Message.delay``), the
@@ -39,7 +39,7 @@ EPOCH = datetime(2026, 11, 26, 10, 0, 0, tzinfo=UTC)
 
 
 class SimulatedClock:
-    """What ``Context.clock`` needs (``now()``), moved only by the sweep."""
+    """What ``Wiring.clock`` needs (``now()``), moved only by the sweep."""
 
     def __init__(self) -> None:
         self._now = EPOCH

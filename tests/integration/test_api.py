@@ -390,7 +390,7 @@ class LambdaDied(BaseException):
 def during_head_object(hook: Callable[[], None]) -> Callable[[], None]:
     """Run ``hook`` when the app's next request reads its bundle from S3 (once); returns the
     uninstaller."""
-    events = bootstrap.context().artifacts._client.meta.events  # type: ignore[attr-defined]
+    events = bootstrap.wiring().artifacts._client.meta.events  # type: ignore[attr-defined]
     done: list[bool] = []
 
     def before_call(**_: Any) -> None:

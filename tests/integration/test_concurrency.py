@@ -24,7 +24,7 @@ def fire_concurrently(world: World, prefix: str) -> list[str]:
     one_second = datetime.now(UTC).replace(microsecond=0)
     with mock.patch("moto.s3.models.utcnow", return_value=one_second):
         uploads = [world.upload(f"{prefix}app-{n:02d}.zip") for n in range(UPLOADS)]
-    bootstrap.context()  # wire the clients once, as a warm container would, before the burst
+    bootstrap.wiring()  # wire the clients once, as a warm container would, before the burst
 
     def deliver(event: dict[str, Any]) -> str:
         # The app's own entry point, called the way Lambda calls it.

@@ -260,7 +260,7 @@ def test_a_waiting_rollback_goes_first_and_is_never_superseded(world: World) -> 
     web = bootstrap.pipelines().named("web-prod")
     assert web is not None
     rollback, created = submit(
-        bootstrap.context(),
+        bootstrap.wiring(),
         Submission(
             release_id="rb-manual-1",
             pipeline=web,
@@ -286,7 +286,7 @@ def test_a_queued_release_behind_a_waiting_rollback_is_told_its_real_place(world
     web = bootstrap.pipelines().named("web-prod")
     assert web is not None
     submit(
-        bootstrap.context(),
+        bootstrap.wiring(),
         Submission(
             release_id="rb-manual-1",
             pipeline=web,

@@ -53,7 +53,7 @@ def test_the_s3_test_event_through_sqs_is_ignored(world: World) -> None:
 def test_an_upload_that_fails_lets_the_others_through_and_the_retry_deploys_it(world: World) -> None:
     failing = world.upload("api/prod/app-1.zip")
     passing = world.upload("web/prod/site-1.zip")
-    s3 = bootstrap.context().artifacts._client  # type: ignore[attr-defined]
+    s3 = bootstrap.wiring().artifacts._client  # type: ignore[attr-defined]
 
     def unavailable(params: dict[str, Any], **_: Any) -> None:
         if params.get("Key") == failing.key:

@@ -38,8 +38,8 @@ def test_a_rollback_to_the_last_good_release_goes_first_and_repeats_as_itself(wo
     bad = _deploy(world, "api/prod/app-2.zip")
     waiting = _deploy(world, "api/prod/app-3.zip")
 
-    rollback, created = roll_back_pipeline(bootstrap.context(), _api_prod(), None, "ana", "rb-ana-1")
-    again, created_again = roll_back_pipeline(bootstrap.context(), _api_prod(), None, "ana", "rb-ana-1")
+    rollback, created = roll_back_pipeline(bootstrap.wiring(), _api_prod(), None, "ana", "rb-ana-1")
+    again, created_again = roll_back_pipeline(bootstrap.wiring(), _api_prod(), None, "ana", "rb-ana-1")
 
     assert created
     assert not created_again
@@ -55,7 +55,7 @@ def test_a_rollback_to_the_last_good_release_goes_first_and_repeats_as_itself(wo
 
 
 def test_rollback_refusals(world: World) -> None:
-    context = bootstrap.context()
+    context = bootstrap.wiring()
     with pytest.raises(ConflictingState, match="nothing to roll back to"):
         roll_back_pipeline(context, _api_prod(), None, "ana", "rb-1")
     good = _deploy(world, "api/prod/app-1.zip")
@@ -72,7 +72,7 @@ def test_rollback_refusals(world: World) -> None:
 def test_cancel_stops_a_waiting_release_and_leaves_a_deploying_one_to_codedeploy(world: World) -> None:
     deploying = _deploy(world, "api/prod/app-1.zip")
     waiting = _deploy(world, "api/prod/app-2.zip")
-    context = bootstrap.context()
+    context = bootstrap.wiring()
 
     stopped = cancel_release(context, waiting, "ana")
     running = cancel_release(context, deploying, "ana")

@@ -503,7 +503,7 @@ def test_a_store_hiccup_after_posting_the_card_does_not_post_it_twice(
     """The root card is out but storing its thread fails twice (DynamoDB throttling, injected on
     the coordinator's own client): the thread is still stored, and no second card is posted."""
     release_id, _ = upload(world, "1.0.0")
-    dynamodb = bootstrap.context().store._client  # type: ignore[attr-defined]
+    dynamodb = bootstrap.wiring().store._client  # type: ignore[attr-defined]
     failures = {"left": 2}
 
     def throttle_thread_writes(params: dict[str, Any], **_: Any) -> None:

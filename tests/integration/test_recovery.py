@@ -20,10 +20,10 @@ from chalicelib.domain.inbound_events import DeploymentState, DeploymentStateCha
 from chalicelib.domain.lane import Change
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.release import EventType, ReleaseState
-from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import handle_deployment_event
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.uploads import handle_upload
+from chalicelib.service.wiring import Wiring
 from sandbox import moto_extensions
 from tests.integration.conftest import TABLE, World
 
@@ -39,9 +39,9 @@ class ManualClock:
         self.current += delta
 
 
-def direct_context(world: World, clock: ManualClock, codedeploy: Any | None = None) -> Context:
+def direct_wiring(world: World, clock: ManualClock, codedeploy: Any | None = None) -> Wiring:
     """The use cases wired by hand, with a clock the test moves."""
-    return Context(
+    return Wiring(
         store=DynamoReleaseStore(world.session.client("dynamodb"), TABLE),
         artifacts=S3Artifacts(world.session.client("s3")),
         deployments=CodeDeployDeployments(codedeploy or world.session.client("codedeploy")),
@@ -58,7 +58,7 @@ def test_throttled_or_failing_create_is_retried_by_the_redelivery_without_a_seco
 ) -> None:
     upload = world.upload("api/prod/app-1.zip")
     codedeploy = world.session.client("codedeploy")
-    context = direct_context(world, ManualClock(), codedeploy)
+    context = direct_wiring(world, ManualClock(), codedeploy)
     [created] = parse_artifact_event(upload.eventbridge).uploads
 
     # moto cannot throttle or fail: botocore's Stubber answers CreateDeployment with the error.
@@ -82,7 +82,7 @@ def test_crash_after_create_is_found_not_deployed_again(world: World) -> None:
     the retry finds the deployment by the release id in its description."""
     upload = world.upload("api/prod/app-1.zip")
     codedeploy = world.session.client("codedeploy")
-    context = direct_context(world, ManualClock(), codedeploy)
+    context = direct_wiring(world, ManualClock(), codedeploy)
     [created] = parse_artifact_event(upload.eventbridge).uploads
 
     def lose_answer(**_: Any) -> None:
@@ -105,7 +105,7 @@ def test_reconcile_restarts_a_start_abandoned_by_a_dead_lambda(world: World) -> 
     upload = world.upload("api/prod/app-1.zip")
     clock = ManualClock()
     codedeploy = world.session.client("codedeploy")
-    context = direct_context(world, clock, codedeploy)
+    context = direct_wiring(world, clock, codedeploy)
     [created] = parse_artifact_event(upload.eventbridge).uploads
 
     def die(**_: Any) -> None:
@@ -162,7 +162,7 @@ def test_reconcile_frees_a_slot_held_by_a_finished_release(world: World) -> None
 def test_permanent_refusal_fails_the_release_instead_of_holding_the_slot(world: World) -> None:
     upload = world.upload("api/prod/app-1.zip")
     codedeploy = world.session.client("codedeploy")
-    context = direct_context(world, ManualClock(), codedeploy)
+    context = direct_wiring(world, ManualClock(), codedeploy)
     [created] = parse_artifact_event(upload.eventbridge).uploads
 
     # A group CodeDeploy will never deploy to for us (here: no permission), injected by Stubber.
@@ -185,7 +185,7 @@ def test_one_failing_pipeline_does_not_stop_reconcile_of_the_others(world: World
         assert deployment_id is not None
         moto_extensions.complete(deployment_id, "Succeeded")  # both events lost
     codedeploy = world.session.client("codedeploy")
-    context = direct_context(world, ManualClock(), codedeploy)
+    context = direct_wiring(world, ManualClock(), codedeploy)
     api_deployment = world.release(api).deployment_id
 
     def throttle_api(params: dict[str, Any], **_: Any) -> None:
@@ -207,7 +207,7 @@ def test_events_of_groups_no_pipeline_owns_are_ignored_without_a_call(world: Wor
     codedeploy = world.session.client("codedeploy")
     calls: list[str] = []
     codedeploy.meta.events.register("before-call.codedeploy", lambda model, **_: calls.append(model.name))
-    context = direct_context(world, ManualClock(), codedeploy)
+    context = direct_wiring(world, ManualClock(), codedeploy)
     event = DeploymentStateChanged("d-other", DeploymentState.SUCCESS, "billing", "billing-prod")
 
     assert handle_deployment_event(context, event) is None
@@ -218,7 +218,7 @@ def test_forbidden_spelling_of_a_key_falls_through_to_the_next(world: World) -> 
     """Without s3:ListBucket, HeadObject of a key that does not exist answers 403, not 404."""
     upload = world.upload("api/prod/red flower.zip")
     s3 = world.session.client("s3")
-    context = replace(direct_context(world, ManualClock()), artifacts=S3Artifacts(s3))
+    context = replace(direct_wiring(world, ManualClock()), artifacts=S3Artifacts(s3))
     raw = replace(
         parse_artifact_event(upload.eventbridge).uploads[0],
         key_candidates=("api/prod/red+flower.zip", "api/prod/red flower.zip"),

@@ -47,7 +47,7 @@ def die_before(client: Any, operation: str, when: Callable[[dict[str, Any]], boo
 
 def deliveries_client() -> Any:
     """The DynamoDB client of the running container's delivery log."""
-    notifications_wired = bootstrap.context().notifications
+    notifications_wired = bootstrap.wiring().notifications
     assert notifications_wired is not None
     return notifications_wired.deliveries._client  # type: ignore[attr-defined]
 
@@ -108,7 +108,7 @@ def test_death_after_the_root_card_before_its_thread_is_stored_posts_one_card(
     release_id, _ = upload(world, "1.0.0")
     records = slack_records(pump)
     assert [json.loads(r["body"])["notification"] for r in records] == ["started"]
-    die_before(bootstrap.context().store._client, "TransactWriteItems", writes_thread)  # type: ignore[attr-defined]
+    die_before(bootstrap.wiring().store._client, "TransactWriteItems", writes_thread)  # type: ignore[attr-defined]
 
     crash_then_retry_after_the_lease(world, pump, records)
 

@@ -23,7 +23,7 @@ class LambdaDied(BaseException):
 
 
 def die_before_the_slot_write(world: World) -> None:
-    dynamodb = bootstrap.context().store._client  # type: ignore[attr-defined]
+    dynamodb = bootstrap.wiring().store._client  # type: ignore[attr-defined]
 
     def hook(**_: Any) -> None:
         raise LambdaDied("TransactWriteItems")

@@ -146,7 +146,7 @@ def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
     ERROR line, the ArtifactAccessDenied metric, and the invocation fails so that Lambda's
     asynchronous retries and then the function's failure queue keep the event."""
     upload = world.upload("api/prod/app-1.zip")
-    s3 = bootstrap.context().artifacts._client  # type: ignore[attr-defined]
+    s3 = bootstrap.wiring().artifacts._client  # type: ignore[attr-defined]
     capsys.readouterr()
 
     with Stubber(s3) as stub:

@@ -24,7 +24,7 @@ from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
 from sandbox import moto_extensions
 from tests.integration.conftest import INSTANCES, LOAD_BALANCED, World
-from tests.integration.test_recovery import ManualClock, direct_context
+from tests.integration.test_recovery import ManualClock, direct_wiring
 
 
 def upload_and_deploy(world: World, version: str) -> tuple[str, str]:
@@ -164,7 +164,7 @@ def test_deadline_fails_verification_and_rolls_back_to_the_last_verified_release
     succeed(world, deployment_id)
     clock = ManualClock()
     clock.current = world.release(release_id).updated_at
-    context = direct_context(world, clock)
+    context = direct_wiring(world, clock)
     arn = world.provisioned.load_balanced[LOAD_BALANCED].target_group_arn
     sick = world.provisioned.load_balanced[LOAD_BALANCED].instance_ids[1]
     # moto_extensions: an instance stuck in "initial" (never passes its health checks).
@@ -200,7 +200,7 @@ def test_deadline_fails_verification_and_rolls_back_to_the_last_verified_release
 def test_bake_time_checks_once_more_after_the_streak(world: World) -> None:
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     clock = ManualClock()
-    base = direct_context(world, clock)
+    base = direct_wiring(world, clock)
     [shop] = [p for p in base.pipelines.pipelines if p.name == LOAD_BALANCED]
     baking = replace(shop, verify=VerifySettings(healthy_checks=2, interval_s=1, deadline_s=600, bake_s=30))
     context = replace(
@@ -327,7 +327,7 @@ def test_reconcile_resends_a_lost_check(world: World) -> None:
     world.verify_messages()  # the first check's message is lost
     clock = ManualClock()
     clock.current = world.release(release_id).updated_at
-    context = direct_context(world, clock)
+    context = direct_wiring(world, clock)
 
     assert reconcile(context) == {}  # not overdue yet
     clock.advance(timedelta(seconds=2 * 1 + 61))
@@ -374,7 +374,7 @@ def test_a_check_that_fails_on_aws_is_retried_alone(world: World) -> None:
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
     succeed(world, deployment_id)
     [message] = world.verify_messages()
-    context = bootstrap.context()
+    context = bootstrap.wiring()
     dynamodb = context.store._client  # type: ignore[attr-defined]
     # A second, malformed record is dropped (handled); only the failing check is reported back.
     event = world.client.events.generate_sqs_event(message_bodies=[json.dumps(message), "{not json"])

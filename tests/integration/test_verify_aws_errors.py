@@ -26,7 +26,7 @@ from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World
-from tests.integration.test_recovery import ManualClock, direct_context
+from tests.integration.test_recovery import ManualClock, direct_wiring
 from tests.integration.test_verification import health_checks, upload_and_deploy, verified
 
 
@@ -71,7 +71,7 @@ def verifying(world: World) -> tuple[str, str, ManualClock, Any]:
     release_id, deployment_id = upload_and_deploy(world, "2.0.0")
     clock = ManualClock()
     clock.current = world.release(release_id).updated_at
-    context = direct_context(world, clock)
+    context = direct_wiring(world, clock)
     moto_extensions.complete(deployment_id, "Succeeded")
     apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
     assert world.release(release_id).state is ReleaseState.VERIFYING
@@ -142,7 +142,7 @@ def test_describe_target_groups_errors_fail_or_leave_it_to_the_retry(world: Worl
     verified(world, "1.0.0")
     release_id, deployment_id = upload_and_deploy(world, "2.0.0")
     clock = ManualClock()
-    context = direct_context(world, clock)
+    context = direct_wiring(world, clock)
     moto_extensions.complete(deployment_id, "Succeeded")
 
     with stubbed(context) as stub:
@@ -197,7 +197,7 @@ def test_the_verify_handler_reports_no_failure_for_an_elbv2_error(world: World) 
     world.codedeploy_event(deployment_id, "SUCCESS", "shop", "shop-prod")
     messages = world.verify_messages()
 
-    with Stubber(bootstrap.context().load_balancing._client) as stub:  # type: ignore[attr-defined]
+    with Stubber(bootstrap.wiring().load_balancing._client) as stub:  # type: ignore[attr-defined]
         stub.add_client_error("describe_target_health", "HealthUnavailable", "try later", 500)
         result = world.deliver_verify(messages)
 

@@ -21,15 +21,15 @@ from chalicelib.domain.inbound_events import DeploymentState
 from chalicelib.domain.pipelines import PipelinesConfig, VerifySettings
 from chalicelib.domain.release import ReleaseState, rollback_release_id
 from chalicelib.domain.verification import VerifyRequest
-from chalicelib.service.context import Context
 from chalicelib.service.deployment_events import apply_deployment_state
 from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
+from chalicelib.service.wiring import Wiring
 from infra.render import batch_sizes
 from infra.sizing import function_sizing
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World
-from tests.integration.test_recovery import ManualClock, direct_context
+from tests.integration.test_recovery import ManualClock, direct_wiring
 from tests.integration.test_verification import health_checks, upload_and_deploy, verified
 
 # How long SQS keeps a crashed check invisible: the verify queue's visibility, as the template sets it.
@@ -39,7 +39,7 @@ QUEUE_VISIBILITY_S = function_sizing(batch_sizes(app))["on_verify_message"].visi
 RECONCILE_EVERY = timedelta(minutes=5)
 
 
-def with_default_verify_settings(context: Context) -> Context:
+def with_default_verify_settings(context: Wiring) -> Wiring:
     pipelines = tuple(
         replace(p, verify=VerifySettings()) if p.name == LOAD_BALANCED else p
         for p in context.pipelines.pipelines
@@ -47,14 +47,14 @@ def with_default_verify_settings(context: Context) -> Context:
     return replace(context, pipelines=PipelinesConfig(pipelines))
 
 
-def start_verifying(world: World) -> tuple[str, str, ManualClock, Context]:
+def start_verifying(world: World) -> tuple[str, str, ManualClock, Wiring]:
     """A previous release verified (so a verification failure would roll a healthy deploy back),
     then a second one deployed by CodeDeploy and verifying with the default settings."""
     verified(world, "1.0.0")
     release_id, deployment_id = upload_and_deploy(world, "2.0.0")
     clock = ManualClock()
     clock.current = world.release(release_id).updated_at
-    context = with_default_verify_settings(direct_context(world, clock))
+    context = with_default_verify_settings(direct_wiring(world, clock))
     moto_extensions.complete(deployment_id, "Succeeded")
     apply_deployment_state(context, release_id, deployment_id, DeploymentState.SUCCESS)
     verification = world.release(release_id).verification

@@ -24,7 +24,7 @@ from chalicelib.service.reconcile import reconcile
 from chalicelib.service.verification import run_check
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, World
-from tests.integration.test_recovery import ManualClock, direct_context
+from tests.integration.test_recovery import ManualClock, direct_wiring
 from tests.integration.test_verification import health_checks, upload_and_deploy
 from tests.unit.test_verification import sqs_max_delay_s
 
@@ -43,7 +43,7 @@ def test_a_bake_longer_than_sqs_can_delay_is_waited_out_in_hops(world: World) ->
 
     sqs.meta.events.register("provide-client-params.sqs.SendMessage", record)
     base = replace(
-        direct_context(world, clock), verify_queue=SqsVerifyQueue(sqs, world.provisioned.verify_queue_url)
+        direct_wiring(world, clock), verify_queue=SqsVerifyQueue(sqs, world.provisioned.verify_queue_url)
     )
     baking = VerifySettings(healthy_checks=2, interval_s=1, deadline_s=BAKE_S + 600, bake_s=BAKE_S)
     context = replace(

@@ -27,7 +27,7 @@ MAX_WRITE_ATTEMPTS = 40
 
 
 @dataclass(frozen=True)
-class Context:
+class Wiring:
     store: ReleaseStore
     artifacts: ArtifactStore
     deployments: Deployments
