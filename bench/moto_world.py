@@ -444,7 +444,7 @@ class MotoWorld:
         entry = getattr(self.app, name)
 
         def invoke(event: dict[str, Any], lambda_context: Any) -> Any:
-            with mock.patch.object(bootstrap, "context", return_value=wiring):
+            with mock.patch.object(bootstrap, "wiring", return_value=wiring):
                 return entry(event, lambda_context)
 
         return invoke

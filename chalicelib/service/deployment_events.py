@@ -42,40 +42,58 @@ def handle_deployment_event(wiring: Wiring, event: DeploymentStateChanged) -> st
             extra={"deployment_id": event.deployment_id, "application": event.application},
         )
         return None
-    try:
-        if event.state in (DeploymentState.START, DeploymentState.READY):
+    if event.state in (DeploymentState.START, DeploymentState.READY):
+        try:
             release_id = wiring.store.release_for_deployment(event.deployment_id)
             if release_id is None:
                 release_id = _adopt_unknown_deployment(
                     wiring, pipeline, wiring.deployments.describe(event.deployment_id)
                 )
-            # START says nothing the record does not (the link recorded TaskStarted); READY is
-            # blue/green's, which the coordinator does not drive.
-            logger.info(
-                f"CodeDeploy {event.state.value}: no change",
-                extra={"release_id": release_id, "deployment_id": event.deployment_id},
-            )
-            return release_id
+        except DeploymentNotFound:
+            _log_unknown(event.deployment_id)
+            return None
+        # START says nothing the record does not (the link recorded TaskStarted); READY is
+        # blue/green's, which the coordinator does not drive.
+        logger.info(
+            f"CodeDeploy {event.state.value}: no change",
+            extra={"release_id": release_id, "deployment_id": event.deployment_id},
+        )
+        return release_id
+    # A deployment this container already linked or looked up names its release without a call,
+    # and a repeated or late outcome for it is settled on the release alone.
+    remembered = wiring.store.remembered_release_for_deployment(event.deployment_id)
+    release = wiring.store.get_release(remembered) if remembered is not None else None
+    info: DeploymentInfo | None = None
+    if release is None:
         # An outcome needs the deployment's details anyway (target groups, error information),
         # and they name its release: the coordinator writes the release id into the deployment's
         # description, and a deployment started elsewhere has the id derived from its own.
-        info = wiring.deployments.describe(event.deployment_id)
-    except DeploymentNotFound:
-        logger.warning(
-            "event for a deployment CodeDeploy does not know; skipped",
-            extra={"deployment_id": event.deployment_id[:200]},
-        )
-        return None
-    release = wiring.store.get_release(info.release_id or external_release_id(info.deployment_id))
-    if release is None:
-        # Started outside the coordinator (or by one whose table does not know it), and its
-        # START event was lost: recorded now, so the history has no holes.
-        release = wiring.store.get_release(_record_external(wiring, pipeline, info))
-        if release is None:
+        try:
+            info = wiring.deployments.describe(event.deployment_id)
+        except DeploymentNotFound:
+            _log_unknown(event.deployment_id)
             return None
+        release = wiring.store.get_release(info.release_id or external_release_id(info.deployment_id))
+        if release is None:
+            # Started outside the coordinator (or by one whose table does not know it), and its
+            # START event was lost: recorded now, so the history has no holes.
+            release = wiring.store.get_release(_record_external(wiring, pipeline, info))
+            if release is None:
+                return None
     with logger.append_context_keys(release_id=release.id, deployment_id=event.deployment_id):
-        _apply_outcome(wiring, release, event.state, info)
+        try:
+            _apply_outcome(wiring, release, event.state, event.deployment_id, info)
+        except DeploymentNotFound:
+            _log_unknown(event.deployment_id)
+            return None
     return release.id
+
+
+def _log_unknown(deployment_id: str) -> None:
+    logger.warning(
+        "event for a deployment CodeDeploy does not know; skipped",
+        extra={"deployment_id": deployment_id[:200]},
+    )
 
 
 def apply_deployment_state(
@@ -91,13 +109,18 @@ def apply_deployment_state(
     if release is None:
         logger.error("the release a deployment names is missing")
         return None
-    return _apply_outcome(wiring, release, state, info or wiring.deployments.describe(deployment_id))
+    return _apply_outcome(wiring, release, state, deployment_id, info)
 
 
 def _apply_outcome(
-    wiring: Wiring, release: Release, state: DeploymentState, info: DeploymentInfo
+    wiring: Wiring,
+    release: Release,
+    state: DeploymentState,
+    deployment_id: str,
+    info: DeploymentInfo | None,
 ) -> Release | None:
-    deployment_id = info.deployment_id
+    """``info``: the deployment as the caller described it; None to describe it only when the
+    outcome moves the release (a repeated or late event costs no call)."""
     if release.deployment_id is None and release.awaiting_deployment:
         # The write that links the deployment was lost (its Lambda died after CreateDeployment):
         # link it now, as the START event or reconcile would.
@@ -112,9 +135,15 @@ def _apply_outcome(
                 extra={"state": release.state.value},
             )
             return release
-        return begin_verification(wiring, release, info)
+        return begin_verification(wiring, release, info or wiring.deployments.describe(deployment_id))
+    if release.state.is_terminal:
+        logger.info(
+            f"CodeDeploy {state.value} for a release that already ended; ignored",
+            extra={"state": release.state.value},
+        )
+        return release
     if state is DeploymentState.FAILURE:
-        return _deployment_failed(wiring, release, info)
+        return _deployment_failed(wiring, release, info or wiring.deployments.describe(deployment_id))
     if state is DeploymentState.STOP:
         return finish(
             wiring,

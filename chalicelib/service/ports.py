@@ -28,12 +28,22 @@ class ReleaseStore(Protocol):
 
     def get_slot(self, pipeline: str) -> PipelineSlot: ...
 
-    def read_lane(self, pipeline: str, release_ids: Sequence[str]) -> tuple[PipelineSlot, dict[str, Release]]:
+    def read_lane(
+        self, pipeline: str, release_ids: Sequence[str], *, next_in_line: bool = False
+    ) -> tuple[PipelineSlot, dict[str, Release]]:
         """The pipeline's slot and those of the releases that exist, read together (one
-        strongly consistent batch read); a decision's conditional write catches any change since."""
+        strongly consistent batch read); a decision's conditional write catches any change since.
+        ``next_in_line``: also the release this container last saw at the head of the slot's
+        waiting line, which a finish hands the slot to (a guess: when the line moved since, the
+        lane asks for the head it needs)."""
         ...
 
     def release_for_deployment(self, deployment_id: str) -> str | None: ...
+
+    def remembered_release_for_deployment(self, deployment_id: str) -> str | None:
+        """The deployment's release as this container already knows it (a link it wrote or
+        read; links never change), without a call; None when it does not know."""
+        ...
 
     def history(self, release_id: str) -> list[HistoryEvent]: ...
 

@@ -47,16 +47,22 @@ def decide_in_lane(
     ask: Callable[[Lane], T],
     *,
     known: LaneRead | None = None,
+    next_in_line: bool = False,
 ) -> T:
     """Load the lane (the slot and the command's releases in one read; ``known``: the caller
-    just read them), and ask it; when it needs releases it was not given, load those (in one
-    more read) and ask again."""
-    slot, found = known if known is not None else wiring.store.read_lane(pipeline, subject_ids)
+    just read them; ``next_in_line``: the command may hand the slot on, so the likely next
+    release is read ahead), and ask it; when it needs releases it was not given, load those
+    (in one more read) and ask again."""
+    slot, found = (
+        known
+        if known is not None
+        else wiring.store.read_lane(pipeline, subject_ids, next_in_line=next_in_line)
+    )
     lane = Lane(
         name=pipeline,
         config=wiring.pipelines.named(pipeline),
         slot=slot,
-        releases={release_id: found.get(release_id) for release_id in subject_ids},
+        releases={**found, **{release_id: found.get(release_id) for release_id in subject_ids}},
     )
     while True:
         try:
@@ -75,6 +81,7 @@ def run_in_lane(
     ask: Callable[[Lane, datetime], Decision],
     *,
     known: LaneRead | None = None,
+    next_in_line: bool = False,
 ) -> Decision:
     """Load, decide and commit until the conditional write wins (a loser loads and decides
     again). Returns the committed decision with its releases as stored. The first attempt may
@@ -85,7 +92,12 @@ def run_in_lane(
     def attempt() -> Decision:
         now = wiring.clock.now()
         decision = decide_in_lane(
-            wiring, pipeline, subject_ids, lambda lane: ask(lane, now), known=first.pop() if first else None
+            wiring,
+            pipeline,
+            subject_ids,
+            lambda lane: ask(lane, now),
+            known=first.pop() if first else None,
+            next_in_line=next_in_line,
         )
         stored = wiring.store.commit(decision.change)
         for line in decision.logs:
@@ -256,7 +268,12 @@ def finish(
     """
     command = Finish(release_id, target, reason, detail or {}, roll_back, annotation)
     decision = run_in_lane(
-        wiring, pipeline, [release_id], lambda lane, now: lane.finish(command, now), known=known
+        wiring,
+        pipeline,
+        [release_id],
+        lambda lane, now: lane.finish(command, now),
+        known=known,
+        next_in_line=True,
     )
     start_next(wiring, decision)
     return decision.subject
@@ -265,7 +282,7 @@ def finish(
 def advance(wiring: Wiring, pipeline: Pipeline) -> dict[str, Any]:
     """Repair and move the slot: free a finished or missing active release, promote the next
     waiting one, restart an active release whose start was abandoned. Returns what it did."""
-    decision = run_in_lane(wiring, pipeline.name, [], lambda lane, now: lane.repair(now))
+    decision = run_in_lane(wiring, pipeline.name, [], lambda lane, now: lane.repair(now), next_in_line=True)
     start_next(wiring, decision)
     return dict(decision.report)
 

@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import Release
-from chalicelib.service.slot_flow import run_in_lane, start_deployment
+from chalicelib.service.slot_flow import LaneRead, run_in_lane, start_deployment
 from chalicelib.service.wiring import Wiring
 
 
-def submit(wiring: Wiring, submission: Submission) -> tuple[Release, bool]:
+def submit(wiring: Wiring, submission: Submission, *, known: LaneRead | None = None) -> tuple[Release, bool]:
     """Record the release and start or queue it. Returns the release and whether this call
     created it (False: it existed already, and nothing new was done but a repair of the lane:
-    a repeat picks up a start that was handed back or abandoned, else leaves it alone)."""
+    a repeat picks up a start that was handed back or abandoned, else leaves it alone).
+    ``known``: the pipeline's lane with the release, as the caller just read it."""
     decision = run_in_lane(
         wiring,
         submission.pipeline.name,
         [submission.release_id],
         lambda lane, now: lane.submit(submission, now),
+        known=known,
     )
     if decision.start is not None:
         start_deployment(wiring, decision.start, submission.pipeline, look_first=decision.look_first)

@@ -8,11 +8,15 @@ Lambda retries it and then keeps it in the function's failure queue.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
-from chalicelib.domain.release import Release, Trigger, bundle_type_of, upload_release_id
+from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.release import Release, Revision, Trigger, bundle_type_of, upload_release_id
 from chalicelib.log import logger
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
+from chalicelib.service.slot_flow import LaneRead
 from chalicelib.service.submission import submit
 from chalicelib.service.wiring import Wiring
 
@@ -38,6 +42,14 @@ def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
             extra={"bucket": upload.bucket, "keys": candidates},
         )
         return None
+    recorded = _read_lane_of_version(wiring, upload, bundles)
+    if recorded is not None and recorded.existing is not None:
+        # A repeated delivery of a recorded upload: the lane settles it (nothing to do, or the
+        # repair of a start that was handed back) without asking S3 again.
+        existing = recorded.existing
+        with logger.append_context_keys(release_id=existing.id, pipeline=recorded.pipeline.name):
+            release, _ = submit(wiring, _repeat_of(existing, recorded.pipeline), known=recorded.lane)
+            return release
     try:
         stored = _resolve(wiring, upload.bucket, bundles, upload.version_id)
     except ArtifactAccessDenied as denied:
@@ -54,6 +66,9 @@ def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
     if pipeline is None:  # only the candidates that matched were resolved
         return None
     release_id = upload_release_id(revision)
+    # The lane read before S3 holds this release (absent) when S3 resolved the version the
+    # event named; a change since then fails the write, which reads again.
+    known = recorded.lane if recorded is not None and release_id in recorded.release_ids else None
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name):
         release, _ = submit(
             wiring,
@@ -66,8 +81,51 @@ def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
                 metadata=stored.metadata,
                 stored_at=stored.stored_at,
             ),
+            known=known,
         )
         return release
+
+
+@dataclass(frozen=True)
+class _VersionLane:
+    """The lane of the pipeline an upload's object version belongs to, read with the releases
+    each spelling of its key would be (the id derives from bucket, key and version id)."""
+
+    pipeline: Pipeline
+    release_ids: frozenset[str]
+    lane: LaneRead
+
+    @property
+    def existing(self) -> Release | None:
+        return next(iter(self.lane[1].values()), None)
+
+
+def _read_lane_of_version(wiring: Wiring, upload: ObjectCreated, keys: list[str]) -> _VersionLane | None:
+    """When the event names the object version (a versioned bucket), the release ids are known
+    before S3 is asked: one read of the lane tells a repeated delivery, and a new upload decides
+    on the same read. Without a version id the id depends on the eTag S3 answers for the key's
+    current object, so nothing is read ahead."""
+    if upload.version_id is None:
+        return None
+    pipeline = wiring.pipelines.for_upload(upload.bucket, keys[0])
+    if pipeline is None or any(wiring.pipelines.for_upload(upload.bucket, key) != pipeline for key in keys):
+        return None  # the spellings match different pipelines: S3 tells which one exists first
+    release_ids = frozenset(
+        upload_release_id(Revision(upload.bucket, key, upload.version_id, None)) for key in keys
+    )
+    return _VersionLane(pipeline, release_ids, wiring.store.read_lane(pipeline.name, sorted(release_ids)))
+
+
+def _repeat_of(existing: Release, pipeline: Pipeline) -> Submission:
+    """The recorded release submitted again, as its first delivery submitted it."""
+    return Submission(
+        release_id=existing.id,
+        pipeline=pipeline,
+        revision=existing.revision,
+        trigger=existing.trigger,
+        actor=existing.actor,
+        metadata=existing.metadata,
+    )
 
 
 def _resolve(wiring: Wiring, bucket: str, keys: list[str], version_id: str | None) -> StoredObject | None:

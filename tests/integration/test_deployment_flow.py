@@ -7,7 +7,7 @@ from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import EventType, ReleaseState, Trigger, external_release_id
 from chalicelib.service.submission import submit
 from sandbox import moto_extensions
-from tests.integration.conftest import World
+from tests.integration.conftest import TABLE, HandlerCall, World
 
 
 def deploy(world: World, key: str) -> str:
@@ -78,6 +78,64 @@ def test_duplicated_and_reordered_events_never_regress_a_release(world: World) -
     assert [event.id for event in history] == list(range(1, len(history) + 1))
     assert [event.previous_event_id for event in history] == list(range(len(history)))
     assert [event.type for event in history].count(EventType.EXECUTION_SUCCEEDED) == 1
+
+
+def test_events_of_a_deployment_the_container_linked_need_no_lookup(
+    world: World, handler_calls: list[HandlerCall]
+) -> None:
+    """A deployment's link never changes, so the warm container that wrote it remembers it: START
+    makes no call, and a repeated SUCCESS is settled on the release alone (no GetDeployment)."""
+    release_id = deploy(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    moto_extensions.complete(deployment_id, "Succeeded")
+
+    def operations_of(state: str) -> list[str]:
+        before = len(handler_calls)
+        world.codedeploy_event(deployment_id, state)
+        return [call.operation for call in handler_calls[before:]]
+
+    assert operations_of("START") == []
+    assert operations_of("SUCCESS")[:2] == ["GetItem", "GetDeployment"]
+    assert operations_of("SUCCESS") == ["GetItem"]
+    assert operations_of("STOP") == ["GetItem"]
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+
+
+def test_a_finish_reads_the_next_release_with_its_lane(
+    world: World, handler_calls: list[HandlerCall]
+) -> None:
+    """The container saw the line when the second upload queued: the finish of the first reads
+    the slot, the release and the next in line in one BatchGetItem, and hands the slot on."""
+    first, second = deploy(world, "api/prod/app-1.zip"), deploy(world, "api/prod/app-2.zip")
+    before = len(handler_calls)
+
+    finish_deployment(world, first)
+
+    reads = [call for call in handler_calls[before:] if call.operation == "BatchGetItem"]
+    assert len(reads) == 1
+    keys = {key["pk"]["S"] for key in reads[0].params["RequestItems"][TABLE]["Keys"]}
+    assert keys == {"PIPE#api-prod", f"REL#{first}", f"REL#{second}"}
+    assert world.release(second).state is ReleaseState.DEPLOYING
+
+
+def test_a_cold_container_looks_the_deployment_up(world: World, handler_calls: list[HandlerCall]) -> None:
+    release_id = deploy(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    moto_extensions.complete(deployment_id, "Succeeded")
+    bootstrap.reset()  # another container: it knows no link
+
+    before = len(handler_calls)
+    world.codedeploy_event(deployment_id, "SUCCESS")
+    assert [call.operation for call in handler_calls[before:]][:2] == ["GetDeployment", "GetItem"]
+    bootstrap.reset()
+    before = len(handler_calls)
+    world.codedeploy_event(deployment_id, "START")
+    world.codedeploy_event(deployment_id, "START")
+
+    assert [call.operation for call in handler_calls[before:]] == ["GetItem"]  # the link, read once
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
 
 
 def test_failure_records_codedeploy_error_and_starts_the_next_release(world: World) -> None:

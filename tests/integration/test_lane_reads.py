@@ -14,7 +14,7 @@ from botocore.awsrequest import AWSResponse
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore, ReadIncomplete
 from chalicelib.domain.lane import Change
 from chalicelib.domain.release import Release, Revision, Trigger, new_release
-from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.slot import PipelineSlot, UploadMark
 from tests.integration.conftest import TABLE, World
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -67,6 +67,60 @@ def test_the_slot_and_the_subjects_come_in_one_consistent_read(
     assert len(requests) == 1
     assert requests[0]["ConsistentRead"] is True
     assert len(requests[0]["Keys"]) == 3
+
+
+def test_the_waiting_uploads_come_back_in_the_line_s_order(
+    store: tuple[DynamoReleaseStore, list[dict[str, Any]]],
+) -> None:
+    """Marks are kept in the order they came (a late upload is put in line ahead of those S3
+    stored after it) and stored as one map; they read back in the line's order."""
+    releases, _ = store
+    mark = {n: UploadMark(f"u{n}", NOW.replace(second=n)) for n in (1, 2, 3)}
+    slot = PipelineSlot(
+        "api-prod",
+        active="r1",
+        waiting=("api", "u1", "u2", "u3"),
+        waiting_uploads=(mark[2], mark[3], mark[1]),
+    )
+    releases.commit(Change(slot=slot))
+
+    read = releases.get_slot("api-prod")
+
+    assert read.waiting_uploads == (mark[1], mark[2], mark[3])
+    assert (read.active, read.waiting, read.version) == ("r1", slot.waiting, 1)
+
+
+def test_a_slot_written_with_a_list_of_marks_still_reads(world: World) -> None:
+    """Slots written before the marks became one map hold a list of {release_id, stored_at}."""
+    client = world.session.client("dynamodb")
+    client.put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": "PIPE#api-prod"},
+            "sk": {"S": "SLOT"},
+            "waiting": {"L": [{"S": "u2"}, {"S": "u1"}]},
+            "waiting_uploads": {
+                "L": [
+                    {
+                        "M": {
+                            "release_id": {"S": f"u{n}"},
+                            "stored_at": {"S": NOW.replace(second=n).isoformat()},
+                        }
+                    }
+                    for n in (2, 1)
+                ]
+            },
+            "version": {"N": "4"},
+        },
+    )
+
+    slot = DynamoReleaseStore(client, TABLE).get_slot("api-prod")
+
+    assert slot.waiting_uploads == (
+        UploadMark("u2", NOW.replace(second=2)),
+        UploadMark("u1", NOW.replace(second=1)),
+    )
+    assert (slot.waiting, slot.version) == (("u2", "u1"), 4)
 
 
 def test_keys_dynamodb_left_unprocessed_are_asked_again(

@@ -81,6 +81,29 @@ def test_same_upload_delivered_three_times_makes_one_deployment(world: World) ->
     ]
 
 
+def test_a_repeated_delivery_is_settled_on_one_lane_read_without_asking_s3(
+    world: World, handler_calls: list[HandlerCall]
+) -> None:
+    """The event names the object version, so the release id is known before S3 is asked: the
+    lane read that a new upload decides on also tells a repeat, which needs nothing more."""
+    upload = world.upload("api/prod/app-1.0.zip")
+    first = len(handler_calls)
+    [release] = world.deliver_upload(upload.eventbridge)["releases"]
+    again = len(handler_calls)
+
+    assert world.deliver_upload(upload.eventbridge)["releases"] == [release]
+
+    operations = [call.operation for call in handler_calls]
+    assert operations[first:again] == [
+        "BatchGetItem",
+        "HeadObject",
+        "TransactWriteItems",
+        "CreateDeployment",
+        "TransactWriteItems",
+    ]
+    assert operations[again:] == ["BatchGetItem"]
+
+
 def test_upload_outside_every_prefix_is_ignored(world: World) -> None:
     upload = world.upload("docs/readme.zip")
 
