@@ -14,7 +14,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
-from chalicelib.service.slot_flow import finish, link_deployment, run_in_lane
+from chalicelib.service.slot_flow import LaneRead, finish, link_deployment, run_in_lane
 from chalicelib.service.verification import begin_verification
 from chalicelib.service.wiring import Wiring
 
@@ -60,9 +60,11 @@ def handle_deployment_event(wiring: Wiring, event: DeploymentStateChanged) -> st
         )
         return release_id
     # A deployment this container already linked or looked up names its release without a call,
-    # and a repeated or late outcome for it is settled on the release alone.
+    # and a repeated or late outcome for it is settled on the release alone. The release is read
+    # with its lane: an outcome that ends it frees the slot on that same read.
     remembered = wiring.store.remembered_release_for_deployment(event.deployment_id)
-    release = wiring.store.get_release(remembered) if remembered is not None else None
+    lane = _lane_with(wiring, pipeline, remembered) if remembered is not None else None
+    release = lane[1].get(remembered) if lane is not None and remembered is not None else None
     info: DeploymentInfo | None = None
     if release is None:
         # An outcome needs the deployment's details anyway (target groups, error information),
@@ -73,20 +75,30 @@ def handle_deployment_event(wiring: Wiring, event: DeploymentStateChanged) -> st
         except DeploymentNotFound:
             _log_unknown(event.deployment_id)
             return None
-        release = wiring.store.get_release(info.release_id or external_release_id(info.deployment_id))
+        named = info.release_id or external_release_id(info.deployment_id)
+        lane = _lane_with(wiring, pipeline, named)
+        release = lane[1].get(named)
         if release is None:
             # Started outside the coordinator (or by one whose table does not know it), and its
             # START event was lost: recorded now, so the history has no holes.
+            lane = None
             release = wiring.store.get_release(_record_external(wiring, pipeline, info))
             if release is None:
                 return None
+    if release.pipeline != pipeline.name:
+        lane = None  # read with another pipeline's slot: the finish reads its own
     with logger.append_context_keys(release_id=release.id, deployment_id=event.deployment_id):
         try:
-            _apply_outcome(wiring, release, event.state, event.deployment_id, info)
+            _apply_outcome(wiring, release, event.state, event.deployment_id, info, known=lane)
         except DeploymentNotFound:
             _log_unknown(event.deployment_id)
             return None
     return release.id
+
+
+def _lane_with(wiring: Wiring, pipeline: Pipeline, release_id: str) -> LaneRead:
+    """The pipeline's lane with the release, and the next in line a finish would start."""
+    return wiring.store.read_lane(pipeline.name, [release_id], next_in_line=True)
 
 
 def _log_unknown(deployment_id: str) -> None:
@@ -118,13 +130,17 @@ def _apply_outcome(
     state: DeploymentState,
     deployment_id: str,
     info: DeploymentInfo | None,
+    *,
+    known: LaneRead | None = None,
 ) -> Release | None:
     """``info``: the deployment as the caller described it; None to describe it only when the
-    outcome moves the release (a repeated or late event costs no call)."""
+    outcome moves the release (a repeated or late event costs no call). ``known``: the release's
+    lane as the caller just read it with the release."""
     if release.deployment_id is None and release.awaiting_deployment:
         # The write that links the deployment was lost (its Lambda died after CreateDeployment):
         # link it now, as the START event or reconcile would.
         release = link_deployment(wiring, release.id, deployment_id, known=release) or release
+        known = None  # the link changed the release since the lane was read
     if release.deployment_id != deployment_id:
         logger.info("event for a deployment the release no longer follows; ignored")
         return release
@@ -135,7 +151,9 @@ def _apply_outcome(
                 extra={"state": release.state.value},
             )
             return release
-        return begin_verification(wiring, release, info or wiring.deployments.describe(deployment_id))
+        return begin_verification(
+            wiring, release, info or wiring.deployments.describe(deployment_id), known=known
+        )
     if release.state.is_terminal:
         logger.info(
             f"CodeDeploy {state.value} for a release that already ended; ignored",
@@ -143,7 +161,9 @@ def _apply_outcome(
         )
         return release
     if state is DeploymentState.FAILURE:
-        return _deployment_failed(wiring, release, info or wiring.deployments.describe(deployment_id))
+        return _deployment_failed(
+            wiring, release, info or wiring.deployments.describe(deployment_id), known=known
+        )
     if state is DeploymentState.STOP:
         return finish(
             wiring,
@@ -152,11 +172,14 @@ def _apply_outcome(
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
             detail={"deployment_id": deployment_id},
             pipeline=release.pipeline,
+            known=known,
         )
     return release
 
 
-def _deployment_failed(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
+def _deployment_failed(
+    wiring: Wiring, release: Release, info: DeploymentInfo, *, known: LaneRead | None = None
+) -> Release | None:
     """FAILED with CodeDeploy's error and, per failed instance, the failing hook, script, error
     code and log tail; then the auto-rollback, unless CodeDeploy rolls back by itself."""
     deployment_id = info.deployment_id
@@ -201,6 +224,7 @@ def _deployment_failed(wiring: Wiring, release: Release, info: DeploymentInfo) -
         annotation=diagnostics,
         roll_back=roll_back,
         pipeline=release.pipeline,
+        known=known,
     )
 
 

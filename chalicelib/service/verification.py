@@ -53,8 +53,12 @@ class AlarmsNotWired(RuntimeError):
     must not pass unchecked."""
 
 
-def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -> Release | None:
-    """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason."""
+def begin_verification(
+    wiring: Wiring, release: Release, info: DeploymentInfo, *, known: LaneRead | None = None
+) -> Release | None:
+    """CodeDeploy SUCCESS: verify when the group has a load balancer, else succeed with the reason.
+    ``known``: the release's lane as the caller just read it with the release (a release that
+    ends here frees the slot on that read)."""
     deployment_id = info.deployment_id
     pipeline = wiring.pipelines.named(release.pipeline)
     if pipeline is None or not info.target_group_names:
@@ -68,6 +72,7 @@ def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -
             ),
             detail={"deployment_id": deployment_id},
             pipeline=release.pipeline,
+            known=known,
         )
     try:
         groups = wiring.load_balancing.target_groups(info.target_group_names)
@@ -77,14 +82,14 @@ def begin_verification(wiring: Wiring, release: Release, info: DeploymentInfo) -
             logger.warning("could not read the target groups; retried", extra={"why": str(error)})
             raise
         why = f"cannot verify deployment {deployment_id}: {error}"
-        return _fail_verification(wiring, release, deployment_id, why, aws_code=error.code)
+        return _fail_verification(wiring, release, deployment_id, why, aws_code=error.code, known=known)
     instances = wiring.deployments.instance_ids(deployment_id, "Succeeded")
     if not instances:
         why = (
             f"cannot verify deployment {deployment_id}: "
             "CodeDeploy reports no instance that deployed successfully"
         )
-        return _fail_verification(wiring, release, deployment_id, why)
+        return _fail_verification(wiring, release, deployment_id, why, known=known)
     now = wiring.clock.now()
     verification = plan_verification(pipeline.verify, groups, instances, now)
     # The first check runs now, in the write that enters VERIFYING: AllowTraffic has just waited
