@@ -187,11 +187,9 @@ def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
         status=info.get("status", ""),
         revision=revision,
         creator=info.get("creator", ""),
-        description=info.get("description") or "",
         release_id=release_id_in_description(info.get("description")),
         error_code=error.get("code"),
         error_message=error.get("message"),
-        create_time=info.get("createTime"),
         target_group_names=tuple(group["name"] for group in target_groups if group.get("name")),
         rolls_back_on_failure=bool(auto_rollback.get("enabled"))
         and "DEPLOYMENT_FAILURE" in (auto_rollback.get("events") or []),

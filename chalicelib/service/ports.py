@@ -151,12 +151,10 @@ class DeploymentInfo:
     status: str  # CodeDeploy's: Created, Queued, InProgress, Baking, Succeeded, Failed, Stopped, Ready
     revision: Revision | None
     creator: str
-    description: str
     # The release the coordinator started this deployment for, if it did.
     release_id: str | None = None
     error_code: str | None = None
     error_message: str | None = None
-    create_time: datetime | None = None
     # ALB target groups of the deployment (names, as GetDeployment gives them).
     target_group_names: tuple[str, ...] = ()
     # CodeDeploy rolls back by itself on failure (autoRollbackConfiguration with DEPLOYMENT_FAILURE).
@@ -165,10 +163,6 @@ class DeploymentInfo:
     rollback_of_deployment_id: str | None = None
     # Instances by CodeDeploy status (deploymentOverview: Pending, InProgress, Succeeded, ...).
     instance_counts: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def is_terminal(self) -> bool:
-        return self.status in ("Succeeded", "Failed", "Stopped")
 
 
 @dataclass(frozen=True)
