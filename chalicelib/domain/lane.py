@@ -5,6 +5,8 @@ Every rule of who deploys next lives here: a free slot is taken, a busy one queu
 per the pipeline, uploads keep S3's order (``domain/slot.py``), rollbacks go first and are never
 superseded, a rollback never causes another, last good is only ever a SUCCEEDED release, a
 finished or missing active release is let go, and an abandoned start is restarted after its lease.
+During a freeze (``domain/freeze.py``) no release but a rollback takes the slot: the newest one
+waits, superseding those waiting before it, and takes the slot at the first repair after the end.
 
 A use case loads the lane (the slot and the releases its command names), asks it to decide, and
 commits the one ``Change`` the ``Decision`` holds before it calls AWS. When a decision needs a
@@ -22,6 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.freeze import Freeze, current_freeze
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
@@ -41,7 +44,7 @@ from chalicelib.domain.release import (
     transition,
     update,
 )
-from chalicelib.domain.slot import PipelineSlot, UploadMark
+from chalicelib.domain.slot import BusyPolicy, PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
 
 
@@ -245,12 +248,21 @@ class Lane:
             )
             return Decision(change_of([failed]), subject=failed.release, created=True)
         superseded: tuple[str, ...] = ()
+        freeze: Freeze | None = None
         if submission.trigger.is_rollback:
+            # A freeze never blocks recovery.
             slot = self.slot.give_first(submission.release_id)
             took_slot = slot.active == submission.release_id
         else:
+            # During a freeze the release waits even for a free slot, and only the newest waits
+            # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
+            # then, not a backlog of builds that were never reviewed in order.
+            freeze = current_freeze(submission.pipeline.freeze, now)
             admission = self.slot.admit(
-                submission.release_id, submission.pipeline.on_busy, submission.upload_mark
+                submission.release_id,
+                BusyPolicy.SUPERSEDE if freeze is not None else submission.pipeline.on_busy,
+                submission.upload_mark,
+                may_start=freeze is None,
             )
             upload, newer = submission.upload_mark, admission.turned_away_by
             if upload is not None and newer is not None:
@@ -268,6 +280,17 @@ class Lane:
                 now=now,
                 reason="slot free: starting CodeDeploy",
                 start_claimed_at=now,
+            )
+        elif freeze is not None:
+            moved = transition(
+                step,
+                ReleaseState.QUEUED,
+                now=now,
+                reason=f"pipeline frozen until {_second(freeze.ends_at)}: {freeze.reason}",
+                detail={
+                    "position": slot.waiting.index(submission.release_id) + 1,
+                    "freeze": freeze.to_dict(),
+                },
             )
         else:
             moved = transition(
@@ -476,9 +499,11 @@ class Lane:
     def _promote(
         self, slot: PipelineSlot, now: datetime, steps: list[Step], logs: list[LogLine]
     ) -> tuple[PipelineSlot, Release | None]:
-        """If the slot is free, hand it to the first waiting release that can still deploy."""
+        """If the slot is free, hand it to the first waiting release that can still deploy, unless
+        the pipeline is frozen and that release is not a rollback (rollbacks wait at the head of
+        the line, so a frozen head means nothing may start)."""
         while True:
-            slot, head = slot.promote_next()
+            promoted, head = slot.promote_next()
             if head is None:
                 return slot, None
             waiting = self._release(head)
@@ -490,6 +515,17 @@ class Lane:
                 )
                 slot = slot.free(head)
                 continue
+            if not waiting.trigger.is_rollback and self.config is not None:
+                freeze = current_freeze(self.config.freeze, now)
+                if freeze is not None:
+                    logs.append(
+                        LogLine(
+                            "pipeline frozen; the waiting release starts when the freeze ends",
+                            {"release_id": head, "freeze": freeze.to_dict()},
+                        )
+                    )
+                    return slot, None
+            slot = promoted
             moved = transition(
                 Step(waiting, ()),
                 ReleaseState.DEPLOYING,
