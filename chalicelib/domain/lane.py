@@ -249,16 +249,25 @@ class Lane:
             return Decision(change_of([failed]), subject=failed.release, created=True)
         superseded: tuple[str, ...] = ()
         freeze: Freeze | None = None
+        logs: list[LogLine] = []
+        # A release that waited out a freeze and takes the slot before this one (below).
+        thawed_steps: list[Step] = []
+        thawed: Release | None = None
+        before = self.slot
         if submission.trigger.is_rollback:
             # A freeze never blocks recovery.
-            slot = self.slot.give_first(submission.release_id)
+            slot = before.give_first(submission.release_id)
             took_slot = slot.active == submission.release_id
         else:
             # During a freeze the release waits even for a free slot, and only the newest waits
             # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
             # then, not a backlog of builds that were never reviewed in order.
             freeze = current_freeze(submission.pipeline.freeze, now)
-            admission = self.slot.admit(
+            if freeze is None and before.active is None and before.waiting:
+                # A freeze has ended and no repair has run since: the release that waited for it
+                # takes the slot first, as that repair would have given it.
+                before, thawed = self._promote(before, now, thawed_steps, logs)
+            admission = before.admit(
                 submission.release_id,
                 BusyPolicy.SUPERSEDE if freeze is not None else submission.pipeline.on_busy,
                 submission.upload_mark,
@@ -266,7 +275,17 @@ class Lane:
             )
             upload, newer = submission.upload_mark, admission.turned_away_by
             if upload is not None and newer is not None:
-                return _superseded_as_older(step, upload, newer, now)
+                turned_away = _superseded_as_older(step, upload, newer, now)
+                return Decision(
+                    change_of([turned_away, *thawed_steps], before if before != self.slot else None),
+                    subject=turned_away.release,
+                    start=thawed,
+                    logs=(
+                        *logs,
+                        LogLine("release superseded by a newer upload", {"newer": newer.release_id}),
+                    ),
+                    created=True,
+                )
             slot, took_slot, superseded = admission.slot, admission.active, admission.superseded
         # Rollbacks a supersede would replace keep their place in front of the newcomer.
         self._require(superseded)
@@ -297,10 +316,10 @@ class Lane:
                 step,
                 ReleaseState.QUEUED,
                 now=now,
-                reason=f"pipeline busy with {self.slot.active or self.slot.waiting[0]}",
+                reason=f"pipeline busy with {before.active or before.waiting[0]}",
                 detail={"position": slot.waiting.index(submission.release_id) + 1},
             )
-        steps, logs = [_moved(moved)], []
+        steps = [_moved(moved)]
         for older in replaced:
             if older.trigger.is_rollback:
                 continue
@@ -318,9 +337,9 @@ class Lane:
         release = steps[0].release
         logs.append(LogLine(f"release {release.state.value.lower()}", {"key": key}))
         return Decision(
-            change_of(steps, slot),
+            change_of([*steps, *thawed_steps], slot),
             subject=release,
-            start=release if took_slot else None,
+            start=release if took_slot else thawed,
             logs=tuple(logs),
             created=True,
         )
@@ -648,11 +667,11 @@ def _second(moment: datetime) -> str:
     return moment.replace(microsecond=0).isoformat()
 
 
-def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now: datetime) -> Decision:
+def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now: datetime) -> Step:
     """An upload whose event came late (a retry after a crash, or S3's unordered delivery): the
-    pipeline already took an upload S3 stored after it. The slot is not written: its marks only
-    move forward, so a stale read can miss this decision but never make it wrongly."""
-    superseded = _moved(
+    pipeline already took an upload S3 stored after it. The slot is not written for it: its marks
+    only move forward, so a stale read can miss this decision but never make it wrongly."""
+    return _moved(
         transition(
             step,
             ReleaseState.SUPERSEDED,
@@ -668,12 +687,6 @@ def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now:
                 "newer_stored_at": _second(newer.stored_at),
             },
         )
-    )
-    return Decision(
-        change_of([superseded]),
-        subject=superseded.release,
-        logs=(LogLine("release superseded by a newer upload", {"newer": newer.release_id}),),
-        created=True,
     )
 
 

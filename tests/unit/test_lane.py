@@ -105,9 +105,10 @@ class LaneMachine(RuleBasedStateMachine):
         policy=st.sampled_from(BusyPolicy),
         on_deploy_failure=st.booleans(),
         on_verify_failure=st.booleans(),
-        # A one-off freeze: seconds after T0 it starts, minutes it lasts (a repair's wait of a
-        # reconcile period can end it within one example).
-        freeze=st.one_of(st.none(), st.tuples(st.integers(0, 15), st.integers(1, 12))),
+        # A one-off freeze: seconds after T0 it starts, seconds it lasts (each step moves the
+        # clock a second, so a short one ends between repairs; a repair's wait of a reconcile
+        # period ends a long one).
+        freeze=st.one_of(st.none(), st.tuples(st.integers(0, 15), st.integers(1, 600))),
     )
     def configure(
         self,
@@ -119,9 +120,8 @@ class LaneMachine(RuleBasedStateMachine):
         windows: tuple[FreezeWindow, ...] = ()
         if freeze is not None:
             start = (T0 + timedelta(seconds=freeze[0])).replace(tzinfo=None)
-            windows = (
-                FreezeWindow.one_off("release week", "UTC", start, start + timedelta(minutes=freeze[1])),
-            )
+            end = start + timedelta(seconds=freeze[1])
+            windows = (FreezeWindow.one_off("release week", "UTC", start, end),)
         self.pipeline = dataclasses.replace(
             self.pipeline,
             on_busy=policy,
@@ -153,6 +153,9 @@ class LaneMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=1)
         decision = self.decide(subjects, ask)
         before = dict(self.store.releases)
+        claimed = [r.id for r in decision.change.releases if r.start_claimed_at == self.now]
+        started = [decision.start.id] if decision.start is not None else []
+        assert claimed == started, f"claimed the start of {claimed}, handed over {started}"
         stored = self.store.commit(decision.change)
         self.check_queued_positions(decision.change)
         self.note_started(before)
@@ -214,6 +217,7 @@ class LaneMachine(RuleBasedStateMachine):
                     w for w in self.store.slot.waiting if not self.store.releases[w].trigger.is_rollback
                 ]
                 assert waiting_not_rollbacks == [waiting.id], "more than the newest waits out a freeze"
+        self.check_nothing_waits_for_a_free_slot()
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -362,8 +366,9 @@ class LaneMachine(RuleBasedStateMachine):
         return current_freeze(self.pipeline.freeze, self.now)
 
     def check_nothing_waits_for_a_free_slot(self) -> None:
-        """After a decision that hands the slot on, a waiting release is left behind a free slot
-        only during a freeze, and never a rollback."""
+        """After a decision that hands the slot on (a submission too: a freeze may have ended
+        since the last repair), a waiting release is left behind a free slot only during a
+        freeze, and never a rollback."""
         slot = self.store.slot
         if slot.active is None and slot.waiting:
             assert self.frozen() is not None, "a waiting release was not started after the freeze"
@@ -516,3 +521,43 @@ def test_rolling_back_to_the_current_release_is_refused() -> None:
     assert lane.choose_rollback(None, "newer").current == "newer"
     with pytest.raises(ConflictingState, match="nothing to roll back to"):
         _lane().choose_rollback(None, None)
+
+
+def test_an_upload_after_a_freeze_ended_starts_the_waiting_one_even_when_it_is_turned_away() -> None:
+    """The freeze is over but no repair has run: the upload that waited for it takes the slot in
+    the same write as a late upload S3 stored before it, which ends SUPERSEDED."""
+    start = T0.replace(tzinfo=None)
+    window = FreezeWindow.one_off("release week", "UTC", start, start + timedelta(minutes=10))
+    lane = _lane()
+    assert lane.config is not None
+    pipeline = dataclasses.replace(lane.config, freeze=(window,))
+    lane = dataclasses.replace(lane, config=pipeline)
+
+    def upload(release_id: str, stored_second: int) -> Submission:
+        revision = Revision("bucket", f"api/{release_id}.zip", "v", None)
+        stored_at = T0 + timedelta(seconds=stored_second)
+        return Submission(release_id, pipeline, revision, Trigger.UPLOAD, stored_at=stored_at)
+
+    waited = lane.with_releases({"later": None}).submit(upload("later", 60), T0 + timedelta(minutes=1))
+    assert waited.subject is not None
+    assert waited.subject.state is ReleaseState.QUEUED
+    assert waited.start is None
+    assert waited.change.slot is not None
+    thawed = dataclasses.replace(
+        lane, slot=_stored_slot(waited.change.slot), releases={"later": _stored(waited.subject)}
+    )
+
+    late = thawed.with_releases({"earlier": None}).submit(upload("earlier", 30), T0 + timedelta(minutes=10))
+
+    assert late.subject is not None
+    assert late.subject.state is ReleaseState.SUPERSEDED
+    assert late.start is not None
+    assert late.start.id == "later"
+    assert late.start.state is ReleaseState.DEPLOYING
+    assert late.change.slot is not None
+    assert late.change.slot.active == "later"
+    assert {release.id for release in late.change.releases} == {"earlier", "later"}
+
+
+def _stored_slot(slot: PipelineSlot) -> PipelineSlot:
+    return dataclasses.replace(slot, version=slot.version + 1)
