@@ -5,6 +5,8 @@ Every rule of who deploys next lives here: a free slot is taken, a busy one queu
 per the pipeline, uploads keep S3's order (``domain/slot.py``), rollbacks go first and are never
 superseded, a rollback never causes another, last good is only ever a SUCCEEDED release, a
 finished or missing active release is let go, and an abandoned start is restarted after its lease.
+During a freeze (``domain/freeze.py``) no release but a rollback takes the slot: the newest one
+waits, superseding those waiting before it, and takes the slot at the first repair after the end.
 
 A use case loads the lane (the slot and the releases its command names), asks it to decide, and
 commits the one ``Change`` the ``Decision`` holds before it calls AWS. When a decision needs a
@@ -22,6 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.freeze import Freeze, current_freeze
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
@@ -41,7 +44,7 @@ from chalicelib.domain.release import (
     transition,
     update,
 )
-from chalicelib.domain.slot import PipelineSlot, UploadMark
+from chalicelib.domain.slot import BusyPolicy, PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
 
 
@@ -245,16 +248,44 @@ class Lane:
             )
             return Decision(change_of([failed]), subject=failed.release, created=True)
         superseded: tuple[str, ...] = ()
+        freeze: Freeze | None = None
+        logs: list[LogLine] = []
+        # A release that waited out a freeze and takes the slot before this one (below).
+        thawed_steps: list[Step] = []
+        thawed: Release | None = None
+        before = self.slot
         if submission.trigger.is_rollback:
-            slot = self.slot.give_first(submission.release_id)
+            # A freeze never blocks recovery.
+            slot = before.give_first(submission.release_id)
             took_slot = slot.active == submission.release_id
         else:
-            admission = self.slot.admit(
-                submission.release_id, submission.pipeline.on_busy, submission.upload_mark
+            # During a freeze the release waits even for a free slot, and only the newest waits
+            # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
+            # then, not a backlog of builds that were never reviewed in order.
+            freeze = current_freeze(submission.pipeline.freeze, now)
+            if freeze is None and before.active is None and before.waiting:
+                # A freeze has ended and no repair has run since: the release that waited for it
+                # takes the slot first, as that repair would have given it.
+                before, thawed = self._promote(before, now, thawed_steps, logs)
+            admission = before.admit(
+                submission.release_id,
+                BusyPolicy.SUPERSEDE if freeze is not None else submission.pipeline.on_busy,
+                submission.upload_mark,
+                may_start=freeze is None,
             )
             upload, newer = submission.upload_mark, admission.turned_away_by
             if upload is not None and newer is not None:
-                return _superseded_as_older(step, upload, newer, now)
+                turned_away = _superseded_as_older(step, upload, newer, now)
+                return Decision(
+                    change_of([turned_away, *thawed_steps], before if before != self.slot else None),
+                    subject=turned_away.release,
+                    start=thawed,
+                    logs=(
+                        *logs,
+                        LogLine("release superseded by a newer upload", {"newer": newer.release_id}),
+                    ),
+                    created=True,
+                )
             slot, took_slot, superseded = admission.slot, admission.active, admission.superseded
         # Rollbacks a supersede would replace keep their place in front of the newcomer.
         self._require(superseded)
@@ -269,15 +300,26 @@ class Lane:
                 reason="slot free: starting CodeDeploy",
                 start_claimed_at=now,
             )
+        elif freeze is not None:
+            moved = transition(
+                step,
+                ReleaseState.QUEUED,
+                now=now,
+                reason=f"pipeline frozen until {_second(freeze.ends_at)}: {freeze.reason}",
+                detail={
+                    "position": slot.waiting.index(submission.release_id) + 1,
+                    "freeze": freeze.to_dict(),
+                },
+            )
         else:
             moved = transition(
                 step,
                 ReleaseState.QUEUED,
                 now=now,
-                reason=f"pipeline busy with {self.slot.active or self.slot.waiting[0]}",
+                reason=f"pipeline busy with {before.active or before.waiting[0]}",
                 detail={"position": slot.waiting.index(submission.release_id) + 1},
             )
-        steps, logs = [_moved(moved)], []
+        steps = [_moved(moved)]
         for older in replaced:
             if older.trigger.is_rollback:
                 continue
@@ -295,9 +337,9 @@ class Lane:
         release = steps[0].release
         logs.append(LogLine(f"release {release.state.value.lower()}", {"key": key}))
         return Decision(
-            change_of(steps, slot),
+            change_of([*steps, *thawed_steps], slot),
             subject=release,
-            start=release if took_slot else None,
+            start=release if took_slot else thawed,
             logs=tuple(logs),
             created=True,
         )
@@ -476,9 +518,11 @@ class Lane:
     def _promote(
         self, slot: PipelineSlot, now: datetime, steps: list[Step], logs: list[LogLine]
     ) -> tuple[PipelineSlot, Release | None]:
-        """If the slot is free, hand it to the first waiting release that can still deploy."""
+        """If the slot is free, hand it to the first waiting release that can still deploy, unless
+        the pipeline is frozen and that release is not a rollback (rollbacks wait at the head of
+        the line, so a frozen head means nothing may start)."""
         while True:
-            slot, head = slot.promote_next()
+            promoted, head = slot.promote_next()
             if head is None:
                 return slot, None
             waiting = self._release(head)
@@ -490,6 +534,17 @@ class Lane:
                 )
                 slot = slot.free(head)
                 continue
+            if not waiting.trigger.is_rollback and self.config is not None:
+                freeze = current_freeze(self.config.freeze, now)
+                if freeze is not None:
+                    logs.append(
+                        LogLine(
+                            "pipeline frozen; the waiting release starts when the freeze ends",
+                            {"release_id": head, "freeze": freeze.to_dict()},
+                        )
+                    )
+                    return slot, None
+            slot = promoted
             moved = transition(
                 Step(waiting, ()),
                 ReleaseState.DEPLOYING,
@@ -612,11 +667,11 @@ def _second(moment: datetime) -> str:
     return moment.replace(microsecond=0).isoformat()
 
 
-def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now: datetime) -> Decision:
+def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now: datetime) -> Step:
     """An upload whose event came late (a retry after a crash, or S3's unordered delivery): the
-    pipeline already took an upload S3 stored after it. The slot is not written: its marks only
-    move forward, so a stale read can miss this decision but never make it wrongly."""
-    superseded = _moved(
+    pipeline already took an upload S3 stored after it. The slot is not written for it: its marks
+    only move forward, so a stale read can miss this decision but never make it wrongly."""
+    return _moved(
         transition(
             step,
             ReleaseState.SUPERSEDED,
@@ -632,12 +687,6 @@ def _superseded_as_older(step: Step, upload: UploadMark, newer: UploadMark, now:
                 "newer_stored_at": _second(newer.stored_at),
             },
         )
-    )
-    return Decision(
-        change_of([superseded]),
-        subject=superseded.release,
-        logs=(LogLine("release superseded by a newer upload", {"newer": newer.release_id}),),
-        created=True,
     )
 
 

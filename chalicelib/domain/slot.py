@@ -63,15 +63,23 @@ class PipelineSlot:
     # Optimistic-lock version of the stored item; 0 when it was never written.
     version: int = 0
 
-    def admit(self, release_id: str, policy: BusyPolicy, upload: UploadMark | None = None) -> Admission:
-        """Take the slot if it is free, else wait per the pipeline's policy. An automatic
-        ``upload`` stored before one that started, or (supersede) before the one waiting, is
-        turned away; under ``queue`` it waits ahead of the waiting uploads stored after it."""
+    def admit(
+        self,
+        release_id: str,
+        policy: BusyPolicy,
+        upload: UploadMark | None = None,
+        *,
+        may_start: bool = True,
+    ) -> Admission:
+        """Take the slot if it is free (and the release ``may_start``: not during a freeze), else
+        wait per the pipeline's policy. An automatic ``upload`` stored before one that started,
+        or (supersede) before the one waiting, is turned away; under ``queue`` it waits ahead of
+        the waiting uploads stored after it."""
         if upload is not None:
             newer = self._newer_than(upload, policy)
             if newer is not None:
                 return Admission(self, False, (), newer)
-        if self.active is None and not self.waiting:
+        if may_start and self.active is None and not self.waiting:
             started = upload or self.newest_started
             return Admission(dataclasses.replace(self, active=release_id, newest_started=started), True, ())
         marks = (upload,) if upload else ()

@@ -6,6 +6,8 @@ with the store's version conditions, and plays CreateDeployment after the commit
 handed back, or lost with the Lambda that made it). After every step it checks the invariants of
 issue 13: never two active, rollbacks first, nothing lost, positions right, last good only ever a
 SUCCEEDED release, a rollback never causes another, uploads never started out of S3's order.
+The pipeline may have a freeze window (issue 14): no release but a rollback starts during it,
+rollbacks start during it, and once it is over a repair leaves no release waiting for a free slot.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.freeze import Freeze, FreezeWindow, current_freeze
 from chalicelib.domain.lane import (
     Annotation,
     Change,
@@ -49,6 +52,7 @@ from chalicelib.domain.slot import BusyPolicy, PipelineSlot
 
 T = TypeVar("T")
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+RECONCILE_PERIOD = timedelta(minutes=5)
 PIPELINE = "api-prod"
 # Read by tests/unit/conftest.py for the run's summary line.
 RUN_STATS = {"examples": 0, "steps": 0}
@@ -101,10 +105,28 @@ class LaneMachine(RuleBasedStateMachine):
         policy=st.sampled_from(BusyPolicy),
         on_deploy_failure=st.booleans(),
         on_verify_failure=st.booleans(),
+        # A one-off freeze: seconds after T0 it starts, seconds it lasts (each step moves the
+        # clock a second, so a short one ends between repairs; a repair's wait of a reconcile
+        # period ends a long one).
+        freeze=st.one_of(st.none(), st.tuples(st.integers(0, 15), st.integers(1, 600))),
     )
-    def configure(self, policy: BusyPolicy, on_deploy_failure: bool, on_verify_failure: bool) -> None:
+    def configure(
+        self,
+        policy: BusyPolicy,
+        on_deploy_failure: bool,
+        on_verify_failure: bool,
+        freeze: tuple[int, int] | None,
+    ) -> None:
+        windows: tuple[FreezeWindow, ...] = ()
+        if freeze is not None:
+            start = (T0 + timedelta(seconds=freeze[0])).replace(tzinfo=None)
+            end = start + timedelta(seconds=freeze[1])
+            windows = (FreezeWindow.one_off("release week", "UTC", start, end),)
         self.pipeline = dataclasses.replace(
-            self.pipeline, on_busy=policy, rollback=RollbackSettings(on_deploy_failure, on_verify_failure)
+            self.pipeline,
+            on_busy=policy,
+            rollback=RollbackSettings(on_deploy_failure, on_verify_failure),
+            freeze=windows,
         )
 
     # -- the use cases, played against the store --------------------------------------------
@@ -131,9 +153,12 @@ class LaneMachine(RuleBasedStateMachine):
         self.now += timedelta(seconds=1)
         decision = self.decide(subjects, ask)
         before = dict(self.store.releases)
+        claimed = [r.id for r in decision.change.releases if r.start_claimed_at == self.now]
+        started = [decision.start.id] if decision.start is not None else []
+        assert claimed == started, f"claimed the start of {claimed}, handed over {started}"
         stored = self.store.commit(decision.change)
         self.check_queued_positions(decision.change)
-        self.note_started_uploads(before)
+        self.note_started(before)
         if decision.start is not None:
             self.play_start(stored.get(decision.start.id, decision.start), outcome)
         return decision
@@ -175,11 +200,24 @@ class LaneMachine(RuleBasedStateMachine):
     def submit(self, submission: Submission, outcome: str) -> None:
         if submission.stored_at is not None:
             self.stored_at[submission.release_id] = submission.stored_at.replace(microsecond=0)
+        slot_was_free = self.store.slot.active is None
         decision = self.run([submission.release_id], lambda lane: lane.submit(submission, self.now), outcome)
         assert decision.created
         assert decision.subject is not None
         assert decision.subject.id == submission.release_id
         self.submitted.append(submission.release_id)
+        if submission.trigger.is_rollback and slot_was_free:
+            assert decision.subject.state is ReleaseState.DEPLOYING, "a freeze blocked a rollback"
+        freeze = self.frozen()
+        if freeze is not None and not submission.trigger.is_rollback:
+            waiting = self.store.releases[submission.release_id]
+            if waiting.state is ReleaseState.QUEUED:
+                assert self.store.history[waiting.id][-1][2]["freeze"] == freeze.to_dict()
+                waiting_not_rollbacks = [
+                    w for w in self.store.slot.waiting if not self.store.releases[w].trigger.is_rollback
+                ]
+                assert waiting_not_rollbacks == [waiting.id], "more than the newest waits out a freeze"
+        self.check_nothing_waits_for_a_free_slot()
 
     # -- rules -------------------------------------------------------------------------------
 
@@ -250,6 +288,7 @@ class LaneMachine(RuleBasedStateMachine):
             assert not before.trigger.is_rollback, "a rollback caused another"
             assert self.store.releases[str(rollback_id)].trigger is Trigger.AUTO_ROLLBACK
             self.submitted.append(str(rollback_id))
+        self.check_nothing_waits_for_a_free_slot()
 
     @precondition(lambda self: self.submitted)
     @rule(data=st.data(), outcome=starts)
@@ -267,13 +306,17 @@ class LaneMachine(RuleBasedStateMachine):
         else:  # deploying: the caller asks CodeDeploy to stop; nothing is written
             assert decision.change == Change()
 
-    @rule(outcome=starts, wait=st.sampled_from([timedelta(0), CLAIM_LEASE + timedelta(seconds=1)]))
+    @rule(
+        outcome=starts,
+        wait=st.sampled_from([timedelta(0), CLAIM_LEASE + timedelta(seconds=1), RECONCILE_PERIOD]),
+    )
     def repair(self, outcome: str, wait: timedelta) -> None:
-        """The reconciler, now or after a start's lease ran out."""
+        """The reconciler, now, after a start's lease ran out, or a reconcile period later."""
         self.now += wait
         decision = self.run([], lambda lane: lane.repair(self.now), outcome)
         if "restarted" in decision.report:
             assert decision.look_first, "a restart looks for the earlier attempt's deployment"
+        self.check_nothing_waits_for_a_free_slot()
 
     @rule(rollback_of_ours=st.booleans())
     def external_deployment(self, rollback_of_ours: bool) -> None:
@@ -319,14 +362,29 @@ class LaneMachine(RuleBasedStateMachine):
                 if event.state is ReleaseState.QUEUED and event.type is EventType.STATE_ENTERED:
                     assert event.detail["position"] == self.store.slot.waiting.index(release_id) + 1
 
-    def note_started_uploads(self, before: dict[str, Release]) -> None:
+    def frozen(self) -> Freeze | None:
+        return current_freeze(self.pipeline.freeze, self.now)
+
+    def check_nothing_waits_for_a_free_slot(self) -> None:
+        """After a decision that hands the slot on (a submission too: a freeze may have ended
+        since the last repair), a waiting release is left behind a free slot only during a
+        freeze, and never a rollback."""
+        slot = self.store.slot
+        if slot.active is None and slot.waiting:
+            assert self.frozen() is not None, "a waiting release was not started after the freeze"
+            assert not self.store.releases[slot.waiting[0]].trigger.is_rollback, "a freeze held a rollback"
+
+    def note_started(self, before: dict[str, Release]) -> None:
         for release in self.store.releases.values():
             was = before.get(release.id)
-            if (
-                release.trigger is Trigger.UPLOAD
-                and release.state is ReleaseState.DEPLOYING
-                and (was is None or was.state is not ReleaseState.DEPLOYING)
-            ):
+            started = release.state is ReleaseState.DEPLOYING and (
+                was is None or was.state is not ReleaseState.DEPLOYING
+            )
+            if started and release.trigger in (Trigger.UPLOAD, Trigger.API):
+                assert self.frozen() is None, (
+                    f"{release.id} ({release.trigger.value}) started during a freeze"
+                )
+            if started and release.trigger is Trigger.UPLOAD:
                 stored_at = self.stored_at[release.id]
                 assert not self.started_uploads or stored_at >= self.started_uploads[-1], "out of S3 order"
                 self.started_uploads.append(stored_at)
@@ -463,3 +521,43 @@ def test_rolling_back_to_the_current_release_is_refused() -> None:
     assert lane.choose_rollback(None, "newer").current == "newer"
     with pytest.raises(ConflictingState, match="nothing to roll back to"):
         _lane().choose_rollback(None, None)
+
+
+def test_an_upload_after_a_freeze_ended_starts_the_waiting_one_even_when_it_is_turned_away() -> None:
+    """The freeze is over but no repair has run: the upload that waited for it takes the slot in
+    the same write as a late upload S3 stored before it, which ends SUPERSEDED."""
+    start = T0.replace(tzinfo=None)
+    window = FreezeWindow.one_off("release week", "UTC", start, start + timedelta(minutes=10))
+    lane = _lane()
+    assert lane.config is not None
+    pipeline = dataclasses.replace(lane.config, freeze=(window,))
+    lane = dataclasses.replace(lane, config=pipeline)
+
+    def upload(release_id: str, stored_second: int) -> Submission:
+        revision = Revision("bucket", f"api/{release_id}.zip", "v", None)
+        stored_at = T0 + timedelta(seconds=stored_second)
+        return Submission(release_id, pipeline, revision, Trigger.UPLOAD, stored_at=stored_at)
+
+    waited = lane.with_releases({"later": None}).submit(upload("later", 60), T0 + timedelta(minutes=1))
+    assert waited.subject is not None
+    assert waited.subject.state is ReleaseState.QUEUED
+    assert waited.start is None
+    assert waited.change.slot is not None
+    thawed = dataclasses.replace(
+        lane, slot=_stored_slot(waited.change.slot), releases={"later": _stored(waited.subject)}
+    )
+
+    late = thawed.with_releases({"earlier": None}).submit(upload("earlier", 30), T0 + timedelta(minutes=10))
+
+    assert late.subject is not None
+    assert late.subject.state is ReleaseState.SUPERSEDED
+    assert late.start is not None
+    assert late.start.id == "later"
+    assert late.start.state is ReleaseState.DEPLOYING
+    assert late.change.slot is not None
+    assert late.change.slot.active == "later"
+    assert {release.id for release in late.change.releases} == {"earlier", "later"}
+
+
+def _stored_slot(slot: PipelineSlot) -> PipelineSlot:
+    return dataclasses.replace(slot, version=slot.version + 1)
