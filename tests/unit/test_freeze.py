@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib.domain.freeze import (
+    CHAIN_HORIZON,
     Freeze,
     FreezeWindow,
     FreezeWindowError,
@@ -319,6 +320,9 @@ def test_the_current_freeze_covers_now_and_really_ends(scenario: tuple[list[Free
         )
         return
     assert freeze.starts_at <= now < freeze.ends_at
+    if freeze.ends_at >= now + CHAIN_HORIZON:
+        # Windows covering each other without end are followed a year ahead, as documented.
+        return
     assert current_freeze(windows, freeze.ends_at) is None
     assert current_freeze(windows, freeze.ends_at - timedelta(microseconds=1)) is not None
 
@@ -376,3 +380,19 @@ def test_relco_pipelines_says_until_when_a_pipeline_is_frozen_or_when_the_next_f
     )
     assert _freeze_note({"current": None, "next": None}) == ""
     assert _freeze_note(None) == ""  # an API from before freezes
+
+
+def test_windows_covering_each_other_without_end_are_followed_a_year_ahead() -> None:
+    """Every other day for 36 hours, and the days between for 36 hours: never a gap. The freeze
+    is reported to end at the horizon, not never, and a release held by it keeps waiting."""
+    even = FreezeWindow.recurring(
+        "even", "UTC", datetime(2026, 1, 1), "FREQ=DAILY;INTERVAL=2", timedelta(hours=36)
+    )
+    odd = FreezeWindow.recurring(
+        "odd", "UTC", datetime(2026, 1, 2), "FREQ=DAILY;INTERVAL=2", timedelta(hours=36)
+    )
+    now = utc(2026, 3, 1, 12)
+    freeze = current_freeze([even, odd], now)
+    assert freeze is not None
+    assert freeze.ends_at >= now + CHAIN_HORIZON
+    assert current_freeze([even, odd], freeze.ends_at) is not None
