@@ -10,7 +10,7 @@ return. Interpreter start-up is the same for both and is left out, as in ``bench
 AWS is moto in server mode in this (the parent) process on 127.0.0.1, provisioned as the sandbox
 provisions it (``sandbox/provision.py``); the children reach it through ``AWS_ENDPOINT_URL`` and
 get the environment of DESIGN.md section 5. Each round takes a new release of one pipeline
-(2 instances behind an ALB, 1 healthy check, an email route) through every function in the order
+(2 instances behind an ALB, 2 healthy checks, an email route) through every function in the order
 AWS would invoke them, so every event does the work it does in production:
 
 1. ``on_artifact_event``: moto's own EventBridge "Object Created" event for a new object
@@ -18,8 +18,8 @@ AWS would invoke them, so every event does the work it does in production:
 2. ``reconcile``: the schedule's event while that release is DEPLOYING and its deployment is
    still running: reconcile asks CodeDeploy about it and leaves it;
 3. ``on_codedeploy_event``: SUCCESS for that deployment (finished by the benchmark as CodeDeploy
-   would, targets healthy) → VERIFYING, first health check queued;
-4. ``on_verify_message``: that health check as the verify queue delivers it → SUCCEEDED;
+   would, targets healthy) → VERIFYING with the first health check done, the second queued;
+4. ``on_verify_message``: the second health check as the verify queue delivers it → SUCCEEDED;
 5. ``on_release_stream``: the table's stream records written since the previous round, as one
    batch → a notify message for the release's "succeeded" history event;
 6. ``on_notify_message``: that message from the notify queue → an email through SES;
@@ -72,7 +72,7 @@ application = "{PIPELINE}"
 deployment_group = "{PIPELINE}"
 
 [pipeline.verify]
-healthy_checks = 1
+healthy_checks = 2
 interval_s = 1
 
 [[pipeline.notify]]
@@ -166,7 +166,7 @@ FUNCTIONS = (
     Function("on_artifact_event", "on_artifact_event", "S3 Object Created (EventBridge), new key"),
     Function("reconcile", "reconcile", "schedule, one release DEPLOYING"),
     Function("on_codedeploy_event", "on_codedeploy_event", "CodeDeploy SUCCESS, ALB group"),
-    Function("on_verify_message", "on_verify_message", "first health check, 2 healthy targets"),
+    Function("on_verify_message", "on_verify_message", "second health check, 2 healthy targets"),
     Function("on_release_stream", "on_release_stream", "one round's stream records"),
     Function("on_notify_message", "on_notify_message", "email route, one message"),
     Function("api_handler", "app", "GET /releases/{id}"),
@@ -544,7 +544,7 @@ def release_round(world: MotoServerWorld, invoke: Invoke) -> None:
     event, receipts = world.queued_messages(verify_url, release_id)
     answer = invoke(verify, event)
     _expect(not answer.get("batchItemFailures"), f"verify answered {answer}")
-    _expect(world.state(release_id) == "SUCCEEDED", "one healthy check → SUCCEEDED")
+    _expect(world.state(release_id) == "SUCCEEDED", "the second healthy check → SUCCEEDED")
     world.delete(verify_url, receipts)
 
     answer = invoke(stream, world.stream_event())

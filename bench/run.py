@@ -47,12 +47,13 @@ How these were measured:
   left out of both. AWS is moto 5.2.5 in server mode in the benchmark's parent process on
   127.0.0.1 (unpatched, as the sandbox runs it), provisioned by `sandbox/provision.py`; the
   children get `AWS_ENDPOINT_URL` and the environment of DESIGN.md section 5. Each round takes
-  a new release of one pipeline (2 instances behind an ALB, 1 healthy check, an email route)
+  a new release of one pipeline (2 instances behind an ALB, 2 healthy checks, an email route)
   through the functions in order: moto's own S3 → EventBridge event for a new key (→ DEPLOYING);
   the schedule's event for reconcile while that deployment is still running (it asks CodeDeploy
   and leaves it); CodeDeploy SUCCESS after the benchmark finished the deployment with healthy
-  targets (→ VERIFYING); the health check from the verify queue (→ SUCCEEDED); the stream
-  records written since the previous round as one batch (→ one notify message); that message
+  targets (→ VERIFYING, its first check done); the second check from the verify queue
+  (→ SUCCEEDED); the stream records written since the previous round as one batch (→ one
+  notify message); that message
   from the notify queue (→ an email through SES); API Gateway's proxy event for
   `GET /releases/{{id}}`. Each step's outcome is checked. An untimed first round records each
   function's calls with botocore `before-call` hooks: the first call, parameters included, is

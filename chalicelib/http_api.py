@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from chalice.app import Request, Response
@@ -44,9 +44,11 @@ from chalicelib.domain.api_requests import (
 )
 from chalicelib.domain.release import Release
 from chalicelib.log import logger
-from chalicelib.service import release_commands, release_queries
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
 from chalicelib.service.wiring import ConflictPersisted, Wiring
+
+if TYPE_CHECKING:
+    from chalicelib.service import release_commands, release_queries
 
 # API Gateway ends a REST API integration after 29 s (its default integration timeout).
 API_GATEWAY_TIMEOUT = timedelta(seconds=29)
@@ -142,6 +144,8 @@ def caller(request: Request) -> str:
 
 
 def list_releases(wiring: Wiring, request: Request) -> Response:
+    from chalicelib.service import release_queries
+
     def run() -> Answer:
         page = release_queries.list_releases(wiring, ListQuery.from_params(_query(request)))
         return Answer(
@@ -152,6 +156,8 @@ def list_releases(wiring: Wiring, request: Request) -> Response:
 
 
 def get_release(wiring: Wiring, request: Request, release_id: str) -> Response:
+    from chalicelib.service import release_queries
+
     def run() -> Answer:
         _no_query(request)
         detail = release_queries.release_detail(wiring, release_id)
@@ -164,6 +170,8 @@ def get_release(wiring: Wiring, request: Request, release_id: str) -> Response:
 
 
 def create_release(wiring: Wiring, request: Request) -> Response:
+    from chalicelib.service import release_commands
+
     def run(post: Post) -> Answer:
         request_body = DeployRequest.from_body(post.body)
         return _submitted(release_commands.deploy(wiring, request_body, post.actor, post.new_release_id))
@@ -172,6 +180,8 @@ def create_release(wiring: Wiring, request: Request) -> Response:
 
 
 def redeploy(wiring: Wiring, request: Request, release_id: str) -> Response:
+    from chalicelib.service import release_commands
+
     def run(post: Post) -> Answer:
         return _submitted(release_commands.redeploy(wiring, release_id, post.actor, post.new_release_id))
 
@@ -179,6 +189,8 @@ def redeploy(wiring: Wiring, request: Request, release_id: str) -> Response:
 
 
 def cancel(wiring: Wiring, request: Request, release_id: str) -> Response:
+    from chalicelib.service import release_commands
+
     def run(post: Post) -> Answer:
         cancelled = release_commands.cancel(wiring, release_id, post.actor)
         # 202: CodeDeploy was asked to stop, and the release ends when it has.
@@ -188,6 +200,8 @@ def cancel(wiring: Wiring, request: Request, release_id: str) -> Response:
 
 
 def roll_back(wiring: Wiring, request: Request, name: str) -> Response:
+    from chalicelib.service import release_commands
+
     def run(post: Post) -> Answer:
         target = rollback_target(post.body)
         return _submitted(release_commands.roll_back(wiring, name, target, post.actor, post.new_release_id))
@@ -196,6 +210,8 @@ def roll_back(wiring: Wiring, request: Request, name: str) -> Response:
 
 
 def list_pipelines(wiring: Wiring, request: Request) -> Response:
+    from chalicelib.service import release_queries
+
     def run() -> Answer:
         _no_query(request)
         statuses = release_queries.list_pipelines(wiring)
@@ -205,6 +221,8 @@ def list_pipelines(wiring: Wiring, request: Request) -> Response:
 
 
 def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
+    from chalicelib.service import release_queries
+
     def run() -> Answer:
         _no_query(request)
         detail = release_queries.pipeline_detail(wiring, name)

@@ -1,23 +1,21 @@
 """What each Lambda entry point does with its raw event: parse, log and skip what is malformed,
-hand the rest to a use case. ``app.py`` only routes events here."""
+hand the rest to a use case. ``app.py`` only routes events here.
+
+Each Lambda function imports ``app`` whole but runs one entry point, so each entry point imports
+its own use case when it first runs: a function's cold start loads no other function's code."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.domain.inbound_events import MalformedEvent, parse_artifact_event, parse_codedeploy_event
-from chalicelib.domain.notifications import NotifyMessage, StreamedEvent
-from chalicelib.domain.verification import VerifyRequest
 from chalicelib.log import logger
-from chalicelib.service.deployment_events import handle_deployment_event
-from chalicelib.service.notification_ports import Receipt
-from chalicelib.service.notifications import DeliveryBatch, publish
-from chalicelib.service.reconcile import reconcile
-from chalicelib.service.uploads import handle_upload
-from chalicelib.service.verification import run_check
-from chalicelib.service.wiring import Wiring
+
+if TYPE_CHECKING:
+    from chalicelib.domain.notifications import StreamedEvent
+    from chalicelib.service.wiring import Wiring
 
 
 def artifact_event(wiring: Wiring, event: Any) -> dict[str, Any]:
@@ -26,6 +24,8 @@ def artifact_event(wiring: Wiring, event: Any) -> dict[str, Any]:
     after the others, so Lambda, or SQS for a batch, delivers it again: the uploads handled
     already find their release there and do nothing, and nothing is lost whether or not the
     queue's event source reports partial batch failures."""
+    from chalicelib.service.uploads import handle_upload
+
     try:
         parsed = parse_artifact_event(event)
     except MalformedEvent as problem:
@@ -53,6 +53,8 @@ def artifact_event(wiring: Wiring, event: Any) -> dict[str, Any]:
 
 
 def codedeploy_event(wiring: Wiring, event: Any) -> dict[str, Any]:
+    from chalicelib.service.deployment_events import handle_deployment_event
+
     try:
         change = parse_codedeploy_event(event)
     except MalformedEvent as problem:
@@ -70,6 +72,9 @@ def verify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     that fails otherwise (the store throttled) is reported back alone so SQS retries just it."""
     from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from chalicelib.domain.verification import VerifyRequest
+    from chalicelib.service.verification import run_check
 
     def check(record: SQSRecord) -> None:
         try:
@@ -93,6 +98,8 @@ def verify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def scheduled_reconcile(wiring: Wiring) -> dict[str, Any]:
+    from chalicelib.service.reconcile import reconcile
+
     report = reconcile(wiring)
     logger.info("reconcile finished", extra={"report": report})
     return report
@@ -109,6 +116,7 @@ def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     )
 
     from chalicelib.adapters.release_stream import streamed_event
+    from chalicelib.service.notifications import publish
 
     events: list[StreamedEvent] = []
     sequence_numbers: list[str | None] = []
@@ -139,6 +147,10 @@ def notify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     comes back, and what was confirmed is dropped as a duplicate."""
     from aws_lambda_powertools.utilities.batch import SqsFifoPartialProcessor, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from chalicelib.domain.notifications import NotifyMessage
+    from chalicelib.service.notification_ports import Receipt
+    from chalicelib.service.notifications import DeliveryBatch
 
     deliveries = DeliveryBatch(wiring)
 
