@@ -1,10 +1,12 @@
-"""Every cell of the transition table in DESIGN.md section 3, allowed and not."""
+"""Every cell of the transition table (docs/states.md, which began as DESIGN.md section 3),
+allowed and not; the table in the docs and the code agree."""
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +46,30 @@ EXPECTED_ALLOWED = {
     (S.VERIFYING, S.FAILED),
     (S.VERIFYING, S.STOPPED),
 }
+
+
+STATES_DOC = Path(__file__).resolve().parents[2] / "docs" / "states.md"
+
+
+def documented_transitions() -> set[tuple[ReleaseState, ReleaseState]]:
+    """The cells of docs/states.md's table that say what causes the move."""
+    rows = [line for line in STATES_DOC.read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    header, *body = rows
+    targets = [ReleaseState(name.strip()) for name in header.strip("|").split("|")[1:]]
+    cells = set()
+    for row in body:
+        source, *causes = (cell.strip() for cell in row.strip("|").split("|"))
+        cells |= {
+            (ReleaseState(source), target) for target, cause in zip(targets, causes, strict=True) if cause
+        }
+    return cells
+
+
+def test_the_documented_table_is_the_codes() -> None:
+    assert documented_transitions() == EXPECTED_ALLOWED
+    assert {(source, target) for source, targets in ALLOWED_TRANSITIONS.items() for target in targets} == (
+        EXPECTED_ALLOWED
+    )
 
 
 def release_in(state: ReleaseState) -> Step:
