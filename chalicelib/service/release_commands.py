@@ -103,8 +103,7 @@ def roll_back(
     (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
     pipeline = pipeline_in_path(wiring, pipeline_name)
     release, created = roll_back_pipeline(wiring, pipeline, to, actor, new_release_id)
-    # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
-    return Submitted(wiring.store.get_release(release.id) or release, created)
+    return _as_started(wiring, release, created)
 
 
 def cancel(wiring: Wiring, release_id: str, actor: str) -> Cancellation:
@@ -163,7 +162,6 @@ def _submit(
     actor: str,
     release_id: str,
     metadata: Mapping[str, str],
-    rollback_of: str | None = None,
 ) -> Submitted:
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
         release, created = submit(
@@ -175,8 +173,12 @@ def _submit(
                 trigger=trigger,
                 actor=actor,
                 metadata=metadata,
-                rollback_of=rollback_of,
             ),
         )
-    # As it stands after the start: with its deployment id, or FAILED if CodeDeploy refused it.
+    return _as_started(wiring, release, created)
+
+
+def _as_started(wiring: Wiring, release: Release, created: bool) -> Submitted:
+    """The release as it stands after its start: with its deployment id, or FAILED if CodeDeploy
+    refused it."""
     return Submitted(wiring.store.get_release(release.id) or release, created)

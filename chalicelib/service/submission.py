@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.release import Release
-from chalicelib.service.slot_flow import LaneRead, run_in_lane, start_deployment
+from chalicelib.service.slot_flow import LaneRead, run_in_lane, start_next
 from chalicelib.service.wiring import Wiring
 
 
@@ -21,8 +21,7 @@ def submit(wiring: Wiring, submission: Submission, *, known: LaneRead | None = N
         lambda lane, now: lane.submit(submission, now),
         known=known,
     )
-    if decision.start is not None:
-        start_deployment(wiring, decision.start, submission.pipeline, look_first=decision.look_first)
+    start_next(wiring, decision)
     release = decision.subject
     assert release is not None  # a submission always names its release, new or recorded
     return release, decision.created

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from sandbox.processes import pid_alive
+
 from .helpers import BUNDLES_DIR, base_env, free_port, run_script
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,21 +31,6 @@ HOOK_SCRIPTS = {
     "ApplicationStart": "application_start.sh",
     "ValidateService": "validate_service.sh",
 }
-
-
-def pid_alive(pid: int) -> bool:
-    """True if the process exists and is not a zombie (killed, but not reaped yet)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return True  # no /proc: trust kill -0
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def get_json(port: int, path: str) -> tuple[int, dict[str, Any]]:
