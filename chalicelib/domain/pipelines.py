@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
@@ -23,14 +24,28 @@ from chalicelib.domain.notify_routes import (
     ChannelSettings,
     Notification,
     NotifyKind,
+    SecretRef,
+    secret_ref,
+)
+from chalicelib.domain.permissions import (
+    DEFAULT_APPROVAL_EXPIRY,
+    ApprovalPolicy,
+    OnNewer,
+    SlackOperators,
 )
 from chalicelib.domain.slot import BusyPolicy
 
 DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.HalfAtATime"
+_E = TypeVar("_E", bound=StrEnum)
 
 
 class PipelinesConfigError(ValueError):
     """The pipelines file is wrong; the message names the file, pipeline, key and the problem."""
+
+
+class AlarmAtStart(StrEnum):
+    WAIT = "wait"  # the release waits QUEUED, the alarm named, until every alarm is out of ALARM
+    FAIL = "fail"  # the release fails at once, the alarm named
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,8 @@ class VerifySettings:
     bake_s: int = 0
     # CloudWatch alarms (by name) that must not be in ALARM at any health check.
     alarms: tuple[str, ...] = ()
+    # What an alarm already in ALARM does to a release about to start.
+    alarm_at_start: AlarmAtStart = AlarmAtStart.WAIT
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,8 @@ class Pipeline:
     notify: tuple[NotifyRoute, ...] = ()
     # The global [[freeze]] windows, then the pipeline's own [[pipeline.freeze]].
     freeze: tuple[FreezeWindow, ...] = ()
+    approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
+    slack: SlackOperators = field(default_factory=SlackOperators)
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -97,8 +116,19 @@ class Pipeline:
 
 
 @dataclass(frozen=True)
+class SlackApp:
+    """``[slack]``: the Slack app whose release cards people act on. Its signing secret proves a
+    request to ``POST /slack/interactions`` came from Slack; its bot token (optional) reads the
+    members of user groups named as approvers or operators."""
+
+    signing_secret: SecretRef
+    token: SecretRef | None = None
+
+
+@dataclass(frozen=True)
 class PipelinesConfig:
     pipelines: tuple[Pipeline, ...]
+    slack: SlackApp | None = None
 
     def for_upload(self, bucket: str, key: str) -> Pipeline | None:
         # Prefixes within a bucket never overlap (checked at load), so at most one matches.
@@ -115,7 +145,16 @@ class PipelinesConfig:
 
 
 _REQUIRED = ("name", "bucket", "prefix", "application", "deployment_group")
-_OPTIONAL = ("deployment_config", "on_busy", "verify", "rollback", "notify", "freeze")
+_OPTIONAL = (
+    "deployment_config",
+    "on_busy",
+    "verify",
+    "rollback",
+    "notify",
+    "freeze",
+    "approval",
+    "slack",
+)
 
 
 def load_pipelines(path: str | Path) -> PipelinesConfig:
@@ -131,11 +170,11 @@ def load_pipelines(path: str | Path) -> PipelinesConfig:
 
 
 def parse_pipelines(raw: Mapping[str, Any], *, source: str = "<pipelines>") -> PipelinesConfig:
-    unknown = set(raw) - {"pipeline", "freeze"}
+    unknown = set(raw) - {"pipeline", "freeze", "slack"}
     if unknown:
         raise PipelinesConfigError(
             f"{source}: unknown top-level key(s) {sorted(unknown)}; "
-            "expected [[pipeline]] and [[freeze]] tables"
+            "expected [[pipeline]], [[freeze]] and [slack] tables"
         )
 
     def fail_global(key: str, what: str) -> PipelinesConfigError:
@@ -152,7 +191,8 @@ def parse_pipelines(raw: Mapping[str, Any], *, source: str = "<pipelines>") -> P
     )
     _check_unique_names(pipelines, source)
     _check_no_overlap(pipelines, source)
-    return PipelinesConfig(pipelines)
+    slack = _parse_slack_app(raw["slack"], fail_global) if "slack" in raw else None
+    return PipelinesConfig(pipelines, slack)
 
 
 def _parse_pipeline(
@@ -195,6 +235,8 @@ def _parse_pipeline(
         rollback=_parse_rollback(entry.get("rollback", {}), fail),
         notify=_parse_notify(entry.get("notify", []), fail),
         freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
+        approval=_parse_approval(entry.get("approval", {}), fail),
+        slack=_parse_slack_operators(entry.get("slack", {}), fail),
     )
 
 
@@ -235,7 +277,7 @@ _MAXIMUM_REASONS = {
 
 def _parse_verify(value: Any, fail: Any) -> VerifySettings:
     table = _table(value, "verify", fail)
-    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s", "alarms"}
+    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s", "alarms", "alarm_at_start"}
     for name in table:
         if name not in allowed:
             raise fail(f"verify.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
@@ -250,7 +292,90 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
         deadline_s=_whole_number(table, "deadline_s", "verify", fail, minimum=1, maximum=MAX_DEADLINE_S),
         bake_s=defaults.bake_s if bake_s is None else bake_s,
         alarms=_alarm_names(table.get("alarms", []), fail),
+        alarm_at_start=_choice(table, "alarm_at_start", "verify", fail, default=AlarmAtStart.WAIT),
     )
+
+
+def _choice(table: Mapping[str, Any], name: str, key: str, fail: Any, *, default: _E) -> _E:
+    enum = type(default)
+    value = table.get(name, default.value)
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = " or ".join(repr(member.value) for member in enum)
+        raise fail(f"{key}.{name}", f"must be {allowed}, got {value!r}") from None
+
+
+def _parse_approval(value: Any, fail: Any) -> ApprovalPolicy:
+    table = _table(value, "approval", fail)
+    allowed = {"required", "approvers", "slack_approvers", "expires_after", "on_newer"}
+    for name in table:
+        if name not in allowed:
+            raise fail(f"approval.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    required = table.get("required", bool(table))
+    if not isinstance(required, bool):
+        raise fail("approval.required", f"must be true or false, got {required!r}")
+    approvers = table.get("approvers", [])
+    if not isinstance(approvers, list) or not all(
+        isinstance(arn, str) and arn.startswith("arn:") for arn in approvers
+    ):
+        raise fail(
+            "approval.approvers",
+            "must be a list of IAM principal ARNs or patterns such as "
+            f"'arn:aws:iam::123456789012:role/Releasers', got {approvers!r}",
+        )
+    slack_approvers = _slack_ids(table, "slack_approvers", "approval", fail, allowed)
+    if required and not approvers and not slack_approvers:
+        raise fail("approval", "nobody may approve: name 'approvers' (IAM) or 'slack_approvers' (Slack)")
+    expires_after = (
+        _duration(table["expires_after"], "approval.expires_after", fail)
+        if "expires_after" in table
+        else DEFAULT_APPROVAL_EXPIRY
+    )
+    if expires_after <= timedelta(0):
+        raise fail("approval.expires_after", "must be longer than zero")
+    return ApprovalPolicy(
+        required=required,
+        approvers=tuple(approvers),
+        slack_approvers=slack_approvers,
+        expires_after=expires_after,
+        on_newer=_choice(table, "on_newer", "approval", fail, default=OnNewer.SUPERSEDE),
+    )
+
+
+def _parse_slack_operators(value: Any, fail: Any) -> SlackOperators:
+    return SlackOperators(_slack_ids(_table(value, "slack", fail), "operators", "slack", fail, {"operators"}))
+
+
+def _slack_ids(
+    table: Mapping[str, Any], name: str, key: str, fail: Any, allowed: Iterable[str]
+) -> tuple[str, ...]:
+    for written in table:
+        if written not in allowed:
+            raise fail(f"{key}.{written}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    value = table.get(name, [])
+    if not isinstance(value, list) or not all(_is_slack_id(entry) for entry in value):
+        raise fail(
+            f"{key}.{name}",
+            f"must be a list of Slack user (U..., W...) or user group (S...) ids, got {value!r}",
+        )
+    return tuple(value)
+
+
+def _parse_slack_app(value: Any, fail: Callable[[str, str], PipelinesConfigError]) -> SlackApp:
+    if not isinstance(value, dict):
+        raise fail("slack", f"must be a table ([slack]), got {value!r}")
+    allowed = {f"{name}{suffix}" for name in ("signing_secret", "token") for suffix in SECRET_SOURCES}
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise fail(f"slack.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    for name, written in value.items():
+        if not isinstance(written, str) or not written:
+            raise fail(f"slack.{name}", f"must name an SSM parameter or a secret, got {written!r}")
+    signing_secret = secret_ref(value, "signing_secret")
+    if signing_secret is None:
+        raise fail("slack", "needs signing_secret_parameter (SSM) or signing_secret_secret (Secrets Manager)")
+    return SlackApp(signing_secret, secret_ref(value, "token"))
 
 
 def _alarm_names(value: Any, fail: Any) -> tuple[str, ...]:

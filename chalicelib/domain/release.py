@@ -19,6 +19,8 @@ from chalicelib.domain.verification import Verification
 
 class ReleaseState(StrEnum):
     RECEIVED = "RECEIVED"
+    # Before it takes the slot: a person must approve it ([pipeline.approval]).
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
     QUEUED = "QUEUED"
     DEPLOYING = "DEPLOYING"
     VERIFYING = "VERIFYING"
@@ -40,7 +42,18 @@ TERMINAL_STATES = frozenset(
 ALLOWED_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
     # RECEIVED -> SUPERSEDED: an upload S3 stored before one the pipeline already took.
     ReleaseState.RECEIVED: frozenset(
-        {ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.FAILED, ReleaseState.SUPERSEDED}
+        {
+            ReleaseState.AWAITING_APPROVAL,
+            ReleaseState.QUEUED,
+            ReleaseState.DEPLOYING,
+            ReleaseState.FAILED,
+            ReleaseState.SUPERSEDED,
+        }
+    ),
+    # -> STOPPED: rejected, cancelled, or the approval expired; -> SUPERSEDED: a newer release
+    # awaits approval in its place.
+    ReleaseState.AWAITING_APPROVAL: frozenset(
+        {ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}
     ),
     ReleaseState.QUEUED: frozenset({ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}),
     ReleaseState.DEPLOYING: frozenset(

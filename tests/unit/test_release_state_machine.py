@@ -31,6 +31,11 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 # The table, written out cell by cell so that a change to the code must change this too.
 EXPECTED_ALLOWED = {
+    (S.RECEIVED, S.AWAITING_APPROVAL),  # the pipeline requires approval
+    (S.AWAITING_APPROVAL, S.QUEUED),  # approved, the slot busy or a freeze on
+    (S.AWAITING_APPROVAL, S.DEPLOYING),  # approved, the slot free
+    (S.AWAITING_APPROVAL, S.STOPPED),  # rejected, cancelled, or the approval expired
+    (S.AWAITING_APPROVAL, S.SUPERSEDED),  # a newer release awaits approval in its place
     (S.RECEIVED, S.QUEUED),
     (S.RECEIVED, S.DEPLOYING),
     (S.RECEIVED, S.FAILED),
