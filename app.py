@@ -109,6 +109,16 @@ def cancel_release(release_id: str) -> Response:
     return http_api.cancel(bootstrap.wiring(), http_api.current(app.current_request), release_id)
 
 
+@app.route("/releases/{release_id}/approve", methods=["POST"], authorizer=iam)
+def approve_release(release_id: str) -> Response:
+    return http_api.approve(bootstrap.wiring(), http_api.current(app.current_request), release_id)
+
+
+@app.route("/releases/{release_id}/reject", methods=["POST"], authorizer=iam)
+def reject_release(release_id: str) -> Response:
+    return http_api.reject(bootstrap.wiring(), http_api.current(app.current_request), release_id)
+
+
 @app.route("/pipelines", methods=["GET"], authorizer=iam)
 def list_pipelines() -> Response:
     return http_api.list_pipelines(bootstrap.wiring(), http_api.current(app.current_request))

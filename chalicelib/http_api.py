@@ -30,18 +30,22 @@ from chalice.app import Request, Response
 from chalicelib.domain.api_requests import (
     ConflictingState,
     DeployRequest,
+    Forbidden,
     InvalidValue,
     ListQuery,
     Malformed,
     NotFound,
     Refused,
     TooLarge,
+    break_glass_reason,
+    comment,
     derived_release_id,
     idempotency_key,
     parse_body,
     request_fingerprint,
     rollback_target,
 )
+from chalicelib.domain.permissions import Person
 from chalicelib.domain.release import Release
 from chalicelib.domain.slack_interactions import BadSignature, SlackActionsUnavailable
 from chalicelib.log import logger
@@ -80,6 +84,7 @@ RETRY_AFTER_S = 5
 REFUSALS: dict[type[Refused], tuple[int, str]] = {
     Malformed: (400, "BadRequestError"),
     NotFound: (404, "NotFoundError"),
+    Forbidden: (403, "ForbiddenError"),
     ConflictingState: (409, "ConflictError"),
     TooLarge: (413, "PayloadTooLargeError"),
     InvalidValue: (422, "UnprocessableEntityError"),
@@ -185,9 +190,33 @@ def redeploy(wiring: Wiring, request: Request, release_id: str) -> Response:
     from chalicelib.service import release_commands
 
     def run(post: Post) -> Answer:
-        return _submitted(release_commands.redeploy(wiring, release_id, post.actor, post.new_release_id))
+        return _submitted(
+            release_commands.redeploy(
+                wiring, release_id, post.actor, post.new_release_id, break_glass_reason(post.body)
+            )
+        )
 
-    return _post(wiring, request, frozenset(), run)
+    return _post(wiring, request, frozenset({"break_glass"}), run)
+
+
+def approve(wiring: Wiring, request: Request, release_id: str) -> Response:
+    from chalicelib.service import approvals
+
+    def run(post: Post) -> Answer:
+        person = Person(iam_arn=post.actor)
+        return Answer(200, approvals.approve(wiring, release_id, person, comment(post.body)).to_dict())
+
+    return _post(wiring, request, frozenset({"comment"}), run)
+
+
+def reject(wiring: Wiring, request: Request, release_id: str) -> Response:
+    from chalicelib.service import approvals
+
+    def run(post: Post) -> Answer:
+        person = Person(iam_arn=post.actor)
+        return Answer(200, approvals.reject(wiring, release_id, person, comment(post.body)).to_dict())
+
+    return _post(wiring, request, frozenset({"comment"}), run)
 
 
 def cancel(wiring: Wiring, request: Request, release_id: str) -> Response:
@@ -233,6 +262,11 @@ def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
         body["active_release"] = _named(detail.releases, slot.active)
         body["waiting_releases"] = [
             detail.releases[waiting].to_dict() for waiting in slot.waiting if waiting in detail.releases
+        ]
+        body["awaiting_approval_releases"] = [
+            detail.releases[mark.release_id].to_dict()
+            for mark in slot.awaiting_approval
+            if mark.release_id in detail.releases
         ]
         body["last_good_release"] = _named(detail.releases, slot.last_good)
         return Answer(200, body)
@@ -281,6 +315,10 @@ def _pipeline_status(status: release_queries.PipelineStatus) -> dict[str, Any]:
         **status.pipeline.to_dict(),
         "active": slot.active,
         "waiting": list(slot.waiting),
+        "awaiting_approval": [
+            {"release_id": mark.release_id, "expires_at": mark.expires_at.isoformat()}
+            for mark in slot.awaiting_approval
+        ],
         "last_good": slot.last_good,
         "freeze": {
             "current": status.current_freeze.to_dict() if status.current_freeze else None,

@@ -34,6 +34,13 @@ idempotency_option = click.option(
     default=None,
     help="Send this Idempotency-Key (default: a fresh one per command; reuse one to retry safely).",
 )
+break_glass_option = click.option(
+    "--break-glass",
+    "break_glass",
+    metavar="REASON",
+    default=None,
+    help="Start even during a freeze or with an alarm in ALARM; the reason is recorded with you.",
+)
 # S3 user metadata travels in HTTP headers: ASCII only, and kept short.
 _METADATA_LIMIT = 512
 
@@ -141,6 +148,7 @@ def _started(as_json: bool, release: Mapping[str, Any]) -> None:
 @click.argument("pipeline")
 @click.argument("key")
 @click.option("--version", "version_id", help="An S3 version id of the object (default: the current one).")
+@break_glass_option
 @idempotency_option
 @json_option
 @click.pass_context
@@ -150,11 +158,17 @@ def deploy(
     pipeline: str,
     key: str,
     version_id: str | None,
+    break_glass: str | None,
     idempotency_key: str | None,
     as_json: bool,
 ) -> None:
     """Deploy an object of PIPELINE that is already in S3."""
-    body = {"pipeline": pipeline, "key": key, **({"version": version_id} if version_id else {})}
+    body = {
+        "pipeline": pipeline,
+        "key": key,
+        **({"version": version_id} if version_id else {}),
+        **({"break_glass": break_glass} if break_glass is not None else {}),
+    }
     with _errors():
         release = _client(ctx).post("/releases", body, idempotency_key or str(uuid.uuid4()))
     _started(as_json, release)
@@ -162,16 +176,53 @@ def deploy(
 
 @main.command()
 @click.argument("release_id")
+@break_glass_option
 @idempotency_option
 @json_option
 @click.pass_context
-def redeploy(ctx: click.Context, release_id: str, idempotency_key: str | None, as_json: bool) -> None:
+def redeploy(
+    ctx: click.Context, release_id: str, break_glass: str | None, idempotency_key: str | None, as_json: bool
+) -> None:
     """Deploy a finished release's revision again."""
     with _errors():
         release = _client(ctx).post(
-            f"/releases/{_path_id(release_id)}/redeploy", None, idempotency_key or str(uuid.uuid4())
+            f"/releases/{_path_id(release_id)}/redeploy",
+            {"break_glass": break_glass} if break_glass is not None else None,
+            idempotency_key or str(uuid.uuid4()),
         )
     _started(as_json, release)
+
+
+@main.command()
+@click.argument("release_id")
+@click.option("--comment", help="Why: recorded in the release's history with you as the approver.")
+@json_option
+@click.pass_context
+def approve(ctx: click.Context, release_id: str, comment: str | None, as_json: bool) -> None:
+    """Approve a release awaiting approval: it takes its pipeline's slot or its place in line."""
+    _decide_approval(ctx, release_id, "approve", comment, as_json)
+
+
+@main.command()
+@click.argument("release_id")
+@click.option("--comment", help="Why: recorded in the release's history with you as the rejecter.")
+@json_option
+@click.pass_context
+def reject(ctx: click.Context, release_id: str, comment: str | None, as_json: bool) -> None:
+    """Reject a release awaiting approval: it stops."""
+    _decide_approval(ctx, release_id, "reject", comment, as_json)
+
+
+def _decide_approval(
+    ctx: click.Context, release_id: str, decision: str, comment: str | None, as_json: bool
+) -> None:
+    with _errors():
+        release = _client(ctx).post(
+            f"/releases/{_path_id(release_id)}/{decision}",
+            {"comment": comment} if comment else None,
+            str(uuid.uuid4()),
+        )
+    _emit(as_json, release, lambda: timeline.release_line(release) + f"\n{release['reason']}")
 
 
 @main.command()

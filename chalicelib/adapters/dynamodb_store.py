@@ -28,7 +28,7 @@ from chalicelib.domain.release import (
     Revision,
     Trigger,
 )
-from chalicelib.domain.slot import PipelineSlot, UploadMark
+from chalicelib.domain.slot import ApprovalMark, PipelineSlot, UploadMark
 from chalicelib.domain.verification import Verification
 from chalicelib.service.ports import RequestLedger, WriteConflict
 
@@ -219,6 +219,26 @@ def _waiting_uploads(waiting: Sequence[str], stored: Any) -> tuple[UploadMark, .
     return tuple(UploadMark(release_id, marks[release_id]) for release_id in (*in_line, *rest))
 
 
+def _awaiting_approval(stored: Sequence[Mapping[str, Any]]) -> tuple[ApprovalMark, ...]:
+    return tuple(
+        ApprovalMark(
+            str(mark["release_id"]),
+            datetime.fromisoformat(str(mark["expires_at"])),
+            UploadMark(str(mark["release_id"]), datetime.fromisoformat(str(mark["stored_at"])))
+            if mark.get("stored_at")
+            else None,
+        )
+        for mark in stored
+    )
+
+
+def _approval_mark_item(mark: ApprovalMark) -> dict[str, str]:
+    item = {"release_id": mark.release_id, "expires_at": mark.expires_at.isoformat()}
+    if mark.upload is not None:
+        item["stored_at"] = mark.upload.stored_at.isoformat()
+    return item
+
+
 def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
     if item is None:
         return PipelineSlot(pipeline=pipeline)
@@ -230,6 +250,7 @@ def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSl
         last_good=item.get("last_good"),
         newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
         waiting_uploads=_waiting_uploads(waiting, item.get("waiting_uploads", {})),
+        awaiting_approval=_awaiting_approval(item.get("awaiting_approval", [])),
         version=int(item["version"]),
     )
 
@@ -463,6 +484,7 @@ class DynamoReleaseStore:
             "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
             "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
             or None,
+            "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
             "version": slot.version + 1,
         }
         if slot.version == 0:

@@ -63,6 +63,10 @@ class ConflictingState(Refused):
     """What the request names exists, but its current state forbids the action."""
 
 
+class Forbidden(Refused):
+    """The caller is not one the pipelines file allows to do this (an approval, a Slack action)."""
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -137,8 +141,10 @@ class DeployRequest:
     key: str
     bucket: str | None
     version: str | None
+    # Start during a freeze (and past an alarm in ALARM), for this reason, recorded with the caller.
+    break_glass: str | None = None
 
-    FIELDS: ClassVar[frozenset[str]] = frozenset({"pipeline", "key", "bucket", "version"})
+    FIELDS: ClassVar[frozenset[str]] = frozenset({"pipeline", "key", "bucket", "version", "break_glass"})
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DeployRequest:
@@ -150,7 +156,32 @@ class DeployRequest:
             key=required_text(body, "key", max_bytes=_MAX_KEY_BYTES),
             bucket=optional_text(body, "bucket", max_bytes=63),
             version=version,
+            break_glass=break_glass_reason(body),
         )
+
+
+# A reason or comment a person writes: recorded in the history and shown in notifications.
+MAX_REASON_BYTES = 1000
+
+
+def break_glass_reason(body: Mapping[str, Any]) -> str | None:
+    """``{"break_glass": "why"}``: the reason is required and must say something."""
+    if "break_glass" not in body:
+        return None
+    reason = optional_text(body, "break_glass", max_bytes=MAX_REASON_BYTES)
+    if reason is None or not reason.strip():
+        raise InvalidValue(
+            "field 'break_glass' must be the reason for breaking the glass, a non-empty string"
+        )
+    return reason.strip()
+
+
+def comment(body: Mapping[str, Any]) -> str | None:
+    """``{"comment": "..."}`` of an approval or rejection (optional)."""
+    text = optional_text(body, "comment", max_bytes=MAX_REASON_BYTES)
+    if text is None:
+        return None
+    return text.strip() or None
 
 
 def rollback_target(body: Mapping[str, Any]) -> str | None:

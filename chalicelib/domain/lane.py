@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.api_requests import ConflictingState, Forbidden, InvalidValue, NotFound
 from chalicelib.domain.freeze import Freeze, current_freeze
 from chalicelib.domain.leases import CLAIM_LEASE
-from chalicelib.domain.pipelines import Pipeline
+from chalicelib.domain.permissions import OnNewer, Person
+from chalicelib.domain.pipelines import AlarmAtStart, Pipeline
 from chalicelib.domain.release import (
+    BREAK_GLASS,
     Detail,
     EventType,
     HistoryEvent,
@@ -44,8 +46,8 @@ from chalicelib.domain.release import (
     transition,
     update,
 )
-from chalicelib.domain.slot import BusyPolicy, PipelineSlot, UploadMark
-from chalicelib.domain.verification import Verification
+from chalicelib.domain.slot import ApprovalMark, BusyPolicy, PipelineSlot, UploadMark
+from chalicelib.domain.verification import AlarmReading, AlarmStatus, Verification
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,15 @@ class Decision:
     created: bool = False
 
 
+class NeedsAlarms(Exception):
+    """The lane is about to start a release of a pipeline that names alarms: read their states
+    (``verify.alarms``) and ask again."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        super().__init__(f"read alarms {', '.join(self.names)}")
+
+
 class NeedsReleases(Exception):
     """The lane needs these releases to decide: load them and ask again."""
 
@@ -126,6 +137,8 @@ class Submission:
     rollback_of: str | None = None
     # When S3 stored the uploaded object (LastModified): orders automatic uploads.
     stored_at: datetime | None = None
+    # Break-glass: start during a freeze (and past an alarm), for this reason (recorded).
+    break_glass: str | None = None
 
     @property
     def upload_mark(self) -> UploadMark | None:
@@ -194,6 +207,8 @@ class Lane:
     slot: PipelineSlot
     # Every release looked up: the release, or None when the store has no such release.
     releases: Mapping[str, Release | None] = field(default_factory=dict)
+    # The pipeline's alarms, read when a start needs them (``NeedsAlarms``).
+    alarms: AlarmReading | None = None
 
     def with_releases(self, found: Mapping[str, Release | None]) -> Lane:
         return dataclasses.replace(self, releases={**self.releases, **found})
@@ -211,9 +226,10 @@ class Lane:
     # -- submit ------------------------------------------------------------------------------
 
     def submit(self, submission: Submission, now: datetime) -> Decision:
-        """Record the release and take the slot, queue, or end it at once. A repeat of a
-        recorded release writes nothing, unless its start was handed back or abandoned: then the
-        lane is repaired (Lambda's retry after a failed CreateDeployment, S3's duplicate)."""
+        """Record the release and take the slot, queue, await approval, or end it at once. A
+        repeat of a recorded release writes nothing, unless its start was handed back or
+        abandoned: then the lane is repaired (Lambda's retry after a failed CreateDeployment,
+        S3's duplicate)."""
         existing = self._release(submission.release_id)
         if existing is not None:
             if existing.awaiting_deployment:
@@ -222,6 +238,11 @@ class Lane:
                 subject=existing,
                 logs=(LogLine("release already recorded; nothing to do", {"state": existing.state.value}),),
             )
+        # Only the command itself breaks the glass: never an object's S3 metadata, nor the
+        # metadata a redeploy or rollback copies from an earlier release.
+        metadata = {name: value for name, value in submission.metadata.items() if name != BREAK_GLASS}
+        if submission.break_glass is not None:
+            metadata[BREAK_GLASS] = submission.break_glass
         step = new_release(
             release_id=submission.release_id,
             pipeline=self.name,
@@ -232,7 +253,7 @@ class Lane:
             now=now,
             actor=submission.actor,
             rollback_of=submission.rollback_of,
-            metadata=submission.metadata,
+            metadata=metadata,
         )
         key = submission.revision.key
         if submission.revision.bundle_type is None:
@@ -247,33 +268,63 @@ class Lane:
                 )
             )
             return Decision(change_of([failed]), subject=failed.release, created=True)
+        if submission.pipeline.approval.required and not submission.trigger.is_rollback:
+            return self._await_approval(step, submission.pipeline, submission.upload_mark, now)
+        return dataclasses.replace(
+            self._enter(step, submission.pipeline, submission.upload_mark, self.slot, now), created=True
+        )
+
+    def _enter(
+        self,
+        step: Step,
+        pipeline: Pipeline,
+        upload: UploadMark | None,
+        before: PipelineSlot,
+        now: datetime,
+        *,
+        detail: Detail | None = None,
+    ) -> Decision:
+        """A release (RECEIVED, or just approved) takes the slot, waits in line, or is turned
+        away; ``detail`` goes into the history event of its move."""
+        release = step.release
+        release_id = release.id
         superseded: tuple[str, ...] = ()
         freeze: Freeze | None = None
+        firing: tuple[AlarmStatus, ...] = ()
         logs: list[LogLine] = []
+        moved_detail: dict[str, Any] = dict(detail or {})
         # A release that waited out a freeze and takes the slot before this one (below).
         thawed_steps: list[Step] = []
         thawed: Release | None = None
-        before = self.slot
-        if submission.trigger.is_rollback:
+        if release.trigger.is_rollback:
             # A freeze never blocks recovery.
-            slot = before.give_first(submission.release_id)
-            took_slot = slot.active == submission.release_id
+            slot = before.give_first(release_id)
+            took_slot = slot.active == release_id
         else:
             # During a freeze the release waits even for a free slot, and only the newest waits
             # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
-            # then, not a backlog of builds that were never reviewed in order.
-            freeze = current_freeze(submission.pipeline.freeze, now)
+            # then, not a backlog of builds that were never reviewed in order. Break-glass
+            # starts it anyway, and the history keeps the freeze it broke.
+            freeze = current_freeze(pipeline.freeze, now)
+            break_glass = release.metadata.get(BREAK_GLASS)
+            if break_glass is not None:
+                moved_detail[BREAK_GLASS] = {
+                    "reason": break_glass,
+                    "actor": release.actor,
+                    "freeze": freeze.to_dict() if freeze else None,
+                }
+                freeze = None
             if freeze is None and before.active is None and before.waiting:
                 # A freeze has ended and no repair has run since: the release that waited for it
                 # takes the slot first, as that repair would have given it.
                 before, thawed = self._promote(before, now, thawed_steps, logs)
             admission = before.admit(
-                submission.release_id,
-                BusyPolicy.SUPERSEDE if freeze is not None else submission.pipeline.on_busy,
-                submission.upload_mark,
+                release_id,
+                BusyPolicy.SUPERSEDE if freeze is not None else pipeline.on_busy,
+                upload,
                 may_start=freeze is None,
             )
-            upload, newer = submission.upload_mark, admission.turned_away_by
+            newer = admission.turned_away_by
             if upload is not None and newer is not None:
                 turned_away = _superseded_as_older(step, upload, newer, now)
                 return Decision(
@@ -284,9 +335,33 @@ class Lane:
                         *logs,
                         LogLine("release superseded by a newer upload", {"newer": newer.release_id}),
                     ),
-                    created=True,
                 )
             slot, took_slot, superseded = admission.slot, admission.active, admission.superseded
+            firing = self._alarms_firing(release, pipeline) if took_slot else ()
+            if firing and pipeline.verify.alarm_at_start is AlarmAtStart.FAIL:
+                failed = _moved(
+                    transition(
+                        step,
+                        ReleaseState.FAILED,
+                        now=now,
+                        reason=f"not started: {_alarm_names(firing)} in ALARM (verify.alarm_at_start = fail)",
+                        detail={**moved_detail, "alarms": [alarm.to_dict() for alarm in firing]},
+                    )
+                )
+                return Decision(
+                    change_of([failed, *thawed_steps], before if before != self.slot else None),
+                    subject=failed.release,
+                    start=thawed,
+                    logs=(
+                        *logs,
+                        LogLine("release failed: an alarm is in ALARM", {"alarms": _alarm_names(firing)}),
+                    ),
+                )
+            if firing:
+                # It waits at the head of the line, its start checked again at every repair.
+                admission = before.admit(release_id, pipeline.on_busy, upload, may_start=False)
+                slot, took_slot = admission.slot, False
+                moved_detail["alarms"] = [alarm.to_dict() for alarm in firing]
         # Rollbacks a supersede would replace keep their place in front of the newcomer.
         self._require(superseded)
         replaced = [older for older in map(self.releases.get, superseded) if older is not None]
@@ -298,6 +373,7 @@ class Lane:
                 ReleaseState.DEPLOYING,
                 now=now,
                 reason="slot free: starting CodeDeploy",
+                detail=moved_detail,
                 start_claimed_at=now,
             )
         elif freeze is not None:
@@ -307,9 +383,18 @@ class Lane:
                 now=now,
                 reason=f"pipeline frozen until {_second(freeze.ends_at)}: {freeze.reason}",
                 detail={
-                    "position": slot.waiting.index(submission.release_id) + 1,
+                    **moved_detail,
+                    "position": slot.waiting.index(release_id) + 1,
                     "freeze": freeze.to_dict(),
                 },
+            )
+        elif "alarms" in moved_detail:
+            moved = transition(
+                step,
+                ReleaseState.QUEUED,
+                now=now,
+                reason=f"waiting: {_alarm_names(firing)} in ALARM (verify.alarm_at_start = wait)",
+                detail={**moved_detail, "position": slot.waiting.index(release_id) + 1},
             )
         else:
             moved = transition(
@@ -317,7 +402,7 @@ class Lane:
                 ReleaseState.QUEUED,
                 now=now,
                 reason=f"pipeline busy with {before.active or before.waiting[0]}",
-                detail={"position": slot.waiting.index(submission.release_id) + 1},
+                detail={**moved_detail, "position": slot.waiting.index(release_id) + 1},
             )
         steps = [_moved(moved)]
         for older in replaced:
@@ -327,22 +412,186 @@ class Lane:
                 Step(older, ()),
                 ReleaseState.SUPERSEDED,
                 now=now,
-                reason=f"superseded by {submission.release_id}",
-                detail={"superseded_by": submission.release_id},
+                reason=f"superseded by {release_id}",
+                detail={"superseded_by": release_id},
             )
             if isinstance(ended, Refused):
                 logs.append(refused_line(ended))
             else:
                 steps.append(ended)
-        release = steps[0].release
-        logs.append(LogLine(f"release {release.state.value.lower()}", {"key": key}))
+        entered = steps[0].release
+        logs.append(LogLine(f"release {entered.state.value.lower()}", {"key": entered.revision.key}))
         return Decision(
             change_of([*steps, *thawed_steps], slot),
-            subject=release,
-            start=release if took_slot else thawed,
+            subject=entered,
+            start=entered if took_slot else thawed,
             logs=tuple(logs),
-            created=True,
         )
+
+    def _alarms_firing(self, release: Release, pipeline: Pipeline) -> tuple[AlarmStatus, ...]:
+        """The pipeline's alarms in ALARM, which hold the start of ``release`` (``verify.alarms``).
+        A rollback and a break-glass release are not held. An alarm that cannot be read, or does
+        not exist, does not hold a start: the health checks judge those, as they judge any
+        release."""
+        if not pipeline.verify.alarms or release.trigger.is_rollback or BREAK_GLASS in release.metadata:
+            return ()
+        if self.alarms is None:
+            raise NeedsAlarms(pipeline.verify.alarms)
+        return self.alarms.firing
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def _await_approval(
+        self, step: Step, pipeline: Pipeline, upload: UploadMark | None, now: datetime
+    ) -> Decision:
+        """The release waits for a person's approval before it takes a place in line. Under
+        ``on_newer = "supersede"`` it replaces the releases awaiting approval before it (an upload
+        S3 stored before one of those is the one replaced): nobody approves a stale build."""
+        policy = pipeline.approval
+        release_id = step.release.id
+        slot = self.slot
+        replaced: tuple[str, ...] = ()
+        if policy.on_newer is OnNewer.SUPERSEDE and slot.awaiting_approval:
+            newer = next(
+                (
+                    mark.upload
+                    for mark in slot.awaiting_approval
+                    if upload is not None and mark.upload is not None and upload.stored_before(mark.upload)
+                ),
+                None,
+            )
+            if upload is not None and newer is not None:
+                turned_away = _superseded_as_older(step, upload, newer, now)
+                return Decision(
+                    change_of([turned_away]),
+                    subject=turned_away.release,
+                    logs=(LogLine("release superseded by a newer upload", {"newer": newer.release_id}),),
+                    created=True,
+                )
+            replaced = tuple(mark.release_id for mark in slot.awaiting_approval)
+            slot = dataclasses.replace(slot, awaiting_approval=())
+        if (
+            upload is not None
+            and slot.newest_started is not None
+            and upload.stored_before(slot.newest_started)
+        ):
+            turned_away = _superseded_as_older(step, upload, slot.newest_started, now)
+            return Decision(
+                change_of([turned_away]),
+                subject=turned_away.release,
+                logs=(
+                    LogLine(
+                        "release superseded by a newer upload", {"newer": slot.newest_started.release_id}
+                    ),
+                ),
+                created=True,
+            )
+        self._require(replaced)
+        expires_at = now + policy.expires_after
+        slot = dataclasses.replace(
+            slot, awaiting_approval=(*slot.awaiting_approval, ApprovalMark(release_id, expires_at, upload))
+        )
+        waiting = _moved(
+            transition(
+                step,
+                ReleaseState.AWAITING_APPROVAL,
+                now=now,
+                reason=f"awaiting approval until {_second(expires_at)}",
+                detail={"approval": {"expires_at": expires_at.isoformat()}},
+            )
+        )
+        steps = [waiting]
+        logs = [LogLine("release awaiting approval", {"expires_at": expires_at.isoformat()})]
+        for older in (self.releases[older_id] for older_id in replaced):
+            if older is None:
+                continue
+            ended = transition(
+                Step(older, ()),
+                ReleaseState.SUPERSEDED,
+                now=now,
+                reason=f"superseded by {release_id}, which awaits approval in its place",
+                detail={"superseded_by": release_id},
+            )
+            if isinstance(ended, Refused):
+                logs.append(refused_line(ended))
+            else:
+                steps.append(ended)
+        return Decision(change_of(steps, slot), subject=waiting.release, logs=tuple(logs), created=True)
+
+    def approve(self, release_id: str, person: Person, comment: str | None, now: datetime) -> Decision:
+        """A person the pipeline allows approves: the release takes the slot or its place in
+        line as a new release would (freeze, ``on_busy`` and alarms apply). An approval that has
+        expired is refused, and the release ends as expired."""
+        release, mark, pipeline = self._awaiting(release_id, person)
+        if now >= mark.expires_at:
+            return self._expired(release_id, now)
+        detail: dict[str, Any] = {"approved_by": person.name}
+        if comment:
+            detail["comment"] = comment
+        return self._enter(
+            Step(release, ()), pipeline, mark.upload, self.slot.free(release_id), now, detail=detail
+        )
+
+    def reject(self, release_id: str, person: Person, comment: str | None, now: datetime) -> Decision:
+        """A person the pipeline allows rejects: the release stops, with who and why."""
+        release, mark, _pipeline = self._awaiting(release_id, person)
+        if now >= mark.expires_at:
+            return self._expired(release_id, now)
+        detail: dict[str, Any] = {"rejected_by": person.name}
+        if comment:
+            detail["comment"] = comment
+        reason = f"rejected by {person.name}" + (f": {comment}" if comment else "")
+        return self.finish(Finish(release.id, ReleaseState.STOPPED, reason=reason, detail=detail), now)
+
+    def _awaiting(self, release_id: str, person: Person) -> tuple[Release, ApprovalMark, Pipeline]:
+        release = self._release(release_id)
+        if release is None:
+            raise NotFound(f"no release {release_id[:200]!r}")
+        mark = self.slot.approval_mark(release_id)
+        if release.state is not ReleaseState.AWAITING_APPROVAL or mark is None:
+            raise ConflictingState(
+                f"release {release.id} is {release.state.value}, not awaiting approval"
+                + (f": {release.reason}" if release.reason else "")
+            )
+        if self.config is None:
+            raise ConflictingState(f"pipeline {self.name!r} is no longer configured")
+        if not self.config.approval.allows(person):
+            raise Forbidden(
+                f"{person.name} may not approve or reject releases of pipeline {self.name!r}: "
+                "the pipelines file's [pipeline.approval] names who may"
+            )
+        return release, mark, self.config
+
+    def _expired(self, release_id: str, now: datetime) -> Decision:
+        """An approval or rejection that came too late: the repair that expires the release."""
+        repaired = self.repair(now)
+        ended = next(release for release in repaired.change.releases if release.id == release_id)
+        return dataclasses.replace(repaired, subject=ended)
+
+    def _expire_due(
+        self, slot: PipelineSlot, now: datetime, steps: list[Step], logs: list[LogLine]
+    ) -> PipelineSlot:
+        """Releases whose approval has expired end STOPPED, with when it expired."""
+        due = [mark for mark in slot.awaiting_approval if now >= mark.expires_at]
+        self._require(mark.release_id for mark in due)
+        for mark in due:
+            slot = slot.free(mark.release_id)
+            release = self.releases[mark.release_id]
+            if release is None:
+                continue
+            ended = transition(
+                Step(release, ()),
+                ReleaseState.STOPPED,
+                now=now,
+                reason=f"approval expired at {_second(mark.expires_at)}: nobody approved it in time",
+                detail={"approval_expired": mark.expires_at.isoformat()},
+            )
+            if isinstance(ended, Refused):
+                logs.append(refused_line(ended))
+            else:
+                steps.append(ended)
+                logs.append(LogLine("approval expired", {"release_id": release.id}))
+        return slot
 
     # -- finish ------------------------------------------------------------------------------
 
@@ -458,7 +707,10 @@ class Lane:
             trigger=Trigger.AUTO_ROLLBACK,
             now=now,
             rollback_of=failed.id,
-            metadata={**last_good.metadata, "rolled_back_to": last_good.id},
+            metadata={
+                **{name: value for name, value in last_good.metadata.items() if name != BREAK_GLASS},
+                "rolled_back_to": last_good.id,
+            },
         )
         return started, f"; rolling back to {last_good.id}"
 
@@ -470,7 +722,10 @@ class Lane:
         steps: list[Step] = []
         logs: list[LogLine] = []
         report: dict[str, str] = {}
-        slot, start, look_first = self._repair(self.slot, now, steps, logs, report)
+        slot = self._expire_due(self.slot, now, steps, logs)
+        if steps:
+            report["expired"] = ", ".join(step.release.id for step in steps)
+        slot, start, look_first = self._repair(slot, now, steps, logs, report)
         return Decision(
             change_of(steps, slot if slot != self.slot else None),
             start=start if self.config is not None else None,
@@ -534,13 +789,37 @@ class Lane:
                 )
                 slot = slot.free(head)
                 continue
-            if not waiting.trigger.is_rollback and self.config is not None:
+            exempt = waiting.trigger.is_rollback or BREAK_GLASS in waiting.metadata
+            if not exempt and self.config is not None:
                 freeze = current_freeze(self.config.freeze, now)
                 if freeze is not None:
                     logs.append(
                         LogLine(
                             "pipeline frozen; the waiting release starts when the freeze ends",
                             {"release_id": head, "freeze": freeze.to_dict()},
+                        )
+                    )
+                    return slot, None
+                firing = self._alarms_firing(waiting, self.config)
+                if firing and self.config.verify.alarm_at_start is AlarmAtStart.FAIL:
+                    failed = transition(
+                        Step(waiting, ()),
+                        ReleaseState.FAILED,
+                        now=now,
+                        reason=f"not started: {_alarm_names(firing)} in ALARM (verify.alarm_at_start = fail)",
+                        detail={"alarms": [alarm.to_dict() for alarm in firing]},
+                    )
+                    if isinstance(failed, Refused):
+                        logs.append(refused_line(failed))
+                    else:
+                        steps.append(failed)
+                    slot = slot.free(head)
+                    continue
+                if firing:
+                    logs.append(
+                        LogLine(
+                            "alarm in ALARM; the waiting release starts when it is not",
+                            {"release_id": head, "alarms": _alarm_names(firing)},
                         )
                     )
                     return slot, None
@@ -616,7 +895,7 @@ class Lane:
             raise ConflictingState(
                 f"release {release.id} already ended {release.state.value}: {release.reason}"
             )
-        if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
+        if release.state in (ReleaseState.AWAITING_APPROVAL, ReleaseState.QUEUED, ReleaseState.VERIFYING):
             return self.finish(
                 Finish(
                     release.id, ReleaseState.STOPPED, reason=f"cancelled by {actor}", detail={"actor": actor}
@@ -661,6 +940,11 @@ class Lane:
                 'name an earlier SUCCEEDED release with {"to": id}'
             )
         return RollbackChoice(target, current)
+
+
+def _alarm_names(alarms: Sequence[AlarmStatus]) -> str:
+    names = ", ".join(alarm.name for alarm in alarms)
+    return f"alarm{'s' if len(alarms) > 1 else ''} {names}"
 
 
 def _second(moment: datetime) -> str:

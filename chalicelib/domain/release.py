@@ -52,10 +52,20 @@ ALLOWED_TRANSITIONS: Mapping[ReleaseState, frozenset[ReleaseState]] = {
     ),
     # -> STOPPED: rejected, cancelled, or the approval expired; -> SUPERSEDED: a newer release
     # awaits approval in its place.
+    # -> FAILED: approved while an alarm is in ALARM (``verify.alarm_at_start = "fail"``).
     ReleaseState.AWAITING_APPROVAL: frozenset(
-        {ReleaseState.QUEUED, ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}
+        {
+            ReleaseState.QUEUED,
+            ReleaseState.DEPLOYING,
+            ReleaseState.FAILED,
+            ReleaseState.STOPPED,
+            ReleaseState.SUPERSEDED,
+        }
     ),
-    ReleaseState.QUEUED: frozenset({ReleaseState.DEPLOYING, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}),
+    # -> FAILED: its turn came while an alarm is in ALARM (``verify.alarm_at_start = "fail"``).
+    ReleaseState.QUEUED: frozenset(
+        {ReleaseState.DEPLOYING, ReleaseState.FAILED, ReleaseState.STOPPED, ReleaseState.SUPERSEDED}
+    ),
     ReleaseState.DEPLOYING: frozenset(
         {
             ReleaseState.VERIFYING,
@@ -104,6 +114,10 @@ _EVENT_FOR_TARGET: Mapping[ReleaseState, EventType] = {
 }
 
 Detail = Mapping[str, Any]
+
+# The metadata key of a release started by break-glass (its value: the reason given); the history
+# event of its start carries the reason, the actor and the freeze it broke.
+BREAK_GLASS = "break_glass"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,16 @@ class UploadMark:
 
 
 @dataclass(frozen=True)
+class ApprovalMark:
+    """A release awaiting approval: when the approval expires, and (an automatic upload) when S3
+    stored it, so that once approved it keeps S3's order like any upload."""
+
+    release_id: str
+    expires_at: datetime
+    upload: UploadMark | None = None
+
+
+@dataclass(frozen=True)
 class Admission:
     slot: PipelineSlot
     active: bool  # the release took the slot and may start now
@@ -60,6 +70,8 @@ class PipelineSlot:
     # When S3 stored each waiting automatic upload: the line keeps S3's order, and a promotion
     # moves ``newest_started``.
     waiting_uploads: tuple[UploadMark, ...] = ()
+    # Releases awaiting approval, oldest first: they have not taken a place in the line yet.
+    awaiting_approval: tuple[ApprovalMark, ...] = ()
     # Optimistic-lock version of the stored item; 0 when it was never written.
     version: int = 0
 
@@ -123,7 +135,13 @@ class PipelineSlot:
         active = None if self.active == release_id else self.active
         waiting = tuple(waiting_id for waiting_id in self.waiting if waiting_id != release_id)
         marks = tuple(mark for mark in self.waiting_uploads if mark.release_id != release_id)
-        return dataclasses.replace(self, active=active, waiting=waiting, waiting_uploads=marks)
+        awaiting = tuple(mark for mark in self.awaiting_approval if mark.release_id != release_id)
+        return dataclasses.replace(
+            self, active=active, waiting=waiting, waiting_uploads=marks, awaiting_approval=awaiting
+        )
+
+    def approval_mark(self, release_id: str) -> ApprovalMark | None:
+        return next((mark for mark in self.awaiting_approval if mark.release_id == release_id), None)
 
     def promote_next(self) -> tuple[PipelineSlot, str | None]:
         """When the slot is free, the first waiting release takes it."""

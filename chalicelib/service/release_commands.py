@@ -73,11 +73,15 @@ def deploy(wiring: Wiring, request: DeployRequest, actor: str, release_id: str) 
         actor=actor,
         release_id=release_id,
         metadata=stored.metadata,
+        break_glass=request.break_glass,
     )
 
 
-def redeploy(wiring: Wiring, release_id: str, actor: str, new_release_id: str) -> Submitted:
-    """Deploy the exact revision of an earlier release again, as a new release."""
+def redeploy(
+    wiring: Wiring, release_id: str, actor: str, new_release_id: str, break_glass: str | None = None
+) -> Submitted:
+    """Deploy the exact revision of an earlier release again, as a new release (``break_glass``:
+    during a freeze, for this reason)."""
     original = release_named(wiring, release_id)
     if not original.state.is_terminal:
         raise ConflictingState(
@@ -93,6 +97,7 @@ def redeploy(wiring: Wiring, release_id: str, actor: str, new_release_id: str) -
         actor=actor,
         release_id=new_release_id,
         metadata={**original.metadata, "redeploy_of": original.id},
+        break_glass=break_glass,
     )
 
 
@@ -162,6 +167,7 @@ def _submit(
     actor: str,
     release_id: str,
     metadata: Mapping[str, str],
+    break_glass: str | None,
 ) -> Submitted:
     with logger.append_context_keys(release_id=release_id, pipeline=pipeline.name, actor=actor):
         release, created = submit(
@@ -173,6 +179,7 @@ def _submit(
                 trigger=trigger,
                 actor=actor,
                 metadata=metadata,
+                break_glass=break_glass,
             ),
         )
     return _as_started(wiring, release, created)

@@ -47,9 +47,12 @@ class PipelineStatus:
 
     @property
     def named_releases(self) -> list[str]:
-        """The ids of the releases the slot names: active, waiting, last good."""
+        """The ids of the releases the slot names: active, waiting, awaiting approval, last good."""
         slot = self.slot
-        return [release_id for release_id in (slot.active, *slot.waiting, slot.last_good) if release_id]
+        awaiting = (mark.release_id for mark in slot.awaiting_approval)
+        return [
+            release_id for release_id in (slot.active, *slot.waiting, *awaiting, slot.last_good) if release_id
+        ]
 
 
 @dataclass(frozen=True)

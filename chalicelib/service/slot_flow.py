@@ -15,6 +15,7 @@ from chalicelib.domain.lane import (
     Finish,
     Lane,
     LogLine,
+    NeedsAlarms,
     NeedsReleases,
     change_of,
     refused_line,
@@ -31,11 +32,32 @@ from chalicelib.domain.release import (
     update,
 )
 from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.verification import AlarmReadError, AlarmReading
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentBusy, RevisionRejected
 from chalicelib.service.wiring import Wiring, retry_on_conflict
 
 T = TypeVar("T")
+
+
+class AlarmsNotWired(RuntimeError):
+    """The pipeline names alarms but the wiring has no CloudWatch to read them from: the gate
+    must not pass unchecked."""
+
+
+def read_alarms(wiring: Wiring, names: tuple[str, ...]) -> AlarmReading | None:
+    """The named alarms' states, or why they could not be read (None: the pipeline names none)."""
+    if not names:
+        return None
+    if wiring.alarms is None:
+        raise AlarmsNotWired(f"the pipeline names alarms ({', '.join(names)}) but no CloudWatch is wired")
+    try:
+        return AlarmReading(names, tuple(wiring.alarms.alarm_states(names)))
+    except AlarmReadError as error:
+        logger.warning("could not read the alarms", extra={"why": str(error), "permanent": error.permanent})
+        return AlarmReading(names, error=error)
+
+
 # The slot and releases of one lane as one read returned them (ReleaseStore.read_lane).
 LaneRead = tuple[PipelineSlot, Mapping[str, Release]]
 
@@ -67,6 +89,8 @@ def decide_in_lane(
     while True:
         try:
             return ask(lane)
+        except NeedsAlarms as needs:
+            lane = replace(lane, alarms=read_alarms(wiring, needs.names))
         except NeedsReleases as needs:
             loaded = {release.id: release for release in wiring.store.get_releases(needs.release_ids)}
             lane = lane.with_releases(

@@ -20,8 +20,6 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.verification import (
     MAX_DELAY_S,
-    AlarmReadError,
-    AlarmReading,
     AlarmState,
     AlarmStatus,
     Judgement,
@@ -37,7 +35,7 @@ from chalicelib.domain.verification import (
 )
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentInfo
-from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release
+from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release, read_alarms
 from chalicelib.service.wiring import Wiring
 
 # A check's history event lists at most this many targets that were not healthy.
@@ -46,11 +44,6 @@ _LISTED_TARGETS = 20
 _LISTED_ALARMS = 10
 # A release's reason names at most this many alarms.
 _NAMED_IN_REASON = 3
-
-
-class AlarmsNotWired(RuntimeError):
-    """The pipeline names alarms but the wiring has no CloudWatch to read them from: the gate
-    must not pass unchecked."""
 
 
 def begin_verification(
@@ -214,7 +207,7 @@ def _judge(
 ) -> Judgement:
     """Read the deployed targets' health in every target group and the named alarms' states,
     and judge them."""
-    alarms = _read_alarms(wiring, alarm_names)
+    alarms = read_alarms(wiring, alarm_names)
     try:
         health = [
             entry
@@ -227,18 +220,6 @@ def _judge(
         )
         return judge_error(verification, error, now, alarms)
     return judge(verification, health, now, alarms)
-
-
-def _read_alarms(wiring: Wiring, names: tuple[str, ...]) -> AlarmReading | None:
-    if not names:
-        return None
-    if wiring.alarms is None:
-        raise AlarmsNotWired(f"the pipeline names alarms ({', '.join(names)}) but no CloudWatch is wired")
-    try:
-        return AlarmReading(names, tuple(wiring.alarms.alarm_states(names)))
-    except AlarmReadError as error:
-        logger.warning("could not read the alarms", extra={"why": str(error), "permanent": error.permanent})
-        return AlarmReading(names, error=error)
 
 
 def _check_annotation(judgement: Judgement, check: int) -> Annotation:

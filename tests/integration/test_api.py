@@ -84,7 +84,7 @@ def test_every_route_requires_iam_auth() -> None:
     routes = [
         (path, method, entry) for path, methods in app.routes.items() for method, entry in methods.items()
     ]
-    assert len(routes) == 8
+    assert len(routes) == 10
     assert all(isinstance(entry.authorizer, IAMAuthorizer) for _, _, entry in routes)
     swagger = SwaggerGenerator(
         "us-east-1", {"api_handler_arn": "arn:aws:lambda:us-east-1:123456789012:function:api_handler"}

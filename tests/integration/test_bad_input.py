@@ -156,10 +156,26 @@ ROUTES = [
     ("GET", "/releases/{id}"),
     ("POST", "/releases/{id}/redeploy"),
     ("POST", "/releases/{id}/cancel"),
+    ("POST", "/releases/{id}/approve"),
+    ("POST", "/releases/{id}/reject"),
     ("GET", "/pipelines"),
     ("GET", "/pipelines/{id}"),
     ("POST", "/pipelines/{id}/rollback"),
 ]
+
+
+def test_the_corpus_covers_every_route() -> None:
+    """A new route joins ROUTES (or a corpus of its own below), or this fails."""
+    import re
+
+    from app import app
+
+    served = {
+        (method, re.sub(r"\{[a-z_]+\}", "{id}", path))
+        for path, methods in app.routes.items()
+        for method in methods
+    }
+    assert served == set(ROUTES)
 
 
 @pytest.mark.timeout(300)
@@ -172,7 +188,16 @@ def test_routes_answer_bad_input_with_a_4xx_and_a_message(world: World, method: 
         query = (
             f"?pipeline={quote(value)}&limit={quote(value)}&next={quote(value)}" if method == "GET" else ""
         )
-        for body in [*BAD_BODIES, json.dumps({"pipeline": value, "key": value, "to": value, "version": 5})]:
+        hostile = {"pipeline": value, "key": value, "to": value, "version": 5}
+        for body in [
+            *BAD_BODIES,
+            json.dumps(hostile),
+            json.dumps({"comment": value}),
+            json.dumps({"comment": 5}),
+            json.dumps({"break_glass": value}),
+            json.dumps({"break_glass": ""}),
+            json.dumps({**hostile, "break_glass": ["x"]}),
+        ]:
             headers = {"Content-Type": "application/json", "Idempotency-Key": value[:300] or "k"}
             response = (
                 world.client.http.get(path + query, headers=headers)

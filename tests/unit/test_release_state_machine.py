@@ -34,6 +34,8 @@ EXPECTED_ALLOWED = {
     (S.RECEIVED, S.AWAITING_APPROVAL),  # the pipeline requires approval
     (S.AWAITING_APPROVAL, S.QUEUED),  # approved, the slot busy or a freeze on
     (S.AWAITING_APPROVAL, S.DEPLOYING),  # approved, the slot free
+    (S.AWAITING_APPROVAL, S.FAILED),  # approved while an alarm is in ALARM (alarm_at_start = fail)
+    (S.QUEUED, S.FAILED),  # its turn came while an alarm is in ALARM (alarm_at_start = fail)
     (S.AWAITING_APPROVAL, S.STOPPED),  # rejected, cancelled, or the approval expired
     (S.AWAITING_APPROVAL, S.SUPERSEDED),  # a newer release awaits approval in its place
     (S.RECEIVED, S.QUEUED),
