@@ -80,7 +80,8 @@ _BUTTONS: Mapping[SlackAction, _Button] = {
         "Roll back",
         "danger",
         "Roll back the pipeline?",
-        "{pipeline} goes back to its last good release, ahead of every waiting release.",
+        "{pipeline} goes back to the release that succeeded before {release}, ahead of every "
+        "waiting release.",
         "Roll back",
     ),
     SlackAction.REDEPLOY: _Button(
@@ -218,12 +219,11 @@ def _optional(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def parse_click(body: bytes | str, request_id: str) -> ActionRequest:
+def parse_click(body: str, request_id: str) -> ActionRequest:
     """The first button click of a ``block_actions`` payload (Slack sends one action per click).
     Raises ``Malformed`` (HTTP 400) for anything else: another payload type, an action no card
     offers, a field missing or not a string."""
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    form = parse_qs(text, keep_blank_values=True)
+    form = parse_qs(body, keep_blank_values=True)
     raw = form.get("payload")
     if not raw or len(raw) != 1:
         raise Malformed("the form body must hold exactly one 'payload' field")

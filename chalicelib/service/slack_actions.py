@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from chalicelib.domain.api_requests import Refused, known_release_id
+from chalicelib.domain.api_requests import ConflictingState, Forbidden, Malformed, Refused, known_release_id
 from chalicelib.domain.notification_content import escape
 from chalicelib.domain.permissions import Person
 from chalicelib.domain.pipelines import Pipeline
-from chalicelib.domain.release import Release
+from chalicelib.domain.release import Release, ReleaseState
 from chalicelib.domain.slack_interactions import (
     ActionRequest,
     BadSignature,
@@ -43,6 +43,9 @@ REQUEST_REMEMBERED_FOR = timedelta(minutes=10)
 # What the pipeline's [pipeline.slack] operators may do; approving is [pipeline.approval]'s to
 # decide, inside its use case.
 OPERATOR_ACTIONS = frozenset({SlackAction.CANCEL, SlackAction.ROLL_BACK, SlackAction.REDEPLOY})
+# Roll back looks this far back for a release that succeeded before the card's: 100 releases.
+ROLLBACK_SEARCH_PAGE = 25
+ROLLBACK_SEARCH_PAGES = 4
 
 
 class InteractionLedger(Protocol):
@@ -88,13 +91,18 @@ def accept(wiring: Wiring, body: bytes | str, timestamp: str | None, signature: 
     except DeliveryRejected as unreadable:
         logger.error("the Slack signing secret cannot be read", extra={"why": str(unreadable)})
         raise SlackActionsUnavailable(f"the [slack] signing secret cannot be read: {unreadable}") from None
-    if timestamp is None or signature is None or not _signed_by(signing_secret, body, timestamp, signature):
+    try:
+        # Slack's form bodies are ASCII; SignatureVerifier decodes bytes as UTF-8.
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError:
+        raise Malformed("the body is not UTF-8: Slack sends a form-encoded payload") from None
+    if timestamp is None or signature is None or not _signed_by(signing_secret, text, timestamp, signature):
         logger.warning("a Slack interaction with a bad or stale signature refused")
         raise BadSignature(
             "the request is not signed with the Slack app's signing secret within the last five minutes"
         )
     request_id = hashlib.sha256(f"{timestamp}:{signature}".encode()).hexdigest()
-    request = parse_click(body, request_id)
+    request = parse_click(text, request_id)
     keep_until = datetime.fromtimestamp(int(timestamp), UTC) + REQUEST_REMEMBERED_FOR
     if not adapters.ledger.first_time(request_id, keep_until):
         logger.warning("a replayed Slack interaction refused", extra={"request_id": request_id})
@@ -116,7 +124,7 @@ def accept(wiring: Wiring, body: bytes | str, timestamp: str | None, signature: 
     return request
 
 
-def _signed_by(secret: str, body: bytes | str, timestamp: str, signature: str) -> bool:
+def _signed_by(secret: str, body: str, timestamp: str, signature: str) -> bool:
     # SignatureVerifier reads the timestamp with int(): anything else is no signature at all.
     if not timestamp.isascii() or not timestamp.isdigit():
         return False
@@ -163,6 +171,13 @@ def _outcome(wiring: Wiring, adapters: SlackActionAdapters, request: ActionReque
     with logger.append_context_keys(release_id=release.id, pipeline=pipeline.name, actor=person.name):
         try:
             return _run(wiring, request, release, pipeline, person)
+        except Forbidden:
+            # The approval policy, checked inside the use case before anything is written.
+            logger.warning(
+                "Slack action refused: not an approver of the pipeline",
+                extra={"action": request.action.value, "actor": person.name, "pipeline": pipeline.name},
+            )
+            return refusal
         except Refused as refused:
             logger.info("Slack action refused", extra={"action": request.action.value, "why": str(refused)})
             return (
@@ -192,12 +207,45 @@ def _run(wiring: Wiring, request: ActionRequest, release: Release, pipeline: Pip
             f"`{escape(submitted.release.id)}` ({submitted.release.state.value})."
         )
     if request.action is SlackAction.ROLL_BACK:
-        submitted = release_commands.roll_back(wiring, pipeline.name, None, actor, request.new_release_id)
-        return (
-            f":leftwards_arrow_with_hook: Rolling back {escape(pipeline.name)} as release "
-            f"`{escape(submitted.release.id)}` ({submitted.release.state.value})."
+        target = _succeeded_before(wiring, release)
+        submitted = release_commands.roll_back(
+            wiring, pipeline.name, target.id, actor, request.new_release_id
         )
-    raise NotImplementedError(f"{request.action.value} from Slack needs the approvals use case")
+        return (
+            f":leftwards_arrow_with_hook: Rolling back {escape(pipeline.name)} to release "
+            f"`{escape(target.id)}` as release `{escape(submitted.release.id)}` "
+            f"({submitted.release.state.value})."
+        )
+    from chalicelib.service import approvals
+
+    if request.action is SlackAction.APPROVE:
+        approved = approvals.approve(wiring, release.id, person, None)
+        return (
+            f":white_check_mark: You approved release `{escape(release.id)}` of {escape(pipeline.name)} "
+            f"(now {approved.state.value})."
+        )
+    rejected = approvals.reject(wiring, release.id, person, None)
+    return (
+        f":no_entry_sign: You rejected release `{escape(release.id)}` of {escape(pipeline.name)} "
+        f"(now {rejected.state.value})."
+    )
+
+
+def _succeeded_before(wiring: Wiring, release: Release) -> Release:
+    """What the card's Roll back deploys: the newest release of the pipeline that succeeded before
+    the card's release (the API's rollback takes the last good one, which may be this one)."""
+    position: str | None = f"{release.created_at.isoformat()}#{release.id}"
+    for _ in range(ROLLBACK_SEARCH_PAGES):
+        older = wiring.store.list_releases(release.pipeline, ROLLBACK_SEARCH_PAGE, position)
+        found = next((candidate for candidate in older if candidate.state is ReleaseState.SUCCEEDED), None)
+        if found is not None:
+            return found
+        if len(older) < ROLLBACK_SEARCH_PAGE:
+            break
+        position = f"{older[-1].created_at.isoformat()}#{older[-1].id}"
+    raise ConflictingState(
+        f"no release of {release.pipeline} succeeded before {release.id}: there is nothing to roll back to"
+    )
 
 
 def _person(
