@@ -26,13 +26,14 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import Release, Revision, upload_release_id
+from infra import stack
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
 from sandbox.load_balancer import LoadBalancer, TargetHealth
 from sandbox.local_instance import LocalInstance
 from sandbox.provision import Provisioned, provision
-from sandbox.slack_api import SlackApi
+from sandbox.slack_api import Click, SlackApi
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,19 @@ BUCKET = "relco-sandbox-artifacts"
 PIPELINE = "demo"
 TABLE = "relco-sandbox-releases"
 SLACK_TOKEN_PARAMETER = "/relco/sandbox/slack-bot-token"
+# The Slack app whose card buttons the look-alike presses: its signing secret lives in SSM, as in
+# production, and the operator (a user, or a member of the on-call group) may act on the cards.
+SLACK_SIGNING_SECRET_PARAMETER = "/relco/sandbox/slack-signing-secret"
+SLACK_SIGNING_SECRET = "sandbox-slack-signing-secret"
+SLACK_OPERATOR = "U0OPERATOR"
+SLACK_ONCALL_GROUP = "S0ONCALL"
+SLACK_ONCALL_MEMBER = "U0ONCALL"
 EMAIL_SENDER = "relco@sandbox.example"
 PIPELINES_TOML = f"""
+[slack]
+signing_secret_parameter = "{SLACK_SIGNING_SECRET_PARAMETER}"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
+
 [[pipeline]]
 name = "{PIPELINE}"
 bucket = "{BUCKET}"
@@ -59,12 +71,15 @@ healthy_checks = 2
 interval_s = 1
 deadline_s = 60
 
+[pipeline.slack]
+operators = ["{SLACK_OPERATOR}", "{SLACK_ONCALL_GROUP}"]
+
 [[pipeline.notify]]
 kind = "slack"
 channel = "#deploys"
 token_parameter = "{SLACK_TOKEN_PARAMETER}"
 on = ["started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded"]
-mention_on_failure = ["S0ONCALL"]
+mention_on_failure = ["{SLACK_ONCALL_GROUP}"]
 
 [[pipeline.notify]]
 kind = "email"
@@ -216,7 +231,9 @@ class Sandbox:
                 "SLACK_API_URL": "",
             }
         )
-        self.slack = SlackApi().start()
+        self.slack = SlackApi(
+            signing_secret=SLACK_SIGNING_SECRET, usergroups={SLACK_ONCALL_GROUP: [SLACK_ONCALL_MEMBER]}
+        ).start()
         self._parts.append(self.slack)
         os.environ["SLACK_API_URL"] = self.slack.api_url
         self.session = boto3.session.Session(region_name=REGION)
@@ -231,9 +248,18 @@ class Sandbox:
         os.environ["VERIFY_QUEUE_URL"] = self.provisioned.verify_queue_url
         os.environ["NOTIFY_QUEUE_URL"] = self.provisioned.notify_queue_url
         os.environ["NOTIFY_DLQ_URL"] = self.provisioned.notify_dlq_url
-        # The bot token lives in SSM, as in production; the local Slack accepts this one.
-        self.session.client("ssm").put_parameter(
-            Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True
+        self._set_environment(
+            {"SLACK_ACTIONS_QUEUE_URL": self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE]}
+        )
+        # The bot token and the signing secret live in SSM, as in production; the local Slack
+        # accepts this token and signs its clicks with this secret.
+        ssm = self.session.client("ssm")
+        ssm.put_parameter(Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True)
+        ssm.put_parameter(
+            Name=SLACK_SIGNING_SECRET_PARAMETER,
+            Value=SLACK_SIGNING_SECRET,
+            Type="SecureString",
+            Overwrite=True,
         )
         bootstrap.reset()
         balanced = self.provisioned.load_balanced[PIPELINE]
@@ -308,6 +334,11 @@ class Sandbox:
                     arn(self.provisioned.notify_queue_url),
                     chalice_app.on_notify_message,
                 ),
+                SqsSource(
+                    self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE],
+                    arn(self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE]),
+                    chalice_app.on_slack_action,
+                ),
             ],
             stream=StreamSource(
                 stream_arn,
@@ -321,6 +352,8 @@ class Sandbox:
         ).start()
         self._parts.append(pump)
         api_url = self._serve_api(chalice_app.app)
+        # The Slack app's Interactivity Request URL: where the look-alike sends its clicks.
+        self.slack.interactions_url = f"{api_url}/slack/interactions"
         self.endpoints = Endpoints(
             aws_endpoint_url=aws_endpoint_url,
             api_url=api_url,
@@ -421,6 +454,34 @@ class Sandbox:
 
     def deploy(self, version: str) -> Release:
         return self.wait_terminal(self.upload(version))
+
+    def click(
+        self,
+        release_id: str,
+        action_id: str,
+        user_id: str = SLACK_OPERATOR,
+        user_name: str = "operator",
+        timeout_s: float = RELEASE_TIMEOUT_S,
+    ) -> Click:
+        """Press a button of the release's Slack card as ``user_id`` would in Slack, once the card
+        shows it (the notifier posts and edits the card as the release moves)."""
+        from chalicelib import bootstrap
+
+        assert self.slack is not None
+        store = bootstrap.wiring().store
+        deadline = time.monotonic() + timeout_s
+        while True:
+            release = store.get_release(release_id)
+            stored = next(iter(release.notification_threads.values()), None) if release else None
+            if stored is not None:
+                thread = SlackThread.from_stored(stored)
+                try:
+                    return self.slack.click(thread.channel, thread.ts, action_id, user_id, user_name)
+                except LookupError:
+                    pass  # the card does not show the button (yet)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the card of release {release_id} showed no {action_id!r} button")
+            time.sleep(0.25)
 
     def slack_thread(self, release: Release) -> str | None:
         """The release's Slack thread as plain text, from the local Slack."""
