@@ -91,6 +91,10 @@ def accept(wiring: Wiring, body: bytes | str, timestamp: str | None, signature: 
     except DeliveryRejected as unreadable:
         logger.error("the Slack signing secret cannot be read", extra={"why": str(unreadable)})
         raise SlackActionsUnavailable(f"the [slack] signing secret cannot be read: {unreadable}") from None
+    except Exception as failed:
+        # SSM or Secrets Manager throttled or failing: Slack does not retry, the user clicks again.
+        logger.exception("the Slack signing secret could not be read now")
+        raise SlackActionsUnavailable("the [slack] signing secret could not be read now; retry") from failed
     try:
         # Slack's form bodies are ASCII; SignatureVerifier decodes bytes as UTF-8.
         text = body.decode("utf-8") if isinstance(body, bytes) else body

@@ -377,3 +377,16 @@ def test_approve_and_reject_from_the_card(world: World, cards: Cards) -> None:
     rejected = cards.click(newer, "reject", "U0DAVE")  # a member of the approvers' group S0LEADS
     assert rejected.startswith(f":no_entry_sign: You rejected release `{newer}`")
     assert world.release(newer).state is ReleaseState.STOPPED
+
+
+def test_an_unreadable_signing_secret_is_503_and_changes_nothing(world: World, cards: Cards) -> None:
+    release_id = uploaded(world, "api/prod/app-1.zip")
+    before = cards.snapshot(release_id)
+    world.aws("ssm").delete_parameter(Name=SIGNING_PARAMETER)
+
+    answered = cards.post(cards.press(release_id, "cancel", "U0ALICE"))
+
+    assert answered.status_code == 503
+    assert f"SSM parameter {SIGNING_PARAMETER} cannot be read: ParameterNotFound" in error_message(answered)
+    assert cards.queued() == []
+    assert cards.snapshot(release_id) == before
