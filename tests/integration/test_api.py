@@ -854,6 +854,7 @@ FRAMES = {
     "bucket": (BUCKET, ""),
     "version": ("v", ""),
     "to": ("rel-", ""),
+    "break_glass": ("", ""),
 }
 
 
