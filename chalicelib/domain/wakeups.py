@@ -3,10 +3,11 @@ and the verify queue message that looks at it then.
 
 A lane moves when something happens to it (an upload, a CodeDeploy event, a health check, a
 command), but some moves are due at a time instead: a release held by a freeze starts when the
-freeze ends. ``next_wake`` says when that is; the use case that commits a lane change sends a
-``WakeUp`` on the verify queue for it (SQS delays a message at most ``MAX_DELAY_S``: a wake-up
-further away sends itself on when it arrives early), and the wake-up repairs the lane as the
-reconciler does. The reconciler stays the safety net for a wake-up that was never sent.
+freeze ends, and a pending approval expires. ``next_wake`` says when the first is due; the use
+case that commits a lane change sends a ``WakeUp`` on the verify queue for it (SQS delays a
+message at most ``MAX_DELAY_S``: a wake-up further away sends itself on when it arrives early),
+and the wake-up repairs the lane as the reconciler does. The reconciler stays the safety net
+for a wake-up that was never sent.
 
 The verify queue carries two kinds of message: health checks (``VerifyRequest``, whose format
 predates kinds and has no ``kind``) and wake-ups (``kind = "wake"``, with a ``version`` of their
@@ -36,8 +37,13 @@ WAKE_VERSION = 1
 def next_wake(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> datetime | None:
     """When the lane must next be looked at, or None when no time will move it: the earliest
     time any of its reasons gives."""
-    reasons = (_freeze_end(pipeline, slot, now),)
+    reasons = (_freeze_end(pipeline, slot, now), _first_approval_expiry(slot))
     return min((moment for moment in reasons if moment is not None), default=None)
+
+
+def _first_approval_expiry(slot: PipelineSlot) -> datetime | None:
+    """A release awaiting approval expires (STOPPED) at the repair after its expiry."""
+    return min((mark.expires_at for mark in slot.awaiting_approval), default=None)
 
 
 def _freeze_end(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> datetime | None:

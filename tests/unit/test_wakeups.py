@@ -13,7 +13,7 @@ import pytest
 from chalicelib.domain.freeze import FreezeWindow
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import Pipeline
-from chalicelib.domain.slot import PipelineSlot
+from chalicelib.domain.slot import ApprovalMark, PipelineSlot
 from chalicelib.domain.verification import MAX_DELAY_S, VerifyRequest
 from chalicelib.domain.wakeups import WakeUp, next_wake, verify_queue_message
 
@@ -88,6 +88,20 @@ def test_overlapping_windows_wake_the_lane_at_the_end_of_the_chain() -> None:
     evening = FreezeWindow.one_off("evening", "UTC", datetime(2026, 12, 24, 17), datetime(2026, 12, 24, 22))
     pipeline = dataclasses.replace(PIPELINE, freeze=(HOLIDAY, evening))
     assert next_wake(pipeline, FREE_WITH_A_WAITING_RELEASE, FROZEN) == datetime(2026, 12, 24, 22, tzinfo=UTC)
+
+
+def test_a_pending_approval_wakes_the_lane_when_it_expires_the_earliest_reason_first() -> None:
+    soon, later = datetime(2026, 12, 24, 11, tzinfo=UTC), datetime(2026, 12, 24, 20, tzinfo=UTC)
+    awaiting = PipelineSlot(
+        "api-prod", awaiting_approval=(ApprovalMark("rel-late", later), ApprovalMark("rel-soon", soon))
+    )
+    assert next_wake(PIPELINE, awaiting, FROZEN) == soon
+    assert next_wake(PIPELINE, dataclasses.replace(awaiting, active="rel-deploying"), FROZEN) == soon
+    # Frozen with a release waiting for the freeze (ends 18:00) and one awaiting approval: the
+    # earlier of the two.
+    both = dataclasses.replace(FREE_WITH_A_WAITING_RELEASE, awaiting_approval=(ApprovalMark("rel-a", later),))
+    assert next_wake(PIPELINE, both, FROZEN) == datetime(2026, 12, 24, 18, tzinfo=UTC)
+    assert next_wake(PIPELINE, dataclasses.replace(both, waiting=()), FROZEN) == later
 
 
 def test_a_wake_up_is_delayed_until_it_is_due_at_most_as_long_as_sqs_allows() -> None:
