@@ -66,27 +66,36 @@ def codedeploy_event(wiring: Wiring, event: Any) -> dict[str, Any]:
 
 
 def verify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
-    """An SQS batch of health checks. A malformed message is logged and dropped (retrying cannot
-    fix it). ELBv2's errors are the check's to judge (recorded, retried on schedule or failing
-    verification), never SQS's redelivery, which would dead-letter the check after five; a check
-    that fails otherwise (the store throttled) is reported back alone so SQS retries just it."""
+    """An SQS batch of health checks and lane wake-ups. A malformed message is logged and dropped
+    (retrying cannot fix it). ELBv2's errors are the check's to judge (recorded, retried on
+    schedule or failing verification), never SQS's redelivery, which would dead-letter the check
+    after five; a message that fails otherwise (the store throttled) is reported back alone so
+    SQS retries just it."""
     from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-    from chalicelib.domain.verification import VerifyRequest
+    from chalicelib.domain.wakeups import WakeUp, verify_queue_message
     from chalicelib.service.verification import run_check
 
     def check(record: SQSRecord) -> None:
         try:
-            request = VerifyRequest.from_message(json.loads(record.body))
+            message = verify_queue_message(json.loads(record.body))
         except (MalformedEvent, ValueError) as problem:
             logger.warning(
                 "malformed verify message dropped",
                 extra={"why": str(problem), "message_id": record.message_id},
             )
             return
-        with logger.append_context_keys(release_id=request.release_id):
-            run_check(wiring, request)
+        if isinstance(message, WakeUp):
+            # Loaded when a wake-up comes: a health check, the common message, never loads the
+            # reconciler (a wake-up repairs its lane as reconcile does).
+            from chalicelib.service.reconcile import wake_lane
+
+            with logger.append_context_keys(pipeline=message.pipeline):
+                wake_lane(wiring, message)
+            return
+        with logger.append_context_keys(release_id=message.release_id):
+            run_check(wiring, message)
 
     response = process_partial_response(
         event=dict(event),

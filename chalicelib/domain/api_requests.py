@@ -171,7 +171,7 @@ def break_glass_reason(body: Mapping[str, Any]) -> str | None:
     reason = optional_text(body, "break_glass", max_bytes=MAX_REASON_BYTES)
     if reason is None or not reason.strip():
         raise InvalidValue(
-            "field 'break_glass' must be the reason for breaking the glass, a non-empty string"
+            "field 'break_glass' must be a non-empty string: the reason for breaking the glass"
         )
     return reason.strip()
 

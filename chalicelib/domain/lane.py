@@ -5,8 +5,11 @@ Every rule of who deploys next lives here: a free slot is taken, a busy one queu
 per the pipeline, uploads keep S3's order (``domain/slot.py``), rollbacks go first and are never
 superseded, a rollback never causes another, last good is only ever a SUCCEEDED release, a
 finished or missing active release is let go, and an abandoned start is restarted after its lease.
-During a freeze (``domain/freeze.py``) no release but a rollback takes the slot: the newest one
-waits, superseding those waiting before it, and takes the slot at the first repair after the end.
+During a freeze (``domain/freeze.py``) no release but a rollback (or a break-glass one) takes the
+slot: the newest one waits, superseding those waiting before it, and takes the slot at the repair
+the lane's wake-up runs at the end (``domain/wakeups.py``). A pipeline with ``[pipeline.approval]``
+holds each release (rollbacks aside) AWAITING_APPROVAL outside the line until a person approves
+it; a named alarm in ALARM holds or fails a start (``verify.alarm_at_start``).
 
 A use case loads the lane (the slot and the releases its command names), asks it to decide, and
 commits the one ``Change`` the ``Decision`` holds before it calls AWS. When a decision needs a
@@ -296,24 +299,25 @@ class Lane:
         # A release that waited out a freeze and takes the slot before this one (below).
         thawed_steps: list[Step] = []
         thawed: Release | None = None
-        if release.trigger.is_rollback:
-            # A freeze never blocks recovery.
+        break_glass = release.metadata.get(BREAK_GLASS)
+        frozen = None if release.trigger.is_rollback else current_freeze(pipeline.freeze, now)
+        if break_glass is not None:
+            # Recorded whether or not a freeze is on: who broke the glass, why, and what it broke.
+            moved_detail[BREAK_GLASS] = {
+                "reason": break_glass,
+                "actor": release.actor,
+                "freeze": frozen.to_dict() if frozen else None,
+            }
+        if release.trigger.is_rollback or (break_glass is not None and frozen is not None):
+            # A freeze never blocks recovery, and break-glass goes past it: the slot if it is
+            # free, else the head of the line (the releases the freeze holds stay held).
             slot = before.give_first(release_id)
             took_slot = slot.active == release_id
         else:
             # During a freeze the release waits even for a free slot, and only the newest waits
             # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
-            # then, not a backlog of builds that were never reviewed in order. Break-glass
-            # starts it anyway, and the history keeps the freeze it broke.
-            freeze = current_freeze(pipeline.freeze, now)
-            break_glass = release.metadata.get(BREAK_GLASS)
-            if break_glass is not None:
-                moved_detail[BREAK_GLASS] = {
-                    "reason": break_glass,
-                    "actor": release.actor,
-                    "freeze": freeze.to_dict() if freeze else None,
-                }
-                freeze = None
+            # then, not a backlog of builds that were never reviewed in order.
+            freeze = frozen
             if freeze is None and before.active is None and before.waiting:
                 # A freeze has ended and no repair has run since: the release that waited for it
                 # takes the slot first, as that repair would have given it.

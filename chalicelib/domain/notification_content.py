@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from chalicelib.domain.notify_routes import Notification, SlackMentions
+from chalicelib.domain.permissions import ApprovalPolicy
 from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
 from chalicelib.domain.slack_interactions import actions_block
 
 LABELS: Mapping[Notification, str] = {
     Notification.STARTED: "STARTED",
     Notification.QUEUED: "QUEUED",
+    Notification.AWAITING_APPROVAL: "AWAITING APPROVAL",
     Notification.SUPERSEDED: "SUPERSEDED",
     Notification.SUCCEEDED: "SUCCEEDED",
     Notification.FAILED: "FAILED",
@@ -32,6 +35,7 @@ LABELS: Mapping[Notification, str] = {
 FAILURES = frozenset(notification for notification in Notification if notification.is_failure)
 _CARD_STATES: Mapping[ReleaseState, tuple[str, str]] = {
     ReleaseState.RECEIVED: (":inbox_tray:", "Received"),
+    ReleaseState.AWAITING_APPROVAL: (":raised_hand:", "Awaiting approval"),
     ReleaseState.QUEUED: (":hourglass_flowing_sand:", "Queued"),
     ReleaseState.DEPLOYING: (":rocket:", "Deploying"),
     ReleaseState.VERIFYING: (":mag:", "Verifying"),
@@ -43,6 +47,7 @@ _CARD_STATES: Mapping[ReleaseState, tuple[str, str]] = {
 _REPLY_EMOJI: Mapping[Notification, str] = {
     Notification.STARTED: ":rocket:",
     Notification.QUEUED: ":hourglass_flowing_sand:",
+    Notification.AWAITING_APPROVAL: ":raised_hand:",
     Notification.SUPERSEDED: ":fast_forward:",
     Notification.SUCCEEDED: ":white_check_mark:",
     Notification.FAILED: ":x:",
@@ -73,6 +78,8 @@ class Notice:
     # targets the last health check found not healthy.
     failed_instances: tuple[Mapping[str, Any], ...] = ()
     not_healthy: tuple[Mapping[str, Any], ...] = ()
+    # The pipeline's approval rules: who may approve a release awaiting approval.
+    approval: ApprovalPolicy | None = None
 
     @property
     def label(self) -> str:
@@ -102,10 +109,15 @@ def needs_history(notification: Notification) -> bool:
 
 
 def build_notice(
-    release: Release, event: HistoryEvent, notification: Notification, history: Sequence[HistoryEvent] = ()
+    release: Release,
+    event: HistoryEvent,
+    notification: Notification,
+    history: Sequence[HistoryEvent] = (),
+    approval: ApprovalPolicy | None = None,
 ) -> Notice:
     """The notice for ``event``, with the diagnostics the history recorded up to it: the last
-    CodeDeploy failure's instances and the last health check's unhealthy targets."""
+    CodeDeploy failure's instances and the last health check's unhealthy targets. ``approval``:
+    the pipeline's approval rules, which a notice of a release awaiting approval names."""
     failed_instances: tuple[Mapping[str, Any], ...] = ()
     not_healthy: tuple[Mapping[str, Any], ...] = ()
     for earlier in history:
@@ -120,7 +132,7 @@ def build_notice(
         failed_instances = ()
     elif notification is Notification.FAILED:
         not_healthy = ()
-    return Notice(release, event, notification, failed_instances, not_healthy)
+    return Notice(release, event, notification, failed_instances, not_healthy, approval)
 
 
 def escape(text: object) -> str:
@@ -154,8 +166,12 @@ def mentions(route: SlackMentions, notice: Notice) -> list[str]:
     mapped = (route.authors or {}).get(author) if author else None
     if mapped:
         ids.append(mapped)
-    unique = list(dict.fromkeys(ids))
-    return [f"<!subteam^{i}>" if i.startswith("S") else f"<@{i}>" for i in unique]
+    return [slack_mention(i) for i in dict.fromkeys(ids)]
+
+
+def slack_mention(slack_id: str) -> str:
+    """A user (``U...``, ``W...``) or a user group (``S...``, the subteam syntax) in mrkdwn."""
+    return f"<!subteam^{slack_id}>" if slack_id.startswith("S") else f"<@{slack_id}>"
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -207,6 +223,93 @@ def _card_label(release: Release) -> tuple[str, str]:
     return emoji, label
 
 
+# -- gates: what held a release or let it through (freezes, approvals, break-glass) ---------------
+# The history event's detail keys are the lane's contract: a QUEUED event's ``freeze`` (reason,
+# ends_at); an AWAITING_APPROVAL event's ``approval`` (expires_at); ``approved_by`` and
+# ``comment`` on the event an approved release moves on with; ``rejected_by`` and ``comment``, or
+# ``approval_expired``, on its STOPPED event. Break-glass is the release's own record:
+# ``metadata["break_glass"]`` (the reason) and ``actor``.
+
+
+def _when(written: object) -> str:
+    """A time from a history event's detail (ISO 8601), as people read it: to the minute, in UTC."""
+    try:
+        moment = datetime.fromisoformat(written) if isinstance(written, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        return str(written)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def freeze_line(event: HistoryEvent) -> str | None:
+    """A release queued by a freeze: until when and why (plain text), instead of its reason."""
+    freeze = event.detail.get("freeze")
+    if event.state is not ReleaseState.QUEUED or not isinstance(freeze, Mapping):
+        return None
+    return f"Frozen until {_when(freeze.get('ends_at'))}: {freeze.get('reason', '')}"
+
+
+def break_glass(release: Release) -> dict[str, str] | None:
+    """Who started the release during a freeze by break-glass, and why; None for any other."""
+    reason = release.metadata.get("break_glass")
+    if not reason:
+        return None
+    return {"actor": release.actor or "unknown", "reason": reason}
+
+
+def break_glass_line(release: Release) -> str | None:
+    glass = break_glass(release)
+    return f"Break-glass by {glass['actor']}: {glass['reason']}" if glass else None
+
+
+def approval_lines(notice: Notice, *, slack: bool = False) -> list[str]:
+    """What the notified event says about the release's approval: who may approve it and until
+    when, or who approved or rejected it, or that it expired. ``slack``: mrkdwn (user text
+    escaped, approvers mentioned by their ids), else plain text."""
+    text: Callable[[object], str] = escape if slack else str
+    detail, lines = notice.event.detail, []
+    if notice.event.state is ReleaseState.AWAITING_APPROVAL:
+        approval = detail.get("approval")
+        expires = approval.get("expires_at") if isinstance(approval, Mapping) else None
+        who = _approvers(notice.approval, slack=slack)
+        lines.append(
+            "Needs approval"
+            + (f" by {who}" if who else "")
+            + (f"; expires {text(_when(expires))}" if expires else "")
+        )
+    if detail.get("approved_by"):
+        lines.append(f"Approved by {text(detail['approved_by'])}" + _comment(detail, text))
+    if detail.get("rejected_by"):
+        lines.append(f"Rejected by {text(detail['rejected_by'])}" + _comment(detail, text))
+    if detail.get("approval_expired"):
+        expired = text(_when(detail["approval_expired"]))
+        lines.append(f"Approval expired at {expired}: nobody approved in time")
+    return lines
+
+
+def _comment(detail: Mapping[str, Any], text: Callable[[object], str]) -> str:
+    comment = detail.get("comment")
+    return f": {text(comment)}" if comment else ""
+
+
+def _approvers(policy: ApprovalPolicy | None, *, slack: bool) -> str:
+    """Who may approve: Slack users and user groups (mentioned on Slack), then IAM principals
+    (through the API or ``relco approve``)."""
+    if policy is None:
+        return ""
+    if slack:
+        people = [slack_mention(i) for i in policy.slack_approvers]
+        principals = [f"`{escape(arn)}`" for arn in policy.approvers]
+    else:
+        people = [f"Slack {i}" for i in policy.slack_approvers]
+        principals = list(policy.approvers)
+    parts = [", ".join(people)] if people else []
+    if principals:
+        parts.append(", ".join(principals) + " (API)")
+    return " or ".join(parts)
+
+
 def card_blocks(notice: Notice, with_actions: bool = False) -> list[dict[str, Any]]:
     """The release's card: header with its current state, the facts as fields, the reason, the
     buttons its state offers (``with_actions``: only where a Slack app receives the clicks), and a
@@ -226,6 +329,9 @@ def card_blocks(notice: Notice, with_actions: bool = False) -> list[dict[str, An
     if release.deployment_id:
         context.append(f"deployment `{escape(release.deployment_id)}`")
     context.append(f"updated {release.updated_at.strftime('%Y-%m-%d %H:%M:%S UTC')}")
+    glass = break_glass_line(release)
+    if glass:
+        context.append(f":rotating_light: {escape(glass)}")
     blocks: list[dict[str, Any]] = [
         {
             "type": "header",
@@ -243,11 +349,17 @@ def card_blocks(notice: Notice, with_actions: bool = False) -> list[dict[str, An
             ],
         },
     ]
-    if release.reason:
+    # The card shows the release as it is now: the notified event's gate lines only while the
+    # release is still in the state that event entered (a late delivery must not show a stale one).
+    current = notice.event.state is release.state
+    frozen = freeze_line(notice.event) if current else None
+    reason = [escape(frozen or release.reason)] if frozen or release.reason else []
+    reason += approval_lines(notice, slack=True) if current else []
+    if reason:
         blocks.append(
             {
                 "type": "section",
-                "text": {"type": "mrkdwn", "text": _truncate(escape(release.reason), _SECTION_LIMIT)},
+                "text": {"type": "mrkdwn", "text": _truncate("\n".join(reason), _SECTION_LIMIT)},
             }
         )
     actions = actions_block(release) if with_actions else None
@@ -306,15 +418,24 @@ def _progress_line(event: HistoryEvent) -> str:
     )
 
 
+def _event_reason(notice: Notice) -> str:
+    """Why the notified event happened: a freeze's line for a release it queued, else the
+    event's reason, else the release's."""
+    return freeze_line(notice.event) or str(notice.event.detail.get("reason") or notice.release.reason)
+
+
 def slack_reply(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
     """The thread reply for one transition: what happened and why, with a failure's details."""
     emoji = _REPLY_EMOJI[notice.notification]
     if notice.notification is Notification.PROGRESS:
         headline = _progress_line(notice.event)
     else:
-        reason = notice.event.detail.get("reason") or notice.release.reason
-        headline = f"*{notice.label.capitalize()}*: {escape(reason)}"
+        headline = f"*{notice.label.capitalize()}*: {escape(_event_reason(notice))}"
     lines = [" ".join([*pings, emoji, headline])]
+    lines.extend(approval_lines(notice, slack=True))
+    glass = break_glass_line(notice.release)
+    if glass and notice.notification is Notification.STARTED:
+        lines.append(f":rotating_light: {escape(glass)}")
     lines.extend(_failure_lines(notice))
     text = _truncate("\n".join(lines), _MESSAGE_LIMIT)
     return SlackMessage(text=text)
@@ -337,6 +458,7 @@ def subject(notice: Notice) -> str:
 
 def _facts(notice: Notice) -> list[tuple[str, str]]:
     release = notice.release
+    glass = break_glass(release)
     facts = [
         ("Pipeline", release.pipeline),
         ("Version", version_label(release)),
@@ -348,13 +470,15 @@ def _facts(notice: Notice) -> list[tuple[str, str]]:
         ("Release", release.id),
         ("Deployment", release.deployment_id or ""),
         ("Bundle", f"s3://{release.revision.bucket}/{release.revision.key}"),
+        ("Break-glass", f"by {glass['actor']}: {glass['reason']}" if glass else ""),
     ]
     return [(name, value) for name, value in facts if value]
 
 
 def email(notice: Notice) -> Email:
-    reason = str(notice.event.detail.get("reason") or notice.release.reason)
-    text = [f"{notice.label}: {notice.title}", "", reason, ""]
+    reason = _event_reason(notice)
+    gates = approval_lines(notice)
+    text = [f"{notice.label}: {notice.title}", "", reason, *gates, ""]
     text += [f"{name}: {value}" for name, value in _facts(notice)]
     rows = "".join(
         f"<tr><th align='left'>{html.escape(name)}</th><td>{html.escape(value)}</td></tr>"
@@ -363,6 +487,7 @@ def email(notice: Notice) -> Email:
     parts = [
         f"<h2>{html.escape(notice.label)}: {html.escape(notice.title)}</h2>",
         f"<p>{html.escape(reason)}</p>",
+        *(f"<p>{html.escape(line)}</p>" for line in gates),
         f"<table>{rows}</table>",
     ]
     for failed in notice.failed_instances:
@@ -395,6 +520,8 @@ def payload(notice: Notice) -> dict[str, Any]:
         "notification": notice.notification,
         "release": notice.release.to_dict(),
         "event": notice.event.to_dict(),
+        # Who started the release during a freeze by break-glass, and why; null for any other.
+        "break_glass": break_glass(notice.release),
         "diagnostics": {
             "failed_instances": [dict(item) for item in notice.failed_instances],
             "not_healthy": [dict(item) for item in notice.not_healthy],

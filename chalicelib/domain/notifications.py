@@ -38,6 +38,7 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
     StateEntered DEPLOYING                      ``started`` (a rollback release too: the card
                                                 says it is a rollback)
     StateEntered QUEUED                         ``queued``
+    StateEntered AWAITING_APPROVAL              ``awaiting_approval``
     StateEntered VERIFYING                      ``progress`` (Slack threads only)
     ExecutionSucceeded SUCCEEDED                ``succeeded``; ``rolled_back`` for a release
                                                 whose trigger is rollback or auto_rollback: the
@@ -58,6 +59,7 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
         return {
             ReleaseState.DEPLOYING: Notification.STARTED,
             ReleaseState.QUEUED: Notification.QUEUED,
+            ReleaseState.AWAITING_APPROVAL: Notification.AWAITING_APPROVAL,
             ReleaseState.VERIFYING: Notification.PROGRESS,
         }.get(state)
     if kind is EventType.EXECUTION_SUCCEEDED:

@@ -21,6 +21,8 @@ class Notification(StrEnum):
 
     STARTED = "started"
     QUEUED = "queued"
+    # A release waits for a person's approval ([pipeline.approval]): the card says who may give it.
+    AWAITING_APPROVAL = "awaiting_approval"
     # Not one a route subscribes to: a step inside a release (verification begins) that only a
     # Slack thread already following the release shows.
     PROGRESS = "progress"
@@ -42,6 +44,7 @@ SUBSCRIBABLE = frozenset(Notification) - {Notification.PROGRESS}
 DEFAULT_SUBSCRIPTION = frozenset(
     {
         Notification.STARTED,
+        Notification.AWAITING_APPROVAL,
         Notification.SUCCEEDED,
         Notification.FAILED,
         Notification.VERIFY_FAILED,

@@ -231,9 +231,11 @@ class DeliveryBatch:
         if channel is None:
             raise DeliveryRejected(f"unknown notify kind {route.kind!r}")
         history = wiring.store.history(release.id) if needs_history(message.notification) else []
+        pipeline = wiring.pipelines.named(message.pipeline)
+        approval = pipeline.approval if pipeline is not None else None
         outgoing = Outgoing(
             message=message,
-            notice=build_notice(release, message.event, message.notification, history),
+            notice=build_notice(release, message.event, message.notification, history, approval),
             retaken=retaken,
             opens_thread=opens_thread(route, message.notification),
             sent_at=wiring.clock.now(),

@@ -15,6 +15,7 @@ from chalicelib.domain.lane import Change
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import AlarmStatus, TargetGroupSettings, TargetHealth, VerifyRequest
+from chalicelib.domain.wakeups import WakeUp
 
 
 class WriteConflict(Exception):
@@ -228,6 +229,8 @@ class Alarms(Protocol):
 
 class VerifyQueue(Protocol):
     def schedule(self, request: VerifyRequest, delay_s: int) -> None: ...
+
+    def schedule_wake(self, wake: WakeUp, delay_s: int) -> None: ...
 
 
 class Clock(Protocol):

@@ -1,5 +1,6 @@
 """The reconciler: CodeDeploy's events are best effort, so a schedule repairs what a lost event
-(or a Lambda that died mid-way) would leave behind."""
+(or a Lambda that died mid-way) would leave behind. A lane's wake-up (``domain/wakeups.py``)
+repairs one lane the same way when a time it waited for comes (a freeze ends)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
+from chalicelib.domain.wakeups import WakeUp
 from chalicelib.log import logger
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
@@ -52,3 +54,24 @@ def _apply_missed_outcomes(wiring: Wiring, pipeline: Pipeline, actions: dict[str
             )
             apply_deployment_state(wiring, release.id, release.deployment_id, missed, info)
         actions.setdefault("applied", []).append(release.id)
+
+
+def wake_lane(wiring: Wiring, wake: WakeUp) -> dict[str, Any]:
+    """A lane's wake-up arrived. Early (due later than SQS could delay it): sent on with the
+    remaining delay. Due: the lane is repaired as reconcile repairs it, and the release the slot
+    is handed to starts; a lane with nothing to do (the release started already, or the freeze
+    was lengthened by a new pipelines file) is left as it is. Returns what it did."""
+    now = wiring.clock.now()
+    log_keys = {"pipeline": wake.pipeline, "due_at": wake.due_at.isoformat()}
+    if wake.due_at > now:
+        delay_s = wake.delay_s(now)
+        wiring.verify_queue.schedule_wake(wake, delay_s)
+        logger.info("lane wake-up not due yet; sent on", extra={**log_keys, "delay_s": delay_s})
+        return {"sent_on": delay_s}
+    pipeline = wiring.pipelines.named(wake.pipeline)
+    if pipeline is None:
+        logger.info("wake-up for a pipeline no longer configured; dropped", extra=log_keys)
+        return {}
+    actions = advance(wiring, pipeline)
+    logger.info("lane woken", extra={**log_keys, "actions": actions})
+    return actions

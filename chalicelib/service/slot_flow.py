@@ -33,6 +33,7 @@ from chalicelib.domain.release import (
 )
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import AlarmReadError, AlarmReading
+from chalicelib.domain.wakeups import WakeUp, next_wake
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentBusy, RevisionRejected
 from chalicelib.service.wiring import Wiring, retry_on_conflict
@@ -115,17 +116,19 @@ def run_in_lane(
 
     def attempt() -> Decision:
         now = wiring.clock.now()
-        decision = decide_in_lane(
+        lane, decision = decide_in_lane(
             wiring,
             pipeline,
             subject_ids,
-            lambda lane: ask(lane, now),
+            lambda lane: (lane, ask(lane, now)),
             known=first.pop() if first else None,
             next_in_line=next_in_line,
         )
         stored = wiring.store.commit(decision.change)
         for line in decision.logs:
             log(line)
+        if lane.config is not None and decision.change.slot is not None:
+            _wake_when_due(wiring, lane.config, lane.slot, decision.change.slot, now)
 
         def as_stored(release: Release | None) -> Release | None:
             return stored.get(release.id, release) if release is not None else None
@@ -133,6 +136,33 @@ def run_in_lane(
         return replace(decision, subject=as_stored(decision.subject), start=as_stored(decision.start))
 
     return retry_on_conflict(attempt)
+
+
+def _wake_when_due(
+    wiring: Wiring, pipeline: Pipeline, before: PipelineSlot, after: PipelineSlot, now: datetime
+) -> None:
+    """Send the lane a wake-up for the time the committed slot asks to be looked at (a freeze
+    holding its waiting release ends), when that time is new: a write that leaves it as it was
+    (another upload superseding the waiting one) sends nothing, so a busy frozen lane has one
+    wake-up, not one per write.
+
+    The change is committed already: a failed send is logged, not raised (a retry of the event
+    would find nothing to write, so would not send it either, and the caller's CreateDeployment
+    must still run). A lost wake-up, or a crash between the commit and the send, leaves the lane
+    to the reconciler, which starts the waiting release at its first run after the freeze."""
+    due = next_wake(pipeline, after, now)
+    if due is None or due == next_wake(pipeline, before, now):
+        return
+    wake = WakeUp(pipeline.name, due)
+    try:
+        wiring.verify_queue.schedule_wake(wake, wake.delay_s(now))
+    except Exception:
+        logger.exception(
+            "could not send the lane its wake-up; reconcile looks at it after the due time instead",
+            extra={"pipeline": pipeline.name, "due_at": due.isoformat()},
+        )
+        return
+    logger.info("lane wake-up sent", extra={"pipeline": pipeline.name, "due_at": due.isoformat()})
 
 
 def on_release(

@@ -861,6 +861,7 @@ FRAMES = {
     "bucket": (BUCKET, ""),
     "version": ("v", ""),
     "to": ("rel-", ""),
+    "break_glass": ("", ""),
 }
 
 

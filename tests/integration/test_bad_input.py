@@ -99,7 +99,17 @@ def queue_bodies() -> list[str]:
         json.dumps({"release_id": v, "deployment_id": v, "check": v, "event_id": v, "route": v})
         for v in [*HOSTILE_STRINGS[:5], *WRONG_TYPES]
     ]
-    return [*BAD_BODIES, *values, *shaped]
+    # Lane wake-ups on the verify queue (chalicelib/domain/wakeups.py).
+    wake_ups = [
+        json.dumps({"kind": kind, "version": version, "pipeline": v, "due_at": v})
+        for v in [*HOSTILE_STRINGS[:5], *WRONG_TYPES]
+        for kind, version in (("wake", 1), ("wake", v), (v, 1))
+    ]
+    wake_ups += [
+        json.dumps({"kind": "wake", "version": 1, "pipeline": v, "due_at": "2026-01-01T00:00:00+00:00"})
+        for v in HOSTILE_STRINGS[:5]
+    ]
+    return [*BAD_BODIES, *values, *shaped, *wake_ups]
 
 
 def stream_records() -> list[Any]:

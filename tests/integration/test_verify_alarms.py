@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
+from chalicelib import bootstrap
 from chalicelib.adapters.cloudwatch import CloudWatchAlarms
 from chalicelib.domain.inbound_events import DeploymentState
 from chalicelib.domain.release import ReleaseState, rollback_release_id
@@ -123,8 +124,8 @@ def test_an_alarm_going_to_alarm_during_verification_fails_and_rolls_back(world:
 def test_an_alarm_in_alarm_at_the_first_check_fails_at_once(world: World) -> None:
     for name in ALARMS:
         create_alarm(world, name)
-    set_state(world, LATENCY, "ALARM", "p99 above 2 s")
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    set_state(world, LATENCY, "ALARM", "p99 above 2 s")  # while CodeDeploy deploys
     succeed(world, deployment_id)
 
     failed = world.release(release_id)
@@ -246,8 +247,8 @@ def test_reconcile_applying_a_lost_success_reads_the_alarms_too(world: World) ->
     """CodeDeploy's SUCCESS event never arrived: reconcile applies it, first check included."""
     for name in ALARMS:
         create_alarm(world, name)
-    set_state(world, ERRORS_5XX, "ALARM", "5xx above 1 a minute")
     release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    set_state(world, ERRORS_5XX, "ALARM", "5xx above 1 a minute")  # while CodeDeploy deploys
     moto_extensions.complete(deployment_id, "Succeeded")
 
     world.reconcile()
@@ -255,3 +256,52 @@ def test_reconcile_applying_a_lost_success_reads_the_alarms_too(world: World) ->
     failed = world.release(release_id)
     assert failed.state is ReleaseState.FAILED
     assert failed.reason.startswith(f"verify_failed: alarm {ERRORS_5XX} is in ALARM since ")
+
+
+@pytest.mark.timeout(120)
+def test_an_alarm_already_in_alarm_holds_the_start_until_it_clears(world: World) -> None:
+    """``verify.alarm_at_start = "wait"`` (the default): the upload waits QUEUED, the alarm named,
+    no deployment is created; once the alarm is OK, reconcile starts it."""
+    for name in ALARMS:
+        create_alarm(world, name)
+    reason = "Threshold Crossed: 1 datapoint [40.0] was greater than or equal to the threshold (1.0)."
+    set_state(world, ERRORS_5XX, "ALARM", reason)
+    upload = world.upload("shop/prod/shop-1.0.0.zip")
+    release_id = str(world.deliver_upload(upload.eventbridge)["releases"][0]["id"])
+
+    held = world.release(release_id)
+    assert held.state is ReleaseState.QUEUED
+    assert held.reason == f"waiting: alarm {ERRORS_5XX} in ALARM (verify.alarm_at_start = wait)"
+    [firing] = world.history(release_id)[-1].detail["alarms"]
+    assert (firing["alarm"], firing["reason"]) == (ERRORS_5XX, reason)
+    assert world.deployments("shop", "shop-prod") == []
+    world.reconcile()
+    assert world.release(release_id).state is ReleaseState.QUEUED
+
+    set_state(world, ERRORS_5XX, "OK", "Threshold not crossed")
+    world.reconcile()
+    started = world.release(release_id)
+    assert started.state is ReleaseState.DEPLOYING
+    assert started.deployment_id is not None
+
+
+@pytest.mark.timeout(120)
+def test_an_alarm_already_in_alarm_fails_the_start_when_the_pipeline_says_so(
+    world: World, pipelines_file: Path
+) -> None:
+    text = pipelines_file.read_text(encoding="utf-8")
+    pipelines_file.write_text(
+        text.replace("alarms = ", 'alarm_at_start = "fail"\nalarms = '), encoding="utf-8"
+    )
+    bootstrap.reset()  # the functions read the pipelines file again
+    for name in ALARMS:
+        create_alarm(world, name)
+    set_state(world, LATENCY, "ALARM", "p99 above 2 s")
+    upload = world.upload("shop/prod/shop-1.0.0.zip")
+    release_id = str(world.deliver_upload(upload.eventbridge)["releases"][0]["id"])
+
+    failed = world.release(release_id)
+    assert failed.state is ReleaseState.FAILED
+    assert failed.reason == f"not started: alarm {LATENCY} in ALARM (verify.alarm_at_start = fail)"
+    assert world.deployments("shop", "shop-prod") == []
+    assert world.store.get_slot("shop-prod").active is None

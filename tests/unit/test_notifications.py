@@ -3,6 +3,7 @@ webhook signature, and the notify routes of the pipelines file."""
 
 from __future__ import annotations
 
+import html
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +42,7 @@ from chalicelib.domain.notifications import (
     route_key,
 )
 from chalicelib.domain.notify_routes import (
+    DEFAULT_SUBSCRIPTION,
     EmailSettings,
     Notification,
     NotifyKind,
@@ -50,6 +52,7 @@ from chalicelib.domain.notify_routes import (
     WebhookSettings,
     secret_ref,
 )
+from chalicelib.domain.permissions import ApprovalPolicy
 from chalicelib.domain.pipelines import NotifyRoute, Pipeline, PipelinesConfigError, load_pipelines
 from chalicelib.domain.release import (
     EventType,
@@ -109,6 +112,11 @@ PIPELINE = Pipeline("api-prod", "b", "api/prod/", "api", "api-prod", notify=(SLA
         (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.UPLOAD, "started"),
         (event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Trigger.AUTO_ROLLBACK, "started"),
         (event(EventType.STATE_ENTERED, ReleaseState.QUEUED), Trigger.UPLOAD, "queued"),
+        (
+            event(EventType.STATE_ENTERED, ReleaseState.AWAITING_APPROVAL),
+            Trigger.UPLOAD,
+            "awaiting_approval",
+        ),
         (event(EventType.STATE_ENTERED, ReleaseState.VERIFYING), Trigger.UPLOAD, Notification.PROGRESS),
         (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.API, "succeeded"),
         (event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED), Trigger.ROLLBACK, "rolled_back"),
@@ -399,7 +407,9 @@ def test_notify_routes_load_with_their_settings(tmp_path: Path) -> None:
         SecretRef("secretsmanager", "relco/slack"),
         SlackMentions(("S0ONCALL",), {"alice@acme.io": "U0ALICE"}),
     )
-    assert route.on == frozenset({"started", "succeeded", "failed", "verify_failed", "rolled_back"})
+    assert route.on == frozenset(
+        {"started", "awaiting_approval", "succeeded", "failed", "verify_failed", "rolled_back"}
+    )
     assert all(isinstance(notification, Notification) for notification in route.on)
 
 
@@ -494,3 +504,173 @@ def test_every_kind_of_route_has_its_channel() -> None:
     )
     assert set(channels) == set(NotifyKind)
     assert all(kind is channel.kind for kind, channel in channels.items())
+
+
+# -- gates: freezes, break-glass, approvals (the history events' detail keys are the contract) ----
+
+HOLIDAY = {
+    "reason": "holiday freeze",
+    "starts_at": "2026-12-24T10:00:00+00:00",
+    "ends_at": "2026-12-24T18:00:00+00:00",
+}
+FROZEN_LINE = "Frozen until 2026-12-24 18:00 UTC: holiday freeze"
+
+
+def reason_text(blocks: list[dict[str, Any]]) -> str:
+    """The card's section under its facts: the reason, then the gate lines."""
+    [section] = [block for block in blocks[2:] if block["type"] == "section"]
+    return str(section["text"]["text"])
+
+
+def context_text(blocks: list[dict[str, Any]]) -> str:
+    return str(blocks[-1]["elements"][0]["text"])
+
+
+def test_a_release_queued_by_a_freeze_says_until_when_and_why_instead_of_its_reason() -> None:
+    queued = release(
+        ReleaseState.QUEUED, reason="pipeline frozen until 2026-12-24T18:00:00+00:00: holiday freeze"
+    )
+    frozen = event(EventType.STATE_ENTERED, ReleaseState.QUEUED, position=1, freeze=HOLIDAY)
+    notice = build_notice(queued, frozen, Notification.QUEUED)
+
+    assert reason_text(card_blocks(notice)) == FROZEN_LINE
+    assert slack_reply(notice).text == f":hourglass_flowing_sand: *Queued*: {FROZEN_LINE}"
+    mail = email(notice)
+    assert mail.text.splitlines()[2] == FROZEN_LINE
+    assert f"<p>{FROZEN_LINE}</p>" in mail.html
+    assert "pipeline frozen until" not in mail.text
+
+    # Queued behind a busy slot: the reason as before.
+    busy = release(ReleaseState.QUEUED, reason="pipeline busy with rel-0")
+    busy_notice = build_notice(busy, event(EventType.STATE_ENTERED, ReleaseState.QUEUED), Notification.QUEUED)
+    assert reason_text(card_blocks(busy_notice)) == "pipeline busy with rel-0"
+    assert "*Queued*: pipeline busy with rel-0" in slack_reply(busy_notice).text
+
+    # Delivered late, after the release started: the card shows the release as it is now.
+    started = release(ReleaseState.DEPLOYING, reason="slot freed: starting CodeDeploy")
+    late = build_notice(started, frozen, Notification.QUEUED)
+    assert reason_text(card_blocks(late)) == "slot freed: starting CodeDeploy"
+    assert FROZEN_LINE in slack_reply(late).text  # the reply reports the event it is for
+
+
+def test_a_break_glass_release_says_who_broke_the_glass_and_why() -> None:
+    glass = release(
+        ReleaseState.DEPLOYING,
+        Trigger.API,
+        actor="arn:aws:sts::123456789012:assumed-role/Oncall/ana",
+        metadata={"version_label": "1.4.3", "break_glass": "checkout down: <hotfix> & roll forward"},
+    )
+    notice = build_notice(glass, event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING), Notification.STARTED)
+    ana = "arn:aws:sts::123456789012:assumed-role/Oncall/ana"
+    line = f"Break-glass by {ana}: checkout down: &lt;hotfix&gt; &amp; roll forward"
+
+    assert line in context_text(card_blocks(notice))
+    assert line in slack_reply(notice).text
+    mail = email(notice)
+    assert f"Break-glass: by {ana}: checkout down: <hotfix> & roll forward" in mail.text
+    assert "&lt;hotfix&gt; &amp; roll forward</td>" in mail.html
+    assert payload(notice)["break_glass"] == {
+        "actor": "arn:aws:sts::123456789012:assumed-role/Oncall/ana",
+        "reason": "checkout down: <hotfix> & roll forward",
+    }
+
+    ordinary = build_notice(release(ReleaseState.DEPLOYING), notice.event, Notification.STARTED)
+    assert payload(ordinary)["break_glass"] is None
+    assert "Break-glass" not in context_text(card_blocks(ordinary))
+    assert "Break-glass" not in email(ordinary).text
+
+
+APPROVAL = ApprovalPolicy(
+    required=True,
+    approvers=("arn:aws:iam::123456789012:role/Releasers",),
+    slack_approvers=("U0LEAD", "S0RELEASERS"),
+)
+
+
+def test_a_release_awaiting_approval_notifies_who_may_approve_and_until_when() -> None:
+    waiting = release(ReleaseState.AWAITING_APPROVAL, reason="api-prod requires approval")
+    entered = event(
+        EventType.STATE_ENTERED,
+        ReleaseState.AWAITING_APPROVAL,
+        reason="api-prod requires approval",
+        approval={"expires_at": "2026-11-27T10:00:00+00:00"},
+    )
+    assert notification_for(entered, Trigger.UPLOAD) is Notification.AWAITING_APPROVAL
+    assert Notification.AWAITING_APPROVAL in DEFAULT_SUBSCRIPTION
+    default_email = NotifyRoute(DEFAULT_SUBSCRIPTION, EmailSettings("a@b.c", ("x@b.c",)))
+    pipeline = Pipeline("api-prod", "b", "api/prod/", "api", "api-prod", notify=(default_email,))
+    assert [m.notification for m in plan_messages(pipeline, streamed(entered))] == ["awaiting_approval"]
+
+    notice = build_notice(waiting, entered, Notification.AWAITING_APPROVAL, approval=APPROVAL)
+    card = card_blocks(notice)
+    assert card[0]["text"]["text"] == ":raised_hand: Awaiting approval: api-prod 1.4.2"
+    needs = (
+        "Needs approval by <@U0LEAD>, <!subteam^S0RELEASERS> or "
+        "`arn:aws:iam::123456789012:role/Releasers` (API); expires 2026-11-27 10:00 UTC"
+    )
+    assert reason_text(card) == f"api-prod requires approval\n{needs}"
+    assert (
+        slack_reply(notice).text == f":raised_hand: *Awaiting approval*: api-prod requires approval\n{needs}"
+    )
+    mail = email(notice)
+    assert mail.subject == "[AWAITING APPROVAL] api-prod 1.4.2"
+    assert (
+        "Needs approval by Slack U0LEAD, Slack S0RELEASERS or "
+        "arn:aws:iam::123456789012:role/Releasers (API); expires 2026-11-27 10:00 UTC"
+    ) in mail.text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("decided", "notification", "card_line", "email_line"),
+    [
+        (
+            event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING, approved_by="U0LEAD", comment="ship it"),
+            Notification.STARTED,
+            "Approved by U0LEAD: ship it",
+            "Approved by U0LEAD: ship it",
+        ),
+        (
+            event(EventType.STATE_ENTERED, ReleaseState.QUEUED, approved_by="ana"),
+            Notification.QUEUED,
+            "Approved by ana",
+            "Approved by ana",
+        ),
+        (
+            event(
+                EventType.EXECUTION_ABORTED, ReleaseState.STOPPED, rejected_by="bob", comment="<b>not today"
+            ),
+            Notification.STOPPED,
+            "Rejected by bob: &lt;b&gt;not today",
+            "Rejected by bob: <b>not today",
+        ),
+        (
+            event(
+                EventType.EXECUTION_ABORTED,
+                ReleaseState.STOPPED,
+                approval_expired="2026-11-27T10:00:00+00:00",
+            ),
+            Notification.STOPPED,
+            "Approval expired at 2026-11-27 10:00 UTC: nobody approved in time",
+            "Approval expired at 2026-11-27 10:00 UTC: nobody approved in time",
+        ),
+    ],
+    ids=["approved, started", "approved, queued", "rejected", "expired"],
+)
+def test_an_approval_decision_is_shown_on_the_card_the_reply_and_the_email(
+    decided: HistoryEvent, notification: Notification, card_line: str, email_line: str
+) -> None:
+    notice = build_notice(
+        release(decided.state, reason="what the lane wrote"), decided, notification, approval=APPROVAL
+    )
+    assert reason_text(card_blocks(notice)).splitlines() == ["what the lane wrote", card_line]
+    assert slack_reply(notice).text.splitlines()[1] == card_line
+    mail = email(notice)
+    assert email_line in mail.text.splitlines()
+    assert f"<p>{html.escape(email_line)}</p>" in mail.html
+    assert "Needs approval" not in slack_reply(notice).text
+
+
+def test_a_route_may_subscribe_to_awaiting_approval(tmp_path: Path) -> None:
+    config = load(tmp_path, 'kind = "email"\nsender = "a@b.c"\nto = ["x@b.c"]\non = ["awaiting_approval"]\n')
+    [route] = config.pipelines[0].notify
+    assert route.on == frozenset({Notification.AWAITING_APPROVAL})
