@@ -409,7 +409,9 @@ def _slack_token(_function: Function, scope: Scope) -> list[Statement]:
 _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
 _STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
-    "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
+    # A write that holds a release (a freeze, an approval) sends its lane a wake-up on the verify
+    # queue (chalicelib/service/slot_flow.py _wake_when_due): every function that submits does.
+    "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _verify_send, _event_failures),
     # SUCCESS starts verification (target groups, deployed instances) and runs its first check
     # (target health, alarms); FAILURE reads the lifecycle diagnostics of each instance.
     "on_codedeploy_event": (
@@ -444,11 +446,20 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _artifacts,
         *_STARTS,
         _deploy_stop,
+        _verify_send,
         _slack_signing_secret,
         _slack_actions_send,
     ),
     # A click's action goes through the API's use cases: cancel, roll back, redeploy, approve.
-    "on_slack_action": (*_RELEASES, _artifacts, *_STARTS, _deploy_stop, _slack_token, _slack_actions_consume),
+    "on_slack_action": (
+        *_RELEASES,
+        _artifacts,
+        *_STARTS,
+        _deploy_stop,
+        _verify_send,
+        _slack_token,
+        _slack_actions_consume,
+    ),
 }
 
 
