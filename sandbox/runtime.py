@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -52,6 +53,15 @@ SLACK_SIGNING_SECRET = "sandbox-slack-signing-secret"
 SLACK_OPERATOR = "U0OPERATOR"
 SLACK_ONCALL_GROUP = "S0ONCALL"
 SLACK_ONCALL_MEMBER = "U0ONCALL"
+# Issue 14's gates, on in the demo (``Sandbox(gates=True)``): the release lead approves each
+# release from its Slack card, and an alarm in moto's CloudWatch gates verification.
+SLACK_RELEASE_LEAD = "U0LEAD"
+DEMO_ALARM = "demo-5xx"
+GATES_TOML = f"""
+[pipeline.approval]
+slack_approvers = ["{SLACK_RELEASE_LEAD}"]
+expires_after = "1h"
+"""
 EMAIL_SENDER = "relco@sandbox.example"
 PIPELINES_TOML = f"""
 [slack]
@@ -78,7 +88,9 @@ operators = ["{SLACK_OPERATOR}", "{SLACK_ONCALL_GROUP}"]
 kind = "slack"
 channel = "#deploys"
 token_parameter = "{SLACK_TOKEN_PARAMETER}"
-on = ["started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded"]
+on = [
+  "awaiting_approval", "started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded",
+]
 mention_on_failure = ["{SLACK_ONCALL_GROUP}"]
 
 [[pipeline.notify]]
@@ -87,6 +99,15 @@ sender = "{EMAIL_SENDER}"
 to = ["oncall@sandbox.example"]
 on = ["failed", "verify_failed", "rolled_back", "succeeded"]
 """
+
+
+def pipelines_toml(*, gates: bool) -> str:
+    """The sandbox's pipelines file; with the gates, the demo pipeline requires approval from the
+    release lead and its verification is gated by DEMO_ALARM."""
+    if not gates:
+        return PIPELINES_TOML
+    gated = PIPELINES_TOML.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
+    return gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
 
 
 @dataclass(frozen=True)
@@ -149,9 +170,13 @@ def demo_bundle(version: str) -> bytes:
 
 
 class Sandbox:
-    def __init__(self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8) -> None:
+    def __init__(
+        self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8, gates: bool = False
+    ) -> None:
         self.workdir = Path(workdir)
         self.instance_count = instances
+        # The demo's gates: approval from the Slack card, and DEMO_ALARM gating verification.
+        self.gates = gates
         self.health_timeout_s = health_timeout_s
         self._moto: ThreadedMotoServer | None = None
         self._saved_environment: dict[str, str | None] = {}
@@ -217,7 +242,7 @@ class Sandbox:
         host, port = self._moto.get_host_and_port()
         aws_endpoint_url = f"http://{host}:{port}"
         pipelines_file = self.workdir / "pipelines.toml"
-        pipelines_file.write_text(PIPELINES_TOML, encoding="utf-8")
+        pipelines_file.write_text(pipelines_toml(gates=self.gates), encoding="utf-8")
         self._set_environment(
             {
                 "AWS_ACCESS_KEY_ID": "sandbox",
@@ -261,6 +286,19 @@ class Sandbox:
             Type="SecureString",
             Overwrite=True,
         )
+        if self.gates:
+            # An alarm on the load balancer's 5xx count, as a team would gate on; the demo moves
+            # its state with SetAlarmState.
+            self.session.client("cloudwatch").put_metric_alarm(
+                AlarmName=DEMO_ALARM,
+                Namespace="AWS/ApplicationELB",
+                MetricName="HTTPCode_Target_5XX_Count",
+                Statistic="Sum",
+                Period=60,
+                EvaluationPeriods=1,
+                Threshold=5,
+                ComparisonOperator="GreaterThanOrEqualToThreshold",
+            )
         bootstrap.reset()
         balanced = self.provisioned.load_balanced[PIPELINE]
         codedeploy_queue = self._codedeploy_event_queue()
@@ -453,7 +491,34 @@ class Sandbox:
         raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f}s")
 
     def deploy(self, version: str) -> Release:
-        return self.wait_terminal(self.upload(version))
+        """Upload ``version`` and wait for its release to end; with the gates on, the release
+        lead approves it from its Slack card first."""
+        release_id = self.upload(version)
+        if self.gates:
+            self.approve_from_slack(release_id)
+        return self.wait_terminal(release_id)
+
+    def approve_from_slack(self, release_id: str) -> Click:
+        """The release lead presses Approve on the release's card."""
+        return self.click(release_id, "approve", SLACK_RELEASE_LEAD, "release-lead")
+
+    def wait_for(self, release_id: str, ready: Callable[[Release], bool], what: str) -> Release:
+        from chalicelib import bootstrap
+
+        store = bootstrap.wiring().store
+        deadline = time.monotonic() + RELEASE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            release = store.get_release(release_id)
+            if release is not None and ready(release):
+                return release
+            time.sleep(0.05)
+        raise TimeoutError(f"release {release_id} was not {what} within {RELEASE_TIMEOUT_S:.0f}s")
+
+    def set_alarm(self, state: str, reason: str) -> None:
+        """Move DEMO_ALARM in moto's CloudWatch, as its metric would."""
+        self.session.client("cloudwatch").set_alarm_state(
+            AlarmName=DEMO_ALARM, StateValue=state, StateReason=reason
+        )
 
     def click(
         self,
