@@ -143,6 +143,23 @@ def test_deploy_cancel_redeploy_and_roll_back(world: World, api_url: str) -> Non
     assert rollback["rollback_of"] == redeployed["id"]
 
 
+def test_break_glass_approve_and_reject_reach_the_api(world: World, api_url: str) -> None:
+    world.upload("api/prod/app-1.zip")
+    deployed = relco_json(api_url, "deploy", "api-prod", "api/prod/app-1.zip", "--break-glass", "hotfix")
+    assert deployed["metadata"]["break_glass"] == "hotfix"
+    assert world.history(deployed["id"])[-2].detail["break_glass"]["reason"] == "hotfix"
+
+    # api-prod needs no approval: the API says so, and relco prints it.
+    refused = relco(api_url, "approve", deployed["id"], "--comment", "looks good")
+    assert refused.exit_code == 1
+    assert "HTTP 409" in refused.output
+    assert "not awaiting approval" in refused.output
+    assert "HTTP 409" in relco(api_url, "reject", deployed["id"]).output
+    blank = relco(api_url, "deploy", "api-prod", "api/prod/app-1.zip", "--break-glass", " ")
+    assert blank.exit_code == 1
+    assert "'break_glass' must be a non-empty string" in blank.output
+
+
 def test_api_refusals_print_the_api_message(world: World, api_url: str) -> None:
     missing = relco(api_url, "show", "rel-nope")
     assert missing.exit_code == 1
