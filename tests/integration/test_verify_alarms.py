@@ -305,3 +305,33 @@ def test_an_alarm_already_in_alarm_fails_the_start_when_the_pipeline_says_so(
     assert failed.reason == f"not started: alarm {LATENCY} in ALARM (verify.alarm_at_start = fail)"
     assert world.deployments("shop", "shop-prod") == []
     assert world.store.get_slot("shop-prod").active is None
+
+
+@pytest.mark.timeout(120)
+def test_an_alarm_going_to_alarm_during_the_bake_fails_and_rolls_back(
+    world: World, pipelines_file: Path
+) -> None:
+    text = pipelines_file.read_text(encoding="utf-8")
+    pipelines_file.write_text(text.replace("alarms = ", "bake_s = 1\nalarms = "), encoding="utf-8")
+    bootstrap.reset()  # the functions read the pipelines file again
+    for name in ALARMS:
+        create_alarm(world, name)
+    good, good_deployment = upload_and_deploy(world, "1.0.0")
+    succeed(world, good_deployment)
+    run_checks(world, 2)  # the streak's second check, then the one after the bake
+    assert world.release(good).state is ReleaseState.SUCCEEDED
+
+    release_id, deployment_id = upload_and_deploy(world, "2.0.0")
+    succeed(world, deployment_id)
+    run_checks(world, 1)  # the streak is complete: the release bakes
+    assert world.release(release_id).state is ReleaseState.VERIFYING
+    assert health_checks(world, release_id)[-1]["outcome"] == "bake"
+    set_state(world, ERRORS_5XX, "ALARM", "5xx above 1 a minute")
+
+    run_checks(world, 1)  # the check after the bake
+
+    failed = world.release(release_id)
+    assert failed.state is ReleaseState.FAILED
+    assert failed.reason.startswith(f"verify_failed: alarm {ERRORS_5XX} is in ALARM since ")
+    rollback = world.release(rollback_release_id(release_id))
+    assert rollback.metadata["rolled_back_to"] == good
