@@ -352,8 +352,8 @@ def _target_health(_function: Function, _scope: Scope) -> list[Statement]:
 
 
 def _alarms(_function: Function, _scope: Scope) -> list[Statement]:
-    # Every health check reads the alarms its pipeline names (verify.alarms): on "*", see
-    # UNSCOPED_ACTIONS.
+    # Every start and every health check reads the alarms its pipeline names (verify.alarms): on
+    # "*", see UNSCOPED_ACTIONS.
     return [_statement("ReadAlarmStates", ["cloudwatch:DescribeAlarms"], ["*"])]
 
 
@@ -405,9 +405,10 @@ def _slack_token(_function: Function, scope: Scope) -> list[Statement]:
 # Every function's grants, by what its code calls (checked by tests/integration/test_permissions.py
 # against every AWS call the integration suite makes inside each handler). A release that ends
 # frees its pipeline's slot and starts the next one (or an automatic rollback): every function
-# that can end a release may start a deployment, and look for one it already started.
+# that can end a release may start a deployment, and look for one it already started. A start
+# first reads the pipeline's alarms (verify.alarm_at_start holds or fails it while one is in ALARM).
 _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
-_STARTS: tuple[Grant, ...] = (_deployments,)
+_STARTS: tuple[Grant, ...] = (_deployments, _alarms)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     # A write that holds a release (a freeze, an approval) sends its lane a wake-up on the verify
     # queue (chalicelib/service/slot_flow.py _wake_when_due): every function that submits does.
@@ -420,11 +421,10 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _deploy_targets,
         _target_groups,
         _target_health,
-        _alarms,
         _verify_send,
         _event_failures,
     ),
-    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _alarms, _verify_send, _verify_consume),
+    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _verify_send, _verify_consume),
     # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
     # included) and re-sends overdue checks.
     "reconcile": (
@@ -433,7 +433,6 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _deploy_targets,
         _target_groups,
         _target_health,
-        _alarms,
         _verify_send,
         _event_failures,
     ),
