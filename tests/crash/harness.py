@@ -263,6 +263,8 @@ class Run:
         self._empty_poll_s: dict[str, tuple[float, int]] = {}
         self.driver = CodeDeployDriver(self)
         self._scenario_steps = 0
+        # The run does not settle before this (a time-driven move falls due then: ``wait_until``).
+        self._due_s = 0.0
         # Called with each invocation's number just before it starts (the sweep forks there).
         self.before_invocation: Callable[[int], None] | None = None
 
@@ -271,6 +273,11 @@ class Run:
     def at(self, at_s: float, what: str, action: Callable[[], None], *, recurring: bool = False) -> None:
         self._seq += 1
         heapq.heappush(self._agenda, _Entry(at_s, self._seq, what, action, recurring))
+
+    def wait_until(self, at_s: float) -> None:
+        """A move falls due at ``at_s`` with nothing to announce it (a freeze ends, an approval
+        expires): quiet reconciles before then do not end the run."""
+        self._due_s = max(self._due_s, at_s)
 
     def step(self, at_s: float, what: str, action: Callable[[], None]) -> None:
         """A step of the scenario (an upload, an operator's request)."""
@@ -605,7 +612,12 @@ class Run:
                 at_s, _, action = min(candidates, key=lambda candidate: (candidate[0], candidate[1]))
                 if at_s > HORIZON_S:
                     break
-                settling = action == self._pop_agenda and self._agenda[0].recurring and self._quiet()
+                settling = (
+                    action == self._pop_agenda
+                    and self._agenda[0].recurring
+                    and self._agenda[0].at_s >= self._due_s
+                    and self._quiet()
+                )
                 self.clock.advance_to(at_s)
                 action()
                 self.driver.observe()

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from tests.crash.harness import Run
 from tests.crash.world import (
+    APPROVAL_EXPIRES_S,
+    FREEZE_ENDS_S,
     FREEZE_STARTS_S,
     FROZEN,
     GATED,
@@ -61,12 +63,14 @@ def _rejected(run: Run) -> None:
 
 def _approval_expires(run: Run) -> None:
     run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.wait_until(APPROVAL_EXPIRES_S)
 
 
 def _freeze_holds_until_its_end(run: Run) -> None:
     run.upload(0, "frozen/prod/frozen-v1.zip", FROZEN)
     run.break_glass(FREEZE_STARTS_S + 10, "frozen/prod/frozen-v1.zip", FROZEN)
     run.upload(FREEZE_STARTS_S + 20, "frozen/prod/frozen-v2.zip", FROZEN)
+    run.wait_until(FREEZE_ENDS_S)
 
 
 def _alarm_holds_the_start(run: Run) -> None:
