@@ -5,8 +5,11 @@ Every rule of who deploys next lives here: a free slot is taken, a busy one queu
 per the pipeline, uploads keep S3's order (``domain/slot.py``), rollbacks go first and are never
 superseded, a rollback never causes another, last good is only ever a SUCCEEDED release, a
 finished or missing active release is let go, and an abandoned start is restarted after its lease.
-During a freeze (``domain/freeze.py``) no release but a rollback takes the slot: the newest one
-waits, superseding those waiting before it, and takes the slot at the first repair after the end.
+During a freeze (``domain/freeze.py``) no release but a rollback (or a break-glass one) takes the
+slot: the newest one waits, superseding those waiting before it, and takes the slot at the repair
+the lane's wake-up runs at the end (``domain/wakeups.py``). A pipeline with ``[pipeline.approval]``
+holds each release (rollbacks aside) AWAITING_APPROVAL outside the line until a person approves
+it; a named alarm in ALARM holds or fails a start (``verify.alarm_at_start``).
 
 A use case loads the lane (the slot and the releases its command names), asks it to decide, and
 commits the one ``Change`` the ``Decision`` holds before it calls AWS. When a decision needs a
@@ -296,24 +299,28 @@ class Lane:
         # A release that waited out a freeze and takes the slot before this one (below).
         thawed_steps: list[Step] = []
         thawed: Release | None = None
-        if release.trigger.is_rollback:
-            # A freeze never blocks recovery.
+        break_glass = release.metadata.get(BREAK_GLASS)
+        frozen = None if release.trigger.is_rollback else current_freeze(pipeline.freeze, now)
+        if break_glass is not None:
+            # Recorded whether or not a freeze is on: who broke the glass, why, and what it broke.
+            moved_detail[BREAK_GLASS] = {
+                "reason": break_glass,
+                "actor": release.actor,
+                "freeze": frozen.to_dict() if frozen else None,
+            }
+        if release.trigger.is_rollback or (
+            break_glass is not None and frozen is not None and before.active is None
+        ):
+            # A freeze never blocks recovery, and break-glass goes past it to a free slot (the
+            # releases the freeze holds stay held).
             slot = before.give_first(release_id)
             took_slot = slot.active == release_id
         else:
             # During a freeze the release waits even for a free slot, and only the newest waits
             # (whatever ``on_busy`` says): the end of the freeze starts the build that is current
-            # then, not a backlog of builds that were never reviewed in order. Break-glass
-            # starts it anyway, and the history keeps the freeze it broke.
-            freeze = current_freeze(pipeline.freeze, now)
-            break_glass = release.metadata.get(BREAK_GLASS)
-            if break_glass is not None:
-                moved_detail[BREAK_GLASS] = {
-                    "reason": break_glass,
-                    "actor": release.actor,
-                    "freeze": freeze.to_dict() if freeze else None,
-                }
-                freeze = None
+            # then, not a backlog of builds that were never reviewed in order. Break-glass waits
+            # for a busy slot as ``on_busy`` says, and is the one the freeze lets start next.
+            freeze = None if break_glass is not None else frozen
             if freeze is None and before.active is None and before.waiting:
                 # A freeze has ended and no repair has run since: the release that waited for it
                 # takes the slot first, as that repair would have given it.
@@ -362,10 +369,11 @@ class Lane:
                 admission = before.admit(release_id, pipeline.on_busy, upload, may_start=False)
                 slot, took_slot = admission.slot, False
                 moved_detail["alarms"] = [alarm.to_dict() for alarm in firing]
-        # Rollbacks a supersede would replace keep their place in front of the newcomer.
+        # Rollbacks and break-glass releases a supersede would replace keep their place in front
+        # of the newcomer: a person asked for each, and a build from CI never replaces them.
         self._require(superseded)
         replaced = [older for older in map(self.releases.get, superseded) if older is not None]
-        kept = tuple(older.id for older in replaced if older.trigger.is_rollback)
+        kept = tuple(older.id for older in replaced if _never_superseded(older))
         slot = dataclasses.replace(slot, waiting=(*kept, *slot.waiting))
         if took_slot:
             moved = transition(
@@ -406,7 +414,7 @@ class Lane:
             )
         steps = [_moved(moved)]
         for older in replaced:
-            if older.trigger.is_rollback:
+            if _never_superseded(older):
                 continue
             ended = transition(
                 Step(older, ()),
@@ -777,9 +785,9 @@ class Lane:
         the pipeline is frozen and that release is not a rollback (rollbacks wait at the head of
         the line, so a frozen head means nothing may start)."""
         while True:
-            promoted, head = slot.promote_next()
-            if head is None:
+            if slot.active is not None or not slot.waiting:
                 return slot, None
+            head = slot.waiting[0]
             waiting = self._release(head)
             if waiting is None or waiting.state.is_terminal:
                 logs.append(
@@ -793,13 +801,28 @@ class Lane:
             if not exempt and self.config is not None:
                 freeze = current_freeze(self.config.freeze, now)
                 if freeze is not None:
-                    logs.append(
-                        LogLine(
-                            "pipeline frozen; the waiting release starts when the freeze ends",
-                            {"release_id": head, "freeze": freeze.to_dict()},
-                        )
+                    # Rollbacks wait at the head, so only a break-glass release further back
+                    # may start; the others wait for the end.
+                    self._require(slot.waiting)
+                    glass = next(
+                        (
+                            release
+                            for release in map(self.releases.get, slot.waiting)
+                            if release is not None
+                            and not release.state.is_terminal
+                            and BREAK_GLASS in release.metadata
+                        ),
+                        None,
                     )
-                    return slot, None
+                    if glass is None:
+                        logs.append(
+                            LogLine(
+                                "pipeline frozen; the waiting release starts when the freeze ends",
+                                {"release_id": head, "freeze": freeze.to_dict()},
+                            )
+                        )
+                        return slot, None
+                    head, waiting = glass.id, glass
                 firing = self._alarms_firing(waiting, self.config)
                 if firing and self.config.verify.alarm_at_start is AlarmAtStart.FAIL:
                     failed = transition(
@@ -823,7 +846,7 @@ class Lane:
                         )
                     )
                     return slot, None
-            slot = promoted
+            slot = slot.promote(head)
             moved = transition(
                 Step(waiting, ()),
                 ReleaseState.DEPLOYING,
@@ -940,6 +963,10 @@ class Lane:
                 'name an earlier SUCCEEDED release with {"to": id}'
             )
         return RollbackChoice(target, current)
+
+
+def _never_superseded(release: Release) -> bool:
+    return release.trigger.is_rollback or BREAK_GLASS in release.metadata
 
 
 def _alarm_names(alarms: Sequence[AlarmStatus]) -> str:

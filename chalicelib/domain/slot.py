@@ -143,17 +143,14 @@ class PipelineSlot:
     def approval_mark(self, release_id: str) -> ApprovalMark | None:
         return next((mark for mark in self.awaiting_approval if mark.release_id == release_id), None)
 
-    def promote_next(self) -> tuple[PipelineSlot, str | None]:
-        """When the slot is free, the first waiting release takes it."""
-        if self.active is not None or not self.waiting:
-            return self, None
-        head, *rest = self.waiting
-        mark = next((mark for mark in self.waiting_uploads if mark.release_id == head), None)
-        promoted = dataclasses.replace(
+    def promote(self, release_id: str) -> PipelineSlot:
+        """A waiting release takes the free slot (the head of the line, unless a freeze lets only
+        one further back start)."""
+        mark = next((mark for mark in self.waiting_uploads if mark.release_id == release_id), None)
+        return dataclasses.replace(
             self,
-            active=head,
-            waiting=tuple(rest),
-            waiting_uploads=tuple(m for m in self.waiting_uploads if m.release_id != head),
+            active=release_id,
+            waiting=tuple(waiting_id for waiting_id in self.waiting if waiting_id != release_id),
+            waiting_uploads=tuple(m for m in self.waiting_uploads if m.release_id != release_id),
             newest_started=mark or self.newest_started,
         )
-        return promoted, head

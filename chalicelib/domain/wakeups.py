@@ -52,8 +52,8 @@ def _freeze_end(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> dateti
     Only a free slot: a release holding the slot hands it on when it ends, and if the freeze is
     still on then, that write frees the slot and so asks for the wake-up. And a waiting release
     at the head of a free slot is never a rollback (rollbacks are exempt from freezes: the lane
-    gives a rollback a free slot at once), so a free slot with a waiting line is held by the
-    freeze alone.
+    gives a rollback a free slot at once). An alarm in ALARM can hold it too; reconcile looks
+    at those (no time is known at which an alarm clears).
     """
     if slot.active is not None or not slot.waiting:
         return None

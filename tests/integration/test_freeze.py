@@ -152,6 +152,32 @@ def test_a_manual_rollback_runs_during_a_freeze_and_an_api_deploy_waits(world: W
     assert world.release(waiting.release.id).state is ReleaseState.QUEUED
 
 
+def test_break_glass_deploys_during_a_freeze_recorded_with_actor_reason_and_the_freeze(world: World) -> None:
+    clock = ManualClock()
+    wiring = direct_wiring(world, clock)
+    succeeded_release(world, wiring, "api/prod/app-1.zip")
+    world.upload("api/prod/app-2.zip", metadata={"break_glass": "not from S3"})
+
+    clock.advance(timedelta(minutes=90))  # 10:30, frozen
+    held = upload(world, wiring, "api/prod/app-2.zip")
+    assert held.state is ReleaseState.QUEUED  # an object's metadata breaks no glass
+    request = DeployRequest("api-prod", "api/prod/app-2.zip", None, None, break_glass="checkout is down")
+    started = deploy(wiring, request, "arn:aws:iam::123456789012:user/ana", "api-ana-bg").release
+
+    assert started.state is ReleaseState.DEPLOYING
+    assert started.deployment_id == world.deployments()[-1]["deploymentId"]
+    assert started.metadata["break_glass"] == "checkout is down"
+    [entered] = [event for event in world.history(started.id) if "break_glass" in event.detail]
+    assert entered.state is ReleaseState.DEPLOYING
+    assert entered.detail["break_glass"] == {
+        "reason": "checkout is down",
+        "actor": "arn:aws:iam::123456789012:user/ana",
+        "freeze": FREEZE,
+    }
+    # The upload that waited is still waiting for the freeze, behind the break-glass release.
+    assert world.release(held.id).state is ReleaseState.QUEUED
+
+
 class SentMessages:
     """The verify queue's messages as the coordinator sends them (body, DelaySeconds), read from
     SendMessage's parameters: moto would hold a delayed message for real seconds, while the

@@ -6,8 +6,11 @@ with the store's version conditions, and plays CreateDeployment after the commit
 handed back, or lost with the Lambda that made it). After every step it checks the invariants of
 issue 13: never two active, rollbacks first, nothing lost, positions right, last good only ever a
 SUCCEEDED release, a rollback never causes another, uploads never started out of S3's order.
-The pipeline may have a freeze window (issue 14): no release but a rollback starts during it,
-rollbacks start during it, and once it is over a repair leaves no release waiting for a free slot.
+The pipeline may have a freeze window (issue 14): no release but a rollback or a break-glass one
+starts during it, rollbacks start during it, and once it is over a repair leaves no release
+waiting for a free slot. It may require approval: a release awaits it outside the line, nothing
+but a rollback starts unapproved, a pending approval is superseded (or not, with ``queue``),
+rejected, or expires.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound
+from chalicelib.domain.api_requests import ConflictingState, Forbidden, InvalidValue, NotFound
 from chalicelib.domain.freeze import Freeze, FreezeWindow, current_freeze
 from chalicelib.domain.lane import (
     Annotation,
@@ -35,8 +38,10 @@ from chalicelib.domain.lane import (
     Submission,
 )
 from chalicelib.domain.leases import CLAIM_LEASE
+from chalicelib.domain.permissions import ApprovalPolicy, OnNewer, Person
 from chalicelib.domain.pipelines import Pipeline, RollbackSettings
 from chalicelib.domain.release import (
+    BREAK_GLASS,
     EventType,
     Release,
     ReleaseState,
@@ -53,6 +58,8 @@ from chalicelib.domain.slot import BusyPolicy, PipelineSlot
 T = TypeVar("T")
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 RECONCILE_PERIOD = timedelta(minutes=5)
+APPROVER = Person(iam_arn="arn:aws:sts::123456789012:assumed-role/Releasers/ana")
+STRANGER = Person(iam_arn="arn:aws:sts::123456789012:assumed-role/Developers/bob")
 PIPELINE = "api-prod"
 # Read by tests/unit/conftest.py for the run's summary line.
 RUN_STATS = {"examples": 0, "steps": 0}
@@ -99,6 +106,7 @@ class LaneMachine(RuleBasedStateMachine):
         self.adopted: set[str] = set()
         self.started_uploads: list[datetime] = []  # stored time of each upload that got the slot
         self.stored_at: dict[str, datetime] = {}  # when S3 stored each upload (LastModified)
+        self.approved: set[str] = set()
         self.counter = 0
 
     @initialize(
@@ -109,6 +117,8 @@ class LaneMachine(RuleBasedStateMachine):
         # clock a second, so a short one ends between repairs; a repair's wait of a reconcile
         # period ends a long one).
         freeze=st.one_of(st.none(), st.tuples(st.integers(0, 15), st.integers(1, 600))),
+        # No approval, or approval with each on_newer; it expires after a few steps or a repair's wait.
+        approval=st.sampled_from([None, OnNewer.SUPERSEDE, OnNewer.QUEUE]),
     )
     def configure(
         self,
@@ -116,6 +126,7 @@ class LaneMachine(RuleBasedStateMachine):
         on_deploy_failure: bool,
         on_verify_failure: bool,
         freeze: tuple[int, int] | None,
+        approval: OnNewer | None,
     ) -> None:
         windows: tuple[FreezeWindow, ...] = ()
         if freeze is not None:
@@ -127,6 +138,14 @@ class LaneMachine(RuleBasedStateMachine):
             on_busy=policy,
             rollback=RollbackSettings(on_deploy_failure, on_verify_failure),
             freeze=windows,
+            approval=ApprovalPolicy(
+                required=True,
+                approvers=("arn:aws:iam::123456789012:role/Releasers",),
+                expires_after=timedelta(seconds=30),
+                on_newer=approval,
+            )
+            if approval is not None
+            else ApprovalPolicy(),
         )
 
     # -- the use cases, played against the store --------------------------------------------
@@ -184,7 +203,9 @@ class LaneMachine(RuleBasedStateMachine):
             )
         self.store.commit(Change([step.release], {release.id: step.events}))
 
-    def submission(self, trigger: Trigger, stored_second: int | None = None) -> Submission:
+    def submission(
+        self, trigger: Trigger, stored_second: int | None = None, break_glass: bool = False
+    ) -> Submission:
         self.counter += 1
         release_id = f"{trigger.value}-{self.counter}"
         key = f"api/app-{self.counter}.zip"
@@ -195,6 +216,7 @@ class LaneMachine(RuleBasedStateMachine):
             Revision("bucket", key, f"v{self.counter}", None),
             trigger,
             stored_at=stored_at,
+            break_glass="on fire" if break_glass else None,
         )
 
     def submit(self, submission: Submission, outcome: str) -> None:
@@ -209,12 +231,14 @@ class LaneMachine(RuleBasedStateMachine):
         if submission.trigger.is_rollback and slot_was_free:
             assert decision.subject.state is ReleaseState.DEPLOYING, "a freeze blocked a rollback"
         freeze = self.frozen()
-        if freeze is not None and not submission.trigger.is_rollback:
+        if self.pipeline.approval.required and not submission.trigger.is_rollback:
+            assert decision.subject.state in (ReleaseState.AWAITING_APPROVAL, ReleaseState.SUPERSEDED)
+        elif freeze is not None and not submission.trigger.is_rollback and submission.break_glass is None:
             waiting = self.store.releases[submission.release_id]
             if waiting.state is ReleaseState.QUEUED:
                 assert self.store.history[waiting.id][-1][2]["freeze"] == freeze.to_dict()
                 waiting_not_rollbacks = [
-                    w for w in self.store.slot.waiting if not self.store.releases[w].trigger.is_rollback
+                    w for w in self.store.slot.waiting if not self.exempt(self.store.releases[w])
                 ]
                 assert waiting_not_rollbacks == [waiting.id], "more than the newest waits out a freeze"
         self.check_nothing_waits_for_a_free_slot()
@@ -227,9 +251,43 @@ class LaneMachine(RuleBasedStateMachine):
     def upload(self, stored_second: int, outcome: str) -> None:
         self.submit(self.submission(Trigger.UPLOAD, stored_second), outcome)
 
-    @rule(outcome=starts)
-    def api_deploy(self, outcome: str) -> None:
-        self.submit(self.submission(Trigger.API), outcome)
+    @rule(outcome=starts, break_glass=st.booleans())
+    def api_deploy(self, outcome: str, break_glass: bool) -> None:
+        self.submit(self.submission(Trigger.API, break_glass=break_glass), outcome)
+
+    @precondition(lambda self: self.store.slot.awaiting_approval)
+    @rule(data=st.data(), allowed=st.booleans(), outcome=starts)
+    def approve(self, data: st.DataObject, allowed: bool, outcome: str) -> None:
+        mark = data.draw(st.sampled_from(self.store.slot.awaiting_approval))
+        person = APPROVER if allowed else STRANGER
+        before = self.store.releases[mark.release_id]
+        if allowed:
+            self.approved.add(mark.release_id)  # before the run: it may start the release
+        try:
+            decision = self.run(
+                [mark.release_id], lambda lane: lane.approve(mark.release_id, person, None, self.now), outcome
+            )
+        except Forbidden:
+            assert not allowed
+            assert self.store.releases[mark.release_id] == before
+            return
+        assert allowed
+        after = self.store.releases[mark.release_id]
+        if self.now >= mark.expires_at:
+            assert after.state is ReleaseState.STOPPED, "a late approval did not expire the release"
+        else:
+            assert after.state is not ReleaseState.AWAITING_APPROVAL
+        assert decision.subject is not None
+        self.check_nothing_waits_for_a_free_slot()
+
+    @precondition(lambda self: self.store.slot.awaiting_approval)
+    @rule(data=st.data(), outcome=starts)
+    def reject(self, data: st.DataObject, outcome: str) -> None:
+        mark = data.draw(st.sampled_from(self.store.slot.awaiting_approval))
+        self.run(
+            [mark.release_id], lambda lane: lane.reject(mark.release_id, APPROVER, "no", self.now), outcome
+        )
+        assert self.store.releases[mark.release_id].state is ReleaseState.STOPPED
 
     @rule(outcome=starts)
     def manual_rollback(self, outcome: str) -> None:
@@ -301,7 +359,7 @@ class LaneMachine(RuleBasedStateMachine):
                 release.state is ReleaseState.DEPLOYING and release.deployment_id is None
             )
             return
-        if release.state in (ReleaseState.QUEUED, ReleaseState.VERIFYING):
+        if release.state in (ReleaseState.AWAITING_APPROVAL, ReleaseState.QUEUED, ReleaseState.VERIFYING):
             assert self.store.releases[release.id].state is ReleaseState.STOPPED
         else:  # deploying: the caller asks CodeDeploy to stop; nothing is written
             assert decision.change == Change()
@@ -316,6 +374,8 @@ class LaneMachine(RuleBasedStateMachine):
         decision = self.run([], lambda lane: lane.repair(self.now), outcome)
         if "restarted" in decision.report:
             assert decision.look_first, "a restart looks for the earlier attempt's deployment"
+        for mark in self.store.slot.awaiting_approval:
+            assert mark.expires_at > self.now, "a repair left an expired approval pending"
         self.check_nothing_waits_for_a_free_slot()
 
     @rule(rollback_of_ours=st.booleans())
@@ -362,6 +422,10 @@ class LaneMachine(RuleBasedStateMachine):
                 if event.state is ReleaseState.QUEUED and event.type is EventType.STATE_ENTERED:
                     assert event.detail["position"] == self.store.slot.waiting.index(release_id) + 1
 
+    def exempt(self, release: Release) -> bool:
+        """Not held by a freeze: a rollback, or a break-glass release."""
+        return release.trigger.is_rollback or BREAK_GLASS in release.metadata
+
     def frozen(self) -> Freeze | None:
         return current_freeze(self.pipeline.freeze, self.now)
 
@@ -372,7 +436,8 @@ class LaneMachine(RuleBasedStateMachine):
         slot = self.store.slot
         if slot.active is None and slot.waiting:
             assert self.frozen() is not None, "a waiting release was not started after the freeze"
-            assert not self.store.releases[slot.waiting[0]].trigger.is_rollback, "a freeze held a rollback"
+            held = [self.store.releases[w] for w in slot.waiting]
+            assert not any(self.exempt(r) for r in held), "a freeze held a rollback or a break-glass release"
 
     def note_started(self, before: dict[str, Release]) -> None:
         for release in self.store.releases.values():
@@ -381,9 +446,11 @@ class LaneMachine(RuleBasedStateMachine):
                 was is None or was.state is not ReleaseState.DEPLOYING
             )
             if started and release.trigger in (Trigger.UPLOAD, Trigger.API):
-                assert self.frozen() is None, (
+                assert self.frozen() is None or BREAK_GLASS in release.metadata, (
                     f"{release.id} ({release.trigger.value}) started during a freeze"
                 )
+                if self.pipeline.approval.required:
+                    assert release.id in self.approved, f"{release.id} started without approval"
             if started and release.trigger is Trigger.UPLOAD:
                 stored_at = self.stored_at[release.id]
                 assert not self.started_uploads or stored_at >= self.started_uploads[-1], "out of S3 order"
@@ -392,7 +459,10 @@ class LaneMachine(RuleBasedStateMachine):
     @invariant()
     def one_active_and_nothing_lost(self) -> None:
         slot = self.store.slot
-        held = [release_id for release_id in (slot.active, *slot.waiting) if release_id is not None]
+        awaiting = [mark.release_id for mark in slot.awaiting_approval]
+        held = [
+            release_id for release_id in (slot.active, *slot.waiting, *awaiting) if release_id is not None
+        ]
         assert len(held) == len(set(held)), f"a release holds two places: {held}"
         for release in self.store.releases.values():
             in_slot = release.id in held
@@ -406,6 +476,10 @@ class LaneMachine(RuleBasedStateMachine):
         ]
         assert set(running) <= {slot.active}, f"two active: {running}"
         assert all(self.store.releases[w].state is ReleaseState.QUEUED for w in slot.waiting)
+        pending = {r.id for r in self.store.releases.values() if r.state is ReleaseState.AWAITING_APPROVAL}
+        assert pending == set(awaiting), f"awaiting approval {pending}, listed {awaiting}"
+        if self.pipeline.approval.on_newer is OnNewer.SUPERSEDE:
+            assert len(awaiting) <= 1, "more than the newest awaits approval"
 
     @invariant()
     def rollbacks_first(self) -> None:

@@ -21,8 +21,8 @@ def test_queue_policy_waits_in_arrival_order() -> None:
         assert not admission.active
         slot = admission.slot
     assert slot.waiting == ("r2", "r3")
-    slot, head = slot.free("r1").promote_next()
-    assert (head, slot.active, slot.waiting) == ("r2", "r2", ("r3",))
+    slot = slot.free("r1").promote("r2")
+    assert (slot.active, slot.waiting) == ("r2", ("r3",))
 
 
 def test_supersede_policy_keeps_only_the_newest() -> None:
@@ -35,11 +35,6 @@ def test_a_waiting_slot_with_no_active_release_is_not_jumped() -> None:
     admission = PipelineSlot("p", waiting=("r1",)).admit("r2", BusyPolicy.QUEUE)
     assert not admission.active
     assert admission.slot.waiting == ("r1", "r2")
-
-
-def test_promote_needs_a_free_slot() -> None:
-    slot = PipelineSlot("p", active="r1", waiting=("r2",))
-    assert slot.promote_next() == (slot, None)
 
 
 @given(st.lists(st.sampled_from(["admit", "admit_super", "finish"]), max_size=40))
@@ -56,7 +51,9 @@ def test_one_active_and_every_release_accounted_for(operations: list[str]) -> No
             gone.update(admission.superseded)
         elif slot.active is not None:
             gone.add(slot.active)
-            slot, _ = slot.free(slot.active).promote_next()
+            slot = slot.free(slot.active)
+            if slot.waiting:
+                slot = slot.promote(slot.waiting[0])
         held = [r for r in (slot.active, *slot.waiting) if r is not None]
         assert len(held) == len(set(held))
         assert set(held) | gone == set(admitted)
@@ -94,10 +91,10 @@ def test_queue_keeps_waiting_uploads_in_s3_order_and_promotion_moves_the_mark() 
     slot = slot.admit("v2", BusyPolicy.QUEUE, mark("v2", 1)).slot
     assert slot.waiting == ("api", "v2", "v3")
 
-    slot, head = slot.free("v1").promote_next()
-    assert (head, slot.newest_started) == ("api", mark("v1", 0))
-    slot, head = slot.free("api").promote_next()
-    assert (head, slot.newest_started, slot.waiting_uploads) == ("v2", mark("v2", 1), (mark("v3", 2),))
+    slot = slot.free("v1").promote("api")
+    assert slot.newest_started == mark("v1", 0)
+    slot = slot.free("api").promote("v2")
+    assert (slot.newest_started, slot.waiting_uploads) == (mark("v2", 1), (mark("v3", 2),))
     assert slot.free("v3").waiting_uploads == ()
 
 
@@ -138,7 +135,9 @@ def test_started_uploads_never_go_back_in_s3_order(seconds: list[int]) -> None:
         if admission.active:
             started.append(second)
         if number % 3 == 2 and slot.active is not None:  # now and then the active one ends
-            slot, head = slot.free(slot.active).promote_next()
-            if head is not None:
+            slot = slot.free(slot.active)
+            if slot.waiting:
+                head = slot.waiting[0]
+                slot = slot.promote(head)
                 started.append(seconds[int(head.removeprefix("r"))])
     assert started == sorted(started)
