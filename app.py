@@ -77,6 +77,13 @@ def on_notify_message(event: SQSEvent) -> dict[str, Any]:
     return lambda_handlers.notify_messages(bootstrap.wiring(), event.to_dict())
 
 
+@app.on_sqs_message(queue="release-coordinator-slack-actions", batch_size=1, name="on_slack_action")
+def on_slack_action(event: SQSEvent) -> dict[str, Any]:
+    """Button clicks on release cards, queued by the route below, one per invocation: no click waits
+    behind another's Slack calls. Partial batch failures reported."""
+    return lambda_handlers.slack_action_messages(bootstrap.wiring(), event.to_dict())
+
+
 @app.route("/releases", methods=["GET"], authorizer=iam)
 def list_releases() -> Response:
     return http_api.list_releases(bootstrap.wiring(), http_api.current(app.current_request))
@@ -125,3 +132,10 @@ def get_pipeline(name: str) -> Response:
 @app.route("/pipelines/{name}/rollback", methods=["POST"], authorizer=iam)
 def roll_back_pipeline(name: str) -> Response:
     return http_api.roll_back(bootstrap.wiring(), http_api.current(app.current_request), name)
+
+
+# The one route without IAM auth: Slack cannot sign with SigV4. It checks Slack's own request
+# signature (the [slack] app's signing secret), takes each signed request once, and only queues.
+@app.route("/slack/interactions", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
+def slack_interactions() -> Response:
+    return http_api.slack_interaction(bootstrap.wiring(), http_api.current(app.current_request))

@@ -9,11 +9,14 @@ import functools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
 from chalicelib.service.notification_ports import NotificationAdapters
 from chalicelib.service.wiring import Wiring
+
+if TYPE_CHECKING:
+    from chalicelib.service.slack_actions import SlackActionAdapters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINES_FILE = "chalicelib/pipelines.toml"
@@ -75,6 +78,7 @@ def wiring() -> Wiring:
         notifications=_notifications(session, config, table),
         # Its client is made on first read: only a check of a pipeline with alarms reads them.
         alarms=CloudWatchAlarms(lambda: session.client("cloudwatch", config=config)),
+        slack_actions=_slack_actions(session, config, table),
     )
 
 
@@ -110,7 +114,36 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
             email_sender=SesEmail(lambda: client("ses")),
             sns=SnsTopics(lambda: client("sns")),
             webhook=HttpWebhook(),
+            # Buttons on the cards only where a Slack app ([slack]) can take the clicks.
+            slack_card_actions=pipelines().slack is not None,
         ),
+    )
+
+
+def _slack_actions(session: Any, config: Any, table: str) -> SlackActionAdapters | None:
+    """The replay guard, the actions queue and Slack, when ``SLACK_ACTIONS_QUEUE_URL`` is set (the
+    API's route and the actions worker); each client is made on first use."""
+    from chalicelib.adapters.secrets import ParameterSecrets
+    from chalicelib.adapters.slack_interactions import (
+        DynamoInteractionLedger,
+        SlackWorkspace,
+        SqsSlackActionQueue,
+    )
+    from chalicelib.service.slack_actions import SlackActionAdapters
+
+    queue_url = os.environ.get("SLACK_ACTIONS_QUEUE_URL")
+    if not queue_url:
+        return None
+
+    @functools.cache
+    def client(service: str) -> Any:
+        return session.client(service, config=config)
+
+    return SlackActionAdapters(
+        secrets=ParameterSecrets(client),
+        ledger=DynamoInteractionLedger(lambda: client("dynamodb"), table),
+        queue=SqsSlackActionQueue(lambda: client("sqs"), queue_url),
+        workspace=SlackWorkspace(base_url=os.environ.get("SLACK_API_URL") or None),
     )
 
 

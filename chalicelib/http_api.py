@@ -47,6 +47,7 @@ from chalicelib.domain.api_requests import (
 )
 from chalicelib.domain.permissions import Person
 from chalicelib.domain.release import Release
+from chalicelib.domain.slack_interactions import BadSignature, SlackActionsUnavailable
 from chalicelib.log import logger
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
 from chalicelib.service.wiring import ConflictPersisted, Wiring
@@ -87,6 +88,7 @@ REFUSALS: dict[type[Refused], tuple[int, str]] = {
     ConflictingState: (409, "ConflictError"),
     TooLarge: (413, "PayloadTooLargeError"),
     InvalidValue: (422, "UnprocessableEntityError"),
+    BadSignature: (401, "UnauthorizedError"),
 }
 
 
@@ -270,6 +272,34 @@ def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
         return Answer(200, body)
 
     return _respond(run)
+
+
+def slack_interaction(wiring: Wiring, request: Request) -> Response:
+    """``POST /slack/interactions``, the one route without IAM auth: Slack's signature with the
+    ``[slack]`` app's signing secret proves the sender instead. It only verifies, records and
+    queues the click (Slack's three seconds); the worker acts and answers the user."""
+    from chalicelib.service import slack_actions
+
+    def run() -> Answer:
+        _no_query(request)
+        headers = request.headers
+        slack_actions.accept(
+            wiring,
+            request.raw_body,
+            headers.get("x-slack-request-timestamp"),
+            headers.get("x-slack-signature"),
+        )
+        return Answer(200, {})
+
+    try:
+        answered = _respond(run)
+    except SlackActionsUnavailable as unavailable:
+        logger.error("a Slack click could not be taken", extra={"why": str(unavailable)})
+        return _unavailable(None, str(unavailable))
+    if answered.status_code != 200:
+        return answered
+    # Slack takes an empty 200 as "received"; what a body says would be shown to the user.
+    return Response(body="", status_code=200, headers={"Content-Type": "text/plain"})
 
 
 def _submitted(submitted: release_commands.Submitted) -> Answer:

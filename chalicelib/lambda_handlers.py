@@ -185,3 +185,35 @@ def notify_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     )
     deliveries.finish()
     return dict(response)
+
+
+def slack_action_messages(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
+    """A batch of button clicks queued by ``POST /slack/interactions``. A malformed message is
+    logged and dropped (retrying cannot fix it); a click refused or about a missing release is
+    answered to its user and done; one that fails otherwise (AWS throttled) is reported back
+    alone, so SQS retries just it."""
+    from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+
+    from chalicelib.domain.slack_interactions import ActionRequest
+    from chalicelib.service.slack_actions import act
+
+    def click(record: SQSRecord) -> None:
+        try:
+            request = ActionRequest.from_message(json.loads(record.body))
+        except (MalformedEvent, ValueError) as problem:
+            logger.warning(
+                "malformed Slack action message dropped",
+                extra={"why": str(problem), "message_id": record.message_id},
+            )
+            return
+        with logger.append_context_keys(release_id=request.release_id, slack_action=request.action.value):
+            act(wiring, request)
+
+    response = process_partial_response(
+        event=dict(event),
+        record_handler=click,
+        processor=BatchProcessor(event_type=EventType.SQS),
+        context=None,
+    )
+    return dict(response)

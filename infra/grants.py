@@ -20,7 +20,15 @@ from typing import Any
 from infra import stack
 from infra.functions import APP_NAME, Function, RenderError, log_group_name
 from infra.intrinsics import arn, get_att, sub
-from infra.stack import EVENT_FAILURES, NOTIFY_DLQ, NOTIFY_QUEUE, STREAM_FAILURES, TABLE, VERIFY_QUEUE
+from infra.stack import (
+    EVENT_FAILURES,
+    NOTIFY_DLQ,
+    NOTIFY_QUEUE,
+    SLACK_ACTIONS_QUEUE,
+    STREAM_FAILURES,
+    TABLE,
+    VERIFY_QUEUE,
+)
 
 # IAM quotas (IAM user guide, "IAM and AWS STS quotas"): characters, white space not counted.
 MANAGED_POLICY_MAX_CHARS = 6144
@@ -48,6 +56,10 @@ class Scope:
     topics: tuple[str, ...]
     # bucket -> the pipelines' key prefixes in it
     bucket_prefixes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # The [slack] app's secrets as (source, ARN): the signing secret (the API's route checks
+    # requests with it) and the bot token (the actions worker reads user groups with it).
+    slack_signing_secret: tuple[tuple[str, Any], ...] = ()
+    slack_token: tuple[tuple[str, Any], ...] = ()
 
 
 def pipeline_scope(stage: str, pipelines: Any) -> Scope:
@@ -58,6 +70,7 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
     secrets: dict[str, Any] = {}
     identities: dict[str, dict[str, str]] = {}
     topics: set[str] = set()
+    slack = pipelines.slack
     for pipeline in pipelines.pipelines:
         # A key "api/prod/v1.zip" matches "api/prod/*"; an empty prefix matches the whole bucket.
         object_arns[(pipeline.bucket, pipeline.prefix)] = arn(
@@ -77,13 +90,9 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
                 if not isinstance(ref, SecretRef):
                     continue
                 if ref.source == "ssm":
-                    # Names with a path start with "/", which the ARN does not repeat.
-                    parameters[ref.name] = arn("ssm", f"parameter/{ref.name.lstrip('/')}")
-                elif ref.name.startswith("arn:"):
-                    secrets[ref.name] = ref.name
+                    parameters[ref.name] = _secret_arn(ref)
                 else:
-                    # Secrets Manager appends six random characters to a secret's ARN.
-                    secrets[ref.name] = arn("secretsmanager", f"secret:{ref.name}-??????")
+                    secrets[ref.name] = _secret_arn(ref)
             if isinstance(channel, EmailSettings):
                 # SES authorizes against the identity that verified the sender: the address
                 # itself, or its domain.
@@ -106,7 +115,24 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
             (bucket, tuple(sorted(set(prefixes))))
             for bucket, prefixes in sorted(stack.pipeline_buckets(pipelines).items())
         ),
+        slack_signing_secret=((slack.signing_secret.source, _secret_arn(slack.signing_secret)),)
+        if slack is not None
+        else (),
+        slack_token=((slack.token.source, _secret_arn(slack.token)),)
+        if slack is not None and slack.token is not None
+        else (),
     )
+
+
+def _secret_arn(ref: Any) -> Any:
+    """The ARN of an SSM parameter or a Secrets Manager secret the pipelines file names."""
+    if ref.source == "ssm":
+        # Names with a path start with "/", which the ARN does not repeat.
+        return arn("ssm", f"parameter/{ref.name.lstrip('/')}")
+    if ref.name.startswith("arn:"):
+        return ref.name
+    # Secrets Manager appends six random characters to a secret's ARN.
+    return arn("secretsmanager", f"secret:{ref.name}-??????")
 
 
 TABLE_ARN = get_att(TABLE)
@@ -346,6 +372,36 @@ def _channels(_function: Function, scope: Scope) -> list[Statement]:
     return statements
 
 
+def _slack_actions_send(_function: Function, _scope: Scope) -> list[Statement]:
+    return [_statement("QueueSlackActions", ["sqs:SendMessage"], [get_att(SLACK_ACTIONS_QUEUE)])]
+
+
+def _slack_actions_consume(_function: Function, _scope: Scope) -> list[Statement]:
+    return [
+        _statement(
+            "ConsumeSlackActions",
+            ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+            [get_att(SLACK_ACTIONS_QUEUE)],
+        )
+    ]
+
+
+def _secret_statements(sid: str, secrets: Sequence[tuple[str, Any]]) -> list[Statement]:
+    actions = {"ssm": "ssm:GetParameter", "secretsmanager": "secretsmanager:GetSecretValue"}
+    return [
+        _statement(f"{sid}{source.capitalize()}", [actions[source]], [resource])
+        for source, resource in secrets
+    ]
+
+
+def _slack_signing_secret(_function: Function, scope: Scope) -> list[Statement]:
+    return _secret_statements("ReadSlackSigningSecret", scope.slack_signing_secret)
+
+
+def _slack_token(_function: Function, scope: Scope) -> list[Statement]:
+    return _secret_statements("ReadSlackToken", scope.slack_token)
+
+
 # Every function's grants, by what its code calls (checked by tests/integration/test_permissions.py
 # against every AWS call the integration suite makes inside each handler). A release that ends
 # frees its pipeline's slot and starts the next one (or an automatic rollback): every function
@@ -353,7 +409,9 @@ def _channels(_function: Function, scope: Scope) -> list[Statement]:
 _RELEASES: tuple[Grant, ...] = (_table_read, _table_write)
 _STARTS: tuple[Grant, ...] = (_deployments,)
 FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
-    "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _event_failures),
+    # A write that holds a release (a freeze, an approval) sends its lane a wake-up on the verify
+    # queue (chalicelib/service/slot_flow.py _wake_when_due): every function that submits does.
+    "on_artifact_event": (*_RELEASES, _artifacts, *_STARTS, _verify_send, _event_failures),
     # SUCCESS starts verification (target groups, deployed instances) and runs its first check
     # (target health, alarms); FAILURE reads the lifecycle diagnostics of each instance.
     "on_codedeploy_event": (
@@ -381,8 +439,27 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     ),
     "on_release_stream": (_stream_read, _notify_send),
     "on_notify_message": (*_RELEASES, _notify_consume, _channels),
-    # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress.
-    "api_handler": (*_RELEASES, _artifacts, *_STARTS, _deploy_stop),
+    # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress;
+    # takes Slack's clicks (the signing secret, the replay guard on the table, the actions queue).
+    "api_handler": (
+        *_RELEASES,
+        _artifacts,
+        *_STARTS,
+        _deploy_stop,
+        _verify_send,
+        _slack_signing_secret,
+        _slack_actions_send,
+    ),
+    # A click's action goes through the API's use cases: cancel, roll back, redeploy, approve.
+    "on_slack_action": (
+        *_RELEASES,
+        _artifacts,
+        *_STARTS,
+        _deploy_stop,
+        _verify_send,
+        _slack_token,
+        _slack_actions_consume,
+    ),
 }
 
 

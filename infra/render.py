@@ -216,6 +216,7 @@ def _environment() -> dict[str, Any]:
         "VERIFY_QUEUE_URL": {"Ref": VERIFY_QUEUE},
         "NOTIFY_QUEUE_URL": {"Ref": NOTIFY_QUEUE},
         "NOTIFY_DLQ_URL": {"Ref": NOTIFY_DLQ},
+        "SLACK_ACTIONS_QUEUE_URL": {"Ref": stack.SLACK_ACTIONS_QUEUE},
     }
 
 

@@ -69,6 +69,19 @@ def slack_call_worst_s() -> float:
 SLACK_CALLS_PER_NOTIFICATION = 2
 
 
+# Slack calls one button click makes at most: the members of the user groups the pipeline names
+# (two, say: operators and approvers rarely name more) and the answer to the user.
+SLACK_CALLS_PER_ACTION = 3
+
+
+def slack_action_call_worst_s() -> float:
+    """One Slack call of the actions worker at its worst (chalicelib/adapters/slack_interactions.py):
+    slack_sdk's default connection-error retry makes it two attempts of the full timeout."""
+    from chalicelib.adapters import slack_interactions
+
+    return float(2 * slack_interactions.TIMEOUT_S)
+
+
 @dataclass(frozen=True)
 class Sizing:
     """What one function gets; ``worst_case_s`` is what its timeout was sized from."""
@@ -120,6 +133,10 @@ def function_sizing(batch_sizes: Mapping[str, int]) -> dict[str, Sizing]:
     verify_batch = batch_sizes["on_verify_message"]
     notify_batch = batch_sizes["on_notify_message"]
     stream_batch = batch_sizes["on_release_stream"]
+    action_batch = batch_sizes["on_slack_action"]
+    action_worst = _batch_worst_s(
+        action_batch, event_s + SLACK_CALLS_PER_ACTION * slack_action_call_worst_s()
+    )
     notify_worst = _batch_worst_s(notify_batch, notification_worst_s())
     return {
         # One EventBridge event per invocation.
@@ -168,6 +185,16 @@ def function_sizing(batch_sizes: Mapping[str, int]) -> dict[str, Sizing]:
             f"Lambda's {LAMBDA_MAX_TIMEOUT_S} s",
             # Slack allows about one message per second per channel: more parallel batches would
             # only collect 429s. The FIFO queue already keeps one batch per message group.
+            maximum_concurrency=5,
+        ),
+        "on_slack_action": Sizing(
+            action_worst,
+            _timeout(action_worst),
+            RELEASE_PATH_MEMORY_MB,
+            f"batch of {action_batch} click(s): the use case ({AWS_CALLS_PER_EVENT} calls x "
+            f"{AWS_CALL_S:g} s) and {SLACK_CALLS_PER_ACTION} Slack calls "
+            f"at {slack_action_call_worst_s():g} s",
+            # A person waits for each answer: a few clicks at once at most, each its own batch.
             maximum_concurrency=5,
         ),
         "on_release_stream": Sizing(

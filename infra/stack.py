@@ -21,14 +21,19 @@ VERIFY_QUEUE = "VerifyQueue"
 VERIFY_DLQ = "VerifyDeadLetterQueue"
 NOTIFY_QUEUE = "NotifyQueue"
 NOTIFY_DLQ = "NotifyDeadLetterQueue"
+SLACK_ACTIONS_QUEUE = "SlackActionsQueue"
+SLACK_ACTIONS_DLQ = "SlackActionsDeadLetterQueue"
 STREAM_FAILURES = "StreamFailureQueue"
 EVENT_FAILURES = "EventFailureQueue"
-DEAD_LETTER_QUEUES = (VERIFY_DLQ, NOTIFY_DLQ, STREAM_FAILURES, EVENT_FAILURES)
+DEAD_LETTER_QUEUES = (VERIFY_DLQ, NOTIFY_DLQ, SLACK_ACTIONS_DLQ, STREAM_FAILURES, EVENT_FAILURES)
 
 VERIFY_MAX_RECEIVES = 5
 # Transient failures that never pass move to the DLQ; permanent refusals are sent there at once
 # by the coordinator.
 NOTIFY_MAX_RECEIVES = 8
+# A click the worker could not carry out three times (AWS failing) is parked: by then the person
+# who clicked has long been told nothing happened, and acting minutes later would surprise them.
+SLACK_ACTION_MAX_RECEIVES = 3
 # SQS's longest retention (botocore sqs model: MessageRetentionPeriod "from 60 seconds (1 minute)
 # to 1,209,600 seconds (14 days)"): the last stop keeps what it holds as long as SQS can.
 DLQ_RETENTION_S = 14 * 24 * 3600
@@ -64,6 +69,14 @@ QUEUES: tuple[QueueSpec, ...] = (
         consumer="on_notify_message",
         dead_letters=NOTIFY_DLQ,
         max_receives=NOTIFY_MAX_RECEIVES,
+    ),
+    QueueSpec(SLACK_ACTIONS_DLQ, "slack-actions-dlq"),
+    QueueSpec(
+        SLACK_ACTIONS_QUEUE,
+        "slack-actions",
+        consumer="on_slack_action",
+        dead_letters=SLACK_ACTIONS_DLQ,
+        max_receives=SLACK_ACTION_MAX_RECEIVES,
     ),
     QueueSpec(STREAM_FAILURES, "stream-failures"),
     QueueSpec(EVENT_FAILURES, "event-failures"),

@@ -1,5 +1,7 @@
 """The main job on the embedded default: deploy v1, roll out v2 under steady traffic, watch a
-broken v3 fail and roll back to v2, then summarise what happened. ``relco demo`` runs this.
+broken v3 fail and roll back to v2, then a v4 whose alarm fires as it deploys fail verification and
+roll back to v2, then summarise what happened. Every release but the rollbacks waits for approval,
+which the release lead gives from its Slack card. ``relco demo`` runs this.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class DemoResult:
                     "version": release.metadata.get("version_label"),
                     "reason": release.reason,
                     "rollback_of": release.rollback_of,
+                    "history": self.histories.get(release.id, []),
                 }
                 for release in self.releases
             ],
@@ -61,7 +64,7 @@ class DemoFailed(RuntimeError):
 def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
     result = DemoResult()
     started = time.monotonic()
-    with Sandbox(workdir, instances=instances) as sandbox:
+    with Sandbox(workdir, instances=instances, gates=True) as sandbox:
         result.timings_s["sandbox_start"] = time.monotonic() - started
         first = _release(sandbox, "1.0.0", result, "deploy_v1")
         _expect(first, ReleaseState.SUCCEEDED)
@@ -76,9 +79,10 @@ def run_demo(workdir: Path, *, instances: int = 2) -> DemoResult:
             rollback = sandbox.wait_terminal(rollback_release_id(broken.id))
             result.timings_s["auto_rollback"] = time.monotonic() - rollback_started
             _expect(rollback, ReleaseState.SUCCEEDED)
+            alarmed, alarm_rollback = _alarm_gated_release(sandbox, "4.0.0", result)
         finally:
             result.traffic = traffic.stop()
-        result.releases = [first, second, broken, rollback]
+        result.releases = [first, second, broken, rollback, alarmed, alarm_rollback]
         store = _store()
         result.histories = {r.id: [event.to_dict() for event in store.history(r.id)] for r in result.releases}
         result.serving_version = _serving_version(sandbox.endpoints.lb_url)
@@ -91,6 +95,24 @@ def _store() -> Any:
     from chalicelib import bootstrap
 
     return bootstrap.wiring().store
+
+
+def _alarm_gated_release(sandbox: Sandbox, version: str, result: DemoResult) -> tuple[Release, Release]:
+    """``version`` is approved and deploys; as it does, its errors set off the pipeline's alarm
+    (SetAlarmState stands in for the 5xx metric), so its first health check fails it
+    (verify_failed) and it rolls back. The alarm clears once the bad version is gone."""
+    began = time.monotonic()
+    release_id = sandbox.upload(version)
+    sandbox.approve_from_slack(release_id)
+    sandbox.wait_for(release_id, lambda release: release.deployment_id is not None, "deploying")
+    sandbox.set_alarm("ALARM", f"Threshold Crossed: 5xx responses rose as {version} rolled out")
+    failed = sandbox.wait_terminal(release_id)
+    sandbox.set_alarm("OK", "Threshold not crossed: the 5xx responses stopped")
+    _expect(failed, ReleaseState.FAILED)
+    rollback = sandbox.wait_terminal(rollback_release_id(release_id))
+    _expect(rollback, ReleaseState.SUCCEEDED)
+    result.timings_s["deploy_v4_alarm_and_rollback"] = time.monotonic() - began
+    return failed, rollback
 
 
 def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) -> Release:
@@ -143,7 +165,10 @@ def summary(result: DemoResult) -> str:
             start = _seconds(history[0]["timestamp"])
             for event in history:
                 offset = _seconds(event["timestamp"]) - start
-                reason = event["detail"].get("reason") or event["detail"].get("task") or ""
+                detail = event["detail"]
+                reason = detail.get("reason") or detail.get("task") or ""
+                if detail.get("approved_by"):
+                    reason += f" (approved by {detail['approved_by']} from Slack)"
                 lines.append(f"    +{offset:6.1f}s  {event['type']:<20} {event['state']:<10} {reason}"[:160])
         lines.append(f"    reason: {release.reason}")
         lines.append("")

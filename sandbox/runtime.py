@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,13 +27,14 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.release import Release, Revision, upload_release_id
+from infra import stack
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
 from sandbox.load_balancer import LoadBalancer, TargetHealth
 from sandbox.local_instance import LocalInstance
 from sandbox.provision import Provisioned, provision
-from sandbox.slack_api import SlackApi
+from sandbox.slack_api import Click, SlackApi
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +46,28 @@ BUCKET = "relco-sandbox-artifacts"
 PIPELINE = "demo"
 TABLE = "relco-sandbox-releases"
 SLACK_TOKEN_PARAMETER = "/relco/sandbox/slack-bot-token"
+# The Slack app whose card buttons the look-alike presses: its signing secret lives in SSM, as in
+# production, and the operator (a user, or a member of the on-call group) may act on the cards.
+SLACK_SIGNING_SECRET_PARAMETER = "/relco/sandbox/slack-signing-secret"
+SLACK_SIGNING_SECRET = "sandbox-slack-signing-secret"
+SLACK_OPERATOR = "U0OPERATOR"
+SLACK_ONCALL_GROUP = "S0ONCALL"
+SLACK_ONCALL_MEMBER = "U0ONCALL"
+# Issue 14's gates, on in the demo (``Sandbox(gates=True)``): the release lead approves each
+# release from its Slack card, and an alarm in moto's CloudWatch gates verification.
+SLACK_RELEASE_LEAD = "U0LEAD"
+DEMO_ALARM = "demo-5xx"
+GATES_TOML = f"""
+[pipeline.approval]
+slack_approvers = ["{SLACK_RELEASE_LEAD}"]
+expires_after = "1h"
+"""
 EMAIL_SENDER = "relco@sandbox.example"
 PIPELINES_TOML = f"""
+[slack]
+signing_secret_parameter = "{SLACK_SIGNING_SECRET_PARAMETER}"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
+
 [[pipeline]]
 name = "{PIPELINE}"
 bucket = "{BUCKET}"
@@ -59,12 +81,17 @@ healthy_checks = 2
 interval_s = 1
 deadline_s = 60
 
+[pipeline.slack]
+operators = ["{SLACK_OPERATOR}", "{SLACK_ONCALL_GROUP}"]
+
 [[pipeline.notify]]
 kind = "slack"
 channel = "#deploys"
 token_parameter = "{SLACK_TOKEN_PARAMETER}"
-on = ["started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded"]
-mention_on_failure = ["S0ONCALL"]
+on = [
+  "awaiting_approval", "started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded",
+]
+mention_on_failure = ["{SLACK_ONCALL_GROUP}"]
 
 [[pipeline.notify]]
 kind = "email"
@@ -72,6 +99,15 @@ sender = "{EMAIL_SENDER}"
 to = ["oncall@sandbox.example"]
 on = ["failed", "verify_failed", "rolled_back", "succeeded"]
 """
+
+
+def pipelines_toml(*, gates: bool) -> str:
+    """The sandbox's pipelines file; with the gates, the demo pipeline requires approval from the
+    release lead and its verification is gated by DEMO_ALARM."""
+    if not gates:
+        return PIPELINES_TOML
+    gated = PIPELINES_TOML.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
+    return gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
 
 
 @dataclass(frozen=True)
@@ -134,9 +170,13 @@ def demo_bundle(version: str) -> bytes:
 
 
 class Sandbox:
-    def __init__(self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8) -> None:
+    def __init__(
+        self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8, gates: bool = False
+    ) -> None:
         self.workdir = Path(workdir)
         self.instance_count = instances
+        # The demo's gates: approval from the Slack card, and DEMO_ALARM gating verification.
+        self.gates = gates
         self.health_timeout_s = health_timeout_s
         self._moto: ThreadedMotoServer | None = None
         self._saved_environment: dict[str, str | None] = {}
@@ -202,7 +242,7 @@ class Sandbox:
         host, port = self._moto.get_host_and_port()
         aws_endpoint_url = f"http://{host}:{port}"
         pipelines_file = self.workdir / "pipelines.toml"
-        pipelines_file.write_text(PIPELINES_TOML, encoding="utf-8")
+        pipelines_file.write_text(pipelines_toml(gates=self.gates), encoding="utf-8")
         self._set_environment(
             {
                 "AWS_ACCESS_KEY_ID": "sandbox",
@@ -216,7 +256,9 @@ class Sandbox:
                 "SLACK_API_URL": "",
             }
         )
-        self.slack = SlackApi().start()
+        self.slack = SlackApi(
+            signing_secret=SLACK_SIGNING_SECRET, usergroups={SLACK_ONCALL_GROUP: [SLACK_ONCALL_MEMBER]}
+        ).start()
         self._parts.append(self.slack)
         os.environ["SLACK_API_URL"] = self.slack.api_url
         self.session = boto3.session.Session(region_name=REGION)
@@ -231,10 +273,32 @@ class Sandbox:
         os.environ["VERIFY_QUEUE_URL"] = self.provisioned.verify_queue_url
         os.environ["NOTIFY_QUEUE_URL"] = self.provisioned.notify_queue_url
         os.environ["NOTIFY_DLQ_URL"] = self.provisioned.notify_dlq_url
-        # The bot token lives in SSM, as in production; the local Slack accepts this one.
-        self.session.client("ssm").put_parameter(
-            Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True
+        self._set_environment(
+            {"SLACK_ACTIONS_QUEUE_URL": self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE]}
         )
+        # The bot token and the signing secret live in SSM, as in production; the local Slack
+        # accepts this token and signs its clicks with this secret.
+        ssm = self.session.client("ssm")
+        ssm.put_parameter(Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True)
+        ssm.put_parameter(
+            Name=SLACK_SIGNING_SECRET_PARAMETER,
+            Value=SLACK_SIGNING_SECRET,
+            Type="SecureString",
+            Overwrite=True,
+        )
+        if self.gates:
+            # An alarm on the load balancer's 5xx count, as a team would gate on; the demo moves
+            # its state with SetAlarmState.
+            self.session.client("cloudwatch").put_metric_alarm(
+                AlarmName=DEMO_ALARM,
+                Namespace="AWS/ApplicationELB",
+                MetricName="HTTPCode_Target_5XX_Count",
+                Statistic="Sum",
+                Period=60,
+                EvaluationPeriods=1,
+                Threshold=5,
+                ComparisonOperator="GreaterThanOrEqualToThreshold",
+            )
         bootstrap.reset()
         balanced = self.provisioned.load_balanced[PIPELINE]
         codedeploy_queue = self._codedeploy_event_queue()
@@ -308,6 +372,11 @@ class Sandbox:
                     arn(self.provisioned.notify_queue_url),
                     chalice_app.on_notify_message,
                 ),
+                SqsSource(
+                    self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE],
+                    arn(self.provisioned.queue_urls[stack.SLACK_ACTIONS_QUEUE]),
+                    chalice_app.on_slack_action,
+                ),
             ],
             stream=StreamSource(
                 stream_arn,
@@ -321,6 +390,8 @@ class Sandbox:
         ).start()
         self._parts.append(pump)
         api_url = self._serve_api(chalice_app.app)
+        # The Slack app's Interactivity Request URL: where the look-alike sends its clicks.
+        self.slack.interactions_url = f"{api_url}/slack/interactions"
         self.endpoints = Endpoints(
             aws_endpoint_url=aws_endpoint_url,
             api_url=api_url,
@@ -420,7 +491,62 @@ class Sandbox:
         raise TimeoutError(f"release {release_id} did not finish within {timeout_s:.0f}s")
 
     def deploy(self, version: str) -> Release:
-        return self.wait_terminal(self.upload(version))
+        """Upload ``version`` and wait for its release to end; with the gates on, the release
+        lead approves it from its Slack card first."""
+        release_id = self.upload(version)
+        if self.gates:
+            self.approve_from_slack(release_id)
+        return self.wait_terminal(release_id)
+
+    def approve_from_slack(self, release_id: str) -> Click:
+        """The release lead presses Approve on the release's card."""
+        return self.click(release_id, "approve", SLACK_RELEASE_LEAD, "release-lead")
+
+    def wait_for(self, release_id: str, ready: Callable[[Release], bool], what: str) -> Release:
+        from chalicelib import bootstrap
+
+        store = bootstrap.wiring().store
+        deadline = time.monotonic() + RELEASE_TIMEOUT_S
+        while time.monotonic() < deadline:
+            release = store.get_release(release_id)
+            if release is not None and ready(release):
+                return release
+            time.sleep(0.05)
+        raise TimeoutError(f"release {release_id} was not {what} within {RELEASE_TIMEOUT_S:.0f}s")
+
+    def set_alarm(self, state: str, reason: str) -> None:
+        """Move DEMO_ALARM in moto's CloudWatch, as its metric would."""
+        self.session.client("cloudwatch").set_alarm_state(
+            AlarmName=DEMO_ALARM, StateValue=state, StateReason=reason
+        )
+
+    def click(
+        self,
+        release_id: str,
+        action_id: str,
+        user_id: str = SLACK_OPERATOR,
+        user_name: str = "operator",
+        timeout_s: float = RELEASE_TIMEOUT_S,
+    ) -> Click:
+        """Press a button of the release's Slack card as ``user_id`` would in Slack, once the card
+        shows it (the notifier posts and edits the card as the release moves)."""
+        from chalicelib import bootstrap
+
+        assert self.slack is not None
+        store = bootstrap.wiring().store
+        deadline = time.monotonic() + timeout_s
+        while True:
+            release = store.get_release(release_id)
+            stored = next(iter(release.notification_threads.values()), None) if release else None
+            if stored is not None:
+                thread = SlackThread.from_stored(stored)
+                try:
+                    return self.slack.click(thread.channel, thread.ts, action_id, user_id, user_name)
+                except LookupError:
+                    pass  # the card does not show the button (yet)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the card of release {release_id} showed no {action_id!r} button")
+            time.sleep(0.25)
 
     def slack_thread(self, release: Release) -> str | None:
         """The release's Slack thread as plain text, from the local Slack."""

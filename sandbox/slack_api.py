@@ -23,6 +23,13 @@ bound the messages exclusively unless ``inclusive``; a page with more after it s
 ``has_more: true`` and gives ``response_metadata.next_cursor`` (empty on the last page). Message
 ``metadata`` (``event_type``, ``event_payload``, set on ``chat.postMessage``) is returned only with
 ``include_all_metadata``. Both history methods take the channel *id*.
+
+Buttons, as a Slack app with interactivity: :meth:`SlackApi.click` presses a button of a card
+(only one the card shows), and POSTs the ``block_actions`` payload Slack would send to the
+app's Interactivity Request URL: a form body ``payload=<json>`` signed with the app's signing
+secret (``X-Slack-Signature: v0=<HMAC-SHA256 of "v0:<timestamp>:<body>">``,
+``X-Slack-Request-Timestamp``), whose ``response_url`` points back here: what the app posts there
+is kept (:meth:`SlackApi.responses`). ``usergroups.users.list`` answers from the groups given.
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ import argparse
 import base64
 import contextlib
 import copy
+import hashlib
+import hmac
+import itertools
 import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +54,7 @@ from email.message import Message as HttpHeaders
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -54,8 +66,13 @@ TEAM_ID = "T0SANDBOX"
 BOT_USER_ID = "U0RELEASE"
 BOT_ID = "B0RELEASE"
 
+APP_ID = "A0RELEASE"
+TEAM_DOMAIN = "sandbox"
+
 _API_PREFIX = "/api/"
 _WEBHOOK_PREFIX = f"/services/{TEAM_ID}/B0WEBHOOK/"
+# A click's response_url, as Slack's https://hooks.slack.com/actions/<team>/<action>/<token>.
+_RESPONSE_PREFIX = f"/actions/{TEAM_ID}/"
 # Slack's ts is the time of posting, "<seconds>.<microseconds>", unique in a channel: the clock,
 # stepped on where two posts would share one.
 _TS_STEP_MICROS = 100
@@ -125,6 +142,42 @@ class Call:
 
 
 @dataclass(frozen=True)
+class SignedRequest:
+    """A request as Slack signs and sends it to the app: what :meth:`SlackApi.send` posts again."""
+
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The interaction payload the form body carries."""
+        loaded: dict[str, Any] = json.loads(parse_qs(self.body.decode())["payload"][0])
+        return loaded
+
+
+@dataclass(frozen=True)
+class Click:
+    """A button pressed: the request Slack sent and the app's answer to it."""
+
+    request: SignedRequest
+    status: int
+    answer: bytes
+
+
+@dataclass(frozen=True)
+class ResponsePost:
+    """What the app posted to a click's ``response_url``."""
+
+    action: str  # the click's number in the response_url
+    payload: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return str(self.payload.get("text") or "")
+
+
+@dataclass(frozen=True)
 class _Reply:
     status: int
     body: bytes
@@ -171,6 +224,10 @@ class SlackApi:
         valid_tokens: Iterable[str] = DEFAULT_TOKENS,
         channels: Mapping[str, str] = DEFAULT_CHANNELS,
         port: int = 0,
+        *,
+        signing_secret: str | None = None,
+        interactions_url: str | None = None,
+        usergroups: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self._valid_tokens = frozenset(valid_tokens)
         # Names are accepted with or without the leading "#", as Slack does.
@@ -187,6 +244,12 @@ class SlackApi:
         self._calls: list[Call] = []
         self._faults: dict[str, deque[_Fault]] = {}
         self._delays: dict[str, deque[float]] = {}
+        # The app's interactivity: where clicks go and the secret they are signed with.
+        self.signing_secret = signing_secret
+        self.interactions_url = interactions_url
+        self._usergroups = {group: list(users) for group, users in (usergroups or {}).items()}
+        self._responses: list[ResponsePost] = []
+        self._click_numbers = itertools.count(1)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -295,6 +358,11 @@ class SlackApi:
         with self._lock:
             return copy.deepcopy(self._webhooks.get(name, []))
 
+    def responses(self) -> list[ResponsePost]:
+        """What the app posted to its clicks' ``response_url``s, in order."""
+        with self._lock:
+            return list(self._responses)
+
     def render_thread_text(self, channel: str, ts: str) -> str:
         """The thread as a reader sees it: the root's final text, then one indented entry per reply."""
         with self._lock:
@@ -319,6 +387,97 @@ class SlackApi:
             raise LookupError(f"no root message {ts} in {channel!r}")
         return message
 
+    # -- interactivity -----------------------------------------------------------------------------------
+
+    def click(self, channel: str, ts: str, action_id: str, user_id: str, user_name: str) -> Click:
+        """Press the button ``action_id`` on the root message ``ts`` as user ``user_id`` and send
+        the request to the Interactivity Request URL: the request and the app's answer."""
+        request = self.press(channel, ts, action_id, user_id, user_name)
+        status, answer = self.send(request)
+        return Click(request, status, answer)
+
+    def press(
+        self,
+        channel: str,
+        ts: str,
+        action_id: str,
+        user_id: str,
+        user_name: str,
+        *,
+        timestamp: int | None = None,
+    ) -> SignedRequest:
+        """The signed ``block_actions`` request Slack sends when ``user_id`` presses the button
+        ``action_id`` on the root message ``ts`` (not sent: :meth:`send` does). ``timestamp``
+        (Unix seconds) signs as of another time, as a delayed request."""
+        if self.signing_secret is None or self.interactions_url is None:
+            raise RuntimeError(
+                "the look-alike has no app to send clicks to: set signing_secret and interactions_url"
+            )
+        with self._lock:
+            message = self._root_for_inspection(channel, ts)
+            block, button = _button(message, action_id)
+            number = next(self._click_numbers)
+            now = time.time()
+            clicked: dict[str, Any] = {
+                "action_id": action_id,
+                "block_id": block.get("block_id", ""),
+                "text": copy.deepcopy(button.get("text")),
+                "value": button.get("value", ""),
+                "type": "button",
+                "action_ts": f"{now:.6f}",
+            }
+            if button.get("style"):
+                clicked["style"] = button["style"]
+            payload = {
+                "type": "block_actions",
+                "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+                "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": TEAM_ID},
+                "api_app_id": APP_ID,
+                # The deprecated verification token; signed requests make it unnecessary.
+                "token": "sandbox-verification-token",
+                "container": {
+                    "type": "message",
+                    "message_ts": message.ts,
+                    "channel_id": message.channel,
+                    "is_ephemeral": False,
+                },
+                "trigger_id": f"{number}.{int(now)}.sandbox",
+                "channel": {"id": message.channel, "name": self._channel_name(message.channel)},
+                "message": _message_json(message),
+                "response_url": f"{self._base_url()}{_RESPONSE_PREFIX}{number}/sandbox",
+                "actions": [clicked],
+            }
+        return self.signed(urlencode({"payload": json.dumps(payload)}).encode(), timestamp)
+
+    def signed(self, body: bytes, timestamp: int | None = None) -> SignedRequest:
+        """``body`` as Slack signs it for the app (Slack's "Verifying requests from Slack")."""
+        if self.signing_secret is None or self.interactions_url is None:
+            raise RuntimeError(
+                "the look-alike has no app to sign for: set signing_secret and interactions_url"
+            )
+        stamp = str(int(time.time()) if timestamp is None else timestamp)
+        digest = hmac.new(self.signing_secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256)
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Slack-Request-Timestamp": stamp,
+            "X-Slack-Signature": f"v0={digest.hexdigest()}",
+        }
+        return SignedRequest(self.interactions_url, body, headers)
+
+    def send(self, request: SignedRequest) -> tuple[int, bytes]:
+        """POST a signed request to the app (again, for a replay): its status and body."""
+        outgoing = urllib.request.Request(
+            request.url, data=request.body, headers=request.headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(outgoing, timeout=10) as answer:
+                return int(answer.status), bytes(answer.read())
+        except urllib.error.HTTPError as refused:
+            return int(refused.code), bytes(refused.read())
+
+    def _channel_name(self, channel_id: str) -> str:
+        return next((name for name, known in self._channel_ids.items() if known == channel_id), channel_id)
+
     # -- request handling (called from the server's handler threads) -----------------------------------
 
     def _handle(self, path: str, query: str, headers: HttpHeaders, body: bytes) -> _Reply:
@@ -326,6 +485,8 @@ class SlackApi:
             reply, delay = self._api_call(path.removeprefix(_API_PREFIX), query, headers, body)
         elif path.startswith(_WEBHOOK_PREFIX):
             reply, delay = self._webhook_call(unquote(path.removeprefix(_WEBHOOK_PREFIX)), body)
+        elif path.startswith(_RESPONSE_PREFIX):
+            return self._response_post(path.removeprefix(_RESPONSE_PREFIX).split("/", 1)[0], body)
         else:
             return _text_reply(404, "no_service")
         if delay:
@@ -360,6 +521,7 @@ class SlackApi:
             "conversations.history": self._history,
             "conversations.replies": self._replies,
             "conversations.list": self._list_channels,
+            "usergroups.users.list": self._usergroup_users,
         }
         try:
             handler = handlers.get(method)
@@ -452,6 +614,27 @@ class SlackApi:
         ]
         page, cursor = _page(channels, params, _LIST_LIMITS)
         return {"channels": page, "response_metadata": {"next_cursor": cursor}}
+
+    def _usergroup_users(self, params: dict[str, Any]) -> dict[str, Any]:
+        group = params.get("usergroup")
+        if not group:
+            raise _SlackError("invalid_arguments")
+        users = self._usergroups.get(str(group))
+        if users is None:
+            raise _SlackError("no_such_subteam")
+        return {"users": list(users)}
+
+    def _response_post(self, action: str, body: bytes) -> _Reply:
+        """A post to a click's response_url: JSON with ``text`` (and ``response_type``)."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return _text_reply(400, "invalid_payload")
+        if not isinstance(payload, dict) or not (payload.get("text") or payload.get("blocks")):
+            return _text_reply(400, "no_text")
+        with self._lock:
+            self._responses.append(ResponsePost(action, payload))
+        return _json_reply(200, {"ok": True})
 
     def _page_of_messages(
         self, messages: list[Message], params: dict[str, Any], limits: tuple[int, int]
@@ -568,6 +751,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
+
+
+def _button(message: Message, action_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The actions block and button ``action_id`` of the message: a person can press only a
+    button the message shows."""
+    for block in message.blocks or []:
+        if block.get("type") != "actions":
+            continue
+        for element in block.get("elements") or []:
+            if (
+                isinstance(element, dict)
+                and element.get("type") == "button"
+                and element.get("action_id") == action_id
+            ):
+                return block, element
+    raise LookupError(f"message {message.ts} shows no button {action_id!r}")
 
 
 def _json_reply(status: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None) -> _Reply:

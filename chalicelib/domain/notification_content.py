@@ -18,6 +18,7 @@ from typing import Any
 from chalicelib.domain.notify_routes import Notification, SlackMentions
 from chalicelib.domain.permissions import ApprovalPolicy
 from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
+from chalicelib.domain.slack_interactions import actions_block
 
 LABELS: Mapping[Notification, str] = {
     Notification.STARTED: "STARTED",
@@ -309,8 +310,9 @@ def _approvers(policy: ApprovalPolicy | None, *, slack: bool) -> str:
     return " or ".join(parts)
 
 
-def card_blocks(notice: Notice) -> list[dict[str, Any]]:
-    """The release's card: header with its current state, the facts as fields, the reason, and a
+def card_blocks(notice: Notice, with_actions: bool = False) -> list[dict[str, Any]]:
+    """The release's card: header with its current state, the facts as fields, the reason, the
+    buttons its state offers (``with_actions``: only where a Slack app receives the clicks), and a
     context line with the ids an operator searches for."""
     release = notice.release
     emoji, label = _card_label(release)
@@ -360,14 +362,17 @@ def card_blocks(notice: Notice) -> list[dict[str, Any]]:
                 "text": {"type": "mrkdwn", "text": _truncate("\n".join(reason), _SECTION_LIMIT)},
             }
         )
+    actions = actions_block(release) if with_actions else None
+    if actions is not None:
+        blocks.append(actions)
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": " · ".join(context)}]})
     return blocks
 
 
-def slack_card(notice: Notice) -> SlackMessage:
+def slack_card(notice: Notice, with_actions: bool = False) -> SlackMessage:
     _, label = _card_label(notice.release)
     # Slack reads the fallback text as mrkdwn too: a version label like "<!channel>" must not ping.
-    return SlackMessage(text=f"{label}: {escape(notice.title)}", blocks=card_blocks(notice))
+    return SlackMessage(text=f"{label}: {escape(notice.title)}", blocks=card_blocks(notice, with_actions))
 
 
 def _code_block(text: str) -> str:

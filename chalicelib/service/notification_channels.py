@@ -51,9 +51,12 @@ class SlackThreadChannel:
 
     kind: ClassVar[NotifyKind] = SlackSettings.kind
 
-    def __init__(self, slack: SlackThreads, secrets: Secrets) -> None:
+    def __init__(self, slack: SlackThreads, secrets: Secrets, card_actions: bool = False) -> None:
         self._slack = slack
         self._secrets = secrets
+        # The card's buttons: only when the pipelines file names a Slack app ([slack]) whose
+        # signing secret lets POST /slack/interactions accept the clicks.
+        self._card_actions = card_actions
 
     def send(self, settings: SlackSettings, outgoing: Outgoing) -> bool:
         """The release's thread on this route: the first event posts the root card (and, for a
@@ -64,7 +67,7 @@ class SlackThreadChannel:
         message, notice, retaken = outgoing.message, outgoing.notice, outgoing.retaken
         slack = self._slack
         token = self._secrets.get(settings.token)
-        card = slack_card(notice)
+        card = slack_card(notice, self._card_actions)
         since = message.event.timestamp - LOOK_BACK
         stored = notice.release.notification_threads.get(message.route)
         if stored is None:
@@ -174,10 +177,11 @@ def channel_registry(
     email_sender: EmailSender,
     sns: TopicPublisher,
     webhook: WebhookPoster,
+    slack_card_actions: bool = False,
 ) -> Mapping[NotifyKind, Channel[Any]]:
-    """Every kind's channel, by kind."""
+    """Every kind's channel, by kind; ``slack_card_actions`` puts buttons on bot-token cards."""
     channels: tuple[Channel[Any], ...] = (
-        SlackThreadChannel(slack, secrets),
+        SlackThreadChannel(slack, secrets, slack_card_actions),
         SlackWebhookChannel(slack_webhook, secrets),
         EmailChannel(email_sender),
         SnsChannel(sns),

@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from chalicelib.domain.pipelines import PipelinesConfig
 from chalicelib.service.notification_ports import NotificationAdapters
@@ -22,6 +22,10 @@ from chalicelib.service.ports import (
     VerifyQueue,
     WriteConflict,
 )
+
+if TYPE_CHECKING:
+    # Only the Slack actions' functions use them: not imported at every cold start.
+    from chalicelib.service.slack_actions import SlackActionAdapters
 
 T = TypeVar("T")
 
@@ -42,6 +46,9 @@ class Wiring:
     notifications: NotificationAdapters | None = None
     # None where no CloudWatch is wired: a pipeline that names alarms cannot be verified then.
     alarms: Alarms | None = None
+    # None where the Slack actions queue is not configured: the release card's buttons then
+    # cannot be taken (POST /slack/interactions answers 503).
+    slack_actions: SlackActionAdapters | None = None
 
 
 class ConflictPersisted(RuntimeError):

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from app import app
-from infra import render
+from infra import render, stack
 from infra.functions import app_functions
 from infra.iam import Request, Template, denied, requests_for_call, without_action
 from infra.iam_reference import policy_problems
@@ -33,6 +33,7 @@ SUITE_NAMES = {
     render.VERIFY_QUEUE: "release-coordinator-verify",
     render.NOTIFY_QUEUE: "release-coordinator-notify.fifo",
     render.NOTIFY_DLQ: "release-coordinator-notify-dlq.fifo",
+    stack.SLACK_ACTIONS_QUEUE: "release-coordinator-slack-actions",
 }
 INTEGRATION_DIR = Path(__file__).parent
 

@@ -11,5 +11,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if RUN_STATS["examples"]:
         terminalreporter.write_line(
             f"lane: {RUN_STATS['examples']} examples, {RUN_STATS['steps']} steps "
-            "(hypothesis state machine over submissions, finishes, cancels, repairs, adoptions, approvals and break-glass deploys)"
+            "(hypothesis state machine over submissions, finishes, cancels, repairs, adoptions, "
+            "approvals and break-glass deploys)"
         )
