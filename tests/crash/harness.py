@@ -11,8 +11,10 @@ AWS, as the stage's template configures it (``world.AwsBehaviour``):
   queue after ``maxReceiveCount`` receives (moto's redrive).
 - ``on_release_stream`` takes the table's stream records in order, 100 at a time; a failed batch
   is retried from the first record not done, up to the template's retry limit.
-- The HTTP API is called through the Chalice app's routes (``chalice.test.Client``); when the
-  call dies, the CLI repeats the request with the same ``Idempotency-Key``.
+- The HTTP API is called as API Gateway calls the function after IAM authentication (the
+  operator's ARN in the request context); when the call dies, the CLI repeats the request with
+  the same ``Idempotency-Key``.
+- CloudWatch: an alarm changes state when the scenario says (``set_alarm``).
 - CodeDeploy: moto's deployments, moved by ``CodeDeployDriver`` through ``sandbox.moto_extensions``
   (start, finish, stop on request) with the state-change events AWS sends.
 
@@ -43,7 +45,7 @@ from chalicelib.domain.release import Revision, upload_release_id
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
 from tests.crash.clock import SimulatedClock
-from tests.crash.world import BUCKET, REGION, TABLE, World
+from tests.crash.world import BUCKET, OPERATOR_ARN, REGION, STAGE, TABLE, World
 from tests.integration.conftest import codedeploy_event
 
 # A run that has not settled after this long (simulated) is stuck; the invariants say how.
@@ -246,6 +248,12 @@ class Run:
         self.answers: list[ApiAnswer] = []
         self.violations: list[Violation] = []
         self.outcomes: dict[str, str] = {}  # revision key -> CodeDeploy status it ends with
+        # upload key -> what the operator decided on its approval ("approved", "rejected")
+        self.decisions: dict[str, str] = {}
+        # upload keys an operator deployed again with break-glass
+        self.broken_glass: list[str] = []
+        # (when, alarm, state) of every change the scenario made to a CloudWatch alarm
+        self.alarm_changes: list[tuple[float, str, str]] = []
         self._agenda: list[_Entry] = []
         self._seq = 0
         self._occurrences: dict[str, int] = {}
@@ -255,6 +263,8 @@ class Run:
         self._empty_poll_s: dict[str, tuple[float, int]] = {}
         self.driver = CodeDeployDriver(self)
         self._scenario_steps = 0
+        # The run does not settle before this (a time-driven move falls due then: ``wait_until``).
+        self._due_s = 0.0
         # Called with each invocation's number just before it starts (the sweep forks there).
         self.before_invocation: Callable[[int], None] | None = None
 
@@ -263,6 +273,11 @@ class Run:
     def at(self, at_s: float, what: str, action: Callable[[], None], *, recurring: bool = False) -> None:
         self._seq += 1
         heapq.heappush(self._agenda, _Entry(at_s, self._seq, what, action, recurring))
+
+    def wait_until(self, at_s: float) -> None:
+        """A move falls due at ``at_s`` with nothing to announce it (a freeze ends, an approval
+        expires): quiet reconciles before then do not end the run."""
+        self._due_s = max(self._due_s, at_s)
 
     def step(self, at_s: float, what: str, action: Callable[[], None]) -> None:
         """A step of the scenario (an upload, an operator's request)."""
@@ -359,28 +374,56 @@ class Run:
 
     def cancel(self, at_s: float, key: str) -> None:
         """An operator cancels the release of upload ``key`` with ``relco cancel``."""
-        idempotency_key = f"cancel-{key}"
+        self._operator_request(at_s, "cancel", key, "/releases/{release_id}/cancel", {})
+
+    def approve(self, at_s: float, key: str) -> None:
+        """An operator the approval pipeline names approves the release of upload ``key``."""
+        self.decisions[key] = "approved"
+        body = {"comment": "looks good"}
+        self._operator_request(at_s, "approve", key, "/releases/{release_id}/approve", body)
+
+    def reject(self, at_s: float, key: str) -> None:
+        """An operator the approval pipeline names rejects the release of upload ``key``."""
+        self.decisions[key] = "rejected"
+        body = {"comment": "not this one"}
+        self._operator_request(at_s, "reject", key, "/releases/{release_id}/reject", body)
+
+    def break_glass(self, at_s: float, key: str, pipeline: str) -> None:
+        """An operator deploys the uploaded object ``key`` with ``relco deploy --break-glass``."""
+        self.broken_glass.append(key)
+        body = {"pipeline": pipeline, "key": key, "break_glass": "hotfix during the freeze"}
+        self._operator_request(at_s, "break-glass", key, "/releases", body)
+
+    def set_alarm(self, at_s: float, name: str, state: str) -> None:
+        """CloudWatch moves an alarm to ``state`` (the sweep's own call: no handler runs)."""
+
+        def change() -> None:
+            self.world.cloudwatch.set_alarm_state(
+                AlarmName=name, StateValue=state, StateReason=f"set to {state}"
+            )
+            self.alarm_changes.append((self.now_s, name, state))
+
+        self.step(at_s, f"alarm {name} {state}", change)
+
+    def _operator_request(self, at_s: float, verb: str, key: str, route: str, body: dict[str, Any]) -> None:
+        """A signed POST to ``route`` (``{release_id}``: the release of upload ``key``) through API
+        Gateway to the API function, with an Idempotency-Key; the CLI repeats it as it would (a
+        502 for a function that died, a 409 while the key is held)."""
+        idempotency_key = f"{verb}-{key}"
+        what = f"{verb} {key}"
 
         def request(attempt: int = 1, first_refused_s: float | None = None) -> None:
-            release_id = self.release_id(key)
-            what = f"cancel {key}"
-            done, response = self.invoke(
-                "api_handler",
-                what,
-                lambda: self.world.api.http.post(
-                    f"/releases/{release_id}/cancel",
-                    headers={"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
-                    body="{}",
-                ),
-            )
+            parameters = {"release_id": self.release_id(key)} if "{release_id}" in route else None
+            event = api_gateway_event(route, parameters, body, idempotency_key)
+            done, response = self.invoke("api_handler", what, lambda: chalice_app.app(event, None))
             if not done:
                 # API Gateway answers 502 for a function that died; the CLI repeats the request.
                 self.at(self.now_s + 1, f"{what} (repeated)", lambda: request(attempt + 1, first_refused_s))
                 return
-            body = json.loads(response.body or b"{}")
-            message = str(body.get("Message", ""))
-            self.answers.append(ApiAnswer(what, response.status_code, message, self.now_s))
-            if response.status_code == 409 and "still being answered" in message:
+            status = int(response["statusCode"])
+            message = str(json.loads(response.get("body") or "{}").get("Message", ""))
+            self.answers.append(ApiAnswer(what, status, message, self.now_s))
+            if status == 409 and "still being answered" in message:
                 first = first_refused_s if first_refused_s is not None else self.now_s
                 if self.now_s - first >= API_RETRY_PATIENCE_S and not any(
                     v.kind == "api_retry_refused" for v in self.violations
@@ -394,18 +437,18 @@ class Run:
                     )
                 backoff = min(30.0, 2.0 ** min(attempt, 5))
                 self.at(self.now_s + backoff, f"{what} (repeated)", lambda: request(attempt + 1, first))
-            elif response.status_code == 409 and "being started" in message:
+            elif status == 409 and "being started" in message:
                 self.at(self.now_s + 5, f"{what} (repeated)", lambda: request(attempt + 1, None))
-            elif response.status_code == 404:
+            elif status == 404:
                 # The upload's release is not there yet (its event is being retried): look again.
                 self.at(self.now_s + 10, f"{what} (repeated)", lambda: request(attempt + 1, None))
 
         def first_request() -> None:
             if not any(upload.key == key for upload in self.uploads):
-                raise AssertionError(f"scenario cancels {key} before uploading it")
+                raise AssertionError(f"scenario's {verb} names {key} before uploading it")
             request()
 
-        self.step(at_s, f"cancel {key}", first_request)
+        self.step(at_s, what, first_request)
 
     # event sources polled like Lambda's
 
@@ -569,7 +612,12 @@ class Run:
                 at_s, _, action = min(candidates, key=lambda candidate: (candidate[0], candidate[1]))
                 if at_s > HORIZON_S:
                     break
-                settling = action == self._pop_agenda and self._agenda[0].recurring and self._quiet()
+                settling = (
+                    action == self._pop_agenda
+                    and self._agenda[0].recurring
+                    and self._agenda[0].at_s >= self._due_s
+                    and self._quiet()
+                )
                 self.clock.advance_to(at_s)
                 action()
                 self.driver.observe()
@@ -603,6 +651,34 @@ class Run:
 
 
 API_RETRY_PATIENCE_S = 60.0
+
+
+def api_gateway_event(
+    route: str, parameters: dict[str, str] | None, body: dict[str, Any], idempotency_key: str
+) -> dict[str, Any]:
+    """A POST as API Gateway hands it to the function after IAM authentication: the caller's
+    verified ARN in ``requestContext.identity.userArn``."""
+    path = route.format(**(parameters or {}))
+    return {
+        "resource": route,
+        "path": path,
+        "httpMethod": "POST",
+        "headers": {"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+        "multiValueHeaders": {},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": parameters,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": route,
+            "httpMethod": "POST",
+            "path": f"/{STAGE}{path}",
+            "stage": STAGE,
+            "identity": {"accountId": DEFAULT_ACCOUNT_ID, "userArn": OPERATOR_ARN, "sourceIp": "203.0.113.9"},
+        },
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
 
 
 class CodeDeployDriver:

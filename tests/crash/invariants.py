@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
@@ -14,15 +15,17 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 
 from chalicelib.adapters.codedeploy import release_id_in_description
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore, release_from_item
+from chalicelib.domain.freeze import current_freeze
 from chalicelib.domain.notification_content import FAILURES, LABELS
 from chalicelib.domain.notifications import notification_for, opens_thread, receives
 from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.pipelines import NotifyRoute
-from chalicelib.domain.release import HistoryEvent, Release, ReleaseState
+from chalicelib.domain.release import BREAK_GLASS, EventType, HistoryEvent, Release, ReleaseState
 from sandbox import moto_extensions
 from sandbox.slack_api import Message
+from tests.crash.clock import EPOCH
 from tests.crash.harness import Run, Violation, is_read
-from tests.crash.world import REGION, SLACK_CHANNEL, TABLE
+from tests.crash.world import OPERATOR_ARN, REGION, SLACK_CHANNEL, TABLE
 
 _RELEASE_IN_CARD = re.compile(r"Release `([^`]+)`")
 _RELEASE_IN_MAIL = re.compile(r"<th align='left'>Release</th><td>([^<]+)</td>")
@@ -68,6 +71,8 @@ def check(run: Run) -> list[Violation]:
     found += _uploads(run, state)
     found += _served(run, state)
     found += _notifications(run, state)
+    found += _approvals(run, state)
+    found += _gates(run, state)
     return found
 
 
@@ -105,10 +110,13 @@ def _ended(run: Run, state: FinalState) -> list[Violation]:
     store = DynamoReleaseStore(run.world.dynamodb, TABLE)
     for pipeline in run.world.pipelines.pipelines:
         slot = store.get_slot(pipeline.name)
-        if slot.active is not None or slot.waiting:
+        awaiting = [mark.release_id for mark in slot.awaiting_approval]
+        if slot.active is not None or slot.waiting or awaiting:
             found.append(
                 Violation(
-                    "slot_held", f"{pipeline.name}'s slot: active {slot.active}, waiting {list(slot.waiting)}"
+                    "slot_held",
+                    f"{pipeline.name}'s slot: active {slot.active}, waiting {list(slot.waiting)}, "
+                    f"awaiting approval {awaiting}",
                 )
             )
     return found
@@ -191,6 +199,178 @@ def _served(run: Run, state: FinalState) -> list[Violation]:
                 )
             )
     return found
+
+
+def repair_within_s(run: Run) -> float:
+    """How long after a time-driven move falls due (a freeze ends, an approval expires, an alarm
+    clears) the lane may take to make it: its wake-up is on time, but a crash between the commit
+    and the wake-up's send leaves it to the next reconcile, which Lambda retries after a crash."""
+    behaviour = run.world.behaviour
+    return float(behaviour.reconcile_every_s + sum(behaviour.async_retry_delays_s))
+
+
+def _seconds(moment: datetime) -> float:
+    """Seconds after the run's start."""
+    return (moment - EPOCH).total_seconds()
+
+
+def _started_s(history: list[HistoryEvent]) -> float | None:
+    """When the release took the slot (entered DEPLOYING), in seconds of the run."""
+    return next(
+        (
+            _seconds(event.timestamp)
+            for event in history
+            if event.type is EventType.STATE_ENTERED and event.state is ReleaseState.DEPLOYING
+        ),
+        None,
+    )
+
+
+def _approvals(run: Run, state: FinalState) -> list[Violation]:
+    """On a pipeline that requires approval nothing but a rollback deploys unless approved, and
+    each upload ends as the operator decided: approved by them (then it deploys), rejected by them
+    (STOPPED), or nobody decided and it expired (STOPPED) by the repair after its expiry."""
+    found = []
+    late_s = repair_within_s(run)
+    for release in state.releases.values():
+        pipeline = run.world.pipelines.named(release.pipeline)
+        if pipeline is None or not pipeline.approval.required or release.trigger.is_rollback:
+            continue
+        history = state.histories[release.id]
+        if _started_s(history) is not None and not any("approved_by" in e.detail for e in history):
+            found.append(
+                Violation(
+                    "deployed_unapproved",
+                    f"release {release.id} ({release.revision.key}) deployed unapproved",
+                )
+            )
+    for upload in run.uploads:
+        pipeline = run.world.pipelines.named(upload.pipeline)
+        ended = state.releases.get(upload.release_id)
+        if pipeline is None or not pipeline.approval.required or ended is None:
+            continue
+        if ended.state is ReleaseState.SUPERSEDED:
+            continue
+        history = state.histories[ended.id]
+        decision = run.decisions.get(upload.key)
+        what = f"release {ended.id} ({upload.key}), {decision or 'not decided'}, ended {ended.state.value}"
+        if decision == "approved":
+            approvers = [e.detail["approved_by"] for e in history if "approved_by" in e.detail]
+            if approvers != [OPERATOR_ARN] or _started_s(history) is None:
+                found.append(Violation("approval_lost", f"{what}: approved by {approvers}: {ended.reason}"))
+        elif decision == "rejected":
+            rejecters = [e.detail["rejected_by"] for e in history if "rejected_by" in e.detail]
+            if ended.state is not ReleaseState.STOPPED or rejecters != [OPERATOR_ARN]:
+                found.append(Violation("rejection_lost", f"{what}: rejected by {rejecters}: {ended.reason}"))
+        else:
+            expired = next((e for e in history if "approval_expired" in e.detail), None)
+            if ended.state is not ReleaseState.STOPPED or expired is None:
+                found.append(Violation("approval_not_expired", f"{what}: {ended.reason}"))
+                continue
+            due_s = _seconds(datetime.fromisoformat(str(expired.detail["approval_expired"])))
+            at_s = _seconds(expired.timestamp)
+            if not due_s <= at_s <= due_s + late_s:
+                found.append(
+                    Violation(
+                        "approval_expired_off_time",
+                        f"{what}: expired at {at_s:.0f}s, due at {due_s:.0f}s (within {late_s:.0f}s)",
+                    )
+                )
+    return found
+
+
+def _gates(run: Run, state: FinalState) -> list[Violation]:
+    """Freezes and alarm gates: nothing but a rollback or break-glass takes the slot during a
+    freeze or while a named alarm is in ALARM; a release held by either starts by the repair after
+    it ends; a break-glass deploy during a freeze starts before the freeze ends."""
+    found = []
+    late_s = repair_within_s(run)
+    for release in state.releases.values():
+        pipeline = run.world.pipelines.named(release.pipeline)
+        if pipeline is None:
+            continue
+        history = state.histories[release.id]
+        started_s = _started_s(history)
+        exempt = release.trigger.is_rollback or BREAK_GLASS in release.metadata
+        label = f"release {release.id} ({release.revision.key})"
+        if started_s is not None and not exempt:
+            freeze = current_freeze(pipeline.freeze, EPOCH + timedelta(seconds=started_s))
+            if freeze is not None:
+                found.append(
+                    Violation(
+                        "started_in_freeze", f"{label} started at {started_s:.0f}s, during {freeze.to_dict()}"
+                    )
+                )
+            firing = _alarms_in_alarm(run, pipeline.verify.alarms, started_s)
+            if firing:
+                found.append(
+                    Violation(
+                        "started_in_alarm", f"{label} started at {started_s:.0f}s with {firing} in ALARM"
+                    )
+                )
+        for event in history:
+            if event.state is not ReleaseState.QUEUED or event.type is not EventType.STATE_ENTERED:
+                continue
+            free_s: float | None
+            if "freeze" in event.detail:
+                free_s = _seconds(datetime.fromisoformat(str(event.detail["freeze"]["ends_at"])))
+            elif "alarms" in event.detail:
+                free_s = _alarms_clear_s(run, pipeline.verify.alarms, _seconds(event.timestamp))
+            else:
+                continue
+            if release.state in (ReleaseState.SUPERSEDED, ReleaseState.STOPPED):
+                continue
+            if started_s is None or free_s is None or started_s > free_s + late_s:
+                found.append(
+                    Violation(
+                        "held_too_long",
+                        f"{label} was held ({event.detail.get('reason')}) until {free_s}s, started at "
+                        f"{started_s}s (within {late_s:.0f}s)",
+                    )
+                )
+    for key in run.broken_glass:
+        broken = [r for r in state.releases.values() if r.revision.key == key and BREAK_GLASS in r.metadata]
+        if len(broken) != 1:
+            found.append(
+                Violation("break_glass_lost", f"{key}: {len(broken)} break-glass releases, expected 1")
+            )
+            continue
+        [release] = broken
+        created = state.histories[release.id][0].timestamp
+        pipeline = run.world.pipelines.named(release.pipeline)
+        freeze = current_freeze(pipeline.freeze, created) if pipeline else None
+        started_s = _started_s(state.histories[release.id])
+        if freeze is not None and (started_s is None or started_s >= _seconds(freeze.ends_at)):
+            found.append(
+                Violation(
+                    "break_glass_waited",
+                    f"break-glass release {release.id} of {key} during {freeze.to_dict()} started at "
+                    f"{started_s}s: {release.reason}",
+                )
+            )
+    return found
+
+
+def _alarm_states(run: Run, at_s: float) -> dict[str, str]:
+    """The alarms the scenario set, as they stood at ``at_s``."""
+    states: dict[str, str] = {}
+    for changed_s, name, value in run.alarm_changes:
+        if changed_s <= at_s:
+            states[name] = value
+    return states
+
+
+def _alarms_in_alarm(run: Run, names: tuple[str, ...], at_s: float) -> list[str]:
+    states = _alarm_states(run, at_s)
+    return [name for name in names if states.get(name) == "ALARM"]
+
+
+def _alarms_clear_s(run: Run, names: tuple[str, ...], from_s: float) -> float | None:
+    """When none of ``names`` was in ALARM any more, from ``from_s`` on (None: never)."""
+    for at_s in [from_s, *(changed_s for changed_s, _, _ in run.alarm_changes if changed_s > from_s)]:
+        if not _alarms_in_alarm(run, names, at_s):
+            return at_s
+    return None
 
 
 def _notifications(run: Run, state: FinalState) -> list[Violation]:

@@ -6,7 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tests.crash.harness import Run
-from tests.crash.world import NOTIFIED, QUIET
+from tests.crash.world import (
+    APPROVAL_EXPIRES_S,
+    FREEZE_ENDS_S,
+    FREEZE_STARTS_S,
+    FROZEN,
+    GATED,
+    NOTIFIED,
+    QUIET,
+    WATCHED,
+    WATCHED_ALARM,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,34 @@ def _cancel_deploying(run: Run) -> None:
     run.cancel(20, "cart/prod/cart-v1.zip")
 
 
+def _approved(run: Run) -> None:
+    run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.approve(30, "gated/prod/gated-v1.zip")
+
+
+def _rejected(run: Run) -> None:
+    run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.reject(30, "gated/prod/gated-v1.zip")
+
+
+def _approval_expires(run: Run) -> None:
+    run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.wait_until(APPROVAL_EXPIRES_S)
+
+
+def _freeze_holds_until_its_end(run: Run) -> None:
+    run.upload(0, "frozen/prod/frozen-v1.zip", FROZEN)
+    run.break_glass(FREEZE_STARTS_S + 10, "frozen/prod/frozen-v1.zip", FROZEN)
+    run.upload(FREEZE_STARTS_S + 20, "frozen/prod/frozen-v2.zip", FROZEN)
+    run.wait_until(FREEZE_ENDS_S)
+
+
+def _alarm_holds_the_start(run: Run) -> None:
+    run.set_alarm(0, WATCHED_ALARM, "ALARM")
+    run.upload(1, "watched/prod/watched-v1.zip", WATCHED)
+    run.set_alarm(100, WATCHED_ALARM, "OK")
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in (
@@ -70,6 +108,36 @@ SCENARIOS = {
             "cancel_deploying",
             "v1 is cancelled through the API while CodeDeploy deploys it",
             _cancel_deploying,
+        ),
+        Scenario(
+            "approval_approved",
+            "an upload to the approval pipeline awaits approval; an operator the pipeline names "
+            "approves it through the API; it deploys and is verified",
+            _approved,
+        ),
+        Scenario(
+            "approval_rejected",
+            "an upload awaiting approval is rejected through the API and ends STOPPED",
+            _rejected,
+        ),
+        Scenario(
+            "approval_expires",
+            "nobody approves an upload; the clock passes expires_after and the lane's wake-up (or "
+            "reconcile) expires it: STOPPED",
+            _approval_expires,
+        ),
+        Scenario(
+            "freeze_holds_until_its_end",
+            "v1 deploys before the freeze; during it an operator breaks the glass to deploy v1's "
+            "object again, which starts at once, and v2 is uploaded and held; the lane's wake-up "
+            "at the freeze's end starts v2",
+            _freeze_holds_until_its_end,
+        ),
+        Scenario(
+            "alarm_holds_the_start",
+            "the pipeline's alarm is in ALARM when v1 is uploaded: v1 waits QUEUED with the alarm "
+            "named; the alarm clears and reconcile starts it",
+            _alarm_holds_the_start,
         ),
     )
 }

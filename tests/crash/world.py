@@ -13,12 +13,12 @@ import os
 import tempfile
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 from chalice.app import Rate, ScheduledEventConfig
-from chalice.test import Client
 from moto import mock_aws
 from moto.backends import get_backend
 from moto.core.models import DEFAULT_ACCOUNT_ID
@@ -32,6 +32,7 @@ from infra.functions import app_functions
 from sandbox import moto_extensions
 from sandbox.provision import LoadBalancedGroup, provision
 from sandbox.slack_api import SlackApi
+from tests.crash.clock import EPOCH
 
 REGION = "us-east-1"
 BUCKET = "acme-artifacts"
@@ -44,7 +45,22 @@ SLACK_TOKEN_PARAMETER = "/relco/slack/bot-token"
 # spend their runs on the slot, CodeDeploy and the API.
 NOTIFIED = "shop-prod"
 QUIET = "cart-prod"
+# The release gates (issue 14), each on a quiet pipeline of its own so the other scenarios run
+# as before: approvals (load balanced: an approved release is verified), a freeze window (not
+# load balanced: CodeDeploy's SUCCESS ends a release), an alarm gate at start.
+GATED = "gated-prod"
+FROZEN = "frozen-prod"
+WATCHED = "watched-prod"
 INSTANCES = 2
+# Who operates the API in the scenarios: a session of the role the approval pipeline names, as API
+# Gateway's IAM authorizer hands it to the function (requestContext.identity.userArn).
+OPERATOR_ARN = "arn:aws:sts::123456789012:assumed-role/Releasers/alice"
+APPROVERS_ROLE = "arn:aws:iam::123456789012:role/Releasers"
+APPROVAL_EXPIRES_S = 300
+# frozen-prod's one-off freeze, in seconds after the run's start (clock.EPOCH, 10:00 UTC).
+FREEZE_STARTS_S = 120
+FREEZE_ENDS_S = 720
+WATCHED_ALARM = "watched-prod-5xx"
 # Every event a route can subscribe to goes to Slack; the email route takes the outcomes.
 PIPELINES_TOML = f"""
 [[pipeline]]
@@ -72,6 +88,41 @@ bucket = "{BUCKET}"
 prefix = "cart/prod/"
 application = "cart"
 deployment_group = "cart-prod"
+
+[[pipeline]]
+name = "{GATED}"
+bucket = "{BUCKET}"
+prefix = "gated/prod/"
+application = "gated"
+deployment_group = "gated-prod"
+
+[pipeline.approval]
+required = true
+approvers = ["{APPROVERS_ROLE}"]
+expires_after = "{APPROVAL_EXPIRES_S // 60}m"
+
+[[pipeline]]
+name = "{FROZEN}"
+bucket = "{BUCKET}"
+prefix = "frozen/prod/"
+application = "frozen"
+deployment_group = "frozen-prod"
+
+[[pipeline.freeze]]
+reason = "crash sweep freeze"
+start = {(EPOCH + timedelta(seconds=FREEZE_STARTS_S)).replace(tzinfo=None).isoformat()}
+end = {(EPOCH + timedelta(seconds=FREEZE_ENDS_S)).replace(tzinfo=None).isoformat()}
+
+[[pipeline]]
+name = "{WATCHED}"
+bucket = "{BUCKET}"
+prefix = "watched/prod/"
+application = "watched"
+deployment_group = "watched-prod"
+
+[pipeline.verify]
+alarms = ["{WATCHED_ALARM}"]
+alarm_at_start = "wait"
 """
 ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -83,7 +134,7 @@ ENVIRONMENT = {
     "RELEASES_TABLE": TABLE,
 }
 # The backends a run writes to; EC2, ELBv2, SSM and EventBridge keep what was provisioned.
-_RUN_BACKENDS = ("dynamodb", "sqs", "s3", "codedeploy", "ses")
+_RUN_BACKENDS = ("dynamodb", "sqs", "s3", "codedeploy", "ses", "cloudwatch")
 # AWS's default for a function without an EventInvokeConfig: "If the function returns an error,
 # by default Lambda attempts to run it two more times, with a one-minute wait between the first
 # two attempts, and two minutes between the second and third attempts."
@@ -181,7 +232,7 @@ class World:
             self.session,
             self.pipelines,
             table=TABLE,
-            load_balanced={NOTIFIED: INSTANCES, QUIET: INSTANCES},
+            load_balanced={NOTIFIED: INSTANCES, QUIET: INSTANCES, GATED: INSTANCES},
         )
         self.load_balanced: dict[str, LoadBalancedGroup] = provisioned.load_balanced
         self.session.client("ssm").put_parameter(
@@ -192,6 +243,7 @@ class World:
         self.sqs = self.session.client("sqs")
         self.s3 = self.session.client("s3")
         self.codedeploy = self.session.client("codedeploy")
+        self.cloudwatch = self.session.client("cloudwatch")
         self._deployment_groups = [
             (
                 pipeline.application,
@@ -203,7 +255,6 @@ class World:
             for pipeline in self.pipelines.pipelines
         ]
         self.queues = self.reset()
-        self.api = Client(chalice_app.app, stage_name=STAGE)
 
     def reset(self) -> Queues:
         """Back to the provisioned state: only the backends a run writes to are reset and their
@@ -227,6 +278,19 @@ class World:
             Bucket=BUCKET, NotificationConfiguration={"EventBridgeConfiguration": {}}
         )
         self.session.client("ses").verify_email_identity(EmailAddress=SENDER)
+        # watched-prod's alarm, OK until a scenario sets it (CloudWatch's own state for a new
+        # alarm is INSUFFICIENT_DATA, which holds no start).
+        self.cloudwatch.put_metric_alarm(
+            AlarmName=WATCHED_ALARM,
+            Namespace="AWS/ApplicationELB",
+            MetricName="HTTPCode_Target_5XX_Count",
+            Statistic="Sum",
+            Period=60,
+            EvaluationPeriods=1,
+            Threshold=1,
+            ComparisonOperator="GreaterThanOrEqualToThreshold",
+        )
+        self.cloudwatch.set_alarm_state(AlarmName=WATCHED_ALARM, StateValue="OK", StateReason="quiet")
         for application in sorted({group[0] for group in self._deployment_groups}):
             self.codedeploy.create_application(applicationName=application, computePlatform="Server")
         for application, group, balanced, name, config in self._deployment_groups:

@@ -5,11 +5,38 @@ message is never retried forever); routes answer 4xx with a message, never 500."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chalicelib.domain.release import ReleaseState
+from tests.integration import conftest
 from tests.integration.conftest import World
+
+# A pipeline whose releases await approval by a role the test client (an unverified caller) is
+# not: the approve and reject routes meet a real release awaiting approval.
+GATED_TOML = """
+[[pipeline]]
+name = "gated-prod"
+bucket = "acme-artifacts"
+prefix = "gated/prod/"
+application = "gated"
+deployment_group = "gated-prod"
+
+[pipeline.approval]
+required = true
+approvers = ["arn:aws:iam::123456789012:role/Releasers"]
+"""
+
+
+@pytest.fixture
+def pipelines_file(tmp_path: Path) -> Path:
+    """The shared pipelines file and the approval pipeline."""
+    path = tmp_path / "pipelines.toml"
+    path.write_text(conftest.PIPELINES_TOML + GATED_TOML, encoding="utf-8")
+    return path
+
 
 HOSTILE_STRINGS = [
     "",
@@ -23,6 +50,14 @@ HOSTILE_STRINGS = [
     "<script>alert(1)</script>",
 ]
 WRONG_TYPES: list[Any] = [None, 0, -1, 1.5, True, [], {}, [None], {"a": {"b": {"c": []}}}]
+# Valid ISO 8601 times at the edges of Python's datetime: their UTC value, or the time left until
+# them, is out of its range.
+EXTREME_TIMES = [
+    "9999-12-31T23:59:59-23:59",
+    "0001-01-01T00:00:00+23:59",
+    "9999-12-31T23:59:59+00:00",
+    "0001-01-01T00:00:00+00:00",
+]
 BAD_BODIES = ["{", '{"a":', "null", "[]", '"text"', "1e999", "\x00", "{" * 5000 + "}" * 5000]
 
 
@@ -108,6 +143,16 @@ def queue_bodies() -> list[str]:
     wake_ups += [
         json.dumps({"kind": "wake", "version": 1, "pipeline": v, "due_at": "2026-01-01T00:00:00+00:00"})
         for v in HOSTILE_STRINGS[:5]
+    ]
+    # A configured pipeline's wake-up due at the ends of what a datetime holds, with extreme
+    # offsets, without a zone, or not a date; and versions that only look like 1.
+    wake_ups += [
+        json.dumps({"kind": "wake", "version": 1, "pipeline": "api-prod", "due_at": due_at})
+        for due_at in [*EXTREME_TIMES, "2026-01-01T00:00:00", "2026-13-45T99:00:00+00:00", "now"]
+    ]
+    wake_ups += [
+        json.dumps({"kind": "wake", "version": version, "pipeline": "api-prod", "due_at": EXTREME_TIMES[0]})
+        for version in (True, 1.0, "1", [1], 2)
     ]
     return [*BAD_BODIES, *values, *shaped, *wake_ups]
 
@@ -222,3 +267,53 @@ def test_routes_answer_bad_input_with_a_4xx_and_a_message(world: World, method: 
             assert response.status_code < 500, (method, path, body[:80], response.body[:200])
             if response.status_code >= 400:
                 assert json.loads(response.body).get("Message"), response.body[:200]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("decision", ["approve", "reject"])
+def test_a_release_awaiting_approval_is_unmoved_by_bad_decisions(world: World, decision: str) -> None:
+    """Bad bodies, hostile comments and a caller the pipeline does not name: a 4xx with a message,
+    and the release still awaits approval with its history as it was."""
+    [release] = world.deliver_upload(world.upload("gated/prod/app-1.zip").eventbridge)["releases"]
+    release_id = release["id"]
+    assert world.release(release_id).state is ReleaseState.AWAITING_APPROVAL
+    history = world.history(release_id)
+    bodies = [
+        *BAD_BODIES,
+        *(json.dumps({"comment": value}) for value in [*HOSTILE_STRINGS, *WRONG_TYPES]),
+        json.dumps({"comment": "fine", "break_glass": "not a field here"}),
+        "{}",
+    ]
+    for number, body in enumerate(bodies):
+        response = world.client.http.post(
+            f"/releases/{release_id}/{decision}",
+            headers={"Content-Type": "application/json", "Idempotency-Key": f"k-{number}"},
+            body=body,
+        )
+        assert 400 <= response.status_code < 500, (body[:80], response.body[:200])
+        assert json.loads(response.body).get("Message"), response.body[:200]
+    assert world.release(release_id).state is ReleaseState.AWAITING_APPROVAL
+    assert world.history(release_id) == history
+    assert world.deployments("gated", "gated-prod") == []
+
+
+@pytest.mark.timeout(300)
+def test_break_glass_reasons_are_recorded_or_refused_never_a_500(world: World) -> None:
+    """A real object of a pipeline deployed with hostile break-glass reasons: taken (201, the
+    reason recorded as sent, stripped) or refused with a 4xx and a message."""
+    world.upload("web/prod/app-1.zip")
+    for number, reason in enumerate([*HOSTILE_STRINGS, *WRONG_TYPES, " ", "\t\n"]):
+        body = {"pipeline": "web-prod", "key": "web/prod/app-1.zip", "break_glass": reason}
+        response = world.client.http.post(
+            "/releases",
+            headers={"Content-Type": "application/json", "Idempotency-Key": f"bg-{number}"},
+            body=json.dumps(body),
+        )
+        assert response.status_code < 500, (repr(reason)[:80], response.body[:200])
+        answer = json.loads(response.body)
+        if response.status_code == 201:
+            assert isinstance(reason, str)
+            assert world.release(answer["id"]).metadata["break_glass"] == reason.strip()
+        else:
+            assert 400 <= response.status_code < 500, response.body[:200]
+            assert answer.get("Message"), response.body[:200]
