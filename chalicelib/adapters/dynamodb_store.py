@@ -248,6 +248,7 @@ def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSl
         active=item.get("active"),
         waiting=waiting,
         last_good=item.get("last_good"),
+        last_good_at=datetime.fromisoformat(str(item["last_good_at"])) if item.get("last_good_at") else None,
         newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
         waiting_uploads=_waiting_uploads(waiting, item.get("waiting_uploads", {})),
         awaiting_approval=_awaiting_approval(item.get("awaiting_approval", [])),
@@ -481,6 +482,7 @@ class DynamoReleaseStore:
             # Empty lists and maps are left out (most slots have no line): fewer values to carry.
             "waiting": list(slot.waiting) or None,
             "last_good": slot.last_good,
+            "last_good_at": slot.last_good_at.isoformat() if slot.last_good_at else None,
             "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
             "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
             or None,

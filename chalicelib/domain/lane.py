@@ -630,7 +630,7 @@ class Lane:
         steps = [finished]
         slot = self.slot.free(release.id)
         if command.target is ReleaseState.SUCCEEDED:
-            slot = dataclasses.replace(slot, last_good=release.id)
+            slot = dataclasses.replace(slot, last_good=release.id, last_good_at=now)
         start: Release | None = None
         look_first = False
         promoted: Release | None = None

@@ -6,6 +6,7 @@ pipeline, the key and what was wrong, so a bad deploy of the config never half-w
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +42,11 @@ _E = TypeVar("_E", bound=StrEnum)
 
 class PipelinesConfigError(ValueError):
     """The pipelines file is wrong; the message names the file, pipeline, key and the problem."""
+
+
+class PromoteMode(StrEnum):
+    AUTO = "auto"  # the downstream pipeline gets the release once it has soaked
+    APPROVAL = "approval"  # ... and it waits for approval ([pipeline.approval]) there
 
 
 class AlarmAtStart(StrEnum):
@@ -99,6 +105,14 @@ class Pipeline:
     freeze: tuple[FreezeWindow, ...] = ()
     approval: ApprovalPolicy = field(default_factory=ApprovalPolicy)
     slack: SlackOperators = field(default_factory=SlackOperators)
+    # Promotion: this pipeline deploys only what passed ``promote_from`` (its last good release,
+    # ``soak`` after it was verified), never its own uploads.
+    promote_from: str | None = None
+    promote: PromoteMode = PromoteMode.AUTO
+    soak: timedelta = timedelta(0)
+    # The soaks of the pipelines that promote from this one (set at load): when its last good
+    # release is due downstream.
+    downstream_soaks: tuple[timedelta, ...] = ()
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -130,6 +144,10 @@ class PipelinesConfig:
     pipelines: tuple[Pipeline, ...]
     slack: SlackApp | None = None
 
+    def downstream_of(self, name: str) -> tuple[Pipeline, ...]:
+        """The pipelines that promote from ``name``."""
+        return tuple(pipeline for pipeline in self.pipelines if pipeline.promote_from == name)
+
     def for_upload(self, bucket: str, key: str) -> Pipeline | None:
         # Prefixes within a bucket never overlap (checked at load), so at most one matches.
         return next((p for p in self.pipelines if p.matches(bucket, key)), None)
@@ -154,6 +172,9 @@ _OPTIONAL = (
     "freeze",
     "approval",
     "slack",
+    "promote_from",
+    "promote",
+    "soak",
 )
 
 
@@ -191,6 +212,7 @@ def parse_pipelines(raw: Mapping[str, Any], *, source: str = "<pipelines>") -> P
     )
     _check_unique_names(pipelines, source)
     _check_no_overlap(pipelines, source)
+    pipelines = _check_promotions(pipelines, source)
     slack = _parse_slack_app(raw["slack"], fail_global) if "slack" in raw else None
     return PipelinesConfig(pipelines, slack)
 
@@ -237,6 +259,7 @@ def _parse_pipeline(
         freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
         approval=_parse_approval(entry.get("approval", {}), fail),
         slack=_parse_slack_operators(entry.get("slack", {}), fail),
+        **_parse_promotion(entry, fail),
     )
 
 
@@ -343,6 +366,60 @@ def _parse_approval(value: Any, fail: Any) -> ApprovalPolicy:
     )
 
 
+def _parse_promotion(entry: Mapping[str, Any], fail: Any) -> dict[str, Any]:
+    """``promote_from``, ``promote`` and ``soak``; the pipeline named is checked once every
+    pipeline is read (``_check_promotions``)."""
+    promote_from = entry.get("promote_from")
+    if promote_from is None:
+        for name in ("promote", "soak"):
+            if name in entry:
+                raise fail(name, "is for a pipeline that promotes: set promote_from too")
+        return {}
+    if not isinstance(promote_from, str) or not promote_from:
+        raise fail("promote_from", f"must name another pipeline, got {promote_from!r}")
+    promote = _choice(entry, "promote", "pipeline", fail, default=PromoteMode.AUTO)
+    soak = _duration(entry["soak"], "soak", fail) if "soak" in entry else timedelta(0)
+    approval = entry.get("approval")
+    if promote is PromoteMode.APPROVAL and not (
+        isinstance(approval, dict) and (approval.get("approvers") or approval.get("slack_approvers"))
+    ):
+        raise fail("promote", "'approval' needs [pipeline.approval] naming approvers or slack_approvers")
+    return {"promote_from": promote_from, "promote": promote, "soak": soak}
+
+
+def _check_promotions(pipelines: tuple[Pipeline, ...], source: str) -> tuple[Pipeline, ...]:
+    """Every ``promote_from`` names another pipeline and the chains have no cycle; each pipeline
+    learns the soaks of those that promote from it."""
+    by_name = {pipeline.name: pipeline for pipeline in pipelines}
+    for pipeline in pipelines:
+        if pipeline.promote_from is None:
+            continue
+        if pipeline.promote_from not in by_name:
+            raise PipelinesConfigError(
+                f"{source}: pipeline '{pipeline.name}': key 'promote_from': no pipeline is named "
+                f"{pipeline.promote_from!r} (pipelines: {', '.join(sorted(by_name))})"
+            )
+        chain = [pipeline.name]
+        upstream: str | None = pipeline.promote_from
+        while upstream is not None:
+            if upstream in chain:
+                cycle = " -> ".join([*chain[chain.index(upstream) :], upstream])
+                raise PipelinesConfigError(
+                    f"{source}: pipeline '{pipeline.name}': key 'promote_from': promote_from forms a "
+                    f"cycle ({cycle}, each promoting from the next): a chain must start at a "
+                    "pipeline that deploys its own uploads"
+                )
+            chain.append(upstream)
+            upstream = by_name[upstream].promote_from
+    return tuple(
+        dataclasses.replace(
+            pipeline,
+            downstream_soaks=tuple(other.soak for other in pipelines if other.promote_from == pipeline.name),
+        )
+        for pipeline in pipelines
+    )
+
+
 def _parse_slack_operators(value: Any, fail: Any) -> SlackOperators:
     return SlackOperators(_slack_ids(_table(value, "slack", fail), "operators", "slack", fail, {"operators"}))
 
@@ -446,7 +523,7 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
 
 _FREEZE_KEYS = ("reason", "timezone", "start", "end", "rrule", "duration")
 # A duration in days, hours and minutes, largest first: "64h", "2d16h", "90m".
-_DURATION = re.compile(r"(?:(?P<days>\d+)d)?(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?")
+_DURATION = re.compile(r"(?:(?P<days>\d+)d)?(?:(?P<hours>\d+)h)?(?:(?P<minutes>\d+)m)?(?:(?P<seconds>\d+)s)?")
 
 
 def _parse_freeze(
@@ -512,7 +589,10 @@ def _duration(value: Any, key: str, fail: Callable[[str, str], PipelinesConfigEr
         raise fail(key, "is required with 'rrule'")
     written = _DURATION.fullmatch(value) if isinstance(value, str) and value else None
     if written is None:
-        raise fail(key, f"must be days, hours and minutes such as '64h', '2d16h' or '90m', got {value!r}")
+        raise fail(
+            key,
+            f"must be days, hours, minutes and seconds such as '64h', '2d16h', '90m' or '30s', got {value!r}",
+        )
     return timedelta(**{unit: int(amount) for unit, amount in written.groupdict(default="0").items()})
 
 

@@ -84,6 +84,8 @@ class Trigger(StrEnum):
     ROLLBACK = "rollback"
     AUTO_ROLLBACK = "auto_rollback"
     EXTERNAL = "external"
+    # A revision the upstream pipeline verified (``promote_from``), deployed downstream as it is.
+    PROMOTION = "promotion"
 
     @property
     def is_rollback(self) -> bool:
@@ -160,6 +162,13 @@ def upload_release_id(revision: Revision) -> str:
 def rollback_release_id(failed_release_id: str) -> str:
     """One auto-rollback per failed release, however often its failure is reported."""
     return f"rb-{failed_release_id}"
+
+
+def promotion_release_id(downstream: str, upstream_release_id: str) -> str:
+    """One promotion of an upstream release into each downstream pipeline, however often it is
+    found due (a wake-up, reconcile, ``relco promote``)."""
+    digest = hashlib.sha256(f"{downstream}\n{upstream_release_id}".encode()).hexdigest()
+    return f"pr-{digest[:20]}"
 
 
 def external_release_id(deployment_id: str) -> str:

@@ -65,6 +65,8 @@ class PipelineSlot:
     active: str | None = None
     waiting: tuple[str, ...] = ()
     last_good: str | None = None
+    # When ``last_good`` succeeded: a promotion downstream is due its soak after it.
+    last_good_at: datetime | None = None
     # The newest automatic upload that started: an upload S3 stored before it never starts.
     newest_started: UploadMark | None = None
     # When S3 stored each waiting automatic upload: the line keeps S3's order, and a promotion
