@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -112,6 +112,83 @@ def pipelines(ctx: click.Context, as_json: bool) -> None:
         )
 
     _emit(as_json, listed, text)
+
+
+@main.command()
+@json_option
+@click.pass_context
+def env(ctx: click.Context, as_json: bool) -> None:
+    """Each promotion chain, stage by stage: the revision each pipeline runs (its last good
+    release), how long ago it was verified, and what is deploying there."""
+    with _errors():
+        listed = _client(ctx).get("/pipelines")
+    stages = listed["pipelines"]
+
+    def text() -> str:
+        now = datetime.now(UTC)
+        by_upstream: dict[str | None, list[Mapping[str, Any]]] = {}
+        for stage in stages:
+            by_upstream.setdefault(stage["promotion"]["promote_from"], []).append(stage)
+        lines: list[str] = []
+
+        def show(stage: Mapping[str, Any], depth: int) -> None:
+            lines.append("  " * depth + ("└ " if depth else "") + _stage_line(stage, now))
+            for child in by_upstream.get(stage["name"], []):
+                show(child, depth + 1)
+
+        for root in by_upstream.get(None, []):
+            show(root, 0)
+        return "\n".join(lines)
+
+    _emit(as_json, {"stages": stages}, text)
+
+
+def _stage_line(stage: Mapping[str, Any], now: datetime) -> str:
+    promotion = stage["promotion"]
+    running = promotion["running"]
+    if running is None:
+        runs = "runs nothing verified yet"
+    else:
+        label = running["version_label"] or running["revision"]["key"]
+        verified = running["verified_at"]
+        ago = f", verified {_ago(now - datetime.fromisoformat(verified))} ago" if verified else ""
+        runs = f"runs {label} ({running['release_id']}, version {running['revision']['version']}{ago})"
+    how = ""
+    if promotion["promote_from"]:
+        upstream, mode, soak = promotion["promote_from"], promotion["promote"], promotion["soak_s"]
+        how = f"  [promotes from {upstream}: {mode}, soak {soak}s]"
+    active = f"  deploying {stage['active']}" if stage["active"] else ""
+    return f"{stage['name']}: {runs}{active}{how}"
+
+
+def _ago(elapsed: timedelta) -> str:
+    seconds = max(0, int(elapsed.total_seconds()))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h"
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option(
+    "--release", "release_id", help="A release the upstream pipeline verified (default: its last good one)."
+)
+@idempotency_option
+@json_option
+@click.pass_context
+def promote(
+    ctx: click.Context, pipeline: str, release_id: str | None, idempotency_key: str | None, as_json: bool
+) -> None:
+    """Promote the upstream pipeline's last good release (or --release) into PIPELINE now."""
+    with _errors():
+        release = _client(ctx).post(
+            f"/pipelines/{_path_id(pipeline)}/promote",
+            {"release": release_id} if release_id else None,
+            idempotency_key or str(uuid.uuid4()),
+        )
+    _started(as_json, release)
 
 
 def _freeze_note(freeze: Mapping[str, Any] | None) -> str:

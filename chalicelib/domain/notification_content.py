@@ -15,9 +15,18 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
+from chalicelib.domain.notifications import is_promotion_link
 from chalicelib.domain.notify_routes import Notification, SlackMentions
 from chalicelib.domain.permissions import ApprovalPolicy
-from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
+from chalicelib.domain.release import (
+    PROMOTED_FROM,
+    PROMOTED_FROM_PIPELINE,
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Trigger,
+)
 from chalicelib.domain.slack_interactions import actions_block
 
 LABELS: Mapping[Notification, str] = {
@@ -187,6 +196,10 @@ def _commit(release: Release) -> str:
 
 def _trigger(release: Release) -> str:
     trigger = release.trigger.value
+    promoted_from = release.metadata.get(PROMOTED_FROM)
+    if release.trigger is Trigger.PROMOTION and promoted_from:
+        upstream = release.metadata.get(PROMOTED_FROM_PIPELINE, "upstream")
+        return f"{trigger} of {escape(upstream)} release `{escape(promoted_from)}`"
     if release.rollback_of:
         return f"{trigger} of `{escape(release.rollback_of)}`"
     if release.actor and release.trigger.value != "upload":
@@ -411,6 +424,11 @@ def _failure_lines(notice: Notice) -> list[str]:
 
 def _progress_line(event: HistoryEvent) -> str:
     detail = event.detail
+    if is_promotion_link(event):
+        return (
+            f"Promoted to {escape(detail.get('pipeline'))} as release `{escape(detail.get('release_id'))}` "
+            "(its own thread follows it there)"
+        )
     instances = detail.get("instances") or []
     return (
         f"Verifying target health of {len(instances)} instance(s): "
@@ -426,7 +444,7 @@ def _event_reason(notice: Notice) -> str:
 
 def slack_reply(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
     """The thread reply for one transition: what happened and why, with a failure's details."""
-    emoji = _REPLY_EMOJI[notice.notification]
+    emoji = ":arrow_double_up:" if is_promotion_link(notice.event) else _REPLY_EMOJI[notice.notification]
     if notice.notification is Notification.PROGRESS:
         headline = _progress_line(notice.event)
     else:

@@ -29,6 +29,11 @@ class StreamedEvent:
     event: HistoryEvent
 
 
+def is_promotion_link(event: HistoryEvent) -> bool:
+    """The event a promoted release's history gets: where it was promoted, as which release."""
+    return event.type is EventType.TASK_SUCCEEDED and event.detail.get("task") == "Promotion"
+
+
 def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notification | None:
     """The notification a history event stands for, or None when it stands for none.
 
@@ -40,6 +45,8 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
     StateEntered QUEUED                         ``queued``
     StateEntered AWAITING_APPROVAL              ``awaiting_approval``
     StateEntered VERIFYING                      ``progress`` (Slack threads only)
+    TaskSucceeded, detail task "Promotion"      ``progress`` (Slack threads only): the release
+                                                was promoted to another pipeline
     ExecutionSucceeded SUCCEEDED                ``succeeded``; ``rolled_back`` for a release
                                                 whose trigger is rollback or auto_rollback: the
                                                 service is back on the last good revision
@@ -55,6 +62,8 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
     failure is delivered, so a thread gets one reply per transition and no chatter.
     """
     state, kind = event.state, event.type
+    if is_promotion_link(event):
+        return Notification.PROGRESS
     if kind is EventType.STATE_ENTERED:
         return {
             ReleaseState.DEPLOYING: Notification.STARTED,

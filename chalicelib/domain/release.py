@@ -122,6 +122,7 @@ Detail = Mapping[str, Any]
 BREAK_GLASS = "break_glass"
 # The metadata key of a promotion release: the upstream release whose revision it deploys.
 PROMOTED_FROM = "promoted_from"
+PROMOTED_FROM_PIPELINE = "promoted_from_pipeline"
 # The metadata key a manual rollback sets on the release it rolls back, when other pipelines
 # promote from its pipeline: that release is never promoted again.
 ROLLED_BACK_BY = "rolled_back_by"

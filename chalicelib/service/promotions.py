@@ -22,6 +22,7 @@ from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     BREAK_GLASS,
     PROMOTED_FROM,
+    PROMOTED_FROM_PIPELINE,
     ROLLED_BACK_BY,
     EventType,
     Release,
@@ -37,8 +38,6 @@ from chalicelib.service.slot_flow import on_release, run_in_lane, start_next
 from chalicelib.service.submission import submit
 from chalicelib.service.wiring import Wiring
 
-# The metadata key naming the upstream pipeline of a promotion.
-PROMOTED_FROM_PIPELINE = "promoted_from_pipeline"
 # How far back an API deploy to a downstream pipeline looks upstream for its revision: 100
 # releases, newest first.
 _SEARCH_PAGE = 25

@@ -4,6 +4,7 @@ webhook signature, and the notify routes of the pipelines file."""
 from __future__ import annotations
 
 import html
+import json
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -674,3 +675,29 @@ def test_a_route_may_subscribe_to_awaiting_approval(tmp_path: Path) -> None:
     config = load(tmp_path, 'kind = "email"\nsender = "a@b.c"\nto = ["x@b.c"]\non = ["awaiting_approval"]\n')
     [route] = config.pipelines[0].notify
     assert route.on == frozenset({Notification.AWAITING_APPROVAL})
+
+
+def test_a_promotion_is_linked_from_the_upstream_thread_and_its_card_names_the_upstream() -> None:
+    """Issue 15: the upstream release's history gets a Promotion event, a reply in its thread;
+    the promotion release's own card says what it promotes."""
+    link = event(
+        EventType.TASK_SUCCEEDED,
+        ReleaseState.SUCCEEDED,
+        task="Promotion",
+        pipeline="api-eu",
+        release_id="pr-1",
+    )
+    assert notification_for(link, Trigger.UPLOAD) is Notification.PROGRESS
+    reply = slack_reply(build_notice(release(ReleaseState.SUCCEEDED), link, Notification.PROGRESS)).text
+    assert reply == ":arrow_double_up: Promoted to api-eu as release `pr-1` (its own thread follows it there)"
+    other_task = event(EventType.TASK_SUCCEEDED, ReleaseState.VERIFYING, task="HealthCheck")
+    assert notification_for(other_task, Trigger.UPLOAD) is None
+
+    promoted = release(
+        ReleaseState.DEPLOYING,
+        Trigger.PROMOTION,
+        metadata={"promoted_from": "rel-9", "promoted_from_pipeline": "api-stg"},
+    )
+    started = event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING, reason="slot free: starting CodeDeploy")
+    card = slack_card(build_notice(promoted, started, Notification.STARTED))
+    assert "promotion of api-stg release `rel-9`" in json.dumps(card.blocks)
