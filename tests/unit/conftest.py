@@ -12,5 +12,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(
             f"lane: {RUN_STATS['examples']} examples, {RUN_STATS['steps']} steps "
             "(hypothesis state machine over submissions, finishes, cancels, repairs, adoptions, "
-            "approvals and break-glass deploys)"
+            "approvals, break-glass deploys and promotions)"
         )

@@ -10,7 +10,9 @@ The pipeline may have a freeze window (issue 14): no release but a rollback or a
 starts during it, rollbacks start during it, and once it is over a repair leaves no release
 waiting for a free slot. It may require approval: a release awaits it outside the line, nothing
 but a rollback starts unapproved, a pending approval is superseded (or not, with ``queue``),
-rejected, or expires.
+rejected, or expires. It may promote from another pipeline (issue 15): its uploads are refused,
+promotions arrive (automatically, or awaiting approval), and an upstream rollback leaves no
+promotion of the release it rolled back waiting.
 """
 
 from __future__ import annotations
@@ -39,9 +41,10 @@ from chalicelib.domain.lane import (
 )
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.permissions import ApprovalPolicy, OnNewer, Person
-from chalicelib.domain.pipelines import Pipeline, RollbackSettings
+from chalicelib.domain.pipelines import Pipeline, PromoteMode, RollbackSettings
 from chalicelib.domain.release import (
     BREAK_GLASS,
+    PROMOTED_FROM,
     EventType,
     Release,
     ReleaseState,
@@ -119,6 +122,9 @@ class LaneMachine(RuleBasedStateMachine):
         freeze=st.one_of(st.none(), st.tuples(st.integers(0, 15), st.integers(1, 600))),
         # No approval, or approval with each on_newer; it expires after a few steps or a repair's wait.
         approval=st.sampled_from([None, OnNewer.SUPERSEDE, OnNewer.QUEUE]),
+        # Issue 15: the pipeline may promote from another (its uploads are refused; promotions
+        # arrive, automatically or awaiting approval).
+        promotes=st.sampled_from([None, PromoteMode.AUTO, PromoteMode.APPROVAL]),
     )
     def configure(
         self,
@@ -127,6 +133,7 @@ class LaneMachine(RuleBasedStateMachine):
         on_verify_failure: bool,
         freeze: tuple[int, int] | None,
         approval: OnNewer | None,
+        promotes: PromoteMode | None,
     ) -> None:
         windows: tuple[FreezeWindow, ...] = ()
         if freeze is not None:
@@ -139,14 +146,24 @@ class LaneMachine(RuleBasedStateMachine):
             rollback=RollbackSettings(on_deploy_failure, on_verify_failure),
             freeze=windows,
             approval=ApprovalPolicy(
-                required=True,
+                # Only the promotions await approval when the pipeline says promote = "approval".
+                required=approval is not None,
                 approvers=("arn:aws:iam::123456789012:role/Releasers",),
                 expires_after=timedelta(seconds=30),
-                on_newer=approval,
+                on_newer=approval or OnNewer.SUPERSEDE,
             )
-            if approval is not None
+            if approval is not None or promotes is PromoteMode.APPROVAL
             else ApprovalPolicy(),
+            promote_from="upstream" if promotes is not None else None,
+            promote=promotes or PromoteMode.AUTO,
         )
+
+    def needs_approval(self, trigger: Trigger) -> bool:
+        if trigger.is_rollback:
+            return False
+        if trigger is Trigger.PROMOTION:
+            return self.pipeline.promote is PromoteMode.APPROVAL
+        return self.pipeline.approval.required
 
     # -- the use cases, played against the store --------------------------------------------
 
@@ -231,7 +248,9 @@ class LaneMachine(RuleBasedStateMachine):
         if submission.trigger.is_rollback and slot_was_free:
             assert decision.subject.state is ReleaseState.DEPLOYING, "a freeze blocked a rollback"
         freeze = self.frozen()
-        if self.pipeline.approval.required and not submission.trigger.is_rollback:
+        if self.pipeline.promote_from is not None and submission.trigger is Trigger.UPLOAD:
+            assert decision.subject.state is ReleaseState.FAILED, "a downstream pipeline took an upload"
+        elif self.needs_approval(submission.trigger):
             assert decision.subject.state in (ReleaseState.AWAITING_APPROVAL, ReleaseState.SUPERSEDED)
         elif freeze is not None and not submission.trigger.is_rollback and submission.break_glass is None:
             waiting = self.store.releases[submission.release_id]
@@ -254,6 +273,33 @@ class LaneMachine(RuleBasedStateMachine):
     @rule(outcome=starts, break_glass=st.booleans())
     def api_deploy(self, outcome: str, break_glass: bool) -> None:
         self.submit(self.submission(Trigger.API, break_glass=break_glass), outcome)
+
+    @precondition(lambda self: self.pipeline.promote_from is not None)
+    @rule(upstream=st.integers(1, 3), outcome=starts)
+    def promotion(self, upstream: int, outcome: str) -> None:
+        """A release of the upstream pipeline, verified, arrives as a promotion."""
+        self.counter += 1
+        submission = Submission(
+            f"promotion-{self.counter}",
+            self.pipeline,
+            Revision("bucket", f"api/up-{upstream}.zip", f"v{upstream}", f"e{upstream}"),
+            Trigger.PROMOTION,
+            metadata={PROMOTED_FROM: f"up-{upstream}"},
+        )
+        self.submit(submission, outcome)
+
+    @precondition(lambda self: self.pipeline.promote_from is not None)
+    @rule(upstream=st.integers(1, 3), outcome=starts)
+    def upstream_rolls_back(self, upstream: int, outcome: str) -> None:
+        """The upstream pipeline rolled ``up-<n>`` back: its promotions still waiting here stop."""
+        promoted_from = f"up-{upstream}"
+        self.run([], lambda lane: lane.cancel_promotions(promoted_from, "rolled back", self.now), outcome)
+        waiting = [mark.release_id for mark in self.store.slot.awaiting_approval] + list(
+            self.store.slot.waiting
+        )
+        assert not any(
+            self.store.releases[w].metadata.get(PROMOTED_FROM) == promoted_from for w in waiting
+        ), "a promotion of a release rolled back upstream still waits"
 
     @precondition(lambda self: self.store.slot.awaiting_approval)
     @rule(data=st.data(), allowed=st.booleans(), outcome=starts)
@@ -445,12 +491,13 @@ class LaneMachine(RuleBasedStateMachine):
             started = release.state is ReleaseState.DEPLOYING and (
                 was is None or was.state is not ReleaseState.DEPLOYING
             )
-            if started and release.trigger in (Trigger.UPLOAD, Trigger.API):
+            if started and release.trigger in (Trigger.UPLOAD, Trigger.API, Trigger.PROMOTION):
                 assert self.frozen() is None or BREAK_GLASS in release.metadata, (
                     f"{release.id} ({release.trigger.value}) started during a freeze"
                 )
-                if self.pipeline.approval.required:
+                if self.needs_approval(release.trigger):
                     assert release.id in self.approved, f"{release.id} started without approval"
+                assert self.pipeline.promote_from is None or release.trigger is not Trigger.UPLOAD
             if started and release.trigger is Trigger.UPLOAD:
                 stored_at = self.stored_at[release.id]
                 assert not self.started_uploads or stored_at >= self.started_uploads[-1], "out of S3 order"
