@@ -28,12 +28,16 @@ from chalicelib.service.release_commands import deploy, promote
 from chalicelib.service.uploads import handle_upload
 from chalicelib.service.wiring import Wiring
 from sandbox import moto_extensions
-from tests.integration import conftest
+from tests.integration import conftest, test_cli
 from tests.integration.conftest import BUCKET, World
+from tests.integration.test_api import call
+from tests.integration.test_cli import relco
 from tests.integration.test_freeze import SentMessages
 from tests.integration.test_recovery import ManualClock, direct_wiring
 
 pytestmark = pytest.mark.timeout(120)
+# The app served on 127.0.0.1, as relco reaches it.
+api_url = test_cli.api_url
 APPROVER = "arn:aws:sts::123456789012:assumed-role/release-managers/ana"
 CHAIN = f"""
 [[pipeline]]
@@ -297,3 +301,35 @@ def test_a_cycle_in_promote_from_fails_the_load_naming_the_pipelines(tmp_path: P
     )
     with pytest.raises(ValueError, match=r"promote_from forms a cycle \(dev -> prod-eu -> stg -> dev"):
         load_pipelines(path)
+
+
+def test_the_api_and_relco_promote_and_show_each_stage(world: World, wiring: Wiring, api_url: str) -> None:
+    dev = succeed(world, wiring, upload(world, wiring, "svc/dev/svc-1.zip").id)
+
+    answer = call(world, "POST", "/pipelines/stg/promote", {"release": dev.id})
+    assert answer.status == 201, answer.json
+    assert (answer.json["trigger"], answer.json["metadata"]["promoted_from"]) == ("promotion", dev.id)
+    again = call(world, "POST", "/pipelines/stg/promote")  # the last good release: the same one
+    assert (again.status, again.json["id"]) == (200, answer.json["id"])
+    refused = call(world, "POST", "/pipelines/dev/promote")
+    assert refused.status == 409
+    assert "does not promote" in refused.message
+    succeed(world, wiring, answer.json["id"])
+
+    stages = {p["name"]: p["promotion"] for p in call(world, "GET", "/pipelines").json["pipelines"]}
+    assert stages["stg"]["promote_from"] == "dev"
+    assert stages["stg"]["running"]["release_id"] == answer.json["id"]
+    assert stages["stg"]["running"]["revision"] == dev.revision.to_dict()
+    assert stages["prod-us"] == {"promote_from": "stg", "promote": "approval", "soak_s": 60, "running": None}
+
+    shown = relco(api_url, "env")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    dev_line = next(line for line in lines if line.startswith("dev: "))
+    stg_line = next(line for line in lines if line.lstrip("└ ").startswith("stg: "))
+    assert f"runs svc/dev/svc-1.zip ({dev.id}, version {dev.revision.version}" in dev_line
+    assert "[promotes from dev: auto, soak 0s]" in stg_line
+    assert lines.index(stg_line) > lines.index(dev_line)
+    promoted = relco(api_url, "promote", "prod-eu", "--json")
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.stdout)["trigger"] == "promotion"
