@@ -129,6 +129,11 @@ def get_pipeline(name: str) -> Response:
     return http_api.get_pipeline(bootstrap.wiring(), http_api.current(app.current_request), name)
 
 
+@app.route("/pipelines/{name}/promote", methods=["POST"], authorizer=iam)
+def promote_into_pipeline(name: str) -> Response:
+    return http_api.promote(bootstrap.wiring(), http_api.current(app.current_request), name)
+
+
 @app.route("/pipelines/{name}/rollback", methods=["POST"], authorizer=iam)
 def roll_back_pipeline(name: str) -> Response:
     return http_api.roll_back(bootstrap.wiring(), http_api.current(app.current_request), name)

@@ -42,6 +42,7 @@ from chalicelib.domain.api_requests import (
     derived_release_id,
     idempotency_key,
     parse_body,
+    promotion_source,
     request_fingerprint,
     rollback_target,
 )
@@ -240,6 +241,16 @@ def roll_back(wiring: Wiring, request: Request, name: str) -> Response:
     return _post(wiring, request, frozenset({"to"}), run)
 
 
+def promote(wiring: Wiring, request: Request, name: str) -> Response:
+    from chalicelib.service import release_commands
+
+    def run(post: Post) -> Answer:
+        source = promotion_source(post.body)
+        return _submitted(release_commands.promote(wiring, name, source, post.actor))
+
+    return _post(wiring, request, frozenset({"release"}), run)
+
+
 def list_pipelines(wiring: Wiring, request: Request) -> Response:
     from chalicelib.service import release_queries
 
@@ -320,10 +331,32 @@ def _pipeline_status(status: release_queries.PipelineStatus) -> dict[str, Any]:
             for mark in slot.awaiting_approval
         ],
         "last_good": slot.last_good,
+        "promotion": _promotion_status(status),
         "freeze": {
             "current": status.current_freeze.to_dict() if status.current_freeze else None,
             "next": status.next_freeze.to_dict() if status.next_freeze else None,
         },
+    }
+
+
+def _promotion_status(status: release_queries.PipelineStatus) -> dict[str, Any]:
+    """The pipeline as a stage of a promotion chain: where it promotes from, how, and the
+    revision it runs (its last good release) with when that was verified."""
+    pipeline, running = status.pipeline, status.running
+    verified_at = status.slot.last_good_at
+    return {
+        "promote_from": pipeline.promote_from,
+        "promote": pipeline.promote.value if pipeline.promote_from else None,
+        "soak_s": int(pipeline.soak.total_seconds()) if pipeline.promote_from else None,
+        "running": {
+            "release_id": running.id,
+            "trigger": running.trigger.value,
+            "revision": running.revision.to_dict(),
+            "version_label": running.metadata.get("version_label"),
+            "verified_at": verified_at.isoformat() if verified_at else None,
+        }
+        if running is not None
+        else None,
     }
 
 

@@ -192,6 +192,15 @@ def rollback_target(body: Mapping[str, Any]) -> str | None:
     return target
 
 
+def promotion_source(body: Mapping[str, Any]) -> str | None:
+    """``POST /pipelines/{name}/promote``: ``{"release": id}`` (a release the upstream pipeline
+    verified) or nothing (its last good release)."""
+    source = optional_text(body, "release", max_bytes=_MAX_NAME_LENGTH + 32)
+    if source is not None and not RELEASE_ID.fullmatch(source):
+        raise InvalidValue(f"field 'release' is not a release id: {source[:64]!r}")
+    return source
+
+
 def known_release_id(release_id: str) -> bool:
     """Ids that cannot name a release are answered 404 without a lookup."""
     return RELEASE_ID.fullmatch(release_id) is not None

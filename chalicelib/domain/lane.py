@@ -30,9 +30,11 @@ from chalicelib.domain.api_requests import ConflictingState, Forbidden, InvalidV
 from chalicelib.domain.freeze import Freeze, current_freeze
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.permissions import OnNewer, Person
-from chalicelib.domain.pipelines import AlarmAtStart, Pipeline
+from chalicelib.domain.pipelines import AlarmAtStart, Pipeline, PromoteMode
 from chalicelib.domain.release import (
     BREAK_GLASS,
+    PROMOTED_FROM,
+    ROLLED_BACK_BY,
     Detail,
     EventType,
     HistoryEvent,
@@ -243,7 +245,12 @@ class Lane:
             )
         # Only the command itself breaks the glass: never an object's S3 metadata, nor the
         # metadata a redeploy or rollback copies from an earlier release.
-        metadata = {name: value for name, value in submission.metadata.items() if name != BREAK_GLASS}
+        # Nor does a copy carry over a rollback's mark (``_mark_rolled_back``).
+        metadata = {
+            name: value
+            for name, value in submission.metadata.items()
+            if name not in (BREAK_GLASS, ROLLED_BACK_BY)
+        }
         if submission.break_glass is not None:
             metadata[BREAK_GLASS] = submission.break_glass
         step = new_release(
@@ -271,11 +278,75 @@ class Lane:
                 )
             )
             return Decision(change_of([failed]), subject=failed.release, created=True)
-        if submission.pipeline.approval.required and not submission.trigger.is_rollback:
-            return self._await_approval(step, submission.pipeline, submission.upload_mark, now)
-        return dataclasses.replace(
-            self._enter(step, submission.pipeline, submission.upload_mark, self.slot, now), created=True
+        pipeline = submission.pipeline
+        if pipeline.promote_from is not None and submission.trigger is Trigger.UPLOAD:
+            refused = _moved(
+                transition(
+                    step,
+                    ReleaseState.FAILED,
+                    now=now,
+                    reason=(
+                        f"pipeline {self.name!r} deploys only what pipeline {pipeline.promote_from!r} "
+                        f"verified, never an upload: upload to {pipeline.promote_from!r} instead, or "
+                        f"promote one of its releases (relco promote {self.name})"
+                    ),
+                )
+            )
+            return Decision(change_of([refused]), subject=refused.release, created=True)
+        if _needs_approval(pipeline, submission.trigger):
+            return self._await_approval(step, pipeline, submission.upload_mark, now)
+        entered = self._enter(step, pipeline, submission.upload_mark, self.slot, now)
+        if submission.trigger is Trigger.ROLLBACK and submission.rollback_of and pipeline.downstream_soaks:
+            entered = self._mark_rolled_back(entered, submission.rollback_of, submission.release_id, now)
+        return dataclasses.replace(entered, created=True)
+
+    def _mark_rolled_back(
+        self, decision: Decision, rolled_back: str, rollback_id: str, now: datetime
+    ) -> Decision:
+        """A manual rollback of a pipeline others promote from marks the release it rolls back, in
+        the same write: its promotions still pending downstream are cancelled (at once by the use
+        case, or by reconcile should that be lost), and it is never promoted again."""
+        release = self._release(rolled_back)
+        if release is None or release.id in {written.id for written in decision.change.releases}:
+            return decision
+        marked = update(
+            Step(release, ()), now=now, metadata={**release.metadata, ROLLED_BACK_BY: rollback_id}
         )
+        change = decision.change
+        return dataclasses.replace(
+            decision,
+            change=dataclasses.replace(change, releases=[*change.releases, marked.release]),
+        )
+
+    def cancel_promotions(self, upstream_release_id: str, reason: str, now: datetime) -> Decision:
+        """Promotions of ``upstream_release_id`` still waiting here (for approval or for the
+        slot) stop: the upstream pipeline rolled that release back."""
+        pending = [mark.release_id for mark in self.slot.awaiting_approval] + list(self.slot.waiting)
+        self._require(pending)
+        steps: list[Step] = []
+        logs: list[LogLine] = []
+        slot = self.slot
+        for release in map(self.releases.get, pending):
+            if (
+                release is None
+                or release.trigger is not Trigger.PROMOTION
+                or release.metadata.get(PROMOTED_FROM) != upstream_release_id
+            ):
+                continue
+            stopped = transition(
+                Step(release, ()),
+                ReleaseState.STOPPED,
+                now=now,
+                reason=reason,
+                detail={"cancelled_promotion_of": upstream_release_id},
+            )
+            if isinstance(stopped, Refused):
+                logs.append(refused_line(stopped))
+                continue
+            steps.append(stopped)
+            slot = slot.free(release.id)
+            logs.append(LogLine("pending promotion cancelled", {"release_id": release.id}))
+        return Decision(change_of(steps, slot if slot != self.slot else None), logs=tuple(logs))
 
     def _enter(
         self,
@@ -963,6 +1034,17 @@ class Lane:
                 'name an earlier SUCCEEDED release with {"to": id}'
             )
         return RollbackChoice(target, current)
+
+
+def _needs_approval(pipeline: Pipeline, trigger: Trigger) -> bool:
+    """A release of this trigger waits for approval before it takes the slot: a promotion when
+    ``promote = "approval"``, anything else but a rollback when ``[pipeline.approval]`` requires
+    it."""
+    if trigger.is_rollback:
+        return False
+    if trigger is Trigger.PROMOTION:
+        return pipeline.promote is PromoteMode.APPROVAL
+    return pipeline.approval.required
 
 
 def _never_superseded(release: Release) -> bool:

@@ -120,6 +120,11 @@ Detail = Mapping[str, Any]
 # The metadata key of a release started by break-glass (its value: the reason given); the history
 # event of its start carries the reason, the actor and the freeze it broke.
 BREAK_GLASS = "break_glass"
+# The metadata key of a promotion release: the upstream release whose revision it deploys.
+PROMOTED_FROM = "promoted_from"
+# The metadata key a manual rollback sets on the release it rolls back, when other pipelines
+# promote from its pipeline: that release is never promoted again.
+ROLLED_BACK_BY = "rolled_back_by"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ and the verify queue message that looks at it then.
 
 A lane moves when something happens to it (an upload, a CodeDeploy event, a health check, a
 command), but some moves are due at a time instead: a release held by a freeze starts when the
-freeze ends, and a pending approval expires. ``next_wake`` says when the first is due; the use
+freeze ends, a pending approval expires, and a verified release is promoted downstream once it
+has soaked. ``next_wake`` says when the first is due; the use
 case that commits a lane change sends a ``WakeUp`` on the verify queue for it (SQS delays a
 message at most ``MAX_DELAY_S``: a wake-up further away sends itself on when it arrives early),
 and the wake-up repairs the lane as the reconciler does. The reconciler stays the safety net
@@ -37,8 +38,22 @@ WAKE_VERSION = 1
 def next_wake(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> datetime | None:
     """When the lane must next be looked at, or None when no time will move it: the earliest
     time any of its reasons gives."""
-    reasons = (_freeze_end(pipeline, slot, now), _first_approval_expiry(slot))
+    reasons = (
+        _freeze_end(pipeline, slot, now),
+        _first_approval_expiry(slot),
+        _promotion_due(pipeline, slot, now),
+    )
     return min((moment for moment in reasons if moment is not None), default=None)
+
+
+def _promotion_due(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> datetime | None:
+    """The last good release is due in a pipeline that promotes from this one when that
+    pipeline's soak has passed since it succeeded (now, with no soak). Times already past are
+    not a reason: the wake-up that came then promoted it, and sent itself on to the next."""
+    if slot.last_good_at is None:
+        return None
+    due = [slot.last_good_at + soak for soak in pipeline.downstream_soaks]
+    return min((moment for moment in due if moment >= now), default=None)
 
 
 def _first_approval_expiry(slot: PipelineSlot) -> datetime | None:

@@ -12,6 +12,7 @@ from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, ReleaseState, Trigger
 from chalicelib.log import logger
+from chalicelib.service import promotions
 from chalicelib.service.ports import StoredObject
 from chalicelib.service.slot_flow import decide_in_lane, run_in_lane, start_next
 from chalicelib.service.submission import submit
@@ -39,7 +40,7 @@ def roll_back_pipeline(
     )
     stored = still_in_s3(wiring, choice.target)
     with logger.append_context_keys(release_id=new_release_id, pipeline=pipeline.name, actor=actor):
-        return submit(
+        release, created = submit(
             wiring,
             Submission(
                 release_id=new_release_id,
@@ -51,6 +52,11 @@ def roll_back_pipeline(
                 rollback_of=choice.current,
             ),
         )
+        if pipeline.downstream_soaks:
+            # The release rolled back is marked in the rollback's write; its promotions still
+            # waiting downstream stop now (reconcile does it should this call die first).
+            promotions.cancel_promotions_of(wiring, pipeline, choice.current, release.id)
+        return release, created
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
 from chalicelib.domain.wakeups import WakeUp
 from chalicelib.log import logger
+from chalicelib.service import promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks
@@ -28,6 +29,11 @@ def reconcile(wiring: Wiring) -> dict[str, Any]:
         try:
             _apply_missed_outcomes(wiring, pipeline, actions)
             actions.update(advance(wiring, pipeline))
+            # What a lost wake-up or a lost cancel leaves behind between pipelines.
+            if pipeline.downstream_soaks:
+                actions.update(promotions.promote_due(wiring, pipeline))
+            if pipeline.promote_from is not None:
+                actions.update(promotions.repair_promotions(wiring, pipeline))
         except Exception as error:
             logger.exception("reconcile of a pipeline failed; continuing", extra={"pipeline": pipeline.name})
             actions["error"] = f"{type(error).__name__}: {error}"[:500]
@@ -73,5 +79,15 @@ def wake_lane(wiring: Wiring, wake: WakeUp) -> dict[str, Any]:
         logger.info("wake-up for a pipeline no longer configured; dropped", extra=log_keys)
         return {}
     actions = advance(wiring, pipeline)
+    if pipeline.downstream_soaks:
+        actions.update(promotions.promote_due(wiring, pipeline))
+        # The wake-up of one soak's end sends the next (another downstream pipeline's longer
+        # soak): no commit of the lane would send it.
+        last_good_at = wiring.store.get_slot(pipeline.name).last_good_at
+        soak_ends = {last_good_at + soak for soak in pipeline.downstream_soaks} if last_good_at else set()
+        later = promotions.next_promotion_due(pipeline, last_good_at, now)
+        if wake.due_at in soak_ends and later is not None:
+            following = WakeUp(pipeline.name, later)
+            wiring.verify_queue.schedule_wake(following, following.delay_s(now))
     logger.info("lane woken", extra={**log_keys, "actions": actions})
     return actions

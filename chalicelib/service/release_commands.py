@@ -18,6 +18,7 @@ from chalicelib.domain.lane import Change, Submission, change_of
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import EventType, Release, ReleaseState, Revision, Step, Trigger, record
 from chalicelib.log import logger
+from chalicelib.service import promotions
 from chalicelib.service.aws_errors import aws_error_code
 from chalicelib.service.caller_lookups import (
     pipeline_in_body,
@@ -65,6 +66,8 @@ def deploy(wiring: Wiring, request: DeployRequest, actor: str, release_id: str) 
     if stored is None:
         version = f" version {request.version!r}" if request.version else ""
         raise InvalidValue(f"s3://{pipeline.bucket}/{request.key}{version} does not exist: upload it first")
+    if pipeline.promote_from is not None and request.break_glass is None:
+        promotions.passed_upstream(wiring, pipeline, stored.revision)
     return _submit(
         wiring,
         pipeline,
@@ -89,6 +92,8 @@ def redeploy(
         )
     pipeline = pipeline_of_release(wiring, original)
     stored = still_in_s3(wiring, original)
+    if pipeline.promote_from is not None and break_glass is None:
+        promotions.passed_upstream(wiring, pipeline, stored.revision)
     return _submit(
         wiring,
         pipeline,
@@ -108,6 +113,13 @@ def roll_back(
     (the lane chooses). Like an automatic rollback it goes ahead of every waiting release."""
     pipeline = pipeline_in_path(wiring, pipeline_name)
     release, created = roll_back_pipeline(wiring, pipeline, to, actor, new_release_id)
+    return _as_started(wiring, release, created)
+
+
+def promote(wiring: Wiring, pipeline_name: str, release_id: str | None, actor: str) -> Submitted:
+    """Promote a release the upstream pipeline verified (``release_id``, or its last good one)
+    into pipeline ``pipeline_name`` now, without waiting for the soak."""
+    release, created = promotions.promote_now(wiring, pipeline_name, release_id, actor)
     return _as_started(wiring, release, created)
 
 

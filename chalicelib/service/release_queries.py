@@ -5,7 +5,7 @@ pipelines with their slots and freezes. Each returns what it found or raises a `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from chalicelib.domain.api_requests import ListQuery, encode_cursor
@@ -44,6 +44,8 @@ class PipelineStatus:
     # The pipeline's freeze in force now, and the next one after it has ended.
     current_freeze: Freeze | None
     next_freeze: Freeze | None
+    # The last good release: the revision the fleet runs as verified (a stage of a chain).
+    running: Release | None = None
 
     @property
     def named_releases(self) -> list[str]:
@@ -122,15 +124,22 @@ def _progress(wiring: Wiring, release: Release) -> dict[str, Any] | None:
 
 
 def list_pipelines(wiring: Wiring) -> list[PipelineStatus]:
-    """Each pipeline with its slot and freezes."""
-    return [_pipeline_status(wiring, pipeline) for pipeline in wiring.pipelines.pipelines]
+    """Each pipeline with its slot, freezes and the release it runs (one read for all of them)."""
+    statuses = [_pipeline_status(wiring, pipeline) for pipeline in wiring.pipelines.pipelines]
+    last_good = [status.slot.last_good for status in statuses if status.slot.last_good]
+    found = {release.id: release for release in wiring.store.get_releases(last_good)} if last_good else {}
+    return [
+        replace(status, running=found.get(status.slot.last_good)) if status.slot.last_good else status
+        for status in statuses
+    ]
 
 
 def pipeline_detail(wiring: Wiring, name: str) -> PipelineDetail:
     """The pipeline with its slot and freezes, and the releases the slot names in full."""
     status = _pipeline_status(wiring, pipeline_in_path(wiring, name))
     releases = {release.id: release for release in wiring.store.get_releases(status.named_releases)}
-    return PipelineDetail(status, releases)
+    running = releases.get(status.slot.last_good) if status.slot.last_good else None
+    return PipelineDetail(replace(status, running=running), releases)
 
 
 def _pipeline_status(wiring: Wiring, pipeline: Pipeline) -> PipelineStatus:

@@ -216,6 +216,7 @@ ROUTES = [
     ("GET", "/pipelines"),
     ("GET", "/pipelines/{id}"),
     ("POST", "/pipelines/{id}/rollback"),
+    ("POST", "/pipelines/{id}/promote"),
 ]
 
 
