@@ -26,6 +26,7 @@ import boto3
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from chalicelib.domain.notifications import SlackThread
+from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, upload_release_id
 from infra import stack
 from sandbox import moto_extensions
@@ -63,24 +64,14 @@ slack_approvers = ["{SLACK_RELEASE_LEAD}"]
 expires_after = "1h"
 """
 EMAIL_SENDER = "relco@sandbox.example"
-PIPELINES_TOML = f"""
-[slack]
-signing_secret_parameter = "{SLACK_SIGNING_SECRET_PARAMETER}"
-token_parameter = "{SLACK_TOKEN_PARAMETER}"
-
-[[pipeline]]
-name = "{PIPELINE}"
-bucket = "{BUCKET}"
-prefix = "releases/"
-application = "demo-app"
-deployment_group = "demo-fleet"
-deployment_config = "CodeDeployDefault.HalfAtATime"
-
+# Both fleets verify alike and post to the same Slack channel (each release its own thread).
+VERIFY_TOML = """
 [pipeline.verify]
 healthy_checks = 2
 interval_s = 1
 deadline_s = 60
-
+"""
+SLACK_ROUTE_TOML = f"""
 [pipeline.slack]
 operators = ["{SLACK_OPERATOR}", "{SLACK_ONCALL_GROUP}"]
 
@@ -92,22 +83,63 @@ on = [
   "awaiting_approval", "started", "queued", "failed", "verify_failed", "rolled_back", "stopped", "succeeded",
 ]
 mention_on_failure = ["{SLACK_ONCALL_GROUP}"]
+"""
+PIPELINES_TOML = (
+    f"""
+[slack]
+signing_secret_parameter = "{SLACK_SIGNING_SECRET_PARAMETER}"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
 
+[[pipeline]]
+name = "{PIPELINE}"
+bucket = "{BUCKET}"
+prefix = "releases/"
+application = "demo-app"
+deployment_group = "demo-fleet"
+deployment_config = "CodeDeployDefault.HalfAtATime"
+"""
+    + VERIFY_TOML
+    + SLACK_ROUTE_TOML
+    + f"""
 [[pipeline.notify]]
 kind = "email"
 sender = "{EMAIL_SENDER}"
 to = ["oncall@sandbox.example"]
 on = ["failed", "verify_failed", "rolled_back", "succeeded"]
 """
+)
+# The production fleet (``Sandbox(production=True)``): it deploys only what staging verified,
+# promoted as soon as it succeeds and without approval. No upload uses its prefix.
+PRODUCTION_PIPELINE = "demo-prod"
+PRODUCTION_TOML = (
+    f"""
+[[pipeline]]
+name = "{PRODUCTION_PIPELINE}"
+bucket = "{BUCKET}"
+prefix = "promoted/"
+application = "demo-app"
+deployment_group = "demo-prod-fleet"
+deployment_config = "CodeDeployDefault.HalfAtATime"
+promote_from = "{PIPELINE}"
+promote = "auto"
+soak = "0s"
+"""
+    + VERIFY_TOML
+    + SLACK_ROUTE_TOML
+)
+STAGING = "staging"
+PRODUCTION = "production"
 
 
-def pipelines_toml(*, gates: bool) -> str:
+def pipelines_toml(*, gates: bool, production: bool = False) -> str:
     """The sandbox's pipelines file; with the gates, the demo pipeline requires approval from the
-    release lead and its verification is gated by DEMO_ALARM."""
-    if not gates:
-        return PIPELINES_TOML
-    gated = PIPELINES_TOML.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
-    return gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
+    release lead and its verification is gated by DEMO_ALARM (an alarm on staging's traffic, so
+    production's verification does not read it); with production, ``demo-prod`` promotes from it."""
+    staging = PIPELINES_TOML
+    if gates:
+        gated = staging.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
+        staging = gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
+    return staging + PRODUCTION_TOML if production else staging
 
 
 @dataclass(frozen=True)
@@ -120,6 +152,8 @@ class Endpoints:
     pipelines: tuple[str, ...]
     # The coordinator's structured log (its CloudWatch Logs in Lambda).
     log_file: str
+    # The production fleet's load balancer (``lb_url`` is staging's); None with one fleet.
+    production_lb_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ready line of ``relco sandbox up --json`` (DESIGN.md section 5)."""
@@ -131,7 +165,21 @@ class Endpoints:
             "bucket": self.bucket,
             "pipelines": list(self.pipelines),
             "log_file": self.log_file,
+            "production_lb_url": self.production_lb_url,
         }
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """One load-balanced deployment group: its instances behind their own load balancer, and the
+    CodeDeploy agent that runs that group's deployments (and no other's) on them."""
+
+    name: str
+    pipeline: str
+    deployment_group: str
+    load_balancer: LoadBalancer
+    instances: tuple[LocalInstance, ...]
+    agent: CodeDeployAgent
 
 
 @dataclass
@@ -171,12 +219,20 @@ def demo_bundle(version: str) -> bytes:
 
 class Sandbox:
     def __init__(
-        self, workdir: Path, *, instances: int = 2, health_timeout_s: int = 8, gates: bool = False
+        self,
+        workdir: Path,
+        *,
+        instances: int = 2,
+        health_timeout_s: int = 8,
+        gates: bool = False,
+        production: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.instance_count = instances
         # The demo's gates: approval from the Slack card, and DEMO_ALARM gating verification.
         self.gates = gates
+        # A second fleet, production (PRODUCTION_PIPELINE), promoted from the staging one.
+        self.production = production
         self.health_timeout_s = health_timeout_s
         self._moto: ThreadedMotoServer | None = None
         self._saved_environment: dict[str, str | None] = {}
@@ -185,7 +241,8 @@ class Sandbox:
         self._api_thread: threading.Thread | None = None
         self.session: Any = None
         self.provisioned: Provisioned | None = None
-        self.load_balancer: LoadBalancer | None = None
+        # STAGING, and PRODUCTION when asked for, by name.
+        self.fleets: dict[str, Fleet] = {}
         self.slack: SlackApi | None = None
         self.endpoints: Endpoints | None = None
 
@@ -215,6 +272,7 @@ class Sandbox:
             except Exception:
                 logger.exception("stopping %s failed", type(part).__name__)
         self._parts.clear()
+        self.fleets.clear()
         if self._api_server is not None:
             self._api_server.shutdown()
             self._api_server.server_close()
@@ -242,7 +300,9 @@ class Sandbox:
         host, port = self._moto.get_host_and_port()
         aws_endpoint_url = f"http://{host}:{port}"
         pipelines_file = self.workdir / "pipelines.toml"
-        pipelines_file.write_text(pipelines_toml(gates=self.gates), encoding="utf-8")
+        pipelines_file.write_text(
+            pipelines_toml(gates=self.gates, production=self.production), encoding="utf-8"
+        )
         self._set_environment(
             {
                 "AWS_ACCESS_KEY_ID": "sandbox",
@@ -263,11 +323,14 @@ class Sandbox:
         os.environ["SLACK_API_URL"] = self.slack.api_url
         self.session = boto3.session.Session(region_name=REGION)
         pipelines = bootstrap.pipelines.__wrapped__()  # read the file just written, uncached
+        fleet_pipelines = {STAGING: PIPELINE}
+        if self.production:
+            fleet_pipelines[PRODUCTION] = PRODUCTION_PIPELINE
         self.provisioned = provision(
             self.session,
             pipelines,
             table=TABLE,
-            load_balanced={PIPELINE: self.instance_count},
+            load_balanced=dict.fromkeys(fleet_pipelines.values(), self.instance_count),
             health_check_interval_s=5,
         )
         os.environ["VERIFY_QUEUE_URL"] = self.provisioned.verify_queue_url
@@ -300,49 +363,11 @@ class Sandbox:
                 ComparisonOperator="GreaterThanOrEqualToThreshold",
             )
         bootstrap.reset()
-        balanced = self.provisioned.load_balanced[PIPELINE]
         codedeploy_queue = self._codedeploy_event_queue()
-
-        # Until the first deploy registers them, the instances serve nothing.
-        for instance_id in balanced.instance_ids:
-            moto_extensions.set_target_health(
-                balanced.target_group_arn,
-                instance_id,
-                "unused",
-                "Target.NotRegistered",
-                "Target is not registered",
-            )
-
-        def publish_health(target_id: str, health: TargetHealth) -> None:
-            moto_extensions.set_target_health(
-                balanced.target_group_arn,
-                target_id,
-                str(health.state),
-                str(health.reason or ""),
-                health.description or "",
-            )
-
-        self.load_balancer = LoadBalancer(
-            "/health",
-            interval_s=0.5,
-            timeout_s=0.5,
-            healthy_threshold=2,
-            unhealthy_threshold=2,
-            deregistration_delay_s=1.0,
-            on_health_change=publish_health,
-        ).start()
-        self._parts.append(self.load_balancer)
-        instances = [
-            LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
-            for instance_id in balanced.instance_ids
-        ]
-        agent = CodeDeployAgent(
-            self.session,
-            instances,
-            self.load_balancer,
-            extra_env={"HEALTH_TIMEOUT_SECONDS": str(self.health_timeout_s), "STOP_TIMEOUT_SECONDS": "5"},
-        ).start()
-        self._parts.append(agent)
+        for fleet, pipeline_name in fleet_pipelines.items():
+            pipeline = pipelines.named(pipeline_name)
+            assert pipeline is not None  # both are in the file written above
+            self.fleets[fleet] = self._start_fleet(fleet, pipeline)
 
         import app as chalice_app
 
@@ -395,12 +420,61 @@ class Sandbox:
         self.endpoints = Endpoints(
             aws_endpoint_url=aws_endpoint_url,
             api_url=api_url,
-            lb_url=self.load_balancer.url,
+            lb_url=self.fleets[STAGING].load_balancer.url,
             slack_url=self.slack.api_url,
             bucket=BUCKET,
             pipelines=tuple(p.name for p in pipelines.pipelines),
             log_file=str(log_file),
+            production_lb_url=self.fleets[PRODUCTION].load_balancer.url if self.production else None,
         )
+
+    def _start_fleet(self, name: str, pipeline: Pipeline) -> Fleet:
+        """The pipeline's instances (provisioned in moto) as local processes behind their own load
+        balancer, whose target health moto reports, and an agent for that group alone."""
+        assert self.provisioned is not None
+        balanced = self.provisioned.load_balanced[pipeline.name]
+        # Until the first deploy registers them, the instances serve nothing.
+        for instance_id in balanced.instance_ids:
+            moto_extensions.set_target_health(
+                balanced.target_group_arn,
+                instance_id,
+                "unused",
+                "Target.NotRegistered",
+                "Target is not registered",
+            )
+
+        def publish_health(target_id: str, health: TargetHealth) -> None:
+            moto_extensions.set_target_health(
+                balanced.target_group_arn,
+                target_id,
+                str(health.state),
+                str(health.reason or ""),
+                health.description or "",
+            )
+
+        load_balancer = LoadBalancer(
+            "/health",
+            interval_s=0.5,
+            timeout_s=0.5,
+            healthy_threshold=2,
+            unhealthy_threshold=2,
+            deregistration_delay_s=1.0,
+            on_health_change=publish_health,
+        ).start()
+        self._parts.append(load_balancer)
+        instances = tuple(
+            LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
+            for instance_id in balanced.instance_ids
+        )
+        agent = CodeDeployAgent(
+            self.session,
+            instances,
+            load_balancer,
+            groups={(pipeline.application, pipeline.deployment_group)},
+            extra_env={"HEALTH_TIMEOUT_SECONDS": str(self.health_timeout_s), "STOP_TIMEOUT_SECONDS": "5"},
+        ).start()
+        self._parts.append(agent)
+        return Fleet(name, pipeline.name, pipeline.deployment_group, load_balancer, instances, agent)
 
     def _codedeploy_event_queue(self) -> str:
         """CodeDeploy's state changes reach the coordinator through an EventBridge rule, as on AWS."""

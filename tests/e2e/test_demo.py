@@ -1,5 +1,6 @@
-"""End to end on the sandbox: the demo scenario with real hooks, a real load balancer and
-steady traffic. Nothing it starts may outlive it."""
+"""End to end on the sandbox: the demo scenario on two fleets (staging and production, each with
+real hooks behind a real load balancer under steady traffic), what staging verified promoted to
+production. Nothing it starts may outlive it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.domain.release import PROMOTED_FROM
 from sandbox.demo import run_demo
+from sandbox.runtime import PRODUCTION, STAGING
 
 
 def processes_under(directory: Path) -> list[str]:
@@ -25,43 +28,65 @@ def processes_under(directory: Path) -> list[str]:
 
 
 @pytest.mark.timeout(400)
-def test_demo_deploys_under_traffic_with_approvals_fails_and_rolls_back_with_zero_failed_requests(
+def test_demo_deploys_under_traffic_with_approvals_promotes_fails_and_rolls_back_with_zero_failed_requests(
     tmp_path: Path,
 ) -> None:
     result = run_demo(tmp_path)
 
-    outcome = [(r.state.value, r.trigger.value, r.metadata.get("version_label")) for r in result.releases]
-    assert outcome == [
-        ("SUCCEEDED", "upload", "1.0.0"),
-        ("SUCCEEDED", "upload", "2.0.0"),
-        ("FAILED", "upload", "3.0.0-broken"),
-        ("SUCCEEDED", "auto_rollback", "2.0.0"),
-        ("FAILED", "upload", "4.0.0"),
-        ("SUCCEEDED", "auto_rollback", "2.0.0"),
+    outcome = [
+        (r.pipeline, r.state.value, r.trigger.value, r.metadata.get("version_label")) for r in result.releases
     ]
-    assert "ValidateService failed" in result.releases[2].reason
-    # Every upload waited for approval, given by the release lead from its Slack card.
+    assert outcome == [
+        ("demo", "SUCCEEDED", "upload", "1.0.0"),
+        ("demo-prod", "SUCCEEDED", "promotion", "1.0.0"),
+        ("demo", "SUCCEEDED", "upload", "2.0.0"),
+        ("demo-prod", "SUCCEEDED", "promotion", "2.0.0"),
+        ("demo", "FAILED", "upload", "3.0.0-broken"),
+        ("demo", "SUCCEEDED", "auto_rollback", "2.0.0"),
+        ("demo", "FAILED", "upload", "4.0.0"),
+        ("demo", "SUCCEEDED", "auto_rollback", "2.0.0"),
+    ]
+    first, first_promotion, second, second_promotion, broken, rollback, alarm_gated, alarm_rollback = (
+        result.releases
+    )
+    assert "ValidateService failed" in broken.reason
     as_json = {release["id"]: release for release in result.to_json()["releases"]}
-    for release in (result.releases[0], result.releases[1], result.releases[2], result.releases[4]):
+    # Production runs exactly the object versions staging verified, promoted without approval.
+    for upstream, promotion in ((first, first_promotion), (second, second_promotion)):
+        assert promotion.metadata[PROMOTED_FROM] == upstream.id
+        assert as_json[promotion.id]["promoted_from"] == upstream.id
+        assert as_json[promotion.id]["revision"] == as_json[upstream.id]["revision"]
+        assert as_json[promotion.id]["revision"]["version"]
+        assert as_json[promotion.id]["revision"]["etag"]
+        states = [event["state"] for event in as_json[promotion.id]["history"]]
+        assert "AWAITING_APPROVAL" not in states
+    # Every upload waited for approval, given by the release lead from its Slack card.
+    for release in (first, second, broken, alarm_gated):
         states = [event["state"] for event in as_json[release.id]["history"]]
         assert states[:3] == ["RECEIVED", "AWAITING_APPROVAL", "DEPLOYING"], states
         approvals = [e["detail"] for e in as_json[release.id]["history"] if "approved_by" in e["detail"]]
         assert [approval["approved_by"] for approval in approvals] == ["slack:U0LEAD (release-lead)"]
     # The alarm gate: demo-5xx went to ALARM as 4.0.0 deployed, its first check failed it, and it
     # rolled back.
-    alarm_gated = result.releases[4]
     assert alarm_gated.reason.startswith("verify_failed: alarm demo-5xx is in ALARM since ")
     failed_check = [e for e in as_json[alarm_gated.id]["history"] if e["type"] == "TaskFailed"][-1]
     assert [alarm["alarm"] for alarm in failed_check["detail"]["in_alarm"]] == ["demo-5xx"]
-    assert result.releases[5].rollback_of == alarm_gated.id
-    assert result.traffic is not None
-    assert result.traffic.sent > 100
-    assert result.traffic.failed == 0, result.traffic.failures
-    assert result.traffic.by_version.get("2.0.0", 0) > 0
-    assert result.serving_version == "2.0.0"
+    assert alarm_rollback.rollback_of == alarm_gated.id
+    # Both fleets served every request under traffic through their rollouts, and serve 2.0.0.
+    assert set(result.traffic) == {STAGING, PRODUCTION}
+    for fleet, traffic in result.traffic.items():
+        assert traffic.sent > 100, fleet
+        assert traffic.failed == 0, (fleet, traffic.failures)
+        assert traffic.by_version.get("2.0.0", 0) > 0, fleet
+    assert result.traffic[PRODUCTION].by_version.get("1.0.0", 0) > 0  # v2's promotion under traffic
+    assert result.serving == {STAGING: "2.0.0", PRODUCTION: "2.0.0"}
+    traffic_json = result.to_json()["traffic"]
+    assert traffic_json["sent"] == sum(fleet["sent"] for fleet in traffic_json["fleets"].values())
+    assert traffic_json["failed"] == 0
     threads = {thread["release"]: thread["thread"] for thread in result.notifications["slack"]}
-    assert "ValidateService" in threads[result.releases[2].id]
-    assert threads[result.releases[3].id].startswith("Rolled back")
+    assert "ValidateService" in threads[broken.id]
+    assert threads[rollback.id].startswith("Rolled back")
+    assert threads[second_promotion.id].startswith("Succeeded: demo-prod 2.0.0")
     assert "[FAILED] demo 3.0.0-broken" in result.notifications["email"]
     assert "[ROLLED BACK] demo 2.0.0" in result.notifications["email"]
     assert processes_under(tmp_path) == []
