@@ -68,7 +68,9 @@ package: $(INSTALLED)
 	$(BIN)/python -m infra.package --stage $(STAGE) --merge-template $(MERGE_TEMPLATE) --output $(PACKAGE_DIR)
 	@echo "package: $(PACKAGE_DIR)/deployment.zip $$(du -k $(PACKAGE_DIR)/deployment.zip | cut -f1) KiB"
 
-## The release flow on the embedded sandbox: v1, v2 under traffic, a broken v3 and its rollback.
+## The release flow on the embedded sandbox: each upload approved from its Slack card; v1, v2 under
+## traffic, each promoted from staging to production; a broken v3 and its rollback; a v4 whose
+## alarm fires, and its rollback.
 demo: $(INSTALLED)
 	$(BIN)/relco demo
 
