@@ -44,6 +44,11 @@ class PipelinesConfigError(ValueError):
     """The pipelines file is wrong; the message names the file, pipeline, key and the problem."""
 
 
+# The Slack actions queue hands a message back after its visibility timeout (576 s,
+# infra/sizing.py): an approval must stay open longer than a click may take to be retried.
+MIN_APPROVAL_EXPIRY = timedelta(minutes=15)
+
+
 class PromoteMode(StrEnum):
     AUTO = "auto"  # the downstream pipeline gets the release once it has soaked
     APPROVAL = "approval"  # ... and it waits for approval ([pipeline.approval]) there
@@ -355,8 +360,12 @@ def _parse_approval(value: Any, fail: Any) -> ApprovalPolicy:
         if "expires_after" in table
         else DEFAULT_APPROVAL_EXPIRY
     )
-    if expires_after <= timedelta(0):
-        raise fail("approval.expires_after", "must be longer than zero")
+    if expires_after < MIN_APPROVAL_EXPIRY:
+        raise fail(
+            "approval.expires_after",
+            "must be at least 15m: a click on the Slack card whose worker died is carried out when "
+            "SQS hands it back, up to about 10 minutes later, and must find the approval open",
+        )
     return ApprovalPolicy(
         required=required,
         approvers=tuple(approvers),

@@ -560,3 +560,28 @@ def test_a_delivery_claim_outlives_the_slowest_delivery() -> None:
     from infra.sizing import notification_worst_s
 
     assert CLAIM_LEASE.total_seconds() > notification_worst_s()
+
+
+def test_an_approval_stays_open_longer_than_a_slack_click_may_take_to_be_retried() -> None:
+    """A click whose worker died comes back after the actions queue's visibility timeout: the
+    pipelines file's floor on ``expires_after`` must be above it."""
+    from app import app
+    from chalicelib.domain.pipelines import MIN_APPROVAL_EXPIRY
+
+    visibility_s = sizing.function_sizing(batch_sizes(app))["on_slack_action"].visibility_timeout_s
+    assert visibility_s < MIN_APPROVAL_EXPIRY.total_seconds()
+    with pytest.raises(ValueError, match="at least 15m"):
+        parse_pipelines(
+            {
+                "pipeline": [
+                    {
+                        "name": "p",
+                        "bucket": "b",
+                        "prefix": "p/",
+                        "application": "a",
+                        "deployment_group": "g",
+                        "approval": {"approvers": ["arn:aws:iam::1:role/R"], "expires_after": "10m"},
+                    }
+                ]
+            }
+        )
