@@ -14,6 +14,7 @@ from tests.crash.world import (
     GATED,
     NOTIFIED,
     QUIET,
+    SLACK_APPROVER,
     WATCHED,
     WATCHED_ALARM,
 )
@@ -59,6 +60,11 @@ def _approved(run: Run) -> None:
 def _rejected(run: Run) -> None:
     run.upload(0, "gated/prod/gated-v1.zip", GATED)
     run.reject(30, "gated/prod/gated-v1.zip")
+
+
+def _approval_from_slack(run: Run) -> None:
+    run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.approve_from_card(30, "gated/prod/gated-v1.zip", SLACK_APPROVER)
 
 
 def _approval_expires(run: Run) -> None:
@@ -114,6 +120,14 @@ SCENARIOS = {
             "an upload to the approval pipeline awaits approval; an operator the pipeline names "
             "approves it through the API; it deploys and is verified",
             _approved,
+        ),
+        Scenario(
+            "approval_from_slack",
+            "an upload to the approval pipeline awaits approval; a member of the Slack user group "
+            "the pipeline names presses Approve on its card (the interactions route queues the "
+            "click, on_slack_action approves and answers them); it deploys and is verified, "
+            "approved by slack:<user> (<name>)",
+            _approval_from_slack,
         ),
         Scenario(
             "approval_rejected",
