@@ -244,11 +244,17 @@ class Decision:
 
 @dataclass(frozen=True)
 class CardClick:
-    """A click the interactions route took (200): its user must hear back at ``response_url``."""
+    """A button pressed on a release card and sent to the interactions route."""
 
     what: str
+    action: SlackAction
+    key: str  # the upload whose release's card it was
+    actor: str  # who the history must name: slack:<id> (<handle>)
     response_url: str
     at_s: float
+    # The route queued it (it got as far as sending it, whether or not it lived to answer):
+    # the worker must carry it out once and answer the user.
+    queued: bool
 
 
 @dataclass
@@ -294,7 +300,7 @@ class Run:
         self.outcomes: dict[str, str] = {}  # revision key -> CodeDeploy status it ends with
         # upload key -> what an operator decided on its approval, and who
         self.decisions: dict[str, Decision] = {}
-        # clicks on release cards that the interactions route took
+        # every press of a button on a release card, in order
         self.clicks: list[CardClick] = []
         # upload keys an operator deployed again with break-glass
         self.broken_glass: list[str] = []
@@ -443,9 +449,13 @@ class Run:
     def approve_from_card(self, at_s: float, key: str, user: tuple[str, str]) -> None:
         """The Slack user ``user`` (id, handle) presses Approve on the card of upload ``key``'s
         release; the history must name them as ``slack:<id> (<handle>)``."""
-        user_id, handle = user
-        self.decisions[key] = Decision("approved", f"slack:{user_id} ({handle})")
+        self.decisions[key] = Decision("approved", _slack_actor(user))
         self._click(at_s, SlackAction.APPROVE, key, user)
+
+    def redeploy_from_card(self, at_s: float, key: str, user: tuple[str, str]) -> None:
+        """The Slack user ``user``, an operator of the pipeline, presses Redeploy on the card of
+        upload ``key``'s release once it has ended."""
+        self._click(at_s, SlackAction.REDEPLOY, key, user)
 
     def _click(self, at_s: float, action: SlackAction, key: str, user: tuple[str, str]) -> None:
         """The release's card is shown (once its release offers ``action``) and ``user`` presses
@@ -462,15 +472,18 @@ class Run:
             )
             event = slack_interaction_event(request)
             done, response = self.invoke("api_handler", what, lambda: chalice_app.app(event, None))
+            queued = "sqs.SendMessage" in self.invocations[-1].calls
+            response_url = request.payload["response_url"]
+            self.clicks.append(
+                CardClick(what, action, key, _slack_actor(user), response_url, self.now_s, queued)
+            )
             if not done:
                 # API Gateway answers Slack 502, Slack tells the user, the user clicks again.
                 self.at(self.now_s + 1, f"{what} (clicked again)", press)
                 return
             status, body = int(response["statusCode"]), str(response.get("body") or "")
             self.answers.append(ApiAnswer(what, status, body, self.now_s))
-            if status == 200:
-                self.clicks.append(CardClick(what, request.payload["response_url"], self.now_s))
-            else:
+            if status != 200:
                 self.violations.append(
                     Violation("slack_click_refused", f"{what}: the route answered {status}: {body[:200]}")
                 )
@@ -751,6 +764,12 @@ class Run:
 
 
 API_RETRY_PATIENCE_S = 60.0
+
+
+def _slack_actor(user: tuple[str, str]) -> str:
+    """How the history names a Slack user (id, handle) who acted from a card."""
+    user_id, handle = user
+    return f"slack:{user_id} ({handle})"
 
 
 def api_gateway_event(

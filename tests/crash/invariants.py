@@ -22,6 +22,7 @@ from chalicelib.domain.notifications import notification_for, opens_thread, rece
 from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import BREAK_GLASS, EventType, HistoryEvent, Release, ReleaseState
+from chalicelib.domain.slack_interactions import SlackAction
 from sandbox import moto_extensions
 from sandbox.slack_api import Message
 from tests.crash.clock import EPOCH
@@ -74,7 +75,7 @@ def check(run: Run) -> list[Violation]:
     found += _notifications(run, state)
     found += _approvals(run, state)
     found += _gates(run, state)
-    found += _card_clicks(run)
+    found += _card_clicks(run, state)
     return found
 
 
@@ -355,17 +356,40 @@ def _gates(run: Run, state: FinalState) -> list[Violation]:
     return found
 
 
-def _card_clicks(run: Run) -> list[Violation]:
-    """Every click the interactions route took is answered to its user at its ``response_url``
-    (the worker answers each message it handles, a redelivered one too)."""
+def _card_clicks(run: Run, state: FinalState) -> list[Violation]:
+    """Every click the interactions route queued is answered to its user at its ``response_url``
+    (the worker answers each message it handles, a redelivered one too), and carried out once
+    however often its message is handed to the worker: each queued Redeploy makes one release,
+    in the clicking user's name (an approval's once is ``_approvals``'s)."""
     answered = Counter(response.action for response in run.world.slack_messages.responses())
-    return [
+    found = [
         Violation(
             "slack_click_unanswered", f"{click.what} at {click.at_s:.0f}s: no answer at {click.response_url}"
         )
         for click in run.clicks
-        if not answered[_click_number(click.response_url)]
+        if click.queued and not answered[_click_number(click.response_url)]
     ]
+    redeploys = Counter(
+        (release.metadata["redeploy_of"], str(release.actor))
+        for release in state.releases.values()
+        if "redeploy_of" in release.metadata
+    )
+    wanted = Counter(
+        (run.release_id(click.key), click.actor)
+        for click in run.clicks
+        if click.action is SlackAction.REDEPLOY and click.queued
+    )
+    for release_id, actor in sorted(set(redeploys) | set(wanted)):
+        made, queued = redeploys[(release_id, actor)], wanted[(release_id, actor)]
+        if made != queued:
+            found.append(
+                Violation(
+                    "slack_redeploy_count",
+                    f"{queued} Redeploy click(s) on release {release_id}'s card by {actor} queued, "
+                    f"{made} release(s) made",
+                )
+            )
+    return found
 
 
 def _click_number(response_url: str) -> str:

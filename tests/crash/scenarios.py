@@ -15,6 +15,7 @@ from tests.crash.world import (
     NOTIFIED,
     QUIET,
     SLACK_APPROVER,
+    SLACK_OPERATOR,
     WATCHED,
     WATCHED_ALARM,
 )
@@ -65,6 +66,11 @@ def _rejected(run: Run) -> None:
 def _approval_from_slack(run: Run) -> None:
     run.upload(0, "gated/prod/gated-v1.zip", GATED)
     run.approve_from_card(30, "gated/prod/gated-v1.zip", SLACK_APPROVER)
+
+
+def _redeploy_from_slack(run: Run) -> None:
+    run.upload(0, "cart/prod/cart-v1.zip", QUIET)
+    run.redeploy_from_card(100, "cart/prod/cart-v1.zip", SLACK_OPERATOR)
 
 
 def _approval_expires(run: Run) -> None:
@@ -128,6 +134,12 @@ SCENARIOS = {
             "click, on_slack_action approves and answers them); it deploys and is verified, "
             "approved by slack:<user> (<name>)",
             _approval_from_slack,
+        ),
+        Scenario(
+            "redeploy_from_slack",
+            "v1 deploys and is verified; an operator the pipeline names presses Redeploy on its "
+            "card: one new release of v1's revision, in their name, deploys and is verified",
+            _redeploy_from_slack,
         ),
         Scenario(
             "approval_rejected",

@@ -51,6 +51,8 @@ SLACK_INTERACTIONS_URL = "https://relco.crash.example/slack/interactions"
 SLACK_APPROVERS_GROUP = "S0CRASHLEADS"
 # (user id, handle) of the Slack user who approves from the card: a member of the group above.
 SLACK_APPROVER = ("U0CRASHBOB", "bob")
+# (user id, handle) of an operator of the quiet pipeline's cards ([pipeline.slack] operators).
+SLACK_OPERATOR = ("U0CRASHCAROL", "carol")
 # shop-prod notifies a Slack thread and by email; cart-prod has no routes, so its scenarios
 # spend their runs on the slot, CodeDeploy and the API.
 NOTIFIED = "shop-prod"
@@ -105,6 +107,9 @@ bucket = "{BUCKET}"
 prefix = "cart/prod/"
 application = "cart"
 deployment_group = "cart-prod"
+
+[pipeline.slack]
+operators = ["{SLACK_OPERATOR[0]}"]
 
 [[pipeline]]
 name = "{GATED}"
