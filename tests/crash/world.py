@@ -42,8 +42,9 @@ SENDER = "relco@crash.example"
 SLACK_CHANNEL = "#deploys"
 SLACK_TOKEN_PARAMETER = "/relco/slack/bot-token"
 SLACK_BOT_TOKEN = "xoxb-test"  # one the look-alike accepts (sandbox.slack_api.DEFAULT_TOKENS)
-# The [slack] app whose card buttons the scenarios press: its signing secret signs each click, and
-# its bot token (the notifier's) reads the approvers' user group.
+# The [slack] app whose card buttons the scenarios press (with it, the notifier's cards carry
+# buttons): its signing secret signs each click, and its bot token (the notifier's) reads the
+# approvers' user group.
 SLACK_SIGNING_SECRET_PARAMETER = "/relco/slack/signing-secret"
 SLACK_SIGNING_SECRET = "crash-sweep-signing-secret"
 # Where Slack would send the clicks; the sweep hands them to the API function itself.
@@ -54,7 +55,7 @@ SLACK_APPROVER = ("U0CRASHBOB", "bob")
 # (user id, handle) of an operator of the quiet pipeline's cards ([pipeline.slack] operators).
 SLACK_OPERATOR = ("U0CRASHCAROL", "carol")
 # shop-prod notifies a Slack thread and by email; cart-prod has no routes, so its scenarios
-# spend their runs on the slot, CodeDeploy and the API.
+# spend their runs on the slot, CodeDeploy, the API and its cards' buttons.
 NOTIFIED = "shop-prod"
 QUIET = "cart-prod"
 # The release gates (issue 14), each on a quiet pipeline of its own so the other scenarios run
@@ -68,9 +69,9 @@ INSTANCES = 2
 # Gateway's IAM authorizer hands it to the function (requestContext.identity.userArn).
 OPERATOR_ARN = "arn:aws:sts::123456789012:assumed-role/Releasers/alice"
 APPROVERS_ROLE = "arn:aws:iam::123456789012:role/Releasers"
-# Longer than the Slack actions queue's visibility timeout (576 s, from the template): a click
+# Longer than the Slack actions queue's visibility timeout (576 s in today's template): a click
 # whose worker died is carried out on SQS's redelivery while the release still awaits approval
-# (checked in World).
+# (checked in World). A shorter expiry loses that approval (approval_lost).
 APPROVAL_EXPIRES_S = 900
 # frozen-prod's one-off freeze, in seconds after the run's start (clock.EPOCH, 10:00 UTC).
 FREEZE_STARTS_S = 120
