@@ -20,6 +20,10 @@ Where the time is read, and why each is driven:
   ``dt.datetime.now()`` through the name ``dt`` in four modules (``idempotency.base`` and
   ``persistence.base``, ``.dynamodb``, ``.datarecord``); each gets a ``dt`` whose ``now()`` is the
   clock's.
+- slack_sdk's ``SignatureVerifier``, which refuses a Slack request whose timestamp is more than
+  five minutes from its ``Clock().now()`` (``slack_sdk/signature/__init__.py``; the verifier's
+  default clock is made once, so the class's ``now`` is patched): the sweep's clicks are signed at
+  the run's time.
 
 Everything else keeps the wall clock: nothing the coordinator decides depends on it.
 """
@@ -88,14 +92,15 @@ class SimulatedClock:
 
 @contextlib.contextmanager
 def driving_time(clock: SimulatedClock) -> Iterator[None]:
-    """Point the use cases, Powertools' idempotency and moto's SQS, CodeDeploy and S3 at ``clock``
-    while inside."""
+    """Point the use cases, Powertools' idempotency, slack_sdk's signature check and moto's SQS,
+    CodeDeploy and S3 at ``clock`` while inside."""
     from aws_lambda_powertools.utilities.idempotency import base as idempotency_base
     from aws_lambda_powertools.utilities.idempotency.persistence import base as persistence_base
     from aws_lambda_powertools.utilities.idempotency.persistence import datarecord, dynamodb
     from moto.codedeploy import models as codedeploy_models
     from moto.s3 import models as s3_models
     from moto.sqs import models as sqs_models
+    from slack_sdk import signature
 
     from chalicelib import bootstrap
 
@@ -105,6 +110,7 @@ def driving_time(clock: SimulatedClock) -> Iterator[None]:
         patch.setattr(sqs_models, "unix_time_millis", clock._unix_time_millis)
         patch.setattr(codedeploy_models, "utcnow", clock._naive_utc)
         patch.setattr(s3_models, "utcnow", clock._naive_utc)
+        patch.setattr(signature.Clock, "now", lambda _self: clock.now().timestamp())
         simulated = clock._datetime_module()
         for module in (idempotency_base, persistence_base, datarecord, dynamodb):
             patch.setattr(module, "dt", simulated)

@@ -14,12 +14,18 @@ AWS, as the stage's template configures it (``world.AwsBehaviour``):
 - The HTTP API is called as API Gateway calls the function after IAM authentication (the
   operator's ARN in the request context); when the call dies, the CLI repeats the request with
   the same ``Idempotency-Key``.
+- Slack: a button pressed on a release card is the look-alike's signed ``block_actions`` request
+  (``sandbox/slack_api.py``, signed at the run's time) handed to ``POST /slack/interactions`` as
+  API Gateway hands it over (no IAM); when the route dies, Slack tells the user it failed and they
+  click again: a new request. ``on_slack_action`` takes the actions queue like the other queues,
+  and answers the user at the click's ``response_url`` on the look-alike.
 - CloudWatch: an alarm changes state when the scenario says (``set_alarm``).
 - CodeDeploy: moto's deployments, moved by ``CodeDeployDriver`` through ``sandbox.moto_extensions``
   (start, finish, stop on request) with the state-change events AWS sends.
 
 A handler "dies" by ``Crash``, a ``BaseException``, raised from a botocore ``before-call`` hook
-(every AWS client the app creates) or from slack_sdk's ``api_call``: no ``except Exception``
+(every AWS client the app creates) or from slack_sdk's ``api_call`` and ``WebhookClient.send`` (a
+click's answer, ``slack.webhook``): no ``except Exception``
 cleanup runs, every later call of that invocation dies too (the process is gone), and the
 container's cached clients and wiring are dropped (``bootstrap.reset()``).
 """
@@ -37,15 +43,27 @@ from typing import Any
 import botocore.handlers
 from moto.backends import get_backend
 from moto.core.models import DEFAULT_ACCOUNT_ID
+from slack_sdk import WebClient
 
 import app as chalice_app
 from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.domain.release import Revision, upload_release_id
+from chalicelib.domain.slack_interactions import SlackAction, actions_block, actions_for
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
+from sandbox.slack_api import SignedRequest
 from tests.crash.clock import SimulatedClock
-from tests.crash.world import BUCKET, OPERATOR_ARN, REGION, STAGE, TABLE, World
+from tests.crash.world import (
+    BUCKET,
+    OPERATOR_ARN,
+    REGION,
+    SLACK_BOT_TOKEN,
+    SLACK_CHANNEL,
+    STAGE,
+    TABLE,
+    World,
+)
 from tests.integration.conftest import codedeploy_event
 
 # A run that has not settled after this long (simulated) is stuck; the invariants say how.
@@ -70,7 +88,7 @@ _STREAM_BATCH = 100
 # it would have left them dying just before it.
 _READ_PREFIXES = ("Get", "List", "Describe", "BatchGet", "Head")
 _READ_OPERATIONS = frozenset({"Query", "Scan", "TransactGetItems"})
-_SLACK_READS = ("conversations.", "auth.")
+_SLACK_READS = ("conversations.", "auth.", "usergroups.")
 
 
 def is_read(call: str) -> bool:
@@ -139,21 +157,30 @@ _AWS_HOOK = ("before-call", _before_aws_call)
 
 def install_meter() -> Callable[[], None]:
     """Hook every botocore session created from now on (the app's, after each
-    ``bootstrap.reset()``) and slack_sdk's Web API client. Returns the uninstaller."""
+    ``bootstrap.reset()``), slack_sdk's Web API client and its webhook client (a click's
+    ``response_url``). Returns the uninstaller."""
     from slack_sdk.web.base_client import BaseClient
+    from slack_sdk.webhook import WebhookClient
 
     original_api_call = BaseClient.api_call
+    original_send = WebhookClient.send
 
     def api_call(self: Any, api_method: str, *args: Any, **kwargs: Any) -> Any:
         METER.call(f"slack.{api_method}")
         return original_api_call(self, api_method, *args, **kwargs)
 
+    def send(self: Any, *args: Any, **kwargs: Any) -> Any:
+        METER.call("slack.webhook")
+        return original_send(self, *args, **kwargs)
+
     botocore.handlers.BUILTIN_HANDLERS.append(_AWS_HOOK)
     BaseClient.api_call = api_call  # type: ignore[method-assign]
+    WebhookClient.send = send  # type: ignore[method-assign]
 
     def uninstall() -> None:
         botocore.handlers.BUILTIN_HANDLERS.remove(_AWS_HOOK)
         BaseClient.api_call = original_api_call  # type: ignore[method-assign]
+        WebhookClient.send = original_send  # type: ignore[method-assign]
 
     return uninstall
 
@@ -207,6 +234,29 @@ class ApiAnswer:
     at_s: float
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What someone decided on an upload's approval, and who the history must name for it."""
+
+    verdict: str  # "approved" | "rejected"
+    actor: str
+
+
+@dataclass(frozen=True)
+class CardClick:
+    """A button pressed on a release card and sent to the interactions route."""
+
+    what: str
+    action: SlackAction
+    key: str  # the upload whose release's card it was
+    actor: str  # who the history must name: slack:<id> (<handle>)
+    response_url: str
+    at_s: float
+    # The route queued it (it got as far as sending it, whether or not it lived to answer):
+    # the worker must carry it out once and answer the user.
+    queued: bool
+
+
 @dataclass
 class Violation:
     kind: str
@@ -248,8 +298,10 @@ class Run:
         self.answers: list[ApiAnswer] = []
         self.violations: list[Violation] = []
         self.outcomes: dict[str, str] = {}  # revision key -> CodeDeploy status it ends with
-        # upload key -> what the operator decided on its approval ("approved", "rejected")
-        self.decisions: dict[str, str] = {}
+        # upload key -> what an operator decided on its approval, and who
+        self.decisions: dict[str, Decision] = {}
+        # every press of a button on a release card, in order
+        self.clicks: list[CardClick] = []
         # upload keys an operator deployed again with break-glass
         self.broken_glass: list[str] = []
         # (when, alarm, state) of every change the scenario made to a CloudWatch alarm
@@ -378,13 +430,13 @@ class Run:
 
     def approve(self, at_s: float, key: str) -> None:
         """An operator the approval pipeline names approves the release of upload ``key``."""
-        self.decisions[key] = "approved"
+        self.decisions[key] = Decision("approved", OPERATOR_ARN)
         body = {"comment": "looks good"}
         self._operator_request(at_s, "approve", key, "/releases/{release_id}/approve", body)
 
     def reject(self, at_s: float, key: str) -> None:
         """An operator the approval pipeline names rejects the release of upload ``key``."""
-        self.decisions[key] = "rejected"
+        self.decisions[key] = Decision("rejected", OPERATOR_ARN)
         body = {"comment": "not this one"}
         self._operator_request(at_s, "reject", key, "/releases/{release_id}/reject", body)
 
@@ -393,6 +445,65 @@ class Run:
         self.broken_glass.append(key)
         body = {"pipeline": pipeline, "key": key, "break_glass": "hotfix during the freeze"}
         self._operator_request(at_s, "break-glass", key, "/releases", body)
+
+    def approve_from_card(self, at_s: float, key: str, user: tuple[str, str]) -> None:
+        """The Slack user ``user`` (id, handle) presses Approve on the card of upload ``key``'s
+        release; the history must name them as ``slack:<id> (<handle>)``."""
+        self.decisions[key] = Decision("approved", _slack_actor(user))
+        self._click(at_s, SlackAction.APPROVE, key, user)
+
+    def redeploy_from_card(self, at_s: float, key: str, user: tuple[str, str]) -> None:
+        """The Slack user ``user``, an operator of the pipeline, presses Redeploy on the card of
+        upload ``key``'s release once it has ended."""
+        self._click(at_s, SlackAction.REDEPLOY, key, user)
+
+    def _click(self, at_s: float, action: SlackAction, key: str, user: tuple[str, str]) -> None:
+        """The release's card is shown (once its release offers ``action``) and ``user`` presses
+        the button: a signed request to the interactions route; when the route dies the user
+        presses the same button again, a second later."""
+        user_id, handle = user
+        what = f"slack {action.value} {key}"
+        card_ts: list[str] = []
+
+        def press() -> None:
+            signed_at = int(self.clock.now().timestamp())
+            request = self.world.slack_messages.press(
+                SLACK_CHANNEL, card_ts[0], action.value, user_id, handle, timestamp=signed_at
+            )
+            event = slack_interaction_event(request)
+            done, response = self.invoke("api_handler", what, lambda: chalice_app.app(event, None))
+            queued = "sqs.SendMessage" in self.invocations[-1].calls
+            response_url = request.payload["response_url"]
+            self.clicks.append(
+                CardClick(what, action, key, _slack_actor(user), response_url, self.now_s, queued)
+            )
+            if not done:
+                # API Gateway answers Slack 502, Slack tells the user, the user clicks again.
+                self.at(self.now_s + 1, f"{what} (clicked again)", press)
+                return
+            status, body = int(response["statusCode"]), str(response.get("body") or "")
+            self.answers.append(ApiAnswer(what, status, body, self.now_s))
+            if status != 200:
+                self.violations.append(
+                    Violation("slack_click_refused", f"{what}: the route answered {status}: {body[:200]}")
+                )
+
+        def show_card() -> None:
+            store = DynamoReleaseStore(self.world.dynamodb, TABLE)
+            release = next((store.get_release(u.release_id) for u in self.uploads if u.key == key), None)
+            if release is None or action not in actions_for(release.state):
+                # Its release is not there yet (the upload's event is being retried), or not yet
+                # in a state whose card offers the button: look again.
+                self.at(self.now_s + 10, f"{what} (card not yet offered)", show_card)
+                return
+            block = actions_block(release)
+            assert block is not None  # it offers the action
+            slack = WebClient(token=SLACK_BOT_TOKEN, base_url=self.world.slack_messages.api_url)
+            posted = slack.chat_postMessage(channel=SLACK_CHANNEL, text=release.id, blocks=[block])
+            card_ts.append(str(posted["ts"]))
+            press()
+
+        self.step(at_s, what, show_card)
 
     def set_alarm(self, at_s: float, name: str, state: str) -> None:
         """CloudWatch moves an alarm to ``state`` (the sweep's own call: no handler runs)."""
@@ -485,9 +596,9 @@ class Run:
         self._empty_poll_s.pop(settings_name, None)
         records = [lambda_sqs_record(message, queue.queue_arn, REGION) for message in messages]
         handler = getattr(chalice_app, function)
-        copies = (
-            2 if self.chaos and function == "on_verify_message" and self.chaos.deliveries(False)[1:] else 1
-        )
+        # SQS's at-least-once delivery, in the randomized pass: a message handed over twice.
+        redelivered = function in ("on_verify_message", "on_slack_action")
+        copies = 2 if self.chaos and redelivered and self.chaos.deliveries(False)[1:] else 1
         finished: set[str] = set()
         for _ in range(copies):
             done, response = self.invoke(
@@ -579,6 +690,7 @@ class Run:
             and not self._stream_pending()
             and not self._queue(self.world.behaviour.verify_queue.name)._messages
             and not self._queue(self.world.behaviour.notify_queue.name)._messages
+            and not self._queue(self.world.behaviour.slack_actions_queue.name)._messages
             and not self.driver.busy()
         )
 
@@ -591,6 +703,7 @@ class Run:
         sources = (
             ("on_verify_message", behaviour.verify_queue.name, self.world.queues.verify_url),
             ("on_notify_message", behaviour.notify_queue.name, self.world.queues.notify_url),
+            ("on_slack_action", behaviour.slack_actions_queue.name, self.world.queues.slack_actions_url),
         )
         quiet_reconciles = 0
         try:
@@ -606,7 +719,7 @@ class Run:
                             (due_s, order, functools.partial(self._poll_queue, function, name, url))
                         )
                 if self._agenda:
-                    candidates.append((self._agenda[0].at_s, 3, self._pop_agenda))
+                    candidates.append((self._agenda[0].at_s, len(sources) + 1, self._pop_agenda))
                 if not candidates:
                     break
                 at_s, _, action = min(candidates, key=lambda candidate: (candidate[0], candidate[1]))
@@ -653,17 +766,40 @@ class Run:
 API_RETRY_PATIENCE_S = 60.0
 
 
+def _slack_actor(user: tuple[str, str]) -> str:
+    """How the history names a Slack user (id, handle) who acted from a card."""
+    user_id, handle = user
+    return f"slack:{user_id} ({handle})"
+
+
 def api_gateway_event(
     route: str, parameters: dict[str, str] | None, body: dict[str, Any], idempotency_key: str
 ) -> dict[str, Any]:
     """A POST as API Gateway hands it to the function after IAM authentication: the caller's
     verified ARN in ``requestContext.identity.userArn``."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": idempotency_key}
+    return _api_gateway_post(route, parameters, headers, json.dumps(body), {"userArn": OPERATOR_ARN})
+
+
+def slack_interaction_event(request: SignedRequest) -> dict[str, Any]:
+    """Slack's signed request to ``POST /slack/interactions``, the route without IAM auth: no
+    caller ARN, the form body and Slack's signature headers as sent."""
+    return _api_gateway_post("/slack/interactions", None, dict(request.headers), request.body.decode(), {})
+
+
+def _api_gateway_post(
+    route: str,
+    parameters: dict[str, str] | None,
+    headers: dict[str, str],
+    body: str,
+    caller: dict[str, str],
+) -> dict[str, Any]:
     path = route.format(**(parameters or {}))
     return {
         "resource": route,
         "path": path,
         "httpMethod": "POST",
-        "headers": {"Content-Type": "application/json", "Idempotency-Key": idempotency_key},
+        "headers": headers,
         "multiValueHeaders": {},
         "queryStringParameters": None,
         "multiValueQueryStringParameters": None,
@@ -674,9 +810,9 @@ def api_gateway_event(
             "httpMethod": "POST",
             "path": f"/{STAGE}{path}",
             "stage": STAGE,
-            "identity": {"accountId": DEFAULT_ACCOUNT_ID, "userArn": OPERATOR_ARN, "sourceIp": "203.0.113.9"},
+            "identity": {"accountId": DEFAULT_ACCOUNT_ID, "sourceIp": "203.0.113.9", **caller},
         },
-        "body": json.dumps(body),
+        "body": body,
         "isBase64Encoded": False,
     }
 

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from boto3.dynamodb.types import TypeDeserializer
 from moto.backends import get_backend
@@ -21,11 +22,12 @@ from chalicelib.domain.notifications import notification_for, opens_thread, rece
 from chalicelib.domain.notify_routes import Notification
 from chalicelib.domain.pipelines import NotifyRoute
 from chalicelib.domain.release import BREAK_GLASS, EventType, HistoryEvent, Release, ReleaseState
+from chalicelib.domain.slack_interactions import SlackAction
 from sandbox import moto_extensions
 from sandbox.slack_api import Message
 from tests.crash.clock import EPOCH
 from tests.crash.harness import Run, Violation, is_read
-from tests.crash.world import OPERATOR_ARN, REGION, SLACK_CHANNEL, TABLE
+from tests.crash.world import REGION, SLACK_CHANNEL, TABLE
 
 _RELEASE_IN_CARD = re.compile(r"Release `([^`]+)`")
 _RELEASE_IN_MAIL = re.compile(r"<th align='left'>Release</th><td>([^<]+)</td>")
@@ -73,6 +75,7 @@ def check(run: Run) -> list[Violation]:
     found += _notifications(run, state)
     found += _approvals(run, state)
     found += _gates(run, state)
+    found += _card_clicks(run, state)
     return found
 
 
@@ -228,8 +231,9 @@ def _started_s(history: list[HistoryEvent]) -> float | None:
 
 def _approvals(run: Run, state: FinalState) -> list[Violation]:
     """On a pipeline that requires approval nothing but a rollback deploys unless approved, and
-    each upload ends as the operator decided: approved by them (then it deploys), rejected by them
-    (STOPPED), or nobody decided and it expired (STOPPED) by the repair after its expiry."""
+    each upload ends as the operator decided, the decision recorded once with who made it (through
+    the API or the Slack card): approved by them (then it deploys), rejected by them (STOPPED), or
+    nobody decided and it expired (STOPPED) by the repair after its expiry."""
     found = []
     late_s = repair_within_s(run)
     for release in state.releases.values():
@@ -253,14 +257,15 @@ def _approvals(run: Run, state: FinalState) -> list[Violation]:
             continue
         history = state.histories[ended.id]
         decision = run.decisions.get(upload.key)
-        what = f"release {ended.id} ({upload.key}), {decision or 'not decided'}, ended {ended.state.value}"
-        if decision == "approved":
+        decided = f"{decision.verdict} by {decision.actor}" if decision else "not decided"
+        what = f"release {ended.id} ({upload.key}), {decided}, ended {ended.state.value}"
+        if decision is not None and decision.verdict == "approved":
             approvers = [e.detail["approved_by"] for e in history if "approved_by" in e.detail]
-            if approvers != [OPERATOR_ARN] or _started_s(history) is None:
+            if approvers != [decision.actor] or _started_s(history) is None:
                 found.append(Violation("approval_lost", f"{what}: approved by {approvers}: {ended.reason}"))
-        elif decision == "rejected":
+        elif decision is not None and decision.verdict == "rejected":
             rejecters = [e.detail["rejected_by"] for e in history if "rejected_by" in e.detail]
-            if ended.state is not ReleaseState.STOPPED or rejecters != [OPERATOR_ARN]:
+            if ended.state is not ReleaseState.STOPPED or rejecters != [decision.actor]:
                 found.append(Violation("rejection_lost", f"{what}: rejected by {rejecters}: {ended.reason}"))
         else:
             expired = next((e for e in history if "approval_expired" in e.detail), None)
@@ -349,6 +354,47 @@ def _gates(run: Run, state: FinalState) -> list[Violation]:
                 )
             )
     return found
+
+
+def _card_clicks(run: Run, state: FinalState) -> list[Violation]:
+    """Every click the interactions route queued is answered to its user at its ``response_url``
+    (the worker answers each message it handles, a redelivered one too), and carried out once
+    however often its message is handed to the worker: each queued Redeploy makes one release,
+    in the clicking user's name (an approval's once is ``_approvals``'s)."""
+    answered = Counter(response.action for response in run.world.slack_messages.responses())
+    found = [
+        Violation(
+            "slack_click_unanswered", f"{click.what} at {click.at_s:.0f}s: no answer at {click.response_url}"
+        )
+        for click in run.clicks
+        if click.queued and not answered[_click_number(click.response_url)]
+    ]
+    redeploys = Counter(
+        (release.metadata["redeploy_of"], str(release.actor))
+        for release in state.releases.values()
+        if "redeploy_of" in release.metadata
+    )
+    wanted = Counter(
+        (run.release_id(click.key), click.actor)
+        for click in run.clicks
+        if click.action is SlackAction.REDEPLOY and click.queued
+    )
+    for release_id, actor in sorted(set(redeploys) | set(wanted)):
+        made, queued = redeploys[(release_id, actor)], wanted[(release_id, actor)]
+        if made != queued:
+            found.append(
+                Violation(
+                    "slack_redeploy_count",
+                    f"{queued} Redeploy click(s) on release {release_id}'s card by {actor} queued, "
+                    f"{made} release(s) made",
+                )
+            )
+    return found
+
+
+def _click_number(response_url: str) -> str:
+    """The look-alike's number of a click, from its response_url ``.../actions/<team>/<n>/...``."""
+    return urlsplit(response_url).path.split("/")[3]
 
 
 def _alarm_states(run: Run, at_s: float) -> dict[str, str]:

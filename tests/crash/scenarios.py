@@ -14,6 +14,8 @@ from tests.crash.world import (
     GATED,
     NOTIFIED,
     QUIET,
+    SLACK_APPROVER,
+    SLACK_OPERATOR,
     WATCHED,
     WATCHED_ALARM,
 )
@@ -59,6 +61,16 @@ def _approved(run: Run) -> None:
 def _rejected(run: Run) -> None:
     run.upload(0, "gated/prod/gated-v1.zip", GATED)
     run.reject(30, "gated/prod/gated-v1.zip")
+
+
+def _approval_from_slack(run: Run) -> None:
+    run.upload(0, "gated/prod/gated-v1.zip", GATED)
+    run.approve_from_card(30, "gated/prod/gated-v1.zip", SLACK_APPROVER)
+
+
+def _redeploy_from_slack(run: Run) -> None:
+    run.upload(0, "cart/prod/cart-v1.zip", QUIET)
+    run.redeploy_from_card(100, "cart/prod/cart-v1.zip", SLACK_OPERATOR)
 
 
 def _approval_expires(run: Run) -> None:
@@ -114,6 +126,20 @@ SCENARIOS = {
             "an upload to the approval pipeline awaits approval; an operator the pipeline names "
             "approves it through the API; it deploys and is verified",
             _approved,
+        ),
+        Scenario(
+            "approval_from_slack",
+            "an upload to the approval pipeline awaits approval; a member of the Slack user group "
+            "the pipeline names presses Approve on its card (the interactions route queues the "
+            "click, on_slack_action approves and answers them); it deploys and is verified, "
+            "approved by slack:<user> (<name>)",
+            _approval_from_slack,
+        ),
+        Scenario(
+            "redeploy_from_slack",
+            "v1 deploys and is verified; an operator the pipeline names presses Redeploy on its "
+            "card: one new release of v1's revision, in their name, deploys and is verified",
+            _redeploy_from_slack,
         ),
         Scenario(
             "approval_rejected",

@@ -27,7 +27,7 @@ import app as chalice_app
 from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import table_definition
 from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
-from infra import render
+from infra import render, stack
 from infra.functions import app_functions
 from sandbox import moto_extensions
 from sandbox.provision import LoadBalancedGroup, provision
@@ -41,8 +41,21 @@ STAGE = "crash"
 SENDER = "relco@crash.example"
 SLACK_CHANNEL = "#deploys"
 SLACK_TOKEN_PARAMETER = "/relco/slack/bot-token"
+SLACK_BOT_TOKEN = "xoxb-test"  # one the look-alike accepts (sandbox.slack_api.DEFAULT_TOKENS)
+# The [slack] app whose card buttons the scenarios press (with it, the notifier's cards carry
+# buttons): its signing secret signs each click, and its bot token (the notifier's) reads the
+# approvers' user group.
+SLACK_SIGNING_SECRET_PARAMETER = "/relco/slack/signing-secret"
+SLACK_SIGNING_SECRET = "crash-sweep-signing-secret"
+# Where Slack would send the clicks; the sweep hands them to the API function itself.
+SLACK_INTERACTIONS_URL = "https://relco.crash.example/slack/interactions"
+SLACK_APPROVERS_GROUP = "S0CRASHLEADS"
+# (user id, handle) of the Slack user who approves from the card: a member of the group above.
+SLACK_APPROVER = ("U0CRASHBOB", "bob")
+# (user id, handle) of an operator of the quiet pipeline's cards ([pipeline.slack] operators).
+SLACK_OPERATOR = ("U0CRASHCAROL", "carol")
 # shop-prod notifies a Slack thread and by email; cart-prod has no routes, so its scenarios
-# spend their runs on the slot, CodeDeploy and the API.
+# spend their runs on the slot, CodeDeploy, the API and its cards' buttons.
 NOTIFIED = "shop-prod"
 QUIET = "cart-prod"
 # The release gates (issue 14), each on a quiet pipeline of its own so the other scenarios run
@@ -56,13 +69,20 @@ INSTANCES = 2
 # Gateway's IAM authorizer hands it to the function (requestContext.identity.userArn).
 OPERATOR_ARN = "arn:aws:sts::123456789012:assumed-role/Releasers/alice"
 APPROVERS_ROLE = "arn:aws:iam::123456789012:role/Releasers"
-APPROVAL_EXPIRES_S = 300
+# Longer than the Slack actions queue's visibility timeout (576 s in today's template): a click
+# whose worker died is carried out on SQS's redelivery while the release still awaits approval
+# (checked in World). A shorter expiry loses that approval (approval_lost).
+APPROVAL_EXPIRES_S = 900
 # frozen-prod's one-off freeze, in seconds after the run's start (clock.EPOCH, 10:00 UTC).
 FREEZE_STARTS_S = 120
 FREEZE_ENDS_S = 720
 WATCHED_ALARM = "watched-prod-5xx"
 # Every event a route can subscribe to goes to Slack; the email route takes the outcomes.
 PIPELINES_TOML = f"""
+[slack]
+signing_secret_parameter = "{SLACK_SIGNING_SECRET_PARAMETER}"
+token_parameter = "{SLACK_TOKEN_PARAMETER}"
+
 [[pipeline]]
 name = "{NOTIFIED}"
 bucket = "{BUCKET}"
@@ -89,6 +109,9 @@ prefix = "cart/prod/"
 application = "cart"
 deployment_group = "cart-prod"
 
+[pipeline.slack]
+operators = ["{SLACK_OPERATOR[0]}"]
+
 [[pipeline]]
 name = "{GATED}"
 bucket = "{BUCKET}"
@@ -99,6 +122,7 @@ deployment_group = "gated-prod"
 [pipeline.approval]
 required = true
 approvers = ["{APPROVERS_ROLE}"]
+slack_approvers = ["{SLACK_APPROVERS_GROUP}"]
 expires_after = "{APPROVAL_EXPIRES_S // 60}m"
 
 [[pipeline]]
@@ -157,6 +181,7 @@ class AwsBehaviour:
 
     verify_queue: QueueSettings
     notify_queue: QueueSettings
+    slack_actions_queue: QueueSettings
     stream_max_retries: int
     asynchronous: frozenset[str]
     async_retry_delays_s: tuple[int, ...]
@@ -183,6 +208,7 @@ def aws_behaviour(pipelines: PipelinesConfig) -> AwsBehaviour:
     return AwsBehaviour(
         verify_queue=queue(render.VERIFY_QUEUE),
         notify_queue=queue(render.NOTIFY_QUEUE),
+        slack_actions_queue=queue(stack.SLACK_ACTIONS_QUEUE),
         stream_max_retries=int(stream_source["Properties"]["MaximumRetryAttempts"]),
         asynchronous=frozenset(f.name for f in functions if f.invoked_asynchronously),
         async_retry_delays_s=ASYNC_RETRY_DELAYS_S,
@@ -206,6 +232,7 @@ class Queues:
     verify_url: str
     notify_url: str
     notify_dlq_url: str
+    slack_actions_url: str
     artifact_events_url: str
 
 
@@ -222,6 +249,11 @@ class World:
         os.environ["PIPELINES_FILE"] = str(pipelines_file)
         self.pipelines = load_pipelines(pipelines_file)
         self.behaviour = aws_behaviour(self.pipelines)
+        redelivered_s = self.behaviour.slack_actions_queue.visibility_timeout_s
+        assert redelivered_s < APPROVAL_EXPIRES_S, (
+            f"a Slack approval whose worker died comes back after {redelivered_s}s: the approval "
+            f"pipeline's expiry ({APPROVAL_EXPIRES_S}s) must be longer"
+        )
         moto_extensions.install()
         self._mock = mock_aws()
         self._mock.start()
@@ -235,8 +267,10 @@ class World:
             load_balanced={NOTIFIED: INSTANCES, QUIET: INSTANCES, GATED: INSTANCES},
         )
         self.load_balanced: dict[str, LoadBalancedGroup] = provisioned.load_balanced
-        self.session.client("ssm").put_parameter(
-            Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString"
+        ssm = self.session.client("ssm")
+        ssm.put_parameter(Name=SLACK_TOKEN_PARAMETER, Value=SLACK_BOT_TOKEN, Type="SecureString")
+        ssm.put_parameter(
+            Name=SLACK_SIGNING_SECRET_PARAMETER, Value=SLACK_SIGNING_SECRET, Type="SecureString"
         )
         self._eventbridge_queue = "artifact-events"
         self.dynamodb = self.session.client("dynamodb")
@@ -269,6 +303,8 @@ class World:
         notify_dlq = self._queue(self.behaviour.notify_queue.dead_letter_name, fifo=True)
         verify = self._queue_with_redrive(self.behaviour.verify_queue, verify_dlq)
         notify = self._queue_with_redrive(self.behaviour.notify_queue, notify_dlq)
+        slack_actions_dlq = self._queue(self.behaviour.slack_actions_queue.dead_letter_name, fifo=False)
+        slack_actions = self._queue_with_redrive(self.behaviour.slack_actions_queue, slack_actions_dlq)
         # The queue the provisioned EventBridge rule (S3 "Object Created") delivers to: the
         # sweep reads moto's own event from it and hands it to on_artifact_event.
         artifact_events = self._queue(self._eventbridge_queue, fifo=False)
@@ -309,16 +345,24 @@ class World:
         os.environ["VERIFY_QUEUE_URL"] = verify
         os.environ["NOTIFY_QUEUE_URL"] = notify
         os.environ["NOTIFY_DLQ_URL"] = notify_dlq
+        os.environ["SLACK_ACTIONS_QUEUE_URL"] = slack_actions
         bootstrap.reset()
-        return Queues(verify, notify, notify_dlq, artifact_events)
+        return Queues(verify, notify, notify_dlq, slack_actions, artifact_events)
 
     def _fresh_slack_state(self) -> SlackApi:
         """An empty Slack workspace behind the running look-alike: its HTTP server hands each
         request to ``server.app`` (``sandbox/slack_api.py``), so a new, unstarted ``SlackApi``
         put there answers from now on, with the same channels and tokens and nothing posted.
-        Restarting the server per run would cost its shutdown poll each time."""
-        fresh = SlackApi()
+        Restarting the server per run would cost its shutdown poll each time. It signs clicks
+        with the app's signing secret, and knows the server it answers on: a click's
+        ``response_url`` points there."""
+        fresh = SlackApi(
+            signing_secret=SLACK_SIGNING_SECRET,
+            interactions_url=SLACK_INTERACTIONS_URL,
+            usergroups={SLACK_APPROVERS_GROUP: [SLACK_APPROVER[0]]},
+        )
         self.slack._server.app = fresh  # type: ignore[union-attr]
+        fresh._server = self.slack._server
         return fresh
 
     def pause_slack(self) -> None:
@@ -369,4 +413,11 @@ class World:
                 os.environ[name] = value
 
 
-_URL_VARIABLES = ("PIPELINES_FILE", "VERIFY_QUEUE_URL", "NOTIFY_QUEUE_URL", "NOTIFY_DLQ_URL", "SLACK_API_URL")
+_URL_VARIABLES = (
+    "PIPELINES_FILE",
+    "VERIFY_QUEUE_URL",
+    "NOTIFY_QUEUE_URL",
+    "NOTIFY_DLQ_URL",
+    "SLACK_ACTIONS_QUEUE_URL",
+    "SLACK_API_URL",
+)
