@@ -129,6 +129,11 @@ def get_pipeline(name: str) -> Response:
     return http_api.get_pipeline(bootstrap.wiring(), http_api.current(app.current_request), name)
 
 
+@app.route("/pipelines/{name}/fleet", methods=["GET"], authorizer=iam)
+def get_pipeline_fleet(name: str) -> Response:
+    return http_api.get_fleet(bootstrap.wiring(), http_api.current(app.current_request), name)
+
+
 @app.route("/pipelines/{name}/promote", methods=["POST"], authorizer=iam)
 def promote_into_pipeline(name: str) -> Response:
     return http_api.promote(bootstrap.wiring(), http_api.current(app.current_request), name)

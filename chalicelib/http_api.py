@@ -49,6 +49,7 @@ from chalicelib.domain.api_requests import (
 from chalicelib.domain.permissions import Person
 from chalicelib.domain.release import Release
 from chalicelib.domain.slack_interactions import BadSignature, SlackActionsUnavailable
+from chalicelib.domain.verification import LoadBalancerError
 from chalicelib.log import logger
 from chalicelib.service.ports import ArtifactAccessDenied, IdempotencyKeyBusy, IdempotencyKeyReused
 from chalicelib.service.wiring import ConflictPersisted, Wiring
@@ -283,6 +284,27 @@ def get_pipeline(wiring: Wiring, request: Request, name: str) -> Response:
         return Answer(200, body)
 
     return _respond(run)
+
+
+def get_fleet(wiring: Wiring, request: Request, name: str) -> Response:
+    """Each instance of the pipeline's deployment group with the revision it last received, its
+    target health and whether the fleet is mixed (chalicelib/service/fleet.py)."""
+    from chalicelib.service import fleet
+    from chalicelib.service.caller_lookups import pipeline_in_path
+
+    def run() -> Answer:
+        _no_query(request)
+        return Answer(200, fleet.read_fleet(wiring, pipeline_in_path(wiring, name)).to_dict())
+
+    try:
+        return _respond(run)
+    except LoadBalancerError as error:
+        # ELBv2's errors reach here already read (chalicelib/adapters/elbv2.py): answered as any
+        # AWS error is, naming AWS's code.
+        logger.error("an ELBv2 call failed", extra={"aws_error": error.code, "permanent": error.permanent})
+        if error.permanent:
+            return _aws_refused(error.code, str(error))
+        return _unavailable(error.code, f"AWS is busy or failing; retry later: {error}")
 
 
 def slack_interaction(wiring: Wiring, request: Request) -> Response:

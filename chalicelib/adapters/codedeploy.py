@@ -8,6 +8,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.domain.fleet import GroupDeployment
 from chalicelib.domain.release import Release, Revision
 from chalicelib.service.ports import (
     DeploymentAlreadyEnded,
@@ -28,6 +29,9 @@ _ACTIVE_ID_PATTERN = re.compile(r"active Deployment '([^']+)'")
 _BATCH_GET_LIMIT = 25
 # Deployments never predate their release, but clocks differ: look a little further back.
 _CLOCK_SKEW = timedelta(minutes=5)
+# ListDeployments does not document its order: the fleet read lists at most this many of the
+# group's deployments (a page or two) and keeps the newest of them by createTime.
+_LISTED_FOR_FLEET = 100
 
 # Worth retrying: everything else CodeDeploy answers with a 4xx is a refusal the same request
 # can never get past (a missing group, a bad revision, an ECS group, a missing permission), so
@@ -141,6 +145,38 @@ class CodeDeployDeployments:
                 if instance:
                     targets.append(_instance_target(instance))
         return targets
+
+    def group_deployments(self, application: str, group: str, count: int) -> list[GroupDeployment]:
+        """The group's ``count`` newest deployments, newest first, from at most
+        ``_LISTED_FOR_FLEET`` listed (ListDeployments, then BatchGetDeployments 25 at a time).
+        AWS errors propagate as ``ClientError``."""
+        deployment_ids: list[str] = []
+        paginator = self._client.get_paginator("list_deployments")
+        for page in paginator.paginate(applicationName=application, deploymentGroupName=group):
+            deployment_ids.extend(page.get("deployments", []))
+            if len(deployment_ids) >= _LISTED_FOR_FLEET:
+                break
+        deployment_ids = deployment_ids[:_LISTED_FOR_FLEET]
+        found: list[GroupDeployment] = []
+        for start in range(0, len(deployment_ids), _BATCH_GET_LIMIT):
+            response = self._client.batch_get_deployments(
+                deploymentIds=deployment_ids[start : start + _BATCH_GET_LIMIT]
+            )
+            for info in response.get("deploymentsInfo", []):
+                described = _deployment_info(info)
+                found.append(
+                    GroupDeployment(
+                        deployment_id=described.deployment_id,
+                        status=described.status,
+                        created_at=info["createTime"],
+                        creator=described.creator,
+                        revision=described.revision,
+                        release_id=described.release_id,
+                        target_group_names=described.target_group_names,
+                    )
+                )
+        found.sort(key=lambda deployment: deployment.created_at, reverse=True)
+        return found[:count]
 
 
 def _instance_target(instance: dict[str, Any]) -> InstanceTarget:

@@ -78,3 +78,20 @@ class Elbv2LoadBalancing:
             )
             for description in response.get("TargetHealthDescriptions", [])
         ]
+
+    def registered_targets(self, target_group_arn: str) -> list[TargetHealth]:
+        """Every target registered with the group and its health (DescribeTargetHealth without
+        ``Targets``): the instances serving, or about to serve, its traffic. Raises
+        ``LoadBalancerError`` as ``target_health`` does."""
+        with _load_balancer_errors(lambda: f"target group {target_group_arn}"):
+            response = self._client.describe_target_health(TargetGroupArn=target_group_arn)
+        return [
+            TargetHealth(
+                target_group=target_group_arn,
+                target_id=description["Target"]["Id"],
+                state=description.get("TargetHealth", {}).get("State", "unavailable"),
+                reason=description.get("TargetHealth", {}).get("Reason", ""),
+                description=description.get("TargetHealth", {}).get("Description", ""),
+            )
+            for description in response.get("TargetHealthDescriptions", [])
+        ]

@@ -16,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chalicelib.domain.fleet import MAX_DEPLOYMENTS_READ, FleetSettings
 from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
     DEFAULT_SUBSCRIPTION,
@@ -118,6 +119,8 @@ class Pipeline:
     # The soaks of the pipelines that promote from this one (set at load): when its last good
     # release is due downstream.
     downstream_soaks: tuple[timedelta, ...] = ()
+    # [pipeline.fleet]: the fleet checked for mixed revisions after each release, healed or not.
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -177,6 +180,7 @@ _OPTIONAL = (
     "freeze",
     "approval",
     "slack",
+    "fleet",
     "promote_from",
     "promote",
     "soak",
@@ -264,6 +268,7 @@ def _parse_pipeline(
         freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
         approval=_parse_approval(entry.get("approval", {}), fail),
         slack=_parse_slack_operators(entry.get("slack", {}), fail),
+        fleet=_parse_fleet(entry.get("fleet", {}), fail),
         **_parse_promotion(entry, fail),
     )
 
@@ -496,6 +501,34 @@ def _parse_rollback(value: Any, fail: Any) -> RollbackSettings:
             raise fail(f"rollback.{name}", f"must be true or false, got {flag!r}")
         flags[name] = flag
     return RollbackSettings(**flags)
+
+
+def _parse_fleet(value: Any, fail: Any) -> FleetSettings:
+    table = _table(value, "fleet", fail)
+    allowed = ("check", "heal", "deployments")
+    for name in table:
+        if name not in allowed:
+            raise fail(f"fleet.{name}", f"unknown key (allowed: {', '.join(allowed)})")
+    flags: dict[str, bool] = {}
+    for name in ("check", "heal"):
+        if name in table:
+            if not isinstance(table[name], bool):
+                raise fail(f"fleet.{name}", f"must be true or false, got {table[name]!r}")
+            flags[name] = table[name]
+    if flags.get("heal") and not flags.get("check", True):
+        raise fail("fleet.heal", "needs check = true: only a checked fleet is known to be mixed")
+    deployments = table.get("deployments", FleetSettings.deployments)
+    if (
+        isinstance(deployments, bool)
+        or not isinstance(deployments, int)
+        or not 1 <= deployments <= MAX_DEPLOYMENTS_READ
+    ):
+        raise fail(
+            "fleet.deployments",
+            f"must be a whole number from 1 to {MAX_DEPLOYMENTS_READ} (one ListDeploymentTargets "
+            f"call each), got {deployments!r}",
+        )
+    return FleetSettings(deployments=deployments, **flags)
 
 
 def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:

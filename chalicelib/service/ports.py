@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 # The store commits the domain's Change (domain/lane.py).
+from chalicelib.domain.fleet import GroupDeployment
 from chalicelib.domain.lane import Change
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
@@ -213,11 +214,19 @@ class Deployments(Protocol):
         """The instances of the deployment in ``status``, with their lifecycle events."""
         ...
 
+    def group_deployments(self, application: str, group: str, count: int) -> list[GroupDeployment]:
+        """The group's ``count`` newest deployments, newest first (chalicelib/domain/fleet.py)."""
+        ...
+
 
 class LoadBalancing(Protocol):
     def target_groups(self, names: Sequence[str]) -> list[TargetGroupSettings]: ...
 
     def target_health(self, target_group_arn: str, target_ids: Sequence[str]) -> list[TargetHealth]: ...
+
+    def registered_targets(self, target_group_arn: str) -> list[TargetHealth]:
+        """Every target registered with the group, with its health."""
+        ...
 
 
 class Alarms(Protocol):

@@ -10,7 +10,7 @@ from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
 from chalicelib.domain.wakeups import WakeUp
 from chalicelib.log import logger
-from chalicelib.service import promotions
+from chalicelib.service import fleet, promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks
@@ -34,6 +34,8 @@ def reconcile(wiring: Wiring) -> dict[str, Any]:
                 actions.update(promotions.promote_due(wiring, pipeline))
             if pipeline.promote_from is not None:
                 actions.update(promotions.repair_promotions(wiring, pipeline))
+            # After the lane moved: a release it just started makes the check wait for that one.
+            actions.update(fleet.check_after_release(wiring, pipeline))
         except Exception as error:
             logger.exception("reconcile of a pipeline failed; continuing", extra={"pipeline": pipeline.name})
             actions["error"] = f"{type(error).__name__}: {error}"[:500]
