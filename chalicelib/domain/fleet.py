@@ -16,12 +16,6 @@ from typing import Any
 from chalicelib.domain.release import Revision
 from chalicelib.domain.verification import TargetHealth
 
-# How many of the group's newest deployments the fleet is read from, unless [pipeline.fleet]
-# says otherwise: enough to reach back past a scale-out and a rollback, few enough to stay cheap
-# (one ListDeploymentTargets each).
-DEFAULT_DEPLOYMENTS_READ = 5
-# Each deployment read costs a ListDeploymentTargets call.
-MAX_DEPLOYMENTS_READ = 25
 # Release metadata marking a release as a heal of a mixed fleet: the release it heals. A heal that
 # ends mixed is reported, never healed again (no redeploy loop).
 HEAL_OF = "fleet_heal_of"
@@ -32,14 +26,13 @@ FLEET_CHECKED = "fleet_checked"
 LISTED_INSTANCES = 20
 
 
-@dataclass(frozen=True)
-class FleetSettings:
-    """``[pipeline.fleet]``: check the fleet after each release ends (``check``), redeploy the
-    last verified revision when it is mixed (``heal``), reading ``deployments`` recent ones."""
+# One S3 object version, however a deployment spells it: CodeDeploy keeps the eTag only when the
+# creator passed it (Auto Scaling's deployment of the same version may have none).
+RevisionIdentity = tuple[str, str, str | None]
 
-    check: bool = True
-    heal: bool = False
-    deployments: int = DEFAULT_DEPLOYMENTS_READ
+
+def revision_identity(revision: Revision) -> RevisionIdentity:
+    return (revision.bucket, revision.key, revision.version or revision.etag)
 
 
 @dataclass(frozen=True)
@@ -89,12 +82,13 @@ class Fleet:
     deployments_read: tuple[str, ...] = ()
 
     @property
-    def revisions(self) -> dict[Revision | None, tuple[str, ...]]:
-        """Instance ids by the revision they run (None: not received in any deployment read)."""
-        found: dict[Revision | None, list[str]] = {}
+    def revisions(self) -> dict[RevisionIdentity | None, tuple[FleetInstance, ...]]:
+        """Instances by the revision they run (None: not received in any deployment read)."""
+        found: dict[RevisionIdentity | None, list[FleetInstance]] = {}
         for instance in self.instances:
-            found.setdefault(instance.revision, []).append(instance.instance_id)
-        return {revision: tuple(ids) for revision, ids in found.items()}
+            identity = revision_identity(instance.revision) if instance.revision else None
+            found.setdefault(identity, []).append(instance)
+        return {identity: tuple(instances) for identity, instances in found.items()}
 
     @property
     def mixed(self) -> bool:
@@ -116,16 +110,15 @@ class Fleet:
     def summary(self) -> list[dict[str, Any]]:
         """Each revision with the instances that run it (at most ``LISTED_INSTANCES`` each):
         what a history event says of a mixed fleet."""
-        labels = {instance.revision: instance for instance in self.instances}
         return [
             {
-                "revision": revision.to_dict() if revision else None,
-                "release_id": labels[revision].release_id,
-                "version_label": labels[revision].version_label,
-                "instances": list(ids[:LISTED_INSTANCES]),
-                "count": len(ids),
+                "revision": instances[0].revision.to_dict() if instances[0].revision else None,
+                "release_id": instances[0].release_id,
+                "version_label": instances[0].version_label,
+                "instances": [instance.instance_id for instance in instances[:LISTED_INSTANCES]],
+                "count": len(instances),
             }
-            for revision, ids in self.revisions.items()
+            for instances in self.revisions.values()
         ]
 
 
@@ -158,7 +151,7 @@ def build_fleet(
     release of the same revision, where there is one."""
     newest_first = sorted(deployments, key=lambda deployment: deployment.created_at, reverse=True)
     by_id = {label.release_id: label for label in releases}
-    by_revision = {label.revision: label for label in releases}
+    by_revision = {revision_identity(label.revision): label for label in releases}
     received: dict[str, GroupDeployment] = {}
     for deployment in newest_first:
         for instance_id in succeeded.get(deployment.deployment_id, ()):
@@ -192,13 +185,13 @@ def build_fleet(
 def _label(
     deployment: GroupDeployment | None,
     by_id: Mapping[str, ReleaseLabel],
-    by_revision: Mapping[Revision, ReleaseLabel],
+    by_revision: Mapping[RevisionIdentity, ReleaseLabel],
 ) -> ReleaseLabel | None:
     if deployment is None:
         return None
     if deployment.release_id is not None:
         return by_id.get(deployment.release_id) or _unlabelled(deployment)
-    return by_revision.get(deployment.revision) if deployment.revision else None
+    return by_revision.get(revision_identity(deployment.revision)) if deployment.revision else None
 
 
 def _unlabelled(deployment: GroupDeployment) -> ReleaseLabel | None:

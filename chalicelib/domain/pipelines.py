@@ -16,7 +16,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from chalicelib.domain.fleet import MAX_DEPLOYMENTS_READ, FleetSettings
 from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
     DEFAULT_SUBSCRIPTION,
@@ -93,6 +92,23 @@ class NotifyRoute:
         """The route's table as the pipelines file wrote it, without ``kind`` and ``on``: what its
         id digests."""
         return self.channel.as_written()
+
+
+# [pipeline.fleet] deployments: how many of the group's newest deployments the fleet is read from
+# (chalicelib/service/fleet.py), one ListDeploymentTargets call each. The default reaches back
+# past a scale-out and a rollback and stays cheap.
+DEFAULT_FLEET_DEPLOYMENTS = 5
+MAX_FLEET_DEPLOYMENTS = 25
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """``[pipeline.fleet]``: check the fleet after each release ends (``check``), redeploy the
+    last verified revision when it is mixed (``heal``), reading ``deployments`` recent ones."""
+
+    check: bool = True
+    heal: bool = False
+    deployments: int = DEFAULT_FLEET_DEPLOYMENTS
 
 
 @dataclass(frozen=True)
@@ -521,11 +537,11 @@ def _parse_fleet(value: Any, fail: Any) -> FleetSettings:
     if (
         isinstance(deployments, bool)
         or not isinstance(deployments, int)
-        or not 1 <= deployments <= MAX_DEPLOYMENTS_READ
+        or not 1 <= deployments <= MAX_FLEET_DEPLOYMENTS
     ):
         raise fail(
             "fleet.deployments",
-            f"must be a whole number from 1 to {MAX_DEPLOYMENTS_READ} (one ListDeploymentTargets "
+            f"must be a whole number from 1 to {MAX_FLEET_DEPLOYMENTS} (one ListDeploymentTargets "
             f"call each), got {deployments!r}",
         )
     return FleetSettings(deployments=deployments, **flags)
