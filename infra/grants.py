@@ -438,13 +438,17 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     ),
     "on_release_stream": (_stream_read, _notify_send),
     "on_notify_message": (*_RELEASES, _notify_consume, _channels),
-    # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress;
+    # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress
+    # and the fleet (each deployment's succeeded instances, the target groups' registered targets);
     # takes Slack's clicks (the signing secret, the replay guard on the table, the actions queue).
     "api_handler": (
         *_RELEASES,
         _artifacts,
         *_STARTS,
         _deploy_stop,
+        _deploy_targets,
+        _target_groups,
+        _target_health,
         _verify_send,
         _slack_signing_secret,
         _slack_actions_send,

@@ -115,6 +115,34 @@ def pipelines(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("name")
+@json_option
+@click.pass_context
+def fleet(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Each instance of pipeline NAME's deployment group with the revision it last received and
+    its target health, and whether the fleet runs mixed revisions."""
+    with _errors():
+        found = _client(ctx).get(f"/pipelines/{_path_id(name)}/fleet")
+
+    def text() -> str:
+        lines = [
+            f"{found['pipeline']}  {found['application']}/{found['deployment_group']}  "
+            + (f"MIXED: {found['revisions']} revisions" if found["mixed"] else "uniform")
+        ]
+        for instance in found["instances"]:
+            revision = instance["revision"]
+            runs = instance["version_label"] or (revision["key"].rsplit("/", 1)[-1] if revision else "-")
+            health = ",".join(entry["state"] for entry in instance["health"]) or "not registered"
+            lines.append(
+                f"  {instance['instance_id']}  {runs}  release={instance['release_id'] or '-'}  "
+                f"deployment={instance['deployment_id'] or '-'}  {health}"
+            )
+        return "\n".join(lines)
+
+    _emit(as_json, found, text)
+
+
+@main.command()
 @json_option
 @click.pass_context
 def env(ctx: click.Context, as_json: bool) -> None:

@@ -215,6 +215,7 @@ ROUTES = [
     ("POST", "/releases/{id}/reject"),
     ("GET", "/pipelines"),
     ("GET", "/pipelines/{id}"),
+    ("GET", "/pipelines/{id}/fleet"),
     ("POST", "/pipelines/{id}/rollback"),
     ("POST", "/pipelines/{id}/promote"),
 ]

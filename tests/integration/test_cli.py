@@ -171,6 +171,31 @@ def test_api_refusals_print_the_api_message(world: World, api_url: str) -> None:
     assert "not under s3://acme-artifacts/api/prod/" in outside.output
 
 
+def test_fleet_prints_each_instance_with_its_revision_and_health(world: World, api_url: str) -> None:
+    from tests.integration.test_verification import verified
+
+    release_id = verified(world, "1.0.0")
+    instances = world.provisioned.load_balanced["shop-prod"].instance_ids
+
+    printed = relco(api_url, "fleet", "shop-prod")
+    assert printed.exit_code == 0, printed.output
+    # The local API server logs its requests to the same output: only the command's lines.
+    lines = [line for line in printed.output.splitlines() if line.startswith(("shop-prod", "  "))]
+    assert lines[0] == "shop-prod  shop/shop-prod  uniform"
+    deployment_id = world.release(release_id).deployment_id
+    assert sorted(lines[1:]) == sorted(
+        f"  {instance}  1.0.0  release={release_id}  deployment={deployment_id}  healthy"
+        for instance in instances
+    )
+    document = relco_json(api_url, "fleet", "shop-prod")
+    assert document["mixed"] is False
+    assert {entry["instance_id"] for entry in document["instances"]} == set(instances)
+
+    unknown = relco(api_url, "fleet", "nope")
+    assert unknown.exit_code == 1
+    assert "HTTP 404" in unknown.output
+
+
 # --- watch ------------------------------------------------------------------------------------
 
 

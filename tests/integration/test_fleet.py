@@ -19,6 +19,7 @@ from chalicelib.domain.release import EventType, ReleaseState, Trigger
 from sandbox import moto_extensions
 from tests.integration.conftest import LOAD_BALANCED, PIPELINES_TOML, World
 from tests.integration.test_verification import run_checks, succeed, upload_and_deploy, verified
+from tests.unit.test_api_openapi import check_answer
 
 
 @pytest.fixture
@@ -31,8 +32,11 @@ def pipelines_file(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
 
 
 def fleet(world: World, name: str = LOAD_BALANCED) -> tuple[int, dict[str, Any]]:
+    """The route's answer, checked against docs/openapi.yaml."""
     response = world.client.http.get(f"/pipelines/{name}/fleet")
-    return response.status_code, json.loads(response.body)
+    body = json.loads(response.body)
+    check_answer("/pipelines/{name}/fleet", "get", response.status_code, body)
+    return response.status_code, body
 
 
 def by_instance(body: dict[str, Any]) -> dict[str, str | None]:
