@@ -537,7 +537,7 @@ def through_the_api(driver: Driver) -> None:
         driver.world.upload(key)  # its S3 event is lost: the API deploys it
     first = driver.http("POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-1.zip"}, "k-1")
     second = driver.http("POST", "/releases", {"pipeline": "api-prod", "key": "api/prod/app-2.zip"}, "k-2")
-    for path in ("/releases", "/pipelines", "/pipelines/api-prod"):
+    for path in ("/releases", "/pipelines", "/pipelines/api-prod", "/pipelines/shop-prod/fleet"):
         driver.http("GET", path)
     for created in (second, first):
         if created and "id" in created:
