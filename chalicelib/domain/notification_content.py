@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
-from chalicelib.domain.notifications import is_promotion_link
+from chalicelib.domain.notifications import is_mixed_fleet, is_promotion_link
 from chalicelib.domain.notify_routes import Notification, SlackMentions
 from chalicelib.domain.permissions import ApprovalPolicy
 from chalicelib.domain.release import (
@@ -422,8 +422,24 @@ def _failure_lines(notice: Notice) -> list[str]:
     return lines
 
 
+def _mixed_fleet_line(detail: Mapping[str, Any]) -> str:
+    """``fleet mixed: 1.0.0 on i-1; 2.0.0 on 2 instances; healing as heal-…``"""
+    parts = []
+    for entry in detail.get("revisions") or ():
+        label = entry.get("version_label") or (entry.get("revision") or {}).get("key") or "unknown revision"
+        count = int(entry.get("count") or 0)
+        instances = entry.get("instances") or []
+        where = ", ".join(str(i) for i in instances) if count == len(instances) == 1 else f"{count} instances"
+        parts.append(f"{escape(label)} on {escape(where)}")
+    line = "Fleet runs mixed revisions: " + "; ".join(parts)
+    healing = detail.get("heal_release_id")
+    return line + (f"; healing as release `{escape(healing)}`" if healing else "")
+
+
 def _progress_line(event: HistoryEvent) -> str:
     detail = event.detail
+    if is_mixed_fleet(event):
+        return _mixed_fleet_line(detail)
     if is_promotion_link(event):
         return (
             f"Promoted to {escape(detail.get('pipeline'))} as release `{escape(detail.get('release_id'))}` "
@@ -444,7 +460,11 @@ def _event_reason(notice: Notice) -> str:
 
 def slack_reply(notice: Notice, pings: Sequence[str] = ()) -> SlackMessage:
     """The thread reply for one transition: what happened and why, with a failure's details."""
-    emoji = ":arrow_double_up:" if is_promotion_link(notice.event) else _REPLY_EMOJI[notice.notification]
+    emoji = _REPLY_EMOJI[notice.notification]
+    if is_promotion_link(notice.event):
+        emoji = ":arrow_double_up:"
+    elif is_mixed_fleet(notice.event):
+        emoji = ":warning:"
     if notice.notification is Notification.PROGRESS:
         headline = _progress_line(notice.event)
     else:

@@ -34,6 +34,11 @@ def is_promotion_link(event: HistoryEvent) -> bool:
     return event.type is EventType.TASK_SUCCEEDED and event.detail.get("task") == "Promotion"
 
 
+def is_mixed_fleet(event: HistoryEvent) -> bool:
+    """The event a release's history gets when the fleet runs mixed revisions after it ended."""
+    return event.type is EventType.TASK_FAILED and event.detail.get("task") == "FleetCheck"
+
+
 def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notification | None:
     """The notification a history event stands for, or None when it stands for none.
 
@@ -47,6 +52,8 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
     StateEntered VERIFYING                      ``progress`` (Slack threads only)
     TaskSucceeded, detail task "Promotion"      ``progress`` (Slack threads only): the release
                                                 was promoted to another pipeline
+    TaskFailed, detail task "FleetCheck"        ``progress`` (Slack threads only): the fleet
+                                                runs mixed revisions after the release ended
     ExecutionSucceeded SUCCEEDED                ``succeeded``; ``rolled_back`` for a release
                                                 whose trigger is rollback or auto_rollback: the
                                                 service is back on the last good revision
@@ -62,7 +69,7 @@ def notification_for(event: HistoryEvent, trigger: Trigger | None) -> Notificati
     failure is delivered, so a thread gets one reply per transition and no chatter.
     """
     state, kind = event.state, event.type
-    if is_promotion_link(event):
+    if is_promotion_link(event) or is_mixed_fleet(event):
         return Notification.PROGRESS
     if kind is EventType.STATE_ENTERED:
         return {

@@ -10,6 +10,7 @@ import json
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,6 +126,11 @@ def promotion_into(world: World, pipeline: str, upstream_id: str) -> Release | N
     return found[0] if found else None
 
 
+def promoted_by(report: dict[str, Any]) -> dict[str, Any]:
+    """What a reconcile report says each pipeline promoted (it also reports fleet checks)."""
+    return {name: actions["promoted"] for name, actions in report.items() if "promoted" in actions}
+
+
 def wake_ups(world: World) -> list[WakeUp]:
     sqs = world.aws("sqs")
     bodies = [
@@ -164,9 +170,9 @@ def test_a_chain_of_three_and_a_fan_out_of_two_carry_the_exact_revision(
     stg = succeed(world, wiring, stg.id)
     # Fan-out: prod-eu after 30 s, prod-us after a minute, each to the second.
     clock.advance(timedelta(seconds=29))
-    assert reconcile(wiring) == {}
+    assert promoted_by(reconcile(wiring)) == {}
     clock.advance(timedelta(seconds=1))
-    assert reconcile(wiring) == {"stg": {"promoted": {"prod-eu": promotion_release_id("prod-eu", stg.id)}}}
+    assert promoted_by(reconcile(wiring)) == {"stg": {"prod-eu": promotion_release_id("prod-eu", stg.id)}}
     eu = promotion_into(world, "prod-eu", stg.id)
     assert eu is not None
     assert eu.revision == dev.revision
@@ -180,7 +186,7 @@ def test_a_chain_of_three_and_a_fan_out_of_two_carry_the_exact_revision(
     assert us.state is ReleaseState.AWAITING_APPROVAL  # promote = "approval"
     assert us.revision == dev.revision
     # Asking again finds the promotions already there.
-    assert reconcile(wiring) == {}
+    assert promoted_by(reconcile(wiring)) == {}
 
 
 def test_the_wake_up_promotes_at_the_end_of_the_soak_and_sends_on_the_next(
@@ -289,7 +295,7 @@ def test_reconcile_cancels_a_pending_promotion_whose_cancel_was_lost(world: Worl
 
     report = reconcile(wiring)
 
-    assert report["prod-us"] == {"cancelled_promotions": [pending.id]}
+    assert report["prod-us"]["cancelled_promotions"] == [pending.id]
     assert world.release(pending.id).state is ReleaseState.STOPPED
 
 

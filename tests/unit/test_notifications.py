@@ -701,3 +701,24 @@ def test_a_promotion_is_linked_from_the_upstream_thread_and_its_card_names_the_u
     started = event(EventType.STATE_ENTERED, ReleaseState.DEPLOYING, reason="slot free: starting CodeDeploy")
     card = slack_card(build_notice(promoted, started, Notification.STARTED))
     assert "promotion of api-stg release `rel-9`" in json.dumps(card.blocks)
+
+
+def test_a_mixed_fleet_after_a_release_is_said_in_its_thread() -> None:
+    """Issue 16: the fleet check's history event reaches the release's Slack thread."""
+    mixed = event(
+        EventType.TASK_FAILED,
+        ReleaseState.SUCCEEDED,
+        task="FleetCheck",
+        mixed=True,
+        revisions=[
+            {"version_label": "1.0.0", "instances": ["i-1"], "count": 1},
+            {"version_label": "2.0.0", "instances": ["i-2", "i-3"], "count": 2},
+        ],
+        heal_release_id="heal-rel-1",
+    )
+    assert notification_for(mixed, Trigger.UPLOAD) is Notification.PROGRESS
+    reply = slack_reply(build_notice(release(ReleaseState.SUCCEEDED), mixed, Notification.PROGRESS)).text
+    assert reply == (
+        ":warning: Fleet runs mixed revisions: 1.0.0 on i-1; 2.0.0 on 2 instances; "
+        "healing as release `heal-rel-1`"
+    )
