@@ -35,6 +35,7 @@ from chalicelib.domain.permissions import (
     SlackOperators,
 )
 from chalicelib.domain.slot import BusyPolicy
+from chalicelib.domain.watchdog import CODEDEPLOY_HOOK_TIMEOUT, WatchdogLimits
 
 DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.HalfAtATime"
 _E = TypeVar("_E", bound=StrEnum)
@@ -118,6 +119,8 @@ class Pipeline:
     # The soaks of the pipelines that promote from this one (set at load): when its last good
     # release is due downstream.
     downstream_soaks: tuple[timedelta, ...] = ()
+    # When a running deployment counts as stuck and is stopped (chalicelib/domain/watchdog.py).
+    watchdog: WatchdogLimits = field(default_factory=WatchdogLimits)
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -180,6 +183,7 @@ _OPTIONAL = (
     "promote_from",
     "promote",
     "soak",
+    "watchdog",
 )
 
 
@@ -264,6 +268,7 @@ def _parse_pipeline(
         freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
         approval=_parse_approval(entry.get("approval", {}), fail),
         slack=_parse_slack_operators(entry.get("slack", {}), fail),
+        watchdog=_parse_watchdog(entry.get("watchdog", {}), fail),
         **_parse_promotion(entry, fail),
     )
 
@@ -496,6 +501,31 @@ def _parse_rollback(value: Any, fail: Any) -> RollbackSettings:
             raise fail(f"rollback.{name}", f"must be true or false, got {flag!r}")
         flags[name] = flag
     return RollbackSettings(**flags)
+
+
+def _parse_watchdog(value: Any, fail: Any) -> WatchdogLimits:
+    """``[pipeline.watchdog]``: ``enabled``, and the durations ``agent_timeout``, ``hook_timeout``
+    (at most CodeDeploy's 3600 s, the longest a hook may be given) and ``margin``."""
+    table = _table(value, "watchdog", fail)
+    durations = ("agent_timeout", "hook_timeout", "margin")
+    allowed = {"enabled", *durations}
+    limits: dict[str, Any] = {}
+    for name, setting in table.items():
+        key = f"watchdog.{name}"
+        if name not in allowed:
+            raise fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        if name == "enabled":
+            if not isinstance(setting, bool):
+                raise fail(key, f"must be true or false, got {setting!r}")
+            limits[name] = setting
+            continue
+        span = _duration(setting, key, fail)
+        if name != "margin" and span <= timedelta(0):
+            raise fail(key, f"must be longer than 0s, got {setting!r}")
+        if name == "hook_timeout" and span > CODEDEPLOY_HOOK_TIMEOUT:
+            raise fail(key, f"must be at most 3600s (CodeDeploy's longest hook timeout), got {setting!r}")
+        limits[name] = span
+    return WatchdogLimits(**limits)
 
 
 def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:

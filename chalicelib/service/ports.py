@@ -16,6 +16,7 @@ from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import AlarmStatus, TargetGroupSettings, TargetHealth, VerifyRequest
 from chalicelib.domain.wakeups import WakeUp
+from chalicelib.domain.watchdog import TargetProgress
 
 
 class WriteConflict(Exception):
@@ -211,6 +212,11 @@ class Deployments(Protocol):
 
     def instance_targets(self, deployment_id: str, status: str) -> list[InstanceTarget]:
         """The instances of the deployment in ``status``, with their lifecycle events."""
+        ...
+
+    def target_progress(self, deployment_id: str) -> list[TargetProgress]:
+        """Every instance of the deployment with its lifecycle events and when each started
+        (none before CodeDeploy starts the deployment)."""
         ...
 
 
