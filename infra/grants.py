@@ -426,11 +426,13 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     ),
     "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _verify_send, _verify_consume),
     # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
-    # included) and re-sends overdue checks.
+    # included) and re-sends overdue checks; the watchdog reads running deployments' targets and
+    # stops a stuck one (StopDeployment).
     "reconcile": (
         *_RELEASES,
         *_STARTS,
         _deploy_targets,
+        _deploy_stop,
         _target_groups,
         _target_health,
         _verify_send,

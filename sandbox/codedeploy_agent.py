@@ -76,6 +76,22 @@ class TrafficControl(Protocol):
 
 
 @dataclass(frozen=True)
+class Misbehaviour:
+    """What the agent can be told to do wrong, to show the coordinator's watchdog a stuck
+    deployment: ``not_polling`` leaves every instance Pending (CodeDeploy lists them; no agent
+    starts a lifecycle event), ``hang_in`` keeps the named lifecycle event InProgress, and
+    ``fail_download`` fails DownloadBundle as an instance without S3 access does. The first two
+    last until the deployment is stopped (StopDeployment) or the agent stops."""
+
+    not_polling: bool = False
+    hang_in: str | None = None
+    fail_download: bool = False
+
+
+DOWNLOAD_DENIED_MESSAGE = "Access Denied (the local agent was told to fail the download)"
+
+
+@dataclass(frozen=True)
 class Deployment:
     """What the agent needs of a moto ``DeploymentInfo``."""
 
@@ -187,6 +203,12 @@ class CodeDeployAgent:
         # One deployment at a time: the instances are shared by every group served.
         self._deploying = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._misbehaviour = Misbehaviour()
+
+    def misbehave(self, misbehaviour: Misbehaviour) -> None:
+        """From the next lifecycle step on, behave as ``misbehaviour`` says (``Misbehaviour()``:
+        behave again)."""
+        self._misbehaviour = misbehaviour
 
     # lifecycle
 
@@ -284,12 +306,16 @@ class CodeDeployAgent:
         if deployment.revision is None:
             self._skip_all(progress, self.instances)
             return "Failed", "INVALID_REVISION", "The local agent deploys S3 revisions only."
+        if self._misbehaviour.not_polling:
+            # The instances stay Pending, as CodeDeploy shows them when no agent polls, until
+            # someone stops the deployment.
+            self._wait_for_stop(deployment)
+            self._skip_all(progress, self.instances)
+            return self._interrupted(deployment)
         download = RevisionDownload(self._s3, deployment.revision)
         tally = self._run_batches(deployment, download, progress)
-        if moto_extensions.stop_requested(deployment.deployment_id, self._region):
-            return "Stopped", "MANUAL_STOP", "The deployment was stopped by a StopDeployment request."
-        if self._stopping.is_set():
-            return "Failed", "AGENT_ISSUE", "The local CodeDeploy agent stopped during the deployment."
+        if self._should_stop(deployment):
+            return self._interrupted(deployment)
         if deployment.config.succeeded(len(self.instances), tally.succeeded, tally.skipped):
             return "Succeeded", None, None
         return "Failed", "HEALTH_CONSTRAINTS", HEALTH_CONSTRAINTS_MESSAGE
@@ -324,6 +350,16 @@ class CodeDeployAgent:
         for instance in instances:
             progress.set_status(instance.instance_id, "Skipped")
 
+    def _interrupted(self, deployment: Deployment) -> tuple[str, str, str]:
+        """The outcome of a deployment a stop request or the agent's own stop cut short."""
+        if moto_extensions.stop_requested(deployment.deployment_id, self._region):
+            return "Stopped", "MANUAL_STOP", "The deployment was stopped by a StopDeployment request."
+        return "Failed", "AGENT_ISSUE", "The local CodeDeploy agent stopped during the deployment."
+
+    def _wait_for_stop(self, deployment: Deployment) -> None:
+        while not self._should_stop(deployment):
+            self._stopping.wait(self._poll_interval_s)
+
     def _should_stop(self, deployment: Deployment) -> bool:
         return self._stopping.is_set() or moto_extensions.stop_requested(
             deployment.deployment_id, self._region
@@ -342,6 +378,15 @@ class CodeDeployAgent:
                 run.progress.set_status(instance_id, "Failed")
                 return False
             run.progress.event_started(instance_id, name)
+            if name == self._misbehaviour.hang_in:
+                self._wait_for_stop(run.deployment)  # the event stays InProgress meanwhile
+                run.progress.event_finished(
+                    instance_id,
+                    name,
+                    StepOutcome.failed(f"{name} was still running when the deployment stopped"),
+                )
+                run.progress.set_status(instance_id, "Failed")
+                return False
             try:
                 outcome = self._step(run, name)
             except Exception as error:
@@ -414,6 +459,8 @@ class CodeDeployAgent:
         revision = run.deployment.revision
         if run.download is None or revision is None:
             return StepOutcome.failed("no S3 revision to download")
+        if self._misbehaviour.fail_download:
+            return StepOutcome.failed(DOWNLOAD_DENIED_MESSAGE)
         try:
             data = run.download.fetch()
         except Exception as error:  # S3 refusals and transport errors alike fail this instance

@@ -10,6 +10,7 @@ from botocore.exceptions import ClientError
 
 from chalicelib.domain.fleet import GroupDeployment
 from chalicelib.domain.release import Release, Revision
+from chalicelib.domain.watchdog import HookProgress, TargetProgress
 from chalicelib.service.ports import (
     DeploymentAlreadyEnded,
     DeploymentBusy,
@@ -38,6 +39,9 @@ _LISTED_FOR_FLEET = 100
 # the release fails with CodeDeploy's reason instead of holding the slot forever.
 _UNKNOWN_DEPLOYMENT_CODES = frozenset({"DeploymentDoesNotExistException", "InvalidDeploymentIdException"})
 _TRANSIENT_CODES = frozenset({"ThrottlingException", "Throttling", "RequestLimitExceeded"})
+# ListDeploymentTargets' answer for a deployment CodeDeploy has not started (Created, Queued):
+# no instance has anything to show yet.
+_NOT_STARTED_CODE = "DeploymentNotStartedException"
 
 
 def _is_transient(error: ClientError) -> bool:
@@ -177,6 +181,46 @@ class CodeDeployDeployments:
                 )
         found.sort(key=lambda deployment: deployment.created_at, reverse=True)
         return found[:count]
+
+    def target_progress(self, deployment_id: str) -> list[TargetProgress]:
+        """Every instance of the deployment with its lifecycle events and their start times (what
+        the watchdog judges): ListDeploymentTargets, then BatchGetDeploymentTargets per 25."""
+        target_ids: list[str] = []
+        try:
+            pages = self._client.get_paginator("list_deployment_targets").paginate(deploymentId=deployment_id)
+            for page in pages:
+                target_ids.extend(page.get("targetIds", []))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") == _NOT_STARTED_CODE:
+                return []
+            raise
+        progress: list[TargetProgress] = []
+        for start in range(0, len(target_ids), _BATCH_GET_LIMIT):
+            response = self._client.batch_get_deployment_targets(
+                deploymentId=deployment_id, targetIds=target_ids[start : start + _BATCH_GET_LIMIT]
+            )
+            for target in response.get("deploymentTargets", []):
+                instance = target.get("instanceTarget")
+                if instance:
+                    progress.append(_target_progress(instance))
+        return progress
+
+
+def _target_progress(instance: dict[str, Any]) -> TargetProgress:
+    return TargetProgress(
+        instance_id=instance.get("targetId", ""),
+        status=instance.get("status", ""),
+        last_updated_at=instance.get("lastUpdatedAt"),
+        hooks=tuple(
+            HookProgress(
+                name=event.get("lifecycleEventName", ""),
+                status=event.get("status", ""),
+                started_at=event.get("startTime"),
+                message=(event.get("diagnostics") or {}).get("message"),
+            )
+            for event in instance.get("lifecycleEvents") or []
+        ),
+    )
 
 
 def _instance_target(instance: dict[str, Any]) -> InstanceTarget:

@@ -35,6 +35,7 @@ from chalicelib.domain.permissions import (
     SlackOperators,
 )
 from chalicelib.domain.slot import BusyPolicy
+from chalicelib.domain.watchdog import CODEDEPLOY_HOOK_TIMEOUT, WatchdogLimits
 
 DEFAULT_DEPLOYMENT_CONFIG = "CodeDeployDefault.HalfAtATime"
 _E = TypeVar("_E", bound=StrEnum)
@@ -137,6 +138,8 @@ class Pipeline:
     downstream_soaks: tuple[timedelta, ...] = ()
     # [pipeline.fleet]: the fleet checked for mixed revisions after each release, healed or not.
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    # When a running deployment counts as stuck and is stopped (chalicelib/domain/watchdog.py).
+    watchdog: WatchdogLimits = field(default_factory=WatchdogLimits)
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -200,6 +203,7 @@ _OPTIONAL = (
     "promote_from",
     "promote",
     "soak",
+    "watchdog",
 )
 
 
@@ -285,6 +289,7 @@ def _parse_pipeline(
         approval=_parse_approval(entry.get("approval", {}), fail),
         slack=_parse_slack_operators(entry.get("slack", {}), fail),
         fleet=_parse_fleet(entry.get("fleet", {}), fail),
+        watchdog=_parse_watchdog(entry.get("watchdog", {}), fail),
         **_parse_promotion(entry, fail),
     )
 
@@ -545,6 +550,31 @@ def _parse_fleet(value: Any, fail: Any) -> FleetSettings:
             f"call each), got {deployments!r}",
         )
     return FleetSettings(deployments=deployments, **flags)
+
+
+def _parse_watchdog(value: Any, fail: Any) -> WatchdogLimits:
+    """``[pipeline.watchdog]``: ``enabled``, and the durations ``agent_timeout``, ``hook_timeout``
+    (at most CodeDeploy's 3600 s, the longest a hook may be given) and ``margin``."""
+    table = _table(value, "watchdog", fail)
+    durations = ("agent_timeout", "hook_timeout", "margin")
+    allowed = {"enabled", *durations}
+    limits: dict[str, Any] = {}
+    for name, setting in table.items():
+        key = f"watchdog.{name}"
+        if name not in allowed:
+            raise fail(key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        if name == "enabled":
+            if not isinstance(setting, bool):
+                raise fail(key, f"must be true or false, got {setting!r}")
+            limits[name] = setting
+            continue
+        span = _duration(setting, key, fail)
+        if name != "margin" and span <= timedelta(0):
+            raise fail(key, f"must be longer than 0s, got {setting!r}")
+        if name == "hook_timeout" and span > CODEDEPLOY_HOOK_TIMEOUT:
+            raise fail(key, f"must be at most 3600s (CodeDeploy's longest hook timeout), got {setting!r}")
+        limits[name] = span
+    return WatchdogLimits(**limits)
 
 
 def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:

@@ -12,10 +12,12 @@ from chalicelib.domain.release import (
     Revision,
     external_release_id,
 )
+from chalicelib.domain.watchdog import stopped_by_watchdog
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
 from chalicelib.service.slot_flow import LaneRead, finish, link_deployment, run_in_lane
 from chalicelib.service.verification import begin_verification
+from chalicelib.service.watchdog import end_stopped_release
 from chalicelib.service.wiring import Wiring
 
 # GetDeployment's terminal statuses, as the state-change event that a lost event would have said.
@@ -165,6 +167,9 @@ def _apply_outcome(
             wiring, release, info or wiring.deployments.describe(deployment_id), known=known
         )
     if state is DeploymentState.STOP:
+        stuck = stopped_by_watchdog(release.metadata)
+        if stuck is not None:  # the watchdog stopped it: FAILED with its diagnosis
+            return end_stopped_release(wiring, release, deployment_id, stuck, known=known)
         return finish(
             wiring,
             release.id,

@@ -17,6 +17,7 @@ from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import AlarmStatus, TargetGroupSettings, TargetHealth, VerifyRequest
 from chalicelib.domain.wakeups import WakeUp
+from chalicelib.domain.watchdog import TargetProgress
 
 
 class WriteConflict(Exception):
@@ -216,6 +217,11 @@ class Deployments(Protocol):
 
     def group_deployments(self, application: str, group: str, count: int) -> list[GroupDeployment]:
         """The group's ``count`` newest deployments, newest first (chalicelib/domain/fleet.py)."""
+        ...
+
+    def target_progress(self, deployment_id: str) -> list[TargetProgress]:
+        """Every instance of the deployment with its lifecycle events and when each started
+        (none before CodeDeploy starts the deployment)."""
         ...
 
 

@@ -14,6 +14,7 @@ from chalicelib.service import fleet, promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks
+from chalicelib.service.watchdog import watch_deployment
 from chalicelib.service.wiring import Wiring
 
 
@@ -56,6 +57,9 @@ def _apply_missed_outcomes(wiring: Wiring, pipeline: Pipeline, actions: dict[str
             info = wiring.deployments.describe(release.deployment_id)
             missed = STATE_FOR_STATUS.get(info.status)
             if missed is None:
+                watched = watch_deployment(wiring, pipeline, release)
+                if watched:
+                    actions.setdefault("watchdog", {})[release.id] = watched
                 continue
             logger.info(
                 "applying a CodeDeploy outcome whose event never arrived", extra={"status": info.status}

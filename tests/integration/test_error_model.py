@@ -499,6 +499,12 @@ class Driver:
         if deployment.status not in moto_extensions.TERMINAL_STATUSES:
             if moto_extensions.stop_requested(deployment_id):
                 moto_extensions.complete(deployment_id, "Stopped")
+            elif "stuck" in release.revision.key:
+                # No agent picks it up: every instance Pending for an hour, long past the
+                # watchdog's agent_timeout; reconcile's watchdog stops it.
+                untouched = {"status": "Pending", "lastUpdatedAt": datetime.now(UTC) - timedelta(hours=1)}
+                moto_extensions.set_instance_targets(deployment_id, dict.fromkeys(STUCK_INSTANCES, untouched))
+                return
             elif "broken" in release.revision.key:
                 moto_extensions.complete(
                     deployment_id, "Failed", error_code="HEALTH_CONSTRAINTS", error_message="too many failed"
@@ -546,10 +552,21 @@ def through_the_api(driver: Driver) -> None:
     driver.settle()
 
 
+STUCK_INSTANCES = ("i-0stuck0000000001", "i-0stuck0000000002")
+
+
+def stuck_deployment(driver: Driver) -> None:
+    """An upload whose deployment no agent picks up: the watchdog (reconcile) stops it and the
+    release fails with its diagnosis."""
+    driver.upload("api/prod/app-stuck.zip")
+    driver.settle()
+
+
 SCENARIOS: dict[str, Callable[[Driver], None]] = {
     "deploy_and_verify": deploy_and_verify,
     "failure_and_rollback": failure_and_rollback,
     "through_the_api": through_the_api,
+    "stuck_deployment": stuck_deployment,
 }
 
 

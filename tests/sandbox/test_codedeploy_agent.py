@@ -28,7 +28,7 @@ from moto import mock_aws
 
 from appspec import LIFECYCLE_EVENTS
 from sandbox import moto_extensions
-from sandbox.codedeploy_agent import CodeDeployAgent
+from sandbox.codedeploy_agent import DOWNLOAD_DENIED_MESSAGE, CodeDeployAgent, Misbehaviour
 from sandbox.local_instance import LocalInstance
 from sandbox.processes import pid_alive
 
@@ -609,3 +609,79 @@ def test_agent_stop_ends_its_deployment_and_leaves_no_process_running(
     for instance in fleet.instances:
         with pytest.raises(urllib.error.URLError):
             get_json(instance.port)
+
+
+def _wait_until(check: Any, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.timeout(90)
+def test_an_agent_told_not_to_poll_leaves_every_instance_pending_until_stopped(
+    cloud: Cloud, fleet_of: FleetFactory, tmp_path: Path
+) -> None:
+    fleet = fleet_of(2, traffic=False)
+    fleet.agent.misbehave(Misbehaviour(not_polling=True))
+    deployment_id = cloud.deploy(cloud.upload("demo/v1.zip", zipped(demo_bundle(tmp_path, "1.0.0"))))
+    _wait_until(lambda: len(cloud.targets(deployment_id)) == 2)
+    time.sleep(0.5)  # many polls later: still nothing started
+
+    targets = cloud.targets(deployment_id)
+    assert {target["status"] for target in targets.values()} == {"Pending"}
+    assert {event["status"] for target in targets.values() for event in target["lifecycleEvents"]} == {
+        "Pending"
+    }
+    cloud.codedeploy.stop_deployment(deploymentId=deployment_id, autoRollbackEnabled=True)
+    info = cloud.wait(deployment_id)
+
+    assert info["status"] == "Stopped"
+    assert {target["status"] for target in cloud.targets(deployment_id).values()} == {"Skipped"}
+
+
+@pytest.mark.timeout(90)
+def test_an_agent_told_to_hang_in_a_hook_keeps_it_in_progress_until_stopped(
+    cloud: Cloud, fleet_of: FleetFactory, tmp_path: Path
+) -> None:
+    fleet = fleet_of(2, traffic=False)
+    first, second = fleet.ids
+    fleet.agent.misbehave(Misbehaviour(hang_in="ValidateService"))
+    deployment_id = cloud.deploy(cloud.upload("demo/v1.zip", zipped(demo_bundle(tmp_path, "1.0.0"))))
+    _wait_until(
+        lambda: (
+            by_name(cloud.targets(deployment_id).get(first, {"lifecycleEvents": []}))
+            .get("ValidateService", {})
+            .get("status")
+            == "InProgress"
+        )
+    )
+    time.sleep(0.5)
+
+    hanging = by_name(cloud.targets(deployment_id)[first])["ValidateService"]
+    assert hanging["status"] == "InProgress"
+    assert hanging["startTime"]
+    cloud.codedeploy.stop_deployment(deploymentId=deployment_id)
+    info = cloud.wait(deployment_id)
+
+    assert info["status"] == "Stopped"
+    targets = cloud.targets(deployment_id)
+    assert by_name(targets[first])["ValidateService"]["status"] == "Failed"
+    assert targets[second]["status"] == "Skipped"
+
+
+@pytest.mark.timeout(90)
+def test_an_agent_told_to_fail_the_download_fails_download_bundle(
+    cloud: Cloud, fleet_of: FleetFactory, tmp_path: Path
+) -> None:
+    fleet = fleet_of(2, traffic=False)
+    first = fleet.ids[0]
+    fleet.agent.misbehave(Misbehaviour(fail_download=True))
+    deployment_id = cloud.deploy(cloud.upload("demo/v1.zip", zipped(demo_bundle(tmp_path, "1.0.0"))))
+
+    info = cloud.wait(deployment_id)
+
+    assert info["status"] == "Failed"
+    download = by_name(cloud.targets(deployment_id)[first])["DownloadBundle"]
+    assert download["status"] == "Failed"
+    assert download["diagnostics"]["message"] == DOWNLOAD_DENIED_MESSAGE
