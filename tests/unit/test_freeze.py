@@ -339,6 +339,10 @@ def test_the_next_freeze_starts_after_now_and_nothing_is_frozen_before_it(
     current = current_freeze(windows, now)
     assert upcoming.starts_at > (current.ends_at if current is not None else now)
     assert current_freeze(windows, upcoming.starts_at) is not None
+    if current is not None and current.ends_at >= now + CHAIN_HORIZON:
+        # Windows covering each other without end are followed a year ahead, as documented: the
+        # "next" freeze is then the one after that year, inside the same endless chain.
+        return
     assert current_freeze(windows, upcoming.starts_at - timedelta(microseconds=1)) is None
 
 
