@@ -13,6 +13,9 @@ from tests.crash.world import (
     FROZEN,
     GATED,
     NOTIFIED,
+    PROMOTED,
+    PROMOTED_ON_APPROVAL,
+    PROMOTING,
     QUIET,
     SLACK_APPROVER,
     SLACK_OPERATOR,
@@ -91,6 +94,22 @@ def _alarm_holds_the_start(run: Run) -> None:
     run.set_alarm(100, WATCHED_ALARM, "OK")
 
 
+def _promotion_after_soak(run: Run) -> None:
+    run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
+    run.approve_promotion(100, "promo/stg/promo-v1.zip", PROMOTED_ON_APPROVAL)
+
+
+def _promotion_cancelled_by_rollback(run: Run) -> None:
+    run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
+    run.upload(1, "promo/stg/promo-v2.zip", PROMOTING)
+    # After v2 is verified (about 145 s) and before its soak ends (about 205 s).
+    run.roll_back(170, PROMOTING, "promo/stg/promo-v2.zip", "promo/stg/promo-v1.zip")
+
+
+def _upload_downstream_refused(run: Run) -> None:
+    run.upload(0, "promo/prod/promo-v1.zip", PROMOTED)
+
+
 SCENARIOS = {
     scenario.name: scenario
     for scenario in (
@@ -164,6 +183,28 @@ SCENARIOS = {
             "the pipeline's alarm is in ALARM when v1 is uploaded: v1 waits QUEUED with the alarm "
             "named; the alarm clears and reconcile starts it",
             _alarm_holds_the_start,
+        ),
+        Scenario(
+            "promotion_after_soak",
+            "v1 is uploaded upstream, deploys and is verified; the approval pipeline gets its "
+            "promotion at once and an operator approves it; the soaking one gets it when the soak "
+            "ends; both deploy exactly v1's object version and eTag and succeed, and the upstream "
+            "release's history links each",
+            _promotion_after_soak,
+        ),
+        Scenario(
+            "promotion_cancelled_by_rollback",
+            "v1 and v2 are uploaded upstream and verified in turn; v1 is promoted after the soak, "
+            "v2's promotion supersedes v1's awaiting approval; an operator rolls upstream back from "
+            "v2 to v1 before v2's soak ends: v2's pending promotion ends STOPPED, and v2 is "
+            "never promoted",
+            _promotion_cancelled_by_rollback,
+        ),
+        Scenario(
+            "upload_downstream_refused",
+            "an upload to a pipeline that promotes from another is refused (FAILED, saying so); "
+            "nothing deploys there",
+            _upload_downstream_refused,
         ),
     )
 }
