@@ -49,7 +49,7 @@ import app as chalice_app
 from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.domain.pipelines import Pipeline
-from chalicelib.domain.release import Revision, promotion_release_id, upload_release_id
+from chalicelib.domain.release import Revision, upload_release_id
 from chalicelib.domain.slack_interactions import SlackAction, actions_block, actions_for
 from sandbox import moto_extensions
 from sandbox.event_pump import lambda_sqs_record, lambda_stream_record
@@ -317,8 +317,6 @@ class Run:
         self.broken_glass: list[str] = []
         # (when, alarm, state) of every change the scenario made to a CloudWatch alarm
         self.alarm_changes: list[tuple[float, str, str]] = []
-        # (downstream pipeline, upstream upload key) -> who approved that upload's promotion there
-        self.promotion_decisions: dict[tuple[str, str], Decision] = {}
         # every pipeline rollback an operator asked for (what the API answered: ``answers``)
         self.rollbacks: list[PipelineRollback] = []
         self._agenda: list[_Entry] = []
@@ -467,17 +465,16 @@ class Run:
             lambda: (self._release_of(key), {"comment": "not this one"}),
         )
 
-    def approve_promotion(self, at_s: float, key: str, pipeline: str) -> None:
-        """An operator the downstream ``pipeline`` names approves the promotion there of upload
-        ``key``'s release (``relco approve`` with the promotion's id)."""
-        self.promotion_decisions[(pipeline, key)] = Decision("approved", OPERATOR_ARN)
-
-        def request() -> tuple[dict[str, str], dict[str, Any]]:
-            promotion = promotion_release_id(pipeline, self.release_id(key))
-            return {"release_id": promotion}, {"comment": "soaked upstream"}
-
-        verb = f"approve-promotion-{pipeline}"
-        self._operator_request(at_s, verb, key, "/releases/{release_id}/approve", request)
+    def promote(self, at_s: float, pipeline: str, key: str) -> None:
+        """An operator promotes upload ``key``'s release into ``pipeline`` now, without waiting
+        for the soak (``relco promote PIPELINE --release ID``)."""
+        self._operator_request(
+            at_s,
+            "promote",
+            key,
+            "/pipelines/{name}/promote",
+            lambda: ({"name": pipeline}, {"release": self.release_id(key)}),
+        )
 
     def roll_back(self, at_s: float, pipeline: str, from_key: str, to_key: str) -> None:
         """An operator rolls ``pipeline`` back from upload ``from_key``'s release to upload
@@ -615,8 +612,8 @@ class Run:
             elif status == 409 and "being started" in message:
                 self.at(self.now_s + 5, f"{what} (repeated)", lambda: request(attempt + 1, None))
             elif status == 404:
-                # The release it names is not there yet (its upload's event is being retried, or
-                # the promotion is not made yet): look again.
+                # The release it names is not there yet (its upload's event is being retried):
+                # look again.
                 self.at(self.now_s + 10, f"{what} (repeated)", lambda: request(attempt + 1, None))
 
         def first_request() -> None:

@@ -21,7 +21,7 @@ from chalicelib.domain.freeze import current_freeze
 from chalicelib.domain.notification_content import FAILURES, LABELS
 from chalicelib.domain.notifications import notification_for, opens_thread, receives
 from chalicelib.domain.notify_routes import Notification
-from chalicelib.domain.pipelines import NotifyRoute, Pipeline, PromoteMode
+from chalicelib.domain.pipelines import NotifyRoute, Pipeline
 from chalicelib.domain.release import (
     BREAK_GLASS,
     PROMOTED_FROM,
@@ -434,10 +434,10 @@ def _promotions(run: Run, state: FinalState) -> list[Violation]:
     are refused), each of exactly its upstream release's revision (bucket, key, version id, eTag,
     in CodeDeploy too), at most once per upstream release, linked once from the upstream release's
     history; an upstream release that stayed last good for the soak is promoted by the repair
-    after the soak ends, and never before it; on an approval pipeline a promotion deploys only as
-    the operator approved it; a promotion of a release rolled back upstream never starts after the
-    rollback, and one still pending then is cancelled by the repair after it; and the downstream
-    fleet runs its pipeline's last good release."""
+    after the soak ends (unless rolled back first), and never before it unless an operator asked;
+    a promotion of a release rolled back upstream never starts after the rollback, and one still
+    pending then is cancelled by the repair after it; and the downstream fleet runs its pipeline's
+    last good release."""
     found: list[Violation] = []
     late_s = repair_within_s(run)
     pipelines = run.world.pipelines
@@ -477,10 +477,10 @@ def _promotions(run: Run, state: FinalState) -> list[Violation]:
             for downstream in pipelines.downstream_of(upstream_pipeline.name):
                 due_s = succeeded_s + downstream.soak.total_seconds()
                 marked_s = rolled_back_s(upstream)
-                if newer_verified(upstream, succeeded_s, due_s) or (
-                    marked_s is not None and marked_s <= due_s
-                ):
-                    continue  # it did not stay last good (and promotable) for the soak
+                if newer_verified(upstream, succeeded_s, due_s):
+                    continue  # it did not stay last good for the soak
+                if marked_s is not None and marked_s <= due_s + late_s:
+                    continue  # rolled back before it was due, or before the repair: never promoted
                 made = [
                     _seconds(p.created_at)
                     for p in promotions
@@ -590,16 +590,6 @@ def _promotion(
         found.append(
             Violation("promotion_link", f"{label}: linked {len(links)}x from {upstream.id}'s history")
         )
-    if downstream.promote is PromoteMode.APPROVAL:
-        approvers = [e.detail["approved_by"] for e in history if "approved_by" in e.detail]
-        upload = next((u for u in run.uploads if u.release_id == upstream.id), None)
-        decision = run.promotion_decisions.get((downstream.name, upload.key)) if upload else None
-        wanted = [decision.actor] if decision else []
-        if started_s is not None and approvers != wanted:
-            found.append(Violation("deployed_unapproved", f"{label} started approved by {approvers}"))
-        stopped = promotion.state in (ReleaseState.SUPERSEDED, ReleaseState.STOPPED)
-        if decision is not None and started_s is None and not stopped:
-            found.append(Violation("approval_lost", f"{label}, approved, ended {promotion.state.value}"))
     marked_s = rolled_back_s(upstream)
     if marked_s is not None:
         if started_s is not None and started_s >= marked_s:

@@ -14,7 +14,6 @@ from tests.crash.world import (
     GATED,
     NOTIFIED,
     PROMOTED,
-    PROMOTED_ON_APPROVAL,
     PROMOTING,
     QUIET,
     SLACK_APPROVER,
@@ -96,14 +95,15 @@ def _alarm_holds_the_start(run: Run) -> None:
 
 def _promotion_after_soak(run: Run) -> None:
     run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
-    run.approve_promotion(100, "promo/stg/promo-v1.zip", PROMOTED_ON_APPROVAL)
 
 
 def _promotion_cancelled_by_rollback(run: Run) -> None:
     run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
     run.upload(1, "promo/stg/promo-v2.zip", PROMOTING)
-    # After v2 is verified (about 145 s) and before its soak ends (about 205 s).
-    run.roll_back(170, PROMOTING, "promo/stg/promo-v2.zip", "promo/stg/promo-v1.zip")
+    # v1 is verified at about 71 s, v2 at about 143 s; v1's promotion deploys from about 131 s to
+    # 201 s, so v2's, asked for at 150 s, waits behind it; the rollback comes before v2's soak ends.
+    run.promote(150, PROMOTED, "promo/stg/promo-v2.zip")
+    run.roll_back(160, PROMOTING, "promo/stg/promo-v2.zip", "promo/stg/promo-v1.zip")
 
 
 def _upload_downstream_refused(run: Run) -> None:
@@ -186,18 +186,17 @@ SCENARIOS = {
         ),
         Scenario(
             "promotion_after_soak",
-            "v1 is uploaded upstream, deploys and is verified; the approval pipeline gets its "
-            "promotion at once and an operator approves it; the soaking one gets it when the soak "
-            "ends; both deploy exactly v1's object version and eTag and succeed, and the upstream "
-            "release's history links each",
+            "v1 is uploaded upstream, deploys and is verified; when the soak ends the downstream "
+            "pipeline gets a promotion of exactly v1's object version and eTag, which deploys and "
+            "succeeds, and v1's history links it",
             _promotion_after_soak,
         ),
         Scenario(
             "promotion_cancelled_by_rollback",
-            "v1 and v2 are uploaded upstream and verified in turn; v1 is promoted after the soak, "
-            "v2's promotion supersedes v1's awaiting approval; an operator rolls upstream back from "
-            "v2 to v1 before v2's soak ends: v2's pending promotion ends STOPPED, and v2 is "
-            "never promoted",
+            "v1 and v2 are uploaded upstream and verified in turn; v1 is promoted after the soak; "
+            "an operator promotes v2 at once (relco promote), which waits behind v1's promotion; "
+            "an operator rolls upstream back from v2 to v1 before v2's soak ends: v2's pending "
+            "promotion ends STOPPED and never deploys",
             _promotion_cancelled_by_rollback,
         ),
         Scenario(

@@ -64,15 +64,14 @@ QUIET = "cart-prod"
 GATED = "gated-prod"
 FROZEN = "frozen-prod"
 WATCHED = "watched-prod"
-# Promotion (issue 15), a chain of quiet pipelines the other scenarios never touch (not load
+# Promotion (issue 15), a chain of two quiet pipelines the other scenarios never touch (not load
 # balanced: CodeDeploy's SUCCESS verifies a release): uploads go to PROMOTING; PROMOTED gets each
-# release that stayed its last good for the soak, and PROMOTED_ON_APPROVAL (the fan-out) gets it
-# at once to await an operator's approval, where a newer one supersedes it. (Its approvals
-# expire as gated-prod's do: a longer expiry than SQS's longest delay keeps the expiry's wake-up
-# going round the verify queue every 15 minutes, so the run would never settle.)
+# release that stayed its last good for the soak. (A second downstream pipeline with promote =
+# "approval", for supersede, doubled the promotion scenarios' share of the sweep: its approvals'
+# 15-minute expiry keeps every run going to 20 minutes; tests/integration/test_promotion.py covers
+# supersede.)
 PROMOTING = "promo-stg"
 PROMOTED = "promo-prod"
-PROMOTED_ON_APPROVAL = "promo-gated"
 PROMOTION_SOAK_S = 60
 INSTANCES = 2
 # Who operates the API in the scenarios: a session of the role the approval pipeline names, as API
@@ -173,19 +172,6 @@ application = "promo"
 deployment_group = "promo-prod"
 promote_from = "{PROMOTING}"
 soak = "{PROMOTION_SOAK_S}s"
-
-[[pipeline]]
-name = "{PROMOTED_ON_APPROVAL}"
-bucket = "{BUCKET}"
-prefix = "promo/gated/"
-application = "promo"
-deployment_group = "promo-gated"
-promote_from = "{PROMOTING}"
-promote = "approval"
-
-[pipeline.approval]
-approvers = ["{APPROVERS_ROLE}"]
-expires_after = "{APPROVAL_EXPIRES_S // 60}m"
 """
 ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing",
