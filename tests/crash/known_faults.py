@@ -1,5 +1,5 @@
-"""THE list of crash cases known to fail on today's code, each with the fault (of issue 12 or
-issue 14) it fails by. Every case listed is ``xfail(strict=True)``: when a fix lands, its cases pass, the
+"""THE list of crash cases known to fail on today's code, each with the fault (of issue 12, 14
+or 15) it fails by. Every case listed is ``xfail(strict=True)``: when a fix lands, its cases pass, the
 strict xfail turns into a failure, and the entry (or the points of it) must be removed here.
 Nothing else may be excused: any other failing point is a failure.
 
