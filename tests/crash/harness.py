@@ -48,6 +48,7 @@ from slack_sdk import WebClient
 import app as chalice_app
 from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Revision, upload_release_id
 from chalicelib.domain.slack_interactions import SlackAction, actions_block, actions_for
 from sandbox import moto_extensions
@@ -243,6 +244,16 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class PipelineRollback:
+    """An operator's ``relco rollback PIPELINE --to`` from one upload's release to another's."""
+
+    what: str  # the request's label in ``Run.answers``
+    pipeline: str
+    from_key: str  # the upload whose release is the pipeline's current one, rolled back
+    to_key: str  # the upload whose release (verified) it goes back to
+
+
+@dataclass(frozen=True)
 class CardClick:
     """A button pressed on a release card and sent to the interactions route."""
 
@@ -306,6 +317,8 @@ class Run:
         self.broken_glass: list[str] = []
         # (when, alarm, state) of every change the scenario made to a CloudWatch alarm
         self.alarm_changes: list[tuple[float, str, str]] = []
+        # every pipeline rollback an operator asked for (what the API answered: ``answers``)
+        self.rollbacks: list[PipelineRollback] = []
         self._agenda: list[_Entry] = []
         self._seq = 0
         self._occurrences: dict[str, int] = {}
@@ -426,25 +439,65 @@ class Run:
 
     def cancel(self, at_s: float, key: str) -> None:
         """An operator cancels the release of upload ``key`` with ``relco cancel``."""
-        self._operator_request(at_s, "cancel", key, "/releases/{release_id}/cancel", {})
+        self._operator_request(
+            at_s, "cancel", key, "/releases/{release_id}/cancel", lambda: (self._release_of(key), {})
+        )
 
     def approve(self, at_s: float, key: str) -> None:
         """An operator the approval pipeline names approves the release of upload ``key``."""
         self.decisions[key] = Decision("approved", OPERATOR_ARN)
-        body = {"comment": "looks good"}
-        self._operator_request(at_s, "approve", key, "/releases/{release_id}/approve", body)
+        self._operator_request(
+            at_s,
+            "approve",
+            key,
+            "/releases/{release_id}/approve",
+            lambda: (self._release_of(key), {"comment": "looks good"}),
+        )
 
     def reject(self, at_s: float, key: str) -> None:
         """An operator the approval pipeline names rejects the release of upload ``key``."""
         self.decisions[key] = Decision("rejected", OPERATOR_ARN)
-        body = {"comment": "not this one"}
-        self._operator_request(at_s, "reject", key, "/releases/{release_id}/reject", body)
+        self._operator_request(
+            at_s,
+            "reject",
+            key,
+            "/releases/{release_id}/reject",
+            lambda: (self._release_of(key), {"comment": "not this one"}),
+        )
+
+    def promote(self, at_s: float, pipeline: str, key: str) -> None:
+        """An operator promotes upload ``key``'s release into ``pipeline`` now, without waiting
+        for the soak (``relco promote PIPELINE --release ID``)."""
+        self._operator_request(
+            at_s,
+            "promote",
+            key,
+            "/pipelines/{name}/promote",
+            lambda: ({"name": pipeline}, {"release": self.release_id(key)}),
+        )
+
+    def roll_back(self, at_s: float, pipeline: str, from_key: str, to_key: str) -> None:
+        """An operator rolls ``pipeline`` back from upload ``from_key``'s release to upload
+        ``to_key``'s with ``relco rollback PIPELINE --to``."""
+        what = f"rollback {from_key}"
+        self.rollbacks.append(PipelineRollback(what, pipeline, from_key, to_key))
+        self._operator_request(
+            at_s,
+            "rollback",
+            from_key,
+            "/pipelines/{name}/rollback",
+            lambda: ({"name": pipeline}, {"to": self.release_id(to_key)}),
+        )
 
     def break_glass(self, at_s: float, key: str, pipeline: str) -> None:
         """An operator deploys the uploaded object ``key`` with ``relco deploy --break-glass``."""
         self.broken_glass.append(key)
         body = {"pipeline": pipeline, "key": key, "break_glass": "hotfix during the freeze"}
-        self._operator_request(at_s, "break-glass", key, "/releases", body)
+        self._operator_request(at_s, "break-glass", key, "/releases", lambda: (None, body))
+
+    def _release_of(self, key: str) -> dict[str, str]:
+        """The path parameters naming upload ``key``'s release."""
+        return {"release_id": self.release_id(key)}
 
     def approve_from_card(self, at_s: float, key: str, user: tuple[str, str]) -> None:
         """The Slack user ``user`` (id, handle) presses Approve on the card of upload ``key``'s
@@ -516,15 +569,23 @@ class Run:
 
         self.step(at_s, f"alarm {name} {state}", change)
 
-    def _operator_request(self, at_s: float, verb: str, key: str, route: str, body: dict[str, Any]) -> None:
-        """A signed POST to ``route`` (``{release_id}``: the release of upload ``key``) through API
-        Gateway to the API function, with an Idempotency-Key; the CLI repeats it as it would (a
-        502 for a function that died, a 409 while the key is held)."""
+    def _operator_request(
+        self,
+        at_s: float,
+        verb: str,
+        key: str,
+        route: str,
+        parameters_and_body: Callable[[], tuple[dict[str, str] | None, dict[str, Any]]],
+    ) -> None:
+        """A signed POST about upload ``key`` to ``route`` through API Gateway to the API
+        function, with an Idempotency-Key; the CLI repeats it as it would (a 502 for a function
+        that died, a 409 while the key is held). Its path parameters and body are made when it is
+        sent: the release ids they name are known once the uploads' events have run."""
         idempotency_key = f"{verb}-{key}"
         what = f"{verb} {key}"
 
         def request(attempt: int = 1, first_refused_s: float | None = None) -> None:
-            parameters = {"release_id": self.release_id(key)} if "{release_id}" in route else None
+            parameters, body = parameters_and_body()
             event = api_gateway_event(route, parameters, body, idempotency_key)
             done, response = self.invoke("api_handler", what, lambda: chalice_app.app(event, None))
             if not done:
@@ -551,7 +612,8 @@ class Run:
             elif status == 409 and "being started" in message:
                 self.at(self.now_s + 5, f"{what} (repeated)", lambda: request(attempt + 1, None))
             elif status == 404:
-                # The upload's release is not there yet (its event is being retried): look again.
+                # The release it names is not there yet (its upload's event is being retried):
+                # look again.
                 self.at(self.now_s + 10, f"{what} (repeated)", lambda: request(attempt + 1, None))
 
         def first_request() -> None:
@@ -746,13 +808,25 @@ class Run:
             METER.plan = {}
 
     def _all_ended(self) -> bool:
+        """Every release ended, and no last good release is still soaking for a pipeline that
+        promotes it (its promotion is a time-driven move, made by reconcile should its wake-up be
+        lost)."""
         store = DynamoReleaseStore(self.world.dynamodb, TABLE)
-        return all(
-            not store.open_releases(pipeline.name)
-            and store.get_slot(pipeline.name).active is None
-            and not store.get_slot(pipeline.name).waiting
-            for pipeline in self.world.pipelines.pipelines
-        )
+        now = self.clock.now()
+
+        def ended(pipeline: Pipeline) -> bool:
+            slot = store.get_slot(pipeline.name)
+            soaking = slot.last_good_at is not None and any(
+                slot.last_good_at + soak > now for soak in pipeline.downstream_soaks
+            )
+            return (
+                not store.open_releases(pipeline.name)
+                and slot.active is None
+                and not slot.waiting
+                and not soaking
+            )
+
+        return all(ended(pipeline) for pipeline in self.world.pipelines.pipelines)
 
     def _stream_due_poll(self) -> None:
         self._stream_due_s = None

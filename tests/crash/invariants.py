@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,13 +21,22 @@ from chalicelib.domain.freeze import current_freeze
 from chalicelib.domain.notification_content import FAILURES, LABELS
 from chalicelib.domain.notifications import notification_for, opens_thread, receives
 from chalicelib.domain.notify_routes import Notification
-from chalicelib.domain.pipelines import NotifyRoute
-from chalicelib.domain.release import BREAK_GLASS, EventType, HistoryEvent, Release, ReleaseState
+from chalicelib.domain.pipelines import NotifyRoute, Pipeline
+from chalicelib.domain.release import (
+    BREAK_GLASS,
+    PROMOTED_FROM,
+    ROLLED_BACK_BY,
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Trigger,
+)
 from chalicelib.domain.slack_interactions import SlackAction
 from sandbox import moto_extensions
 from sandbox.slack_api import Message
 from tests.crash.clock import EPOCH
-from tests.crash.harness import Run, Violation, is_read
+from tests.crash.harness import PipelineRollback, Run, Violation, is_read
 from tests.crash.world import REGION, SLACK_CHANNEL, TABLE
 
 _RELEASE_IN_CARD = re.compile(r"Release `([^`]+)`")
@@ -76,6 +86,7 @@ def check(run: Run) -> list[Violation]:
     found += _approvals(run, state)
     found += _gates(run, state)
     found += _card_clicks(run, state)
+    found += _promotions(run, state)
     return found
 
 
@@ -153,8 +164,8 @@ def _uploads(run: Run, state: FinalState) -> list[Violation]:
 
 def _served(run: Run, state: FinalState) -> list[Violation]:
     """What the fleet runs and the slot's last good release are the newest upload that passed
-    (good by the scenario, and not cancelled or superseded by someone's decision); a release
-    whose targets were healthy is never failed by its verification."""
+    (good by the scenario, and not cancelled, superseded or rolled back by someone's decision); a
+    release whose targets were healthy is never failed by its verification."""
     found = []
     for release in state.releases.values():
         if release.state is ReleaseState.FAILED and release.reason.startswith("verify_failed"):
@@ -166,14 +177,17 @@ def _served(run: Run, state: FinalState) -> list[Violation]:
                 )
             )
     store = DynamoReleaseStore(run.world.dynamodb, TABLE)
+    rolled_back = {rollback.from_key for rollback in _accepted_rollbacks(run)}
     for pipeline in run.world.pipelines.pipelines:
         uploads = [upload for upload in run.uploads if upload.pipeline == pipeline.name]
-        if not uploads:
+        if not uploads or pipeline.promote_from is not None:
+            # A pipeline that promotes refuses its uploads; what it runs is ``_promotions``'s.
             continue
         passed = [
             upload
             for upload in uploads
             if upload.good
+            and upload.key not in rolled_back
             and upload.release_id in state.releases
             and state.releases[upload.release_id].state not in (ReleaseState.STOPPED, ReleaseState.SUPERSEDED)
         ]
@@ -395,6 +409,249 @@ def _card_clicks(run: Run, state: FinalState) -> list[Violation]:
 def _click_number(response_url: str) -> str:
     """The look-alike's number of a click, from its response_url ``.../actions/<team>/<n>/...``."""
     return urlsplit(response_url).path.split("/")[3]
+
+
+# Only these are promoted (docs/pipelines.md, "Promotion"): a rollback upstream redeploys an older
+# build, and a deployment made outside the coordinator was never verified by it.
+_PROMOTED_TRIGGERS = frozenset({Trigger.UPLOAD, Trigger.API, Trigger.PROMOTION})
+
+
+def _accepted_rollbacks(run: Run) -> list[PipelineRollback]:
+    """The operators' pipeline rollbacks the API carried out (a rollback refused, say because its
+    target was not verified yet after a crash delayed it, changed nothing)."""
+    accepted = {answer.what for answer in run.answers if answer.status < 300}
+    return [rollback for rollback in run.rollbacks if rollback.what in accepted]
+
+
+def _succeeded_s(history: list[HistoryEvent]) -> float | None:
+    """When the release was verified (SUCCEEDED), in seconds of the run: from then it is its
+    pipeline's last good release."""
+    return next((_seconds(e.timestamp) for e in history if e.state is ReleaseState.SUCCEEDED), None)
+
+
+def _promotions(run: Run, state: FinalState) -> list[Violation]:
+    """Promotion (issue 15): a pipeline that promotes deploys nothing but promotions (its uploads
+    are refused), each of exactly its upstream release's revision (bucket, key, version id, eTag,
+    in CodeDeploy too), at most once per upstream release, linked once from the upstream release's
+    history; an upstream release that stayed last good for the soak is promoted by the repair
+    after the soak ends (unless rolled back first), and never before it unless an operator asked;
+    a promotion of a release rolled back upstream never starts after the rollback, and one still
+    pending then is cancelled by the repair after it; and the downstream fleet runs its pipeline's
+    last good release."""
+    found: list[Violation] = []
+    late_s = repair_within_s(run)
+    pipelines = run.world.pipelines
+    promotions = [r for r in state.releases.values() if r.trigger is Trigger.PROMOTION]
+    found += [
+        Violation("promoted_twice", f"{upstream_id} promoted {count} times into {pipeline}")
+        for (pipeline, upstream_id), count in Counter(
+            (r.pipeline, r.metadata.get(PROMOTED_FROM)) for r in promotions
+        ).items()
+        if count > 1
+    ]
+    # pipeline -> [(when verified, release)], the moments its last good release changed
+    verified: dict[str, list[tuple[float, Release]]] = {}
+    for release in state.releases.values():
+        succeeded_s = _succeeded_s(state.histories[release.id])
+        if succeeded_s is not None:
+            verified.setdefault(release.pipeline, []).append((succeeded_s, release))
+
+    def newer_verified(upstream: Release, since_s: float, until_s: float) -> bool:
+        """Another release of the upstream pipeline became its last good in (since, until]."""
+        return any(
+            since_s < at_s <= until_s and other.id != upstream.id
+            for at_s, other in verified.get(upstream.pipeline, [])
+        )
+
+    def rolled_back_s(upstream: Release) -> float | None:
+        """When a manual rollback marked the release (the rollback's own write made it)."""
+        rollback = state.releases.get(upstream.metadata.get(ROLLED_BACK_BY, ""))
+        return _seconds(rollback.created_at) if rollback else None
+
+    for promotion in promotions:
+        found += _promotion(run, state, promotion, newer_verified, rolled_back_s, late_s)
+    for upstream_pipeline in pipelines.pipelines:
+        for succeeded_s, upstream in verified.get(upstream_pipeline.name, []):
+            if upstream.trigger not in _PROMOTED_TRIGGERS:
+                continue
+            for downstream in pipelines.downstream_of(upstream_pipeline.name):
+                due_s = succeeded_s + downstream.soak.total_seconds()
+                marked_s = rolled_back_s(upstream)
+                if newer_verified(upstream, succeeded_s, due_s):
+                    continue  # it did not stay last good for the soak
+                if marked_s is not None and marked_s <= due_s + late_s:
+                    continue  # rolled back before it was due, or before the repair: never promoted
+                made = [
+                    _seconds(p.created_at)
+                    for p in promotions
+                    if p.pipeline == downstream.name and p.metadata.get(PROMOTED_FROM) == upstream.id
+                ]
+                if not made or made[0] > due_s + late_s:
+                    found.append(
+                        Violation(
+                            "promotion_late",
+                            f"{upstream.id} ({upstream.revision.key}) stayed {upstream.pipeline}'s last good "
+                            f"for {downstream.name}'s soak, due at {due_s:.0f}s: promoted at {made} "
+                            f"(within {late_s:.0f}s)",
+                        )
+                    )
+    for upload in run.uploads:
+        pipeline = pipelines.named(upload.pipeline)
+        refused = state.releases.get(upload.release_id)
+        if pipeline is None or pipeline.promote_from is None or refused is None:
+            continue
+        if refused.state is not ReleaseState.FAILED or refused.deployment_id is not None:
+            found.append(
+                Violation(
+                    "downstream_upload_not_refused",
+                    f"upload {upload.key} to {pipeline.name}, which promotes from {pipeline.promote_from}: "
+                    f"{refused.state.value}, deployment {refused.deployment_id}: {refused.reason}",
+                )
+            )
+    for rollback in _accepted_rollbacks(run):
+        rolled_back = state.releases.get(run.release_id(rollback.from_key))
+        if rolled_back is not None and ROLLED_BACK_BY not in rolled_back.metadata:
+            found.append(
+                Violation(
+                    "rollback_unmarked",
+                    f"{rollback.what} was carried out, but release {rolled_back.id} does not say so: its "
+                    "promotions may still go ahead",
+                )
+            )
+    for pipeline in pipelines.pipelines:
+        if pipeline.promote_from is not None:
+            found += _downstream_fleet(run, state, pipeline)
+    return found
+
+
+def _promotion(
+    run: Run,
+    state: FinalState,
+    promotion: Release,
+    newer_verified: Callable[[Release, float, float], bool],
+    rolled_back_s: Callable[[Release], float | None],
+    late_s: float,
+) -> list[Violation]:
+    label = f"promotion {promotion.id} into {promotion.pipeline}"
+    downstream = run.world.pipelines.named(promotion.pipeline)
+    upstream = state.releases.get(promotion.metadata.get(PROMOTED_FROM, ""))
+    if downstream is None or upstream is None or upstream.pipeline != downstream.promote_from:
+        return [Violation("promotion_orphan", f"{label} names no release of the pipeline it promotes from")]
+    found = []
+    if promotion.revision != upstream.revision:
+        found.append(
+            Violation(
+                "promotion_revision",
+                f"{label}: {promotion.revision} but {upstream.id} ran {upstream.revision}",
+            )
+        )
+    for deployment in state.deployments:
+        location = deployment.revision["s3Location"]
+        if release_id_in_description(deployment.description) == promotion.id and (
+            location["bucket"],
+            location["key"],
+            location.get("version"),
+            location.get("eTag"),
+        ) != (
+            upstream.revision.bucket,
+            upstream.revision.key,
+            upstream.revision.version,
+            upstream.revision.etag,
+        ):
+            found.append(
+                Violation(
+                    "promotion_revision", f"{label}: CodeDeploy deployed {location}, not {upstream.revision}"
+                )
+            )
+    history = state.histories[promotion.id]
+    created_s = _seconds(promotion.created_at)
+    started_s = _started_s(history)
+    succeeded_s = _succeeded_s(state.histories[upstream.id])
+    if promotion.actor is None and (
+        succeeded_s is None
+        or created_s < succeeded_s + downstream.soak.total_seconds()
+        or newer_verified(upstream, succeeded_s, created_s)
+    ):
+        found.append(
+            Violation(
+                "promoted_unsoaked",
+                f"{label} made at {created_s:.0f}s: {upstream.id} was verified at {succeeded_s}s, "
+                f"soak {downstream.soak.total_seconds():.0f}s, and had to stay last good until then",
+            )
+        )
+    links = [
+        e
+        for e in state.histories[upstream.id]
+        if e.type is EventType.TASK_SUCCEEDED
+        and e.detail.get("task") == "Promotion"
+        and e.detail.get("release_id") == promotion.id
+    ]
+    if len(links) != 1:
+        found.append(
+            Violation("promotion_link", f"{label}: linked {len(links)}x from {upstream.id}'s history")
+        )
+    marked_s = rolled_back_s(upstream)
+    if marked_s is not None:
+        if started_s is not None and started_s >= marked_s:
+            found.append(
+                Violation(
+                    "promoted_after_rollback",
+                    f"{label} started at {started_s:.0f}s; {upstream.id} was rolled back at {marked_s:.0f}s",
+                )
+            )
+        if started_s is None and promotion.state is not ReleaseState.SUPERSEDED:
+            cancelled = next((e for e in history if "cancelled_promotion_of" in e.detail), None)
+            due_s = max(marked_s, created_s) + late_s
+            if cancelled is None or _seconds(cancelled.timestamp) > due_s:
+                found.append(
+                    Violation(
+                        "promotion_not_cancelled",
+                        f"{label} of {upstream.id}, rolled back at {marked_s:.0f}s, ended "
+                        f"{promotion.state.value} ({promotion.reason}); cancelled by {due_s:.0f}s: "
+                        f"{cancelled is not None}",
+                    )
+                )
+    return found
+
+
+def _downstream_fleet(run: Run, state: FinalState, pipeline: Pipeline) -> list[Violation]:
+    """A pipeline that promotes runs only promotions, break-glass deploys, and rollbacks to what a
+    promotion verified there; its fleet runs its last good release."""
+    found = []
+    verified_here = {
+        r.revision
+        for r in state.releases.values()
+        if r.pipeline == pipeline.name and r.trigger is Trigger.PROMOTION
+    }
+    for deployment in state.deployments:
+        if deployment.deployment_group_name != pipeline.deployment_group:
+            continue
+        release = state.releases.get(release_id_in_description(deployment.description) or "")
+        allowed = release is not None and (
+            release.trigger is Trigger.PROMOTION
+            or BREAK_GLASS in release.metadata
+            or (release.trigger.is_rollback and release.revision in verified_here)
+        )
+        if not allowed:
+            what = f"{release.trigger.value} release {release.id}" if release else "no release"
+            found.append(
+                Violation(
+                    "deployed_unpromoted",
+                    f"{pipeline.name} deployed {deployment.deployment_id} ({what}), which is no promotion",
+                )
+            )
+    slot = DynamoReleaseStore(run.world.dynamodb, TABLE).get_slot(pipeline.name)
+    last_good = state.releases.get(slot.last_good) if slot.last_good else None
+    served = run.driver.served.get(pipeline.deployment_group)
+    if served != (last_good.revision.key if last_good else None):
+        found.append(
+            Violation(
+                "served_not_newest",
+                f"{pipeline.name}: the fleet runs {served}, the last good release is "
+                f"{last_good.id if last_good else None}",
+            )
+        )
+    return found
 
 
 def _alarm_states(run: Run, at_s: float) -> dict[str, str]:

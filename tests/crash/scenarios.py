@@ -13,6 +13,8 @@ from tests.crash.world import (
     FROZEN,
     GATED,
     NOTIFIED,
+    PROMOTED,
+    PROMOTING,
     QUIET,
     SLACK_APPROVER,
     SLACK_OPERATOR,
@@ -26,6 +28,10 @@ class Scenario:
     name: str
     story: str
     schedule: Callable[[Run], None]
+    # The functions whose invocations the sweep kills (None: all). A scenario whose other
+    # invocations make the same calls as another scenario's, already swept there, names the
+    # ones it is about, to keep the sweep's time down.
+    crashed: frozenset[str] | None = None
 
 
 def _one_upload(run: Run) -> None:
@@ -89,6 +95,23 @@ def _alarm_holds_the_start(run: Run) -> None:
     run.set_alarm(0, WATCHED_ALARM, "ALARM")
     run.upload(1, "watched/prod/watched-v1.zip", WATCHED)
     run.set_alarm(100, WATCHED_ALARM, "OK")
+
+
+def _promotion_after_soak(run: Run) -> None:
+    run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
+
+
+def _promotion_cancelled_by_rollback(run: Run) -> None:
+    run.upload(0, "promo/stg/promo-v1.zip", PROMOTING)
+    run.upload(1, "promo/stg/promo-v2.zip", PROMOTING)
+    # v1 is verified at about 71 s, v2 at about 143 s; v1's promotion deploys from about 131 s to
+    # 201 s, so v2's, asked for at 150 s, waits behind it; the rollback comes before v2's soak ends.
+    run.promote(150, PROMOTED, "promo/stg/promo-v2.zip")
+    run.roll_back(160, PROMOTING, "promo/stg/promo-v2.zip", "promo/stg/promo-v1.zip")
+
+
+def _upload_downstream_refused(run: Run) -> None:
+    run.upload(0, "promo/prod/promo-v1.zip", PROMOTED)
 
 
 SCENARIOS = {
@@ -164,6 +187,31 @@ SCENARIOS = {
             "the pipeline's alarm is in ALARM when v1 is uploaded: v1 waits QUEUED with the alarm "
             "named; the alarm clears and reconcile starts it",
             _alarm_holds_the_start,
+        ),
+        Scenario(
+            "promotion_after_soak",
+            "v1 is uploaded upstream, deploys and is verified; when the soak ends the downstream "
+            "pipeline gets a promotion of exactly v1's object version and eTag, which deploys and "
+            "succeeds, and v1's history links it",
+            _promotion_after_soak,
+        ),
+        Scenario(
+            "promotion_cancelled_by_rollback",
+            "v1 and v2 are uploaded upstream and verified in turn; v1 is promoted after the soak; "
+            "an operator promotes v2 at once (relco promote), which waits behind v1's promotion; "
+            "an operator rolls upstream back from v2 to v1 before v2's soak ends: v2's pending "
+            "promotion ends STOPPED and never deploys",
+            _promotion_cancelled_by_rollback,
+            # Its two uploads' events and its stream records (no notification routes) make the
+            # calls second_upload_queues's do; promotion is in CodeDeploy's SUCCESS upstream (the
+            # soak's wake-up), the wake-up, CodeDeploy's events downstream, promote and rollback.
+            crashed=frozenset({"on_codedeploy_event", "on_verify_message", "api_handler", "reconcile"}),
+        ),
+        Scenario(
+            "upload_downstream_refused",
+            "an upload to a pipeline that promotes from another is refused (FAILED, saying so); "
+            "nothing deploys there",
+            _upload_downstream_refused,
         ),
     )
 }

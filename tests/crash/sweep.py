@@ -83,8 +83,13 @@ def representative(point: Point, trace: list[InvocationTrace]) -> int:
 
 
 def points_of(scenario: str, trace: list[InvocationTrace]) -> list[Point]:
+    """Every call of every invocation of the scenario's uncrashed run, and after the last one;
+    only the invocations of the functions it names, when it names some (``Scenario.crashed``)."""
+    crashed = SCENARIOS[scenario].crashed
     points = []
     for number, invocation in enumerate(trace, start=1):
+        if crashed is not None and invocation.function not in crashed:
+            continue
         where = f"{scenario}/{invocation.function}#{invocation.occurrence}"
         seen: Counter[str] = Counter()
         for index, call in enumerate(invocation.calls, start=1):

@@ -109,13 +109,15 @@ def test_crash_point(point: Point, swept: SweepResults) -> None:
 
 # Points whose forked result is checked against a run from scratch: a crash in the upload's
 # handler, in a health check, in a notification delivery, in the Slack interactions route after
-# it queued the click (the user clicks again), and in the Slack actions worker before it approves.
+# it queued the click (the user clicks again), in the Slack actions worker before it approves, and
+# in the soak's wake-up before it writes the promotion (reconcile makes it).
 FROM_SCRATCH = (
     "second_upload_queues/on_artifact_event#1/before dynamodb.TransactWriteItems#1",
     "one_upload/on_verify_message#1/before elbv2.DescribeTargetHealth#1",
     "one_upload/on_notify_message#2/before slack.chat.postMessage#1",
     "approval_from_slack/api_handler#1/after last call",
     "approval_from_slack/on_slack_action#1/before dynamodb.TransactWriteItems#1",
+    "promotion_after_soak/on_verify_message#1/before dynamodb.TransactWriteItems#1",
 )
 
 

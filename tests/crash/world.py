@@ -64,6 +64,15 @@ QUIET = "cart-prod"
 GATED = "gated-prod"
 FROZEN = "frozen-prod"
 WATCHED = "watched-prod"
+# Promotion (issue 15), a chain of two quiet pipelines the other scenarios never touch (not load
+# balanced: CodeDeploy's SUCCESS verifies a release): uploads go to PROMOTING; PROMOTED gets each
+# release that stayed its last good for the soak. (A second downstream pipeline with promote =
+# "approval", for supersede, was tried: its approvals' 15-minute expiry kept each run of the
+# promotion scenarios going to 1200 s instead of 300 s, and their uncrashed runs grew from 11 and
+# 25 invocations to 22 and 33; tests/integration/test_promotion.py covers supersede.)
+PROMOTING = "promo-stg"
+PROMOTED = "promo-prod"
+PROMOTION_SOAK_S = 60
 INSTANCES = 2
 # Who operates the API in the scenarios: a session of the role the approval pipeline names, as API
 # Gateway's IAM authorizer hands it to the function (requestContext.identity.userArn).
@@ -147,6 +156,22 @@ deployment_group = "watched-prod"
 [pipeline.verify]
 alarms = ["{WATCHED_ALARM}"]
 alarm_at_start = "wait"
+
+[[pipeline]]
+name = "{PROMOTING}"
+bucket = "{BUCKET}"
+prefix = "promo/stg/"
+application = "promo"
+deployment_group = "promo-stg"
+
+[[pipeline]]
+name = "{PROMOTED}"
+bucket = "{BUCKET}"
+prefix = "promo/prod/"
+application = "promo"
+deployment_group = "promo-prod"
+promote_from = "{PROMOTING}"
+soak = "{PROMOTION_SOAK_S}s"
 """
 ENVIRONMENT = {
     "AWS_ACCESS_KEY_ID": "testing",
