@@ -318,6 +318,26 @@ class Lane:
             change=dataclasses.replace(change, releases=[*change.releases, marked.release]),
         )
 
+    def _withdrawn_promotion(self, release: Release, now: datetime) -> Step | None:
+        """A promotion about to take the slot (or be approved) whose upstream release was rolled
+        back since stops instead: the rollback's own write marked that release, so this holds
+        even when the cancel that follows the rollback was lost."""
+        upstream_id = release.metadata.get(PROMOTED_FROM) if release.trigger is Trigger.PROMOTION else None
+        upstream = self._release(upstream_id) if upstream_id else None
+        if upstream is None or ROLLED_BACK_BY not in upstream.metadata:
+            return None
+        stopped = transition(
+            Step(release, ()),
+            ReleaseState.STOPPED,
+            now=now,
+            reason=(
+                f"cancelled: {upstream.pipeline} rolled back {upstream.id} "
+                f"(release {upstream.metadata[ROLLED_BACK_BY]})"
+            ),
+            detail={"cancelled_promotion_of": upstream.id},
+        )
+        return None if isinstance(stopped, Refused) else stopped
+
     def cancel_promotions(self, upstream_release_id: str, reason: str, now: datetime) -> Decision:
         """Promotions of ``upstream_release_id`` still waiting here (for approval or for the
         slot) stop: the upstream pipeline rolled that release back."""
@@ -604,6 +624,9 @@ class Lane:
         release, mark, pipeline = self._awaiting(release_id, person)
         if now >= mark.expires_at:
             return self._expired(release_id, now)
+        withdrawn = self._withdrawn_promotion(release, now)
+        if withdrawn is not None:
+            return Decision(change_of([withdrawn], self.slot.free(release_id)), subject=withdrawn.release)
         detail: dict[str, Any] = {"approved_by": person.name}
         if comment:
             detail["comment"] = comment
@@ -865,6 +888,14 @@ class Lane:
                     LogLine(
                         "dropping a waiting release that is gone or finished", {"release_id": head}, "warning"
                     )
+                )
+                slot = slot.free(head)
+                continue
+            withdrawn = self._withdrawn_promotion(waiting, now)
+            if withdrawn is not None:
+                steps.append(withdrawn)
+                logs.append(
+                    LogLine("a promotion of a release rolled back upstream stopped", {"release_id": head})
                 )
                 slot = slot.free(head)
                 continue

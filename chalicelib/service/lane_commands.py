@@ -55,7 +55,11 @@ def roll_back_pipeline(
         if pipeline.downstream_soaks:
             # The release rolled back is marked in the rollback's write; its promotions still
             # waiting downstream stop now (reconcile does it should this call die first).
-            promotions.cancel_promotions_of(wiring, pipeline, choice.current, release.id)
+            # The release as recorded names what it rolled back: a repeated request (the slot's
+            # active release is then the rollback itself) cancels the same promotions.
+            promotions.cancel_promotions_of(
+                wiring, pipeline, release.rollback_of or choice.current, release.id
+            )
         return release, created
 
 

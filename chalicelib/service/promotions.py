@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.domain.api_requests import ConflictingState, InvalidValue, NotFound, known_release_id
-from chalicelib.domain.lane import Change, Submission, change_of
+from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import (
     BREAK_GLASS,
@@ -34,7 +34,7 @@ from chalicelib.domain.release import (
     record,
 )
 from chalicelib.log import logger
-from chalicelib.service.slot_flow import on_release, run_in_lane, start_next
+from chalicelib.service.slot_flow import run_in_lane, start_next
 from chalicelib.service.submission import submit
 from chalicelib.service.wiring import Wiring
 
@@ -92,13 +92,21 @@ def promote(
 ) -> tuple[Release, bool]:
     """The promotion of ``upstream_release`` into ``downstream``: submitted (it takes the slot,
     waits, or awaits approval as the pipeline says), or found already there. The upstream
-    release's history links to it."""
+    release's history links to it, in the same write."""
     release_id = promotion_release_id(downstream.name, upstream_release.id)
     metadata = {
         **{name: value for name, value in upstream_release.metadata.items() if name != BREAK_GLASS},
         PROMOTED_FROM: upstream_release.id,
         PROMOTED_FROM_PIPELINE: upstream_release.pipeline,
     }
+    detail = {"task": "Promotion", "pipeline": downstream.name, "release_id": release_id}
+
+    def link(now: datetime) -> Step:
+        """The upstream release's history says where it went, in the promotion's own write (read
+        afresh: its version conditions that write)."""
+        upstream = wiring.store.get_release(upstream_release.id) or upstream_release
+        return record(Step(upstream, ()), EventType.TASK_SUCCEEDED, now=now, detail=detail)
+
     with logger.append_context_keys(release_id=release_id, pipeline=downstream.name):
         promotion, created = submit(
             wiring,
@@ -110,26 +118,9 @@ def promote(
                 actor=actor,
                 metadata=metadata,
             ),
+            with_new=link,
         )
-    if created:
-        _link(wiring, upstream_release.id, downstream.name, promotion.id)
     return wiring.store.get_release(promotion.id) or promotion, created
-
-
-def _link(wiring: Wiring, upstream_release_id: str, downstream: str, promotion_id: str) -> None:
-    """The upstream release's history says where it was promoted (its Slack thread shows it).
-    Written by the call that created the promotion: a crash before it leaves the promotion
-    unlinked from upstream, never doubled (the promotion names its upstream release itself)."""
-    detail = {"task": "Promotion", "pipeline": downstream, "release_id": promotion_id}
-
-    def note(release: Release, now: datetime) -> Change:
-        return change_of([record(Step(release, ()), EventType.TASK_SUCCEEDED, now=now, detail=detail)])
-
-    try:
-        on_release(wiring, upstream_release_id, note)
-    except Exception:
-        # The promotion stands; only the link in the upstream history is missing.
-        logger.exception("could not link the promotion from its upstream release")
 
 
 def promote_now(wiring: Wiring, name: str, release_id: str | None, actor: str) -> tuple[Release, bool]:

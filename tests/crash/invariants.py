@@ -486,6 +486,11 @@ def _promotions(run: Run, state: FinalState) -> list[Violation]:
                     for p in promotions
                     if p.pipeline == downstream.name and p.metadata.get(PROMOTED_FROM) == upstream.id
                 ]
+                if not made and newer_verified(upstream, succeeded_s, due_s + late_s):
+                    # Its wake-up was lost and a newer release became last good before the repair
+                    # came: the promotion goes to the release last good when it runs, as documented
+                    # (docs/pipelines.md), like a pending promotion a newer one supersedes.
+                    continue
                 if not made or made[0] > due_s + late_s:
                     found.append(
                         Violation(

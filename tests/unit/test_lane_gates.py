@@ -339,3 +339,43 @@ def test_a_busy_slot_reads_no_alarm() -> None:
     lane.submit("b", Trigger.API)
     assert lane.alarm_reads == reads
     assert lane.state("b") is ReleaseState.QUEUED
+
+
+# -- promotion ---------------------------------------------------------------------------------
+
+
+def test_a_promotion_whose_upstream_release_was_rolled_back_never_starts() -> None:
+    """The rollback upstream marked the release in its own write; the cancel after it was lost:
+    the lane stops the promotion when its turn comes (or when someone approves it)."""
+    downstream = Pipeline(PIPELINE, "bucket", "api/", "api", "api-prod", promote_from="api-stg")
+    lane = Driver(downstream)
+    lane.submit("rb", Trigger.ROLLBACK)  # holds the slot
+    upstream = dataclasses.replace(
+        lane.submit("up-1", Trigger.API).change.releases[0], pipeline="api-stg", id="up-1"
+    )
+    del lane.store.releases["up-1"]
+    lane.store.slot = dataclasses.replace(lane.store.slot, waiting=())
+    lane.store.releases["up-1"] = dataclasses.replace(upstream, metadata={"rolled_back_by": "rb-up"})
+    submission = Submission(
+        "promo-1",
+        downstream,
+        Revision("bucket", "api/up-1.zip", "v1", "e1"),
+        Trigger.PROMOTION,
+        metadata={"promoted_from": "up-1"},
+    )
+    lane.run(["promo-1"], lambda it, now: it.submit(submission, now))
+    assert lane.state("promo-1") is ReleaseState.QUEUED
+
+    lane.run(["rb"], lambda it, now: it.finish(Finish("rb", ReleaseState.SUCCEEDED, "verified"), now))
+
+    assert lane.state("promo-1") is ReleaseState.STOPPED
+    assert lane.store.releases["promo-1"].reason == "cancelled: api-stg rolled back up-1 (release rb-up)"
+    assert lane.store.slot.active is None
+    assert lane.store.slot.waiting == ()
+
+
+def test_an_upload_to_a_pipeline_that_promotes_is_refused() -> None:
+    lane = Driver(Pipeline(PIPELINE, "bucket", "api/", "api", "api-prod", promote_from="api-stg"))
+    lane.submit("a")
+    assert lane.state("a") is ReleaseState.FAILED
+    assert "deploys only what pipeline 'api-stg' verified" in lane.store.releases["a"].reason
