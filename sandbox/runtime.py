@@ -17,7 +17,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -523,6 +523,35 @@ class Sandbox:
         ).start()
         self._parts.append(agent)
         return Fleet(name, pipeline.name, pipeline.deployment_group, load_balancer, instances, agent)
+
+    def scale_out(self, fleet_name: str = STAGING) -> LocalInstance:
+        """One more instance in the fleet, as Auto Scaling launches one: EC2 runs it with the
+        deployment group's tag, the group's target group registers it, and its app is not up (no
+        deployment has reached it: it fails its health checks). A deployment already running
+        leaves it out, as CodeDeploy fixes a deployment's instances when it starts; the next one
+        deploys to it too."""
+        assert self.provisioned is not None
+        fleet = self.fleets[fleet_name]
+        ec2 = self.session.client("ec2")
+        [launched] = ec2.run_instances(
+            ImageId="ami-12345678",
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "pipeline", "Value": fleet.pipeline}]}
+            ],
+        )["Instances"]
+        instance_id = launched["InstanceId"]
+        instance = LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
+        target_group_arn = self.provisioned.load_balanced[fleet.pipeline].target_group_arn
+        self.session.client("elbv2").register_targets(
+            TargetGroupArn=target_group_arn, Targets=[{"Id": instance_id}]
+        )
+        # Health checked like every target; its health reaches moto's DescribeTargetHealth.
+        fleet.load_balancer.register(instance_id, instance.port)
+        fleet.agent.join(instance)
+        self.fleets[fleet_name] = replace(fleet, instances=(*fleet.instances, instance))
+        return instance
 
     def _codedeploy_event_queue(self) -> str:
         """CodeDeploy's state changes reach the coordinator through an EventBridge rule, as on AWS."""
