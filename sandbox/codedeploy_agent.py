@@ -205,6 +205,11 @@ class CodeDeployAgent:
         self._thread: threading.Thread | None = None
         self._misbehaviour = Misbehaviour()
 
+    def join(self, instance: LocalInstance) -> None:
+        """An instance launched into the group (a scale-out): deployments that start from now on
+        target it too; one already running does not."""
+        self.instances.append(instance)
+
     def misbehave(self, misbehaviour: Misbehaviour) -> None:
         """From the next lifecycle step on, behave as ``misbehaviour`` says (``Misbehaviour()``:
         behave again)."""
@@ -273,20 +278,21 @@ class CodeDeployAgent:
         with self._deploying:
             info = moto_extensions.backend(self._region, self._account_id).deployments[deployment_id]
             deployment = Deployment.from_moto(info)
+            # The instances the deployment targets, fixed when it starts as CodeDeploy fixes them:
+            # one that joins later (``join``) is left to the next deployment.
+            instances = tuple(self.instances)
             logger.info(
                 "deployment %s of %s/%s: %s to %d instance(s)",
                 deployment_id,
                 deployment.application,
                 deployment.group,
                 deployment.config.name,
-                len(self.instances),
+                len(instances),
             )
             self._emit(deployment, "START")
-            progress = DeploymentProgress(
-                deployment_id, [i.instance_id for i in self.instances], self._region
-            )
+            progress = DeploymentProgress(deployment_id, [i.instance_id for i in instances], self._region)
             try:
-                status, code, message = self._deploy(deployment, progress)
+                status, code, message = self._deploy(deployment, progress, instances)
             except Exception as error:
                 logger.exception("deployment %s: the agent failed", deployment_id)
                 status, code, message = "Failed", "AGENT_ISSUE", f"local CodeDeploy agent error: {error}"
@@ -298,33 +304,37 @@ class CodeDeployAgent:
             return status
 
     def _deploy(
-        self, deployment: Deployment, progress: DeploymentProgress
+        self, deployment: Deployment, progress: DeploymentProgress, instances: Sequence[LocalInstance]
     ) -> tuple[str, str | None, str | None]:
         """Runs the batches; the final (status, error code, error message)."""
-        if not self.instances:
+        if not instances:
             return "Failed", "NO_INSTANCES", "The deployment failed because no instances were found."
         if deployment.revision is None:
-            self._skip_all(progress, self.instances)
+            self._skip_all(progress, instances)
             return "Failed", "INVALID_REVISION", "The local agent deploys S3 revisions only."
         if self._misbehaviour.not_polling:
             # The instances stay Pending, as CodeDeploy shows them when no agent polls, until
             # someone stops the deployment.
             self._wait_for_stop(deployment)
-            self._skip_all(progress, self.instances)
+            self._skip_all(progress, instances)
             return self._interrupted(deployment)
         download = RevisionDownload(self._s3, deployment.revision)
-        tally = self._run_batches(deployment, download, progress)
+        tally = self._run_batches(deployment, download, progress, instances)
         if self._should_stop(deployment):
             return self._interrupted(deployment)
-        if deployment.config.succeeded(len(self.instances), tally.succeeded, tally.skipped):
+        if deployment.config.succeeded(len(instances), tally.succeeded, tally.skipped):
             return "Succeeded", None, None
         return "Failed", "HEALTH_CONSTRAINTS", HEALTH_CONSTRAINTS_MESSAGE
 
     def _run_batches(
-        self, deployment: Deployment, download: RevisionDownload, progress: DeploymentProgress
+        self,
+        deployment: Deployment,
+        download: RevisionDownload,
+        progress: DeploymentProgress,
+        instances: Sequence[LocalInstance],
     ) -> _Tally:
-        fleet = len(self.instances)
-        untouched = list(self.instances)
+        fleet = len(instances)
+        untouched = list(instances)
         tally = _Tally()
         while untouched and not self._should_stop(deployment):
             size = deployment.config.next_batch_size(fleet, len(untouched), tally.succeeded, tally.failed)

@@ -17,7 +17,8 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +29,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, upload_release_id
+from chalicelib.domain.watchdog import WatchdogLimits
 from infra import stack
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent
@@ -40,6 +42,9 @@ from sandbox.slack_api import Click, SlackApi
 logger = logging.getLogger(__name__)
 
 RELEASE_TIMEOUT_S = 120.0
+# How often the event pump runs reconcile (every 5 minutes on AWS), and so drives the watchdog and
+# the fleet check.
+RECONCILE_EVERY_S = 20.0
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEMO_BUNDLE = PROJECT_ROOT / "bundles" / "local-demo"
 REGION = "us-east-1"
@@ -131,14 +136,46 @@ STAGING = "staging"
 PRODUCTION = "production"
 
 
-def pipelines_toml(*, gates: bool, production: bool = False) -> str:
+def _seconds(span: timedelta) -> str:
+    return f"{int(span.total_seconds())}s"
+
+
+def watchdog_toml(limits: WatchdogLimits) -> str:
+    """``[pipeline.watchdog]`` for the demo pipeline: the e2e suite's short limits, so a stuck
+    deployment is found within a reconcile period or two (RECONCILE_EVERY_S) instead of minutes."""
+    return f"""
+[pipeline.watchdog]
+enabled = {str(limits.enabled).lower()}
+agent_timeout = "{_seconds(limits.agent_timeout)}"
+hook_timeout = "{_seconds(limits.hook_timeout)}"
+margin = "{_seconds(limits.margin)}"
+"""
+
+
+# ``Sandbox(heal_fleet=True)``: a mixed fleet found after a release gets a heal release.
+HEAL_FLEET_TOML = """
+[pipeline.fleet]
+heal = true
+"""
+
+
+def pipelines_toml(
+    *, gates: bool, production: bool = False, watchdog: WatchdogLimits | None = None, heal_fleet: bool = False
+) -> str:
     """The sandbox's pipelines file; with the gates, the demo pipeline requires approval from the
     release lead and its verification is gated by DEMO_ALARM (an alarm on staging's traffic, so
-    production's verification does not read it); with production, ``demo-prod`` promotes from it."""
+    production's verification does not read it); with production, ``demo-prod`` promotes from it.
+    ``watchdog`` and ``heal_fleet`` set the demo pipeline's ``[pipeline.watchdog]`` and
+    ``[pipeline.fleet]`` (the defaults without them)."""
     staging = PIPELINES_TOML
     if gates:
         gated = staging.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
         staging = gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
+    # Tables of the demo pipeline: TOML puts them in the last [[pipeline]] so far.
+    if watchdog is not None:
+        staging += watchdog_toml(watchdog)
+    if heal_fleet:
+        staging += HEAL_FLEET_TOML
     return staging + PRODUCTION_TOML if production else staging
 
 
@@ -226,6 +263,8 @@ class Sandbox:
         health_timeout_s: int = 8,
         gates: bool = False,
         production: bool = False,
+        watchdog: WatchdogLimits | None = None,
+        heal_fleet: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.instance_count = instances
@@ -233,6 +272,9 @@ class Sandbox:
         self.gates = gates
         # A second fleet, production (PRODUCTION_PIPELINE), promoted from the staging one.
         self.production = production
+        # The demo pipeline's [pipeline.watchdog] limits (None: the defaults) and [pipeline.fleet] heal.
+        self.watchdog = watchdog
+        self.heal_fleet = heal_fleet
         self.health_timeout_s = health_timeout_s
         self._moto: ThreadedMotoServer | None = None
         self._saved_environment: dict[str, str | None] = {}
@@ -301,7 +343,13 @@ class Sandbox:
         aws_endpoint_url = f"http://{host}:{port}"
         pipelines_file = self.workdir / "pipelines.toml"
         pipelines_file.write_text(
-            pipelines_toml(gates=self.gates, production=self.production), encoding="utf-8"
+            pipelines_toml(
+                gates=self.gates,
+                production=self.production,
+                watchdog=self.watchdog,
+                heal_fleet=self.heal_fleet,
+            ),
+            encoding="utf-8",
         )
         self._set_environment(
             {
@@ -411,7 +459,7 @@ class Sandbox:
                     "QueueUrl"
                 ],
             ),
-            schedule=Schedule(chalice_app.reconcile, every_s=20.0),
+            schedule=Schedule(chalice_app.reconcile, every_s=RECONCILE_EVERY_S),
         ).start()
         self._parts.append(pump)
         api_url = self._serve_api(chalice_app.app)
@@ -475,6 +523,35 @@ class Sandbox:
         ).start()
         self._parts.append(agent)
         return Fleet(name, pipeline.name, pipeline.deployment_group, load_balancer, instances, agent)
+
+    def scale_out(self, fleet_name: str = STAGING) -> LocalInstance:
+        """One more instance in the fleet, as Auto Scaling launches one: EC2 runs it with the
+        deployment group's tag, the group's target group registers it, and its app is not up (no
+        deployment has reached it: it fails its health checks). A deployment already running
+        leaves it out, as CodeDeploy fixes a deployment's instances when it starts; the next one
+        deploys to it too."""
+        assert self.provisioned is not None
+        fleet = self.fleets[fleet_name]
+        ec2 = self.session.client("ec2")
+        [launched] = ec2.run_instances(
+            ImageId="ami-12345678",
+            MinCount=1,
+            MaxCount=1,
+            TagSpecifications=[
+                {"ResourceType": "instance", "Tags": [{"Key": "pipeline", "Value": fleet.pipeline}]}
+            ],
+        )["Instances"]
+        instance_id = launched["InstanceId"]
+        instance = LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
+        target_group_arn = self.provisioned.load_balanced[fleet.pipeline].target_group_arn
+        self.session.client("elbv2").register_targets(
+            TargetGroupArn=target_group_arn, Targets=[{"Id": instance_id}]
+        )
+        # Health checked like every target; its health reaches moto's DescribeTargetHealth.
+        fleet.load_balancer.register(instance_id, instance.port)
+        fleet.agent.join(instance)
+        self.fleets[fleet_name] = replace(fleet, instances=(*fleet.instances, instance))
+        return instance
 
     def _codedeploy_event_queue(self) -> str:
         """CodeDeploy's state changes reach the coordinator through an EventBridge rule, as on AWS."""
