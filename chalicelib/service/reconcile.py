@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
-from chalicelib.domain.wakeups import WakeUp
+from chalicelib.domain.wakeups import WakeUp, next_wake
 from chalicelib.log import logger
 from chalicelib.service import fleet, promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
@@ -75,15 +75,21 @@ def wake_lane(wiring: Wiring, wake: WakeUp) -> dict[str, Any]:
     was lengthened by a new pipelines file) is left as it is. Returns what it did."""
     now = wiring.clock.now()
     log_keys = {"pipeline": wake.pipeline, "due_at": wake.due_at.isoformat()}
-    if wake.due_at > now:
-        delay_s = wake.delay_s(now)
-        wiring.verify_queue.schedule_wake(wake, delay_s)
-        logger.info("lane wake-up not due yet; sent on", extra={**log_keys, "delay_s": delay_s})
-        return {"sent_on": delay_s}
     pipeline = wiring.pipelines.named(wake.pipeline)
     if pipeline is None:
         logger.info("wake-up for a pipeline no longer configured; dropped", extra=log_keys)
         return {}
+    if wake.due_at > now:
+        # Sent on only while the lane still has a reason to be looked at by then: an approval
+        # given, a freeze's release started, leave nothing for a day-long chain of hops to do.
+        reason_at = next_wake(pipeline, wiring.store.get_slot(pipeline.name), now)
+        if reason_at is None or reason_at > wake.due_at:
+            logger.info("early lane wake-up whose reason is gone; dropped", extra=log_keys)
+            return {}
+        delay_s = wake.delay_s(now)
+        wiring.verify_queue.schedule_wake(wake, delay_s)
+        logger.info("lane wake-up not due yet; sent on", extra={**log_keys, "delay_s": delay_s})
+        return {"sent_on": delay_s}
     actions = advance(wiring, pipeline)
     if pipeline.downstream_soaks:
         actions.update(promotions.promote_due(wiring, pipeline))

@@ -16,8 +16,9 @@ from app import app
 from chalicelib.domain.api_requests import ConflictingState
 from chalicelib.domain.permissions import Person
 from chalicelib.domain.release import ReleaseState
+from chalicelib.domain.wakeups import WakeUp
 from chalicelib.service import approvals
-from chalicelib.service.reconcile import reconcile
+from chalicelib.service.reconcile import reconcile, wake_lane
 from tests.integration import conftest
 from tests.integration.conftest import World
 from tests.integration.test_api import call, uploaded_release
@@ -157,3 +158,19 @@ def test_an_approval_expires_at_its_time_and_a_late_approval_is_refused(world: W
         approvals.approve(wiring, late, Person(iam_arn=APPROVER), None)
     assert world.release(late).state is ReleaseState.STOPPED
     assert world.deployments() == []
+
+
+def test_an_expiry_wake_up_whose_approval_was_given_is_not_sent_on(world: World) -> None:
+    """An approval's wake-up hops towards its expiry (SQS delays at most 15 minutes); once the
+    approval is given, the next hop finds nothing due and is dropped instead of hopping for a day."""
+    clock = ManualClock()
+    wiring = direct_wiring(world, clock)
+    release_id = uploaded_release(world, "api/prod/app-1.zip")
+    [mark] = world.store.get_slot("api-prod").awaiting_approval
+    clock.current = mark.expires_at - timedelta(minutes=30)
+    wake = WakeUp("api-prod", mark.expires_at)
+    assert wake_lane(wiring, wake) == {"sent_on": 900}
+
+    approvals.approve(wiring, release_id, Person(iam_arn=APPROVER), None)
+
+    assert wake_lane(wiring, wake) == {}
