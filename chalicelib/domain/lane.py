@@ -504,20 +504,8 @@ class Lane:
                 detail={**moved_detail, "position": slot.waiting.index(release_id) + 1},
             )
         steps = [_moved(moved)]
-        for older in replaced:
-            if _never_superseded(older):
-                continue
-            ended = transition(
-                Step(older, ()),
-                ReleaseState.SUPERSEDED,
-                now=now,
-                reason=f"superseded by {release_id}",
-                detail={"superseded_by": release_id},
-            )
-            if isinstance(ended, Refused):
-                logs.append(refused_line(ended))
-            else:
-                steps.append(ended)
+        superseded_by = [older for older in replaced if not _never_superseded(older)]
+        _supersede(superseded_by, release_id, f"superseded by {release_id}", now, steps=steps, logs=logs)
         entered = steps[0].release
         logs.append(LogLine(f"release {entered.state.value.lower()}", {"key": entered.revision.key}))
         return Decision(
@@ -601,20 +589,9 @@ class Lane:
         )
         steps = [waiting]
         logs = [LogLine("release awaiting approval", {"expires_at": expires_at.isoformat()})]
-        for older in (self.releases[older_id] for older_id in replaced):
-            if older is None:
-                continue
-            ended = transition(
-                Step(older, ()),
-                ReleaseState.SUPERSEDED,
-                now=now,
-                reason=f"superseded by {release_id}, which awaits approval in its place",
-                detail={"superseded_by": release_id},
-            )
-            if isinstance(ended, Refused):
-                logs.append(refused_line(ended))
-            else:
-                steps.append(ended)
+        pending = [older for older in map(self.releases.get, replaced) if older is not None]
+        reason = f"superseded by {release_id}, which awaits approval in its place"
+        _supersede(pending, release_id, reason, now, steps=steps, logs=logs)
         return Decision(change_of(steps, slot), subject=waiting.release, logs=tuple(logs), created=True)
 
     def approve(self, release_id: str, person: Person, comment: str | None, now: datetime) -> Decision:
@@ -1065,6 +1042,26 @@ class Lane:
                 'name an earlier SUCCEEDED release with {"to": id}'
             )
         return RollbackChoice(target, current)
+
+
+def _supersede(
+    releases: Iterable[Release],
+    newer: str,
+    reason: str,
+    now: datetime,
+    *,
+    steps: list[Step],
+    logs: list[LogLine],
+) -> None:
+    """End each release SUPERSEDED by ``newer``; a release that cannot be is logged, not raised."""
+    for older in releases:
+        ended = transition(
+            Step(older, ()), ReleaseState.SUPERSEDED, now=now, reason=reason, detail={"superseded_by": newer}
+        )
+        if isinstance(ended, Refused):
+            logs.append(refused_line(ended))
+        else:
+            steps.append(ended)
 
 
 def _needs_approval(pipeline: Pipeline, trigger: Trigger) -> bool:
