@@ -536,7 +536,27 @@ class Lane:
         S3 stored before one of those is the one replaced): nobody approves a stale build."""
         policy = pipeline.approval
         release_id = step.release.id
-        slot = self.slot
+        logs: list[LogLine] = []
+        # A freeze has ended and no repair has run since: the release that waited for it takes the
+        # slot in this write, as in ``_enter``.
+        thawed_steps: list[Step] = []
+        thawed: Release | None = None
+        base = self.slot
+        if base.active is None and base.waiting and current_freeze(pipeline.freeze, now) is None:
+            base, thawed = self._promote(base, now, thawed_steps, logs)
+
+        def turned_away(newer: UploadMark) -> Decision:
+            assert upload is not None
+            older = _superseded_as_older(step, upload, newer, now)
+            return Decision(
+                change_of([older, *thawed_steps], base if base != self.slot else None),
+                subject=older.release,
+                start=thawed,
+                logs=(*logs, LogLine("release superseded by a newer upload", {"newer": newer.release_id})),
+                created=True,
+            )
+
+        slot = base
         replaced: tuple[str, ...] = ()
         if policy.on_newer is OnNewer.SUPERSEDE and slot.awaiting_approval:
             newer = next(
@@ -547,14 +567,8 @@ class Lane:
                 ),
                 None,
             )
-            if upload is not None and newer is not None:
-                turned_away = _superseded_as_older(step, upload, newer, now)
-                return Decision(
-                    change_of([turned_away]),
-                    subject=turned_away.release,
-                    logs=(LogLine("release superseded by a newer upload", {"newer": newer.release_id}),),
-                    created=True,
-                )
+            if newer is not None:
+                return turned_away(newer)
             replaced = tuple(mark.release_id for mark in slot.awaiting_approval)
             slot = dataclasses.replace(slot, awaiting_approval=())
         if (
@@ -562,17 +576,7 @@ class Lane:
             and slot.newest_started is not None
             and upload.stored_before(slot.newest_started)
         ):
-            turned_away = _superseded_as_older(step, upload, slot.newest_started, now)
-            return Decision(
-                change_of([turned_away]),
-                subject=turned_away.release,
-                logs=(
-                    LogLine(
-                        "release superseded by a newer upload", {"newer": slot.newest_started.release_id}
-                    ),
-                ),
-                created=True,
-            )
+            return turned_away(slot.newest_started)
         self._require(replaced)
         expires_at = now + policy.expires_after
         slot = dataclasses.replace(
@@ -588,11 +592,17 @@ class Lane:
             )
         )
         steps = [waiting]
-        logs = [LogLine("release awaiting approval", {"expires_at": expires_at.isoformat()})]
+        logs.append(LogLine("release awaiting approval", {"expires_at": expires_at.isoformat()}))
         pending = [older for older in map(self.releases.get, replaced) if older is not None]
         reason = f"superseded by {release_id}, which awaits approval in its place"
         _supersede(pending, release_id, reason, now, steps=steps, logs=logs)
-        return Decision(change_of(steps, slot), subject=waiting.release, logs=tuple(logs), created=True)
+        return Decision(
+            change_of([*steps, *thawed_steps], slot),
+            subject=waiting.release,
+            start=thawed,
+            logs=tuple(logs),
+            created=True,
+        )
 
     def approve(self, release_id: str, person: Person, comment: str | None, now: datetime) -> Decision:
         """A person the pipeline allows approves: the release takes the slot or its place in

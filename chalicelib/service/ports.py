@@ -8,16 +8,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-# The store commits the domain's Change (domain/lane.py).
-from chalicelib.domain.fleet import GroupDeployment
-from chalicelib.domain.lane import Change
 from chalicelib.domain.release import HistoryEvent, Release, Revision
 from chalicelib.domain.slot import PipelineSlot
 from chalicelib.domain.verification import AlarmStatus, TargetGroupSettings, TargetHealth, VerifyRequest
-from chalicelib.domain.wakeups import WakeUp
-from chalicelib.domain.watchdog import TargetProgress
+
+if TYPE_CHECKING:
+    # Named in the interfaces only: loaded by the code that uses them, not by every function's
+    # cold start (DESIGN.md section 8). The store commits the domain's Change (domain/lane.py).
+    from chalicelib.domain.fleet import GroupDeployment
+    from chalicelib.domain.lane import Change
+    from chalicelib.domain.wakeups import WakeUp
+    from chalicelib.domain.watchdog import TargetProgress
 
 
 class WriteConflict(Exception):
