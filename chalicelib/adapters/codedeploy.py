@@ -138,17 +138,24 @@ class CodeDeployDeployments:
         return target_ids
 
     def instance_targets(self, deployment_id: str, status: str) -> list[InstanceTarget]:
-        target_ids = self.instance_ids(deployment_id, status)
-        targets: list[InstanceTarget] = []
+        return [
+            _instance_target(instance)
+            for instance in self._instances(deployment_id, self.instance_ids(deployment_id, status))
+        ]
+
+    def _instances(self, deployment_id: str, target_ids: list[str]) -> list[dict[str, Any]]:
+        """The ``instanceTarget`` of each target, BatchGetDeploymentTargets 25 at a time."""
+        instances: list[dict[str, Any]] = []
         for start in range(0, len(target_ids), _BATCH_GET_LIMIT):
             response = self._client.batch_get_deployment_targets(
                 deploymentId=deployment_id, targetIds=target_ids[start : start + _BATCH_GET_LIMIT]
             )
-            for target in response.get("deploymentTargets", []):
-                instance = target.get("instanceTarget")
-                if instance:
-                    targets.append(_instance_target(instance))
-        return targets
+            instances.extend(
+                target["instanceTarget"]
+                for target in response.get("deploymentTargets", [])
+                if target.get("instanceTarget")
+            )
+        return instances
 
     def group_deployments(self, application: str, group: str, count: int) -> list[GroupDeployment]:
         """The group's ``count`` newest deployments, newest first, from at most
@@ -194,16 +201,7 @@ class CodeDeployDeployments:
             if error.response.get("Error", {}).get("Code") == _NOT_STARTED_CODE:
                 return []
             raise
-        progress: list[TargetProgress] = []
-        for start in range(0, len(target_ids), _BATCH_GET_LIMIT):
-            response = self._client.batch_get_deployment_targets(
-                deploymentId=deployment_id, targetIds=target_ids[start : start + _BATCH_GET_LIMIT]
-            )
-            for target in response.get("deploymentTargets", []):
-                instance = target.get("instanceTarget")
-                if instance:
-                    progress.append(_target_progress(instance))
-        return progress
+        return [_target_progress(instance) for instance in self._instances(deployment_id, target_ids)]
 
 
 def _target_progress(instance: dict[str, Any]) -> TargetProgress:

@@ -131,7 +131,7 @@ def release_to_item(release: Release) -> dict[str, Any]:
         "notification_threads": dict(release.notification_threads) or None,
         "created_at": release.created_at.isoformat(),
         "updated_at": release.updated_at.isoformat(),
-        "created_key": f"{release.created_at.isoformat()}#{release.id}",
+        "created_key": release.created_key,
         "in_flight": None if release.state.is_terminal else release.pipeline,
         "version": release.version,
         "last_event_id": release.last_event_id,

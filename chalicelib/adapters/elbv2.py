@@ -69,13 +69,7 @@ class Elbv2LoadBalancing:
                 TargetGroupArn=target_group_arn, Targets=[{"Id": target_id} for target_id in target_ids]
             )
         return [
-            TargetHealth(
-                target_group=target_group_arn,
-                target_id=description["Target"]["Id"],
-                state=description.get("TargetHealth", {}).get("State", "unavailable"),
-                reason=description.get("TargetHealth", {}).get("Reason", ""),
-                description=description.get("TargetHealth", {}).get("Description", ""),
-            )
+            _target_health(target_group_arn, description)
             for description in response.get("TargetHealthDescriptions", [])
         ]
 
@@ -86,12 +80,17 @@ class Elbv2LoadBalancing:
         with _load_balancer_errors(lambda: f"target group {target_group_arn}"):
             response = self._client.describe_target_health(TargetGroupArn=target_group_arn)
         return [
-            TargetHealth(
-                target_group=target_group_arn,
-                target_id=description["Target"]["Id"],
-                state=description.get("TargetHealth", {}).get("State", "unavailable"),
-                reason=description.get("TargetHealth", {}).get("Reason", ""),
-                description=description.get("TargetHealth", {}).get("Description", ""),
-            )
+            _target_health(target_group_arn, description)
             for description in response.get("TargetHealthDescriptions", [])
         ]
+
+
+def _target_health(target_group_arn: str, description: dict[str, Any]) -> TargetHealth:
+    health = description.get("TargetHealth", {})
+    return TargetHealth(
+        target_group=target_group_arn,
+        target_id=description["Target"]["Id"],
+        state=health.get("State", "unavailable"),
+        reason=health.get("Reason", ""),
+        description=health.get("Description", ""),
+    )

@@ -230,6 +230,12 @@ class Release:
     last_event_id: int = 0
 
     @property
+    def created_key(self) -> str:
+        """Where the release sits among its pipeline's, oldest first: the sort key of the store's
+        by-pipeline index, and the position a page of releases is read before."""
+        return f"{self.created_at.isoformat()}#{self.id}"
+
+    @property
     def awaiting_deployment(self) -> bool:
         """Holds the slot but CodeDeploy has no deployment for it yet."""
         return self.state is ReleaseState.DEPLOYING and self.deployment_id is None

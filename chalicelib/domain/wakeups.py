@@ -50,10 +50,15 @@ def _promotion_due(pipeline: Pipeline, slot: PipelineSlot, now: datetime) -> dat
     """The last good release is due in a pipeline that promotes from this one when that
     pipeline's soak has passed since it succeeded (now, with no soak). Times already past are
     not a reason: the wake-up that came then promoted it, and sent itself on to the next."""
-    if slot.last_good_at is None:
-        return None
-    due = [slot.last_good_at + soak for soak in pipeline.downstream_soaks]
-    return min((moment for moment in due if moment >= now), default=None)
+    return min((moment for moment in soak_ends(pipeline, slot.last_good_at) if moment >= now), default=None)
+
+
+def soak_ends(pipeline: Pipeline, last_good_at: datetime | None) -> tuple[datetime, ...]:
+    """When the last good release (verified at ``last_good_at``) has soaked for each pipeline
+    that promotes from this one."""
+    if last_good_at is None:
+        return ()
+    return tuple(last_good_at + soak for soak in pipeline.downstream_soaks)
 
 
 def _first_approval_expiry(slot: PipelineSlot) -> datetime | None:

@@ -33,15 +33,15 @@ from chalicelib.domain.release import (
     promotion_release_id,
     record,
 )
+from chalicelib.domain.wakeups import soak_ends
 from chalicelib.log import logger
 from chalicelib.service.slot_flow import run_in_lane, start_next
 from chalicelib.service.submission import submit
 from chalicelib.service.wiring import Wiring
 
-# How far back an API deploy to a downstream pipeline looks upstream for its revision: 100
-# releases, newest first.
-_SEARCH_PAGE = 25
-_SEARCH_PAGES = 4
+# How far back an API deploy to a downstream pipeline looks upstream for its revision: the 100
+# newest releases (the store reads them in as many queries as that takes).
+_SEARCH_LIMIT = 100
 
 
 def promotable(release: Release) -> bool:
@@ -81,10 +81,7 @@ def promote_due(wiring: Wiring, upstream: Pipeline) -> dict[str, Any]:
 
 def next_promotion_due(upstream: Pipeline, last_good_at: datetime | None, now: datetime) -> datetime | None:
     """The next time, after ``now``, a downstream pipeline's soak of the last good release ends."""
-    if last_good_at is None:
-        return None
-    later = [last_good_at + soak for soak in upstream.downstream_soaks if last_good_at + soak > now]
-    return min(later, default=None)
+    return min((moment for moment in soak_ends(upstream, last_good_at) if moment > now), default=None)
 
 
 def promote(
@@ -153,20 +150,14 @@ def passed_upstream(wiring: Wiring, downstream: Pipeline, revision: Revision) ->
     """The upstream release that verified ``revision``, for an API deploy to a downstream
     pipeline; refused (``InvalidValue``) when none of its last 100 releases did."""
     assert downstream.promote_from is not None
-    before: str | None = None
-    for _ in range(_SEARCH_PAGES):
-        page = wiring.store.list_releases(downstream.promote_from, _SEARCH_PAGE, before)
-        for release in page:
-            same = release.revision
-            if (
-                promotable(release)
-                and (same.bucket, same.key, same.version) == (revision.bucket, revision.key, revision.version)
-                and (revision.etag is None or same.etag == revision.etag)
-            ):
-                return release
-        if len(page) < _SEARCH_PAGE:
-            break
-        before = f"{page[-1].created_at.isoformat()}#{page[-1].id}"
+    for release in wiring.store.list_releases(downstream.promote_from, _SEARCH_LIMIT, None):
+        same = release.revision
+        if (
+            promotable(release)
+            and (same.bucket, same.key, same.version) == (revision.bucket, revision.key, revision.version)
+            and (revision.etag is None or same.etag == revision.etag)
+        ):
+            return release
     raise InvalidValue(
         f"pipeline {downstream.name!r} deploys only what pipeline {downstream.promote_from!r} verified, and "
         f"s3://{revision.bucket}/{revision.key} (version {revision.version}) did not pass it: promote a "

@@ -8,7 +8,7 @@ from typing import Any
 
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import ReleaseState
-from chalicelib.domain.wakeups import WakeUp, next_wake
+from chalicelib.domain.wakeups import WakeUp, next_wake, soak_ends
 from chalicelib.log import logger
 from chalicelib.service import fleet, promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
@@ -96,9 +96,8 @@ def wake_lane(wiring: Wiring, wake: WakeUp) -> dict[str, Any]:
         # The wake-up of one soak's end sends the next (another downstream pipeline's longer
         # soak): no commit of the lane would send it.
         last_good_at = wiring.store.get_slot(pipeline.name).last_good_at
-        soak_ends = {last_good_at + soak for soak in pipeline.downstream_soaks} if last_good_at else set()
         later = promotions.next_promotion_due(pipeline, last_good_at, now)
-        if wake.due_at in soak_ends and later is not None:
+        if wake.due_at in soak_ends(pipeline, last_good_at) and later is not None:
             following = WakeUp(pipeline.name, later)
             wiring.verify_queue.schedule_wake(following, following.delay_s(now))
     logger.info("lane woken", extra={**log_keys, "actions": actions})

@@ -78,15 +78,10 @@ def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
         for name in names
         for release in wiring.store.list_releases(name, query.limit + 1, query.before)
     ]
-    found.sort(key=_position, reverse=True)
+    found.sort(key=lambda release: release.created_key, reverse=True)
     page = found[: query.limit]
-    token = encode_cursor(_position(page[-1])) if len(found) > query.limit else None
+    token = encode_cursor(page[-1].created_key) if len(found) > query.limit else None
     return ReleasePage(page, token)
-
-
-def _position(release: Release) -> str:
-    """Where the release sits in the by_pipeline index (its ``created_key``)."""
-    return f"{release.created_at.isoformat()}#{release.id}"
 
 
 def release_detail(wiring: Wiring, release_id: str) -> ReleaseDetail:

@@ -43,9 +43,9 @@ REQUEST_REMEMBERED_FOR = timedelta(minutes=10)
 # What the pipeline's [pipeline.slack] operators may do; approving is [pipeline.approval]'s to
 # decide, inside its use case.
 OPERATOR_ACTIONS = frozenset({SlackAction.CANCEL, SlackAction.ROLL_BACK, SlackAction.REDEPLOY})
-# Roll back looks this far back for a release that succeeded before the card's: 100 releases.
-ROLLBACK_SEARCH_PAGE = 25
-ROLLBACK_SEARCH_PAGES = 4
+# Roll back looks this far back for a release that succeeded before the card's (the store reads
+# them newest first, in as many queries as that takes).
+ROLLBACK_SEARCH_LIMIT = 100
 
 
 class InteractionLedger(Protocol):
@@ -238,15 +238,10 @@ def _run(wiring: Wiring, request: ActionRequest, release: Release, pipeline: Pip
 def _succeeded_before(wiring: Wiring, release: Release) -> Release:
     """What the card's Roll back deploys: the newest release of the pipeline that succeeded before
     the card's release (the API's rollback takes the last good one, which may be this one)."""
-    position: str | None = f"{release.created_at.isoformat()}#{release.id}"
-    for _ in range(ROLLBACK_SEARCH_PAGES):
-        older = wiring.store.list_releases(release.pipeline, ROLLBACK_SEARCH_PAGE, position)
-        found = next((candidate for candidate in older if candidate.state is ReleaseState.SUCCEEDED), None)
-        if found is not None:
-            return found
-        if len(older) < ROLLBACK_SEARCH_PAGE:
-            break
-        position = f"{older[-1].created_at.isoformat()}#{older[-1].id}"
+    older = wiring.store.list_releases(release.pipeline, ROLLBACK_SEARCH_LIMIT, release.created_key)
+    found = next((candidate for candidate in older if candidate.state is ReleaseState.SUCCEEDED), None)
+    if found is not None:
+        return found
     raise ConflictingState(
         f"no release of {release.pipeline} succeeded before {release.id}: there is nothing to roll back to"
     )
