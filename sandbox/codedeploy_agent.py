@@ -80,12 +80,14 @@ class Misbehaviour:
     """What the agent can be told to do wrong, to show the coordinator's watchdog a stuck
     deployment: ``not_polling`` leaves every instance Pending (CodeDeploy lists them; no agent
     starts a lifecycle event), ``hang_in`` keeps the named lifecycle event InProgress, and
-    ``fail_download`` fails DownloadBundle as an instance without S3 access does. The first two
-    last until the deployment is stopped (StopDeployment) or the agent stops."""
+    ``fail_download_on`` fails DownloadBundle on those instances as on an instance without S3
+    access (the others download and go on, so a batch can hold a failed download and instances
+    still at work). The first two last until the deployment is stopped (StopDeployment) or the
+    agent stops."""
 
     not_polling: bool = False
     hang_in: str | None = None
-    fail_download: bool = False
+    fail_download_on: frozenset[str] = frozenset()
 
 
 DOWNLOAD_DENIED_MESSAGE = "Access Denied (the local agent was told to fail the download)"
@@ -469,7 +471,7 @@ class CodeDeployAgent:
         revision = run.deployment.revision
         if run.download is None or revision is None:
             return StepOutcome.failed("no S3 revision to download")
-        if self._misbehaviour.fail_download:
+        if run.instance.instance_id in self._misbehaviour.fail_download_on:
             return StepOutcome.failed(DOWNLOAD_DENIED_MESSAGE)
         try:
             data = run.download.fetch()

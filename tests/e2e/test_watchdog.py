@@ -4,10 +4,10 @@ limits written to the sandbox's pipelines file, stops it, and the release ends F
 class and its next step in its reason and history. Each test prints how long detection took,
 from the moment the watchdog's limit started counting to the stop decision in the history.
 
-``download_failed`` is not here: the sandbox's agent fails the instance as soon as DownloadBundle
-fails, so CodeDeploy ends the deployment Failed long before a reconcile looks at it (as it does on
-AWS); the watchdog's judgment of a failed download is tested on moto
-(tests/integration/test_watchdog.py)."""
+The fleet has four instances, so HalfAtATime deploys two at a time: a download that fails on one
+instance of a batch while the other is still at work leaves the deployment running (on two
+instances a failed download ends it at once, as CodeDeploy does), and that is what the watchdog
+stops as ``download_failed``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from chalicelib import bootstrap
 from chalicelib.domain.release import EventType, HistoryEvent, Release, ReleaseState
 from chalicelib.domain.watchdog import WatchdogLimits
 from sandbox import moto_extensions
-from sandbox.codedeploy_agent import Misbehaviour
+from sandbox.codedeploy_agent import DOWNLOAD_DENIED_MESSAGE, Misbehaviour
 from sandbox.runtime import RECONCILE_EVERY_S, STAGING, Sandbox
 from tests.e2e.test_demo import processes_under
 
@@ -33,12 +33,14 @@ LIMITS = WatchdogLimits(
 # run and the stop's history write take on a loaded machine.
 DETECTION_SLACK = timedelta(seconds=RECONCILE_EVERY_S + 10)
 HUNG_EVENT = "BeforeInstall"
+# Two batches of two under HalfAtATime: a batch can hold a failed instance and a working one.
+FLEET_SIZE = 4
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     workdir = tmp_path_factory.mktemp("watchdog")
-    with Sandbox(workdir, watchdog=LIMITS) as running:
+    with Sandbox(workdir, instances=FLEET_SIZE, watchdog=LIMITS) as running:
         yield running
     assert processes_under(workdir) == []
 
@@ -157,3 +159,38 @@ def test_a_hook_that_hangs_is_stopped_past_its_timeout_and_margin(sandbox: Sandb
     assert_detected_in_time(
         "hook_overrun", hung["startTime"], decision.timestamp, LIMITS.hook_timeout + LIMITS.margin
     )
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_download_is_stopped_while_the_rest_of_its_batch_works(sandbox: Sandbox, agent: Any) -> None:
+    # The first batch: its first instance is refused the bundle, the second stays in a hook.
+    failing, working = agent.instances[0].instance_id, agent.instances[1].instance_id
+    agent.misbehave(Misbehaviour(hang_in=HUNG_EVENT, fail_download_on=frozenset({failing})))
+    release = sandbox.wait_terminal(sandbox.upload("3.0.0"))
+
+    next_step = assert_stopped_by_watchdog(sandbox, release, "download_failed")
+    decision = stop_decision(release.id)
+    assert (decision.detail["instance"], decision.detail["lifecycle_event"]) == (failing, "DownloadBundle")
+    assert next_step == (
+        f"DownloadBundle failed on {failing}: {DOWNLOAD_DENIED_MESSAGE}: can the instance profile "
+        "read the bundle (s3:GetObject, s3:GetObjectVersion) and reach S3?"
+    )
+    assert release.deployment_id is not None
+    targets = {
+        target["instanceTarget"]["targetId"]: target["instanceTarget"]
+        for target in sandbox.session.client("codedeploy").batch_get_deployment_targets(
+            deploymentId=release.deployment_id, targetIds=[failing, working]
+        )["deploymentTargets"]
+    }
+    [download] = [
+        event
+        for event in targets[failing]["lifecycleEvents"]
+        if event["lifecycleEventName"] == "DownloadBundle"
+    ]
+    # Stopped for the download, though the other instance of the batch was still in its hook.
+    assert download["status"] == "Failed"
+    [hung] = [
+        event for event in targets[working]["lifecycleEvents"] if event["lifecycleEventName"] == HUNG_EVENT
+    ]
+    assert hung["status"] == "Failed"
+    assert_detected_in_time("download_failed", download["endTime"], decision.timestamp, timedelta(0))

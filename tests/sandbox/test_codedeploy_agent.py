@@ -676,7 +676,7 @@ def test_an_agent_told_to_fail_the_download_fails_download_bundle(
 ) -> None:
     fleet = fleet_of(2, traffic=False)
     first = fleet.ids[0]
-    fleet.agent.misbehave(Misbehaviour(fail_download=True))
+    fleet.agent.misbehave(Misbehaviour(fail_download_on=frozenset(fleet.ids)))
     deployment_id = cloud.deploy(cloud.upload("demo/v1.zip", zipped(demo_bundle(tmp_path, "1.0.0"))))
 
     info = cloud.wait(deployment_id)
