@@ -6,13 +6,17 @@ fails on any error in the browser's console."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,8 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from chalicelib import bootstrap
 from chalicelib.domain.release import ReleaseState
+from relco.api_client import ApiClient
+from relco.ui import DashboardServer
 from sandbox.runtime import PROJECT_ROOT, Sandbox
 from tests.e2e.test_demo import processes_under
 
@@ -122,11 +128,12 @@ def screenshot(driver: WebDriver, name: str) -> None:
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
 
 
-def listed_releases(driver: WebDriver) -> list[str | None]:
-    return [
-        row.get_attribute("data-release")
-        for row in driver.find_elements(By.CSS_SELECTOR, "tbody tr[data-release]")
-    ]
+def listed_releases(driver: WebDriver) -> list[str]:
+    """The releases page's rows, read in one script (a filter redraws the table)."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('tbody tr[data-release]')].map((row) => row.dataset.release);"
+    )
+    return [str(row) for row in rows]
 
 
 def console_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
@@ -200,23 +207,26 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                 assert sandbox.wait_terminal(third).state is ReleaseState.STOPPED
                 screenshot(driver, "cancelled")
 
-                # The second release followed live: the page shows its next state within 2 s of
-                # the coordinator recording it, in the same document (no reload).
-                driver.get(f"{url}#/release/{second}")
-                before = WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: shown_state(d, second))
-                assert before not in ("SUCCEEDED", "FAILED", "STOPPED"), "it ended before the page opened"
+                # A release followed live from the moment the coordinator records it (a fresh one:
+                # it moves for seconds yet): the page shows each next state within 2 s of the
+                # coordinator recording it, in the same document (no reload).
+                fourth = sandbox.upload("4.0.0")
+                sandbox.wait_for(fourth, lambda release: True, "recorded")
+                driver.get(f"{url}#/release/{fourth}")
+                before = WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: shown_state(d, fourth))
+                assert before is not None
+                assert not ReleaseState(before).is_terminal
                 driver.execute_script("window.sameDocument = true")
-                store = bootstrap.wiring().store
-                recorded = sandbox.wait_for(second, lambda release: release.state.value != before, "moved on")
+                sandbox.wait_for(fourth, lambda release: release.state.value != before, "moved on")
                 moved_at = time.monotonic()
                 WebDriverWait(driver, LIVE_WITHIN_S, poll_frequency=0.05).until(
-                    lambda d: shown_state(d, second) != before
+                    lambda d: shown_state(d, fourth) != before
                 )
                 assert time.monotonic() - moved_at <= LIVE_WITHIN_S
-                assert driver.execute_script("return window.sameDocument") is True
-                assert recorded.state.value != before
-                assert sandbox.wait_terminal(second).state is ReleaseState.SUCCEEDED
-                wait_for_state(driver, "SUCCEEDED", LIVE_WITHIN_S + 1)
+                assert sandbox.wait_terminal(fourth).state is ReleaseState.SUCCEEDED
+                moved_at = time.monotonic()
+                wait_for_state(driver, "SUCCEEDED", LIVE_WITHIN_S)
+                assert time.monotonic() - moved_at <= LIVE_WITHIN_S
                 assert driver.execute_script("return window.sameDocument") is True
                 screenshot(driver, "release")
                 if README_SCREENSHOT:
@@ -226,9 +236,10 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                 driver.get(f"{url}#/releases?pipeline=demo")
                 element(driver, f'tr[data-release="{first.id}"]')
                 listed = listed_releases(driver)
-                assert set(listed) == {first.id, second, third}
+                assert set(listed) == {first.id, second, third, fourth}
                 assert listed[-1] == first.id
-                assert [r.id for r in store.list_releases("demo", 10, None)] == listed
+                store = bootstrap.wiring().store
+                assert [release.id for release in store.list_releases("demo", 10, None)] == listed
                 screenshot(driver, "releases")
                 driver.find_element(By.CSS_SELECTOR, 'select[name="state"] option[value="STOPPED"]').click()
                 WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: listed_releases(d) == [third])
@@ -240,3 +251,73 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                 driver.quit()
         assert errors == []
     assert processes_under(tmp_path) == []
+
+
+class RecordingApi(BaseHTTPRequestHandler):
+    """An API that answers every call with the headers it received."""
+
+    def do_GET(self) -> None:
+        self._answer()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer()
+
+    def _answer(self) -> None:
+        body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+def ask(port: int, method: str, path: str, headers: dict[str, str], body: str = "") -> tuple[int, Any]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, body=body.encode() or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.timeout(30)
+def test_the_dashboard_signs_what_its_page_asks_and_refuses_other_hosts_and_sites(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    api = ThreadingHTTPServer(("127.0.0.1", 0), RecordingApi)
+    threading.Thread(target=api.serve_forever, daemon=True).start()
+    dashboard = DashboardServer(
+        ApiClient(f"http://127.0.0.1:{api.server_address[1]}/api"), 0
+    ).serve_in_thread()
+    port = dashboard.server_address[1]
+    own = {"Host": f"127.0.0.1:{port}"}
+    try:
+        # The page's call reaches the API signed (SigV4 for execute-api); the page sees the answer.
+        status, answer = ask(port, "GET", "/api/releases?pipeline=demo&limit=5", own)
+        assert status == 200
+        assert answer["path"] == "/api/releases?pipeline=demo&limit=5"
+        assert answer["headers"]["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+        assert "/execute-api/aws4_request" in answer["headers"]["Authorization"]
+        posted = {**own, "Origin": f"http://127.0.0.1:{port}", "Content-Type": "application/json"}
+        status, answer = ask(
+            port, "POST", "/api/releases/r1/cancel", {**posted, "Idempotency-Key": "k1"}, "{}"
+        )
+        assert (status, answer["headers"]["Idempotency-Key"]) == (200, "k1")
+
+        # A rebound DNS name, another site's page, a form post: refused.
+        assert ask(port, "GET", "/api/pipelines", {"Host": f"attacker.example:{port}"})[0] == 403
+        foreign = {**posted, "Origin": "http://attacker.example"}
+        assert ask(port, "POST", "/api/releases/r1/cancel", foreign, "{}")[0] == 403
+        form = {**posted, "Content-Type": "application/x-www-form-urlencoded"}
+        assert ask(port, "POST", "/api/releases/r1/cancel", form, "a=b")[0] == 415
+    finally:
+        dashboard.stop()
+        api.shutdown()
+        api.server_close()
