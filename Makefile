@@ -11,7 +11,7 @@ PACKAGE_DIR := build/package/$(STAGE)
 MERGE_TEMPLATE := build/infra/merge-$(STAGE).json
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: setup test lint typecheck unit integration integration-moto integration-sandbox package demo clean
+.PHONY: setup browser test lint typecheck unit integration integration-moto integration-sandbox package demo clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (PYTHON=$(PYTHON) is " + sys.version.split()[0] + ")")'
@@ -22,7 +22,19 @@ $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(INSTALLED)
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) browser
+
+## The dashboard's browser test (tests/e2e/test_dashboard.py) drives Debian's chromium through
+## chromedriver: installed with apt-get when absent and running as root (CI), else named here for
+## the user to install (the test then fails saying the same).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "setup: the dashboard's browser test needs Debian's chromium and chromium-driver:"; \
+		echo "  sudo apt-get install chromium chromium-driver"; \
+	fi
 
 ## Every check: lint, types, unit, integration (moto), end to end (sandbox), template validation.
 ## Two at a time (the machine and CI have two cores); each check's output is printed whole when
@@ -58,7 +70,7 @@ integration-moto: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability tests/packaging \
 		$(SELF_CONTAINED:%=--ignore=%)
 
-integration-sandbox: $(INSTALLED)
+integration-sandbox: $(INSTALLED) browser
 	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash $(SELF_CONTAINED)
 
 ## `chalice package` for a stage; the SAM template and its translation to CloudFormation
@@ -81,6 +93,11 @@ SOAK_SEED ?= 0
 .PHONY: soak
 soak: $(INSTALLED)
 	CRASH_RANDOM_RUNS=$(SOAK_RUNS) CRASH_RANDOM_SEED=$(SOAK_SEED) $(BIN)/pytest -q -p no:cacheprovider tests/crash -k random
+
+## docs/dashboard.png, the README's picture of `relco ui`: taken by the dashboard's browser test.
+.PHONY: screenshot
+screenshot: $(INSTALLED) browser
+	RELCO_DASHBOARD_SCREENSHOT=docs/dashboard.png $(BIN)/pytest -q -p no:cacheprovider tests/e2e/test_dashboard.py
 
 ## Every benchmark against the budgets of DESIGN.md section 8: writes bench/results.md and prints it.
 .PHONY: bench

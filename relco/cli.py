@@ -14,7 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -599,6 +599,31 @@ def _await_release(
 
 
 @main.command()
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8765,
+    show_default=True,
+    help="Port on 127.0.0.1 (0: any free port).",
+)
+@click.pass_context
+def ui(ctx: click.Context, port: int) -> None:
+    """Serve the release dashboard on 127.0.0.1; its API calls go to the coordinator signed with
+    your AWS credentials, which never reach the browser. Runs until Ctrl-C."""
+    from relco.ui import DashboardServer
+
+    with _errors():
+        client = _client(ctx)
+    try:
+        server = DashboardServer(client, port)
+    except OSError as error:
+        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {error.strerror}") from None
+    click.echo(f"Release dashboard: {server.url} (Ctrl-C stops it)")
+    with server, suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+@main.command()
 @click.option("--instances", type=click.IntRange(2, 8), default=2, show_default=True, help="Local instances.")
 @json_option
 def demo(instances: int, as_json: bool) -> None:
@@ -618,8 +643,21 @@ def sandbox() -> None:
 @click.option("--instances", type=click.IntRange(2, 8), default=2, show_default=True, help="Local instances.")
 @json_option
 def sandbox_up(instances: int, as_json: bool) -> None:
-    """Start the sandbox, print its endpoints (one JSON line with --json) and run until SIGINT or
-    SIGTERM, then stop every process it started."""
+    """Start the sandbox, print its endpoints and the dashboard's URL (one JSON line with --json) and
+    run until SIGINT or SIGTERM, then stop every process it started."""
+    from relco.ui import DashboardServer
     from sandbox.serve import serve
 
-    sys.exit(serve(as_json=as_json, instances=instances))
+    dashboards: list[DashboardServer] = []
+
+    def open_dashboard(api_url: str) -> dict[str, str]:
+        """`relco ui` beside the sandbox, on a free port: its URL joins the ready line."""
+        dashboard = DashboardServer(ApiClient(api_url), 0).serve_in_thread()
+        dashboards.append(dashboard)
+        return {"dashboard_url": dashboard.url}
+
+    try:
+        sys.exit(serve(as_json=as_json, instances=instances, on_ready=open_dashboard))
+    finally:
+        for dashboard in dashboards:
+            dashboard.stop()

@@ -6,6 +6,7 @@ import json
 import signal
 import tempfile
 import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -24,7 +25,11 @@ def _environment_lines(ready: dict[str, object]) -> str:
     )
 
 
-def serve(*, as_json: bool, instances: int = 2) -> int:
+def serve(
+    *, as_json: bool, instances: int = 2, on_ready: Callable[[str], Mapping[str, object]] | None = None
+) -> int:
+    """``on_ready`` gets the API's URL once the sandbox serves; what it answers joins the ready line
+    (``relco sandbox up`` starts the dashboard there: the sandbox knows nothing of the CLI)."""
     stop = threading.Event()
 
     def request_stop(_signum: int, _frame: FrameType | None) -> None:
@@ -42,6 +47,7 @@ def serve(*, as_json: bool, instances: int = 2) -> int:
             ready = {
                 **sandbox.endpoints.to_dict(),
                 "first_release": {"id": first.id, "state": first.state.value},
+                **(on_ready(sandbox.endpoints.api_url) if on_ready else {}),
             }
             if as_json:
                 print(json.dumps(ready), flush=True)

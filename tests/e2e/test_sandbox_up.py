@@ -39,6 +39,7 @@ def test_sandbox_up_prints_its_ready_line_serves_and_stops_on_sigterm(tmp_path: 
             "bucket",
             "pipelines",
             "log_file",
+            "dashboard_url",
         }
         assert ready["pipelines"] == ["demo"]
         # The first release's INFO lines are in the coordinator's log, with their invocation.
@@ -53,6 +54,9 @@ def test_sandbox_up_prints_its_ready_line_serves_and_stops_on_sigterm(tmp_path: 
             assert json.loads(response.read())["pipelines"][0]["name"] == "demo"
         with urllib.request.urlopen(ready["lb_url"] + "/", timeout=10) as response:
             assert json.loads(response.read())["version"] == "1.0.0"
+        # The dashboard (`relco ui`) serves beside it, its API calls forwarded to the sandbox's API.
+        with urllib.request.urlopen(ready["dashboard_url"] + "api/pipelines", timeout=10) as response:
+            assert json.loads(response.read())["pipelines"][0]["name"] == "demo"
     finally:
         process.send_signal(signal.SIGTERM)
         exit_code = process.wait(timeout=60)
