@@ -701,7 +701,7 @@ _NOTIFY_SETTINGS: Mapping[NotifyKind, Mapping[str, str]] = {
     NotifyKind.GITHUB: {
         "repository": "repository",
         "token": "secret",
-        "api_url": "https_url",
+        "api_url": "http_url",
         "environment": "text",
     },
 }
@@ -748,8 +748,8 @@ def _check_notify_settings(kind: NotifyKind, settings: Mapping[str, Any], key: s
             raise fail(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
         if holds == "repository" and not (isinstance(value, str) and _GITHUB_REPOSITORY.fullmatch(value)):
             raise fail(f"{key}.{name}", f'must be a GitHub repository "owner/name", got {value!r}')
-        if holds == "https_url" and not (isinstance(value, str) and value.startswith("https://")):
-            raise fail(f"{key}.{name}", f"must be an https URL, got {value!r}")
+        if holds == "http_url" and not (isinstance(value, str) and value.startswith(("https://", "http://"))):
+            raise fail(f"{key}.{name}", f"must be an http(s) URL, got {value!r}")
         if holds == "address" and not (isinstance(value, str) and "@" in value):
             raise fail(f"{key}.{name}", f"must be an email address, got {value!r}")
         if holds == "addresses" and not (
