@@ -108,7 +108,7 @@ def test_a_release_without_a_commit_gets_no_deployment(world: World, pump: Pump,
     assert github.deployments() == []
 
 
-def test_a_short_rate_limit_is_waited_out_and_a_long_one_defers(world: World, github: GithubApi) -> None:
+def test_a_short_rate_limit_is_waited_out_and_a_long_one_defers(github: GithubApi) -> None:
     naps: list[float] = []
     api = GithubRestApi(sleep=naps.append)
     repository = GithubRepository(github.api_url, REPOSITORY, "ghp_sandbox")
