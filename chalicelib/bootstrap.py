@@ -86,8 +86,9 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
     """The notify queue, its dead-letter queue, the delivery log and the channels, when
     ``NOTIFY_QUEUE_URL`` is set. Clients of services a function may never call (SES, SNS, SSM,
     Secrets Manager) are created on first use; ``SLACK_API_URL`` points Slack at the sandbox."""
-    from chalicelib.adapters.delivery_log import DynamoDeliveryLog
+    from chalicelib.adapters.delivery_log import DynamoDeliveryLog, DynamoDeploymentRecords
     from chalicelib.adapters.email import SesEmail
+    from chalicelib.adapters.github import GithubRestApi
     from chalicelib.adapters.notify_queue import SqsNotifyQueue
     from chalicelib.adapters.secrets import ParameterSecrets
     from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
@@ -114,6 +115,10 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
             email_sender=SesEmail(lambda: client("ses")),
             sns=SnsTopics(lambda: client("sns")),
             webhook=HttpWebhook(),
+            github=GithubRestApi(),
+            github_records=DynamoDeploymentRecords(client("dynamodb"), table),
+            # GitHub deployment statuses link the release in the API (RELEASES_API_URL: its base).
+            releases_api_url=os.environ.get("RELEASES_API_URL") or None,
             # Buttons on the cards only where a Slack app ([slack]) can take the clicks.
             slack_card_actions=pipelines().slack is not None,
         ),

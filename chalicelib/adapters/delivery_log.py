@@ -12,6 +12,10 @@ A batch's deliveries are confirmed with the next one's claim (``confirm_and_clai
 transaction instead of two writes. That transaction claims only a delivery nobody has tried
 (TransactWriteItems cannot return the item a put replaced, which is how a claim learns it took
 over); anything else fails it, and the caller writes the two alone.
+
+A GitHub route's deployment of a release is recorded beside its deliveries
+(``sk=DLV#GITHUB#<route>``, no status: it is no delivery): GitHub has no idempotency key, so the
+id is written before any status is posted, and every later notice of the release posts to it.
 """
 
 from __future__ import annotations
@@ -136,3 +140,39 @@ class DynamoDeliveryLog:
         except ClientError as error:
             if not _is_condition_failure(error):
                 raise
+
+
+def _deployment_key(release_id: str, route: str) -> dict[str, Any]:
+    return {"pk": {"S": f"REL#{release_id}"}, "sk": {"S": f"DLV#GITHUB#{route}"}}
+
+
+class DynamoDeploymentRecords:
+    def __init__(self, client: Any, table_name: str) -> None:
+        self._client = client
+        self._table = table_name
+
+    def recorded(self, release_id: str, route: str) -> int | None:
+        item = self._client.get_item(
+            TableName=self._table, Key=_deployment_key(release_id, route), ConsistentRead=True
+        ).get("Item")
+        return None if item is None else int(item["deployment_id"]["N"])
+
+    def record(self, release_id: str, route: str, deployment_id: int) -> int:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    **_deployment_key(release_id, route),
+                    "kind": {"S": "github_deployment"},
+                    "deployment_id": {"N": str(deployment_id)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as error:
+            if not _is_condition_failure(error):
+                raise
+            recorded = self.recorded(release_id, route)
+            if recorded is None:  # the record that failed the condition cannot have gone
+                raise
+            return recorded
+        return deployment_id

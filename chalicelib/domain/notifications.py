@@ -113,6 +113,10 @@ def receives(route: NotifyRoute, notification: Notification) -> bool:
     thread. Every other route (it cannot edit) receives just the events in its ``on``."""
     if route.kind is NotifyKind.SLACK:
         return True
+    if route.kind is NotifyKind.GITHUB:
+        # Likewise a GitHub deployment follows its release to its end (it has no status for a
+        # step inside a release).
+        return notification is not Notification.PROGRESS
     return notification in route.on
 
 

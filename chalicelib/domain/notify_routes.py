@@ -59,6 +59,7 @@ class NotifyKind(StrEnum):
     EMAIL = "email"
     SNS = "sns"
     WEBHOOK = "webhook"
+    GITHUB = "github"  # a GitHub deployment per release, its statuses following the release
 
 
 @dataclass(frozen=True)
@@ -197,8 +198,70 @@ class WebhookSettings:
         )
 
 
-ChannelSettings = SlackSettings | SlackWebhookSettings | EmailSettings | SnsSettings | WebhookSettings
+GITHUB_API_URL = "https://api.github.com"
+# A GitHub route follows a release from the first notice: a waiting release's deployment is
+# "queued", so one superseded while it waited ends "inactive" like one that was stopped.
+GITHUB_SUBSCRIPTION = SUBSCRIBABLE
+
+
+@dataclass(frozen=True)
+class GithubSettings:
+    """GitHub deployments: one per release in ``repository`` for the release's commit, in
+    ``environment`` (the pipeline's name when None), through ``api_url`` (GitHub Enterprise
+    Server's ``https://HOST/api/v3``; None: github.com)."""
+
+    kind: ClassVar[NotifyKind] = NotifyKind.GITHUB
+    repository: str  # "owner/name"
+    token: SecretRef
+    api_url: str | None = None
+    environment: str | None = None
+
+    @property
+    def owner_and_name(self) -> tuple[str, str]:
+        owner, _, name = self.repository.partition("/")
+        return owner, name
+
+    def environment_for(self, pipeline: str) -> str:
+        return self.environment or pipeline
+
+    @property
+    def base_url(self) -> str:
+        return (self.api_url or GITHUB_API_URL).rstrip("/")
+
+    def as_written(self) -> dict[str, Any]:
+        optional = {"api_url": self.api_url, "environment": self.environment}
+        return {
+            "repository": self.repository,
+            **_written_secret("token", self.token),
+            **{name: value for name, value in optional.items() if value is not None},
+        }
+
+    @classmethod
+    def from_written(cls, settings: Mapping[str, Any]) -> GithubSettings:
+        return cls(
+            repository=settings["repository"],
+            token=_required_secret(settings, "token"),
+            api_url=settings.get("api_url"),
+            environment=settings.get("environment"),
+        )
+
+
+def default_subscription(kind: NotifyKind) -> frozenset[Notification]:
+    """The notifications a route of ``kind`` gets when its ``on`` names none."""
+    return GITHUB_SUBSCRIPTION if kind is NotifyKind.GITHUB else DEFAULT_SUBSCRIPTION
+
+
+ChannelSettings = (
+    SlackSettings | SlackWebhookSettings | EmailSettings | SnsSettings | WebhookSettings | GithubSettings
+)
 SETTINGS_BY_KIND: Mapping[NotifyKind, type[ChannelSettings]] = {
     settings.kind: settings
-    for settings in (SlackSettings, SlackWebhookSettings, EmailSettings, SnsSettings, WebhookSettings)
+    for settings in (
+        SlackSettings,
+        SlackWebhookSettings,
+        EmailSettings,
+        SnsSettings,
+        WebhookSettings,
+        GithubSettings,
+    )
 }

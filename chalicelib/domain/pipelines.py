@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
-    DEFAULT_SUBSCRIPTION,
     SECRET_SOURCES,
     SETTINGS_BY_KIND,
     SUBSCRIBABLE,
@@ -26,6 +25,7 @@ from chalicelib.domain.notify_routes import (
     Notification,
     NotifyKind,
     SecretRef,
+    default_subscription,
     secret_ref,
 )
 from chalicelib.domain.permissions import (
@@ -589,7 +589,7 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
         if not isinstance(kind_written, str) or kind_written not in set(NotifyKind):
             raise fail(f"{key}.kind", f"must be one of {', '.join(sorted(NotifyKind))}, got {kind_written!r}")
         kind = NotifyKind(kind_written)
-        on = entry.get("on", sorted(DEFAULT_SUBSCRIPTION))
+        on = entry.get("on", sorted(default_subscription(kind)))
         if not isinstance(on, list) or not all(isinstance(name, str) for name in on):
             raise fail(f"{key}.on", "must be a list of event names")
         unknown_events = sorted(set(on) - SUBSCRIBABLE)
@@ -698,8 +698,16 @@ _NOTIFY_SETTINGS: Mapping[NotifyKind, Mapping[str, str]] = {
     NotifyKind.EMAIL: {"sender": "address", "to": "addresses"},
     NotifyKind.SNS: {"topic_arn": "topic"},
     NotifyKind.WEBHOOK: {"url": "url_or_secret", "signing_key": "secret"},
+    NotifyKind.GITHUB: {
+        "repository": "repository",
+        "token": "secret",
+        "api_url": "http_url",
+        "environment": "text",
+    },
 }
-_OPTIONAL_NOTIFY_SETTINGS = frozenset({"mention_on_failure", "authors"})
+_OPTIONAL_NOTIFY_SETTINGS = frozenset({"mention_on_failure", "authors", "api_url", "environment"})
+# GitHub's "owner/name": letters, digits, '-', '_' and '.'.
+_GITHUB_REPOSITORY = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
 
 def _is_slack_id(value: Any) -> bool:
@@ -738,6 +746,10 @@ def _check_notify_settings(kind: NotifyKind, settings: Mapping[str, Any], key: s
             raise fail(f"{key}.{name}", "is required")
         if holds == "text" and not (isinstance(value, str) and value.strip()):
             raise fail(f"{key}.{name}", f"must be a non-empty string, got {value!r}")
+        if holds == "repository" and not (isinstance(value, str) and _GITHUB_REPOSITORY.fullmatch(value)):
+            raise fail(f"{key}.{name}", f'must be a GitHub repository "owner/name", got {value!r}')
+        if holds == "http_url" and not (isinstance(value, str) and value.startswith(("https://", "http://"))):
+            raise fail(f"{key}.{name}", f"must be an http(s) URL, got {value!r}")
         if holds == "address" and not (isinstance(value, str) and "@" in value):
             raise fail(f"{key}.{name}", f"must be an email address, got {value!r}")
         if holds == "addresses" and not (

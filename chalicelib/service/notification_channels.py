@@ -23,6 +23,8 @@ from chalicelib.domain.notification_signature import SIGNATURE_HEADER, sign
 from chalicelib.domain.notifications import SlackPostMark, SlackThread
 from chalicelib.domain.notify_routes import (
     EmailSettings,
+    GithubSettings,
+    Notification,
     NotifyKind,
     SlackSettings,
     SlackWebhookSettings,
@@ -32,7 +34,10 @@ from chalicelib.domain.notify_routes import (
 from chalicelib.log import logger
 from chalicelib.service.notification_ports import (
     Channel,
+    DeploymentRecords,
     EmailSender,
+    GithubDeployments,
+    GithubRepository,
     Outgoing,
     Secrets,
     SlackThreads,
@@ -169,6 +174,109 @@ class WebhookChannel:
         return True
 
 
+# The GitHub deployment status each notice posts (GitHub's states: error, failure, inactive,
+# in_progress, queued, pending, success). A release that never ran to its end (superseded while
+# it waited, or stopped) leaves its deployment "inactive".
+GITHUB_STATES: Mapping[Notification, str] = {
+    Notification.QUEUED: "queued",
+    Notification.AWAITING_APPROVAL: "pending",
+    Notification.STARTED: "in_progress",
+    Notification.SUCCEEDED: "success",
+    Notification.ROLLED_BACK: "success",
+    Notification.FAILED: "failure",
+    Notification.VERIFY_FAILED: "failure",
+    Notification.STOPPED: "inactive",
+    Notification.SUPERSEDED: "inactive",
+}
+# The release's commit: the upload's S3 user metadata that ``relco bundle push`` attaches.
+COMMIT_METADATA = "commit"
+
+
+class GithubDeploymentChannel:
+    """A GitHub deployment per release on each route, for the release's commit, its statuses
+    following the release. GitHub has no idempotency key: the deployment's id is recorded before
+    any status is posted, and where none is recorded the deployment an earlier attempt may have
+    created (found by its payload's release id) is looked for before one is created."""
+
+    kind: ClassVar[NotifyKind] = GithubSettings.kind
+
+    def __init__(
+        self,
+        github: GithubDeployments,
+        records: DeploymentRecords,
+        secrets: Secrets,
+        releases_api_url: str | None = None,
+    ) -> None:
+        self._github = github
+        self._records = records
+        self._secrets = secrets
+        # The API's base URL (its stage): each status links the release there. None: no links.
+        self._releases_api_url = releases_api_url.rstrip("/") if releases_api_url else None
+
+    def send(self, settings: GithubSettings, outgoing: Outgoing) -> bool:
+        message, notice = outgoing.message, outgoing.notice
+        release = notice.release
+        state = GITHUB_STATES.get(message.notification)
+        if state is None:
+            return False
+        deployment_id = self._records.recorded(release.id, message.route)
+        if deployment_id is None:
+            commit = _commit_to_deploy(outgoing)
+            if commit is None:
+                return False
+            repository = self._repository(settings)
+            environment = settings.environment_for(release.pipeline)
+            created = self._deployment(repository, release.id, environment, commit)
+            deployment_id = self._records.record(release.id, message.route, created)
+        else:
+            repository = self._repository(settings)
+        self._github.post_status(
+            repository, deployment_id, state, f"{notice.title}: {notice.label}", self._link(release.id)
+        )
+        return True
+
+    def _repository(self, settings: GithubSettings) -> GithubRepository:
+        return GithubRepository(settings.base_url, settings.repository, self._secrets.get(settings.token))
+
+    def _link(self, release_id: str) -> str | None:
+        if self._releases_api_url is None:
+            return None
+        return f"{self._releases_api_url}/releases/{release_id}"
+
+    def _deployment(
+        self, repository: GithubRepository, release_id: str, environment: str, commit: str
+    ) -> int:
+        """The release's deployment: the one an earlier attempt created (it died, or GitHub failed
+        after creating it, before the id was recorded), else a new one. Looking every time costs
+        one call per release and route, and keeps a release to one deployment even when the
+        notice that created it was dead-lettered before its id was recorded."""
+        found = self._github.find_deployment(repository, commit, environment, release_id)
+        if found is not None:
+            logger.info(
+                "found the GitHub deployment an earlier attempt created", extra={"release_id": release_id}
+            )
+            return found
+        return self._github.create_deployment(
+            repository, commit, environment, release_id, f"release {release_id}"
+        )
+
+
+def _commit_to_deploy(outgoing: Outgoing) -> str | None:
+    """The commit a release's GitHub deployment is created for, when this notice may create it
+    (the route's ``on`` names it); None when it may not, or the release has no commit (logged)."""
+    if not outgoing.opens_thread:
+        return None
+    release = outgoing.notice.release
+    commit = release.metadata.get(COMMIT_METADATA)
+    if not commit:
+        logger.warning(
+            "no GitHub deployment: the release has no commit sha (relco bundle push attaches it)",
+            extra={"release_id": release.id, "route": outgoing.message.route},
+        )
+        return None
+    return commit
+
+
 def channel_registry(
     secrets: Secrets,
     *,
@@ -177,14 +285,19 @@ def channel_registry(
     email_sender: EmailSender,
     sns: TopicPublisher,
     webhook: WebhookPoster,
+    github: GithubDeployments,
+    github_records: DeploymentRecords,
     slack_card_actions: bool = False,
+    releases_api_url: str | None = None,
 ) -> Mapping[NotifyKind, Channel[Any]]:
-    """Every kind's channel, by kind; ``slack_card_actions`` puts buttons on bot-token cards."""
+    """Every kind's channel, by kind; ``slack_card_actions`` puts buttons on bot-token cards,
+    ``releases_api_url`` (the API's base URL) links GitHub deployment statuses to the release."""
     channels: tuple[Channel[Any], ...] = (
         SlackThreadChannel(slack, secrets, slack_card_actions),
         SlackWebhookChannel(slack_webhook, secrets),
         EmailChannel(email_sender),
         SnsChannel(sns),
         WebhookChannel(webhook, secrets),
+        GithubDeploymentChannel(github, github_records, secrets, releases_api_url),
     )
     return {channel.kind: channel for channel in channels}

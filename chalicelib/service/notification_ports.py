@@ -152,6 +152,50 @@ class WebhookPoster(Protocol):
 
 
 @dataclass(frozen=True)
+class GithubRepository:
+    """A repository as the GitHub adapter calls it: its API (github.com's or a GitHub Enterprise
+    Server's), its "owner/name" and the token to call with."""
+
+    api_url: str
+    name: str
+    token: str
+
+
+class GithubDeployments(Protocol):
+    """GitHub's REST API for deployments."""
+
+    def find_deployment(
+        self, repository: GithubRepository, sha: str, environment: str, release_id: str
+    ) -> int | None:
+        """The deployment of ``sha`` in ``environment`` created for ``release_id``, or None."""
+        ...
+
+    def create_deployment(
+        self, repository: GithubRepository, sha: str, environment: str, release_id: str, description: str
+    ) -> int: ...
+
+    def post_status(
+        self,
+        repository: GithubRepository,
+        deployment_id: int,
+        state: str,
+        description: str,
+        release_url: str | None,
+    ) -> None: ...
+
+
+class DeploymentRecords(Protocol):
+    """Which GitHub deployment stands for a release on a route: recorded in the delivery log
+    right after it is created, before any status is posted to it."""
+
+    def recorded(self, release_id: str, route: str) -> int | None: ...
+
+    def record(self, release_id: str, route: str, deployment_id: int) -> int:
+        """Record ``deployment_id`` unless one is recorded already; the one recorded."""
+        ...
+
+
+@dataclass(frozen=True)
 class Outgoing:
     """One delivery as its channel sends it: the message, the notice rendered for it, and what
     the delivery knows around it."""

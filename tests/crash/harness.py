@@ -33,9 +33,11 @@ container's cached clients and wiring are dropped (``bootstrap.reset()``).
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +98,13 @@ def is_read(call: str) -> bool:
     service, _, operation = call.partition(".")
     if service == "slack":
         return operation.startswith(_SLACK_READS)
+    if service == "github":
+        return operation.startswith("GET ")
     return operation.startswith(_READ_PREFIXES) or operation in _READ_OPERATIONS
+
+
+# A deployment id in a GitHub call's path, which the point's name leaves out.
+_GITHUB_ID = re.compile(r"\d+")
 
 
 class Crash(BaseException):
@@ -159,12 +167,21 @@ _AWS_HOOK = ("before-call", _before_aws_call)
 def install_meter() -> Callable[[], None]:
     """Hook every botocore session created from now on (the app's, after each
     ``bootstrap.reset()``), slack_sdk's Web API client and its webhook client (a click's
-    ``response_url``). Returns the uninstaller."""
+    ``response_url``), and the GitHub adapter's calls. Returns the uninstaller."""
     from slack_sdk.web.base_client import BaseClient
     from slack_sdk.webhook import WebhookClient
 
+    from chalicelib.adapters.github import GithubRestApi
+
     original_api_call = BaseClient.api_call
     original_send = WebhookClient.send
+    original_github_call = GithubRestApi._call_once
+
+    def github_call(self: Any, repository: Any, method: str, path: str, body: Any) -> Any:
+        # "github.POST deployments", "github.POST deployments/<id>/statuses": a point's name
+        # must not depend on the id the look-alike handed out.
+        METER.call(f"github.{method} {_GITHUB_ID.sub('<id>', path.partition('?')[0])}")
+        return original_github_call(self, repository, method, path, body)
 
     def api_call(self: Any, api_method: str, *args: Any, **kwargs: Any) -> Any:
         METER.call(f"slack.{api_method}")
@@ -177,11 +194,13 @@ def install_meter() -> Callable[[], None]:
     botocore.handlers.BUILTIN_HANDLERS.append(_AWS_HOOK)
     BaseClient.api_call = api_call  # type: ignore[method-assign]
     WebhookClient.send = send  # type: ignore[method-assign]
+    GithubRestApi._call_once = github_call  # type: ignore[method-assign]
 
     def uninstall() -> None:
         botocore.handlers.BUILTIN_HANDLERS.remove(_AWS_HOOK)
         BaseClient.api_call = original_api_call  # type: ignore[method-assign]
         WebhookClient.send = original_send  # type: ignore[method-assign]
+        GithubRestApi._call_once = original_github_call  # type: ignore[method-assign]
 
     return uninstall
 
@@ -415,7 +434,11 @@ class Run:
 
     def upload(self, at_s: float, key: str, pipeline: str, *, good: bool = True) -> None:
         def put() -> None:
-            response = self.world.s3.put_object(Bucket=BUCKET, Key=key, Body=f"bundle {key}".encode())
+            # The commit CI builds from, as relco bundle push attaches it (GitHub deployments).
+            commit = hashlib.sha1(key.encode()).hexdigest()
+            response = self.world.s3.put_object(
+                Bucket=BUCKET, Key=key, Body=f"bundle {key}".encode(), Metadata={"commit": commit}
+            )
             revision = Revision(BUCKET, key, response["VersionId"], response["ETag"].strip('"'))
             self.uploads.append(
                 Uploaded(key, pipeline, self.now_s, good, upload_release_id(revision), revision)

@@ -3,6 +3,7 @@ Slack look-alike, and judged against the scenario's ground truth (which uploads 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from chalicelib.domain.release import (
     Trigger,
 )
 from chalicelib.domain.slack_interactions import SlackAction
+from chalicelib.service.notification_channels import COMMIT_METADATA, GITHUB_STATES
 from sandbox import moto_extensions
 from sandbox.slack_api import Message
 from tests.crash.clock import EPOCH
@@ -694,6 +696,15 @@ def _notifications(run: Run, state: FinalState) -> list[Violation]:
         1 for inv in run.invocations if inv.outcome == "crashed" and _last_write(inv.calls) == "ses.SendEmail"
     )
     mailed = Counter((_mail_release(mail), mail.subject.split("]", 1)[0] + "]") for mail in mails)
+    # GitHub offers no way to look for a status already posted either: a crash right after one
+    # posts it again, once per such crash.
+    status_window = [
+        sum(
+            1
+            for inv in run.invocations
+            if inv.outcome == "crashed" and _last_write(inv.calls) == GITHUB_STATUS_POST
+        )
+    ]
     expected_mail: Counter[tuple[str | None, str]] = Counter()
     for release in state.releases.values():
         pipeline = run.world.pipelines.named(release.pipeline)
@@ -707,6 +718,8 @@ def _notifications(run: Run, state: FinalState) -> list[Violation]:
         for route in pipeline.notify:
             if route.kind == "slack":
                 found += _slack_thread(run, release, route, notifications, roots)
+            elif route.kind == "github":
+                found += _github_deployment(run, release, route, notifications, status_window)
             elif route.kind == "email":
                 for notification in notifications:
                     if receives(route, notification):
@@ -728,6 +741,41 @@ def _notifications(run: Run, state: FinalState) -> list[Violation]:
                     )
                 )
     return found
+
+
+GITHUB_STATUS_POST = "github.POST deployments/<id>/statuses"
+
+
+def _github_deployment(
+    run: Run, release: Release, route: NotifyRoute, notifications: list[Notification], window: list[int]
+) -> list[Violation]:
+    """Exactly one GitHub deployment for a release that notified the route (none for one that
+    did not, or has no commit), its statuses the release's notices in order, so ending in the
+    release's final state. ``window``: repeats of a status that crashes allow, used up here."""
+    deployments = [d for d in run.world.github.deployments() if d.payload.get("release_id") == release.id]
+    opening = next((i for i, n in enumerate(notifications) if opens_thread(route, n)), None)
+    if opening is None or not release.metadata.get(COMMIT_METADATA):
+        if deployments:
+            return [Violation("github_unexpected", f"release {release.id}: a deployment nobody asked for")]
+        return []
+    if len(deployments) != 1:
+        kind = "github_deployment_duplicate" if deployments else "github_missing"
+        return [Violation(kind, f"release {release.id}: {len(deployments)} GitHub deployments, expected 1")]
+    expected = [GITHUB_STATES[n] for n in notifications[opening:] if n in GITHUB_STATES]
+    posted = deployments[0].states
+    repeats = sum(1 for before, state in itertools.pairwise(posted) if before == state)
+    distinct = [state for number, state in enumerate(posted) if number == 0 or posted[number - 1] != state]
+    if distinct != expected:
+        return [
+            Violation(
+                "github_statuses",
+                f"release {release.id} ({release.state}): posted {posted}, expected {expected}",
+            )
+        ]
+    if repeats > window[0]:
+        return [Violation("github_status_duplicate", f"release {release.id}: posted {posted}")]
+    window[0] -= repeats
+    return []
 
 
 def _last_write(calls: list[str]) -> str | None:

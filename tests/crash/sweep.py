@@ -180,7 +180,7 @@ class Sweep:
         def fork_points(run: Run, number: int) -> None:
             if number not in by_invocation:
                 return
-            self.world.pause_slack()
+            self.world.pause_lookalikes()
             try:
                 for point in by_invocation[number]:
                     started = time.perf_counter()
@@ -192,7 +192,7 @@ class Sweep:
                         return
                     results[point.name] = _result_from(forked, point.name, started)
             finally:
-                self.world.serve_slack()
+                self.world.serve_lookalikes()
 
         started = time.perf_counter()
         try:

@@ -30,6 +30,7 @@ from chalicelib.domain.pipelines import PipelinesConfig, load_pipelines
 from infra import render, stack
 from infra.functions import app_functions
 from sandbox import moto_extensions
+from sandbox.github_api import GithubApi
 from sandbox.provision import LoadBalancedGroup, provision
 from sandbox.slack_api import SlackApi
 from tests.crash.clock import EPOCH
@@ -54,8 +55,14 @@ SLACK_APPROVERS_GROUP = "S0CRASHLEADS"
 SLACK_APPROVER = ("U0CRASHBOB", "bob")
 # (user id, handle) of an operator of the quiet pipeline's cards ([pipeline.slack] operators).
 SLACK_OPERATOR = ("U0CRASHCAROL", "carol")
-# shop-prod notifies a Slack thread and by email; cart-prod has no routes, so its scenarios
-# spend their runs on the slot, CodeDeploy, the API and its cards' buttons.
+# shop-prod's GitHub deployments: the look-alike's repository and a token it accepts; the
+# route's api_url is the look-alike's, known once it listens (World puts it in the file).
+GITHUB_REPOSITORY = "acme/shop"
+GITHUB_TOKEN_PARAMETER = "/relco/github/token"
+GITHUB_TOKEN = "ghp_sandbox"  # sandbox.github_api.DEFAULT_TOKENS
+_GITHUB_API_URL = "@GITHUB_API_URL@"
+# shop-prod notifies a Slack thread, by email and with GitHub deployments; cart-prod has no
+# routes, so its scenarios spend their runs on the slot, CodeDeploy, the API and its cards' buttons.
 NOTIFIED = "shop-prod"
 QUIET = "cart-prod"
 # The release gates (issue 14), each on a quiet pipeline of its own so the other scenarios run
@@ -110,6 +117,12 @@ kind = "email"
 sender = "{SENDER}"
 to = ["oncall@crash.example"]
 on = ["succeeded", "failed", "verify_failed", "rolled_back", "stopped"]
+
+[[pipeline.notify]]
+kind = "github"
+repository = "{GITHUB_REPOSITORY}"
+token_parameter = "{GITHUB_TOKEN_PARAMETER}"
+api_url = "{_GITHUB_API_URL}"
 
 [[pipeline]]
 name = "{QUIET}"
@@ -269,8 +282,11 @@ class World:
         os.environ.update(ENVIRONMENT)
         os.environ.pop("AWS_PROFILE", None)
         self._directory = tempfile.TemporaryDirectory()
+        self.github = GithubApi(repositories=[GITHUB_REPOSITORY]).start()
         pipelines_file = Path(self._directory.name) / "pipelines.toml"
-        pipelines_file.write_text(PIPELINES_TOML, encoding="utf-8")
+        pipelines_file.write_text(
+            PIPELINES_TOML.replace(_GITHUB_API_URL, self.github.api_url), encoding="utf-8"
+        )
         os.environ["PIPELINES_FILE"] = str(pipelines_file)
         self.pipelines = load_pipelines(pipelines_file)
         self.behaviour = aws_behaviour(self.pipelines)
@@ -297,6 +313,7 @@ class World:
         ssm.put_parameter(
             Name=SLACK_SIGNING_SECRET_PARAMETER, Value=SLACK_SIGNING_SECRET, Type="SecureString"
         )
+        ssm.put_parameter(Name=GITHUB_TOKEN_PARAMETER, Value=GITHUB_TOKEN, Type="SecureString")
         self._eventbridge_queue = "artifact-events"
         self.dynamodb = self.session.client("dynamodb")
         self.sqs = self.session.client("sqs")
@@ -367,6 +384,7 @@ class World:
                 **extra,
             )
         self.slack_messages = self._fresh_slack_state()
+        self.github.reset()
         os.environ["VERIFY_QUEUE_URL"] = verify
         os.environ["NOTIFY_QUEUE_URL"] = notify
         os.environ["NOTIFY_DLQ_URL"] = notify_dlq
@@ -390,22 +408,26 @@ class World:
         fresh._server = self.slack._server
         return fresh
 
-    def pause_slack(self) -> None:
-        """Stop serving Slack in this process, keeping the listening socket (before a fork)."""
-        server, thread = self.slack._server, self.slack._thread
-        assert server is not None
-        assert thread is not None
-        server.shutdown()
-        thread.join()
+    def pause_lookalikes(self) -> None:
+        """Stop serving Slack and GitHub in this process, keeping the listening sockets (before
+        a fork)."""
+        for lookalike in (self.slack, self.github):
+            server, thread = lookalike._server, lookalike._thread
+            assert server is not None
+            assert thread is not None
+            server.shutdown()
+            thread.join()
 
-    def serve_slack(self) -> None:
-        """Serve Slack from this process on the same socket (after a fork: in the child, the
-        workspace as it was at the fork; in the parent again once the child has exited)."""
-        server = self.slack._server
-        assert server is not None
-        thread = threading.Thread(target=server.serve_forever, args=(0.01,), name="slack-api", daemon=True)
-        self.slack._thread = thread
-        thread.start()
+    def serve_lookalikes(self) -> None:
+        """Serve Slack and GitHub from this process on the same sockets (after a fork: in the
+        child, the workspace and repository as they were at the fork; in the parent again once
+        the child has exited)."""
+        for lookalike, name in ((self.slack, "slack-api"), (self.github, "github-api")):
+            server = lookalike._server
+            assert server is not None
+            thread = threading.Thread(target=server.serve_forever, args=(0.01,), name=name, daemon=True)
+            lookalike._thread = thread
+            thread.start()
 
     def _queue(self, name: str, *, fifo: bool, attributes: dict[str, str] | None = None) -> str:
         given = {**({"FifoQueue": "true"} if fifo else {}), **(attributes or {})}
@@ -428,6 +450,7 @@ class World:
 
     def close(self) -> None:
         self.slack.stop()
+        self.github.stop()
         self._mock.stop()
         self._directory.cleanup()
         bootstrap.reset()

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chalicelib.adapters.delivery_log import DynamoDeploymentRecords
 from chalicelib.adapters.email import SesEmail
+from chalicelib.adapters.github import GithubRestApi
 from chalicelib.adapters.secrets import ParameterSecrets
 from chalicelib.adapters.slack import SlackIncomingWebhook, SlackWebApi
 from chalicelib.adapters.sns import SnsTopics
@@ -502,6 +504,8 @@ def test_every_kind_of_route_has_its_channel() -> None:
         email_sender=SesEmail(lambda: None),
         sns=SnsTopics(lambda: None),
         webhook=HttpWebhook(),
+        github=GithubRestApi(),
+        github_records=DynamoDeploymentRecords(None, "releases"),
     )
     assert set(channels) == set(NotifyKind)
     assert all(kind is channel.kind for kind, channel in channels.items())
