@@ -50,7 +50,7 @@ def figures(answer: dict[str, object]) -> dict[str, object]:
 def test_the_api_answers_the_hand_computed_figures(world: World, recorded_history: list[Release]) -> None:
     reply = call(world, "GET", f"/stats?pipeline={PIPELINE}&days=10")
 
-    assert reply.status == 200, reply.body
+    assert reply.status == 200, reply.json
     assert reply.json["days"] == 10
     [shop] = reply.json["pipelines"]
     assert shop["pipeline"] == PIPELINE
@@ -62,7 +62,7 @@ def test_the_api_answers_the_hand_computed_figures(world: World, recorded_histor
 def test_without_a_pipeline_every_pipeline_is_answered(world: World, recorded_history: list[Release]) -> None:
     reply = call(world, "GET", "/stats?days=10")
 
-    assert reply.status == 200, reply.body
+    assert reply.status == 200, reply.json
     by_name = {entry["pipeline"]: entry for entry in reply.json["pipelines"]}
     assert list(by_name) == ["api-prod", "web-prod", PIPELINE]
     assert figures(by_name[PIPELINE]) == EXPECTED
@@ -96,7 +96,7 @@ def test_a_shorter_window_leaves_older_releases_out(world: World, recorded_histo
 )
 def test_bad_queries_are_refused_with_what_to_fix(world: World, query: str, status: int, says: str) -> None:
     reply = call(world, "GET", f"/stats?{query}")
-    assert reply.status == status, reply.body
+    assert reply.status == status, reply.json
     assert says in reply.message
 
 
@@ -144,4 +144,4 @@ def test_a_malformed_commit_time_is_dropped_and_the_upload_goes_ahead(
     [warning] = [
         record for record in caplog.records if record.getMessage() == "the upload's commit time is ignored"
     ]
-    assert "has no UTC offset" in warning.why
+    assert "has no UTC offset" in getattr(warning, "why", "")
