@@ -1,5 +1,5 @@
 """DORA's figures as CloudWatch metrics, one Embedded Metric Format line per release that reached
-the deployment, printed as the table's stream brings the history event of its end (each history
+the deployment, written to the log as the table's stream brings the history event of its end (each history
 event is published once: a batch retried from a failed record re-reads only the records from it).
 The definitions are chalicelib/domain/dora.py's; docs/stats.md says where these differ from
 ``relco stats``.
@@ -11,6 +11,9 @@ split them reads the release.
 
 from __future__ import annotations
 
+import json
+import logging
+import sys
 from collections.abc import Callable, Sequence
 
 from chalicelib.domain.dora import TerminalFigures, terminal_figures
@@ -75,4 +78,10 @@ def _emit(pipeline: str, figures: TerminalFigures) -> None:
         metrics.add_metric(
             name="RestoreSeconds", unit=MetricUnit.Seconds, value=figures.restore.total_seconds()
         )
-    metrics.flush_metrics()
+    # Written where the coordinator's log lines go, not printed (flush_metrics prints to stdout):
+    # in Lambda that is stdout all the same, where CloudWatch Logs extracts the metrics, and the
+    # sandbox sends it to its log file, away from what `relco demo --json` prints.
+    handler = logger.registered_handler
+    stream = handler.stream if isinstance(handler, logging.StreamHandler) else sys.stdout
+    stream.write(json.dumps(metrics.serialize_metric_set(), separators=(",", ":")) + "\n")
+    stream.flush()

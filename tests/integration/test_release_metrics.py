@@ -1,21 +1,50 @@
-"""The DORA metrics each release that ended prints as Embedded Metric Format (Powertools writes
-the JSON to stdout), from ``on_release_stream`` on moto: a verified release with its lead time, a
-failure, and the automatic rollback that restores it; the same figures when each stream record
-comes in a batch of its own (the release is then read), and no AWS call when the batch holds it."""
+"""The DORA metrics each release that ended writes as Embedded Metric Format lines to the
+coordinator's log stream (stdout in Lambda), from ``on_release_stream`` on moto: a verified
+release with its lead time, a failure, and the automatic rollback that restores it; the same
+figures when each stream record comes in a batch of its own (the release is then read), and no
+AWS call when the batch holds it."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from chalicelib.log import logger
 from tests.integration.conftest import HandlerCall, World
 from tests.integration.test_api import finish, uploaded_release
 from tests.integration.test_notifications import Pump
 
 PIPELINE = "api-prod"
+
+
+class LogLines:
+    """What the coordinator's log handler writes (where the EMF lines go), from a mark on."""
+
+    def __init__(self, buffer: io.StringIO) -> None:
+        self._buffer = buffer
+
+    def take(self) -> str:
+        """What was written since the last take."""
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield LogLines(buffer)
+    handler.setStream(previous)
 
 
 def emf_lines(out: str) -> list[dict[str, Any]]:
@@ -71,17 +100,17 @@ def expected_lines(
 
 
 def test_each_release_that_ended_prints_its_metrics_once_without_an_aws_call(
-    world: World, capsys: pytest.CaptureFixture[str], handler_calls: list[HandlerCall]
+    world: World, log_lines: LogLines, handler_calls: list[HandlerCall]
 ) -> None:
     pump = Pump(world)
     first, failed, rollback, committed = history_of_three(world)
     records = pump.stream_records()
-    capsys.readouterr()
+    log_lines.take()
     calls_before = len(handler_calls)
 
     pump.publish(records)
 
-    lines = emf_lines(capsys.readouterr().out)
+    lines = emf_lines(log_lines.take())
     assert [by_metric(line) for line in lines] == expected_lines(world, first, failed, rollback, committed)
     lead_time = by_metric(lines[0])["LeadTimeSeconds"]
     assert 3600 <= lead_time < 3660
@@ -90,25 +119,25 @@ def test_each_release_that_ended_prints_its_metrics_once_without_an_aws_call(
 
 
 def test_a_release_its_batch_does_not_hold_is_read(
-    world: World, capsys: pytest.CaptureFixture[str], handler_calls: list[HandlerCall]
+    world: World, log_lines: LogLines, handler_calls: list[HandlerCall]
 ) -> None:
     pump = Pump(world)
     first, failed, rollback, committed = history_of_three(world)
     records = pump.stream_records()
-    capsys.readouterr()
+    log_lines.take()
     calls_before = len(handler_calls)
 
     for record in records:
         pump.publish([record])
 
-    lines = emf_lines(capsys.readouterr().out)
+    lines = emf_lines(log_lines.take())
     assert [by_metric(line) for line in lines] == expected_lines(world, first, failed, rollback, committed)
     reads = [(call.service, call.operation) for call in handler_calls[calls_before:]]
     assert reads == [("dynamodb", "GetItem")] * 3
 
 
 def test_a_release_that_never_reached_the_deployment_prints_nothing(
-    world: World, capsys: pytest.CaptureFixture[str]
+    world: World, log_lines: LogLines
 ) -> None:
     pump = Pump(world)
     uploaded_release(world, "api/prod/app-1.zip")
@@ -118,8 +147,8 @@ def test_a_release_that_never_reached_the_deployment_prints_nothing(
     )
     assert world.release(waiting).state.value == "STOPPED"
     records = pump.stream_records()
-    capsys.readouterr()
+    log_lines.take()
 
     pump.publish(records)
 
-    assert emf_lines(capsys.readouterr().out) == []
+    assert emf_lines(log_lines.take()) == []
