@@ -119,6 +119,11 @@ def reject_release(release_id: str) -> Response:
     return http_api.reject(bootstrap.wiring(), http_api.current(app.current_request), release_id)
 
 
+@app.route("/stats", methods=["GET"], authorizer=iam)
+def get_stats() -> Response:
+    return http_api.get_stats(bootstrap.wiring(), http_api.current(app.current_request))
+
+
 @app.route("/pipelines", methods=["GET"], authorizer=iam)
 def list_pipelines() -> Response:
     return http_api.list_pipelines(bootstrap.wiring(), http_api.current(app.current_request))

@@ -36,6 +36,7 @@ from chalicelib.domain.api_requests import (
     Malformed,
     NotFound,
     Refused,
+    StatsQuery,
     TooLarge,
     break_glass_reason,
     comment,
@@ -160,6 +161,18 @@ def list_releases(wiring: Wiring, request: Request) -> Response:
         return Answer(
             200, {"releases": [release.to_dict() for release in page.releases], "next": page.next_token}
         )
+
+    return _respond(run)
+
+
+def get_stats(wiring: Wiring, request: Request) -> Response:
+    """DORA's four keys per pipeline over the last ``days`` days (docs/stats.md)."""
+    from chalicelib.service import stats
+
+    def run() -> Answer:
+        query = StatsQuery.from_params(_query(request))
+        figures = stats.stats(wiring, query)
+        return Answer(200, {"days": query.days, "pipelines": [pipeline.to_dict() for pipeline in figures]})
 
     return _respond(run)
 

@@ -116,7 +116,8 @@ def scheduled_reconcile(wiring: Wiring) -> dict[str, Any]:
 
 def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     """A batch of the table's stream records: the new history events become their notify
-    messages, queued together. Other records are skipped; when messages cannot be queued, the
+    messages, queued together, and each release that ended prints its metrics (EMF,
+    chalicelib/service/release_metrics.py). Other records are skipped; when messages cannot be queued, the
     record of the first event they came from is reported back (``ReportBatchItemFailures`` on
     the event source mapping), so Lambda retries from it."""
     from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
@@ -124,13 +125,19 @@ def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
         DynamoDBStreamEvent,
     )
 
-    from chalicelib.adapters.release_stream import streamed_event
+    from chalicelib.adapters.release_stream import ReleaseImages, streamed_event
     from chalicelib.service.notifications import publish
+    from chalicelib.service.release_metrics import record_ended
 
     events: list[StreamedEvent] = []
     sequence_numbers: list[str | None] = []
+    # The releases as this batch last wrote them: the metrics of a release that ended read it here.
+    releases = ReleaseImages()
     for record in DynamoDBStreamEvent(dict(event)).records:
-        if record.event_name is not DynamoDBRecordEventName.INSERT or record.dynamodb is None:
+        if record.dynamodb is None or record.event_name is DynamoDBRecordEventName.REMOVE:
+            continue
+        releases.remember(record.dynamodb.new_image)
+        if record.event_name is not DynamoDBRecordEventName.INSERT:
             continue
         try:
             streamed = streamed_event(record.dynamodb.new_image)
@@ -144,6 +151,8 @@ def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
             events.append(streamed)
             sequence_numbers.append(record.dynamodb.sequence_number)
     queued = publish(wiring, events)
+    # Only the events whose messages are queued: the rest come again with the retried records.
+    record_ended(wiring, events[:queued], releases.get)
     retry_from = sequence_numbers[queued : queued + 1]
     return {"batchItemFailures": [{"itemIdentifier": number} for number in retry_from]}
 

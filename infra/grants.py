@@ -438,7 +438,8 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _verify_send,
         _event_failures,
     ),
-    "on_release_stream": (_stream_read, _notify_send),
+    # Reads a release that ended when its stream batch did not carry it (its DORA metrics).
+    "on_release_stream": (_stream_read, _notify_send, _table_read),
     "on_notify_message": (*_RELEASES, _notify_consume, _channels),
     # Deploys a stored revision (HeadObject), cancels (StopDeployment), shows deployment progress
     # and the fleet (each deployment's succeeded instances, the target groups' registered targets);

@@ -13,7 +13,7 @@ lists and scalars replace):
   ``ReportBatchItemFailures``, the real queue and stream, bisect-on-error and an on-failure queue;
 - each function's timeout, memory and concurrency (infra/sizing.py), the API's access log;
 - alarms on dead-letter depth, function errors, stream age and artifacts the coordinator may not
-  read.
+  read; a CloudWatch dashboard of the DORA metrics the release stream prints (docs/stats.md).
 
 Roles are defined here, one per function, not by Chalice: what a function may touch depends on
 the pipelines file (buckets, prefixes, CodeDeploy groups, secrets), which a static policy file
@@ -46,7 +46,7 @@ from infra.functions import (
     log_group_name,
 )
 from infra.grants import ManagedPolicies, Scope, function_policy, pipeline_policies, pipeline_scope
-from infra.intrinsics import arn, get_att, sub
+from infra.intrinsics import arn, get_att, literal, sub
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PIPELINES_FILE = "chalicelib/pipelines.toml"
@@ -81,6 +81,82 @@ API_ACCESS_LOG = "ApiAccessLogGroup"
 ACCESS_DENIED_NAMESPACE = "ReleaseCoordinator"
 ACCESS_DENIED_METRIC = "ArtifactAccessDenied"
 ACCESS_DENIED_SERVICE = APP_NAME
+
+
+# DORA's metrics, printed by on_release_stream (chalicelib/service/release_metrics.py, EMF) with
+# the dimensions pipeline and service; docs/stats.md says what each measures.
+DORA_DASHBOARD = "DoraDashboard"
+DORA_NAMESPACE = ACCESS_DENIED_NAMESPACE
+DORA_PERIOD_S = 86400
+_DORA_WIDTH = 12
+_DORA_HEIGHT = 6
+
+
+def _dora_dashboard(prefix: str, pipelines: Any) -> dict[str, Any]:
+    """A CloudWatch dashboard of the DORA metrics, a line per pipeline in each widget: deployments
+    and failures per day, the change failure rate (metric math over the two), the lead time and
+    the time to restore (p50 and p90)."""
+    # Inside Fn::Sub: a pipeline name's "${" must stay as written.
+    names = [literal(pipeline.name) for pipeline in pipelines.pipelines]
+
+    def metric(name: str, pipeline: str, options: Mapping[str, Any]) -> list[Any]:
+        return [DORA_NAMESPACE, name, "pipeline", pipeline, "service", ACCESS_DENIED_SERVICE, dict(options)]
+
+    def widget(title: str, metrics: list[list[Any]], position: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "type": "metric",
+            "x": (position % 2) * _DORA_WIDTH,
+            "y": (position // 2) * _DORA_HEIGHT,
+            "width": _DORA_WIDTH,
+            "height": _DORA_HEIGHT,
+            "properties": {
+                "title": title,
+                "region": "${AWS::Region}",
+                "period": DORA_PERIOD_S,
+                "view": "timeSeries",
+                "metrics": metrics,
+                **extra,
+            },
+        }
+
+    deployments = [
+        metric(name, pipeline, {"stat": "Sum", "label": f"{pipeline} {label}"})
+        for pipeline in names
+        for name, label in (("DeploymentCount", "deployments"), ("DeploymentFailed", "failed"))
+    ]
+    failure_rate: list[list[Any]] = []
+    for number, pipeline in enumerate(names):
+        failure_rate += [
+            [{"expression": f"100 * f{number} / c{number}", "label": f"{pipeline} %", "id": f"rate{number}"}],
+            metric("DeploymentCount", pipeline, {"stat": "Sum", "id": f"c{number}", "visible": False}),
+            metric("DeploymentFailed", pipeline, {"stat": "Sum", "id": f"f{number}", "visible": False}),
+        ]
+
+    def percentiles(name: str) -> list[list[Any]]:
+        return [
+            metric(name, pipeline, {"stat": stat, "label": f"{pipeline} {stat}"})
+            for pipeline in names
+            for stat in ("p50", "p90")
+        ]
+
+    seconds_axis = {"yAxis": {"left": {"label": "seconds", "min": 0}}}
+    body = {
+        "widgets": [
+            widget("Deployments per day (verified or failed) and failures", deployments, 0, stat="Sum"),
+            widget("Change failure rate, % per day", failure_rate, 1, yAxis={"left": {"min": 0, "max": 100}}),
+            widget("Lead time for changes", percentiles("LeadTimeSeconds"), 2, **seconds_axis),
+            widget("Time to restore (rollbacks)", percentiles("RestoreSeconds"), 3, **seconds_axis),
+        ]
+    }
+    return {
+        "Type": "AWS::CloudWatch::Dashboard",
+        "Properties": {
+            # Dashboards are global to the account: the region keeps two regions' stacks apart.
+            "DashboardName": sub(f"{prefix}-dora-${{AWS::Region}}"),
+            # A JSON string; Fn::Sub fills in the stack's region (the JSON has no other "${").
+            "DashboardBody": sub(json.dumps(body, separators=(",", ":"))),
+        },
+    }
 
 
 def _unique_per_stack(name: str) -> dict[str, Any]:
@@ -421,6 +497,7 @@ def render(
         Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
     )
+    resources[DORA_DASHBOARD] = _dora_dashboard(prefix, pipelines)
     for function in functions:
         size = sizes.get(function.name)
         if size is None:

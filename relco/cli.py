@@ -97,6 +97,57 @@ def releases(
 
 
 @main.command()
+@click.argument("pipeline", required=False)
+@click.option(
+    "--days", type=click.IntRange(1, 365), default=30, show_default=True, help="The window: the last N days."
+)
+@json_option
+@click.pass_context
+def stats(ctx: click.Context, pipeline: str | None, days: int, as_json: bool) -> None:
+    """DORA metrics of PIPELINE (default: every pipeline) over the last --days days: deployment
+    frequency, lead time for changes, change failure rate, time to restore (docs/stats.md)."""
+    with _errors():
+        found = _client(ctx).get("/stats", {"pipeline": pipeline, "days": days})
+
+    def text() -> str:
+        return "\n\n".join(_stats_text(figures, found["days"]) for figures in found["pipelines"])
+
+    _emit(as_json, found, text)
+
+
+def _stats_text(figures: Mapping[str, Any], days: int) -> str:
+    frequency = figures["deployment_frequency"]
+    lead = figures["lead_time"]
+    failures = figures["change_failure_rate"]
+    restore = figures["time_to_restore"]
+    rate = "-" if failures["rate"] is None else f"{failures['rate']:.0%}"
+    return "\n".join(
+        [
+            f"{figures['pipeline']}: last {days} days, {figures['releases']} releases",
+            f"  deployment frequency  {frequency['per_day']:.2f}/day ({frequency['deployments']} verified)",
+            f"  lead time             median {_duration(lead['median_s'])}, p90 {_duration(lead['p90_s'])}"
+            f" ({lead['count']} changes)",
+            f"  change failure rate   {rate} ({failures['failures']} of {failures['reached_deployment']})",
+            f"  time to restore       median {_duration(restore['median_s'])},"
+            f" p90 {_duration(restore['p90_s'])}"
+            f" ({restore['count']} restored, {restore['unrestored']} not yet)",
+        ]
+    )
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+@main.command()
 @json_option
 @click.pass_context
 def pipelines(ctx: click.Context, as_json: bool) -> None:
@@ -498,7 +549,8 @@ def bundle_push(
 
 
 def _git_facts(directory: Path) -> dict[str, str]:
-    """Commit, author and subject of HEAD where DIRECTORY is in a git work tree (else nothing)."""
+    """Commit, author, subject and commit time of HEAD where DIRECTORY is in a git work tree
+    (else nothing)."""
 
     def git(*arguments: str) -> str | None:
         try:
@@ -517,6 +569,8 @@ def _git_facts(directory: Path) -> dict[str, str]:
         "commit": git("rev-parse", "HEAD"),
         "author": git("log", "-1", "--format=%an <%ae>"),
         "message": git("log", "-1", "--format=%s"),
+        # Where DORA's lead time for changes starts (strict ISO 8601 with its offset).
+        "commit-time": git("log", "-1", "--format=%cI"),
         "describe": git("describe", "--always", "--dirty"),
     }
     return {name: value for name, value in facts.items() if value}

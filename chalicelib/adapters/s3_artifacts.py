@@ -18,6 +18,8 @@ _METADATA_FIELDS = {
     "version_label": "version_label",
     "author": "author",
     "message": "message",
+    "commit-time": "commit_time",
+    "commit_time": "commit_time",
 }
 # S3 answers 400 for a version id that is not one of its own: no such object version either.
 # (HeadObject has no response body: botocore's error code is the HTTP status, "404".)

@@ -22,6 +22,9 @@ from typing import Any, ClassVar
 MAX_BODY_BYTES = 16 * 1024
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
+# GET /stats: the window, in days back from now.
+DEFAULT_DAYS = 30
+MAX_DAYS = 365
 # S3's own limit on key length (UTF-8 bytes); version ids are far shorter.
 _MAX_KEY_BYTES = 1024
 _MAX_NAME_LENGTH = 128
@@ -218,16 +221,7 @@ class ListQuery:
 
     @classmethod
     def from_params(cls, params: Mapping[str, list[str]]) -> ListQuery:
-        unknown = sorted(set(params) - cls.PARAMETERS)
-        if unknown:
-            raise Malformed(
-                f"unknown query parameter(s) {_names(unknown)}; allowed: {', '.join(sorted(cls.PARAMETERS))}"
-            )
-        values: dict[str, str] = {}
-        for name, given in params.items():
-            if len(given) != 1:
-                raise Malformed(f"query parameter {name!r} must be given once")
-            values[name] = given[0]
+        values = _single_values(params, cls.PARAMETERS)
         pipeline = values.get("pipeline")
         if pipeline is not None and not pipeline:
             raise InvalidValue("query parameter 'pipeline' is empty; leave it out to list every pipeline")
@@ -236,6 +230,20 @@ class ListQuery:
             limit=_limit(values.get("limit")),
             before=decode_cursor(values["next"]) if "next" in values else None,
         )
+
+
+def _single_values(params: Mapping[str, list[str]], allowed: frozenset[str]) -> dict[str, str]:
+    """Each query parameter's value: only ``allowed`` names, each given once."""
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        allowed_text = ", ".join(sorted(allowed))
+        raise Malformed(f"unknown query parameter(s) {_names(unknown)}; allowed: {allowed_text}")
+    values: dict[str, str] = {}
+    for name, given in params.items():
+        if len(given) != 1:
+            raise Malformed(f"query parameter {name!r} must be given once")
+        values[name] = given[0]
+    return values
 
 
 def _limit(raw: str | None) -> int:
@@ -296,3 +304,30 @@ def derived_release_id(idempotency: str | None, fingerprint: str, fresh: str) ->
         return f"api-{fresh}"
     digest = hashlib.sha256(f"{idempotency}\n{fingerprint}".encode()).hexdigest()
     return f"api-{digest[:20]}"
+
+
+@dataclass(frozen=True)
+class StatsQuery:
+    """``GET /stats?pipeline=&days=``: one pipeline, or every configured one when left out, over
+    the last ``days`` days (chalicelib/domain/dora.py)."""
+
+    pipeline: str | None
+    days: int
+
+    PARAMETERS: ClassVar[frozenset[str]] = frozenset({"pipeline", "days"})
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, list[str]]) -> StatsQuery:
+        values = _single_values(params, cls.PARAMETERS)
+        pipeline = values.get("pipeline")
+        if pipeline is not None and not pipeline:
+            raise Malformed("query parameter 'pipeline' is empty; leave it out for every pipeline")
+        raw_days = values.get("days")
+        if raw_days is None:
+            return cls(pipeline=pipeline, days=DEFAULT_DAYS)
+        if not raw_days.isascii() or not raw_days.isdigit() or len(raw_days) > 6:
+            raise Malformed(f"query parameter 'days' must be a whole number of days, got {raw_days[:32]!r}")
+        days = int(raw_days)
+        if not 1 <= days <= MAX_DAYS:
+            raise Malformed(f"query parameter 'days' must be between 1 and {MAX_DAYS}, got {days}")
+        return cls(pipeline=pipeline, days=days)

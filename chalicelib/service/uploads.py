@@ -8,8 +8,10 @@ Lambda retries it and then keeps it in the function's failure queue.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from chalicelib.domain.dora import COMMIT_TIME, MalformedCommitTime, parse_commit_time
 from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
@@ -78,7 +80,7 @@ def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
                 revision=revision,
                 trigger=Trigger.UPLOAD,
                 actor=stored.metadata.get("author"),
-                metadata=stored.metadata,
+                metadata=_without_malformed_commit_time(stored.metadata),
                 stored_at=stored.stored_at,
             ),
             known=known,
@@ -145,6 +147,20 @@ def _resolve(wiring: Wiring, bucket: str, keys: list[str], version_id: str | Non
     if denied is not None:
         raise denied
     return None
+
+
+def _without_malformed_commit_time(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    """The upload's metadata, less a commit time that is not ISO 8601 with an offset: DORA's lead
+    time then starts at the upload, and the upload goes ahead as any other."""
+    raw = metadata.get(COMMIT_TIME)
+    if raw is None:
+        return metadata
+    try:
+        parse_commit_time(raw)
+    except MalformedCommitTime as malformed:
+        logger.warning("the upload's commit time is ignored", extra={"why": str(malformed)})
+        return {name: value for name, value in metadata.items() if name != COMMIT_TIME}
+    return metadata
 
 
 def _report_access_denied(denied: ArtifactAccessDenied) -> None:

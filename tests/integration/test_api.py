@@ -85,7 +85,7 @@ def test_every_route_requires_iam_auth() -> None:
     routes = [
         (path, method, entry) for path, methods in app.routes.items() for method, entry in methods.items()
     ]
-    assert len(routes) == 13
+    assert len(routes) == 14
     unsigned = [(path, method) for path, method, entry in routes if entry.authorizer is None]
     assert unsigned == [("/slack/interactions", "POST")]
     assert all(

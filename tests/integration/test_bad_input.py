@@ -218,6 +218,7 @@ ROUTES = [
     ("GET", "/pipelines/{id}/fleet"),
     ("POST", "/pipelines/{id}/rollback"),
     ("POST", "/pipelines/{id}/promote"),
+    ("GET", "/stats"),
 ]
 
 
@@ -250,6 +251,8 @@ def test_routes_answer_bad_input_with_a_4xx_and_a_message(world: World, method: 
         query = (
             f"?pipeline={quote(value)}&limit={quote(value)}&next={quote(value)}" if method == "GET" else ""
         )
+        if template == "/stats":
+            query = f"?pipeline={quote(value)}&days={quote(value)}"
         hostile = {"pipeline": value, "key": value, "to": value, "version": 5}
         for body in [
             *BAD_BODIES,

@@ -372,6 +372,9 @@ def test_bundle_push_uploads_with_git_metadata_and_prints_the_release(
     commit = subprocess.run(
         ["git", "-C", str(bundle), "rev-parse", "HEAD"], check=True, capture_output=True, text=True
     )
+    committed_at = subprocess.run(
+        ["git", "-C", str(bundle), "log", "-1", "--format=%cI"], check=True, capture_output=True, text=True
+    )
 
     started = time.monotonic()
     result = relco(
@@ -386,6 +389,7 @@ def test_bundle_push_uploads_with_git_metadata_and_prints_the_release(
         "commit": commit.stdout.strip(),
         "author": "Ada Lovelace <ada@example.com>",
         "message": "Ship it",
+        "commit_time": committed_at.stdout.strip(),
         "version_label": "v1.2",
     }
     assert release["state"] == "DEPLOYING"

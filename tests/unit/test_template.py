@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -585,3 +586,38 @@ def test_an_approval_stays_open_longer_than_a_slack_click_may_take_to_be_retried
                 ]
             }
         )
+
+
+def test_a_dashboard_shows_each_pipelines_dora_metrics(packaged: tuple[str, dict[str, Any], Path]) -> None:
+    """The metrics on_release_stream prints (tests/integration/test_release_metrics.py), each
+    configured pipeline's, under the dimensions they are printed with."""
+    stage, template, _ = packaged
+    [(name, dashboard)] = _of_type(template, "AWS::CloudWatch::Dashboard").items()
+    assert name == render.DORA_DASHBOARD
+    properties = dashboard["Properties"]
+    assert properties["DashboardName"] == {"Fn::Sub": f"release-coordinator-{stage}-dora-${{AWS::Region}}"}
+    body = json.loads(properties["DashboardBody"]["Fn::Sub"].replace("${AWS::Region}", "us-east-1"))
+    widgets = [widget["properties"] for widget in body["widgets"]]
+    assert [widget["title"] for widget in widgets] == [
+        "Deployments per day (verified or failed) and failures",
+        "Change failure rate, % per day",
+        "Lead time for changes",
+        "Time to restore (rollbacks)",
+    ]
+    assert {widget["region"] for widget in widgets} == {"us-east-1"}
+    configured = {pipeline.name for pipeline in parse_pipelines(tomllib.loads(PIPELINES_TOML)).pipelines}
+    shown: dict[str, set[str]] = {}
+    for widget in widgets:
+        for line in widget["metrics"]:
+            if "expression" in line[0]:
+                continue
+            namespace, metric, *dimensions, _options = line
+            assert namespace == "ReleaseCoordinator"
+            assert dimensions[0::2] == ["pipeline", "service"]
+            assert dimensions[3] == "release-coordinator"
+            shown.setdefault(metric, set()).add(dimensions[1])
+    assert shown == dict.fromkeys(
+        ("DeploymentCount", "DeploymentFailed", "LeadTimeSeconds", "RestoreSeconds"), configured
+    )
+    rates = [line[0]["expression"] for line in widgets[1]["metrics"] if "expression" in line[0]]
+    assert rates == [f"100 * f{number} / c{number}" for number in range(len(configured))]
