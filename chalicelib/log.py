@@ -1,4 +1,5 @@
-"""The coordinator's one logger: Powertools' structured JSON lines (POWERTOOLS_LOG_LEVEL, stdout).
+"""The coordinator's one logger (Powertools' structured JSON lines, POWERTOOLS_LOG_LEVEL, stdout)
+and the names its metrics carry.
 
 Its own module so every layer may log through it: adapters and the API glue import it without
 importing the service layer.
@@ -8,4 +9,9 @@ from __future__ import annotations
 
 from aws_lambda_powertools import Logger
 
-logger = Logger(service="release-coordinator")
+# The service every log line and metric names, and the CloudWatch namespace of the metrics
+# (Powertools EMF) the upload path and the release stream print.
+SERVICE = "release-coordinator"
+METRICS_NAMESPACE = "ReleaseCoordinator"
+
+logger = Logger(service=SERVICE)

@@ -19,8 +19,7 @@ from collections.abc import Callable, Sequence
 from chalicelib.domain.dora import TerminalFigures, terminal_figures
 from chalicelib.domain.notifications import StreamedEvent
 from chalicelib.domain.release import EventType, Release
-from chalicelib.log import logger
-from chalicelib.service.uploads import METRICS_NAMESPACE, SERVICE
+from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger
 from chalicelib.service.wiring import Wiring
 
 # The ends a deployment can have; an aborted release (stopped, superseded) never reached it.

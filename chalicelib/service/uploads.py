@@ -16,14 +16,11 @@ from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, Trigger, bundle_type_of, upload_release_id
-from chalicelib.log import logger
+from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.slot_flow import LaneRead
 from chalicelib.service.submission import submit
 from chalicelib.service.wiring import Wiring
-
-METRICS_NAMESPACE = "ReleaseCoordinator"
-SERVICE = "release-coordinator"
 
 
 def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
