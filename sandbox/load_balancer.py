@@ -14,12 +14,15 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+
+from chalicelib.domain.traffic import load_balancer_dimension, target_group_dimension
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,94 @@ _HOP_BY_HOP_HEADERS = frozenset(
         "upgrade",
     }
 )
+
+
+# PutMetricData takes at most 1,000 metric data per call, and at most 150 unique values in a call
+# that gives a Values array (botocore's cloudwatch model, MetricDatum.Values).
+_METRIC_DATA_PER_CALL = 1000
+_UNIQUE_VALUES_PER_CALL = 150
+
+
+@dataclass
+class TrafficBucket:
+    """What the load balancer served in one span (seconds to a minute), as an ALB counts it for
+    CloudWatch: requests, the 5xx it answered itself (no target, or the target failed), the
+    targets' own 5xx, connections to targets that failed, and each answered request's time."""
+
+    start: datetime
+    requests: int = 0
+    elb_5xx: int = 0
+    target_5xx: int = 0
+    connection_errors: int = 0
+    rejected_connections: int = 0
+    unhealthy_hosts: int = 0
+    response_times_s: list[float] = field(default_factory=list)
+
+
+def metric_data(
+    bucket: TrafficBucket, load_balancer_arn: str, target_group_arn: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The bucket as the ALB publishes it to ``AWS/ApplicationELB``: the counts (the load
+    balancer's with dimension ``LoadBalancer``, ``app/<name>/<id>``; the target group's with
+    ``TargetGroup``, ``targetgroup/<name>/<id>``, and ``LoadBalancer``), and the response times
+    as raw values (whole milliseconds, each with its count) so CloudWatch computes percentiles,
+    in data of at most 150 unique values each."""
+    balancer = [{"Name": "LoadBalancer", "Value": load_balancer_dimension(load_balancer_arn)}]
+    group = [{"Name": "TargetGroup", "Value": target_group_dimension(target_group_arn)}, *balancer]
+
+    def count(name: str, dimensions: list[dict[str, str]], value: int) -> dict[str, Any]:
+        return {
+            "MetricName": name,
+            "Dimensions": dimensions,
+            "Timestamp": bucket.start,
+            "Value": value,
+            "Unit": "Count",
+        }
+
+    counts = [
+        count("RequestCount", balancer, bucket.requests),
+        count("HTTPCode_ELB_5XX_Count", balancer, bucket.elb_5xx),
+        count("RejectedConnectionCount", balancer, bucket.rejected_connections),
+        count("RequestCount", group, bucket.requests),
+        count("HTTPCode_Target_5XX_Count", group, bucket.target_5xx),
+        count("TargetConnectionErrorCount", group, bucket.connection_errors),
+        count("UnHealthyHostCount", group, bucket.unhealthy_hosts),
+    ]
+    times = Counter(round(seconds, 3) for seconds in bucket.response_times_s)
+    values = sorted(times)
+    latencies = [
+        {
+            "MetricName": "TargetResponseTime",
+            "Dimensions": group,
+            "Timestamp": bucket.start,
+            "Values": chunk,
+            "Counts": [float(times[value]) for value in chunk],
+            "Unit": "Seconds",
+        }
+        for chunk in (
+            values[first : first + _UNIQUE_VALUES_PER_CALL]
+            for first in range(0, len(values), _UNIQUE_VALUES_PER_CALL)
+        )
+    ]
+    return counts, latencies
+
+
+def publish(
+    cloudwatch: Any, buckets: Iterable[TrafficBucket], load_balancer_arn: str, target_group_arn: str
+) -> None:
+    """PutMetricData of the buckets: their counts together, each response-time datum alone."""
+    counts: list[dict[str, Any]] = []
+    latencies: list[dict[str, Any]] = []
+    for bucket in buckets:
+        bucket_counts, bucket_latencies = metric_data(bucket, load_balancer_arn, target_group_arn)
+        counts += bucket_counts
+        latencies += bucket_latencies
+    calls = [
+        counts[first : first + _METRIC_DATA_PER_CALL]
+        for first in range(0, len(counts), _METRIC_DATA_PER_CALL)
+    ]
+    for data in [*calls, *([datum] for datum in latencies)]:
+        cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=data)
 
 
 class TargetState(StrEnum):
