@@ -370,6 +370,8 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
     receipt = table.get("receipt", True)
     if not isinstance(receipt, bool):
         raise fail("verify.receipt", f"must be true or false, got {receipt!r}")
+    if "compare" in table and not table.get("bake_s"):
+        raise fail("verify.compare", "judges the bake: set verify.bake_s (seconds) too")
     defaults = VerifySettings()
     healthy_checks = _whole_number(table, "healthy_checks", "verify", fail, minimum=1)
     bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0, maximum=MAX_BAKE_S)

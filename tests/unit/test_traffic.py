@@ -224,3 +224,11 @@ def test_verify_compare_and_receipt_parse_with_defaults() -> None:
 def test_verify_compare_errors_name_the_key(table: str, message: str) -> None:
     with pytest.raises(PipelinesConfigError, match=re.escape(message)):
         parse_pipelines(tomllib.loads(PIPELINE + f"[pipeline.verify.compare]\n{table}\n"))
+
+
+def test_verify_compare_without_a_bake_is_refused() -> None:
+    without_bake = PIPELINE.replace("bake_s = 600\n", "")
+    with pytest.raises(
+        PipelinesConfigError, match=re.escape("key 'verify.compare': judges the bake: set verify.bake_s")
+    ):
+        parse_pipelines(tomllib.loads(without_bake + "[pipeline.verify.compare]\n"))
