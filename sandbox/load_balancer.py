@@ -67,6 +67,37 @@ class TrafficBucket:
     response_times_s: list[float] = field(default_factory=list)
 
 
+def attach_load_balancer(session: Any, target_group_arn: str, name: str) -> str:
+    """An ALB in the emulated ELBv2 whose listener forwards to the target group, so the group has
+    a load balancer (DescribeTargetGroups' ``LoadBalancerArns``) whose CloudWatch dimensions the
+    published metrics carry. Returns its ARN."""
+    elbv2 = session.client("elbv2")
+    ec2 = session.client("ec2")
+    vpc = elbv2.describe_target_groups(TargetGroupArns=[target_group_arn])["TargetGroups"][0]["VpcId"]
+    taken = {
+        subnet["CidrBlock"]
+        for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    }
+    blocks = (f"10.0.{n}.0/24" for n in range(1, 255) if f"10.0.{n}.0/24" not in taken)
+    # An ALB needs subnets in two Availability Zones.
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=next(blocks), AvailabilityZone=f"{session.region_name}{zone}")[
+            "Subnet"
+        ]["SubnetId"]
+        for zone in ("a", "b")
+    ]
+    balancer_arn: str = elbv2.create_load_balancer(Name=name, Subnets=subnets)["LoadBalancers"][0][
+        "LoadBalancerArn"
+    ]
+    elbv2.create_listener(
+        LoadBalancerArn=balancer_arn,
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": target_group_arn}],
+    )
+    return balancer_arn
+
+
 def metric_data(
     bucket: TrafficBucket, load_balancer_arn: str, target_group_arn: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -19,7 +19,7 @@ from chalicelib.domain.release import ReleaseState
 from chalicelib.domain.verification import VerifyRequest
 from chalicelib.service.deployment_events import apply_deployment_state
 from chalicelib.service.verification import run_check
-from sandbox import moto_extensions
+from sandbox import load_balancer, moto_extensions
 from sandbox.load_balancer import TrafficBucket, publish
 from tests.integration import conftest
 from tests.integration.conftest import LOAD_BALANCED, HandlerCall, World
@@ -28,28 +28,10 @@ from tests.integration.test_verification import fail, run_checks, succeed, uploa
 
 
 def attach_load_balancer(world: World) -> tuple[str, str]:
-    """An ALB whose listener forwards to the load-balanced pipeline's target group (the sandbox's
-    moto has the target group only). Returns the load balancer's and the group's ARNs."""
-    elbv2 = world.aws("elbv2")
-    ec2 = world.aws("ec2")
+    """An ALB forwarding to the load-balanced pipeline's target group (the tests' moto has the
+    target group only). Returns the load balancer's and the group's ARNs."""
     group_arn = world.provisioned.load_balanced[LOAD_BALANCED].target_group_arn
-    vpc = elbv2.describe_target_groups(TargetGroupArns=[group_arn])["TargetGroups"][0]["VpcId"]
-    subnets = [
-        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{n}.0/24", AvailabilityZone=f"us-east-1{zone}")[
-            "Subnet"
-        ]["SubnetId"]
-        for n, zone in ((1, "a"), (2, "b"))
-    ]
-    balancer_arn = elbv2.create_load_balancer(Name="shop", Subnets=subnets)["LoadBalancers"][0][
-        "LoadBalancerArn"
-    ]
-    elbv2.create_listener(
-        LoadBalancerArn=balancer_arn,
-        Protocol="HTTP",
-        Port=80,
-        DefaultActions=[{"Type": "forward", "TargetGroupArn": group_arn}],
-    )
-    return balancer_arn, group_arn
+    return load_balancer.attach_load_balancer(world.session, group_arn, "shop"), group_arn
 
 
 @pytest.fixture
