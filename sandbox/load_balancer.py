@@ -16,7 +16,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -48,6 +48,11 @@ _HOP_BY_HOP_HEADERS = frozenset(
 # PutMetricData takes at most 1,000 metric data per call, and at most 150 unique values in a call
 # that gives a Values array (botocore's cloudwatch model, MetricDatum.Values).
 _METRIC_DATA_PER_CALL = 1000
+# The sandbox's load balancer counts its traffic in 10-second buckets (CloudWatch's reads are per
+# minute: six buckets make one of its data points).
+TRAFFIC_BUCKET_S = 10
+# How often the publisher puts what the load balancer served into CloudWatch.
+PUBLISH_EVERY_S = 0.5
 _UNIQUE_VALUES_PER_CALL = 150
 
 
@@ -162,6 +167,41 @@ def publish(
     ]
     for data in [*calls, *([datum] for datum in latencies)]:
         cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=data)
+
+
+class MetricsPublisher:
+    """Puts what a load balancer serves into CloudWatch (``AWS/ApplicationELB``) every
+    ``PUBLISH_EVERY_S``, as increments of its 10-second buckets, under the dimensions of the ALB
+    and target group that stand for it in the emulated ELBv2. ``stop()`` publishes the rest."""
+
+    def __init__(
+        self, load_balancer: LoadBalancer, cloudwatch: Any, load_balancer_arn: str, target_group_arn: str
+    ) -> None:
+        self._load_balancer = load_balancer
+        self._cloudwatch = cloudwatch
+        self._arns = (load_balancer_arn, target_group_arn)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alb-metrics", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def flush(self) -> None:
+        publish(self._cloudwatch, self._load_balancer.take_traffic(), *self._arns)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(PUBLISH_EVERY_S):
+            try:
+                self.flush()
+            except Exception:
+                # The emulator shutting down under it; the next round (or stop) tries again.
+                logger.exception("could not publish the load balancer's metrics")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self.flush()
 
 
 class TargetState(StrEnum):
@@ -312,6 +352,10 @@ class LoadBalancer:
 
         self._server: _ProxyServer | None = None
         self._server_thread: threading.Thread | None = None
+        # What it served since the last take_traffic(), by bucket start, as an ALB counts it for
+        # CloudWatch (guarded by its own lock: routing must not wait on it).
+        self._traffic: dict[datetime, TrafficBucket] = {}
+        self._traffic_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -546,7 +590,52 @@ class LoadBalancer:
 
     # -- routing ----------------------------------------------------------------------------
 
+    def take_traffic(self) -> list[TrafficBucket]:
+        """What it served since the last call, in buckets of ``TRAFFIC_BUCKET_S`` seconds (each
+        with its start): the increments a publisher puts into CloudWatch, whose sums add them
+        up again."""
+        with self._traffic_lock:
+            taken = sorted(self._traffic.values(), key=lambda bucket: bucket.start)
+            self._traffic = {}
+        return taken
+
+    def _count(
+        self, started: datetime, reply: _Reply, *, from_target: bool, connection_errors: int, seconds: float
+    ) -> None:
+        """One request in its bucket (by when it arrived): a target's answer counts its 5xx and
+        its time; the balancer's own 5xx (no target, a failed or timed-out target) counts as
+        ELB 5xx; every connection to a target that failed counts."""
+        with self._changed:
+            unhealthy = sum(
+                1 for target in self._targets.values() if target.health.state is TargetState.UNHEALTHY
+            )
+        start = started.replace(second=started.second - started.second % TRAFFIC_BUCKET_S, microsecond=0)
+        with self._traffic_lock:
+            bucket = self._traffic.setdefault(start, TrafficBucket(start))
+            bucket.requests += 1
+            bucket.connection_errors += connection_errors
+            bucket.unhealthy_hosts = max(bucket.unhealthy_hosts, unhealthy)
+            if from_target:
+                bucket.target_5xx += reply.status >= 500
+                bucket.response_times_s.append(seconds)
+            elif reply.status >= 500:
+                bucket.elb_5xx += 1
+
     def _forward(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None) -> _Reply:
+        started = datetime.now(UTC)
+        began = time.monotonic()
+        failed_connections = 0
+
+        def counted(reply: _Reply, *, from_target: bool = False) -> _Reply:
+            self._count(
+                started,
+                reply,
+                from_target=from_target,
+                connection_errors=failed_connections,
+                seconds=time.monotonic() - began,
+            )
+            return reply
+
         attempts = 2 if method in _IDEMPOTENT_METHODS else 1
         tried: set[str] = set()
         for _ in range(attempts):
@@ -565,18 +654,19 @@ class LoadBalancer:
                     timeout_s=self.upstream_timeout_s,
                 )
                 answered = True
-                return reply
+                return counted(reply, from_target=True)
             except TimeoutError:
                 # Not retried: the target may still be working on it, as an ALB would answer.
                 logger.warning("%s %s: target %s timed out", method, path, target.target_id)
-                return _Reply.from_load_balancer(504, "Gateway Timeout")
+                return counted(_Reply.from_load_balancer(504, "Gateway Timeout"))
             except (OSError, http.client.HTTPException) as error:
                 logger.info("%s %s: target %s failed: %r", method, path, target.target_id, error)
+                failed_connections += 1
             finally:
                 self._release(target, answered=answered)
         if not tried:
-            return _Reply.from_load_balancer(503, "Service Unavailable: no registered targets")
-        return _Reply.from_load_balancer(502, "Bad Gateway")
+            return counted(_Reply.from_load_balancer(503, "Service Unavailable: no registered targets"))
+        return counted(_Reply.from_load_balancer(502, "Bad Gateway"))
 
     def _acquire(self, excluding: set[str]) -> _Target | None:
         """Picks the next target round robin and counts the request in flight, atomically, so a
