@@ -7,6 +7,10 @@ its terminal event, the health checks the coordinator scheduled, and the table's
 - success: upload → SUCCEEDED, 2 instances behind the ALB, 2 health checks.
 - rollback: a release whose ValidateService fails on one instance → FAILED, and the automatic
   rollback to the last verified release → SUCCEEDED (its 2 checks included).
+
+The target group is behind an ALB: every release that ends reads its receipt (one CloudWatch
+GetMetricData: outside the budgeted services, and counted in the "notified" flow's every-service
+budget, which it still meets).
 """
 
 from __future__ import annotations
@@ -183,8 +187,17 @@ def _world(slack_url: str | None = None) -> MotoWorld:
     )
 
 
+def _behind_an_alb(world: MotoWorld) -> None:
+    """The target group behind an ALB, as in production: each release that ends reads the load
+    balancer's metrics for its receipt (one CloudWatch GetMetricData, verify.receipt's default)."""
+    from sandbox.load_balancer import attach_load_balancer
+
+    attach_load_balancer(world.session, world.provisioned.load_balanced[PIPELINE].target_group_arn, PIPELINE)
+
+
 def success() -> tuple[dict[str, Any], str]:
     with _world() as world:
+        _behind_an_alb(world)
         flow = Flow(world)
         flow.counting = True
         upload = flow.upload()
@@ -200,6 +213,7 @@ def notified() -> tuple[dict[str, Any], str]:
     from sandbox.slack_api import SlackApi
 
     with SlackApi() as slack, _world(slack.api_url) as world:
+        _behind_an_alb(world)
         world.session.client("ssm").put_parameter(
             Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True
         )
@@ -219,6 +233,7 @@ def rollback() -> tuple[dict[str, Any], str]:
     from chalicelib.domain.release import rollback_release_id
 
     with _world() as world:
+        _behind_an_alb(world)
         flow = Flow(world)
         good = flow.upload()  # the last verified release the rollback returns to: not counted
         flow.deploy(good.release_id)

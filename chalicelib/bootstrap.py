@@ -55,7 +55,7 @@ def wiring() -> Wiring:
     import boto3
     from botocore.config import Config
 
-    from chalicelib.adapters.cloudwatch import CloudWatchAlarms
+    from chalicelib.adapters.cloudwatch import CloudWatchAlarms, CloudWatchMetrics
     from chalicelib.adapters.codedeploy import CodeDeployDeployments
     from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
     from chalicelib.adapters.elbv2 import Elbv2LoadBalancing
@@ -78,6 +78,7 @@ def wiring() -> Wiring:
         notifications=_notifications(session, config, table),
         # Its client is made on first read: only a check of a pipeline with alarms reads them.
         alarms=CloudWatchAlarms(lambda: session.client("cloudwatch", config=config)),
+        traffic=CloudWatchMetrics(lambda: session.client("cloudwatch", config=config)),
         slack_actions=_slack_actions(session, config, table),
     )
 

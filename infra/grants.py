@@ -160,6 +160,9 @@ UNSCOPED_ACTIONS: Mapping[str, str] = {
         "takes a deployment id; the Service Authorization Reference lists no resource type, and a "
         "deployment-group ARN makes it AccessDenied"
     ),
+    "cloudwatch:GetMetricData": (
+        "supports no resource-level permissions (Service Authorization Reference: no resource type)"
+    ),
     "cloudwatch:DescribeAlarms": (
         "has the alarm resource type, but DescribeAlarms returns composite alarms only to a "
         "permission scoped to * (CloudWatch API reference, DescribeAlarms); scoped to the named "
@@ -357,6 +360,12 @@ def _alarms(_function: Function, _scope: Scope) -> list[Statement]:
     return [_statement("ReadAlarmStates", ["cloudwatch:DescribeAlarms"], ["*"])]
 
 
+def _metrics(_function: Function, _scope: Scope) -> list[Statement]:
+    # A release that ends behind a load balancer reads its metrics once, for the receipt (and a
+    # bake's baseline comparison): on "*", see UNSCOPED_ACTIONS.
+    return [_statement("ReadLoadBalancerMetrics", ["cloudwatch:GetMetricData"], ["*"])]
+
+
 def _channels(_function: Function, scope: Scope) -> list[Statement]:
     statements = []
     if scope.parameters:
@@ -421,10 +430,11 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _deploy_targets,
         _target_groups,
         _target_health,
+        _metrics,
         _verify_send,
         _event_failures,
     ),
-    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _verify_send, _verify_consume),
+    "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _metrics, _verify_send, _verify_consume),
     # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
     # included) and re-sends overdue checks; the watchdog reads running deployments' targets and
     # stops a stuck one (StopDeployment).
@@ -435,6 +445,7 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _deploy_stop,
         _target_groups,
         _target_health,
+        _metrics,
         _verify_send,
         _event_failures,
     ),

@@ -264,6 +264,9 @@ def summary(result: DemoResult) -> str:
                     reason += f" (approved by {detail['approved_by']} from Slack)"
                 lines.append(f"    +{offset:6.1f}s  {event['type']:<20} {event['state']:<10} {reason}"[:160])
         lines.append(f"    reason: {release.reason}")
+        receipt = receipt_of(history)
+        if receipt is not None:
+            lines.append(f"    receipt: {receipt.get('summary')}")
         lines.append("")
     for fleet, traffic in result.traffic.items():
         by_version = ", ".join(f"{version}: {count}" for version, count in sorted(traffic.by_version.items()))
@@ -283,6 +286,12 @@ def summary(result: DemoResult) -> str:
         "Timings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings_s.items())
     )
     return "\n".join(lines)
+
+
+def receipt_of(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The zero-downtime receipt recorded with the event that ended the release, if any."""
+    ended = [event["detail"]["receipt"] for event in history if "receipt" in event["detail"]]
+    return ended[-1] if ended else None
 
 
 def _seconds(timestamp: str) -> float:

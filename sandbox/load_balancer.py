@@ -14,12 +14,15 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
+
+from chalicelib.domain.traffic import load_balancer_dimension, target_group_dimension
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,165 @@ _HOP_BY_HOP_HEADERS = frozenset(
         "upgrade",
     }
 )
+
+
+# PutMetricData takes at most 1,000 metric data per call, and at most 150 unique values in a call
+# that gives a Values array (botocore's cloudwatch model, MetricDatum.Values).
+_METRIC_DATA_PER_CALL = 1000
+# The sandbox's load balancer counts its traffic in 10-second buckets (CloudWatch's reads are per
+# minute: six buckets make one of its data points).
+TRAFFIC_BUCKET_S = 10
+# How often the publisher puts what the load balancer served into CloudWatch.
+PUBLISH_EVERY_S = 0.5
+_UNIQUE_VALUES_PER_CALL = 150
+
+
+@dataclass
+class TrafficBucket:
+    """What the load balancer served in one span (seconds to a minute), as an ALB counts it for
+    CloudWatch: requests, the 5xx it answered itself (no target, or the target failed), the
+    targets' own 5xx, connections to targets that failed, and each answered request's time."""
+
+    start: datetime
+    requests: int = 0
+    elb_5xx: int = 0
+    target_5xx: int = 0
+    connection_errors: int = 0
+    rejected_connections: int = 0
+    unhealthy_hosts: int = 0
+    response_times_s: list[float] = field(default_factory=list)
+
+
+def attach_load_balancer(session: Any, target_group_arn: str, name: str) -> str:
+    """An ALB in the emulated ELBv2 whose listener forwards to the target group, so the group has
+    a load balancer (DescribeTargetGroups' ``LoadBalancerArns``) whose CloudWatch dimensions the
+    published metrics carry. Returns its ARN."""
+    elbv2 = session.client("elbv2")
+    ec2 = session.client("ec2")
+    vpc = elbv2.describe_target_groups(TargetGroupArns=[target_group_arn])["TargetGroups"][0]["VpcId"]
+    taken = {
+        subnet["CidrBlock"]
+        for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    }
+    blocks = (f"10.0.{n}.0/24" for n in range(1, 255) if f"10.0.{n}.0/24" not in taken)
+    # An ALB needs subnets in two Availability Zones.
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=next(blocks), AvailabilityZone=f"{session.region_name}{zone}")[
+            "Subnet"
+        ]["SubnetId"]
+        for zone in ("a", "b")
+    ]
+    balancer_arn: str = elbv2.create_load_balancer(Name=name, Subnets=subnets)["LoadBalancers"][0][
+        "LoadBalancerArn"
+    ]
+    elbv2.create_listener(
+        LoadBalancerArn=balancer_arn,
+        Protocol="HTTP",
+        Port=80,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": target_group_arn}],
+    )
+    return balancer_arn
+
+
+def metric_data(
+    bucket: TrafficBucket, load_balancer_arn: str, target_group_arn: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The bucket as the ALB publishes it to ``AWS/ApplicationELB``: the counts (the load
+    balancer's with dimension ``LoadBalancer``, ``app/<name>/<id>``; the target group's with
+    ``TargetGroup``, ``targetgroup/<name>/<id>``, and ``LoadBalancer``), and the response times
+    as raw values (whole milliseconds, each with its count) so CloudWatch computes percentiles,
+    in data of at most 150 unique values each."""
+    balancer = [{"Name": "LoadBalancer", "Value": load_balancer_dimension(load_balancer_arn)}]
+    group = [{"Name": "TargetGroup", "Value": target_group_dimension(target_group_arn)}, *balancer]
+
+    def count(name: str, dimensions: list[dict[str, str]], value: int) -> dict[str, Any]:
+        return {
+            "MetricName": name,
+            "Dimensions": dimensions,
+            "Timestamp": bucket.start,
+            "Value": value,
+            "Unit": "Count",
+        }
+
+    counts = [
+        count("RequestCount", balancer, bucket.requests),
+        count("HTTPCode_ELB_5XX_Count", balancer, bucket.elb_5xx),
+        count("RejectedConnectionCount", balancer, bucket.rejected_connections),
+        count("RequestCount", group, bucket.requests),
+        count("HTTPCode_Target_5XX_Count", group, bucket.target_5xx),
+        count("TargetConnectionErrorCount", group, bucket.connection_errors),
+        count("UnHealthyHostCount", group, bucket.unhealthy_hosts),
+    ]
+    times = Counter(round(seconds, 3) for seconds in bucket.response_times_s)
+    values = sorted(times)
+    latencies = [
+        {
+            "MetricName": "TargetResponseTime",
+            "Dimensions": group,
+            "Timestamp": bucket.start,
+            "Values": chunk,
+            "Counts": [float(times[value]) for value in chunk],
+            "Unit": "Seconds",
+        }
+        for chunk in (
+            values[first : first + _UNIQUE_VALUES_PER_CALL]
+            for first in range(0, len(values), _UNIQUE_VALUES_PER_CALL)
+        )
+    ]
+    return counts, latencies
+
+
+def publish(
+    cloudwatch: Any, buckets: Iterable[TrafficBucket], load_balancer_arn: str, target_group_arn: str
+) -> None:
+    """PutMetricData of the buckets: their counts together, each response-time datum alone."""
+    counts: list[dict[str, Any]] = []
+    latencies: list[dict[str, Any]] = []
+    for bucket in buckets:
+        bucket_counts, bucket_latencies = metric_data(bucket, load_balancer_arn, target_group_arn)
+        counts += bucket_counts
+        latencies += bucket_latencies
+    calls = [
+        counts[first : first + _METRIC_DATA_PER_CALL]
+        for first in range(0, len(counts), _METRIC_DATA_PER_CALL)
+    ]
+    for data in [*calls, *([datum] for datum in latencies)]:
+        cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=data)
+
+
+class MetricsPublisher:
+    """Puts what a load balancer serves into CloudWatch (``AWS/ApplicationELB``) every
+    ``PUBLISH_EVERY_S``, as increments of its 10-second buckets, under the dimensions of the ALB
+    and target group that stand for it in the emulated ELBv2. ``stop()`` publishes the rest."""
+
+    def __init__(
+        self, load_balancer: LoadBalancer, cloudwatch: Any, load_balancer_arn: str, target_group_arn: str
+    ) -> None:
+        self._load_balancer = load_balancer
+        self._cloudwatch = cloudwatch
+        self._arns = (load_balancer_arn, target_group_arn)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="alb-metrics", daemon=True)
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def flush(self) -> None:
+        publish(self._cloudwatch, self._load_balancer.take_traffic(), *self._arns)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(PUBLISH_EVERY_S):
+            try:
+                self.flush()
+            except Exception:
+                # The emulator shutting down under it; the next round (or stop) tries again.
+                logger.exception("could not publish the load balancer's metrics")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self.flush()
 
 
 class TargetState(StrEnum):
@@ -190,6 +352,10 @@ class LoadBalancer:
 
         self._server: _ProxyServer | None = None
         self._server_thread: threading.Thread | None = None
+        # What it served since the last take_traffic(), by bucket start, as an ALB counts it for
+        # CloudWatch (guarded by its own lock: routing must not wait on it).
+        self._traffic: dict[datetime, TrafficBucket] = {}
+        self._traffic_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -424,7 +590,52 @@ class LoadBalancer:
 
     # -- routing ----------------------------------------------------------------------------
 
+    def take_traffic(self) -> list[TrafficBucket]:
+        """What it served since the last call, in buckets of ``TRAFFIC_BUCKET_S`` seconds (each
+        with its start): the increments a publisher puts into CloudWatch, whose sums add them
+        up again."""
+        with self._traffic_lock:
+            taken = sorted(self._traffic.values(), key=lambda bucket: bucket.start)
+            self._traffic = {}
+        return taken
+
+    def _count(
+        self, started: datetime, reply: _Reply, *, from_target: bool, connection_errors: int, seconds: float
+    ) -> None:
+        """One request in its bucket (by when it arrived): a target's answer counts its 5xx and
+        its time; the balancer's own 5xx (no target, a failed or timed-out target) counts as
+        ELB 5xx; every connection to a target that failed counts."""
+        with self._changed:
+            unhealthy = sum(
+                1 for target in self._targets.values() if target.health.state is TargetState.UNHEALTHY
+            )
+        start = started.replace(second=started.second - started.second % TRAFFIC_BUCKET_S, microsecond=0)
+        with self._traffic_lock:
+            bucket = self._traffic.setdefault(start, TrafficBucket(start))
+            bucket.requests += 1
+            bucket.connection_errors += connection_errors
+            bucket.unhealthy_hosts = max(bucket.unhealthy_hosts, unhealthy)
+            if from_target:
+                bucket.target_5xx += reply.status >= 500
+                bucket.response_times_s.append(seconds)
+            elif reply.status >= 500:
+                bucket.elb_5xx += 1
+
     def _forward(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | None) -> _Reply:
+        started = datetime.now(UTC)
+        began = time.monotonic()
+        failed_connections = 0
+
+        def counted(reply: _Reply, *, from_target: bool = False) -> _Reply:
+            self._count(
+                started,
+                reply,
+                from_target=from_target,
+                connection_errors=failed_connections,
+                seconds=time.monotonic() - began,
+            )
+            return reply
+
         attempts = 2 if method in _IDEMPOTENT_METHODS else 1
         tried: set[str] = set()
         for _ in range(attempts):
@@ -443,18 +654,19 @@ class LoadBalancer:
                     timeout_s=self.upstream_timeout_s,
                 )
                 answered = True
-                return reply
+                return counted(reply, from_target=True)
             except TimeoutError:
                 # Not retried: the target may still be working on it, as an ALB would answer.
                 logger.warning("%s %s: target %s timed out", method, path, target.target_id)
-                return _Reply.from_load_balancer(504, "Gateway Timeout")
+                return counted(_Reply.from_load_balancer(504, "Gateway Timeout"))
             except (OSError, http.client.HTTPException) as error:
                 logger.info("%s %s: target %s failed: %r", method, path, target.target_id, error)
+                failed_connections += 1
             finally:
                 self._release(target, answered=answered)
         if not tried:
-            return _Reply.from_load_balancer(503, "Service Unavailable: no registered targets")
-        return _Reply.from_load_balancer(502, "Bad Gateway")
+            return counted(_Reply.from_load_balancer(503, "Service Unavailable: no registered targets"))
+        return counted(_Reply.from_load_balancer(502, "Bad Gateway"))
 
     def _acquire(self, excluding: set[str]) -> _Target | None:
         """Picks the next target round robin and counts the request in flight, atomically, so a

@@ -3,17 +3,23 @@
 moto lets any number of deployments run per group and never moves them out of ``Created``.
 AWS allows one active deployment per group (``DeploymentLimitExceededException``) and reports
 ``errorInformation`` on failure. ``install()`` adds exactly that, and ``complete()`` plays
-CodeDeploy finishing a deployment. Each extension has a regression test in
+CodeDeploy finishing a deployment. moto's CloudWatch answers no percentile statistic (``p90``)
+in GetMetricData or GetMetricStatistics: ``install()`` adds them over the raw values published
+(``Value``, ``Values``/``Counts``), as CloudWatch computes them; the sandbox's load balancer
+publishes its response times so. Each extension has a regression test in
 ``tests/integration/test_moto_extensions.py``.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import re
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from moto.cloudwatch import models as cloudwatch_models
 from moto.codedeploy import models as codedeploy_models
 from moto.codedeploy import responses as codedeploy_responses
 from moto.core.exceptions import JsonRESTError
@@ -24,6 +30,9 @@ from moto.elbv2 import models as elbv2_models
 from moto.events import utils as events_utils
 
 TERMINAL_STATUSES = frozenset({"Succeeded", "Failed", "Stopped"})
+
+# CloudWatch's percentile statistics: p0.0 to p100 (botocore's cloudwatch model, Stat).
+_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?|100)$")
 
 _lock = threading.Lock()
 _installed = False
@@ -102,6 +111,15 @@ def install() -> None:
             )
 
         elbv2_models.FakeTargetGroup.health_for = health_for  # type: ignore[method-assign]
+        original_statistic = cloudwatch_models.Statistics.get_statistics_for_type
+
+        def statistic(self: Any, stat: str) -> Any:
+            matched = _PERCENTILE.match(stat)
+            if matched is None:
+                return original_statistic(self, stat)
+            return percentile(self.metric_single_values_list, float(matched.group(1)))
+
+        cloudwatch_models.Statistics.get_statistics_for_type = statistic  # type: ignore[method-assign]
         events_utils.EventTemplateParser.DEFAULT_EVENT_INPUT_TEMPLATE = (
             '{"id": "<id>", "time": <time>, "version": "0", "detail-type": "<detail-type>", '
             '"source": "<source>", "account": "<account>", "region": "<region>", "resources": <resources>, '
@@ -307,3 +325,12 @@ def _stop_deployment(self: Any) -> ActionResult:
         region=self.region,
     )
     return ActionResult({"status": "Pending", "statusMessage": STOP_PENDING_MESSAGE})
+
+
+def percentile(values: list[float], rank: float) -> float | None:
+    """The nearest-rank percentile: the smallest value with at least ``rank`` percent of the
+    values at or below it (None without values)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(rank / 100 * len(ordered)) - 1)]

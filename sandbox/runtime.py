@@ -34,7 +34,7 @@ from infra import stack
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
-from sandbox.load_balancer import LoadBalancer, TargetHealth
+from sandbox.load_balancer import LoadBalancer, MetricsPublisher, TargetHealth, attach_load_balancer
 from sandbox.local_instance import LocalInstance
 from sandbox.provision import Provisioned, provision
 from sandbox.slack_api import Click, SlackApi
@@ -217,6 +217,8 @@ class Fleet:
     load_balancer: LoadBalancer
     instances: tuple[LocalInstance, ...]
     agent: CodeDeployAgent
+    # Puts what the load balancer serves into CloudWatch, as the ALB it stands for would.
+    metrics: MetricsPublisher
 
 
 @dataclass
@@ -510,6 +512,13 @@ class Sandbox:
             on_health_change=publish_health,
         ).start()
         self._parts.append(load_balancer)
+        # In the emulated ELBv2 the target group is behind an ALB of the fleet's name: the
+        # receipt reads the metrics published under its dimensions.
+        balancer_arn = attach_load_balancer(self.session, balanced.target_group_arn, name)
+        metrics = MetricsPublisher(
+            load_balancer, self.session.client("cloudwatch"), balancer_arn, balanced.target_group_arn
+        ).start()
+        self._parts.append(metrics)
         instances = tuple(
             LocalInstance(instance_id, free_port(), self.workdir / "instances" / instance_id)
             for instance_id in balanced.instance_ids
@@ -522,7 +531,7 @@ class Sandbox:
             extra_env={"HEALTH_TIMEOUT_SECONDS": str(self.health_timeout_s), "STOP_TIMEOUT_SECONDS": "5"},
         ).start()
         self._parts.append(agent)
-        return Fleet(name, pipeline.name, pipeline.deployment_group, load_balancer, instances, agent)
+        return Fleet(name, pipeline.name, pipeline.deployment_group, load_balancer, instances, agent, metrics)
 
     def scale_out(self, fleet_name: str = STAGING) -> LocalInstance:
         """One more instance in the fleet, as Auto Scaling launches one: EC2 runs it with the

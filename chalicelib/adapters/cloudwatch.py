@@ -1,5 +1,5 @@
 """CloudWatch: the state of the alarms a pipeline names (``verify.alarms``), read at every health
-check."""
+check, and the load balancer's metrics for a release's receipt and baseline comparison."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from chalicelib.domain.traffic import MetricsReadError, QueryPlan, Series
 from chalicelib.domain.verification import AlarmReadError, AlarmState, AlarmStatus
 
 # Every alarm type botocore's cloudwatch model lists (AlarmType): without AlarmTypes,
@@ -69,3 +70,40 @@ def _status(alarm: dict[str, Any]) -> AlarmStatus:
         reason=alarm.get("StateReason", ""),
         updated_at=updated,
     )
+
+
+class CloudWatchMetrics:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        # Made on first read: only a release that ends behind a load balancer reads metrics.
+        self._connect = connect
+
+    @functools.cached_property
+    def _client(self) -> Any:
+        return self._connect()
+
+    def metric_series(self, plan: QueryPlan) -> Series:
+        """Every query's data points over the plan's span, by query id: one GetMetricData call
+        (a NextToken page follows only past the 100,800 data points one answer holds). Raises
+        ``MetricsReadError``."""
+        series: dict[str, list[tuple[datetime, float]]] = {query.id: [] for query in plan.queries}
+        request: dict[str, Any] = {
+            "MetricDataQueries": [query.to_api() for query in plan.queries],
+            "StartTime": plan.span.start,
+            "EndTime": plan.span.end,
+            "ScanBy": "TimestampAscending",
+        }
+        try:
+            while True:
+                response = self._client.get_metric_data(**request)
+                for result in response.get("MetricDataResults", []):
+                    points = series.setdefault(result["Id"], [])
+                    points.extend(zip(result.get("Timestamps", []), result.get("Values", []), strict=False))
+                token = response.get("NextToken")
+                if not token:
+                    return series
+                request["NextToken"] = token
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code") or "Unknown")
+            raise MetricsReadError(code, str(error.response.get("Error", {}).get("Message") or "")) from error
+        except (ConnectionError, HTTPClientError) as error:
+            raise MetricsReadError(type(error).__name__, str(error)) from error

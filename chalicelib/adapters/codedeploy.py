@@ -265,6 +265,7 @@ def _deployment_info(info: dict[str, Any]) -> DeploymentInfo:
         status=info.get("status", ""),
         revision=revision,
         creator=info.get("creator", ""),
+        created_at=info.get("createTime"),
         release_id=release_id_in_description(info.get("description")),
         error_code=error.get("code"),
         error_message=error.get("message"),

@@ -57,6 +57,7 @@ class Elbv2LoadBalancing:
                         name=group["TargetGroupName"],
                         interval_s=int(group.get("HealthCheckIntervalSeconds") or 30),
                         healthy_threshold=int(group.get("HealthyThresholdCount") or 5),
+                        load_balancer_arns=tuple(group.get("LoadBalancerArns") or ()),
                     )
         return [self._groups[name] for name in names if name in self._groups]
 

@@ -71,6 +71,29 @@ class VerifySettings:
     alarms: tuple[str, ...] = ()
     # What an alarm already in ALARM does to a release about to start.
     alarm_at_start: AlarmAtStart = AlarmAtStart.WAIT
+    # Read the load balancer's CloudWatch metrics once a release ends, for its zero-downtime
+    # receipt (chalicelib/domain/traffic.py); only deployment groups with a load balancer have one.
+    receipt: bool = True
+    # Judge the bake against the baseline window before it; None: not judged.
+    compare: CompareSettings | None = None
+
+
+class NotEnoughTraffic(StrEnum):
+    """``verify.compare.not_enough_traffic``: what a bake too quiet to judge does."""
+
+    PASS = "pass"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """``verify.compare``: the bake's target-group error rate and p90 must stay within these
+    ratios of the baseline window's, judged only with ``min_requests`` in each window."""
+
+    error_rate_ratio: float = 2.0
+    p90_ratio: float = 1.5
+    min_requests: int = 100
+    not_enough_traffic: NotEnoughTraffic = NotEnoughTraffic.PASS
 
 
 @dataclass(frozen=True)
@@ -331,10 +354,24 @@ _MAXIMUM_REASONS = {
 
 def _parse_verify(value: Any, fail: Any) -> VerifySettings:
     table = _table(value, "verify", fail)
-    allowed = {"healthy_checks", "interval_s", "deadline_s", "bake_s", "alarms", "alarm_at_start"}
+    allowed = {
+        "healthy_checks",
+        "interval_s",
+        "deadline_s",
+        "bake_s",
+        "alarms",
+        "alarm_at_start",
+        "receipt",
+        "compare",
+    }
     for name in table:
         if name not in allowed:
             raise fail(f"verify.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    receipt = table.get("receipt", True)
+    if not isinstance(receipt, bool):
+        raise fail("verify.receipt", f"must be true or false, got {receipt!r}")
+    if "compare" in table and not table.get("bake_s"):
+        raise fail("verify.compare", "judges the bake: set verify.bake_s (seconds) too")
     defaults = VerifySettings()
     healthy_checks = _whole_number(table, "healthy_checks", "verify", fail, minimum=1)
     bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0, maximum=MAX_BAKE_S)
@@ -347,6 +384,33 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
         bake_s=defaults.bake_s if bake_s is None else bake_s,
         alarms=_alarm_names(table.get("alarms", []), fail),
         alarm_at_start=_choice(table, "alarm_at_start", "verify", fail, default=AlarmAtStart.WAIT),
+        receipt=receipt,
+        compare=_parse_compare(table["compare"], fail) if "compare" in table else None,
+    )
+
+
+def _parse_compare(value: Any, fail: Any) -> CompareSettings:
+    table = _table(value, "verify.compare", fail)
+    allowed = {"error_rate_ratio", "p90_ratio", "min_requests", "not_enough_traffic"}
+    for name in table:
+        if name not in allowed:
+            raise fail(f"verify.compare.{name}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+    defaults = CompareSettings()
+    ratios = {}
+    for name in ("error_rate_ratio", "p90_ratio"):
+        ratio = table.get(name, getattr(defaults, name))
+        # A ratio of 1 or less would fail a release whose figures merely equal the baseline's.
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not ratio > 1:
+            raise fail(f"verify.compare.{name}", f"must be a number greater than 1, got {ratio!r}")
+        ratios[name] = float(ratio)
+    min_requests = _whole_number(table, "min_requests", "verify.compare", fail, minimum=1)
+    return CompareSettings(
+        error_rate_ratio=ratios["error_rate_ratio"],
+        p90_ratio=ratios["p90_ratio"],
+        min_requests=defaults.min_requests if min_requests is None else min_requests,
+        not_enough_traffic=_choice(
+            table, "not_enough_traffic", "verify.compare", fail, default=NotEnoughTraffic.PASS
+        ),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import VerifySettings
+from chalicelib.domain.traffic import Comparison, TrafficSource
 
 # Beyond the time targets need to turn healthy: scheduling slack.
 DEADLINE_MARGIN_S = 60
@@ -108,6 +109,8 @@ class TargetGroupSettings:
     name: str
     interval_s: int
     healthy_threshold: int
+    # The load balancers that forward to the group (its CloudWatch metrics are per load balancer).
+    load_balancer_arns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,15 @@ class Verification:
     checks_done: int = 0
     streak: int = 0
     baked: bool = False
+    # When CodeDeploy created the deployment: the rollout window of the receipt starts there.
+    rollout_started_at: datetime | None = None
+    # The ALB dimensions of the deployment's traffic, for the receipt and the baseline comparison.
+    traffic: TrafficSource | None = None
+
+    @property
+    def bake_started_at(self) -> datetime | None:
+        """When the bake began (the streak was done): its check is due ``bake_s`` later."""
+        return self.next_check_at - timedelta(seconds=self.bake_s) if self.baked and self.bake_s else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +168,8 @@ class Verification:
             "checks_done": self.checks_done,
             "streak": self.streak,
             "baked": self.baked,
+            "rollout_started_at": self.rollout_started_at.isoformat() if self.rollout_started_at else None,
+            "traffic": self.traffic.to_list() if self.traffic else None,
         }
 
     @classmethod
@@ -179,6 +193,11 @@ class Verification:
             checks_done=int(raw.get("checks_done", 0)),
             streak=int(raw.get("streak", 0)),
             baked=bool(raw.get("baked", False)),
+            # Absent from a verification stored before the receipt: no receipt for that release.
+            rollout_started_at=datetime.fromisoformat(started)
+            if (started := raw.get("rollout_started_at"))
+            else None,
+            traffic=TrafficSource.from_list(raw["traffic"]) if raw.get("traffic") is not None else None,
         )
 
     def overdue(self, now: datetime) -> bool:
@@ -193,6 +212,8 @@ def plan_verification(
     groups: Sequence[TargetGroupSettings],
     instance_ids: Sequence[str],
     now: datetime,
+    *,
+    rollout_started_at: datetime | None = None,
 ) -> Verification:
     """Interval from the target groups' own health-check interval; deadline long enough for a
     target to pass its healthy threshold, plus a margin and the bake.
@@ -216,6 +237,8 @@ def plan_verification(
         # The first check is due at once: CodeDeploy's AllowTraffic has just waited for every
         # instance to pass the target groups' health checks.
         next_check_at=now,
+        rollout_started_at=rollout_started_at or now,
+        traffic=TrafficSource.of([(group.arn, group.load_balancer_arns) for group in groups]),
     )
 
 
@@ -228,6 +251,9 @@ class Outcome(StrEnum):
     # a named alarm does not exist
     UNVERIFIABLE = "unverifiable"
     ALARM = "alarm"  # a named alarm is in ALARM: the release fails at once
+    # healthy after the bake, but the bake's error rate or p90 exceeded the baseline's by more
+    # than verify.compare allows
+    REGRESSED = "regressed"
 
 
 @dataclass(frozen=True)
@@ -242,6 +268,18 @@ class Judgement:
     past_deadline: bool = False
     # The pipeline's alarms as this check read them; None when it names none.
     alarms: AlarmReading | None = None
+    # The bake against the baseline window (verify.compare), at the check after the bake.
+    comparison: Comparison | None = None
+    # Why the comparison's figures could not be read, when they could not.
+    comparison_error: str | None = None
+
+
+def judge_comparison(judgement: Judgement, comparison: Comparison | None, error: str | None) -> Judgement:
+    """The check after the bake found every target healthy: the baseline comparison has the last
+    word. Figures CloudWatch did not give count as too little traffic to judge (``comparison``
+    is then the verdict on empty windows), so ``verify.compare.not_enough_traffic`` decides."""
+    outcome = Outcome.VERIFIED if comparison is None or comparison.passes else Outcome.REGRESSED
+    return replace(judgement, outcome=outcome, comparison=comparison, comparison_error=error)
 
 
 def judge(

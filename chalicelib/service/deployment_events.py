@@ -16,7 +16,7 @@ from chalicelib.domain.watchdog import stopped_by_watchdog
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
 from chalicelib.service.slot_flow import LaneRead, finish, link_deployment, run_in_lane
-from chalicelib.service.verification import begin_verification
+from chalicelib.service.verification import begin_verification, deployment_receipt
 from chalicelib.service.watchdog import end_stopped_release
 from chalicelib.service.wiring import Wiring
 
@@ -170,12 +170,13 @@ def _apply_outcome(
         stuck = stopped_by_watchdog(release.metadata)
         if stuck is not None:  # the watchdog stopped it: FAILED with its diagnosis
             return end_stopped_release(wiring, release, deployment_id, stuck, known=known)
+        receipt = deployment_receipt(wiring, release, deployment_id, info)
         return finish(
             wiring,
             release.id,
             ReleaseState.STOPPED,
             reason=f"CodeDeploy deployment {deployment_id} was stopped",
-            detail={"deployment_id": deployment_id},
+            detail={"deployment_id": deployment_id, **({"receipt": receipt} if receipt else {})},
             pipeline=release.pipeline,
             known=known,
         )
@@ -210,6 +211,7 @@ def _deployment_failed(
         },
     )
 
+    receipt = deployment_receipt(wiring, release, deployment_id, info)
     first = failed_instances[0] if failed_instances else None
     where = (
         f"; {first['lifecycle_event']} failed on {first['instance']}"
@@ -225,6 +227,7 @@ def _deployment_failed(
             "deployment_id": deployment_id,
             "error": info.error_code or "",
             "cause": info.error_message or "",
+            **({"receipt": receipt} if receipt else {}),
         },
         annotation=diagnostics,
         roll_back=roll_back,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     # cold start (DESIGN.md section 8). The store commits the domain's Change (domain/lane.py).
     from chalicelib.domain.fleet import GroupDeployment
     from chalicelib.domain.lane import Change
+    from chalicelib.domain.traffic import QueryPlan, Series
     from chalicelib.domain.wakeups import WakeUp
     from chalicelib.domain.watchdog import TargetProgress
 
@@ -157,6 +158,8 @@ class DeploymentInfo:
     status: str  # CodeDeploy's: Created, Queued, InProgress, Baking, Succeeded, Failed, Stopped, Ready
     revision: Revision | None
     creator: str
+    # GetDeployment's createTime.
+    created_at: datetime | None = None
     # The release the coordinator started this deployment for, if it did.
     release_id: str | None = None
     error_code: str | None = None
@@ -242,6 +245,12 @@ class Alarms(Protocol):
     def alarm_states(self, names: Sequence[str]) -> list[AlarmStatus]:
         """The named CloudWatch alarms that exist, with their state; a name with no alarm is
         left out. Raises ``AlarmReadError``."""
+        ...
+
+
+class TrafficMetrics(Protocol):
+    def metric_series(self, plan: QueryPlan) -> Series:
+        """The plan's data points by query id (one GetMetricData). Raises ``MetricsReadError``."""
         ...
 
 

@@ -6,6 +6,7 @@ which alarm fired, and why."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,19 @@ from chalicelib.domain.release import (
     Step,
     transition,
 )
+from chalicelib.domain.traffic import (
+    Comparison,
+    MetricsReadError,
+    QueryPlan,
+    Series,
+    TrafficSource,
+    Window,
+    compare,
+    figures,
+    plan_queries,
+    receipt,
+    unavailable_receipt,
+)
 from chalicelib.domain.verification import (
     MAX_DELAY_S,
     AlarmState,
@@ -25,16 +39,18 @@ from chalicelib.domain.verification import (
     Judgement,
     LoadBalancerError,
     Outcome,
+    TargetGroupSettings,
     TargetHealth,
     Verification,
     VerifyRequest,
     judge,
+    judge_comparison,
     judge_error,
     next_request,
     plan_verification,
 )
 from chalicelib.log import logger
-from chalicelib.service.ports import DeploymentInfo
+from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound
 from chalicelib.service.slot_flow import LaneRead, finish, log_refused, on_release, read_alarms
 from chalicelib.service.wiring import Wiring
 
@@ -82,9 +98,12 @@ def begin_verification(
             f"cannot verify deployment {deployment_id}: "
             "CodeDeploy reports no instance that deployed successfully"
         )
-        return _fail_verification(wiring, release, deployment_id, why, known=known)
+        traffic_receipt = _receipt_of_groups(wiring, release.pipeline, groups, info.created_at)
+        return _fail_verification(wiring, release, deployment_id, why, known=known, receipt=traffic_receipt)
     now = wiring.clock.now()
-    verification = plan_verification(pipeline.verify, groups, instances, now)
+    verification = plan_verification(
+        pipeline.verify, groups, instances, now, rollout_started_at=info.created_at
+    )
     # The first check runs now, in the write that enters VERIFYING: AllowTraffic has just waited
     # for each instance to pass its target groups' health checks, so this is the moment to look,
     # and it saves a message, a read and a write per release.
@@ -139,13 +158,16 @@ def _fail_verification(
     aws_code: str | None = None,
     annotation: Annotation | None = None,
     known: LaneRead | None = None,
+    receipt: dict[str, Any] | None = None,
 ) -> Release | None:
     """FAILED ``verify_failed``, rolled back as the pipeline says. ``known``: the lane as the
-    caller just read it with the release."""
+    caller just read it with the release; ``receipt``: the rollout's, for the history."""
     pipeline = wiring.pipelines.named(release.pipeline)
     detail: dict[str, Any] = {"failure": "verify_failed", "deployment_id": deployment_id}
     if aws_code:
         detail["error_code"] = aws_code
+    if receipt is not None:
+        detail["receipt"] = receipt
     return finish(
         wiring,
         release.id,
@@ -254,6 +276,11 @@ def _check_annotation(judgement: Judgement, check: int) -> Annotation:
     if judgement.error is not None:
         detail["error"] = str(judgement.error)
         failed = True
+    if judgement.comparison is not None:
+        detail["comparison"] = judgement.comparison.to_dict()
+        if judgement.comparison_error is not None:
+            detail["comparison"]["unavailable"] = judgement.comparison_error
+        failed = failed or judgement.outcome is Outcome.REGRESSED
     if judgement.not_healthy:
         detail["not_healthy"] = [entry.to_dict() for entry in judgement.not_healthy[:_LISTED_TARGETS]]
         failed = True
@@ -263,8 +290,24 @@ def _check_annotation(judgement: Judgement, check: int) -> Annotation:
 def _apply(
     wiring: Wiring, release: Release, request: VerifyRequest, judgement: Judgement, lane: LaneRead | None
 ) -> Release | None:
+    traffic_receipt: dict[str, Any] | None = None
+    if judgement.outcome not in (Outcome.CONTINUE, Outcome.BAKE):
+        judgement, traffic_receipt = _at_end(wiring, release, judgement)
+    receipt_detail = {"receipt": traffic_receipt} if traffic_receipt is not None else {}
     check = _check_annotation(judgement, request.check)
     verification = judgement.verification
+    if judgement.outcome is Outcome.REGRESSED:
+        assert judgement.comparison is not None  # only the comparison regresses
+        why = f"the bake did worse than the baseline window: {judgement.comparison.reason}"
+        return _fail_verification(
+            wiring,
+            release,
+            request.deployment_id,
+            why,
+            annotation=check,
+            known=lane,
+            receipt=traffic_receipt,
+        )
     if judgement.outcome is Outcome.VERIFIED:
         baked = f" and again after {verification.bake_s}s of baking" if verification.bake_s else ""
         return finish(
@@ -275,7 +318,11 @@ def _apply(
                 f"verified: {len(verification.instance_ids)} instance(s) healthy in every target group "
                 f"for {verification.healthy_checks} checks in a row{baked}"
             ),
-            detail={"deployment_id": request.deployment_id, "checks": verification.checks_done},
+            detail={
+                "deployment_id": request.deployment_id,
+                "checks": verification.checks_done,
+                **receipt_detail,
+            },
             annotation=check,
             pipeline=release.pipeline,
             known=lane,
@@ -292,6 +339,7 @@ def _apply(
             _describe_firing(judgement.alarms.firing),
             annotation=check,
             known=lane,
+            receipt=traffic_receipt,
         )
     if judgement.outcome is Outcome.UNVERIFIABLE:
         if judgement.alarms is not None and judgement.alarms.missing:
@@ -302,7 +350,14 @@ def _apply(
             cause = str(aws_error)
         why = f"cannot verify deployment {request.deployment_id}: {cause}"
         return _fail_verification(
-            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring,
+            release,
+            request.deployment_id,
+            why,
+            aws_code=aws_code,
+            annotation=check,
+            known=lane,
+            receipt=traffic_receipt,
         )
     if judgement.outcome is Outcome.TIMED_OUT:
         if judgement.error:
@@ -312,7 +367,14 @@ def _apply(
         else:
             why = f"alarm states still unreadable at the deadline: {alarm_error}"
         return _fail_verification(
-            wiring, release, request.deployment_id, why, aws_code=aws_code, annotation=check, known=lane
+            wiring,
+            release,
+            request.deployment_id,
+            why,
+            aws_code=aws_code,
+            annotation=check,
+            known=lane,
+            receipt=traffic_receipt,
         )
 
     def record_check(current: Release, now: datetime) -> Change | None:
@@ -333,6 +395,108 @@ def _apply(
             )
         )
     return checked
+
+
+def _at_end(
+    wiring: Wiring, release: Release, judgement: Judgement
+) -> tuple[Judgement, dict[str, Any] | None]:
+    """A check that ends the release reads the load balancer's metrics once (one GetMetricData):
+    for the receipt, and after a bake for the baseline comparison, which may turn a verified
+    release into a regressed one. Returns the judgement and the receipt."""
+    pipeline = wiring.pipelines.named(release.pipeline)
+    verification = judgement.verification
+    if pipeline is None or verification.traffic is None or not verification.traffic.pairs:
+        return judgement, None
+    # The bake's window is on the verification as this check found it (due bake_s after it began).
+    bake_started_at = release.verification.bake_started_at if release.verification else None
+    settings = pipeline.verify.compare
+    comparing = settings is not None and bake_started_at is not None and judgement.outcome is Outcome.VERIFIED
+    if not (comparing or pipeline.verify.receipt):
+        return judgement, None
+    now = wiring.clock.now()
+    rollout = Window.around(verification.rollout_started_at or now, now)
+    windows = [rollout, rollout.baseline(rollout.start)]
+    if settings is not None and bake_started_at is not None and comparing:
+        bake = Window.around(bake_started_at, now)
+        windows += [bake, bake.baseline(rollout.start)]
+    read = read_traffic(wiring, verification.traffic, windows)
+    if settings is not None and comparing:
+        bake, before = windows[2], windows[3]
+        comparison: Comparison = compare(
+            settings, figures(read.plan, read.series, bake), figures(read.plan, read.series, before)
+        )
+        judgement = judge_comparison(judgement, comparison, read.error)
+    return judgement, rollout_receipt(read, rollout, now) if pipeline.verify.receipt else None
+
+
+@dataclass(frozen=True)
+class TrafficRead:
+    """The load balancer's metrics over some windows, as one GetMetricData gave them."""
+
+    plan: QueryPlan
+    series: Series
+    # Why CloudWatch gave no figures ("<code>: <message>"), when it did not.
+    error: str | None = None
+
+
+def read_traffic(wiring: Wiring, source: TrafficSource, windows: Sequence[Window]) -> TrafficRead:
+    """One GetMetricData over every window. A read that fails never holds up the release: it
+    is logged and the figures are missing."""
+    plan = plan_queries(source, windows)
+    if wiring.traffic is None:
+        return TrafficRead(plan, {}, "NotWired: no CloudWatch is wired")
+    try:
+        return TrafficRead(plan, wiring.traffic.metric_series(plan))
+    except MetricsReadError as error:
+        logger.warning(
+            "could not read the load balancer's metrics; going on without", extra={"why": str(error)}
+        )
+        return TrafficRead(plan, {}, str(error))
+
+
+def rollout_receipt(read: TrafficRead, rollout: Window, now: datetime) -> dict[str, Any]:
+    if read.error is not None:
+        return unavailable_receipt(rollout, read.error)
+    return receipt(read.plan, read.series, rollout, rollout_ended_at=now, read_at=now)
+
+
+def _receipt_of_groups(
+    wiring: Wiring, pipeline_name: str, groups: Sequence[TargetGroupSettings], started_at: datetime | None
+) -> dict[str, Any] | None:
+    pipeline = wiring.pipelines.named(pipeline_name)
+    source = TrafficSource.of([(group.arn, group.load_balancer_arns) for group in groups])
+    if pipeline is None or not pipeline.verify.receipt or not source.pairs:
+        return None
+    now = wiring.clock.now()
+    rollout = Window.around(started_at or now, now)
+    read = read_traffic(wiring, source, [rollout, rollout.baseline(rollout.start)])
+    return rollout_receipt(read, rollout, now)
+
+
+def deployment_receipt(
+    wiring: Wiring, release: Release, deployment_id: str, info: DeploymentInfo | None
+) -> dict[str, Any] | None:
+    """The receipt of a release that ends before verification (CodeDeploy failed, or the
+    deployment was stopped), or None when its group has no load balancer or the pipeline turned
+    receipts off. ``info``: the deployment as the caller described it; None (a STOP event) to
+    describe it here, for its target groups and start. The target groups are resolved as
+    verification resolves them (the adapter keeps them once read)."""
+    pipeline = wiring.pipelines.named(release.pipeline)
+    if pipeline is None or not pipeline.verify.receipt:
+        return None
+    if info is None:
+        try:
+            info = wiring.deployments.describe(deployment_id)
+        except DeploymentNotFound:
+            return None
+    if not info.target_group_names:
+        return None
+    try:
+        groups = wiring.load_balancing.target_groups(info.target_group_names)
+    except LoadBalancerError as error:
+        now = wiring.clock.now()
+        return unavailable_receipt(Window.around(info.created_at or now, now), str(error))
+    return _receipt_of_groups(wiring, release.pipeline, groups, info.created_at)
 
 
 def _describe(not_healthy: tuple[TargetHealth, ...]) -> str:

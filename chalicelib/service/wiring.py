@@ -19,6 +19,7 @@ from chalicelib.service.ports import (
     Deployments,
     LoadBalancing,
     ReleaseStore,
+    TrafficMetrics,
     VerifyQueue,
     WriteConflict,
 )
@@ -46,6 +47,9 @@ class Wiring:
     notifications: NotificationAdapters | None = None
     # None where no CloudWatch is wired: a pipeline that names alarms cannot be verified then.
     alarms: Alarms | None = None
+    # None where no CloudWatch is wired: releases then end without a receipt, and a bake that
+    # verify.compare judges counts as too quiet to judge.
+    traffic: TrafficMetrics | None = None
     # None where the Slack actions queue is not configured: the release card's buttons then
     # cannot be taken (POST /slack/interactions answers 503).
     slack_actions: SlackActionAdapters | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import ClientError
@@ -243,3 +244,50 @@ def test_codedeploy_rollback_deployments_report_their_trigger(world: World) -> N
     assert info["rollbackInfo"]["rollbackTriggeringDeploymentId"] == failed["deploymentId"]
     original = codedeploy.get_deployment(deploymentId=failed["deploymentId"])["deploymentInfo"]
     assert original["rollbackInfo"] == {"rollbackDeploymentId": rollback["deploymentId"]}
+
+
+def test_get_metric_data_answers_percentiles_over_the_raw_values(world: World) -> None:
+    """CloudWatch's pNN: the value at or below which NN percent of the period's raw values lie.
+    moto alone answers None for any percentile."""
+    cloudwatch = world.session.client("cloudwatch")
+    minute = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+    dimensions = [{"Name": "LoadBalancer", "Value": "app/shop/0123456789abcdef"}]
+    cloudwatch.put_metric_data(
+        Namespace="AWS/ApplicationELB",
+        MetricData=[
+            {
+                "MetricName": "TargetResponseTime",
+                "Dimensions": dimensions,
+                "Timestamp": minute + timedelta(seconds=10),
+                "Values": [0.001 * n for n in range(1, 11)],
+                "Counts": [1.0] * 9 + [10.0],
+            }
+        ],
+    )
+
+    def stat(name: str) -> list[float]:
+        answer = cloudwatch.get_metric_data(
+            MetricDataQueries=[
+                {
+                    "Id": "latency",
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "AWS/ApplicationELB",
+                            "MetricName": "TargetResponseTime",
+                            "Dimensions": dimensions,
+                        },
+                        "Period": 60,
+                        "Stat": name,
+                    },
+                }
+            ],
+            StartTime=minute,
+            EndTime=minute + timedelta(seconds=60),
+        )
+        return [round(value, 6) for value in answer["MetricDataResults"][0]["Values"]]
+
+    # 19 values: 0.001 .. 0.009 once each, 0.010 ten times.
+    assert stat("p90") == [0.01]
+    assert stat("p40") == [0.008]
+    assert stat("p10") == [0.002]
+    assert stat("Maximum") == [0.01]

@@ -109,3 +109,27 @@ def test_glob_patterns_overlap_where_some_string_matches_both() -> None:
     assert patterns_overlap("a?c", "abc")
     assert not patterns_overlap("arn:aws:s3:::b", "arn:*:s3:::*/*")
     assert not patterns_overlap("abc", "abd")
+
+
+def test_the_functions_that_end_releases_may_read_load_balancer_metrics_on_star() -> None:
+    """The receipt's GetMetricData: the reference gives it no resource type, so "*" is its only
+    scope, and a grant on a metric's ARN-like name would be a problem."""
+    merge = render.render("prod", _pipelines(), app_functions(app))
+    template = Template(merge)
+    granted = {
+        name
+        for name, body in merge["Resources"].items()
+        if body.get("Type") == "AWS::IAM::Role"
+        for statement in template.role_statements(name)
+        if "cloudwatch:GetMetricData" in statement["Action"] and statement["Resource"] == ["*"]
+    }
+    assert granted == {"OnCodedeployEventRole", "OnVerifyMessageRole", "ReconcileRole"}, granted
+    (problem,) = statement_problems(
+        {
+            "Sid": "Scoped",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:GetMetricData"],
+            "Resource": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:shop-5xx"],
+        }
+    )
+    assert "cloudwatch:GetMetricData has no resource type" in problem

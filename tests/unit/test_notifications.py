@@ -726,3 +726,53 @@ def test_a_mixed_fleet_after_a_release_is_said_in_its_thread() -> None:
         ":warning: Fleet runs mixed revisions: 1.0.0 on i-1; 2.0.0 on 2 instances; "
         "healing as release `heal-rel-1`"
     )
+
+
+RECEIPT_SUMMARY = (
+    "0 load-balancer errors in 14,210 requests during rollout (baseline 0.00%); slowest p90 84 ms"
+)
+
+
+@pytest.mark.parametrize(
+    ("state", "event_type", "notification"),
+    [
+        (ReleaseState.SUCCEEDED, EventType.EXECUTION_SUCCEEDED, Notification.SUCCEEDED),
+        (ReleaseState.FAILED, EventType.EXECUTION_FAILED, Notification.VERIFY_FAILED),
+    ],
+)
+def test_the_receipt_of_a_release_that_ended_is_one_line_on_the_card_the_reply_and_the_email(
+    state: ReleaseState, event_type: EventType, notification: Notification
+) -> None:
+    ended = release(state, reason="verified: 2 instance(s) healthy")
+    terminal = event(event_type, state, receipt={"requests": 14210, "summary": RECEIPT_SUMMARY})
+    notice = build_notice(ended, terminal, notification)
+    line = f"Receipt: {RECEIPT_SUMMARY}"
+
+    assert reason_text(card_blocks(notice)).splitlines() == [
+        "verified: 2 instance(s) healthy",
+        f":bar_chart: {line}",
+    ]
+    assert slack_reply(notice).text.splitlines()[1] == f":bar_chart: {line}"
+    mail = email(notice)
+    assert mail.text.splitlines()[3] == line
+    assert f"<p>{line}</p>" in mail.html
+
+
+def test_a_receipt_that_could_not_be_read_says_so_and_an_event_without_one_shows_none() -> None:
+    unavailable = "no load-balancer figures: CloudWatch did not answer (AccessDenied: not authorized)"
+    terminal = event(
+        EventType.EXECUTION_SUCCEEDED,
+        ReleaseState.SUCCEEDED,
+        receipt={"unavailable": "AccessDenied: not authorized", "summary": unavailable},
+    )
+    notice = build_notice(release(ReleaseState.SUCCEEDED), terminal, Notification.SUCCEEDED)
+    assert f"Receipt: {unavailable}" in slack_reply(notice).text
+
+    plain = build_notice(
+        release(ReleaseState.SUCCEEDED),
+        event(EventType.EXECUTION_SUCCEEDED, ReleaseState.SUCCEEDED),
+        Notification.SUCCEEDED,
+    )
+    assert "Receipt" not in slack_reply(plain).text
+    assert "Receipt" not in reason_text(card_blocks(plain))
+    assert "Receipt" not in email(plain).text

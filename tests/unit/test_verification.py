@@ -9,7 +9,8 @@ import botocore.session
 import pytest
 
 from chalicelib.domain.inbound_events import MalformedEvent
-from chalicelib.domain.pipelines import VerifySettings
+from chalicelib.domain.pipelines import CompareSettings, NotEnoughTraffic, VerifySettings
+from chalicelib.domain.traffic import WindowFigures, compare
 from chalicelib.domain.verification import (
     DEADLINE_MARGIN_S,
     LATE_AFTER_S,
@@ -25,6 +26,7 @@ from chalicelib.domain.verification import (
     Verification,
     VerifyRequest,
     judge,
+    judge_comparison,
     judge_error,
     next_request,
     plan_verification,
@@ -109,6 +111,34 @@ def test_bake_waits_then_checks_once_more() -> None:
     unhealthy_after_bake = judge(baking.verification, healthy("i-1"), after)
     assert unhealthy_after_bake.outcome is Outcome.CONTINUE
     assert not unhealthy_after_bake.verification.baked
+
+
+def test_the_bake_knows_when_it_began_and_the_comparison_has_the_last_word() -> None:
+    assert plan(bake_s=120).bake_started_at is None
+    baking = judge(replace(plan(bake_s=120), streak=1), healthy("i-1", "i-2"), NOW)
+    assert baking.verification.bake_started_at == NOW
+    after = judge(baking.verification, healthy("i-1", "i-2"), NOW + timedelta(seconds=120))
+    quiet, busy = (
+        WindowFigures(0, 0, 0, 0, 0, 0, 0, None, None),
+        WindowFigures(500, 0, 0, 500, 0, 0, 0, 9.0, 9.0),
+    )
+    worse = WindowFigures(500, 0, 0, 500, 50, 0, 0, 9.0, 9.0)
+    regressed = judge_comparison(after, compare(CompareSettings(), worse, busy), None)
+    assert regressed.outcome is Outcome.REGRESSED
+    within = judge_comparison(after, compare(CompareSettings(), busy, busy), None)
+    assert within.outcome is Outcome.VERIFIED
+    assert within.comparison is not None
+    # No figures (CloudWatch refused): too little traffic to judge, as verify.compare says.
+    refused = CompareSettings(not_enough_traffic=NotEnoughTraffic.FAIL)
+    unread = judge_comparison(after, compare(refused, quiet, quiet), "AccessDenied: no")
+    assert (unread.outcome, unread.comparison_error) == (Outcome.REGRESSED, "AccessDenied: no")
+
+
+def test_a_verification_stored_before_the_receipt_reads_without_its_traffic() -> None:
+    stored = plan().to_dict()
+    del stored["rollout_started_at"], stored["traffic"]
+    restored = Verification.from_dict(stored)
+    assert (restored.rollout_started_at, restored.traffic) == (None, None)
 
 
 def test_a_bake_longer_than_sqs_can_delay_hops_to_its_due_time() -> None:
