@@ -34,8 +34,9 @@ from chalicelib.domain.watchdog import (
     stopped_by_watchdog,
 )
 from chalicelib.log import logger
-from chalicelib.service.ports import DeploymentAlreadyEnded
+from chalicelib.service.ports import DeploymentAlreadyEnded, DeploymentInfo
 from chalicelib.service.slot_flow import LaneRead, finish, on_release
+from chalicelib.service.verification import deployment_receipt
 from chalicelib.service.wiring import Wiring
 
 _TASK = "Watchdog"
@@ -85,13 +86,21 @@ def watch_deployment(wiring: Wiring, pipeline: Pipeline, release: Release) -> di
 
 
 def end_stopped_release(
-    wiring: Wiring, release: Release, deployment_id: str, finding: Finding, *, known: LaneRead | None = None
+    wiring: Wiring,
+    release: Release,
+    deployment_id: str,
+    finding: Finding,
+    *,
+    info: DeploymentInfo | None = None,
+    known: LaneRead | None = None,
 ) -> Release | None:
-    """End a release whose deployment the watchdog stopped: FAILED, with the class and next step.
+    """End a release whose deployment the watchdog stopped: FAILED, with the class, the next step
+    and the receipt of the traffic while it ran (``info``: the deployment when the caller has it).
     The rollback is CodeDeploy's, asked for with the stop (a second one from the coordinator
     would only queue behind it)."""
     pipeline = wiring.pipelines.named(release.pipeline)
     rolled_back = bool(pipeline and pipeline.rollback.on_deploy_failure)
+    receipt = deployment_receipt(wiring, release, deployment_id, info)
     note = (
         "; CodeDeploy's automatic rollback redeploys the previous revision to the instances already updated"
         if rolled_back
@@ -106,6 +115,7 @@ def end_stopped_release(
             "deployment_id": deployment_id,
             "watchdog": finding.kind.value,
             "next_step": finding.next_step,
+            **({"receipt": receipt} if receipt else {}),
         },
         pipeline=release.pipeline,
         known=known,

@@ -90,6 +90,8 @@ def assert_stopped_by_watchdog(sandbox: Sandbox, release: Release, kind: str) ->
         kind,
         next_step,
     )
+    # The traffic while it ran, read from the load balancer's metrics as for any ended release.
+    assert "load-balancer errors in" in final.detail["receipt"]["summary"], final.detail
     assert moto_extensions.stop_requested(str(release.deployment_id))
     sandbox.wait_for(
         release.id,
