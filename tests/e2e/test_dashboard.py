@@ -182,7 +182,8 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                 assert len(driver.find_elements(By.CSS_SELECTOR, "#health-checks tbody tr")) >= 2
                 # The zero-downtime receipt the coordinator read from the load balancer's metrics.
                 receipt = terminal_receipt(first.id)
-                assert receipt is not None and receipt["summary"], receipt
+                assert receipt is not None
+                assert receipt["summary"], receipt
                 assert element(driver, "#receipt .summary").text == receipt["summary"]
                 assert f"requests\n{receipt['requests']}" in element(driver, "#receipt").text
 
