@@ -41,7 +41,7 @@ class DemoResult:
     traffic: dict[str, TrafficReport] = field(default_factory=dict)
     serving: dict[str, str | None] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
-    notifications: dict[str, Any] = field(default_factory=lambda: {"slack": [], "email": []})
+    notifications: dict[str, Any] = field(default_factory=lambda: {"slack": [], "email": [], "github": []})
 
     @property
     def requests_sent(self) -> int:
@@ -226,9 +226,19 @@ def _collect_notifications(sandbox: Sandbox, result: DemoResult, wait_s: float =
         if done or time.monotonic() > deadline:
             break
         time.sleep(0.5)
+    deployments = sandbox.github.deployments() if sandbox.github is not None else []
     result.notifications = {
         "slack": [{"release": release_id, "thread": text} for release_id, text in threads.items() if text],
         "email": subjects,
+        "github": [
+            {
+                "release": deployment.payload.get("release_id"),
+                "environment": deployment.environment,
+                "sha": deployment.sha,
+                "statuses": deployment.states,
+            }
+            for deployment in deployments
+        ],
     }
 
 
@@ -282,6 +292,12 @@ def summary(result: DemoResult) -> str:
         lines.extend(f"    {line}" for line in str(thread["thread"]).splitlines())
     subjects = result.notifications.get("email", [])
     lines.append("Email: " + ("; ".join(subjects) if subjects else "none sent"))
+    deployments = result.notifications.get("github", [])
+    lines.append(f"GitHub deployments ({len(deployments)}):" if deployments else "GitHub deployments: none")
+    lines.extend(
+        f"    {deployment['environment']:<10} {deployment['sha'][:7]}  {' -> '.join(deployment['statuses'])}"
+        for deployment in deployments
+    )
     lines.append(
         "Timings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result.timings_s.items())
     )

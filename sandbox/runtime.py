@@ -8,6 +8,7 @@ thread and process it started.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -34,6 +35,7 @@ from infra import stack
 from sandbox import moto_extensions
 from sandbox.codedeploy_agent import CodeDeployAgent
 from sandbox.event_pump import EventBridgeQueue, EventPump, Schedule, SqsSource, StreamSource
+from sandbox.github_api import GithubApi
 from sandbox.load_balancer import LoadBalancer, MetricsPublisher, TargetHealth, attach_load_balancer
 from sandbox.local_instance import LocalInstance
 from sandbox.provision import Provisioned, provision
@@ -69,6 +71,11 @@ slack_approvers = ["{SLACK_RELEASE_LEAD}"]
 expires_after = "1h"
 """
 EMAIL_SENDER = "relco@sandbox.example"
+# Both fleets post GitHub deployments (environment = the pipeline) to the local GitHub, with a
+# token kept in SSM as in production; each upload names its commit as CI would.
+GITHUB_REPOSITORY = "acme/demo"
+GITHUB_TOKEN = "ghp_sandbox"
+GITHUB_TOKEN_PARAMETER = "/relco/sandbox/github-token"
 # Both fleets verify alike and post to the same Slack channel (each release its own thread).
 VERIFY_TOML = """
 [pipeline.verify]
@@ -159,15 +166,33 @@ heal = true
 """
 
 
+def github_route_toml(api_url: str) -> str:
+    """A ``github`` notify route to the local GitHub at ``api_url``."""
+    return f"""
+[[pipeline.notify]]
+kind = "github"
+repository = "{GITHUB_REPOSITORY}"
+token_parameter = "{GITHUB_TOKEN_PARAMETER}"
+api_url = "{api_url}"
+"""
+
+
 def pipelines_toml(
-    *, gates: bool, production: bool = False, watchdog: WatchdogLimits | None = None, heal_fleet: bool = False
+    *,
+    gates: bool,
+    production: bool = False,
+    watchdog: WatchdogLimits | None = None,
+    heal_fleet: bool = False,
+    github_api_url: str | None = None,
 ) -> str:
     """The sandbox's pipelines file; with the gates, the demo pipeline requires approval from the
     release lead and its verification is gated by DEMO_ALARM (an alarm on staging's traffic, so
     production's verification does not read it); with production, ``demo-prod`` promotes from it.
     ``watchdog`` and ``heal_fleet`` set the demo pipeline's ``[pipeline.watchdog]`` and
-    ``[pipeline.fleet]`` (the defaults without them)."""
-    staging = PIPELINES_TOML
+    ``[pipeline.fleet]`` (the defaults without them); ``github_api_url``: every pipeline posts
+    GitHub deployments there."""
+    github = github_route_toml(github_api_url) if github_api_url else ""
+    staging = PIPELINES_TOML + github
     if gates:
         gated = staging.replace("deadline_s = 60\n", f'deadline_s = 60\nalarms = ["{DEMO_ALARM}"]\n', 1)
         staging = gated.replace("\n[pipeline.slack]\n", GATES_TOML + "\n[pipeline.slack]\n", 1)
@@ -176,7 +201,7 @@ def pipelines_toml(
         staging += watchdog_toml(watchdog)
     if heal_fleet:
         staging += HEAL_FLEET_TOML
-    return staging + PRODUCTION_TOML if production else staging
+    return staging + PRODUCTION_TOML + github if production else staging
 
 
 @dataclass(frozen=True)
@@ -185,6 +210,7 @@ class Endpoints:
     api_url: str
     lb_url: str
     slack_url: str
+    github_url: str
     bucket: str
     pipelines: tuple[str, ...]
     # The coordinator's structured log (its CloudWatch Logs in Lambda).
@@ -199,6 +225,7 @@ class Endpoints:
             "api_url": self.api_url,
             "lb_url": self.lb_url,
             "slack_url": self.slack_url,
+            "github_url": self.github_url,
             "bucket": self.bucket,
             "pipelines": list(self.pipelines),
             "log_file": self.log_file,
@@ -232,6 +259,11 @@ class _RestoreStream:
     def stop(self) -> None:
         self.handler.setStream(self.previous)
         self.log_file.close()
+
+
+def demo_commit(version: str) -> str:
+    """The commit an upload of ``version`` names: a stable 40-hex id, as git's would be."""
+    return hashlib.sha1(f"demo {version}".encode(), usedforsecurity=False).hexdigest()
 
 
 def free_port() -> int:
@@ -288,6 +320,7 @@ class Sandbox:
         # STAGING, and PRODUCTION when asked for, by name.
         self.fleets: dict[str, Fleet] = {}
         self.slack: SlackApi | None = None
+        self.github: GithubApi | None = None
         self.endpoints: Endpoints | None = None
 
     # lifecycle
@@ -343,6 +376,8 @@ class Sandbox:
         self._moto.start()
         host, port = self._moto.get_host_and_port()
         aws_endpoint_url = f"http://{host}:{port}"
+        self.github = GithubApi(valid_tokens=[GITHUB_TOKEN], repositories=[GITHUB_REPOSITORY]).start()
+        self._parts.append(self.github)
         pipelines_file = self.workdir / "pipelines.toml"
         pipelines_file.write_text(
             pipelines_toml(
@@ -350,6 +385,7 @@ class Sandbox:
                 production=self.production,
                 watchdog=self.watchdog,
                 heal_fleet=self.heal_fleet,
+                github_api_url=self.github.api_url,
             ),
             encoding="utf-8",
         )
@@ -394,6 +430,9 @@ class Sandbox:
         ssm = self.session.client("ssm")
         ssm.put_parameter(Name=SLACK_TOKEN_PARAMETER, Value="xoxb-test", Type="SecureString", Overwrite=True)
         ssm.put_parameter(
+            Name=GITHUB_TOKEN_PARAMETER, Value=GITHUB_TOKEN, Type="SecureString", Overwrite=True
+        )
+        ssm.put_parameter(
             Name=SLACK_SIGNING_SECRET_PARAMETER,
             Value=SLACK_SIGNING_SECRET,
             Type="SecureString",
@@ -412,6 +451,9 @@ class Sandbox:
                 Threshold=5,
                 ComparisonOperator="GreaterThanOrEqualToThreshold",
             )
+        # The API's address, known before any handler runs: GitHub deployment statuses link it.
+        api_port = free_port()
+        self._set_environment({"RELEASES_API_URL": f"http://127.0.0.1:{api_port}"})
         bootstrap.reset()
         codedeploy_queue = self._codedeploy_event_queue()
         for fleet, pipeline_name in fleet_pipelines.items():
@@ -464,7 +506,7 @@ class Sandbox:
             schedule=Schedule(chalice_app.reconcile, every_s=RECONCILE_EVERY_S),
         ).start()
         self._parts.append(pump)
-        api_url = self._serve_api(chalice_app.app)
+        api_url = self._serve_api(chalice_app.app, api_port)
         # The Slack app's Interactivity Request URL: where the look-alike sends its clicks.
         self.slack.interactions_url = f"{api_url}/slack/interactions"
         self.endpoints = Endpoints(
@@ -472,6 +514,7 @@ class Sandbox:
             api_url=api_url,
             lb_url=self.fleets[STAGING].load_balancer.url,
             slack_url=self.slack.api_url,
+            github_url=self.github.api_url,
             bucket=BUCKET,
             pipelines=tuple(p.name for p in pipelines.pipelines),
             log_file=str(log_file),
@@ -582,14 +625,14 @@ class Sandbox:
         events.put_targets(Rule="codedeploy-state-change", Targets=[{"Id": "queue", "Arn": arn}])
         return queue_url
 
-    def _serve_api(self, chalice_app: Any) -> str:
+    def _serve_api(self, chalice_app: Any, port: int) -> str:
         """The HTTP API on 127.0.0.1, as ``chalice local`` serves it (IAM auth is not enforced
         locally: see ../shared/reference/aws-facts.md)."""
         from chalice.config import Config
         from chalice.local import LocalDevServer
 
         config = Config.create(chalice_stage="dev", app_name="release-coordinator", chalice_app=chalice_app)
-        server = LocalDevServer(chalice_app, config, "127.0.0.1", 0)
+        server = LocalDevServer(chalice_app, config, "127.0.0.1", port)
         self._api_server = server.server
         self._api_thread = threading.Thread(target=server.server.serve_forever, name="api", daemon=True)
         self._api_thread.start()
@@ -632,7 +675,12 @@ class Sandbox:
             Bucket=BUCKET,
             Key=key,
             Body=demo_bundle(version),
-            Metadata={"version-label": version, "author": author, "message": message or f"release {version}"},
+            Metadata={
+                "version-label": version,
+                "author": author,
+                "message": message or f"release {version}",
+                "commit": demo_commit(version),
+            },
         )
         revision = Revision(BUCKET, key, response["VersionId"], response["ETag"].strip('"'))
         return upload_release_id(revision)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.domain.release import PROMOTED_FROM
+from chalicelib.domain.release import PROMOTED_FROM, ReleaseState
 from sandbox.demo import run_demo
-from sandbox.runtime import PRODUCTION, STAGING
+from sandbox.runtime import PRODUCTION, STAGING, demo_commit
 
 
 def processes_under(directory: Path) -> list[str]:
@@ -89,4 +89,16 @@ def test_demo_deploys_under_traffic_with_approvals_promotes_fails_and_rolls_back
     assert threads[second_promotion.id].startswith("Succeeded: demo-prod 2.0.0")
     assert "[FAILED] demo 3.0.0-broken" in result.notifications["email"]
     assert "[ROLLED BACK] demo 2.0.0" in result.notifications["email"]
+    # One GitHub deployment per release, in its pipeline's environment, of the commit its upload
+    # named; its statuses follow the release to its end (success made older ones inactive).
+    deployments = {deployment["release"]: deployment for deployment in result.notifications["github"]}
+    assert set(deployments) == {release.id for release in result.releases}
+    assert len(result.notifications["github"]) == len(result.releases)
+    for release in result.releases:
+        deployment = deployments[release.id]
+        assert deployment["environment"] == release.pipeline
+        assert deployment["sha"] == demo_commit(str(release.metadata["version_label"]))
+        final = "success" if release.state is ReleaseState.SUCCEEDED else "failure"
+        settled = [state for state in deployment["statuses"] if state != "inactive"]
+        assert settled[-2:] == ["in_progress", final], deployment
     assert processes_under(tmp_path) == []

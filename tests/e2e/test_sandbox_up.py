@@ -36,15 +36,17 @@ def test_sandbox_up_prints_its_ready_line_serves_and_stops_on_sigterm(tmp_path: 
             "api_url",
             "lb_url",
             "slack_url",
+            "github_url",
             "bucket",
             "pipelines",
             "log_file",
             "dashboard_url",
         }
         assert ready["pipelines"] == ["demo"]
-        # The first release's INFO lines are in the coordinator's log, with their invocation.
+        # The first release's INFO lines are in the coordinator's log, with their invocation (the
+        # log also holds the metrics' EMF lines, as a function's CloudWatch Logs do).
         logged = [json.loads(line) for line in Path(ready["log_file"]).read_text().splitlines()]
-        created = [line for line in logged if line["message"] == "deployment created"]
+        created = [line for line in logged if line.get("message") == "deployment created"]
         assert created, logged[-5:]
         assert created[0]["level"] == "INFO"
         assert created[0]["function_name"] == "on_artifact_event"
