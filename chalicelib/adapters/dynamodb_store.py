@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -38,9 +38,9 @@ _BATCH_GET_LIMIT = 100  # keys per BatchGetItem request (botocore's KeyList: max
 _UNPROCESSED_RETRIES = 6
 _UNPROCESSED_BACKOFF_S = 0.05
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
-# Deployment links a warm container remembers (each a few dozen bytes): far more than the
-# deployments it sees in its lifetime, and a bound all the same.
-_REMEMBERED_LINKS = 4096
+# Deployment links and ended deployments a warm container remembers (each a few dozen bytes): far
+# more than the deployments it sees in its lifetime, and a bound all the same.
+_REMEMBERED_DEPLOYMENTS = 4096
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -331,6 +331,10 @@ class DynamoReleaseStore:
         # never changed or deleted, so what this container wrote or read stays true: events of
         # the same deployment, however often and in whatever order they come, need no read.
         self._links: dict[str, str] = {}
+        # deployment id -> the release it carried, once this container wrote or read that release
+        # in a terminal state: nothing moves a release out of one, so every later event of the
+        # deployment is settled without a read.
+        self._ended: dict[str, str] = {}
         # pipeline -> the head of its waiting line in the slot this container last read or wrote:
         # what a finish will most likely promote, read ahead with the lane.
         self._next_in_line: dict[str, str] = {}
@@ -367,6 +371,7 @@ class DynamoReleaseStore:
             else:
                 release = release_from_item(item)
                 releases[release.id] = release
+        self._note_ended(releases.values())
         return self._seen(_slot_from_item(pipeline, slot_item)), releases
 
     def _seen(self, slot: PipelineSlot) -> PipelineSlot:
@@ -421,10 +426,16 @@ class DynamoReleaseStore:
     def remembered_release_for_deployment(self, deployment_id: str) -> str | None:
         return self._links.get(deployment_id)
 
+    def ended_release_for_deployment(self, deployment_id: str) -> str | None:
+        return self._ended.get(deployment_id)
+
     def _remember_link(self, deployment_id: str, release_id: str) -> None:
-        if len(self._links) >= _REMEMBERED_LINKS:
-            del self._links[next(iter(self._links))]  # the oldest: dicts keep insertion order
-        self._links[deployment_id] = release_id
+        _remember(self._links, deployment_id, release_id)
+
+    def _note_ended(self, releases: Iterable[Release]) -> None:
+        for release in releases:
+            if release.deployment_id is not None and release.state.is_terminal:
+                _remember(self._ended, release.deployment_id, release.id)
 
     def history(self, release_id: str) -> list[HistoryEvent]:
         return [
@@ -509,6 +520,7 @@ class DynamoReleaseStore:
             raise
         for deployment_id, release_id in change.deployment_links.items():
             self._remember_link(deployment_id, release_id)
+        self._note_ended(change.releases)
         if change.slot is not None:
             self._seen(change.slot)
         # Each release was written at the version it was read at plus one.
@@ -570,6 +582,12 @@ class DynamoReleaseStore:
                 "ExpressionAttributeValues": {":expected": {"N": str(expected)}},
             }
         }
+
+
+def _remember(memory: dict[str, str], deployment_id: str, release_id: str) -> None:
+    if len(memory) >= _REMEMBERED_DEPLOYMENTS:
+        del memory[next(iter(memory))]  # the oldest: dicts keep insertion order
+    memory[deployment_id] = release_id
 
 
 def _is_conflict(error: ClientError) -> bool:
