@@ -11,7 +11,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -38,12 +38,28 @@ _BATCH_GET_LIMIT = 100  # keys per BatchGetItem request (botocore's KeyList: max
 _UNPROCESSED_RETRIES = 6
 _UNPROCESSED_BACKOFF_S = 0.05
 _CONFLICT_CODES = frozenset({"ConditionalCheckFailed", "TransactionConflict"})
-# Deployment links a warm container remembers (each a few dozen bytes): far more than the
-# deployments it sees in its lifetime, and a bound all the same.
-_REMEMBERED_LINKS = 4096
+# Deployment links and ended deployments a warm container remembers (each a few dozen bytes): far
+# more than the deployments it sees in its lifetime, and a bound all the same.
+_REMEMBERED_DEPLOYMENTS = 4096
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
+
+# An item keeps as attributes of its own only what DynamoDB reads (keys, index keys, the version
+# writes are conditioned on) and what readers of raw items read (the stream's routing fields, the
+# release id and state, a release's notification threads, absent on most); the rest travels as
+# one JSON string, ``body``. Every attribute value is walked one by one by each (de)serializer
+# on the way (TypeSerializer here, DynamoDB's answer, and moto's serializer, whose cost in the
+# burst grows with the values a read returns); a JSON string is one value. Items written before
+# hold every attribute on its own and read the same.
+_BODY = "body"
+_RELEASE_ATTRIBUTES = frozenset(
+    {"pk", "sk", "id", "pipeline", "state", "created_key", "in_flight", "version", "notification_threads"}
+)
+_EVENT_ATTRIBUTES = frozenset(
+    {"pk", "sk", "kind", "release_id", "event_pipeline", "release_trigger", "state"}
+)
+_SLOT_ATTRIBUTES = frozenset({"pk", "sk", "version"})
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -104,41 +120,66 @@ def _deserialize(item: Mapping[str, Any]) -> dict[str, Any]:
     return {name: _deserializer.deserialize(value) for name, value in item.items()}
 
 
+def _packed(item: Mapping[str, Any], attributes: frozenset[str]) -> dict[str, Any]:
+    """The item with every attribute not in ``attributes`` moved into its JSON ``body``."""
+    kept = {name: value for name, value in item.items() if name in attributes}
+    body = {name: value for name, value in item.items() if name not in attributes and value is not None}
+    if body:
+        kept[_BODY] = json.dumps(body, separators=(",", ":"), default=_whole_number)
+    return kept
+
+
+def _unpacked(item: Mapping[str, Any]) -> Mapping[str, Any]:
+    body = item.get(_BODY)
+    return {**item, **json.loads(body)} if isinstance(body, str) else item
+
+
+def _whole_number(value: Any) -> int:
+    """History details read back from DynamoDB hold whole numbers as Decimal (see ``_plain``)."""
+    if type(value).__name__ == "Decimal":
+        return int(value)
+    raise TypeError(f"{type(value).__name__} is not stored in an item's body")
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
 def release_to_item(release: Release) -> dict[str, Any]:
-    return {
-        # No ``kind`` tag: the key tells the item, and each attribute value is carried by every
-        # read and write of the release. (The id stays: the by_pipeline index is read for it.)
-        "pk": f"REL#{release.id}",
-        "sk": "META",
-        "id": release.id,
-        "pipeline": release.pipeline,
-        "application": release.application,
-        "deployment_group": release.deployment_group,
-        "revision": {k: v for k, v in release.revision.to_dict().items() if v is not None},
-        "trigger": release.trigger.value,
-        "state": release.state.value,
-        "reason": release.reason,
-        "deployment_id": release.deployment_id,
-        "actor": release.actor,
-        "rollback_of": release.rollback_of,
-        "metadata": dict(release.metadata) or None,  # most releases have none: no empty map
-        "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
-        "verification": _without_nones(release.verification.to_dict()) if release.verification else None,
-        "notification_threads": dict(release.notification_threads) or None,
-        "created_at": release.created_at.isoformat(),
-        "updated_at": release.updated_at.isoformat(),
-        "created_key": release.created_key,
-        "in_flight": None if release.state.is_terminal else release.pipeline,
-        "version": release.version,
-        "last_event_id": release.last_event_id,
-    }
+    return _packed(
+        {
+            # No ``kind`` tag: the key tells the item, and every value is carried by every read
+            # and write of the release.
+            "pk": f"REL#{release.id}",
+            "sk": "META",
+            "id": release.id,
+            "pipeline": release.pipeline,
+            "application": release.application,
+            "deployment_group": release.deployment_group,
+            "revision": {k: v for k, v in release.revision.to_dict().items() if v is not None},
+            "trigger": release.trigger.value,
+            "state": release.state.value,
+            "reason": release.reason,
+            "deployment_id": release.deployment_id,
+            "actor": release.actor,
+            "rollback_of": release.rollback_of,
+            "metadata": dict(release.metadata) or None,  # most releases have none: no empty map
+            "start_claimed_at": release.start_claimed_at.isoformat() if release.start_claimed_at else None,
+            "verification": _without_nones(release.verification.to_dict()) if release.verification else None,
+            "notification_threads": dict(release.notification_threads) or None,
+            "created_at": release.created_at.isoformat(),
+            "updated_at": release.updated_at.isoformat(),
+            "created_key": release.created_key,
+            "in_flight": None if release.state.is_terminal else release.pipeline,
+            "version": release.version,
+            "last_event_id": release.last_event_id,
+        },
+        _RELEASE_ATTRIBUTES,
+    )
 
 
-def release_from_item(item: Mapping[str, Any]) -> Release:
+def release_from_item(stored: Mapping[str, Any]) -> Release:
+    item = _unpacked(stored)
     revision = item.get("revision", {})
     return Release(
         id=item["id"],
@@ -171,24 +212,28 @@ def release_from_item(item: Mapping[str, Any]) -> Release:
 
 
 def event_to_item(release: Release, event: HistoryEvent) -> dict[str, Any]:
-    return {
-        "pk": f"REL#{release.id}",
-        "sk": f"EVT#{event.id:06d}",
-        "kind": "event",
-        "release_id": release.id,
-        "event_pipeline": release.pipeline,
-        # What notification routing needs of the release, so the stream needs no read.
-        "release_trigger": release.trigger.value,
-        "id": event.id,
-        "previous_event_id": event.previous_event_id,
-        "timestamp": event.timestamp.isoformat(),
-        "type": event.type.value,
-        "state": event.state.value,
-        "detail": dict(event.detail),
-    }
+    return _packed(
+        {
+            "pk": f"REL#{release.id}",
+            "sk": f"EVT#{event.id:06d}",
+            "kind": "event",
+            "release_id": release.id,
+            "event_pipeline": release.pipeline,
+            # What notification routing needs of the release, so the stream needs no read.
+            "release_trigger": release.trigger.value,
+            "id": event.id,
+            "previous_event_id": event.previous_event_id,
+            "timestamp": event.timestamp.isoformat(),
+            "type": event.type.value,
+            "state": event.state.value,
+            "detail": dict(event.detail),
+        },
+        _EVENT_ATTRIBUTES,
+    )
 
 
-def event_from_item(item: Mapping[str, Any]) -> HistoryEvent:
+def event_from_item(stored: Mapping[str, Any]) -> HistoryEvent:
+    item = _unpacked(stored)
     return HistoryEvent(
         id=int(item["id"]),
         previous_event_id=int(item["previous_event_id"]),
@@ -239,9 +284,10 @@ def _approval_mark_item(mark: ApprovalMark) -> dict[str, str]:
     return item
 
 
-def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
-    if item is None:
+def _slot_from_item(pipeline: str, stored: Mapping[str, Any] | None) -> PipelineSlot:
+    if stored is None:
         return PipelineSlot(pipeline=pipeline)
+    item = _unpacked(stored)
     waiting = tuple(item.get("waiting", []))
     return PipelineSlot(
         pipeline=pipeline,
@@ -285,6 +331,10 @@ class DynamoReleaseStore:
         # never changed or deleted, so what this container wrote or read stays true: events of
         # the same deployment, however often and in whatever order they come, need no read.
         self._links: dict[str, str] = {}
+        # deployment id -> the release it carried, once this container wrote or read that release
+        # in a terminal state: nothing moves a release out of one, so every later event of the
+        # deployment is settled without a read.
+        self._ended: dict[str, str] = {}
         # pipeline -> the head of its waiting line in the slot this container last read or wrote:
         # what a finish will most likely promote, read ahead with the lane.
         self._next_in_line: dict[str, str] = {}
@@ -321,6 +371,7 @@ class DynamoReleaseStore:
             else:
                 release = release_from_item(item)
                 releases[release.id] = release
+        self._note_ended(releases.values())
         return self._seen(_slot_from_item(pipeline, slot_item)), releases
 
     def _seen(self, slot: PipelineSlot) -> PipelineSlot:
@@ -375,10 +426,16 @@ class DynamoReleaseStore:
     def remembered_release_for_deployment(self, deployment_id: str) -> str | None:
         return self._links.get(deployment_id)
 
+    def ended_release_for_deployment(self, deployment_id: str) -> str | None:
+        return self._ended.get(deployment_id)
+
     def _remember_link(self, deployment_id: str, release_id: str) -> None:
-        if len(self._links) >= _REMEMBERED_LINKS:
-            del self._links[next(iter(self._links))]  # the oldest: dicts keep insertion order
-        self._links[deployment_id] = release_id
+        _remember(self._links, deployment_id, release_id)
+
+    def _note_ended(self, releases: Iterable[Release]) -> None:
+        for release in releases:
+            if release.deployment_id is not None and release.state.is_terminal:
+                _remember(self._ended, release.deployment_id, release.id)
 
     def history(self, release_id: str) -> list[HistoryEvent]:
         return [
@@ -463,6 +520,7 @@ class DynamoReleaseStore:
             raise
         for deployment_id, release_id in change.deployment_links.items():
             self._remember_link(deployment_id, release_id)
+        self._note_ended(change.releases)
         if change.slot is not None:
             self._seen(change.slot)
         # Each release was written at the version it was read at plus one.
@@ -475,20 +533,25 @@ class DynamoReleaseStore:
         return self._put_versioned(stored, release.version)
 
     def _put_slot(self, slot: PipelineSlot) -> dict[str, Any]:
-        stored = {
-            "pk": f"PIPE#{slot.pipeline}",
-            "sk": "SLOT",
-            "active": slot.active,
-            # Empty lists and maps are left out (most slots have no line): fewer values to carry.
-            "waiting": list(slot.waiting) or None,
-            "last_good": slot.last_good,
-            "last_good_at": slot.last_good_at.isoformat() if slot.last_good_at else None,
-            "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
-            "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
-            or None,
-            "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
-            "version": slot.version + 1,
-        }
+        stored = _packed(
+            {
+                "pk": f"PIPE#{slot.pipeline}",
+                "sk": "SLOT",
+                "active": slot.active,
+                # Empty lists and maps are left out (most slots have no line): less to carry.
+                "waiting": list(slot.waiting) or None,
+                "last_good": slot.last_good,
+                "last_good_at": slot.last_good_at.isoformat() if slot.last_good_at else None,
+                "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
+                "waiting_uploads": {
+                    mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads
+                }
+                or None,
+                "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
+                "version": slot.version + 1,
+            },
+            _SLOT_ATTRIBUTES,
+        )
         if slot.version == 0:
             return self._put_new(stored)
         return self._put_versioned(stored, slot.version)
@@ -519,6 +582,12 @@ class DynamoReleaseStore:
                 "ExpressionAttributeValues": {":expected": {"N": str(expected)}},
             }
         }
+
+
+def _remember(memory: dict[str, str], deployment_id: str, release_id: str) -> None:
+    if len(memory) >= _REMEMBERED_DEPLOYMENTS:
+        del memory[next(iter(memory))]  # the oldest: dicts keep insertion order
+    memory[deployment_id] = release_id
 
 
 def _is_conflict(error: ClientError) -> bool:

@@ -61,6 +61,14 @@ def handle_deployment_event(wiring: Wiring, event: DeploymentStateChanged) -> st
             extra={"release_id": release_id, "deployment_id": event.deployment_id},
         )
         return release_id
+    ended = wiring.store.ended_release_for_deployment(event.deployment_id)
+    if ended is not None:
+        # This container saw the release end: a repeated or late outcome has nothing to move.
+        logger.info(
+            f"CodeDeploy {event.state.value} for a release that already ended; ignored",
+            extra={"release_id": ended, "deployment_id": event.deployment_id},
+        )
+        return ended
     # A deployment this container already linked or looked up names its release without a call,
     # and a repeated or late outcome for it is settled on the release alone. The release is read
     # with its lane: an outcome that ends it frees the slot on that same read.

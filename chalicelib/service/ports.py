@@ -52,6 +52,11 @@ class ReleaseStore(Protocol):
         read; links never change), without a call; None when it does not know."""
         ...
 
+    def ended_release_for_deployment(self, deployment_id: str) -> str | None:
+        """The release the deployment carried, when this container wrote or read it in a terminal
+        state (nothing moves a release out of one), without a call; None when it does not know."""
+        ...
+
     def history(self, release_id: str) -> list[HistoryEvent]: ...
 
     def open_releases(self, pipeline: str) -> list[Release]:

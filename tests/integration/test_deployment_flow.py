@@ -84,9 +84,10 @@ def test_events_of_a_deployment_the_container_linked_need_no_lookup(
     world: World, handler_calls: list[HandlerCall]
 ) -> None:
     """A deployment's link never changes, so the warm container that wrote it remembers it: START
-    makes no call, and a repeated SUCCESS is settled on the release alone (no GetDeployment). The
-    release is read with its lane, so the SUCCESS that ends it (no load balancer) writes on that
-    read: one BatchGetItem, GetDeployment, and the write."""
+    makes no call. The release is read with its lane, so the SUCCESS that ends it (no load
+    balancer) writes on that read: one BatchGetItem, GetDeployment, and the write. Nothing moves
+    a release out of a terminal state, so the container that ended it settles a repeated or late
+    outcome without a call."""
     release_id = deploy(world, "api/prod/app-1.zip")
     deployment_id = world.release(release_id).deployment_id
     assert deployment_id is not None
@@ -99,8 +100,8 @@ def test_events_of_a_deployment_the_container_linked_need_no_lookup(
 
     assert operations_of("START") == []
     assert operations_of("SUCCESS") == ["BatchGetItem", "GetDeployment", "TransactWriteItems"]
-    assert operations_of("SUCCESS") == ["BatchGetItem"]
-    assert operations_of("STOP") == ["BatchGetItem"]
+    assert operations_of("SUCCESS") == []
+    assert operations_of("STOP") == []
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
 
 
@@ -141,6 +142,27 @@ def test_a_cold_container_looks_the_deployment_up(world: World, handler_calls: l
     world.codedeploy_event(deployment_id, "START")
 
     assert [call.operation for call in handler_calls[before:]] == ["GetItem"]  # the link, read once
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+
+
+def test_a_container_that_read_a_release_ended_settles_its_deployment_s_later_events_without_a_call(
+    world: World, handler_calls: list[HandlerCall]
+) -> None:
+    """A repeated SUCCESS is settled on the release read with its lane (no GetDeployment); once
+    that read saw the release ended, the deployment's further events need no read at all."""
+    release_id = deploy(world, "api/prod/app-1.zip")
+    deployment_id = world.release(release_id).deployment_id
+    assert deployment_id is not None
+    finish_deployment(world, release_id)
+    bootstrap.reset()  # another container: it knows no link and no ended release
+    world.codedeploy_event(deployment_id, "START")  # the link, read
+
+    before = len(handler_calls)
+    world.codedeploy_event(deployment_id, "SUCCESS")
+    world.codedeploy_event(deployment_id, "FAILURE")
+    world.codedeploy_event(deployment_id, "SUCCESS")
+
+    assert [call.operation for call in handler_calls[before:]] == ["BatchGetItem"]
     assert world.release(release_id).state is ReleaseState.SUCCEEDED
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,15 @@ from botocore.awsrequest import AWSResponse
 
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore, ReadIncomplete
 from chalicelib.domain.lane import Change
-from chalicelib.domain.release import Release, Revision, Trigger, new_release
+from chalicelib.domain.release import (
+    EventType,
+    HistoryEvent,
+    Release,
+    ReleaseState,
+    Revision,
+    Trigger,
+    new_release,
+)
 from chalicelib.domain.slot import PipelineSlot, UploadMark
 from tests.integration.conftest import TABLE, World
 
@@ -168,3 +177,72 @@ def test_more_than_a_hundred_releases_are_read_in_requests_of_at_most_a_hundred_
 
     assert [release.id for release in found] == ids
     assert [len(request["Keys"]) for request in requests] == [100, 50]
+
+
+def test_items_carry_their_keys_index_keys_and_version_as_attributes_and_the_rest_as_one_body(
+    world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]]
+) -> None:
+    """Every attribute value costs each read and write (de)serializing it: a release, its history
+    event and the slot keep what DynamoDB and the stream read, the rest is one JSON string."""
+    releases, _ = store
+    mark = UploadMark("u1", NOW)
+    release = replace(_release("r1"), metadata={"author": "ci"})
+    event = HistoryEvent(1, 0, NOW, EventType.EXECUTION_STARTED, release.state, {"by": "ci"})
+    releases.commit(
+        Change(
+            releases=[release],
+            events={"r1": [event]},
+            slot=PipelineSlot("api-prod", active="r1", waiting=("u1",), waiting_uploads=(mark,)),
+        )
+    )
+    client = world.session.client("dynamodb")
+
+    def attributes(pk: str, sk: str) -> set[str]:
+        item = client.get_item(TableName=TABLE, Key={"pk": {"S": pk}, "sk": {"S": sk}})["Item"]
+        return set(item)
+
+    assert attributes("REL#r1", "META") == {
+        "pk", "sk", "id", "pipeline", "state", "created_key", "in_flight", "version", "body"
+    }  # fmt: skip
+    assert attributes("REL#r1", "EVT#000001") == {
+        "pk", "sk", "kind", "release_id", "event_pipeline", "release_trigger", "state", "body"
+    }  # fmt: skip
+    assert attributes("PIPE#api-prod", "SLOT") == {"pk", "sk", "version", "body"}
+    slot, found = releases.read_lane("api-prod", ["r1"])
+    assert found["r1"] == replace(release, version=1)
+    assert (slot.active, slot.waiting, slot.waiting_uploads) == ("r1", ("u1",), (mark,))
+    assert releases.history("r1") == [event]
+
+
+def test_a_release_written_with_every_attribute_on_its_own_still_reads(world: World) -> None:
+    """Releases written before the body hold each attribute as an attribute of the item."""
+    client = world.session.client("dynamodb")
+    client.put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": "REL#r1"},
+            "sk": {"S": "META"},
+            "id": {"S": "r1"},
+            "pipeline": {"S": "api-prod"},
+            "application": {"S": "api"},
+            "deployment_group": {"S": "api-prod"},
+            "revision": {"M": {"bucket": {"S": "acme-artifacts"}, "key": {"S": "api/prod/r1.zip"}}},
+            "trigger": {"S": "api"},
+            "state": {"S": "SUCCEEDED"},
+            "deployment_id": {"S": "d-1"},
+            "metadata": {"M": {"author": {"S": "ci"}}},
+            "created_at": {"S": NOW.isoformat()},
+            "updated_at": {"S": NOW.isoformat()},
+            "version": {"N": "3"},
+            "last_event_id": {"N": "5"},
+        },
+    )
+
+    [release] = DynamoReleaseStore(client, TABLE).get_releases(["r1"])
+
+    assert (release.state, release.deployment_id, release.revision.key) == (
+        ReleaseState.SUCCEEDED,
+        "d-1",
+        "api/prod/r1.zip",
+    )
+    assert (release.metadata, release.version, release.last_event_id) == ({"author": "ci"}, 3, 5)
