@@ -142,6 +142,7 @@ def console_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     logged: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
     return [entry for entry in logged if entry["level"] == "SEVERE"]
 
+
 def terminal_receipt(release_id: str) -> dict[str, Any] | None:
     """The receipt on the release's terminal history event (None: none written)."""
     history = bootstrap.wiring().store.history(release_id)
