@@ -82,13 +82,21 @@ class Flow:
             "on_codedeploy_event", self.world.on_codedeploy_event, deployment_id, state, PIPELINE, PIPELINE
         )
 
-    def deploy(self, release_id: str, *, fail_on: str | None = None) -> None:
-        """CodeDeploy runs the release's deployment on both instances and reports it."""
+    def reconcile(self) -> None:
+        self._run("reconcile", self.world.reconcile)
+
+    def deploy(self, release_id: str, *, fail_on: str | None = None, watched: bool = False) -> None:
+        """CodeDeploy runs the release's deployment on both instances and reports it; ``watched``:
+        a reconcile runs while it does (its watchdog reads the deployment's targets)."""
         from sandbox import moto_extensions
 
         deployment_id = self.world.deployment_of(release_id)
         instances = self.world.provisioned.load_balanced[PIPELINE].instance_ids
         self.codedeploy(deployment_id, "START")
+        if watched:
+            working = {instance: {"status": "InProgress"} for instance in instances}
+            moto_extensions.set_instance_targets(deployment_id, working)
+            self.reconcile()
         if fail_on is None:
             moto_extensions.set_instance_targets(
                 deployment_id, {i: {"status": "Succeeded"} for i in instances}
@@ -229,6 +237,25 @@ def notified() -> tuple[dict[str, Any], str]:
         return flow.summary(), f"{flow.state(upload.release_id)}; Slack: {slack_calls or 'no calls'}"
 
 
+def watched() -> tuple[dict[str, Any], str]:
+    """The success flow with reconcile (every 5 minutes, off the release path) running once while
+    the deployment runs, its watchdog reading the targets, and once after the release ended, its
+    fleet check reading what each instance received. Only reconcile's calls are counted."""
+    with _world() as world:
+        _behind_an_alb(world)
+        flow = Flow(world)
+        upload = flow.upload()
+        flow.counting = True
+        flow.deploy(upload.release_id, watched=True)
+        flow.verify(upload.release_id)
+        flow.stream()
+        flow.reconcile()
+        summary = flow.summary()
+        summary["calls"] = [call for call in summary["calls"] if call["handler"] == "reconcile"]
+        summary["invocations"] = {"reconcile": summary["invocations"]["reconcile"]}
+        return summary, flow.state(upload.release_id)
+
+
 def rollback() -> tuple[dict[str, Any], str]:
     from chalicelib.domain.release import rollback_release_id
 
@@ -296,6 +323,14 @@ def run() -> Outcome:
             f"{len(others)} ({_by_operation(calls, BUDGETED, exclude=True)}); "
             f"by handler: {_by_handler(summary)}",
         )
+    summary, end = watched()
+    scenarios["watched"] = summary
+    outcome.add(
+        "AWS calls of reconcile around one release: its watchdog while DEPLOYING, its fleet check "
+        f"after the release ended (every service; off the release path; ended {end})",
+        f"{len(summary['calls'])} ({_by_operation(summary['calls'], None)}); by handler: "
+        f"reconcile ×{summary['invocations']['reconcile']}",
+    )
     outcome.data["scenarios"] = scenarios
     return outcome
 

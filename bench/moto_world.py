@@ -466,6 +466,11 @@ class MotoWorld:
     def on_notify_message(self, event: dict[str, Any]) -> Any:
         return self.function("on_notify_message")(event, None)
 
+    def reconcile(self) -> Any:
+        from bench.first_invocation import scheduled_event
+
+        return self.function("reconcile")(scheduled_event(), None)
+
 
 def codedeploy_event(deployment_id: str, state: str, application: str, group: str) -> dict[str, Any]:
     """CodeDeploy's EventBridge state-change event (the shape tests/integration/conftest.py uses)."""
