@@ -16,6 +16,7 @@ from chalicelib.service.notification_ports import NotificationAdapters
 from chalicelib.service.wiring import Wiring
 
 if TYPE_CHECKING:
+    from chalicelib.service.digest import DigestAdapters
     from chalicelib.service.slack_actions import SlackActionAdapters
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,7 @@ def wiring() -> Wiring:
         alarms=CloudWatchAlarms(lambda: session.client("cloudwatch", config=config)),
         traffic=CloudWatchMetrics(lambda: session.client("cloudwatch", config=config)),
         slack_actions=_slack_actions(session, config, table),
+        digests=_digests(session, config, table),
     )
 
 
@@ -150,6 +152,27 @@ def _slack_actions(session: Any, config: Any, table: str) -> SlackActionAdapters
         ledger=DynamoInteractionLedger(lambda: client("dynamodb"), table),
         queue=SqsSlackActionQueue(lambda: client("sqs"), queue_url),
         workspace=SlackWorkspace(base_url=os.environ.get("SLACK_API_URL") or None),
+    )
+
+
+def _digests(session: Any, config: Any, table: str) -> DigestAdapters | None:
+    """The digest log, Slack and the token's store, when a pipeline has a weekly digest; each
+    client is made on first use (reconcile posts a digest once a week)."""
+    if not any(pipeline.digest is not None for pipeline in pipelines().pipelines):
+        return None
+    from chalicelib.adapters.digest_log import DynamoDigestLog
+    from chalicelib.adapters.secrets import ParameterSecrets
+    from chalicelib.adapters.slack import SlackWebApi
+    from chalicelib.service.digest import DigestAdapters
+
+    @functools.cache
+    def client(service: str) -> Any:
+        return session.client(service, config=config)
+
+    return DigestAdapters(
+        log=DynamoDigestLog(lambda: client("dynamodb"), table),
+        slack=SlackWebApi(base_url=os.environ.get("SLACK_API_URL") or None),
+        secrets=ParameterSecrets(client),
     )
 
 

@@ -60,6 +60,9 @@ class Scope:
     # requests with it) and the bot token (the actions worker reads user groups with it).
     slack_signing_secret: tuple[tuple[str, Any], ...] = ()
     slack_token: tuple[tuple[str, Any], ...] = ()
+    # The bot tokens of the slack routes weekly digests post through, as (source, ARNs): reconcile
+    # posts the digests ([pipeline.digest]).
+    digest_tokens: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
 
 def pipeline_scope(stage: str, pipelines: Any) -> Scope:
@@ -70,6 +73,7 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
     secrets: dict[str, Any] = {}
     identities: dict[str, dict[str, str]] = {}
     topics: set[str] = set()
+    digest_tokens: dict[str, dict[str, Any]] = {}
     slack = pipelines.slack
     for pipeline in pipelines.pipelines:
         # A key "api/prod/v1.zip" matches "api/prod/*"; an empty prefix matches the whole bucket.
@@ -83,6 +87,9 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
         configs[pipeline.deployment_config] = arn(
             "codedeploy", f"deploymentconfig:{pipeline.deployment_config}"
         )
+        if pipeline.digest is not None:
+            token = pipeline.digest.token
+            digest_tokens.setdefault(token.source, {})[token.name] = _secret_arn(token)
         for route in pipeline.notify:
             channel = route.channel
             for field in fields(channel):
@@ -121,6 +128,10 @@ def pipeline_scope(stage: str, pipelines: Any) -> Scope:
         slack_token=((slack.token.source, _secret_arn(slack.token)),)
         if slack is not None and slack.token is not None
         else (),
+        digest_tokens=tuple(
+            (source, tuple(arns[name] for name in sorted(arns)))
+            for source, arns in sorted(digest_tokens.items())
+        ),
     )
 
 
@@ -411,6 +422,14 @@ def _slack_token(_function: Function, scope: Scope) -> list[Statement]:
     return _secret_statements("ReadSlackToken", scope.slack_token)
 
 
+def _digest_tokens(_function: Function, scope: Scope) -> list[Statement]:
+    actions = {"ssm": "ssm:GetParameter", "secretsmanager": "secretsmanager:GetSecretValue"}
+    return [
+        _statement(f"ReadDigestTokens{source.capitalize()}", [actions[source]], list(resources))
+        for source, resources in scope.digest_tokens
+    ]
+
+
 # Every function's grants, by what its code calls (checked by tests/integration/test_permissions.py
 # against every AWS call the integration suite makes inside each handler). A release that ends
 # frees its pipeline's slot and starts the next one (or an automatic rollback): every function
@@ -437,7 +456,7 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
     "on_verify_message": (*_RELEASES, *_STARTS, _target_health, _metrics, _verify_send, _verify_consume),
     # Applies CodeDeploy outcomes whose events were lost (as on_codedeploy_event, first check
     # included) and re-sends overdue checks; the watchdog reads running deployments' targets and
-    # stops a stuck one (StopDeployment).
+    # stops a stuck one (StopDeployment); posts the weekly digests (their slack routes' tokens).
     "reconcile": (
         *_RELEASES,
         *_STARTS,
@@ -448,6 +467,7 @@ FUNCTION_GRANTS: Mapping[str, tuple[Grant, ...]] = {
         _metrics,
         _verify_send,
         _event_failures,
+        _digest_tokens,
     ),
     # Reads a release that ended when its stream batch did not carry it (its DORA metrics).
     "on_release_stream": (_stream_read, _notify_send, _table_read),

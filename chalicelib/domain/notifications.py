@@ -240,6 +240,9 @@ class SlackThread:
 SLACK_POST_EVENT_TYPE = "release_coordinator_post"
 CARD = "card"
 REPLY = "reply"
+# A pipeline's weekly DORA digest (chalicelib/service/digest.py): no release's, so its mark's
+# release_id names the pipeline and week instead ("<pipeline>@<iso week>").
+DIGEST = "digest"
 
 
 @dataclass(frozen=True)
@@ -250,7 +253,7 @@ class SlackPostMark:
 
     release_id: str
     route: str
-    part: str  # CARD | REPLY
+    part: str  # CARD | REPLY | DIGEST
     event_id: int | None = None  # replies only: the history event they report
 
     @classmethod
@@ -260,6 +263,10 @@ class SlackPostMark:
     @classmethod
     def reply(cls, message: NotifyMessage) -> SlackPostMark:
         return cls(message.release_id, message.route, REPLY, message.event.id)
+
+    @classmethod
+    def digest(cls, pipeline: str, week: str, channel: str) -> SlackPostMark:
+        return cls(f"{pipeline}@{week}", channel, DIGEST)
 
     def to_metadata(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"release_id": self.release_id, "route": self.route, "part": self.part}
@@ -277,7 +284,7 @@ class SlackPostMark:
             return None
         release_id, route, part = payload.get("release_id"), payload.get("route"), payload.get("part")
         event_id = payload.get("event_id")
-        if not (isinstance(release_id, str) and isinstance(route, str) and part in (CARD, REPLY)):
+        if not (isinstance(release_id, str) and isinstance(route, str) and part in (CARD, REPLY, DIGEST)):
             return None
         if event_id is not None and not isinstance(event_id, int):
             return None

@@ -25,6 +25,7 @@ from chalicelib.domain.notify_routes import (
     Notification,
     NotifyKind,
     SecretRef,
+    SlackSettings,
     default_subscription,
     secret_ref,
 )
@@ -135,6 +136,29 @@ class FleetSettings:
     deployments: int = DEFAULT_FLEET_DEPLOYMENTS
 
 
+# [pipeline.digest]: datetime.weekday()'s order (Monday is 0, as in ISO weeks), and the defaults.
+DIGEST_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+DEFAULT_DIGEST_WEEKDAY = "monday"
+DEFAULT_DIGEST_HOUR = 9
+DEFAULT_DIGEST_DAYS = 7
+# As GET /stats: a window longer than a year says little about this week.
+MAX_DIGEST_DAYS = 365
+
+
+@dataclass(frozen=True)
+class DigestSettings:
+    """``[pipeline.digest]``: a weekly DORA digest (chalicelib/domain/digest.py) posted through one
+    of the pipeline's ``slack`` routes, resolved at load: that route's bot token, and its channel
+    unless the digest names its own."""
+
+    route: int  # the number of the pipeline's [[pipeline.notify]] table, from 1
+    channel: str
+    token: SecretRef
+    weekday: int = DIGEST_WEEKDAYS.index(DEFAULT_DIGEST_WEEKDAY)
+    hour: int = DEFAULT_DIGEST_HOUR  # UTC
+    days: int = DEFAULT_DIGEST_DAYS
+
+
 @dataclass(frozen=True)
 class Pipeline:
     name: str
@@ -163,6 +187,8 @@ class Pipeline:
     fleet: FleetSettings = field(default_factory=FleetSettings)
     # When a running deployment counts as stuck and is stopped (chalicelib/domain/watchdog.py).
     watchdog: WatchdogLimits = field(default_factory=WatchdogLimits)
+    # [pipeline.digest]: None posts no digest.
+    digest: DigestSettings | None = None
 
     def matches(self, bucket: str, key: str) -> bool:
         return bucket == self.bucket and key.startswith(self.prefix)
@@ -227,6 +253,7 @@ _OPTIONAL = (
     "promote",
     "soak",
     "watchdog",
+    "digest",
 )
 
 
@@ -297,6 +324,7 @@ def _parse_pipeline(
         on_busy = BusyPolicy(on_busy_raw)
     except ValueError:
         raise fail("on_busy", f"must be 'queue' or 'supersede', got {on_busy_raw!r}") from None
+    notify = _parse_notify(entry.get("notify", []), fail)
     return Pipeline(
         name=values["name"],
         bucket=values["bucket"],
@@ -307,12 +335,13 @@ def _parse_pipeline(
         on_busy=on_busy,
         verify=_parse_verify(entry.get("verify", {}), fail),
         rollback=_parse_rollback(entry.get("rollback", {}), fail),
-        notify=_parse_notify(entry.get("notify", []), fail),
+        notify=notify,
         freeze=global_freeze + _parse_freeze(entry.get("freeze", []), "[[pipeline.freeze]]", fail),
         approval=_parse_approval(entry.get("approval", {}), fail),
         slack=_parse_slack_operators(entry.get("slack", {}), fail),
         fleet=_parse_fleet(entry.get("fleet", {}), fail),
         watchdog=_parse_watchdog(entry.get("watchdog", {}), fail),
+        digest=_parse_digest(entry["digest"], notify, fail) if "digest" in entry else None,
         **_parse_promotion(entry, fail),
     )
 
@@ -671,6 +700,58 @@ def _parse_notify(value: Any, fail: Any) -> tuple[NotifyRoute, ...]:
             )
         )
     return tuple(routes)
+
+
+def _parse_digest(value: Any, notify: tuple[NotifyRoute, ...], fail: Any) -> DigestSettings:
+    """``[pipeline.digest]``: ``route`` (a ``slack`` route's number; may be left out when the
+    pipeline has one), ``channel`` (default: the route's), ``weekday``, ``hour`` (UTC), ``days``."""
+    table = _table(value, "digest", fail)
+    allowed = ("route", "channel", "weekday", "hour", "days")
+    for name in table:
+        if name not in allowed:
+            raise fail(f"digest.{name}", f"unknown key (allowed: {', '.join(allowed)})")
+    slack_routes = {
+        number: route.channel
+        for number, route in enumerate(notify, start=1)
+        if isinstance(route.channel, SlackSettings)
+    }
+    if "route" in table:
+        number = table["route"]
+        if isinstance(number, bool) or not isinstance(number, int) or number not in slack_routes:
+            raise fail(
+                "digest.route",
+                f"must be the number of one of the pipeline's slack routes ([[pipeline.notify]] "
+                f'with kind = "slack", counted from 1: {sorted(slack_routes) or "none"}), got {number!r}',
+            )
+    elif len(slack_routes) == 1:
+        [number] = slack_routes
+    else:
+        raise fail(
+            "digest.route",
+            'is required: the number of the slack route ([[pipeline.notify]] with kind = "slack", '
+            f"counted from 1) whose bot token posts the digest; the pipeline has {len(slack_routes)}",
+        )
+    route = slack_routes[number]
+    channel = table.get("channel", route.channel)
+    if not isinstance(channel, str) or not channel.strip():
+        raise fail("digest.channel", f"must be a channel name or id, got {channel!r}")
+    weekday = table.get("weekday", DEFAULT_DIGEST_WEEKDAY)
+    if weekday not in DIGEST_WEEKDAYS:
+        raise fail("digest.weekday", f"must be one of {', '.join(DIGEST_WEEKDAYS)}, got {weekday!r}")
+    hour = table.get("hour", DEFAULT_DIGEST_HOUR)
+    if isinstance(hour, bool) or not isinstance(hour, int) or not 0 <= hour <= 23:
+        raise fail("digest.hour", f"must be a whole hour from 0 to 23 (UTC), got {hour!r}")
+    days = table.get("days", DEFAULT_DIGEST_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DIGEST_DAYS:
+        raise fail("digest.days", f"must be a whole number of days from 1 to {MAX_DIGEST_DAYS}, got {days!r}")
+    return DigestSettings(
+        route=number,
+        channel=channel,
+        token=route.token,
+        weekday=DIGEST_WEEKDAYS.index(weekday),
+        hour=hour,
+        days=days,
+    )
 
 
 _FREEZE_KEYS = ("reason", "timezone", "start", "end", "rrule", "duration")

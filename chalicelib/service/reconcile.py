@@ -12,6 +12,7 @@ from chalicelib.domain.wakeups import WakeUp, next_wake, soak_ends
 from chalicelib.log import logger
 from chalicelib.service import fleet, promotions
 from chalicelib.service.deployment_events import STATE_FOR_STATUS, apply_deployment_state
+from chalicelib.service.digest import post_digest_if_due
 from chalicelib.service.slot_flow import advance
 from chalicelib.service.verification import resend_overdue_checks
 from chalicelib.service.watchdog import watch_deployment
@@ -40,6 +41,14 @@ def reconcile(wiring: Wiring) -> dict[str, Any]:
         except Exception as error:
             logger.exception("reconcile of a pipeline failed; continuing", extra={"pipeline": pipeline.name})
             actions["error"] = f"{type(error).__name__}: {error}"[:500]
+        # Apart from the lane's repair: a lane that keeps failing must not hold the week's digest.
+        try:
+            actions.update(post_digest_if_due(wiring, pipeline))
+        except Exception as error:
+            logger.exception(
+                "weekly digest failed; the next reconcile retries", extra={"pipeline": pipeline.name}
+            )
+            actions["digest_error"] = f"{type(error).__name__}: {error}"[:500]
         if actions:
             report[pipeline.name] = actions
     return report

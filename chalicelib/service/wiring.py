@@ -25,7 +25,8 @@ from chalicelib.service.ports import (
 )
 
 if TYPE_CHECKING:
-    # Only the Slack actions' functions use them: not imported at every cold start.
+    # Only the Slack actions' functions and reconcile use them: not imported at every cold start.
+    from chalicelib.service.digest import DigestAdapters
     from chalicelib.service.slack_actions import SlackActionAdapters
 
 T = TypeVar("T")
@@ -53,6 +54,8 @@ class Wiring:
     # None where the Slack actions queue is not configured: the release card's buttons then
     # cannot be taken (POST /slack/interactions answers 503).
     slack_actions: SlackActionAdapters | None = None
+    # None where no pipeline has a weekly digest ([pipeline.digest]): reconcile posts none then.
+    digests: DigestAdapters | None = None
 
 
 class ConflictPersisted(RuntimeError):
