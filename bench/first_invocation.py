@@ -378,9 +378,16 @@ class MotoServerWorld:
 
     def finish_deployment(self, release_id: str) -> str:
         """CodeDeploy finishes the release's deployment on both instances; returns its id."""
+        from boto3.dynamodb.types import TypeDeserializer
+
+        from chalicelib.adapters.dynamodb_store import release_from_item
         from sandbox import moto_extensions
 
-        deployment_id = self.release(release_id).get("deployment_id", {}).get("S")
+        # The release item as the store reads it: most fields travel in its JSON body.
+        raw = self.release(release_id)
+        deployment_id = release_from_item(
+            {name: TypeDeserializer().deserialize(value) for name, value in raw.items()}
+        ).deployment_id
         if not deployment_id:
             raise RuntimeError(f"release {release_id} has no deployment")
         instances = self.provisioned.load_balanced[PIPELINE].instance_ids

@@ -45,13 +45,17 @@ _REMEMBERED_DEPLOYMENTS = 4096
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
-# An item keeps as attributes of its own only what DynamoDB reads (keys, index keys, the version
-# writes are conditioned on) and what readers of raw items read (the stream's routing fields, the
-# release id and state, a release's notification threads, absent on most); the rest travels as
-# one JSON string, ``body``. Every attribute value is walked one by one by each (de)serializer
-# on the way (TypeSerializer here, DynamoDB's answer, and moto's serializer, whose cost in the
-# burst grows with the values a read returns); a JSON string is one value. Items written before
-# hold every attribute on its own and read the same.
+# A release or history event keeps as attributes of its own only what DynamoDB reads (keys, index
+# keys, the version writes are conditioned on) and what readers of raw items read (the stream's
+# routing fields, the release id and state, a release's notification threads, absent on most);
+# the rest travels as one JSON string, ``body``. Every attribute value is walked one by one by
+# each (de)serializer on the way (TypeSerializer here, DynamoDB's answer, and moto's serializer,
+# whose cost in the burst grows with the values a read returns); a JSON string is one value.
+# Items written before hold every attribute on its own and read the same. The slot keeps every
+# field as an attribute: a coordinator older than the body (a function not yet updated during a
+# stack update, or a rollback) would read a packed slot as free and its next versioned write
+# would empty the line; an older coordinator fails loudly on a packed release instead (it lacks
+# the fields it requires) and the event is retried (docs/deploy.md, "Upgrading").
 _BODY = "body"
 _RELEASE_ATTRIBUTES = frozenset(
     {"pk", "sk", "id", "pipeline", "state", "created_key", "in_flight", "version", "notification_threads"}
@@ -59,7 +63,6 @@ _RELEASE_ATTRIBUTES = frozenset(
 _EVENT_ATTRIBUTES = frozenset(
     {"pk", "sk", "kind", "release_id", "event_pipeline", "release_trigger", "state"}
 )
-_SLOT_ATTRIBUTES = frozenset({"pk", "sk", "version"})
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -284,10 +287,9 @@ def _approval_mark_item(mark: ApprovalMark) -> dict[str, str]:
     return item
 
 
-def _slot_from_item(pipeline: str, stored: Mapping[str, Any] | None) -> PipelineSlot:
-    if stored is None:
+def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
+    if item is None:
         return PipelineSlot(pipeline=pipeline)
-    item = _unpacked(stored)
     waiting = tuple(item.get("waiting", []))
     return PipelineSlot(
         pipeline=pipeline,
@@ -533,25 +535,20 @@ class DynamoReleaseStore:
         return self._put_versioned(stored, release.version)
 
     def _put_slot(self, slot: PipelineSlot) -> dict[str, Any]:
-        stored = _packed(
-            {
-                "pk": f"PIPE#{slot.pipeline}",
-                "sk": "SLOT",
-                "active": slot.active,
-                # Empty lists and maps are left out (most slots have no line): less to carry.
-                "waiting": list(slot.waiting) or None,
-                "last_good": slot.last_good,
-                "last_good_at": slot.last_good_at.isoformat() if slot.last_good_at else None,
-                "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
-                "waiting_uploads": {
-                    mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads
-                }
-                or None,
-                "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
-                "version": slot.version + 1,
-            },
-            _SLOT_ATTRIBUTES,
-        )
+        stored = {
+            "pk": f"PIPE#{slot.pipeline}",
+            "sk": "SLOT",
+            "active": slot.active,
+            # Empty lists and maps are left out (most slots have no line): fewer values to carry.
+            "waiting": list(slot.waiting) or None,
+            "last_good": slot.last_good,
+            "last_good_at": slot.last_good_at.isoformat() if slot.last_good_at else None,
+            "newest_started": _mark_item(slot.newest_started) if slot.newest_started else None,
+            "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
+            or None,
+            "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
+            "version": slot.version + 1,
+        }
         if slot.version == 0:
             return self._put_new(stored)
         return self._put_versioned(stored, slot.version)
