@@ -305,13 +305,6 @@ def _function_resources(
 ) -> dict[str, Any]:
     logical = function.logical_id
     variables = _environment()
-    if function.name == "on_notify_message":
-        # GitHub deployment statuses link the release in the API: the stage's URL, as Chalice's
-        # EndpointURL output writes it (api_gateway_stage "api", .chalice/config.json). The API
-        # does not depend on this function, so the reference makes no cycle.
-        variables["RELEASES_API_URL"] = sub(
-            "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api"
-        )
     properties: dict[str, Any] = {
         "FunctionName": function_name(stage, function),
         "Role": get_att(f"{logical}Role"),
