@@ -120,8 +120,6 @@ def _notifications(session: Any, config: Any, table: str) -> NotificationAdapter
             webhook=HttpWebhook(),
             github=GithubRestApi(),
             github_records=DynamoDeploymentRecords(client("dynamodb"), table),
-            # GitHub deployment statuses link the release in the API (RELEASES_API_URL: its base).
-            releases_api_url=os.environ.get("RELEASES_API_URL") or None,
             # Buttons on the cards only where a Slack app ([slack]) can take the clicks.
             slack_card_actions=pipelines().slack is not None,
         ),

@@ -136,14 +136,17 @@ def release_stream(wiring: Wiring, event: Mapping[str, Any]) -> dict[str, Any]:
     for record in DynamoDBStreamEvent(dict(event)).records:
         if record.dynamodb is None or record.event_name is DynamoDBRecordEventName.REMOVE:
             continue
-        releases.remember(record.dynamodb.new_image)
-        if record.event_name is not DynamoDBRecordEventName.INSERT:
-            continue
+        # Reading the image parses it (an unknown type raises TypeError, a bad number Decimal's
+        # InvalidOperation, an ArithmeticError): a malformed one skips its record, not the batch.
         try:
-            streamed = streamed_event(record.dynamodb.new_image)
-        except (KeyError, TypeError, ValueError) as problem:
+            image = record.dynamodb.new_image
+            releases.remember(image)
+            if record.event_name is not DynamoDBRecordEventName.INSERT:
+                continue
+            streamed = streamed_event(image)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as problem:
             logger.warning(
-                "malformed history event on the stream skipped",
+                "malformed record on the stream skipped",
                 extra={"why": repr(problem), "event_id": record.event_id},
             )
             continue

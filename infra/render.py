@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from chalicelib.log import METRICS_NAMESPACE, SERVICE
 from infra import sizing as function_sizes
 from infra import stack
 from infra.functions import (
@@ -76,17 +77,15 @@ SQS_SOURCES = {spec.consumer: spec.logical_id for spec in stack.QUEUES if spec.c
 ARTIFACT_PERMISSION = "ArtifactRulesInvokePermission"
 API_ACCESS_LOG = "ApiAccessLogGroup"
 
-# The metric chalicelib emits (Powertools EMF) when S3 refuses to show an uploaded artifact: the
-# role lacks a grant, or the bucket policy or KMS key refuses it. The upload is not deployed.
-ACCESS_DENIED_NAMESPACE = "ReleaseCoordinator"
+# The metric chalicelib emits (Powertools EMF, in chalicelib.log's METRICS_NAMESPACE with its
+# SERVICE as the service dimension) when S3 refuses to show an uploaded artifact: the role lacks
+# a grant, or the bucket policy or KMS key refuses it. The upload is not deployed.
 ACCESS_DENIED_METRIC = "ArtifactAccessDenied"
-ACCESS_DENIED_SERVICE = APP_NAME
 
 
 # DORA's metrics, printed by on_release_stream (chalicelib/service/release_metrics.py, EMF) with
 # the dimensions pipeline and service; docs/stats.md says what each measures.
 DORA_DASHBOARD = "DoraDashboard"
-DORA_NAMESPACE = ACCESS_DENIED_NAMESPACE
 DORA_PERIOD_S = 86400
 _DORA_WIDTH = 12
 _DORA_HEIGHT = 6
@@ -100,7 +99,7 @@ def _dora_dashboard(prefix: str, pipelines: Any) -> dict[str, Any]:
     names = [literal(pipeline.name) for pipeline in pipelines.pipelines]
 
     def metric(name: str, pipeline: str, options: Mapping[str, Any]) -> list[Any]:
-        return [DORA_NAMESPACE, name, "pipeline", pipeline, "service", ACCESS_DENIED_SERVICE, dict(options)]
+        return [METRICS_NAMESPACE, name, "pipeline", pipeline, "service", SERVICE, dict(options)]
 
     def widget(title: str, metrics: list[list[Any]], position: int, **extra: Any) -> dict[str, Any]:
         return {
@@ -305,13 +304,6 @@ def _function_resources(
 ) -> dict[str, Any]:
     logical = function.logical_id
     variables = _environment()
-    if function.name == "on_notify_message":
-        # GitHub deployment statuses link the release in the API: the stage's URL, as Chalice's
-        # EndpointURL output writes it (api_gateway_stage "api", .chalice/config.json). The API
-        # does not depend on this function, so the reference makes no cycle.
-        variables["RELEASES_API_URL"] = sub(
-            "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}/api"
-        )
     properties: dict[str, Any] = {
         "FunctionName": function_name(stage, function),
         "Role": get_att(f"{logical}Role"),
@@ -491,9 +483,9 @@ def render(
     resources["ArtifactAccessDeniedAlarm"] = _alarm(
         f"{APP_NAME} {stage}: S3 refused to show an uploaded artifact (403): it was not deployed; "
         "check the bucket policy, the KMS key and the function's role",
-        ACCESS_DENIED_NAMESPACE,
+        METRICS_NAMESPACE,
         ACCESS_DENIED_METRIC,
-        ("service", ACCESS_DENIED_SERVICE),
+        ("service", SERVICE),
         Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
     )

@@ -40,6 +40,7 @@ SECURITY_HEADERS = {
 }
 # What the page sends the API besides its JSON body: a retried action must not act twice.
 FORWARDED_HEADERS = ("Idempotency-Key",)
+# The page's actions send a few hundred bytes of JSON: anything far larger is not from the page.
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -128,11 +129,21 @@ class DashboardRequest(BaseHTTPRequestHandler):
             return
         # JSON only: a cross-site form cannot send it without a preflight this server never allows.
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            self._send(json_answer(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"Message": "send application/json"}))
+            self._refuse_body(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = self.headers.get("Content-Length") or "0"
+        # Digits only: int() would take "+5" or " 5", and a negative length reads until the client
+        # closes, holding a thread.
+        if not declared.isascii() or not declared.isdigit():
+            self._refuse_body(
+                HTTPStatus.BAD_REQUEST, f"Content-Length must be a byte count, got {declared!r}"
+            )
+            return
+        length = int(declared)
         if length > MAX_BODY_BYTES:
-            self._send(json_answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"Message": "body too large"}))
+            self._refuse_body(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the body may be at most {MAX_BODY_BYTES} bytes"
+            )
             return
         body = self.rfile.read(length)
         headers = {name: self.headers[name] for name in FORWARDED_HEADERS if self.headers.get(name)}
@@ -153,8 +164,15 @@ class DashboardRequest(BaseHTTPRequestHandler):
         )
         return False
 
-    def _send(self, answer: Answer) -> None:
+    def _refuse_body(self, status: HTTPStatus, message: str) -> None:
+        """Answer without reading the body, and close: on a kept-alive connection the unread body
+        would be read as the next request."""
+        self._send(json_answer(status, {"Message": message}), close=True)
+
+    def _send(self, answer: Answer, *, close: bool = False) -> None:
         self.send_response(answer.status)
+        if close:
+            self.send_header("Connection", "close")  # also ends this connection's request loop
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.body)))
         for name, value in SECURITY_HEADERS.items():

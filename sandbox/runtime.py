@@ -451,9 +451,6 @@ class Sandbox:
                 Threshold=5,
                 ComparisonOperator="GreaterThanOrEqualToThreshold",
             )
-        # The API's address, known before any handler runs: GitHub deployment statuses link it.
-        api_port = free_port()
-        self._set_environment({"RELEASES_API_URL": f"http://127.0.0.1:{api_port}"})
         bootstrap.reset()
         codedeploy_queue = self._codedeploy_event_queue()
         for fleet, pipeline_name in fleet_pipelines.items():
@@ -506,7 +503,7 @@ class Sandbox:
             schedule=Schedule(chalice_app.reconcile, every_s=RECONCILE_EVERY_S),
         ).start()
         self._parts.append(pump)
-        api_url = self._serve_api(chalice_app.app, api_port)
+        api_url = self._serve_api(chalice_app.app, 0)
         # The Slack app's Interactivity Request URL: where the look-alike sends its clicks.
         self.slack.interactions_url = f"{api_url}/slack/interactions"
         self.endpoints = Endpoints(

@@ -135,12 +135,15 @@ class GithubRestApi:
         deployment_id: int,
         state: str,
         description: str,
-        release_url: str | None,
+        *,
+        log_url: str | None,
+        environment_url: str | None,
     ) -> None:
         body: dict[str, Any] = {"state": state, "description": description[:140]}
-        if release_url is not None:
-            body["log_url"] = release_url
-            body["environment_url"] = release_url
+        if log_url is not None:
+            body["log_url"] = log_url
+        if environment_url is not None:
+            body["environment_url"] = environment_url
         self._call(repository, "POST", f"deployments/{deployment_id}/statuses", body)
 
     def _call(

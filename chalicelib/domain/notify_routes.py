@@ -9,6 +9,7 @@ give the table back exactly with ``as_written``.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -199,6 +200,8 @@ class WebhookSettings:
 
 
 GITHUB_API_URL = "https://api.github.com"
+# Where a github route's ``release_url`` takes the release's id.
+RELEASE_ID_PLACEHOLDER = "{release_id}"
 # A GitHub route follows a release from the first notice: a waiting release's deployment is
 # "queued", so one superseded while it waited ends "inactive" like one that was stopped.
 GITHUB_SUBSCRIPTION = SUBSCRIBABLE
@@ -208,13 +211,17 @@ GITHUB_SUBSCRIPTION = SUBSCRIBABLE
 class GithubSettings:
     """GitHub deployments: one per release in ``repository`` for the release's commit, in
     ``environment`` (the pipeline's name when None), through ``api_url`` (GitHub Enterprise
-    Server's ``https://HOST/api/v3``; None: github.com)."""
+    Server's ``https://HOST/api/v3``; None: github.com). Each status links the release at
+    ``release_url`` (its ``{release_id}`` filled in) and the deployed app at ``environment_url``;
+    None: no such link."""
 
     kind: ClassVar[NotifyKind] = NotifyKind.GITHUB
     repository: str  # "owner/name"
     token: SecretRef
     api_url: str | None = None
     environment: str | None = None
+    release_url: str | None = None
+    environment_url: str | None = None
 
     @property
     def owner_and_name(self) -> tuple[str, str]:
@@ -228,8 +235,19 @@ class GithubSettings:
     def base_url(self) -> str:
         return (self.api_url or GITHUB_API_URL).rstrip("/")
 
+    def release_link(self, release_id: str) -> str | None:
+        """The release's page as the route's ``release_url`` names it, or None without one."""
+        if self.release_url is None:
+            return None
+        return self.release_url.replace(RELEASE_ID_PLACEHOLDER, urllib.parse.quote(release_id, safe=""))
+
     def as_written(self) -> dict[str, Any]:
-        optional = {"api_url": self.api_url, "environment": self.environment}
+        optional = {
+            "api_url": self.api_url,
+            "environment": self.environment,
+            "release_url": self.release_url,
+            "environment_url": self.environment_url,
+        }
         return {
             "repository": self.repository,
             **_written_secret("token", self.token),
@@ -243,6 +261,8 @@ class GithubSettings:
             token=_required_secret(settings, "token"),
             api_url=settings.get("api_url"),
             environment=settings.get("environment"),
+            release_url=settings.get("release_url"),
+            environment_url=settings.get("environment_url"),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 
 from chalicelib.domain.freeze import FreezeWindow, FreezeWindowError
 from chalicelib.domain.notify_routes import (
+    RELEASE_ID_PLACEHOLDER,
     SECRET_SOURCES,
     SETTINGS_BY_KIND,
     SUBSCRIBABLE,
@@ -846,11 +848,17 @@ _NOTIFY_SETTINGS: Mapping[NotifyKind, Mapping[str, str]] = {
     NotifyKind.GITHUB: {
         "repository": "repository",
         "token": "secret",
-        "api_url": "http_url",
+        "api_url": "token_url",
         "environment": "text",
+        "release_url": "release_url",
+        "environment_url": "http_url",
     },
 }
-_OPTIONAL_NOTIFY_SETTINGS = frozenset({"mention_on_failure", "authors", "api_url", "environment"})
+_OPTIONAL_NOTIFY_SETTINGS = frozenset(
+    {"mention_on_failure", "authors", "api_url", "environment", "release_url", "environment_url"}
+)
+# Hosts a token may be sent to over plain http: this machine's (the sandbox's and tests' look-alikes).
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # GitHub's "owner/name": letters, digits, '-', '_' and '.'.
 _GITHUB_REPOSITORY = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
 
@@ -864,6 +872,20 @@ def _is_slack_id(value: Any) -> bool:
         and value.isalnum()
         and value.isupper()
     )
+
+
+def _is_token_url(value: Any) -> bool:
+    """An API URL a bearer token may be sent to: https, or http to this machine only."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parsed = urllib.parse.urlsplit(value)
+        host = parsed.hostname
+    except ValueError:  # an unbalanced IPv6 bracket
+        return False
+    if not host:
+        return False
+    return parsed.scheme == "https" or (parsed.scheme == "http" and host in _LOOPBACK_HOSTS)
 
 
 def _check_notify_settings(kind: NotifyKind, settings: Mapping[str, Any], key: str, fail: Any) -> None:
@@ -895,6 +917,22 @@ def _check_notify_settings(kind: NotifyKind, settings: Mapping[str, Any], key: s
             raise fail(f"{key}.{name}", f'must be a GitHub repository "owner/name", got {value!r}')
         if holds == "http_url" and not (isinstance(value, str) and value.startswith(("https://", "http://"))):
             raise fail(f"{key}.{name}", f"must be an http(s) URL, got {value!r}")
+        if holds == "token_url" and not _is_token_url(value):
+            raise fail(
+                f"{key}.{name}",
+                "must be an https URL (the token goes with every call; http only to "
+                f"127.0.0.1, ::1 or localhost), got {value!r}",
+            )
+        if holds == "release_url" and not (
+            isinstance(value, str)
+            and value.startswith(("https://", "http://"))
+            and RELEASE_ID_PLACEHOLDER in value
+        ):
+            raise fail(
+                f"{key}.{name}",
+                f"must be an http(s) URL with {RELEASE_ID_PLACEHOLDER} where the release's id goes, "
+                f"got {value!r}",
+            )
         if holds == "address" and not (isinstance(value, str) and "@" in value):
             raise fail(f"{key}.{name}", f"must be an email address, got {value!r}")
         if holds == "addresses" and not (

@@ -205,13 +205,10 @@ class GithubDeploymentChannel:
         github: GithubDeployments,
         records: DeploymentRecords,
         secrets: Secrets,
-        releases_api_url: str | None = None,
     ) -> None:
         self._github = github
         self._records = records
         self._secrets = secrets
-        # The API's base URL (its stage): each status links the release there. None: no links.
-        self._releases_api_url = releases_api_url.rstrip("/") if releases_api_url else None
 
     def send(self, settings: GithubSettings, outgoing: Outgoing) -> bool:
         message, notice = outgoing.message, outgoing.notice
@@ -231,17 +228,17 @@ class GithubDeploymentChannel:
         else:
             repository = self._repository(settings)
         self._github.post_status(
-            repository, deployment_id, state, f"{notice.title}: {notice.label}", self._link(release.id)
+            repository,
+            deployment_id,
+            state,
+            f"{notice.title}: {notice.label}",
+            log_url=settings.release_link(release.id),
+            environment_url=settings.environment_url,
         )
         return True
 
     def _repository(self, settings: GithubSettings) -> GithubRepository:
         return GithubRepository(settings.base_url, settings.repository, self._secrets.get(settings.token))
-
-    def _link(self, release_id: str) -> str | None:
-        if self._releases_api_url is None:
-            return None
-        return f"{self._releases_api_url}/releases/{release_id}"
 
     def _deployment(
         self, repository: GithubRepository, release_id: str, environment: str, commit: str
@@ -288,16 +285,14 @@ def channel_registry(
     github: GithubDeployments,
     github_records: DeploymentRecords,
     slack_card_actions: bool = False,
-    releases_api_url: str | None = None,
 ) -> Mapping[NotifyKind, Channel[Any]]:
-    """Every kind's channel, by kind; ``slack_card_actions`` puts buttons on bot-token cards,
-    ``releases_api_url`` (the API's base URL) links GitHub deployment statuses to the release."""
+    """Every kind's channel, by kind; ``slack_card_actions`` puts buttons on bot-token cards."""
     channels: tuple[Channel[Any], ...] = (
         SlackThreadChannel(slack, secrets, slack_card_actions),
         SlackWebhookChannel(slack_webhook, secrets),
         EmailChannel(email_sender),
         SnsChannel(sns),
         WebhookChannel(webhook, secrets),
-        GithubDeploymentChannel(github, github_records, secrets, releases_api_url),
+        GithubDeploymentChannel(github, github_records, secrets),
     )
     return {channel.kind: channel for channel in channels}

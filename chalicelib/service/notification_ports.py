@@ -10,7 +10,7 @@ is transient and retried with backoff.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -158,7 +158,8 @@ class GithubRepository:
 
     api_url: str
     name: str
-    token: str
+    # Out of repr: a repository in a log line or a traceback must not carry the token.
+    token: str = field(repr=False)
 
 
 class GithubDeployments(Protocol):
@@ -180,8 +181,13 @@ class GithubDeployments(Protocol):
         deployment_id: int,
         state: str,
         description: str,
-        release_url: str | None,
-    ) -> None: ...
+        *,
+        log_url: str | None,
+        environment_url: str | None,
+    ) -> None:
+        """A status on the deployment; ``log_url`` (the release's page) and ``environment_url``
+        (the deployed app) are sent when given."""
+        ...
 
 
 class DeploymentRecords(Protocol):

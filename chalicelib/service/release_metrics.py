@@ -1,6 +1,8 @@
 """DORA's figures as CloudWatch metrics, one Embedded Metric Format line per release that reached
-the deployment, written to the log as the table's stream brings the history event of its end (each history
-event is published once: a batch retried from a failed record re-reads only the records from it).
+the deployment, written to the log as the table's stream brings the history event of its end.
+The lines are at least once: a batch retried from a record it reported failed prints only what
+comes from that record on, but a batch retried whole (the invocation timed out or raised after
+printing; the event source mapping then bisects and retries it) prints its ended releases again.
 The definitions are chalicelib/domain/dora.py's; docs/stats.md says where these differ from
 ``relco stats``.
 

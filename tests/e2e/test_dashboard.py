@@ -32,7 +32,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from chalicelib import bootstrap
 from chalicelib.domain.release import ReleaseState
 from relco.api_client import ApiClient
-from relco.ui import DashboardServer
+from relco.ui import MAX_BODY_BYTES, DashboardServer
 from sandbox.runtime import PROJECT_ROOT, Sandbox
 from tests.e2e.test_demo import processes_under
 
@@ -315,3 +315,33 @@ def test_the_dashboard_signs_what_its_page_asks_and_refuses_other_hosts_and_site
         dashboard.stop()
         api.shutdown()
         api.server_close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("content_length", "status"),
+    [
+        ("abc", 400),
+        # Before the check, -1 made the server read until the client gave up.
+        ("-1", 400),
+        ("+2", 400),
+        (str(MAX_BODY_BYTES + 1), 413),
+    ],
+)
+def test_a_bad_or_huge_content_length_is_refused_before_the_body_is_read(
+    content_length: str, status: int
+) -> None:
+    # Never called: the body is refused before anything is forwarded.
+    dashboard = DashboardServer(ApiClient("http://127.0.0.1:9/api"), 0).serve_in_thread()
+    port = dashboard.server_address[1]
+    headers = {
+        "Host": f"127.0.0.1:{port}",
+        "Content-Type": "application/json",
+        "Content-Length": content_length,
+    }
+    try:
+        answered, answer = ask(port, "POST", "/api/releases/r1/cancel", headers, "{}")
+        assert answered == status
+        assert "Message" in answer
+    finally:
+        dashboard.stop()

@@ -22,7 +22,9 @@ from tests.integration.test_verification import fail, run_checks, succeed
 
 REPOSITORY = "acme/shop"
 TOKEN_SECRET = "relco/github-token"
-RELEASES_API_URL = "https://relco.example/api"
+# shop-prod's statuses link `relco ui` (its default port) and the app; web-prod's link nothing.
+RELEASE_URL = "http://127.0.0.1:8765/#/release/{release_id}"
+ENVIRONMENT_URL = "https://shop.acme.example/"
 COMMIT = "0123456789abcdef0123"  # what tests.integration.test_notifications.upload attaches
 GITHUB_ROUTE = f"""
 [[pipeline.notify]]
@@ -30,7 +32,8 @@ kind = "github"
 repository = "{REPOSITORY}"
 token_secret = "{TOKEN_SECRET}"
 api_url = "{{api_url}}"
-"""
+{{links}}"""
+SHOP_LINKS = f'release_url = "{RELEASE_URL}"\nenvironment_url = "{ENVIRONMENT_URL}"\n'
 
 
 @pytest.fixture
@@ -43,18 +46,18 @@ def github() -> Iterator[GithubApi]:
 def pipelines_file(tmp_path: Path, github: GithubApi) -> Path:
     """A GitHub route on shop-prod (load balanced: verified by health checks) and on web-prod
     (on_busy = "supersede")."""
-    route = GITHUB_ROUTE.format(api_url=github.api_url)
+    web_prod_route = GITHUB_ROUTE.format(api_url=github.api_url, links="")
+    shop_prod_route = GITHUB_ROUTE.format(api_url=github.api_url, links=SHOP_LINKS)
     web_prod_end = 'on_busy = "supersede"\n'
-    text = PIPELINES_TOML.replace(web_prod_end, web_prod_end + route) + route
+    text = PIPELINES_TOML.replace(web_prod_end, web_prod_end + web_prod_route) + shop_prod_route
     path = tmp_path / "pipelines.toml"
     path.write_text(text, encoding="utf-8")
     return path
 
 
 @pytest.fixture
-def pump(world: World, monkeypatch: pytest.MonkeyPatch) -> Pump:
+def pump(world: World) -> Pump:
     world.aws("secretsmanager").create_secret(Name=TOKEN_SECRET, SecretString="ghp_sandbox")
-    monkeypatch.setenv("RELEASES_API_URL", RELEASES_API_URL)
     bootstrap.reset()
     return Pump(world)
 
@@ -80,7 +83,9 @@ def test_statuses_follow_the_release_in_order(world: World, pump: Pump, github: 
     deployment = deployment_of(github, good)
     assert (deployment.sha, deployment.environment) == (COMMIT, "shop-prod")
     assert deployment.states == ["in_progress", "success"]
-    assert {status["log_url"] for status in deployment.statuses} == {f"{RELEASES_API_URL}/releases/{good}"}
+    assert {(status["log_url"], status["environment_url"]) for status in deployment.statuses} == {
+        (RELEASE_URL.replace("{release_id}", good), ENVIRONMENT_URL)
+    }
     assert deployment_of(github, bad).states == ["in_progress", "failure"]
     # The automatic rollback redeploys 1.0.0's revision: a release (and deployment) of its own.
     assert len(github.deployments()) == 3
@@ -99,6 +104,12 @@ def test_a_release_superseded_while_it_waited_ends_inactive(
     assert deployment_of(github, running).states == ["in_progress"]
     assert deployment_of(github, superseded).states == ["queued", "inactive"]
     assert deployment_of(github, waiting).states == ["queued"]
+    # A route without release_url or environment_url sends no link.
+    assert {
+        (status["log_url"], status["environment_url"])
+        for release_id in releases
+        for status in deployment_of(github, release_id).statuses
+    } == {("", "")}
 
 
 def test_a_release_without_a_commit_gets_no_deployment(world: World, pump: Pump, github: GithubApi) -> None:
@@ -119,7 +130,14 @@ def test_a_short_rate_limit_is_waited_out_and_a_long_one_defers(github: GithubAp
 
     github.rate_limit_next("create_status", status=403, reset_in_s=120)
     with pytest.raises(DeliveryDeferred) as deferred:
-        api.post_status(repository, github.deployments()[0].id, "in_progress", "deploying", None)
+        api.post_status(
+            repository,
+            github.deployments()[0].id,
+            "in_progress",
+            "deploying",
+            log_url=None,
+            environment_url=None,
+        )
     assert 115 <= deferred.value.retry_after_s <= 121
     assert naps == [1]
     assert github.deployments()[0].states == []

@@ -7,6 +7,7 @@ receiver on 127.0.0.1.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import threading
@@ -705,6 +706,26 @@ def test_a_stream_batch_queues_its_messages_together_and_is_retried_from_the_fir
     assert pump.run() == []
     assert sorted(delivery_statuses(world, release_id).values()) == ["delivered"] * 5
     assert len(receiver.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "bad_attribute",
+    [{"Z": "a type DynamoDB does not have"}, {"N": "not a number"}],
+)
+def test_a_malformed_release_image_skips_its_record_not_the_batch(
+    world: World, pump: Pump, bad_attribute: dict[str, str]
+) -> None:
+    release_id, _ = upload(world, "1.0.0")
+    records = pump.stream_records()
+    modified = next(r for r in records if r["eventName"] == "MODIFY")
+    malformed = copy.deepcopy(modified)
+    malformed["dynamodb"]["NewImage"]["finished_at"] = bad_attribute
+    malformed["dynamodb"]["SequenceNumber"] = "0"
+    assert pump.publish([malformed, *records]) == {"batchItemFailures": []}
+    # The good records' events were queued and are delivered.
+    assert pump.run() == []
+    assert delivery_statuses(world, release_id)
+    assert set(delivery_statuses(world, release_id).values()) == {"delivered"}
 
 
 def test_a_send_stops_at_the_first_call_that_fails(world: World) -> None:

@@ -12,6 +12,7 @@ from chalicelib.adapters.github import SECONDARY_LIMIT_WAIT_S, rate_limit_wait_s
 from chalicelib.domain.notifications import receives, route_key
 from chalicelib.domain.notify_routes import SUBSCRIBABLE, GithubSettings, Notification, SecretRef
 from chalicelib.domain.pipelines import PipelinesConfigError, load_pipelines
+from chalicelib.service.notification_ports import GithubRepository
 
 PIPELINE = """
 [[pipeline]]
@@ -64,13 +65,59 @@ def test_enterprise_server_and_an_environment_of_its_own(tmp_path: Path) -> None
     )
 
 
+def test_statuses_link_the_release_page_the_route_names(tmp_path: Path) -> None:
+    written = (
+        'repository = "acme/shop"\ntoken_secret = "t"\n'
+        'release_url = "http://127.0.0.1:8765/#/release/{release_id}"\n'
+        'environment_url = "https://shop.acme.example/"\n'
+    )
+    settings = route_of(tmp_path, written)
+    assert settings.release_link("rel-01/x") == "http://127.0.0.1:8765/#/release/rel-01%2Fx"
+    assert settings.environment_url == "https://shop.acme.example/"
+    assert GithubSettings.from_written(settings.as_written()) == settings
+
+
+def test_without_release_url_no_link(tmp_path: Path) -> None:
+    settings = route_of(tmp_path, 'repository = "acme/shop"\ntoken_secret = "t"\n')
+    assert (settings.release_link("rel-01"), settings.environment_url) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "api_url", ["http://127.0.0.1:9000", "http://[::1]:9000/api", "http://localhost/", "https://ghe.acme"]
+)
+def test_http_api_url_only_to_this_machine(tmp_path: Path, api_url: str) -> None:
+    settings = route_of(tmp_path, f'repository = "a/b"\ntoken_secret = "t"\napi_url = "{api_url}"\n')
+    assert settings.api_url == api_url
+
+
+def test_the_token_is_not_in_a_repositorys_repr() -> None:
+    repository = GithubRepository("https://api.github.com", "acme/shop", "ghp_s3cret")
+    assert "ghp_s3cret" not in repr(repository)
+    assert "ghp_s3cret" not in str(repository)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
         ('token_secret = "t"\n', "notify[1].repository': is required"),
         ('repository = "acme"\ntoken_secret = "t"\n', 'must be a GitHub repository "owner/name"'),
         ('repository = "acme/shop"\n', "set exactly one of token_parameter, token_secret"),
-        ('repository = "a/b"\ntoken_secret = "t"\napi_url = "ghe.acme"\n', "must be an http(s) URL"),
+        ('repository = "a/b"\ntoken_secret = "t"\napi_url = "ghe.acme"\n', "must be an https URL"),
+        # The token would cross the network in clear.
+        (
+            'repository = "a/b"\ntoken_secret = "t"\napi_url = "http://ghe.acme/api/v3"\n',
+            "must be an https URL (the token goes with every call; http only to 127.0.0.1",
+        ),
+        ('repository = "a/b"\ntoken_secret = "t"\napi_url = "http://127.0.0.1.evil.example/"\n', "https"),
+        (
+            'repository = "a/b"\ntoken_secret = "t"\nrelease_url = "https://relco.acme/releases"\n',
+            "with {release_id} where the release's id goes",
+        ),
+        (
+            'repository = "a/b"\ntoken_secret = "t"\nrelease_url = "relco.acme/{release_id}"\n',
+            "must be an http(s) URL with {release_id}",
+        ),
+        ('repository = "a/b"\ntoken_secret = "t"\nenvironment_url = "shop"\n', "must be an http(s) URL"),
         (
             'repository = "a/b"\ntoken_secret = "t"\ntoken = "ghp_x"\n',
             "unknown key for kind 'github'",
