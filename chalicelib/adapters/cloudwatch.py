@@ -22,6 +22,10 @@ _RESULT_KEYS = ("MetricAlarms", "CompositeAlarms", "LogAlarms")
 # retry mode has retried it before it gets here). Every other 4xx is a refusal the same request
 # never gets past: AccessDenied, InvalidParameterValue, the modeled InvalidNextToken.
 _THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "RequestLimitExceeded"})
+# MetricDataResult.StatusCode (botocore's cloudwatch model: Complete | InternalError | PartialData |
+# Forbidden). These come with no data: the read failed, though the call answered 200. PartialData
+# comes with a NextToken, followed below.
+_FAILED_RESULTS = frozenset({"InternalError", "Forbidden"})
 # An error names this many of the alarms asked for: it ends up in a release's history.
 _NAMED_IN_ERRORS = 3
 
@@ -96,6 +100,7 @@ class CloudWatchMetrics:
             while True:
                 response = self._client.get_metric_data(**request)
                 for result in response.get("MetricDataResults", []):
+                    _raise_if_failed(result)
                     points = series.setdefault(result["Id"], [])
                     points.extend(zip(result.get("Timestamps", []), result.get("Values", []), strict=False))
                 token = response.get("NextToken")
@@ -104,6 +109,24 @@ class CloudWatchMetrics:
                 request["NextToken"] = token
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code") or "Unknown")
-            raise MetricsReadError(code, str(error.response.get("Error", {}).get("Message") or "")) from error
+            message = str(error.response.get("Error", {}).get("Message") or "")
+            raise MetricsReadError(code, message, permanent=not _is_transient(error)) from error
         except (ConnectionError, HTTPClientError) as error:
-            raise MetricsReadError(type(error).__name__, str(error)) from error
+            raise MetricsReadError(type(error).__name__, str(error), permanent=False) from error
+
+
+def _raise_if_failed(result: dict[str, Any]) -> None:
+    """A query's result that CloudWatch could not give (it has no data points, which would
+    read as no traffic): the whole read fails, naming the status and CloudWatch's messages."""
+    status = result.get("StatusCode")
+    if status not in _FAILED_RESULTS:
+        return
+    messages = "; ".join(
+        f"{message.get('Code', '')}: {message.get('Value', '')}" for message in result.get("Messages", [])
+    )
+    raise MetricsReadError(
+        str(status),
+        f"query {result.get('Id')}: {messages or 'no message'}",
+        # An internal error may pass; a forbidden metric stays forbidden.
+        permanent=status == "Forbidden",
+    )

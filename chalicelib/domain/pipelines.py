@@ -376,6 +376,11 @@ MAX_ALARMS = 100
 MAX_VERIFY_INTERVAL_S = 900
 MAX_BAKE_S = 86_400
 MAX_DEADLINE_S = 172_800
+# The shortest bake verify.compare can judge. The bake's window is read at the check after it, and
+# CloudWatch has an ALB minute only about 2 minutes after it ends (traffic.SETTLING_S = 120): a bake
+# holds a whole minute with settled data only when it lasts that long plus two minutes (one it may
+# begin partway through, one whole).
+MIN_COMPARED_BAKE_S = 240
 _MAXIMUM_REASONS = {
     "interval_s": "15 minutes, the longest SQS can delay one health check",
     "bake_s": "24 hours: the release holds its pipeline's slot while it bakes",
@@ -406,6 +411,13 @@ def _parse_verify(value: Any, fail: Any) -> VerifySettings:
     defaults = VerifySettings()
     healthy_checks = _whole_number(table, "healthy_checks", "verify", fail, minimum=1)
     bake_s = _whole_number(table, "bake_s", "verify", fail, minimum=0, maximum=MAX_BAKE_S)
+    if "compare" in table and bake_s is not None and bake_s < MIN_COMPARED_BAKE_S:
+        raise fail(
+            "verify.bake_s",
+            f"must be at least {MIN_COMPARED_BAKE_S} with verify.compare (CloudWatch has a load "
+            "balancer's minute about 2 minutes after it ends: a shorter bake holds no whole minute "
+            f"of figures to judge by the check after it), got {bake_s}",
+        )
     return VerifySettings(
         healthy_checks=defaults.healthy_checks if healthy_checks is None else healthy_checks,
         interval_s=_whole_number(

@@ -36,11 +36,14 @@ _TARGET_GROUP_QUERIES = 5
 
 
 class MetricsReadError(Exception):
-    """CloudWatch gave no metric data (refused, throttled past botocore's retries, no answer)."""
+    """CloudWatch gave no metric data (refused, throttled past botocore's retries, no answer).
+    ``permanent``: the same read can never succeed (access denied, a bad request); otherwise
+    (throttled, a 5xx, no answer, a result with status InternalError) it may later."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, permanent: bool) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
+        self.permanent = permanent
 
 
 class Metric(StrEnum):
@@ -54,6 +57,12 @@ class Metric(StrEnum):
     CONNECTION_ERRORS = "TargetConnectionErrorCount"
     UNHEALTHY_HOSTS = "UnHealthyHostCount"
     RESPONSE_TIME = "TargetResponseTime"
+
+
+# The ``LoadBalancer`` dimension of an Application Load Balancer. A Network Load Balancer's
+# (``net/...``) publishes under AWS/NetworkELB, with other metrics: AWS/ApplicationELB has nothing
+# for it, so its traffic is not counted.
+_APPLICATION_LOAD_BALANCER = "app/"
 
 
 def load_balancer_dimension(arn: str) -> str:
@@ -77,12 +86,15 @@ class TrafficSource:
 
     @classmethod
     def of(cls, groups: Sequence[tuple[str, Sequence[str]]]) -> TrafficSource:
-        """From each target group's ARN and its load balancers' ARNs (DescribeTargetGroups)."""
+        """From each target group's ARN and its load balancers' ARNs (DescribeTargetGroups).
+        Only Application Load Balancers count: a group behind Network Load Balancers only has
+        no pair, hence no receipt."""
         return cls(
             tuple(
-                (target_group_dimension(group), load_balancer_dimension(balancer))
+                (target_group_dimension(group), dimension)
                 for group, balancers in groups
                 for balancer in balancers
+                if (dimension := load_balancer_dimension(balancer)).startswith(_APPLICATION_LOAD_BALANCER)
             )
         )
 
@@ -362,12 +374,15 @@ def _whole(value: float | None) -> int | None:
     return round(value) if value is not None else None
 
 
-def unavailable_receipt(rollout: Window, why: str) -> dict[str, Any]:
-    """The receipt when CloudWatch gave no figures: the release is not held up for it."""
+def unavailable_receipt(rollout: Window, code: str, why: str) -> dict[str, Any]:
+    """The receipt when CloudWatch gave no figures: the release is not held up for it. The
+    summary, which goes to Slack, mail and GitHub, names the error code only: an error's message
+    may name the role's ARN and the account (AccessDenied's does); ``unavailable`` in the
+    history keeps it whole."""
     return {
         "rollout": rollout.to_dict(),
         "unavailable": why,
-        "summary": f"no load-balancer figures: CloudWatch did not answer ({why})",
+        "summary": f"no load-balancer figures: CloudWatch did not answer ({code})",
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import VerifySettings
-from chalicelib.domain.traffic import Comparison, TrafficSource
+from chalicelib.domain.traffic import Comparison, MetricsReadError, TrafficSource
 
 # Beyond the time targets need to turn healthy: scheduling slack.
 DEADLINE_MARGIN_S = 60
@@ -148,6 +148,8 @@ class Verification:
     baked: bool = False
     # When CodeDeploy created the deployment: the rollout window of the receipt starts there.
     rollout_started_at: datetime | None = None
+    # When the release left DEPLOYING (CodeDeploy's success): the rollout window ends there.
+    rollout_ended_at: datetime | None = None
     # The ALB dimensions of the deployment's traffic, for the receipt and the baseline comparison.
     traffic: TrafficSource | None = None
 
@@ -169,6 +171,7 @@ class Verification:
             "streak": self.streak,
             "baked": self.baked,
             "rollout_started_at": self.rollout_started_at.isoformat() if self.rollout_started_at else None,
+            "rollout_ended_at": self.rollout_ended_at.isoformat() if self.rollout_ended_at else None,
             "traffic": self.traffic.to_list() if self.traffic else None,
         }
 
@@ -196,6 +199,10 @@ class Verification:
             # Absent from a verification stored before the receipt: no receipt for that release.
             rollout_started_at=datetime.fromisoformat(started)
             if (started := raw.get("rollout_started_at"))
+            else None,
+            # Absent from a verification stored before it: that receipt's rollout ends at its read.
+            rollout_ended_at=datetime.fromisoformat(ended)
+            if (ended := raw.get("rollout_ended_at"))
             else None,
             traffic=TrafficSource.from_list(raw["traffic"]) if raw.get("traffic") is not None else None,
         )
@@ -238,6 +245,8 @@ def plan_verification(
         # instance to pass the target groups' health checks.
         next_check_at=now,
         rollout_started_at=rollout_started_at or now,
+        # Verification is planned as the release leaves DEPLOYING: the rollout is over.
+        rollout_ended_at=now,
         traffic=TrafficSource.of([(group.arn, group.load_balancer_arns) for group in groups]),
     )
 
@@ -274,12 +283,27 @@ class Judgement:
     comparison_error: str | None = None
 
 
-def judge_comparison(judgement: Judgement, comparison: Comparison | None, error: str | None) -> Judgement:
+def judge_comparison(
+    judgement: Judgement, comparison: Comparison | None, error: MetricsReadError | None
+) -> Judgement:
     """The check after the bake found every target healthy: the baseline comparison has the last
     word. Figures CloudWatch did not give count as too little traffic to judge (``comparison``
-    is then the verdict on empty windows), so ``verify.compare.not_enough_traffic`` decides."""
-    outcome = Outcome.VERIFIED if comparison is None or comparison.passes else Outcome.REGRESSED
-    return replace(judgement, outcome=outcome, comparison=comparison, comparison_error=error)
+    is then the verdict on empty windows), so ``verify.compare.not_enough_traffic`` decides;
+    but when that verdict would fail the release and the read may succeed later (throttled, a
+    5xx, no answer), the check is tried again after the interval, as a transient alarm or target
+    health read error is, until the deadline. At the deadline the verdict stands, and its reason
+    says the figures were still unreadable."""
+    why = str(error) if error is not None else None
+    if comparison is None or comparison.passes:
+        return replace(judgement, outcome=Outcome.VERIFIED, comparison=comparison, comparison_error=why)
+    if error is not None and not error.permanent:
+        if not judgement.past_deadline:
+            return replace(judgement, outcome=Outcome.CONTINUE, comparison=comparison, comparison_error=why)
+        comparison = replace(
+            comparison,
+            reason=f"{comparison.reason}; CloudWatch's figures were still unreadable at the deadline",
+        )
+    return replace(judgement, outcome=Outcome.REGRESSED, comparison=comparison, comparison_error=why)
 
 
 def judge(

@@ -414,7 +414,10 @@ def _at_end(
     if not (comparing or pipeline.verify.receipt):
         return judgement, None
     now = wiring.clock.now()
-    rollout = Window.around(verification.rollout_started_at or now, now)
+    # The rollout ended when the release left DEPLOYING; a verification stored before that was
+    # recorded ends it at this read.
+    rollout_ended_at = verification.rollout_ended_at or now
+    rollout = Window.around(verification.rollout_started_at or rollout_ended_at, rollout_ended_at)
     windows = [rollout, rollout.baseline(rollout.start)]
     if settings is not None and bake_started_at is not None and comparing:
         bake = Window.around(bake_started_at, now)
@@ -426,7 +429,8 @@ def _at_end(
             settings, figures(read.plan, read.series, bake), figures(read.plan, read.series, before)
         )
         judgement = judge_comparison(judgement, comparison, read.error)
-    return judgement, rollout_receipt(read, rollout, now) if pipeline.verify.receipt else None
+    traffic_receipt = rollout_receipt(read, rollout, ended_at=rollout_ended_at, read_at=now)
+    return judgement, traffic_receipt if pipeline.verify.receipt else None
 
 
 @dataclass(frozen=True)
@@ -435,8 +439,8 @@ class TrafficRead:
 
     plan: QueryPlan
     series: Series
-    # Why CloudWatch gave no figures ("<code>: <message>"), when it did not.
-    error: str | None = None
+    # Why CloudWatch gave no figures, when it did not.
+    error: MetricsReadError | None = None
 
 
 def read_traffic(wiring: Wiring, source: TrafficSource, windows: Sequence[Window]) -> TrafficRead:
@@ -444,20 +448,22 @@ def read_traffic(wiring: Wiring, source: TrafficSource, windows: Sequence[Window
     is logged and the figures are missing."""
     plan = plan_queries(source, windows)
     if wiring.traffic is None:
-        return TrafficRead(plan, {}, "NotWired: no CloudWatch is wired")
+        return TrafficRead(plan, {}, MetricsReadError("NotWired", "no CloudWatch is wired", permanent=True))
     try:
         return TrafficRead(plan, wiring.traffic.metric_series(plan))
     except MetricsReadError as error:
         logger.warning(
             "could not read the load balancer's metrics; going on without", extra={"why": str(error)}
         )
-        return TrafficRead(plan, {}, str(error))
+        return TrafficRead(plan, {}, error)
 
 
-def rollout_receipt(read: TrafficRead, rollout: Window, now: datetime) -> dict[str, Any]:
+def rollout_receipt(
+    read: TrafficRead, rollout: Window, *, ended_at: datetime, read_at: datetime
+) -> dict[str, Any]:
     if read.error is not None:
-        return unavailable_receipt(rollout, read.error)
-    return receipt(read.plan, read.series, rollout, rollout_ended_at=now, read_at=now)
+        return unavailable_receipt(rollout, read.error.code, str(read.error))
+    return receipt(read.plan, read.series, rollout, rollout_ended_at=ended_at, read_at=read_at)
 
 
 def _receipt_of_groups(
@@ -467,10 +473,11 @@ def _receipt_of_groups(
     source = TrafficSource.of([(group.arn, group.load_balancer_arns) for group in groups])
     if pipeline is None or not pipeline.verify.receipt or not source.pairs:
         return None
+    # The release leaves DEPLOYING now: the rollout ends at this read.
     now = wiring.clock.now()
     rollout = Window.around(started_at or now, now)
     read = read_traffic(wiring, source, [rollout, rollout.baseline(rollout.start)])
-    return rollout_receipt(read, rollout, now)
+    return rollout_receipt(read, rollout, ended_at=now, read_at=now)
 
 
 def deployment_receipt(
@@ -495,7 +502,9 @@ def deployment_receipt(
         groups = wiring.load_balancing.target_groups(info.target_group_names)
     except LoadBalancerError as error:
         now = wiring.clock.now()
-        return unavailable_receipt(Window.around(info.created_at or now, now), str(error))
+        return unavailable_receipt(
+            Window.around(info.created_at or now, now), f"ELBv2 {error.code}", str(error)
+        )
     return _receipt_of_groups(wiring, release.pipeline, groups, info.created_at)
 
 

@@ -152,6 +152,69 @@ def test_a_refused_metrics_read_leaves_the_receipt_unavailable_and_the_release_s
     receipt = terminal_detail(world, release_id)["receipt"]
     assert receipt["unavailable"] == "AccessDenied: not authorized to perform cloudwatch:GetMetricData"
     assert "requests" not in receipt
+    # The summary goes to Slack, mail and GitHub: the code only (a message may name the role).
+    assert receipt["summary"] == "no load-balancer figures: CloudWatch did not answer (AccessDenied)"
+
+
+def _checked_by_hand(world: World) -> tuple[str, str, ManualClock, Any, Any]:
+    """A release whose verification began at CodeDeploy's success, on a clock the test moves and
+    with the CloudWatch client the receipt reads (the test may stub it)."""
+    release_id, deployment_id = upload_and_deploy(world, "1.0.0")
+    clock = ManualClock()
+    clock.current = world.release(release_id).updated_at
+    cloudwatch = world.session.client("cloudwatch")
+    wiring = replace(direct_wiring(world, clock), traffic=CloudWatchMetrics(lambda: cloudwatch))
+    moto_extensions.complete(deployment_id, "Succeeded")
+    apply_deployment_state(wiring, release_id, deployment_id, DeploymentState.SUCCESS)
+    return release_id, deployment_id, clock, cloudwatch, wiring
+
+
+@pytest.mark.parametrize(("status", "permanent"), [("Forbidden", True), ("InternalError", False)])
+def test_a_metric_result_cloudwatch_could_not_give_leaves_the_receipt_unavailable(
+    balanced: tuple[World, str, str], status: str, permanent: bool
+) -> None:
+    world, _, _ = balanced
+    release_id, deployment_id, _, cloudwatch, wiring = _checked_by_hand(world)
+    failed_result = {
+        "Id": "lb0_elb_5xx",
+        "Timestamps": [],
+        "Values": [],
+        "StatusCode": status,
+        "Messages": [{"Code": status, "Value": "no access to the namespace"}],
+    }
+
+    # GetMetricData answers 200 with a failed result: no data points, which must not read as
+    # no traffic.
+    with Stubber(cloudwatch) as stub:
+        stub.add_response("get_metric_data", {"MetricDataResults": [failed_result]})
+        run_check(wiring, VerifyRequest(release_id, deployment_id, 2))
+        stub.assert_no_pending_responses()
+
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+    receipt = terminal_detail(world, release_id)["receipt"]
+    assert receipt["unavailable"] == f"{status}: query lb0_elb_5xx: {status}: no access to the namespace"
+    assert receipt["summary"] == f"no load-balancer figures: CloudWatch did not answer ({status})"
+    assert "requests" not in receipt
+
+
+def test_a_receipt_read_minutes_after_the_rollout_ended_is_not_so_far(
+    balanced: tuple[World, str, str],
+) -> None:
+    world, balancer_arn, group_arn = balanced
+    release_id, deployment_id, clock, _, wiring = _checked_by_hand(world)
+    ended_at = clock.now()
+    publish_traffic(world, balancer_arn, group_arn, rollout_and_baseline(ended_at))
+
+    # The second check, which verifies, runs 5 minutes after CodeDeploy's success.
+    clock.advance(timedelta(minutes=5))
+    run_check(wiring, VerifyRequest(release_id, deployment_id, 2))
+
+    assert world.release(release_id).state is ReleaseState.SUCCEEDED
+    receipt = terminal_detail(world, release_id)["receipt"]
+    assert receipt["so_far"] is False
+    # The rollout window ends with the rollout, not at the read.
+    assert receipt["rollout"]["end"] == (minute(ended_at) + timedelta(minutes=1)).isoformat()
+    assert receipt["requests"] == 1000
 
 
 @pytest.mark.parametrize("pipelines_file", ["receipt = false\n"], indirect=True)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from chalicelib.domain.pipelines import (
+    MIN_COMPARED_BAKE_S,
     CompareSettings,
     NotEnoughTraffic,
     PipelinesConfigError,
@@ -18,6 +19,8 @@ from chalicelib.domain.pipelines import (
 )
 from chalicelib.domain.traffic import (
     MAX_QUERIES,
+    PERIOD_S,
+    SETTLING_S,
     Metric,
     Series,
     TrafficSource,
@@ -31,6 +34,7 @@ from chalicelib.domain.traffic import (
     plan_queries,
     receipt,
     target_group_dimension,
+    unavailable_receipt,
 )
 
 LB_ARN = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/shop/50dc6c495c0c9188"
@@ -46,6 +50,24 @@ def test_dimensions_are_the_tails_of_the_arns() -> None:
     assert TrafficSource.from_list(source.to_list()) == source
     # A target group no listener forwards to has no traffic to count.
     assert TrafficSource.of([(TG_ARN, [])]).pairs == ()
+
+
+def test_only_application_load_balancers_are_counted() -> None:
+    # A Network Load Balancer publishes under AWS/NetworkELB: AWS/ApplicationELB has nothing for it.
+    nlb_arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/shop-nlb/0123456789abcdef"
+    assert TrafficSource.of([(TG_ARN, [nlb_arn])]).pairs == ()
+    assert TrafficSource.of([(TG_ARN, [nlb_arn, LB_ARN])]).load_balancers == ("app/shop/50dc6c495c0c9188",)
+
+
+def test_an_unavailable_receipt_summary_names_the_error_code_only() -> None:
+    rollout = Window.around(START, START + timedelta(minutes=2))
+    why = (
+        "AccessDenied: User: arn:aws:sts::123456789012:assumed-role/relco/fn is not authorized to "
+        "perform: cloudwatch:GetMetricData"
+    )
+    made = unavailable_receipt(rollout, "AccessDenied", why)
+    assert made["summary"] == "no load-balancer figures: CloudWatch did not answer (AccessDenied)"
+    assert made["unavailable"] == why
 
 
 def test_windows_cover_whole_minutes_and_baselines_are_bounded() -> None:
@@ -224,6 +246,23 @@ def test_verify_compare_and_receipt_parse_with_defaults() -> None:
 def test_verify_compare_errors_name_the_key(table: str, message: str) -> None:
     with pytest.raises(PipelinesConfigError, match=re.escape(message)):
         parse_pipelines(tomllib.loads(PIPELINE + f"[pipeline.verify.compare]\n{table}\n"))
+
+
+def test_a_compared_bake_must_hold_a_settled_minute() -> None:
+    # A minute is settled SETTLING_S after it ends; a bake begun just past a minute's start
+    # holds a whole settled minute by its end only with two more minutes.
+    assert MIN_COMPARED_BAKE_S == SETTLING_S + 2 * PERIOD_S
+    short = PIPELINE.replace("bake_s = 600\n", "bake_s = 239\n") + "[pipeline.verify.compare]\n"
+    with pytest.raises(
+        PipelinesConfigError,
+        match=re.escape("key 'verify.bake_s': must be at least 240 with verify.compare (CloudWatch has"),
+    ):
+        parse_pipelines(tomllib.loads(short))
+    [pipeline] = parse_pipelines(tomllib.loads(short.replace("bake_s = 239", "bake_s = 240"))).pipelines
+    assert pipeline.verify.bake_s == 240
+    # Without compare a short bake is fine: nothing reads its figures.
+    [pipeline] = parse_pipelines(tomllib.loads(PIPELINE.replace("bake_s = 600", "bake_s = 60"))).pipelines
+    assert pipeline.verify.bake_s == 60
 
 
 def test_verify_compare_without_a_bake_is_refused() -> None:

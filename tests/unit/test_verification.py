@@ -10,7 +10,7 @@ import pytest
 
 from chalicelib.domain.inbound_events import MalformedEvent
 from chalicelib.domain.pipelines import CompareSettings, NotEnoughTraffic, VerifySettings
-from chalicelib.domain.traffic import WindowFigures, compare
+from chalicelib.domain.traffic import MetricsReadError, WindowFigures, compare
 from chalicelib.domain.verification import (
     DEADLINE_MARGIN_S,
     LATE_AFTER_S,
@@ -130,15 +130,45 @@ def test_the_bake_knows_when_it_began_and_the_comparison_has_the_last_word() -> 
     assert within.comparison is not None
     # No figures (CloudWatch refused): too little traffic to judge, as verify.compare says.
     refused = CompareSettings(not_enough_traffic=NotEnoughTraffic.FAIL)
-    unread = judge_comparison(after, compare(refused, quiet, quiet), "AccessDenied: no")
+    denied = MetricsReadError("AccessDenied", "no", permanent=True)
+    unread = judge_comparison(after, compare(refused, quiet, quiet), denied)
     assert (unread.outcome, unread.comparison_error) == (Outcome.REGRESSED, "AccessDenied: no")
+
+
+def test_a_throttled_comparison_read_is_tried_again_until_the_deadline() -> None:
+    baking = judge(replace(plan(bake_s=240), streak=1), healthy("i-1", "i-2"), NOW)
+    after = judge(baking.verification, healthy("i-1", "i-2"), NOW + timedelta(seconds=240))
+    quiet = WindowFigures(0, 0, 0, 0, 0, 0, 0, None, None)
+    failing = compare(CompareSettings(not_enough_traffic=NotEnoughTraffic.FAIL), quiet, quiet)
+    throttled = MetricsReadError("Throttling", "Rate exceeded", permanent=False)
+
+    retried = judge_comparison(after, failing, throttled)
+    assert (retried.outcome, retried.comparison_error) == (Outcome.CONTINUE, "Throttling: Rate exceeded")
+    # The next check comes after the interval and, healthy, compares again.
+    again = judge(retried.verification, healthy("i-1", "i-2"), retried.verification.next_check_at)
+    assert again.outcome is Outcome.VERIFIED
+
+    at_deadline = judge(baking.verification, healthy("i-1", "i-2"), baking.verification.deadline)
+    judged = judge_comparison(at_deadline, failing, throttled)
+    assert judged.outcome is Outcome.REGRESSED
+    assert judged.comparison is not None
+    assert judged.comparison.reason.endswith("CloudWatch's figures were still unreadable at the deadline")
+    # A verdict that passes does not wait for figures.
+    passing = compare(CompareSettings(), quiet, quiet)
+    assert judge_comparison(after, passing, throttled).outcome is Outcome.VERIFIED
+
+
+def test_the_rollout_ends_when_verification_is_planned() -> None:
+    planned = plan()
+    assert planned.rollout_ended_at == NOW
+    assert Verification.from_dict(planned.to_dict()) == planned
 
 
 def test_a_verification_stored_before_the_receipt_reads_without_its_traffic() -> None:
     stored = plan().to_dict()
-    del stored["rollout_started_at"], stored["traffic"]
+    del stored["rollout_started_at"], stored["rollout_ended_at"], stored["traffic"]
     restored = Verification.from_dict(stored)
-    assert (restored.rollout_started_at, restored.traffic) == (None, None)
+    assert (restored.rollout_started_at, restored.rollout_ended_at, restored.traffic) == (None, None, None)
 
 
 def test_a_bake_longer_than_sqs_can_delay_hops_to_its_due_time() -> None:
