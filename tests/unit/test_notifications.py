@@ -759,14 +759,20 @@ def test_the_receipt_of_a_release_that_ended_is_one_line_on_the_card_the_reply_a
 
 
 def test_a_receipt_that_could_not_be_read_says_so_and_an_event_without_one_shows_none() -> None:
-    unavailable = "no load-balancer figures: CloudWatch did not answer (AccessDenied: not authorized)"
+    unavailable = "no load-balancer figures: CloudWatch did not answer (AccessDenied)"
     terminal = event(
         EventType.EXECUTION_SUCCEEDED,
         ReleaseState.SUCCEEDED,
-        receipt={"unavailable": "AccessDenied: not authorized", "summary": unavailable},
+        receipt={
+            "unavailable": "AccessDenied: User: arn:aws:sts::123456789012:assumed-role/x is not authorized",
+            "summary": unavailable,
+        },
     )
     notice = build_notice(release(ReleaseState.SUCCEEDED), terminal, Notification.SUCCEEDED)
     assert f"Receipt: {unavailable}" in slack_reply(notice).text
+    # The error's message (a role ARN, an account) stays in the history, out of chat and mail.
+    assert "arn:aws" not in slack_reply(notice).text
+    assert "arn:aws" not in email(notice).text
 
     plain = build_notice(
         release(ReleaseState.SUCCEEDED),
