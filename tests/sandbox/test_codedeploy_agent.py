@@ -555,8 +555,14 @@ def test_stop_deployment_ends_it_stopped_at_the_next_lifecycle_event(
     first, second = fleet.ids
     deployment_id = cloud.deploy(cloud.upload("custom/slow.zip", zipped(bundle)))
     deadline = time.monotonic() + 20
+
+    def first_in_before_install() -> bool:
+        # The agent claims the deployment (no longer Created) a moment before it lists its targets.
+        targets = cloud.targets(deployment_id)
+        return first in targets and by_name(targets[first])["BeforeInstall"]["status"] == "InProgress"
+
     while moto_extensions.backend(REGION).deployments[deployment_id].status == "Created" or (
-        by_name(cloud.targets(deployment_id)[first])["BeforeInstall"]["status"] != "InProgress"
+        not first_in_before_install()
     ):
         assert time.monotonic() < deadline
         time.sleep(0.02)
