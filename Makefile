@@ -11,7 +11,7 @@ PACKAGE_DIR := build/package/$(STAGE)
 MERGE_TEMPLATE := build/infra/merge-$(STAGE).json
 export AWS_DEFAULT_REGION ?= us-east-1
 
-.PHONY: setup browser test lint typecheck unit integration integration-moto integration-sandbox package demo clean
+.PHONY: setup browser test lint typecheck unit integration integration-moto integration-sweeps integration-sandbox package demo clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (PYTHON=$(PYTHON) is " + sys.version.split()[0] + ")")'
@@ -37,11 +37,13 @@ browser:
 	fi
 
 ## Every check: lint, types, unit, integration (moto), end to end (sandbox), template validation.
-## Two at a time (the machine and CI have two cores); each check's output is printed whole when
-## it ends.
-CHECKS := lint typecheck unit integration-moto integration-sandbox package
+## Three at a time on the two cores of this machine and of CI: the three long suites first, side by
+## side (the end-to-end runs mostly wait on the sandbox's clocks, so a third job fills the time the
+## two CPU-bound ones leave), the short checks in whichever slot frees first. Each check's output
+## is printed whole when it ends.
+CHECKS := integration-moto integration-sweeps integration-sandbox lint typecheck unit package
 test: $(INSTALLED)
-	$(MAKE) --no-print-directory -j2 --output-sync=target $(CHECKS)
+	$(MAKE) --no-print-directory -j3 --output-sync=target $(CHECKS)
 
 ## Style, and the layering contracts of pyproject.toml's [tool.importlinter] (import-linter).
 lint: $(INSTALLED)
@@ -55,23 +57,24 @@ typecheck: $(INSTALLED)
 unit: $(INSTALLED)
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
-## Everything beyond the pure unit tests, in two independent halves of about equal length that
-## `make test` runs side by side. The permission check must see every call the handlers make in
-## the moto suites, so those stay in one process: moto integration and the reliability machine;
-## beside them the packaging checks (chalice package and cfn-lint for 1 to 100 pipelines: too slow
-## for the unit suite). The other half: the sandbox parts, the bundles, the end-to-end runs, the
-## crash-point sweep, and two suites with worlds of their own (the deploy guide's AWS CLI runs, the
-## error model).
+## Everything beyond the pure unit tests, in three independent parts that `make test` runs side
+## by side. The permission check must see every call the handlers make in the moto suites, so
+## those stay in one process: moto integration and the reliability machine. The sweeps: the
+## crash-point sweep, two suites with worlds of their own (the deploy guide's AWS CLI runs, the
+## error model) and the packaging checks (chalice package and cfn-lint for 1 to 100 pipelines: too
+## slow for the unit suite). The sandbox: its parts, the bundles, the end-to-end runs.
 SELF_CONTAINED := tests/integration/test_deploy_guide.py tests/integration/test_error_model.py
 integration: $(INSTALLED)
-	$(MAKE) --no-print-directory -j2 --output-sync=target integration-moto integration-sandbox
+	$(MAKE) --no-print-directory -j3 --output-sync=target integration-moto integration-sweeps integration-sandbox
 
 integration-moto: $(INSTALLED)
-	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability tests/packaging \
-		$(SELF_CONTAINED:%=--ignore=%)
+	$(BIN)/pytest -q -p no:cacheprovider tests/integration tests/reliability $(SELF_CONTAINED:%=--ignore=%)
+
+integration-sweeps: $(INSTALLED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/crash tests/packaging $(SELF_CONTAINED)
 
 integration-sandbox: $(INSTALLED) browser
-	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e tests/crash $(SELF_CONTAINED)
+	$(BIN)/pytest -q -p no:cacheprovider tests/sandbox tests/bundles tests/e2e
 
 ## `chalice package` for a stage; the SAM template and its translation to CloudFormation
 ## (aws-sam-translator, offline) both linted with cfn-lint. Fails when either fails.
