@@ -13,11 +13,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from chalicelib.domain.notification_content import Notice
-from chalicelib.domain.notifications import NotifyMessage, SlackPostMark, SlackThread
-from chalicelib.domain.notify_routes import NotifyKind, SecretRef
+if TYPE_CHECKING:
+    # Named in signatures only: every function's wiring imports this module, and only the
+    # notifying ones need a notification's content, messages and routes (import app stays lean).
+    from chalicelib.domain.notification_content import Notice
+    from chalicelib.domain.notifications import NotifyMessage, SlackPostMark, SlackThread
+    from chalicelib.domain.notify_routes import NotifyKind, SecretRef
 
 
 class DeliveryRejected(Exception):
