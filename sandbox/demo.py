@@ -215,18 +215,29 @@ def _release(sandbox: Sandbox, version: str, result: DemoResult, timing: str) ->
 
 
 def _collect_notifications(sandbox: Sandbox, result: DemoResult, wait_s: float = 10.0) -> None:
-    """The Slack threads and mail of the demo's releases, once the outbox has caught up."""
+    """The Slack threads, mail and GitHub deployments of the demo's releases, once the outbox has
+    caught up."""
     deadline = time.monotonic() + wait_s
     store = _store()
     while True:
         releases = [store.get_release(release.id) or release for release in result.releases]
         threads = {release.id: sandbox.slack_thread(release) for release in releases}
         subjects = sandbox.email_subjects()
-        done = all(threads.values()) and any(subject.startswith("[ROLLED BACK]") for subject in subjects)
+        deployments = sandbox.github.deployments() if sandbox.github is not None else []
+        # Each release's GitHub deployment has its final status (success or failure) posted.
+        settled = {
+            deployment.payload.get("release_id")
+            for deployment in deployments
+            if {"success", "failure"} & set(deployment.states)
+        }
+        done = (
+            all(threads.values())
+            and any(subject.startswith("[ROLLED BACK]") for subject in subjects)
+            and (sandbox.github is None or settled >= {release.id for release in releases})
+        )
         if done or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    deployments = sandbox.github.deployments() if sandbox.github is not None else []
     result.notifications = {
         "slack": [{"release": release_id, "thread": text} for release_id, text in threads.items() if text],
         "email": subjects,
