@@ -30,9 +30,13 @@ _FAILED_RESULTS = frozenset({"InternalError", "Forbidden"})
 _NAMED_IN_ERRORS = 3
 
 
-def _is_transient(error: ClientError) -> bool:
+def _refusal(error: ClientError) -> tuple[str, str, bool]:
+    """CloudWatch's error code and message, and whether the same request will never get past it
+    (a 4xx other than throttling)."""
     status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return status >= 500 or error.response.get("Error", {}).get("Code") in _THROTTLING_CODES
+    code = str(error.response.get("Error", {}).get("Code") or "Unknown")
+    message = str(error.response.get("Error", {}).get("Message") or "")
+    return code, message, status < 500 and code not in _THROTTLING_CODES
 
 
 class CloudWatchAlarms:
@@ -56,10 +60,8 @@ class CloudWatchAlarms:
             )
             alarms = [alarm for page in pages for key in _RESULT_KEYS for alarm in page.get(key, [])]
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code") or "Unknown")
-            message = str(error.response.get("Error", {}).get("Message") or "")
-            transient = _is_transient(error)
-            raise AlarmReadError(code, f"{message} ({context})", permanent=not transient) from error
+            code, message, permanent = _refusal(error)
+            raise AlarmReadError(code, f"{message} ({context})", permanent=permanent) from error
         except (ConnectionError, HTTPClientError) as error:
             # No answer at all (connect or read timeout, reset): worth another try.
             raise AlarmReadError(type(error).__name__, f"{error} ({context})", permanent=False) from error
@@ -90,29 +92,24 @@ class CloudWatchMetrics:
         (a NextToken page follows only past the 100,800 data points one answer holds). Raises
         ``MetricsReadError``."""
         series: dict[str, list[tuple[datetime, float]]] = {query.id: [] for query in plan.queries}
-        request: dict[str, Any] = {
-            "MetricDataQueries": [query.to_api() for query in plan.queries],
-            "StartTime": plan.span.start,
-            "EndTime": plan.span.end,
-            "ScanBy": "TimestampAscending",
-        }
         try:
-            while True:
-                response = self._client.get_metric_data(**request)
-                for result in response.get("MetricDataResults", []):
+            pages = self._client.get_paginator("get_metric_data").paginate(
+                MetricDataQueries=[query.to_api() for query in plan.queries],
+                StartTime=plan.span.start,
+                EndTime=plan.span.end,
+                ScanBy="TimestampAscending",
+            )
+            for page in pages:
+                for result in page.get("MetricDataResults", []):
                     _raise_if_failed(result)
                     points = series.setdefault(result["Id"], [])
                     points.extend(zip(result.get("Timestamps", []), result.get("Values", []), strict=False))
-                token = response.get("NextToken")
-                if not token:
-                    return series
-                request["NextToken"] = token
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code") or "Unknown")
-            message = str(error.response.get("Error", {}).get("Message") or "")
-            raise MetricsReadError(code, message, permanent=not _is_transient(error)) from error
+            code, message, permanent = _refusal(error)
+            raise MetricsReadError(code, message, permanent=permanent) from error
         except (ConnectionError, HTTPClientError) as error:
             raise MetricsReadError(type(error).__name__, str(error), permanent=False) from error
+        return series
 
 
 def _raise_if_failed(result: dict[str, Any]) -> None:

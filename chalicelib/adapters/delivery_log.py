@@ -60,8 +60,33 @@ def _confirm_expression(now: datetime) -> dict[str, Any]:
     }
 
 
-def _is_condition_failure(error: ClientError) -> bool:
+def is_condition_failure(error: ClientError) -> bool:
     return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
+
+
+def put_claim(client: Any, table: str, item: dict[str, Any], now: datetime, lease: timedelta) -> Claim | None:
+    """Write a ``sending`` claim item (``status``, ``claimed_at``) where nobody holds it: CLAIMED,
+    RETAKEN when it replaced a claim given up or older than ``lease`` (that attempt may have done
+    the work: the write returns what it replaced, no extra call), or None when the condition
+    failed (held by a live attempt, or done)."""
+    try:
+        replaced = client.put_item(
+            TableName=table,
+            Item=item,
+            ConditionExpression=_CLAIMABLE,
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":sending": {"S": "sending"},
+                ":released": {"S": "released"},
+                ":stale": {"N": str(int((now - lease).timestamp()))},
+            },
+            ReturnValues="ALL_OLD",
+        )
+    except ClientError as error:
+        if is_condition_failure(error):
+            return None
+        raise
+    return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
 
 
 class DynamoDeliveryLog:
@@ -71,28 +96,14 @@ class DynamoDeliveryLog:
         self._lease = lease
 
     def claim(self, message: NotifyMessage, now: datetime) -> Claim:
-        try:
-            replaced = self._client.put_item(
-                TableName=self._table,
-                Item=_claim_item(message, now),
-                ConditionExpression=_CLAIMABLE,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":sending": {"S": "sending"},
-                    ":released": {"S": "released"},
-                    ":stale": {"N": str(int((now - self._lease).timestamp()))},
-                },
-                ReturnValues="ALL_OLD",
-            )
-        except ClientError as error:
-            if not _is_condition_failure(error):
-                raise
-            item = self._client.get_item(TableName=self._table, Key=_key(message), ConsistentRead=True).get(
-                "Item"
-            )
-            status = (item or {}).get("status", {}).get("S")
-            return Claim.DELIVERED if status == "delivered" else Claim.BUSY
-        return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
+        claim = put_claim(self._client, self._table, _claim_item(message, now), now, self._lease)
+        if claim is not None:
+            return claim
+        item = self._client.get_item(TableName=self._table, Key=_key(message), ConsistentRead=True).get(
+            "Item"
+        )
+        status = (item or {}).get("status", {}).get("S")
+        return Claim.DELIVERED if status == "delivered" else Claim.BUSY
 
     def confirm_and_claim(
         self, delivered: NotifyMessage, message: NotifyMessage, now: datetime
@@ -138,7 +149,7 @@ class DynamoDeliveryLog:
                 ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
             )
         except ClientError as error:
-            if not _is_condition_failure(error):
+            if not is_condition_failure(error):
                 raise
 
 
@@ -169,7 +180,7 @@ class DynamoDeploymentRecords:
                 ConditionExpression="attribute_not_exists(pk)",
             )
         except ClientError as error:
-            if not _is_condition_failure(error):
+            if not is_condition_failure(error):
                 raise
             recorded = self.recorded(release_id, route)
             if recorded is None:  # the record that failed the condition cannot have gone

@@ -18,20 +18,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from chalicelib.adapters.delivery_log import is_condition_failure, put_claim
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.service.notification_ports import Claim
 
-# Nobody has claimed it, an earlier attempt gave it up, or the claim is an abandoned one.
-_CLAIMABLE = "attribute_not_exists(pk) OR #status = :released OR (#status = :sending AND claimed_at < :stale)"
-
 
 def _key(pipeline: str, week: str) -> dict[str, Any]:
     return {"pk": {"S": f"PIPE#{pipeline}"}, "sk": {"S": f"DIGEST#{week}"}}
-
-
-def _is_condition_failure(error: ClientError) -> bool:
-    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
 class DynamoDigestLog:
@@ -44,29 +38,14 @@ class DynamoDigestLog:
         self._lease = lease
 
     def claim(self, pipeline: str, week: str, now: datetime) -> Claim | None:
-        try:
-            replaced = self._client().put_item(
-                TableName=self._table,
-                Item={
-                    **_key(pipeline, week),
-                    "kind": {"S": "digest"},
-                    "status": {"S": "sending"},
-                    "claimed_at": {"N": str(int(now.timestamp()))},
-                },
-                ConditionExpression=_CLAIMABLE,
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":sending": {"S": "sending"},
-                    ":released": {"S": "released"},
-                    ":stale": {"N": str(int((now - self._lease).timestamp()))},
-                },
-                ReturnValues="ALL_OLD",
-            )
-        except ClientError as error:
-            if _is_condition_failure(error):
-                return None  # posted, or being posted by a live reconcile
-            raise
-        return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
+        # None: posted, or being posted by a live reconcile.
+        item = {
+            **_key(pipeline, week),
+            "kind": {"S": "digest"},
+            "status": {"S": "sending"},
+            "claimed_at": {"N": str(int(now.timestamp()))},
+        }
+        return put_claim(self._client(), self._table, item, now, self._lease)
 
     def record(self, pipeline: str, week: str, posted: SlackThread, now: datetime) -> None:
         self._client().update_item(
@@ -93,5 +72,5 @@ class DynamoDigestLog:
                 ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
             )
         except ClientError as error:
-            if not _is_condition_failure(error):
+            if not is_condition_failure(error):
                 raise
