@@ -13,15 +13,12 @@ split them reads the release.
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from collections.abc import Callable, Sequence
 
 from chalicelib.domain.dora import TerminalFigures, terminal_figures
 from chalicelib.domain.notifications import StreamedEvent
 from chalicelib.domain.release import EventType, Release
-from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger
+from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger, write_metrics
 from chalicelib.service.wiring import Wiring
 
 # The ends a deployment can have; an aborted release (stopped, superseded) never reached it.
@@ -79,10 +76,4 @@ def _emit(pipeline: str, figures: TerminalFigures) -> None:
         metrics.add_metric(
             name="RestoreSeconds", unit=MetricUnit.Seconds, value=figures.restore.total_seconds()
         )
-    # Written where the coordinator's log lines go, not printed (flush_metrics prints to stdout):
-    # in Lambda that is stdout all the same, where CloudWatch Logs extracts the metrics, and the
-    # sandbox sends it to its log file, away from what `relco demo --json` prints.
-    handler = logger.registered_handler
-    stream = handler.stream if isinstance(handler, logging.StreamHandler) else sys.stdout
-    stream.write(json.dumps(metrics.serialize_metric_set(), separators=(",", ":")) + "\n")
-    stream.flush()
+    write_metrics(metrics.serialize_metric_set())

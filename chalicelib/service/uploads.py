@@ -16,7 +16,7 @@ from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, Trigger, bundle_type_of, upload_release_id
-from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger
+from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger, write_metrics
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.slot_flow import LaneRead
 from chalicelib.service.submission import submit
@@ -167,13 +167,8 @@ def _report_access_denied(denied: ArtifactAccessDenied) -> None:
         "s3:GetObjectVersion on the objects and s3:ListBucket on the bucket",
         extra={"bucket": denied.bucket, "key": denied.key, "code": denied.code},
     )
-    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
-    with single_metric(
-        name="ArtifactAccessDenied",
-        unit=MetricUnit.Count,
-        value=1,
-        namespace=METRICS_NAMESPACE,
-        default_dimensions={"service": SERVICE},
-    ):
-        pass
+    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics.add_metric(name="ArtifactAccessDenied", unit=MetricUnit.Count, value=1)
+    write_metrics(metrics.serialize_metric_set())

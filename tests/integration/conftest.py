@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from chalicelib import bootstrap
 from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
 from chalicelib.domain.pipelines import load_pipelines
 from chalicelib.domain.release import HistoryEvent, Release
+from chalicelib.log import logger
 from sandbox import moto_extensions
 from sandbox.provision import Provisioned, provision
 
@@ -332,3 +335,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The permission check reads what the whole suite recorded: it runs last."""
     last = [item for item in items if item.path.name.startswith("test_permissions")]
     items[:] = [item for item in items if item not in last] + last
+
+
+class LogLines:
+    """What the coordinator's log handler writes (where the EMF lines go: chalicelib.log's
+    write_metrics), from a mark on."""
+
+    def __init__(self, buffer: io.StringIO) -> None:
+        self._buffer = buffer
+
+    def take(self) -> str:
+        """What was written since the last take."""
+        text = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        return text
+
+
+@pytest.fixture
+def log_lines() -> Iterator[LogLines]:
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    buffer = io.StringIO()
+    previous = handler.setStream(buffer)
+    yield LogLines(buffer)
+    handler.setStream(previous)

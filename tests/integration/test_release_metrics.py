@@ -6,45 +6,15 @@ AWS call when the batch holds it."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
-from chalicelib.log import logger
-from tests.integration.conftest import HandlerCall, World
+from tests.integration.conftest import HandlerCall, LogLines, World
 from tests.integration.test_api import finish, uploaded_release
 from tests.integration.test_notifications import Pump
 
 PIPELINE = "api-prod"
-
-
-class LogLines:
-    """What the coordinator's log handler writes (where the EMF lines go), from a mark on."""
-
-    def __init__(self, buffer: io.StringIO) -> None:
-        self._buffer = buffer
-
-    def take(self) -> str:
-        """What was written since the last take."""
-        text = self._buffer.getvalue()
-        self._buffer.seek(0)
-        self._buffer.truncate()
-        return text
-
-
-@pytest.fixture
-def log_lines() -> Iterator[LogLines]:
-    handler = logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    buffer = io.StringIO()
-    previous = handler.setStream(buffer)
-    yield LogLines(buffer)
-    handler.setStream(previous)
 
 
 def emf_lines(out: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from botocore.stub import Stubber
 from chalicelib import bootstrap
 from chalicelib.domain.release import EventType, ReleaseState, Revision, Trigger, upload_release_id
 from chalicelib.service.ports import ArtifactAccessDenied
-from tests.integration.conftest import BUCKET, HandlerCall, World
+from tests.integration.conftest import BUCKET, HandlerCall, LogLines, World
 
 HOSTILE_KEYS = [
     "api/prod/red flower.zip",
@@ -140,14 +140,14 @@ def test_an_upload_that_is_not_a_bundle_is_skipped_and_notifies_no_one(
 
 
 def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
-    world: World, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+    world: World, caplog: pytest.LogCaptureFixture, log_lines: LogLines
 ) -> None:
     """A 403 is a permission the role lacks (with s3:ListBucket a missing key is a 404): an
     ERROR line, the ArtifactAccessDenied metric, and the invocation fails so that Lambda's
     asynchronous retries and then the function's failure queue keep the event."""
     upload = world.upload("api/prod/app-1.zip")
     s3 = bootstrap.wiring().artifacts._client  # type: ignore[attr-defined]
-    capsys.readouterr()
+    log_lines.take()
 
     with Stubber(s3) as stub:
         # HeadObject has no body: S3's 403 reaches botocore as the bare status.
@@ -158,7 +158,7 @@ def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
     # The handler's own "event is retried" line follows; this one says what to grant.
     [denied] = [r for r in caplog.records if r.levelno == logging.ERROR and "s3:ListBucket" in r.getMessage()]
     assert (denied.bucket, denied.key) == (BUCKET, "api/prod/app-1.zip")  # type: ignore[attr-defined]
-    [metric] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [metric] = [json.loads(line) for line in log_lines.take().splitlines() if '"_aws"' in line]
     [directive] = metric["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "ReleaseCoordinator"
     assert directive["Dimensions"] == [["service"]]
