@@ -15,8 +15,9 @@ from chalicelib.domain.release import (
 from chalicelib.domain.watchdog import stopped_by_watchdog
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentInfo, DeploymentNotFound, InstanceTarget
+from chalicelib.service.receipts import deployment_receipt
 from chalicelib.service.slot_flow import LaneRead, finish, link_deployment, run_in_lane
-from chalicelib.service.verification import begin_verification, deployment_receipt
+from chalicelib.service.verification import begin_verification
 from chalicelib.service.watchdog import end_stopped_release
 from chalicelib.service.wiring import Wiring
 

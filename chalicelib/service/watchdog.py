@@ -35,8 +35,8 @@ from chalicelib.domain.watchdog import (
 )
 from chalicelib.log import logger
 from chalicelib.service.ports import DeploymentAlreadyEnded, DeploymentInfo
+from chalicelib.service.receipts import deployment_receipt
 from chalicelib.service.slot_flow import LaneRead, finish, on_release
-from chalicelib.service.verification import deployment_receipt
 from chalicelib.service.wiring import Wiring
 
 _TASK = "Watchdog"
