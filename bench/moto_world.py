@@ -158,6 +158,9 @@ class ApiCall:
     params: dict[str, Any]
     # The parsed answer (DynamoDB reads are priced by the size of what they return).
     response: dict[str, Any] | None = None
+    # From the signed request's send to its parsed answer: the emulator's work and the parsing,
+    # not the building of the request.
+    seconds: float = 0.0
 
 
 @dataclass
@@ -175,10 +178,14 @@ class CallRecorder:
         context["bench_call"] = len(self.calls)
         params = context.get("bench_params", {})
         self.calls.append(ApiCall(model.service_model.service_name, model.name, params))
+        context["bench_sent"] = time.perf_counter()
 
     def after_call(self, parsed: Mapping[str, Any], context: dict[str, Any], **_: Any) -> None:
         index = context.get("bench_call")
-        if index is not None and self.calls[index].service == "dynamodb":
+        if index is None:
+            return
+        self.calls[index].seconds = time.perf_counter() - context["bench_sent"]
+        if self.calls[index].service == "dynamodb":
             self.calls[index].response = dict(parsed)
 
     @contextmanager

@@ -51,11 +51,14 @@ _deserializer = TypeDeserializer()
 # the rest travels as one JSON string, ``body``. Every attribute value is walked one by one by
 # each (de)serializer on the way (TypeSerializer here, DynamoDB's answer, and moto's serializer,
 # whose cost in the burst grows with the values a read returns); a JSON string is one value.
-# Items written before hold every attribute on its own and read the same. The slot keeps every
-# field as an attribute: a coordinator older than the body (a function not yet updated during a
-# stack update, or a rollback) would read a packed slot as free and its next versioned write
-# would empty the line; an older coordinator fails loudly on a packed release instead (it lacks
-# the fields it requires) and the event is retried (docs/deploy.md, "Upgrading").
+# Items written before hold every attribute on its own and read the same.
+#
+# The slot packs everything but its keys and its version, and counts that version in
+# ``slot_version``, not ``version``: a coordinator older than the packed slot (a function not yet
+# updated during a stack update, or a rollback) requires ``version`` on a slot, so it fails loudly
+# on a packed one instead of reading its missing line as a free slot, whose next versioned write
+# would empty the line. An older coordinator fails the same way on a packed release (it lacks the
+# fields it requires); either way its event is retried (docs/deploy.md, "Upgrading").
 _BODY = "body"
 _RELEASE_ATTRIBUTES = frozenset(
     {"pk", "sk", "id", "pipeline", "state", "created_key", "in_flight", "version", "notification_threads"}
@@ -63,6 +66,10 @@ _RELEASE_ATTRIBUTES = frozenset(
 _EVENT_ATTRIBUTES = frozenset(
     {"pk", "sk", "kind", "release_id", "event_pipeline", "release_trigger", "state"}
 )
+_SLOT_VERSION = "slot_version"
+_SLOT_ATTRIBUTES = frozenset({"pk", "sk", _SLOT_VERSION})
+# A slot written before the packed layout counts its version in ``version``.
+_LEGACY_VERSION = "version"
 
 
 def table_definition(table_name: str) -> dict[str, Any]:
@@ -287,9 +294,10 @@ def _approval_mark_item(mark: ApprovalMark) -> dict[str, str]:
     return item
 
 
-def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSlot:
-    if item is None:
+def _slot_from_item(pipeline: str, stored: Mapping[str, Any] | None) -> PipelineSlot:
+    if stored is None:
         return PipelineSlot(pipeline=pipeline)
+    item = _unpacked(stored)
     waiting = tuple(item.get("waiting", []))
     return PipelineSlot(
         pipeline=pipeline,
@@ -300,7 +308,7 @@ def _slot_from_item(pipeline: str, item: Mapping[str, Any] | None) -> PipelineSl
         newest_started=_upload_mark(item["newest_started"]) if item.get("newest_started") else None,
         waiting_uploads=_waiting_uploads(waiting, item.get("waiting_uploads", {})),
         awaiting_approval=_awaiting_approval(item.get("awaiting_approval", [])),
-        version=int(item["version"]),
+        version=int(item[_SLOT_VERSION] if _SLOT_VERSION in item else item[_LEGACY_VERSION]),
     )
 
 
@@ -547,11 +555,14 @@ class DynamoReleaseStore:
             "waiting_uploads": {mark.release_id: mark.stored_at.isoformat() for mark in slot.waiting_uploads}
             or None,
             "awaiting_approval": [_approval_mark_item(mark) for mark in slot.awaiting_approval] or None,
-            "version": slot.version + 1,
+            _SLOT_VERSION: slot.version + 1,
         }
+        item = _packed(stored, _SLOT_ATTRIBUTES)
         if slot.version == 0:
-            return self._put_new(stored)
-        return self._put_versioned(stored, slot.version)
+            return self._put_new(item)
+        # Whichever layout the slot was read in: a packed slot has only ``slot_version``, one
+        # written before only ``version`` (a Put replaces the whole item, so never both).
+        return self._put_versioned(item, slot.version, _SLOT_VERSION, _LEGACY_VERSION)
 
     def _put_event(self, item: Mapping[str, Any]) -> dict[str, Any]:
         """A history event needs no condition of its own: it is numbered after the release's
@@ -569,13 +580,18 @@ class DynamoReleaseStore:
             }
         }
 
-    def _put_versioned(self, item: Mapping[str, Any], expected: int) -> dict[str, Any]:
+    def _put_versioned(
+        self, item: Mapping[str, Any], expected: int, *version_attributes: str
+    ) -> dict[str, Any]:
+        """A Put conditional on the item's version (``version`` unless named; with several names,
+        on whichever of them the stored item has)."""
+        names = {f"#v{index}": name for index, name in enumerate(version_attributes or ("version",))}
         return {
             "Put": {
                 "TableName": self._table,
                 "Item": _serialize(item),
-                "ConditionExpression": "#version = :expected",
-                "ExpressionAttributeNames": {"#version": "version"},
+                "ConditionExpression": " OR ".join(f"{name} = :expected" for name in names),
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {":expected": {"N": str(expected)}},
             }
         }

@@ -24,6 +24,7 @@ from chalicelib.domain.release import (
     new_release,
 )
 from chalicelib.domain.slot import PipelineSlot, UploadMark
+from chalicelib.service.ports import WriteConflict
 from tests.integration.conftest import TABLE, World
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -132,6 +133,53 @@ def test_a_slot_written_with_a_list_of_marks_still_reads(world: World) -> None:
     assert (slot.waiting, slot.version) == (("u2", "u1"), 4)
 
 
+def test_a_packed_slot_has_no_version_so_coordinators_before_it_fail_on_it_instead_of_reading_it_free(
+    world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]]
+) -> None:
+    """Coordinators before the packed slot read ``waiting`` and ``active`` as attributes and
+    require ``version`` (``int(item["version"])``): without it they raise before deciding, and
+    their event is retried, instead of taking a busy slot with an empty line for a free one."""
+    releases, _ = store
+    releases.commit(Change(slot=PipelineSlot("api-prod", active="r1", waiting=("u1",))))
+    item = world.session.client("dynamodb").get_item(
+        TableName=TABLE, Key={"pk": {"S": "PIPE#api-prod"}, "sk": {"S": "SLOT"}}
+    )["Item"]
+
+    assert "version" not in item
+    assert not {"active", "waiting"} & set(item)
+    assert item["slot_version"] == {"N": "1"}
+
+
+def test_a_slot_written_before_the_packed_layout_reads_and_is_written_over_at_its_version(
+    world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]]
+) -> None:
+    client = world.session.client("dynamodb")
+    client.put_item(
+        TableName=TABLE,
+        Item={
+            "pk": {"S": "PIPE#api-prod"},
+            "sk": {"S": "SLOT"},
+            "active": {"S": "r1"},
+            "waiting": {"L": [{"S": "u1"}]},
+            "version": {"N": "7"},
+        },
+    )
+    releases, _ = store
+
+    read = releases.get_slot("api-prod")
+    assert (read.active, read.waiting, read.version) == ("r1", ("u1",), 7)
+    with pytest.raises(WriteConflict):  # a copy read at another version loses
+        releases.commit(Change(slot=replace(read, version=6, active=None)))
+    releases.commit(Change(slot=replace(read, active="u1", waiting=())))
+
+    written = releases.get_slot("api-prod")
+    assert (written.active, written.waiting, written.version) == ("u1", (), 8)
+    with pytest.raises(WriteConflict):  # the packed slot's version is the one compared now
+        releases.commit(Change(slot=replace(read, active=None)))
+    releases.commit(Change(slot=replace(written, active=None)))
+    assert releases.get_slot("api-prod").version == 9
+
+
 def test_keys_dynamodb_left_unprocessed_are_asked_again(
     world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,8 +231,8 @@ def test_releases_and_events_carry_their_keys_index_keys_and_version_as_attribut
     world: World, store: tuple[DynamoReleaseStore, list[dict[str, Any]]]
 ) -> None:
     """Every attribute value costs each read and write (de)serializing it: a release and its
-    history event keep what DynamoDB and the stream read, the rest is one JSON string. The slot
-    keeps each field as an attribute, as coordinators before the body read it."""
+    history event keep what DynamoDB and the stream read, the rest is one JSON string; so does
+    the slot, whose version is ``slot_version`` (see the next test)."""
     releases, _ = store
     mark = UploadMark("u1", NOW)
     release = replace(_release("r1"), metadata={"author": "ci"})
@@ -208,9 +256,7 @@ def test_releases_and_events_carry_their_keys_index_keys_and_version_as_attribut
     assert attributes("REL#r1", "EVT#000001") == {
         "pk", "sk", "kind", "release_id", "event_pipeline", "release_trigger", "state", "body"
     }  # fmt: skip
-    assert attributes("PIPE#api-prod", "SLOT") == {
-        "pk", "sk", "active", "waiting", "waiting_uploads", "version"
-    }  # fmt: skip
+    assert attributes("PIPE#api-prod", "SLOT") == {"pk", "sk", "slot_version", "body"}
     slot, found = releases.read_lane("api-prod", ["r1"])
     assert found["r1"] == replace(release, version=1)
     assert (slot.active, slot.waiting, slot.waiting_uploads) == ("r1", ("u1",), (mark,))
