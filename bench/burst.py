@@ -7,7 +7,9 @@ pipeline without a load balancer goes straight to SUCCEEDED and starts its next 
 
 Events per second counts only the time spent inside the handlers. The floor is the same moto's
 raw rate of conditional PutItem, one call per write: the coordinator cannot go faster than the
-writes it must make.
+writes it must make. The floor is measured three times (before the deliveries, between the S3
+and the CodeDeploy events, after them) and the fastest counts: a moment the machine was busy
+while the floor was measured would otherwise flatter the ratio.
 
 The handlers' AWS calls are timed too (from sending the request to its parsed answer: the
 emulator's work, not the building of the request): the ratio the calls alone would allow, with
@@ -29,7 +31,7 @@ PIPELINES = 50
 UPLOADS = 1000
 DUPLICATED_UPLOADS = 0.10
 REPEATED_SUCCESS = 0.20
-FLOOR_WRITES = 2000
+FLOOR_WRITES = 700
 SEED = 8
 # Issue 13: the burst reaches at least this share of the raw conditional-write rate.
 RATIO_BUDGET = 0.3
@@ -57,14 +59,14 @@ class Clock:
         return sum(call.seconds for call in self.calls)
 
 
-def _floor(world: MotoWorld) -> float:
+def _floor(world: MotoWorld, when: str) -> float:
     """Conditional PutItems per second against the same moto and table."""
     dynamodb = world.session.client("dynamodb")
     started = time.perf_counter()
     for number in range(FLOOR_WRITES):
         dynamodb.put_item(
             TableName=TABLE,
-            Item={"pk": {"S": f"FLOOR#{number}"}, "sk": {"S": "META"}, "version": {"N": "1"}},
+            Item={"pk": {"S": f"FLOOR#{when}#{number}"}, "sk": {"S": "META"}, "version": {"N": "1"}},
             ConditionExpression="attribute_not_exists(pk)",
         )
     return FLOOR_WRITES / (time.perf_counter() - started)
@@ -147,10 +149,14 @@ def run() -> Outcome:
         deliveries += chooser.sample(deliveries, int(UPLOADS * DUPLICATED_UPLOADS))
         chooser.shuffle(deliveries)
         clock = Clock(world.recorder)
+        floors = {"before": _floor(world, "before")}
         began = time.perf_counter()
         for event in deliveries:
             clock.deliver(world.function("on_artifact_event"), event)
         s3_events = clock.events
+        paused = time.perf_counter()
+        floors["between"] = _floor(world, "between")
+        began += time.perf_counter() - paused
 
         held_back: list[dict[str, Any]] = []
         rounds = 0
@@ -173,7 +179,8 @@ def run() -> Outcome:
                 clock.deliver(world.function("on_codedeploy_event"), event)
         wall_s = time.perf_counter() - began
         accounted = _account(world, [upload.release_id for upload in uploads])
-        floor = _floor(world)
+        floors["after"] = _floor(world, "after")
+    floor = max(floors.values())
 
     rate = clock.events / clock.seconds
     calls_only_rate = clock.events / clock.call_seconds
@@ -206,8 +213,10 @@ def run() -> Outcome:
         "call_seconds_by_operation": dict(seconds_by_operation),
         "calls_only_events_per_s": calls_only_rate,
         "floor_writes_per_s": floor,
+        "floors_writes_per_s": floors,
         "accounted": accounted,
     }
+    measured_floors = ", ".join(f"{writes:,.0f} {when}" for when, writes in floors.items())
     outcome.add(
         f"Burst: {UPLOADS:,} uploads over {PIPELINES} pipelines, 10% duplicated S3 events, shuffled "
         "START/SUCCESS with 20% SUCCESS repeated late (moto in process)",
@@ -215,8 +224,9 @@ def run() -> Outcome:
         f"CodeDeploy, {clock.seconds:.1f} s in handlers, {wall_s:.1f} s wall, {rounds} rounds)",
     )
     outcome.add(
-        "Burst: floor = raw conditional PutItem rate on the same moto; ratio events/s ÷ writes/s",
-        f"{floor:,.0f} writes/s; ratio {rate / floor:.3f}",
+        "Burst: floor = raw conditional PutItem rate on the same moto (measured before, between and "
+        "after the deliveries); ratio events/s ÷ writes/s",
+        f"{floor:,.0f} writes/s (the fastest of {measured_floors}); ratio {rate / floor:.3f}",
         f"≥ {RATIO_BUDGET}",
         verdict(rate / floor >= RATIO_BUDGET),
     )
