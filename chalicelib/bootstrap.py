@@ -76,6 +76,7 @@ def wiring() -> Wiring:
         verify_queue=SqsVerifyQueue(session.client("sqs", config=config), verify_queue_url),
         pipelines=pipelines(),
         clock=SystemClock(),
+        coordinator=table,
         notifications=_notifications(session, config, table),
         # Its client is made on first read: only a check of a pipeline with alarms reads them.
         alarms=CloudWatchAlarms(lambda: session.client("cloudwatch", config=config)),

@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from chalicelib.log import METRICS_NAMESPACE, SERVICE
+from chalicelib.log import COORDINATOR_DIMENSION, METRICS_NAMESPACE, SERVICE
 from infra import sizing as function_sizes
 from infra import stack
 from infra.functions import (
@@ -78,13 +78,13 @@ ARTIFACT_PERMISSION = "ArtifactRulesInvokePermission"
 API_ACCESS_LOG = "ApiAccessLogGroup"
 
 # The metric chalicelib emits (Powertools EMF, in chalicelib.log's METRICS_NAMESPACE with its
-# SERVICE as the service dimension) when S3 refuses to show an uploaded artifact: the role lacks
-# a grant, or the bucket policy or KMS key refuses it. The upload is not deployed.
+# SERVICE and the stack's table as dimensions) when S3 refuses to show an uploaded artifact: the
+# role lacks a grant, or the bucket policy or KMS key refuses it. The upload is not deployed.
 ACCESS_DENIED_METRIC = "ArtifactAccessDenied"
 
 
 # DORA's metrics, printed by on_release_stream (chalicelib/service/release_metrics.py, EMF) with
-# the dimensions pipeline and service; docs/stats.md says what each measures.
+# the dimensions pipeline, service and coordinator; docs/stats.md says what each measures.
 DORA_DASHBOARD = "DoraDashboard"
 DORA_PERIOD_S = 86400
 _DORA_WIDTH = 12
@@ -99,7 +99,10 @@ def _dora_dashboard(prefix: str, pipelines: Any) -> dict[str, Any]:
     names = [literal(pipeline.name) for pipeline in pipelines.pipelines]
 
     def metric(name: str, pipeline: str, options: Mapping[str, Any]) -> list[Any]:
-        return [METRICS_NAMESPACE, name, "pipeline", pipeline, "service", SERVICE, dict(options)]
+        return [
+            METRICS_NAMESPACE, name, "pipeline", pipeline, "service", SERVICE,
+            COORDINATOR_DIMENSION, f"${{{TABLE}}}", dict(options),
+        ]  # fmt: skip
 
     def widget(title: str, metrics: list[list[Any]], position: int, **extra: Any) -> dict[str, Any]:
         return {
@@ -152,7 +155,8 @@ def _dora_dashboard(prefix: str, pipelines: Any) -> dict[str, Any]:
         "Properties": {
             # Dashboards are global to the account: the region keeps two regions' stacks apart.
             "DashboardName": sub(f"{prefix}-dora-${{AWS::Region}}"),
-            # A JSON string; Fn::Sub fills in the stack's region (the JSON has no other "${").
+            # A JSON string; Fn::Sub fills in the stack's region and its table's name (the
+            # pipelines' names are escaped).
             "DashboardBody": sub(json.dumps(body, separators=(",", ":"))),
         },
     }
@@ -196,13 +200,13 @@ def _alarm_actions() -> dict[str, Any]:
 
 
 def _alarm(
-    description: str, namespace: str, metric: str, dimension: tuple[str, Any], **extra: Any
+    description: str, namespace: str, metric: str, dimensions: Sequence[tuple[str, Any]], **extra: Any
 ) -> dict[str, Any]:
     properties = {
         "AlarmDescription": description,
         "Namespace": namespace,
         "MetricName": metric,
-        "Dimensions": [{"Name": dimension[0], "Value": dimension[1]}],
+        "Dimensions": [{"Name": name, "Value": value} for name, value in dimensions],
         "Statistic": "Sum",
         "Period": ALARM_PERIOD_S,
         "EvaluationPeriods": 1,
@@ -368,7 +372,7 @@ def _function_resources(
             f"{APP_NAME} {stage}: {function.name} raised errors",
             "AWS/Lambda",
             "Errors",
-            ("FunctionName", {"Ref": logical}),
+            [("FunctionName", {"Ref": logical})],
         ),
     }
     if function.trigger == "dynamodb":
@@ -376,7 +380,7 @@ def _function_resources(
             f"{APP_NAME} {stage}: {function.name} is behind the release stream (notifications late)",
             "AWS/Lambda",
             "IteratorAge",
-            ("FunctionName", {"Ref": logical}),
+            [("FunctionName", {"Ref": logical})],
             Statistic="Maximum",
             Threshold=STREAM_AGE_ALARM_MS,
         )
@@ -477,7 +481,7 @@ def render(
             f"{APP_NAME} {stage}: messages waiting in {queue}: see docs/deploy.md, 'Dead letters'",
             "AWS/SQS",
             "ApproximateNumberOfMessagesVisible",
-            ("QueueName", get_att(queue, "QueueName")),
+            [("QueueName", get_att(queue, "QueueName"))],
             Statistic="Maximum",
         )
     resources["ArtifactAccessDeniedAlarm"] = _alarm(
@@ -485,7 +489,7 @@ def render(
         "check the bucket policy, the KMS key and the function's role",
         METRICS_NAMESPACE,
         ACCESS_DENIED_METRIC,
-        ("service", SERVICE),
+        [("service", SERVICE), (COORDINATOR_DIMENSION, {"Ref": TABLE})],
         Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold",
     )

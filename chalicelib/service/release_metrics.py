@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from chalicelib.domain.dora import TerminalFigures, terminal_figures
 from chalicelib.domain.notifications import StreamedEvent
 from chalicelib.domain.release import EventType, Release
-from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger, write_metrics
+from chalicelib.log import logger, new_metrics, write_metrics
 from chalicelib.service.wiring import Wiring
 
 # The ends a deployment can have; an aborted release (stopped, superseded) never reached it.
@@ -40,7 +40,7 @@ def record_ended(
             continue
         figures = terminal_figures(release)
         if figures.deployed:
-            _emit(release.pipeline, figures)
+            _emit(wiring.coordinator, release.pipeline, figures)
 
 
 def _read(wiring: Wiring, release_id: str) -> Release | None:
@@ -61,10 +61,10 @@ def _read(wiring: Wiring, release_id: str) -> Release | None:
     return release
 
 
-def _emit(pipeline: str, figures: TerminalFigures) -> None:
-    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+def _emit(coordinator: str, pipeline: str, figures: TerminalFigures) -> None:
+    from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics = new_metrics(coordinator)
     metrics.add_dimension(name="pipeline", value=pipeline)
     metrics.add_metric(name="DeploymentCount", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="DeploymentFailed", unit=MetricUnit.Count, value=1 if figures.failed else 0)

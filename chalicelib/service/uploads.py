@@ -16,7 +16,7 @@ from chalicelib.domain.inbound_events import ObjectCreated
 from chalicelib.domain.lane import Submission
 from chalicelib.domain.pipelines import Pipeline
 from chalicelib.domain.release import Release, Revision, Trigger, bundle_type_of, upload_release_id
-from chalicelib.log import METRICS_NAMESPACE, SERVICE, logger, write_metrics
+from chalicelib.log import logger, new_metrics, write_metrics
 from chalicelib.service.ports import ArtifactAccessDenied, StoredObject
 from chalicelib.service.slot_flow import LaneRead
 from chalicelib.service.submission import submit
@@ -52,7 +52,7 @@ def handle_upload(wiring: Wiring, upload: ObjectCreated) -> Release | None:
     try:
         stored = _resolve(wiring, upload.bucket, bundles, upload.version_id)
     except ArtifactAccessDenied as denied:
-        _report_access_denied(denied)
+        _report_access_denied(wiring.coordinator, denied)
         raise
     if stored is None:
         logger.warning(
@@ -160,15 +160,15 @@ def _without_malformed_commit_time(metadata: Mapping[str, str]) -> Mapping[str, 
     return metadata
 
 
-def _report_access_denied(denied: ArtifactAccessDenied) -> None:
+def _report_access_denied(coordinator: str, denied: ArtifactAccessDenied) -> None:
     logger.error(
         "S3 denied reading the uploaded bundle; the upload is retried and then kept in the "
         "function's failure queue. Grant the on_artifact_event role s3:GetObject and "
         "s3:GetObjectVersion on the objects and s3:ListBucket on the bucket",
         extra={"bucket": denied.bucket, "key": denied.key, "code": denied.code},
     )
-    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+    from aws_lambda_powertools.metrics import MetricUnit
 
-    metrics = EphemeralMetrics(namespace=METRICS_NAMESPACE, service=SERVICE)
+    metrics = new_metrics(coordinator)
     metrics.add_metric(name="ArtifactAccessDenied", unit=MetricUnit.Count, value=1)
     write_metrics(metrics.serialize_metric_set())

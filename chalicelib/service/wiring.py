@@ -44,6 +44,8 @@ class Wiring:
     verify_queue: VerifyQueue
     pipelines: PipelinesConfig
     clock: Clock
+    # The releases table's name: the ``coordinator`` dimension of every metric (chalicelib.log).
+    coordinator: str
     # None where the notify queue is not configured: nothing is published or delivered then.
     notifications: NotificationAdapters | None = None
     # None where no CloudWatch is wired: a pipeline that names alarms cannot be verified then.

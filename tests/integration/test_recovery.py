@@ -49,6 +49,7 @@ def direct_wiring(world: World, clock: ManualClock, codedeploy: Any | None = Non
         verify_queue=SqsVerifyQueue(world.session.client("sqs"), world.provisioned.verify_queue_url),
         pipelines=bootstrap.pipelines(),
         clock=clock,
+        coordinator=TABLE,
     )
 
 

@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.integration.conftest import HandlerCall, LogLines, World
+from tests.integration.conftest import TABLE, HandlerCall, LogLines, World
 from tests.integration.test_api import finish, uploaded_release
 from tests.integration.test_notifications import Pump
 
@@ -24,8 +24,9 @@ def emf_lines(out: str) -> list[dict[str, Any]]:
 def by_metric(line: dict[str, Any]) -> dict[str, float]:
     [directive] = line["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "ReleaseCoordinator"
-    assert directive["Dimensions"] == [["pipeline", "service"]]
+    assert [sorted(names) for names in directive["Dimensions"]] == [["coordinator", "pipeline", "service"]]
     assert (line["pipeline"], line["service"]) == (PIPELINE, "release-coordinator")
+    assert line["coordinator"] == TABLE  # the stack's releases table (RELEASES_TABLE)
     return {metric["Name"]: line[metric["Name"]][0] for metric in directive["Metrics"]}
 
 

@@ -11,7 +11,7 @@ from botocore.stub import Stubber
 from chalicelib import bootstrap
 from chalicelib.domain.release import EventType, ReleaseState, Revision, Trigger, upload_release_id
 from chalicelib.service.ports import ArtifactAccessDenied
-from tests.integration.conftest import BUCKET, HandlerCall, LogLines, World
+from tests.integration.conftest import BUCKET, TABLE, HandlerCall, LogLines, World
 
 HOSTILE_KEYS = [
     "api/prod/red flower.zip",
@@ -161,9 +161,9 @@ def test_s3_denying_the_bundle_is_loud_and_keeps_the_event(
     [metric] = [json.loads(line) for line in log_lines.take().splitlines() if '"_aws"' in line]
     [directive] = metric["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "ReleaseCoordinator"
-    assert directive["Dimensions"] == [["service"]]
+    assert [sorted(names) for names in directive["Dimensions"]] == [["coordinator", "service"]]
     assert directive["Metrics"] == [{"Name": "ArtifactAccessDenied", "Unit": "Count"}]
-    assert metric["service"] == "release-coordinator"
+    assert (metric["service"], metric["coordinator"]) == ("release-coordinator", TABLE)
     assert metric["ArtifactAccessDenied"] == [1.0]
     assert world.store.list_releases("api-prod", 10, None) == []
 

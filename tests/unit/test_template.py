@@ -523,7 +523,11 @@ def test_an_artifact_s3_refuses_to_show_is_alarmed(packaged: tuple[str, dict[str
     _, template, _ = packaged
     alarm = template["Resources"]["ArtifactAccessDeniedAlarm"]["Properties"]
     assert (alarm["Namespace"], alarm["MetricName"]) == ("ReleaseCoordinator", "ArtifactAccessDenied")
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": "release-coordinator"}]
+    # The stack's own table tells its metric from another stack's (two stages in one account).
+    assert alarm["Dimensions"] == [
+        {"Name": "service", "Value": "release-coordinator"},
+        {"Name": "coordinator", "Value": {"Ref": render.TABLE}},
+    ]
     assert (alarm["Statistic"], alarm["Period"], alarm["Threshold"]) == ("Sum", 300, 1)
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["AlarmActions"] == alarm["OKActions"] == render._alarm_actions()
@@ -613,8 +617,9 @@ def test_a_dashboard_shows_each_pipelines_dora_metrics(packaged: tuple[str, dict
                 continue
             namespace, metric, *dimensions, _options = line
             assert namespace == "ReleaseCoordinator"
-            assert dimensions[0::2] == ["pipeline", "service"]
+            assert dimensions[0::2] == ["pipeline", "service", "coordinator"]
             assert dimensions[3] == "release-coordinator"
+            assert dimensions[5] == "${" + render.TABLE + "}"  # the stack's table, by Fn::Sub
             shown.setdefault(metric, set()).add(dimensions[1])
     assert shown == dict.fromkeys(
         ("DeploymentCount", "DeploymentFailed", "LeadTimeSeconds", "RestoreSeconds"), configured
