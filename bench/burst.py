@@ -11,8 +11,8 @@ writes it must make. The floor is measured three times (before the deliveries, b
 and the CodeDeploy events, after them) and the fastest counts: a moment the machine was busy
 while the floor was measured would otherwise flatter the ratio.
 
-The handlers' AWS calls are timed too (from sending the request to its parsed answer: the
-emulator's work, not the building of the request): the ratio the calls alone would allow, with
+The handlers' AWS calls are timed too (from botocore's before-call, the request serialised, to
+its parsed answer: signing, the emulator's work and the parsing): the ratio the calls alone would allow, with
 no time spent outside them, bounds what any change to the code around them can reach.
 """
 
@@ -213,7 +213,7 @@ def run() -> Outcome:
         "call_seconds_by_operation": dict(seconds_by_operation),
         "calls_only_events_per_s": calls_only_rate,
         "floor_writes_per_s": floor,
-        "floors_writes_per_s": floors,
+        "floor_writes_per_s_by_phase": floors,
         "accounted": accounted,
     }
     measured_floors = ", ".join(f"{writes:,.0f} {when}" for when, writes in floors.items())
@@ -235,7 +235,7 @@ def run() -> Outcome:
         for operation, seconds in sorted(seconds_by_operation.items(), key=lambda pair: -pair[1])
     )
     outcome.add(
-        "Burst: the handlers' AWS calls alone (request sent → answer parsed) and the ratio they "
+        "Burst: the handlers' AWS calls alone (request serialised → answer parsed) and the ratio they "
         "would allow with no time spent outside them",
         f"{clock.call_seconds:.1f} s of {clock.seconds:.1f} s in handlers, {len(clock.calls):,} calls "
         f"({len(clock.calls) / clock.events:.2f} per event: {heaviest}); at most "

@@ -158,8 +158,8 @@ class ApiCall:
     params: dict[str, Any]
     # The parsed answer (DynamoDB reads are priced by the size of what they return).
     response: dict[str, Any] | None = None
-    # From the signed request's send to its parsed answer: the emulator's work and the parsing,
-    # not the building of the request.
+    # From botocore's before-call (the request already serialised) to its parsed answer: signing,
+    # the retry handler, the emulator's dispatch and work, and the parsing.
     seconds: float = 0.0
 
 

@@ -74,18 +74,18 @@ How these were measured:
   a new upload took 340 ms and a CodeDeploy SUCCESS 0.8-1.7 s (medians). `bench/moto_world.py`
   keeps an undo log of the touched items instead (same all-or-nothing result), so the figures
   measure the coordinator rather than that copy. The sandbox (moto server) runs unpatched.
-- Burst: the handlers' AWS calls are also timed, each from the signed request's send to its
-  parsed answer (moto's work and botocore's parsing; the building of the request is left to the
-  handler side). Dividing the events by that time alone gives the rate the calls would allow if
-  no time at all were spent outside them: no change to the code around the calls can beat it,
-  only fewer or cheaper calls can. Each upload makes a fresh lane read (a warm container's copy
-  of the slot would be stale whenever another function moved the lane since, which on AWS is
-  the common case, and a stale copy costs a failed transaction and the read anyway), one
-  HeadObject (the upload's metadata and the LastModified the line is ordered by: the event
-  carries neither) and one transaction; a CodeDeploy SUCCESS that hands the slot on makes a lane
-  read, one GetDeployment (the deployment's own load balancer settings decide verification),
-  the transaction that ends the release and claims the next, CreateDeployment, and the
-  transaction that links the new deployment.
+- Burst: the handlers' AWS calls are also timed, each from botocore's `before-call` (the request
+  already serialised) to its parsed answer: signing, the retry handler, moto's dispatch and work,
+  and the parsing; serialising the request counts on the handler side. Dividing the events by that
+  time alone gives the rate the calls would allow if no time at all were spent outside them: no
+  change to the code around the calls can beat it, only fewer or cheaper calls can. Each upload
+  makes a fresh lane read (a warm container's copy of the slot would be stale whenever another
+  function moved the lane since, which on AWS is the common case, and a stale copy costs a failed
+  transaction and the read anyway), one HeadObject (the upload's metadata and the LastModified the
+  line is ordered by: the event carries neither) and one transaction; a CodeDeploy SUCCESS that
+  hands the slot on makes a lane read, one GetDeployment (the deployment's own load balancer
+  settings decide verification), the transaction that ends the release and claims the next,
+  CreateDeployment, and the transaction that links the new deployment.
 - In process, a call to moto costs a few milliseconds of boto3 serialisation and moto dispatch
   (see the GetItem baseline); on AWS it is a network round trip instead. Handler costs compare
   with each other, not with Lambda's billed duration.

@@ -232,7 +232,7 @@ def test_releases_and_events_carry_their_keys_index_keys_and_version_as_attribut
 ) -> None:
     """Every attribute value costs each read and write (de)serializing it: a release and its
     history event keep what DynamoDB and the stream read, the rest is one JSON string; so does
-    the slot, whose version is ``slot_version`` (see the next test)."""
+    the slot, whose version is ``slot_version`` (see the two tests of the slot's layout above)."""
     releases, _ = store
     mark = UploadMark("u1", NOW)
     release = replace(_release("r1"), metadata={"author": "ci"})
