@@ -23,7 +23,7 @@ STATES = (ReleaseState.SUCCEEDED, ReleaseState.FAILED, ReleaseState.SUCCEEDED, R
 TRIGGERS = (Trigger.UPLOAD, Trigger.API, Trigger.UPLOAD, Trigger.ROLLBACK, Trigger.UPLOAD)
 
 
-def _seed(world: World, pipeline: str, count: int, *, offset_s: int) -> list[Release]:
+def seed_releases(world: World, pipeline: str, count: int, *, offset_s: int) -> list[Release]:
     """``count`` releases of ``pipeline``, a minute apart from ``offset_s`` seconds after START,
     their states and triggers cycling out of step so that every combination occurs."""
     application = pipeline.removesuffix("-prod")
@@ -90,7 +90,9 @@ def _listed(pages: list[Page]) -> list[str]:
 def seeded(world: World) -> list[Release]:
     """Two pipelines' releases, interleaved in time (api-prod's 40 and web-prod's 25), and none of
     shop-prod."""
-    return _seed(world, "api-prod", 40, offset_s=0) + _seed(world, "web-prod", 25, offset_s=30)
+    return seed_releases(world, "api-prod", 40, offset_s=0) + seed_releases(
+        world, "web-prod", 25, offset_s=30
+    )
 
 
 @pytest.mark.parametrize(
