@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -78,20 +79,37 @@ def _path_id(value: str) -> str:
 
 @main.command()
 @click.option("--pipeline", help="Only this pipeline's releases.")
+@click.option("--state", help="Only releases in these states, separated by commas: FAILED,STOPPED.")
+@click.option(
+    "--trigger", help="Only releases these triggers started, separated by commas: rollback,auto_rollback."
+)
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
 @click.option("--next", "next_token", help="The token a previous page gave.")
 @json_option
 @click.pass_context
 def releases(
-    ctx: click.Context, pipeline: str | None, limit: int, next_token: str | None, as_json: bool
+    ctx: click.Context,
+    *,
+    pipeline: str | None,
+    state: str | None,
+    trigger: str | None,
+    limit: int,
+    next_token: str | None,
+    as_json: bool,
 ) -> None:
-    """Releases, newest first."""
+    """Releases, newest first. With --state or --trigger the API filters and a page may hold fewer
+    than --limit releases and still have a next one (it examines at most 500 releases a page)."""
+    query = {"pipeline": pipeline, "state": state, "trigger": trigger}
     with _errors():
-        page = _client(ctx).get("/releases", {"pipeline": pipeline, "limit": limit, "next": next_token})
+        page = _client(ctx).get("/releases", {**query, "limit": limit, "next": next_token})
 
     def text() -> str:
-        more = f"\nmore: relco releases --next {page['next']}" if page.get("next") else ""
-        return timeline.release_table(page["releases"]) + more
+        if not page.get("next"):
+            return timeline.release_table(page["releases"])
+        # The token is a position only: the next page needs the same options to list the same kind.
+        options = [f"--{name} {shlex.quote(value)}" for name, value in query.items() if value is not None]
+        more = " ".join(["relco releases", *options, f"--limit {limit}", f"--next {page['next']}"])
+        return timeline.release_table(page["releases"]) + f"\nmore: {more}"
 
     _emit(as_json, page, text)
 

@@ -16,7 +16,10 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from chalicelib.domain.release import Release, ReleaseState, Trigger
 
 # API Gateway accepts 10 MB; no request of this API needs more than a few hundred bytes.
 MAX_BODY_BYTES = 16 * 1024
@@ -211,13 +214,17 @@ def known_release_id(release_id: str) -> bool:
 
 @dataclass(frozen=True)
 class ListQuery:
-    """``GET /releases?pipeline=&limit=&next=``."""
+    """``GET /releases?pipeline=&limit=&next=&state=&trigger=``. ``state`` and ``trigger`` each
+    take one value or several separated by commas; a release matches when its state is one of
+    ``states`` and its trigger one of ``triggers`` (an empty set: any)."""
 
     pipeline: str | None
     limit: int
     before: str | None  # decoded ``next``: list releases older than this position
+    states: frozenset[ReleaseState] = frozenset()
+    triggers: frozenset[Trigger] = frozenset()
 
-    PARAMETERS: ClassVar[frozenset[str]] = frozenset({"pipeline", "limit", "next"})
+    PARAMETERS: ClassVar[frozenset[str]] = frozenset({"pipeline", "limit", "next", "state", "trigger"})
 
     @classmethod
     def from_params(cls, params: Mapping[str, list[str]]) -> ListQuery:
@@ -229,7 +236,38 @@ class ListQuery:
             pipeline=pipeline,
             limit=_limit(values.get("limit")),
             before=decode_cursor(values["next"]) if "next" in values else None,
+            states=_choices("state", values.get("state"), ReleaseState),
+            triggers=_choices("trigger", values.get("trigger"), Trigger),
         )
+
+    def matches(self, release: Release) -> bool:
+        return (not self.states or release.state in self.states) and (
+            not self.triggers or release.trigger in self.triggers
+        )
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def _choices(name: str, raw: str | None, kind: type[Choice]) -> frozenset[Choice]:
+    """The members of ``kind`` a comma-separated query value names; none when it is left out."""
+    if raw is None:
+        return frozenset()
+    allowed = ", ".join(member.value for member in kind)
+    chosen: set[Choice] = set()
+    for value in raw.split(","):
+        if not value:
+            raise Malformed(
+                f"query parameter {name!r} has an empty value; give one or more of {allowed}, "
+                "separated by commas, or leave it out"
+            )
+        try:
+            chosen.add(kind(value))
+        except ValueError:
+            raise Malformed(
+                f"query parameter {name!r} has an unknown value {value[:32]!r}; allowed: {allowed}"
+            ) from None
+    return frozenset(chosen)
 
 
 def _single_values(params: Mapping[str, list[str]], allowed: frozenset[str]) -> dict[str, str]:

@@ -64,24 +64,83 @@ class PipelineDetail:
     releases: Mapping[str, Release]
 
 
+# The most releases one GET /releases examines when a state or trigger filter leaves some out,
+# shared evenly by the pipelines it reads: a filter that matches rarely would otherwise read a
+# pipeline's whole history in one request, past API Gateway's 29 s integration timeout and at
+# Lambda's and DynamoDB's cost. A Query page holds at most 1 MB, so this is a handful of Query
+# calls; a page cut short by the bound carries a ``next`` that goes on from where it stopped.
+MAX_EXAMINED = 500
+
+
+@dataclass(frozen=True)
+class _Scan:
+    """What one pipeline's read found: its matching releases, newest first, and how far down the
+    index they are complete."""
+
+    matches: list[Release]
+    # The oldest position examined; every matching release from ``before`` down to it, itself
+    # included, is in ``matches``. None: the read reached the end of the pipeline's index.
+    covered_to: str | None
+
+
 def list_releases(wiring: Wiring, query: ListQuery) -> ReleasePage:
-    """Newest first. Without a pipeline, each configured pipeline's page is read and merged: one
-    query per pipeline, and the token (a position in time) works the same for one or all."""
+    """Newest first, the releases the query's filters match. Without a pipeline, each configured
+    pipeline is read and the reads merged, and the token (a position in time) works the same for
+    one or all. Without filters this is one Query per pipeline for up to ``limit + 1`` releases."""
     if query.pipeline is not None:
         pipeline_in_body(wiring, query.pipeline)
         names = [query.pipeline]
     else:
         names = [pipeline.name for pipeline in wiring.pipelines.pipelines]
-    # One more than asked says whether there is a next page.
+    # Each pipeline reads at least one more release than the page holds, as an unfiltered page
+    # always has, so the bound never makes a page shorter than its filters require.
+    # (The pipelines file defines at least one pipeline.)
+    share = max(MAX_EXAMINED // len(names), query.limit + 1)
+    scans = [_scan(wiring, name, query, share) for name in names]
+    # Below the highest of the pipelines' ``covered_to`` some pipeline was not read: only what is
+    # at or above it is complete, and the next page starts there.
+    frontiers = [scan.covered_to for scan in scans if scan.covered_to is not None]
+    boundary = max(frontiers) if frontiers else None
     found = [
         release
-        for name in names
-        for release in wiring.store.list_releases(name, query.limit + 1, query.before)
+        for scan in scans
+        for release in scan.matches
+        if boundary is None or release.created_key >= boundary
     ]
     found.sort(key=lambda release: release.created_key, reverse=True)
-    page = found[: query.limit]
-    token = encode_cursor(page[-1].created_key) if len(found) > query.limit else None
-    return ReleasePage(page, token)
+    if len(found) > query.limit:
+        page = found[: query.limit]
+        return ReleasePage(page, encode_cursor(page[-1].created_key))
+    # A short page: every pipeline's index ended (no next page), or the bound stopped a read and
+    # the next page goes on below the last release it examined.
+    return ReleasePage(found, encode_cursor(boundary) if boundary is not None else None)
+
+
+def _scan(wiring: Wiring, pipeline: str, query: ListQuery, budget: int) -> _Scan:
+    """The pipeline's releases before ``query.before`` that match, until one more than the page
+    holds are found (that one says there is a next page), the index ends or ``budget`` releases
+    were examined. The first read asks for exactly that many, as without filters; each further
+    read asks for twice as many as the last, so a rare match costs few round trips."""
+    wanted = query.limit + 1
+    matches: list[Release] = []
+    before = query.before
+    examined = 0
+    asked = wanted
+    while True:
+        asked = min(asked, budget - examined)
+        releases = wiring.store.list_releases(pipeline, asked, before)
+        examined += len(releases)
+        for release in releases:
+            if query.matches(release):
+                matches.append(release)
+                if len(matches) == wanted:
+                    return _Scan(matches, release.created_key)
+        if len(releases) < asked:
+            return _Scan(matches, None)
+        before = releases[-1].created_key
+        if examined >= budget:
+            return _Scan(matches, before)
+        asked *= 2
 
 
 def release_detail(wiring: Wiring, release_id: str) -> ReleaseDetail:

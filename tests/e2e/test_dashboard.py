@@ -237,6 +237,14 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                 screenshot(driver, "releases")
                 driver.find_element(By.CSS_SELECTOR, 'select[name="state"] option[value="STOPPED"]').click()
                 WebDriverWait(driver, PAGE_WAIT_S).until(lambda d: listed_releases(d) == [third])
+                # The API filtered, not the page: it was asked for the STOPPED releases only.
+                asked = driver.execute_script(
+                    "return performance.getEntriesByType('resource').map((entry) => entry.name);"
+                )
+                assert any(
+                    "/api/releases?" in name and "pipeline=demo" in name and "state=STOPPED" in name
+                    for name in asked
+                ), asked
             except BaseException:
                 screenshot(driver, "failure")  # the page as it was when the test failed
                 raise

@@ -8,6 +8,8 @@ is checked on the request it builds, in ``test_requests_are_signed_for_execute_a
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import threading
@@ -30,6 +32,7 @@ from relco.cli import main
 from sandbox import moto_extensions
 from tests.integration.conftest import World
 from tests.integration.deploy_guide import ci_policy
+from tests.integration.test_release_filters import seed_releases
 
 pytestmark = pytest.mark.filterwarnings("ignore:IAMAuthorizer is not a supported in local mode")
 
@@ -103,7 +106,7 @@ def test_list_and_show_releases(world: World, api_url: str) -> None:
     table = relco(api_url, "releases", "--limit", "1")
     assert table.exit_code == 0
     assert second in table.output
-    assert "more: relco releases --next " in table.output
+    assert "more: relco releases --limit 1 --next " in table.output
 
     card = relco(api_url, "show", first)
     assert card.exit_code == 0, card.output
@@ -233,6 +236,44 @@ def test_watch_exits_1_when_the_release_does_not_succeed(world: World, api_url: 
 
 
 # --- configuration errors ---------------------------------------------------------------------
+
+
+def test_releases_filtered_by_state_and_trigger_page_with_the_filters(world: World, api_url: str) -> None:
+    seeded = seed_releases(world, "api-prod", 12, offset_s=0) + seed_releases(
+        world, "web-prod", 12, offset_s=30
+    )
+    expected = [
+        release.id
+        for release in sorted(seeded, key=lambda release: release.created_key, reverse=True)
+        if release.pipeline == "api-prod"
+        and release.state in ("FAILED", "STOPPED")
+        and release.trigger == "upload"
+    ]
+    assert len(expected) >= 2
+    filters = ["--pipeline", "api-prod", "--state", "FAILED,STOPPED", "--trigger", "upload"]
+
+    listed = relco_json(api_url, "releases", *filters)
+    assert [release["id"] for release in listed["releases"]] == expected
+
+    # Each "more:" hint repeats the filters: following the hints lists every match once.
+    shown: list[str] = []
+    arguments = ["releases", *filters, "--limit", "1"]
+    while True:
+        result = relco(api_url, *arguments)
+        assert result.exit_code == 0, result.output
+        shown.extend(re.findall(r"rel-[a-z]+-\d+", result.output))
+        hint = re.search(r"^more: relco (.+)$", result.output, re.MULTILINE)
+        if hint is None:
+            break
+        assert hint.group(1).startswith(
+            "releases --pipeline api-prod --state FAILED,STOPPED --trigger upload --limit 1 "
+        )
+        arguments = shlex.split(hint.group(1))
+    assert shown == expected
+
+    refused = relco(api_url, "releases", "--state", "BROKEN")
+    assert refused.exit_code == 1
+    assert "query parameter 'state' has an unknown value 'BROKEN'; allowed: RECEIVED," in refused.output
 
 
 def test_a_missing_api_url_is_explained(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

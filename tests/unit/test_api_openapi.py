@@ -15,6 +15,8 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
 from app import app
+from chalicelib.domain.api_requests import ListQuery
+from chalicelib.domain.release import ReleaseState, Trigger
 
 DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options"})
@@ -85,3 +87,11 @@ def test_every_operation_needs_sigv4_and_documents_its_refusals() -> None:
                 assert {"409", "413", "422"} <= codes, (method, path)
                 names = {inline(parameter)["name"] for parameter in operation["parameters"]}
                 assert "Idempotency-Key" in names
+
+
+def test_the_release_list_documents_the_parameters_and_values_it_accepts() -> None:
+    operation = document()["paths"]["/releases"]["get"]
+    assert {parameter["name"] for parameter in operation["parameters"]} == ListQuery.PARAMETERS
+    schemas = document()["components"]["schemas"]
+    assert schemas["ReleaseState"]["enum"] == [state.value for state in ReleaseState]
+    assert schemas["Trigger"]["enum"] == [trigger.value for trigger in Trigger]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -22,6 +23,7 @@ from chalicelib.domain.api_requests import (
     parse_body,
     request_fingerprint,
 )
+from chalicelib.domain.release import Release, ReleaseState, Revision, Trigger, new_release
 from chalicelib.http_api import REFUSALS
 
 created_keys = st.builds(
@@ -82,6 +84,62 @@ def test_list_query() -> None:
     assert query == ListQuery(pipeline="api-prod", limit=5, before=position)
     with pytest.raises(Malformed):
         ListQuery.from_params({"limit": ["١٢"]})  # digits, but not ASCII ones
+
+
+def test_list_query_filters_by_state_and_trigger() -> None:
+    query = ListQuery.from_params({"state": ["FAILED"], "trigger": ["upload,api"]})
+    assert query.states == {ReleaseState.FAILED}
+    assert query.triggers == {Trigger.UPLOAD, Trigger.API}
+    several = ListQuery.from_params({"state": ["FAILED,STOPPED,FAILED"]})
+    assert several.states == {ReleaseState.FAILED, ReleaseState.STOPPED}
+    assert several.triggers == frozenset()
+
+    failed_upload = _release(ReleaseState.FAILED, Trigger.UPLOAD)
+    assert query.matches(failed_upload)
+    assert several.matches(failed_upload)
+    assert not query.matches(_release(ReleaseState.FAILED, Trigger.ROLLBACK))
+    assert not query.matches(_release(ReleaseState.SUCCEEDED, Trigger.UPLOAD))
+    assert ListQuery.from_params({}).matches(_release(ReleaseState.SUCCEEDED, Trigger.ROLLBACK))
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"state": ["BROKEN"]}, "query parameter 'state' has an unknown value 'BROKEN'; allowed: RECEIVED, "),
+        ({"state": ["failed"]}, "unknown value 'failed'"),  # the values are spelled as the API writes them
+        (
+            {"trigger": ["upload,push"]},
+            "'trigger' has an unknown value 'push'; allowed: upload, api, rollback, ",
+        ),
+        ({"state": [""]}, "query parameter 'state' has an empty value"),
+        ({"trigger": ["api,"]}, "query parameter 'trigger' has an empty value; give one or more of upload, "),
+        ({"state": ["FAILED", "STOPPED"]}, "query parameter 'state' must be given once"),
+    ],
+)
+def test_list_query_refuses_unknown_empty_and_repeated_filters(
+    params: dict[str, list[str]], says: str
+) -> None:
+    with pytest.raises(Malformed) as refused:
+        ListQuery.from_params(params)
+    assert says in str(refused.value)
+    if "unknown" in says:
+        allowed = ReleaseState if "state" in params else Trigger
+        assert all(member.value in str(refused.value) for member in allowed)
+
+
+def _release(state: ReleaseState, trigger: Trigger) -> Release:
+    revision = Revision("acme-artifacts", "api/prod/app.zip", "v1", None)
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    release = new_release(
+        release_id="rel-1",
+        pipeline="api-prod",
+        application="api",
+        deployment_group="api-prod",
+        revision=revision,
+        trigger=trigger,
+        now=now,
+    ).release
+    return replace(release, state=state)
 
 
 def test_the_fingerprint_ignores_spelling_but_not_content() -> None:
