@@ -291,15 +291,23 @@ class LaneMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.pipeline.promote_from is not None)
     @rule(upstream=st.integers(1, 3), outcome=starts)
     def upstream_rolls_back(self, upstream: int, outcome: str) -> None:
-        """The upstream pipeline rolled ``up-<n>`` back: its promotions still waiting here stop."""
+        """The upstream pipeline rolled ``up-<n>`` back: its promotions still waiting here stop.
+        A rollback waiting here is kept even when it restores a promotion of ``up-<n>`` (and so
+        carries its revision and its ``promoted_from``): it restores this pipeline's last verified
+        release, and rollbacks are never stopped by another pipeline."""
         promoted_from = f"up-{upstream}"
+        waiting_before = self.waiting_and_awaiting()
         self.run([], lambda lane: lane.cancel_promotions(promoted_from, "rolled back", self.now), outcome)
-        waiting = [mark.release_id for mark in self.store.slot.awaiting_approval] + list(
-            self.store.slot.waiting
-        )
+        waiting = [self.store.releases[w] for w in self.waiting_and_awaiting()]
         assert not any(
-            self.store.releases[w].metadata.get(PROMOTED_FROM) == promoted_from for w in waiting
+            release.trigger is Trigger.PROMOTION and release.metadata.get(PROMOTED_FROM) == promoted_from
+            for release in waiting
         ), "a promotion of a release rolled back upstream still waits"
+        kept = [w for w in waiting_before if self.store.releases[w].trigger.is_rollback]
+        assert set(kept) <= {release.id for release in waiting}, "a waiting rollback was stopped"
+
+    def waiting_and_awaiting(self) -> list[str]:
+        return [mark.release_id for mark in self.store.slot.awaiting_approval] + list(self.store.slot.waiting)
 
     @precondition(lambda self: self.store.slot.awaiting_approval)
     @rule(data=st.data(), allowed=st.booleans(), outcome=starts)
@@ -574,6 +582,50 @@ def _submit(lane: Lane, release_id: str, trigger: Trigger) -> Decision:
         release_id, lane.config, Revision("bucket", f"api/{release_id}.zip", "v", None), trigger
     )
     return lane.with_releases({release_id: None}).submit(submission, T0)
+
+
+class _Drawn:
+    """Stands in for hypothesis' ``data`` in a replayed sequence: draws the release it is given."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+
+    def draw(self, strategy: object) -> Release:
+        return self.release
+
+
+def test_a_rollback_that_restores_a_promotion_keeps_waiting_when_upstream_rolls_that_release_back() -> None:
+    """The sequence hypothesis found (make test, 2026-12-07): production's last good release is a
+    promotion of up-3; a console deployment fails and its automatic rollback (to that promotion,
+    carrying its ``promoted_from``) waits behind a manual rollback; staging then rolls up-3 back.
+    The waiting automatic rollback is kept: only promotions stop."""
+    machine = LaneMachine()
+    machine.configure(
+        policy=BusyPolicy.QUEUE,
+        on_deploy_failure=True,
+        on_verify_failure=False,
+        freeze=None,
+        approval=None,
+        promotes=PromoteMode.AUTO,
+    )
+    machine.promotion(upstream=3, outcome="created")
+    [promotion] = machine.deploying()
+    machine.codedeploy_ends(_Drawn(promotion), ReleaseState.SUCCEEDED, "created")
+    machine.manual_rollback(outcome="handed_back")
+    machine.external_deployment(rollback_of_ours=False)
+    external = next(r for r in machine.deploying() if r.trigger is Trigger.EXTERNAL)
+    machine.codedeploy_ends(_Drawn(external), ReleaseState.FAILED, "created")
+    [waiting_rollback] = [
+        machine.store.releases[w]
+        for w in machine.store.slot.waiting
+        if machine.store.releases[w].trigger is Trigger.AUTO_ROLLBACK
+    ]
+    assert waiting_rollback.metadata[PROMOTED_FROM] == "up-3"
+
+    machine.upstream_rolls_back(upstream=3, outcome="created")
+
+    assert waiting_rollback.id in machine.store.slot.waiting
+    assert machine.store.releases[waiting_rollback.id].state is ReleaseState.QUEUED
 
 
 def test_a_release_queued_behind_a_kept_rollback_is_told_its_real_place() -> None:
