@@ -9,6 +9,7 @@ release is counted as a failure, and its lead time then runs to the rollback).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -203,11 +204,12 @@ def _restores(deployed: Sequence[Release], verified: Sequence[Release]) -> tuple
     restores: list[timedelta] = []
     unrestored = 0
     for failed in (release for release in deployed if release.state is ReleaseState.FAILED):
-        restored_at = next((end for end in verified_ends if end > failed.updated_at), None)
-        if restored_at is None:
+        # A binary search: a request may hold thousands of failures and of verified releases.
+        first_after = bisect.bisect_right(verified_ends, failed.updated_at)
+        if first_after == len(verified_ends):
             unrestored += 1
         else:
-            restores.append(restored_at - failed.updated_at)
+            restores.append(verified_ends[first_after] - failed.updated_at)
     return restores, unrestored
 
 
