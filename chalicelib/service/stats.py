@@ -18,15 +18,16 @@ from chalicelib.service.wiring import Wiring
 
 # Releases asked of the store per call. The store pages the DynamoDB Query (each page at most
 # 1 MB) until it has them, so a bigger call costs fewer round trips for a busy pipeline; but the
-# last call of a pipeline reads up to this many releases older than the window's start, only to
-# drop them, and holds them all at once. A thousand releases are about 1 MB (one Query page).
+# last call of a pipeline may read up to this many releases older than the window's start only to
+# drop them. A release item is 0.5 to 1 KB, so a thousand are about one Query page.
 READ_SIZE = 1000
 
 # The releases one request examines, over all the pipelines it covers. API Gateway answers the
-# caller with a 504 after 29 s, whatever the function goes on doing; 20,000 releases are 20 or so
-# 1 MB Query pages (a few seconds, about 2,500 read units of an eventually consistent index read)
-# and tens of megabytes of Release objects in the function's memory. A request past the bound
-# answers figures over the newest part of a pipeline's window, with ``covered_since`` saying so.
+# caller with a 504 after 29 s, whatever the function goes on doing. 20,000 releases are about 20
+# Query calls (a few seconds of round trips and under a second of decoding and figures), about
+# 2,000 read units of an eventually consistent index read, and some 30 to 50 MB of Release objects
+# in the function's memory. A request past the bound answers figures over the newest part of a
+# pipeline's window, with ``covered_since`` saying so.
 RELEASES_PER_REQUEST = 20_000
 
 
