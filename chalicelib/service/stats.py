@@ -47,7 +47,7 @@ def stats(wiring: Wiring, query: StatsQuery) -> list[PipelineStats]:
             read.releases,
             since,
             until,
-            covered_since=None if read.complete else read.releases[-1].created_at,
+            covered_since=read.covered_since(until),
         )
         for read in reads
     ]
@@ -83,6 +83,14 @@ class WindowRead:
     releases: list[Release] = field(default_factory=list)
     # The read reached a release older than ``since``, or the pipeline's first release.
     complete: bool = False
+
+    def covered_since(self, until: datetime) -> datetime | None:
+        """None when the read reached the window's start; else the creation of the oldest release
+        read, or ``until`` when the bound left this pipeline no share at all (more pipelines than
+        the bound: its figures then cover nothing)."""
+        if self.complete:
+            return None
+        return self.releases[-1].created_at if self.releases else until
 
     def read_more(self, store: ReleaseStore, budget: int) -> int:
         """Reads up to ``budget`` more releases of the window and returns how many. Each call asks

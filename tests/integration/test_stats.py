@@ -140,6 +140,20 @@ def test_quiet_pipelines_leave_their_share_of_the_bound_to_a_busy_one(
         assert by_name[quiet]["covered_since"] == by_name[quiet]["since"]
 
 
+def test_a_pipeline_the_bound_leaves_no_share_covers_nothing(
+    world: World, recorded_history: list[Release], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 2 over three pipelines: no round can give each one, so none is read.
+    monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 2)
+
+    reply = call(world, "GET", "/stats?days=10")
+
+    assert reply.status == 200, reply.json
+    for entry in reply.json["pipelines"]:
+        assert entry["covered_since"] == entry["until"]
+        assert (entry["releases"], entry["deployment_frequency"]["per_day"]) == (0, 0.0)
+
+
 def test_a_busy_pipeline_costs_one_query_per_thousand_releases(
     world: World, handler_calls: list[HandlerCall]
 ) -> None:
