@@ -158,7 +158,7 @@ def test_a_busy_pipeline_costs_one_query_per_thousand_releases(
     world: World, handler_calls: list[HandlerCall]
 ) -> None:
     # 2,500 releases in the window, read 1,000 a call: 1,000, 1,000, then 500 of the 1,000 asked
-    # for, which ends the read (one Query each: an item is about 500 bytes, far from 1 MB a page).
+    # for, which ends the read (one Query each: 1,000 of these items are about 0.5 MB, under a page).
     now = datetime.now(UTC)
     serializer = TypeSerializer()
     items = [
