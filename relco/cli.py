@@ -128,12 +128,15 @@ def stats(ctx: click.Context, pipeline: str | None, days: int, as_json: bool) ->
         found = _client(ctx).get("/stats", {"pipeline": pipeline, "days": days})
 
     def text() -> str:
-        return "\n\n".join(_stats_text(figures, found["days"]) for figures in found["pipelines"])
+        return "\n\n".join(
+            _stats_text(figures, found["days"], one_pipeline=pipeline is not None)
+            for figures in found["pipelines"]
+        )
 
     _emit(as_json, found, text)
 
 
-def _stats_text(figures: Mapping[str, Any], days: int) -> str:
+def _stats_text(figures: Mapping[str, Any], days: int, *, one_pipeline: bool) -> str:
     frequency = figures["deployment_frequency"]
     lead = figures["lead_time"]
     failures = figures["change_failure_rate"]
@@ -142,6 +145,7 @@ def _stats_text(figures: Mapping[str, Any], days: int) -> str:
     return "\n".join(
         [
             f"{figures['pipeline']}: last {days} days, {figures['releases']} releases",
+            *_partial_note(figures, one_pipeline=one_pipeline),
             f"  deployment frequency  {frequency['per_day']:.2f}/day ({frequency['deployments']} verified)",
             f"  lead time             median {_duration(lead['median_s'])}, p90 {_duration(lead['p90_s'])}"
             f" ({lead['count']} changes)",
@@ -151,6 +155,16 @@ def _stats_text(figures: Mapping[str, Any], days: int) -> str:
             f" ({restore['count']} restored, {restore['unrestored']} not yet)",
         ]
     )
+
+
+def _partial_note(figures: Mapping[str, Any], *, one_pipeline: bool) -> list[str]:
+    """A line when the API's bound on the releases one request reads stopped this pipeline's read
+    before the window's start (docs/stats.md): its figures are then over the newest part only."""
+    if figures["covered_since"] == figures["since"]:
+        return []
+    covered = datetime.fromisoformat(figures["covered_since"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    narrower = "fewer --days" if one_pipeline else f"`relco stats {figures['pipeline']}` or fewer --days"
+    return [f"  partial: the figures cover only since {covered}, the read was bounded; ask {narrower}"]
 
 
 def _duration(seconds: float | None) -> str:

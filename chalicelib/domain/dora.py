@@ -9,6 +9,7 @@ release is counted as a failure, and its lead time then runs to the rollback).
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -95,9 +96,12 @@ class PipelineStats:
     pipeline: str
     since: datetime
     until: datetime
-    # Releases created in the window (any state).
+    # Where the figures start: ``since``, or later when the read of the releases was bounded and
+    # stopped before reaching ``since`` (the created time of the oldest release read).
+    covered_since: datetime
+    # Releases created in the covered part of the window (any state).
     releases: int
-    # Verified (SUCCEEDED) releases, and their number per day of the window.
+    # Verified (SUCCEEDED) releases, and their number per day of the covered part of the window.
     deployments: int
     deployments_per_day: float
     lead_time: Durations
@@ -115,6 +119,7 @@ class PipelineStats:
             "pipeline": self.pipeline,
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
+            "covered_since": self.covered_since.isoformat(),
             "releases": self.releases,
             "deployment_frequency": {
                 "deployments": self.deployments,
@@ -142,15 +147,27 @@ def rolled_back_ids(releases: Iterable[Release]) -> frozenset[str]:
 
 
 def pipeline_stats(
-    pipeline: str, releases: Sequence[Release], since: datetime, until: datetime
+    pipeline: str,
+    releases: Sequence[Release],
+    since: datetime,
+    until: datetime,
+    *,
+    covered_since: datetime | None = None,
 ) -> PipelineStats:
     """The four keys over the pipeline's releases created in ``[since, until)``; releases outside
     the window or of another pipeline are left out. For a promotion stage these are the stage's
-    own releases: what reached it is what it deployed."""
+    own releases: what reached it is what it deployed.
+
+    ``covered_since``: when the releases given are only the newest part of the window (a bounded
+    read stopped before ``since``), the created time of the oldest of them. The figures are then
+    those of ``[covered_since, until)``: counts and rates over the releases read, and the
+    deployments per day over that span, since dividing by the whole window's days would
+    understate the frequency by the part that was not read."""
+    start = since if covered_since is None else max(since, covered_since)
     window = [
         release
         for release in releases
-        if release.pipeline == pipeline and since <= release.created_at < until
+        if release.pipeline == pipeline and start <= release.created_at < until
     ]
     verified = [release for release in window if release.state is ReleaseState.SUCCEEDED]
     # A rollback redeploys an old commit: it restores, it delivers no change.
@@ -161,11 +178,12 @@ def pipeline_stats(
         release for release in deployed if release.state is ReleaseState.FAILED or release.id in rolled_back
     ]
     restores, unrestored = _restores(deployed, verified)
-    days = (until - since) / timedelta(days=1)
+    days = (until - start) / timedelta(days=1)
     return PipelineStats(
         pipeline=pipeline,
         since=since,
         until=until,
+        covered_since=start,
         releases=len(window),
         deployments=len(verified),
         deployments_per_day=len(verified) / days if days > 0 else 0.0,
@@ -186,11 +204,12 @@ def _restores(deployed: Sequence[Release], verified: Sequence[Release]) -> tuple
     restores: list[timedelta] = []
     unrestored = 0
     for failed in (release for release in deployed if release.state is ReleaseState.FAILED):
-        restored_at = next((end for end in verified_ends if end > failed.updated_at), None)
-        if restored_at is None:
+        # A binary search: a request may hold thousands of failures and of verified releases.
+        first_after = bisect.bisect_right(verified_ends, failed.updated_at)
+        if first_after == len(verified_ends):
             unrestored += 1
         else:
-            restores.append(restored_at - failed.updated_at)
+            restores.append(verified_ends[first_after] - failed.updated_at)
     return restores, unrestored
 
 

@@ -271,8 +271,14 @@ async function showStats(section, view) {
     values: leaves(entry).filter(([, value]) => typeof value === "number"),
   }));
   const names = [...new Set(figures.flatMap((f) => f.values.map(([name]) => name)))];
+  // The API reads a bounded number of releases per request: a pipeline it stopped short of the
+  // window's start has figures over its newest part only (covered_since, docs/stats.md).
+  const partial = entries.filter((entry) => entry.covered_since && entry.covered_since !== entry.since);
   replace(section, el("h2", {}, `DORA metrics, last ${stats.days || 30} days`),
-    el("div", { class: "cards" }, names.map((name) => statChart(name, figures))));
+    el("div", { class: "cards" }, names.map((name) => statChart(name, figures))),
+    partial.map((entry) => el("p", { class: "muted partial", "data-pipeline": entry.pipeline },
+      `${entry.pipeline}: these figures cover only since ${new Date(entry.covered_since).toLocaleString()}, ` +
+      `the read was bounded; \`relco stats ${entry.pipeline}\` or fewer --days covers more of the window`)));
   section.hidden = false;
 }
 

@@ -31,6 +31,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from chalicelib import bootstrap
 from chalicelib.domain.release import ReleaseState
+from chalicelib.service import stats
 from relco.api_client import ApiClient
 from relco.ui import MAX_BODY_BYTES, DashboardServer
 from sandbox.runtime import PROJECT_ROOT, Sandbox
@@ -152,7 +153,7 @@ def terminal_receipt(release_id: str) -> dict[str, Any] | None:
 
 
 @pytest.mark.timeout(180)
-def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
+def test_the_dashboard_in_chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Sandbox(tmp_path / "sandbox") as sandbox:
         assert sandbox.endpoints is not None
         first = sandbox.deploy("1.0.0")
@@ -245,6 +246,18 @@ def test_the_dashboard_in_chromium(tmp_path: Path) -> None:
                     "/api/releases?" in name and "pipeline=demo" in name and "state=STOPPED" in name
                     for name in asked
                 ), asked
+
+                # With GET /stats bounded to 2 releases, demo's figures cover its newest two only
+                # (fourth and third), and the note under the charts says so.
+                monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 2)
+                driver.get(url)
+                note = element(driver, '#dora p.partial[data-pipeline="demo"]')
+                assert note.text.startswith("demo: these figures cover only since "), note.text
+                assert "relco stats demo" in note.text
+                monkeypatch.undo()
+                driver.refresh()
+                element(driver, "#dora svg.chart")
+                assert not driver.find_elements(By.CSS_SELECTOR, "#dora p.partial")
             except BaseException:
                 screenshot(driver, "failure")  # the page as it was when the test failed
                 raise

@@ -129,6 +129,36 @@ def test_the_answer_names_each_figure() -> None:
     assert (answer["since"], answer["until"]) == (T0.isoformat(), NOW.isoformat())
 
 
+def test_a_partial_window_counts_the_releases_read_and_rates_over_the_span_they_cover() -> None:
+    # A bounded read stopped at r7 (created day 5 10:00): it read r7 .. r14, not r1 .. r6.
+    covered = T0 + timedelta(days=5, hours=10)
+    read = [release for release in HISTORY if release.pipeline == PIPELINE and release.created_at >= covered]
+    stats = pipeline_stats(PIPELINE, read, T0, NOW, covered_since=covered)
+
+    assert (stats.since, stats.covered_since, stats.until) == (T0, covered, NOW)
+    # r7 .. r14 = 8 releases.
+    assert stats.releases == 8
+    # Verified: r12 alone, over the 4 days 14 hours covered (110 hours = 55/12 days), not the
+    # 10 days asked for: 12/55 a day (over 10 days it would be 0.1).
+    assert stats.deployments == 1
+    assert stats.deployments_per_day == pytest.approx(12 / 55)
+    # Lead time: r12's 4500 s alone.
+    assert stats.lead_time == Durations(count=1, median_s=4500.0, p90_s=4500.0)
+    # Reached the deployment: r10 r11 r12 r13 (r9 failed before CodeDeploy) = 4; failed r10 r11
+    # r13 = 3: 3 / 4.
+    assert (stats.reached_deployment, stats.change_failures, stats.change_failure_rate) == (4, 3, 0.75)
+    # Restores: r10 9900 and r11 5400 (by r12): median (5400 + 9900) / 2 = 7650, p90 rank
+    # ceil(0.9 * 2) = 2, i.e. 9900; r13 unrestored.
+    assert stats.time_to_restore == Durations(count=2, median_s=7650.0, p90_s=9900.0)
+    assert stats.unrestored_failures == 1
+    assert stats.to_dict()["covered_since"] == covered.isoformat()
+
+
+def test_a_whole_window_is_covered_from_its_start() -> None:
+    answer = pipeline_stats(PIPELINE, HISTORY, T0, NOW).to_dict()
+    assert answer["covered_since"] == answer["since"] == T0.isoformat()
+
+
 def test_an_empty_window_has_no_rates() -> None:
     stats = pipeline_stats(PIPELINE, HISTORY, NOW, NOW + timedelta(days=1))
     assert (stats.releases, stats.deployments, stats.deployments_per_day) == (0, 0, 0.0)
