@@ -160,7 +160,8 @@ def _stats_text(figures: Mapping[str, Any], days: int, *, one_pipeline: bool) ->
 def _partial_note(figures: Mapping[str, Any], *, one_pipeline: bool) -> list[str]:
     """A line when the API's bound on the releases one request reads stopped this pipeline's read
     before the window's start (docs/stats.md): its figures are then over the newest part only."""
-    if figures["covered_since"] == figures["since"]:
+    # A coordinator older than the bound answers no covered_since: its figures cover the window.
+    if figures.get("covered_since", figures["since"]) == figures["since"]:
         return []
     covered = datetime.fromisoformat(figures["covered_since"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     narrower = "fewer --days" if one_pipeline else f"`relco stats {figures['pipeline']}` or fewer --days"
