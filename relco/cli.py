@@ -98,7 +98,8 @@ def releases(
     as_json: bool,
 ) -> None:
     """Releases, newest first. With --state or --trigger the API filters and a page may hold fewer
-    than --limit releases and still have a next one (it examines at most 500 releases a page)."""
+    than --limit releases and still have a next one (a page examines at most 500 releases, or
+    --limit + 1 of each pipeline when that is more)."""
     query = {"pipeline": pipeline, "state": state, "trigger": trigger}
     with _errors():
         page = _client(ctx).get("/releases", {**query, "limit": limit, "next": next_token})

@@ -255,7 +255,7 @@ def _choices(name: str, raw: str | None, kind: type[Choice]) -> frozenset[Choice
         return frozenset()
     allowed = ", ".join(member.value for member in kind)
     chosen: set[Choice] = set()
-    for value in raw.split(","):
+    for value in (part.strip() for part in raw.split(",")):
         if not value:
             raise Malformed(
                 f"query parameter {name!r} has an empty value; give one or more of {allowed}, "
@@ -265,7 +265,8 @@ def _choices(name: str, raw: str | None, kind: type[Choice]) -> frozenset[Choice
             chosen.add(kind(value))
         except ValueError:
             raise Malformed(
-                f"query parameter {name!r} has an unknown value {value[:32]!r}; allowed: {allowed}"
+                f"query parameter {name!r} has an unknown value {value[:32]!r}; allowed (case matters): "
+                f"{allowed}"
             ) from None
     return frozenset(chosen)
 

@@ -65,10 +65,12 @@ class PipelineDetail:
 
 
 # The most releases one GET /releases examines when a state or trigger filter leaves some out,
-# shared evenly by the pipelines it reads: a filter that matches rarely would otherwise read a
-# pipeline's whole history in one request, past API Gateway's 29 s integration timeout and at
-# Lambda's and DynamoDB's cost. A Query page holds at most 1 MB, so this is a handful of Query
-# calls; a page cut short by the bound carries a ``next`` that goes on from where it stopped.
+# shared evenly by the pipelines it reads (or ``limit + 1`` of each when that is more: as many as
+# an unfiltered page reads, so the bound never makes a page shorter than its filters require): a
+# filter that matches rarely would otherwise read a pipeline's whole history in one request, past
+# API Gateway's 29 s integration timeout and at Lambda's and DynamoDB's cost. A Query page holds
+# at most 1 MB, so this is a handful of Query calls; a page cut short by the bound carries a
+# ``next`` that goes on from where it stopped.
 MAX_EXAMINED = 500
 
 

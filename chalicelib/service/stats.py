@@ -30,6 +30,9 @@ READ_SIZE = 1000
 # pipeline's window, with ``covered_since`` saying so.
 RELEASES_PER_REQUEST = 20_000
 
+# The resolution of a release's creation time (its ``created_key`` holds microseconds).
+_INSTANT = timedelta(microseconds=1)
+
 
 def stats(wiring: Wiring, query: StatsQuery) -> list[PipelineStats]:
     """The named pipeline's figures, or each configured pipeline's in the file's order."""
@@ -62,7 +65,8 @@ def releases_since(wiring: Wiring, pipeline: str, since: datetime) -> list[Relea
 
 
 def share_out(store: ReleaseStore, reads: list[WindowRead], bound: int) -> None:
-    """Reads the windows with at most ``bound`` releases in all. Each round gives every window not
+    """Reads the windows examining at most ``bound`` releases in all (those of the windows and the
+    older ones a window's last page holds alike). Each round gives every window not
     yet read through an equal share of what is left, so quiet pipelines leave their unused share
     to the busy ones instead of a busy pipeline early in the file taking it all."""
     left = bound
@@ -85,28 +89,28 @@ class WindowRead:
     complete: bool = False
 
     def covered_since(self, until: datetime) -> datetime | None:
-        """None when the read reached the window's start; else the creation of the oldest release
-        read, or ``until`` when the bound left this pipeline no share at all (more pipelines than
-        the bound: its figures then cover nothing)."""
+        """None when the read reached the window's start. Else just after the creation of the
+        oldest release read: releases created in that same microsecond sort by id, and the ones
+        after it in the index were not read, so none of that instant counts. ``until`` when the
+        bound left this pipeline no share at all (more pipelines than the bound: its figures then
+        cover nothing)."""
         if self.complete:
             return None
-        return self.releases[-1].created_at if self.releases else until
+        return self.releases[-1].created_at + _INSTANT if self.releases else until
 
     def read_more(self, store: ReleaseStore, budget: int) -> int:
-        """Reads up to ``budget`` more releases of the window and returns how many. Each call asks
-        for one release more than it may keep, so a window of exactly ``budget`` releases is known
-        to be complete rather than taken for a partial one."""
-        kept = 0
-        while not self.complete:
-            wanted = budget - kept
-            asked = min(READ_SIZE, wanted + 1)
+        """Reads on, examining at most ``budget`` more releases, and returns how many it examined.
+        The read is complete when a page ends the index or holds a release older than ``since``;
+        a window of exactly ``budget`` releases is not known to be complete until one more is
+        read."""
+        examined = 0
+        while not self.complete and examined < budget:
+            asked = min(READ_SIZE, budget - examined)
             before = self.releases[-1].created_key if self.releases else None
             page = store.list_releases(self.pipeline, asked, before)
+            examined += len(page)
             # Newest first: the window's releases are the page's head.
             in_window = [release for release in page if release.created_at >= self.since]
-            self.releases.extend(in_window[:wanted])
-            kept += min(len(in_window), wanted)
-            if len(in_window) > wanted:
-                return kept
+            self.releases.extend(in_window)
             self.complete = len(in_window) < len(page) or len(page) < asked
-        return kept
+        return examined

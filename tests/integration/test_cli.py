@@ -273,7 +273,10 @@ def test_releases_filtered_by_state_and_trigger_page_with_the_filters(world: Wor
 
     refused = relco(api_url, "releases", "--state", "BROKEN")
     assert refused.exit_code == 1
-    assert "query parameter 'state' has an unknown value 'BROKEN'; allowed: RECEIVED," in refused.output
+    assert (
+        "query parameter 'state' has an unknown value 'BROKEN'; allowed (case matters): RECEIVED,"
+        in refused.output
+    )
 
 
 def test_a_missing_api_url_is_explained(world: World, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -179,8 +179,14 @@ def test_without_filters_a_page_reads_each_pipeline_once(
 @pytest.mark.parametrize(
     ("query", "says"),
     [
-        ("state=BROKEN", "query parameter 'state' has an unknown value 'BROKEN'; allowed: RECEIVED, "),
-        ("trigger=push", "query parameter 'trigger' has an unknown value 'push'; allowed: upload, "),
+        (
+            "state=BROKEN",
+            "query parameter 'state' has an unknown value 'BROKEN'; allowed (case matters): RECEIVED, ",
+        ),
+        (
+            "trigger=push",
+            "query parameter 'trigger' has an unknown value 'push'; allowed (case matters): upload, ",
+        ),
         ("state=", "query parameter 'state' has an empty value"),
         ("state=FAILED&state=STOPPED", "'state' must be given once"),
     ],

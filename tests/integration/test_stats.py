@@ -93,18 +93,19 @@ def by_id(releases: list[Release]) -> dict[str, Release]:
 def test_a_read_stopped_by_the_bound_answers_the_part_read_and_says_where_it_starts(
     world: World, recorded_history: list[Release], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The newest 8 of the window's 14 are r14 .. r7: the figures of tests/unit/test_dora.py's
-    # partial window, over the span from r7's creation to the request.
-    monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 8)
+    # The newest 9 of the window's 14 are r14 .. r6. Releases created in r6's microsecond may not
+    # all have been read, so the figures start just after it: r14 .. r7, tests/unit/test_dora.py's
+    # partial window.
+    monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 9)
 
     reply = call(world, "GET", f"/stats?pipeline={PIPELINE}&days=10")
 
     assert reply.status == 200, reply.json
     [shop] = reply.json["pipelines"]
-    oldest_read = by_id(recorded_history)["r7"].created_at
-    assert shop["covered_since"] == oldest_read.isoformat()
+    start = by_id(recorded_history)["r6"].created_at + timedelta(microseconds=1)
+    assert shop["covered_since"] == start.isoformat()
     assert shop["since"] != shop["covered_since"]
-    covered_days = (datetime.fromisoformat(shop["until"]) - oldest_read) / timedelta(days=1)
+    covered_days = (datetime.fromisoformat(shop["until"]) - start) / timedelta(days=1)
     assert shop["releases"] == 8
     assert shop["deployment_frequency"] == {"deployments": 1, "per_day": pytest.approx(1 / covered_days)}
     assert shop["lead_time"] == {"count": 1, "median_s": 4500.0, "p90_s": 4500.0}
@@ -112,30 +113,55 @@ def test_a_read_stopped_by_the_bound_answers_the_part_read_and_says_where_it_sta
     assert shop["time_to_restore"] == {"count": 2, "median_s": 7650.0, "p90_s": 9900.0, "unrestored": 1}
 
 
-def test_a_bound_of_exactly_the_window_reads_it_whole(
+def test_a_window_is_whole_only_once_the_read_sees_past_it(
     world: World, recorded_history: list[Release], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The read asks for one release past the bound, so 14 of 14 is known to be the whole window.
+    # 14 of 14: the index might hold more in the window, so the figures start after r1's instant.
     monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 14)
-
     [shop] = call(world, "GET", f"/stats?pipeline={PIPELINE}&days=10").json["pipelines"]
+    after_r1 = by_id(recorded_history)["r1"].created_at + timedelta(microseconds=1)
+    assert (shop["covered_since"], shop["releases"]) == (after_r1.isoformat(), 13)
 
+    # One more examined finds the index's end: the whole window.
+    monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 15)
+    [shop] = call(world, "GET", f"/stats?pipeline={PIPELINE}&days=10").json["pipelines"]
     assert shop["covered_since"] == shop["since"]
     assert figures(shop) == EXPECTED
+
+
+def test_the_bound_counts_every_release_examined_older_ones_included(
+    world: World,
+    recorded_history: list[Release],
+    handler_calls: list[HandlerCall],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The last 2 days hold r14 and r13; the page that finds the window's start holds older ones,
+    # and those count against the bound too.
+    monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 5)
+    handler_calls.clear()
+
+    [shop] = call(world, "GET", f"/stats?pipeline={PIPELINE}&days=2").json["pipelines"]
+
+    assert (shop["releases"], shop["covered_since"]) == (2, shop["since"])
+    queries = [
+        c for c in handler_calls if c.operation == "Query" and c.params.get("IndexName") == "by_pipeline"
+    ]
+    assert sum(query.params["Limit"] for query in queries) <= 5
 
 
 def test_quiet_pipelines_leave_their_share_of_the_bound_to_a_busy_one(
     world: World, recorded_history: list[Release], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # 9 over three pipelines: 3 each, api-prod and web-prod read none, and shop-prod gets the 6
-    # they left: r14 .. r6.
+    # 9 over three pipelines: 3 each, api-prod and web-prod examine none, and shop-prod gets the
+    # 6 they left: r14 .. r6 examined, the figures over r14 .. r7 (after r6's instant).
     monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 9)
 
     reply = call(world, "GET", "/stats?days=10")
 
     by_name = {entry["pipeline"]: entry for entry in reply.json["pipelines"]}
-    assert by_name[PIPELINE]["releases"] == 9
-    assert by_name[PIPELINE]["covered_since"] == by_id(recorded_history)["r6"].created_at.isoformat()
+    assert by_name[PIPELINE]["releases"] == 8
+    after_r6 = by_id(recorded_history)["r6"].created_at + timedelta(microseconds=1)
+    assert by_name[PIPELINE]["covered_since"] == after_r6.isoformat()
     for quiet in ("api-prod", "web-prod"):
         assert by_name[quiet]["covered_since"] == by_name[quiet]["since"]
 
@@ -232,15 +258,16 @@ def test_relco_stats_prints_the_figures(world: World, recorded_history: list[Rel
 def test_relco_stats_says_when_the_figures_cover_only_part_of_the_window(
     world: World, recorded_history: list[Release], api_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # r14 .. r7 examined; the figures start just after r7's instant: r14 .. r8.
     monkeypatch.setattr(stats, "RELEASES_PER_REQUEST", 8)
-    covered = by_id(recorded_history)["r7"].created_at
+    covered = by_id(recorded_history)["r7"].created_at + timedelta(microseconds=1)
 
     [shop] = relco_json(api_url, "stats", PIPELINE, "--days", "10")["pipelines"]
     assert shop["covered_since"] == covered.isoformat()
 
     note = f"  partial: the figures cover only since {covered:%Y-%m-%d %H:%M} UTC, the read was bounded; ask"
     one = relco(api_url, "stats", PIPELINE, "--days", "10").stdout.splitlines()
-    assert one[:2] == [f"{PIPELINE}: last 10 days, 8 releases", f"{note} fewer --days"]
+    assert one[:2] == [f"{PIPELINE}: last 10 days, 7 releases", f"{note} fewer --days"]
     every = relco(api_url, "stats", "--days", "10").stdout.splitlines()
     assert f"{note} `relco stats {PIPELINE}` or fewer --days" in every
     assert [line for line in every if "partial" in line] == [

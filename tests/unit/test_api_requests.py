@@ -93,6 +93,8 @@ def test_list_query_filters_by_state_and_trigger() -> None:
     several = ListQuery.from_params({"state": ["FAILED,STOPPED,FAILED"]})
     assert several.states == {ReleaseState.FAILED, ReleaseState.STOPPED}
     assert several.triggers == frozenset()
+    # Spaces around a value, as `state=FAILED, STOPPED` sends them, are not part of it.
+    assert ListQuery.from_params({"state": [" FAILED, STOPPED "]}).states == several.states
 
     failed_upload = _release(ReleaseState.FAILED, Trigger.UPLOAD)
     assert query.matches(failed_upload)
@@ -105,11 +107,14 @@ def test_list_query_filters_by_state_and_trigger() -> None:
 @pytest.mark.parametrize(
     ("params", "says"),
     [
-        ({"state": ["BROKEN"]}, "query parameter 'state' has an unknown value 'BROKEN'; allowed: RECEIVED, "),
+        (
+            {"state": ["BROKEN"]},
+            "query parameter 'state' has an unknown value 'BROKEN'; allowed (case matters): RECEIVED, ",
+        ),
         ({"state": ["failed"]}, "unknown value 'failed'"),  # the values are spelled as the API writes them
         (
             {"trigger": ["upload,push"]},
-            "'trigger' has an unknown value 'push'; allowed: upload, api, rollback, ",
+            "'trigger' has an unknown value 'push'; allowed (case matters): upload, api, rollback, ",
         ),
         ({"state": [""]}, "query parameter 'state' has an empty value"),
         ({"trigger": ["api,"]}, "query parameter 'trigger' has an empty value; give one or more of upload, "),
