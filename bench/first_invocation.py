@@ -48,10 +48,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.measurement import Outcome, main
 from bench.moto_world import codedeploy_event
+
+if TYPE_CHECKING:
+    from chalicelib.domain.release import Release
 
 ROOT = Path(__file__).resolve().parent.parent
 # Timed rounds; each runs every function's pair once (14 fresh processes).
@@ -378,16 +381,9 @@ class MotoServerWorld:
 
     def finish_deployment(self, release_id: str) -> str:
         """CodeDeploy finishes the release's deployment on both instances; returns its id."""
-        from boto3.dynamodb.types import TypeDeserializer
-
-        from chalicelib.adapters.dynamodb_store import release_from_item
         from sandbox import moto_extensions
 
-        # The release item as the store reads it: most fields travel in its JSON body.
-        raw = self.release(release_id)
-        deployment_id = release_from_item(
-            {name: TypeDeserializer().deserialize(value) for name, value in raw.items()}
-        ).deployment_id
+        deployment_id = self.release(release_id).deployment_id
         if not deployment_id:
             raise RuntimeError(f"release {release_id} has no deployment")
         instances = self.provisioned.load_balanced[PIPELINE].instance_ids
@@ -435,14 +431,17 @@ class MotoServerWorld:
             raise RuntimeError("the table's stream has no new record")
         return {"Records": records}
 
-    def release(self, release_id: str) -> dict[str, Any]:
-        item: dict[str, Any] = self.session.client("dynamodb").get_item(
-            TableName=TABLE, Key={"pk": {"S": f"REL#{release_id}"}, "sk": {"S": "META"}}, ConsistentRead=True
-        )["Item"]
-        return item
+    def release(self, release_id: str) -> Release:
+        """The release as the coordinator's store reads it (most fields travel in a JSON body)."""
+        from chalicelib.adapters.dynamodb_store import DynamoReleaseStore
+
+        release = DynamoReleaseStore(self.session.client("dynamodb"), TABLE).get_release(release_id)
+        if release is None:
+            raise RuntimeError(f"release {release_id} is not in the table")
+        return release
 
     def state(self, release_id: str) -> str:
-        return str(self.release(release_id)["state"]["S"])
+        return self.release(release_id).state.value
 
     def emails_sent(self) -> int:
         from moto.ses.models import ses_backends

@@ -89,6 +89,23 @@ def put_claim(client: Any, table: str, item: dict[str, Any], now: datetime, leas
     return Claim.RETAKEN if replaced.get("Attributes") else Claim.CLAIMED
 
 
+def release_claim(client: Any, table: str, key: dict[str, Any]) -> None:
+    """Give up a ``sending`` claim so the next attempt takes it at once (``released``); a claim
+    already moved on (done, or taken by another attempt) is left as it is."""
+    try:
+        client.update_item(
+            TableName=table,
+            Key=key,
+            UpdateExpression="SET #status = :released",
+            ConditionExpression="#status = :sending",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
+        )
+    except ClientError as error:
+        if not is_condition_failure(error):
+            raise
+
+
 class DynamoDeliveryLog:
     def __init__(self, client: Any, table_name: str, lease: timedelta = CLAIM_LEASE) -> None:
         self._client = client
@@ -139,18 +156,7 @@ class DynamoDeliveryLog:
         self._client.update_item(TableName=self._table, Key=_key(message), **_confirm_expression(now))
 
     def release(self, message: NotifyMessage) -> None:
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(message),
-                UpdateExpression="SET #status = :released",
-                ConditionExpression="#status = :sending",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
-            )
-        except ClientError as error:
-            if not is_condition_failure(error):
-                raise
+        release_claim(self._client, self._table, _key(message))
 
 
 def _deployment_key(release_id: str, route: str) -> dict[str, Any]:

@@ -16,9 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from chalicelib.adapters.delivery_log import is_condition_failure, put_claim
+from chalicelib.adapters.delivery_log import put_claim, release_claim
 from chalicelib.domain.leases import CLAIM_LEASE
 from chalicelib.domain.notifications import SlackThread
 from chalicelib.service.notification_ports import Claim
@@ -62,15 +60,4 @@ class DynamoDigestLog:
         )
 
     def release(self, pipeline: str, week: str) -> None:
-        try:
-            self._client().update_item(
-                TableName=self._table,
-                Key=_key(pipeline, week),
-                UpdateExpression="SET #status = :released",
-                ConditionExpression="#status = :sending",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":sending": {"S": "sending"}, ":released": {"S": "released"}},
-            )
-        except ClientError as error:
-            if not is_condition_failure(error):
-                raise
+        release_claim(self._client(), self._table, _key(pipeline, week))

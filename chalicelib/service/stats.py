@@ -66,9 +66,9 @@ def releases_since(wiring: Wiring, pipeline: str, since: datetime) -> list[Relea
 
 def share_out(store: ReleaseStore, reads: list[WindowRead], bound: int) -> None:
     """Reads the windows examining at most ``bound`` releases in all (those of the windows and the
-    older ones a window's last page holds alike). Each round gives every window not
-    yet read through an equal share of what is left, so quiet pipelines leave their unused share
-    to the busy ones instead of a busy pipeline early in the file taking it all."""
+    older ones a window's last page holds alike). Each round gives every window not yet read
+    through an equal share of what is left, so quiet pipelines leave their unused share to the
+    busy ones instead of a busy pipeline early in the file taking it all."""
     left = bound
     unfinished = list(reads)
     while unfinished and left >= len(unfinished):

@@ -133,13 +133,7 @@ def test_a_refused_metrics_read_leaves_the_receipt_unavailable_and_the_release_s
     balanced: tuple[World, str, str],
 ) -> None:
     world, _, _ = balanced
-    release_id, deployment_id = upload_and_deploy(world, "1.0.0")
-    clock = ManualClock()
-    clock.current = world.release(release_id).updated_at
-    cloudwatch = world.session.client("cloudwatch")
-    wiring = replace(direct_wiring(world, clock), traffic=CloudWatchMetrics(lambda: cloudwatch))
-    moto_extensions.complete(deployment_id, "Succeeded")
-    apply_deployment_state(wiring, release_id, deployment_id, DeploymentState.SUCCESS)
+    release_id, deployment_id, _, cloudwatch, wiring = _checked_by_hand(world)
 
     with Stubber(cloudwatch) as stub:
         stub.add_client_error(
